@@ -1,0 +1,108 @@
+# tutti: one plain Makefile.
+#   make            build build/tutti (release, -O2, -Werror)
+#   make DEBUG=1    ASan + UBSan build in build-debug/
+#   make test       build and run every test (tests/run.sh); ends with "N passed, N failed, N skipped"
+#   make bench      benchmarks (tutti bench on a generated Llama-3-8B-shaped model)
+#   make run        install missing Debian packages (as root) or print the apt line, build, run the demo
+#   make MPI=0      build without MPI even if mpicc is found (auto by default)
+#   make CUDA=1     build the CUDA backend (auto when nvcc is found)
+
+CC ?= gcc
+ARCH := $(shell uname -m)
+DEBUG ?= 0
+
+ifeq ($(DEBUG),1)
+  BUILD := build-debug
+  OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDOPT := -fsanitize=address,undefined
+else
+  BUILD := build
+  OPT := -O2 -g
+  LDOPT :=
+endif
+
+# Debian packages the build needs (and the tools the tests need).
+DEB_BUILD := build-essential pkg-config libpcre2-dev
+DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+
+PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
+PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+
+CFLAGS_COMMON := -std=c11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread \
+                 -Isrc $(PCRE2_CFLAGS)
+CFLAGS := $(CFLAGS_COMMON) $(OPT) $(EXTRA_CFLAGS)
+LDLIBS := $(PCRE2_LIBS) -lm -pthread
+
+# Per-instruction-set kernel files get their own flags; the rest is generic.
+FLAGS_avx2 := -mavx2 -mfma -mf16c
+FLAGS_avx512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx2 -mfma -mf16c
+
+LIB_SRC := $(filter-out src/cli/%, $(wildcard src/*/*.c))
+ifneq ($(ARCH),x86_64)
+  LIB_SRC := $(filter-out %_avx2.c %_avx512.c, $(LIB_SRC))
+endif
+ifneq ($(ARCH),aarch64)
+  LIB_SRC := $(filter-out %_neon.c, $(LIB_SRC))
+endif
+CLI_SRC := $(wildcard src/cli/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test bench run deps clean format test-neon
+
+all: $(BUILD)/tutti
+
+$(BUILD)/libtutti.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tutti: $(CLI_OBJ) $(BUILD)/libtutti.a
+	$(CC) $(LDOPT) -o $@ $(CLI_OBJ) $(BUILD)/libtutti.a $(LDLIBS)
+
+$(BUILD)/src/%_avx2.o: src/%_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(FLAGS_avx2) -MMD -MP -c $< -o $@
+
+$(BUILD)/src/%_avx512.o: src/%_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(FLAGS_avx512) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libtutti.a tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDOPT) -MMD -MP -o $@ $< $(BUILD)/libtutti.a $(LDLIBS)
+
+# NEON kernels: cross-compiled for aarch64 and run under qemu-user by the tests.
+NEON_SRC := src/base/base.c src/base/threadpool.c $(wildcard src/quant/*.c) \
+            $(filter-out %_avx2.c %_avx512.c, $(wildcard src/kcpu/*.c)) tests/test_kcpu.c
+$(BUILD)/neon/test_kcpu: $(NEON_SRC) $(wildcard src/*/*.h) tests/test.h
+	@mkdir -p $(dir $@)
+	aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE \
+	    -pthread -Isrc -static -o $@ $(NEON_SRC) -lm
+test-neon: $(BUILD)/neon/test_kcpu
+
+test: all $(TEST_BIN)
+	@BUILD=$(BUILD) sh tests/run.sh
+
+bench: all
+	@sh tests/bench.sh $(BUILD)/tutti
+
+deps:
+	@sh tools/deps.sh $(DEB_BUILD) $(DEB_TEST)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/demo.sh $(BUILD)/tutti
+
+format:
+	clang-format -i src/*/*.c src/*/*.h tests/*.c tests/*.h
+
+clean:
+	rm -rf build build-debug
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

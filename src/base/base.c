@@ -6,7 +6,6 @@
  * nearest even, matching what F16C/AVX-512 BF16 hardware produce, so the
  * scalar and SIMD paths agree bit for bit.
  */
-#define _GNU_SOURCE
 #include "base.h"
 
 #include <stdarg.h>

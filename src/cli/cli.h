@@ -1,0 +1,74 @@
+/*
+ * cli: the `tutti` command and its subcommands.
+ *
+ * Every subcommand is `int cmd_NAME(int argc, char **argv)` returning the
+ * process exit status; only this module calls exit(). Option values are
+ * validated here (cli_parse_*), so the modules below receive checked inputs.
+ * Errors print as "tutti: error: <what>" plus the library's detail.
+ */
+#ifndef TT_CLI_H
+#define TT_CLI_H
+
+#include "../engine/engine.h"
+
+#include <stdio.h>
+
+int cmd_run(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_gen(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Print "tutti: error: ..." (and the last library error detail when err < 0)
+ * and exit(1). */
+_Noreturn void cli_die(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parse a whole-string integer/float option value in [lo, hi] or die naming the option. */
+long long cli_parse_int(const char *opt, const char *s, long long lo, long long hi);
+double cli_parse_float(const char *opt, const char *s, double lo, double hi);
+/* The value after option argv[*i]; dies if missing. */
+const char *cli_value(int argc, char **argv, int *i);
+/* Comma-separated integer list, e.g. "1,2,3"; returns count, dies on junk. */
+int cli_parse_ids(const char *opt, const char *s, int32_t *out, int max);
+
+/* Options shared by commands that run a model. */
+struct cli_model_opts {
+    const char *model_path;
+    struct engine_opts engine;
+};
+/* Try to parse argv[*i] as a shared model option; returns true if consumed. */
+bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o);
+extern const char cli_model_opts_help[];
+/* Load the model (dies with a clear message on error) and touch its pages
+ * with a progress bar, so the first token does not pay for page faults. */
+void cli_load_model(const char *path, struct model *m);
+
+/* Progress bar on stderr, drawn only after `delay_s` and only on a terminal
+ * (or when TT_PROGRESS=1). */
+struct cli_progress {
+    const char *label;
+    double start_s;
+    double delay_s;
+    int last_pct;
+    bool shown;
+};
+void cli_progress_start(struct cli_progress *p, const char *label);
+void cli_progress_update(struct cli_progress *p, double done, double total);
+void cli_progress_end(struct cli_progress *p);
+
+#define CLI_PROMPT_TOKENS_MAX (1 << 20)
+struct tok_vocab;
+/* The prompt from -p TEXT or -f FILE (exactly one); caller frees. Dies on error. */
+char *cli_load_prompt(const char *text, const char *file, size_t *len);
+/* Token ids of text (malloc'd); dies on error. */
+int32_t *cli_tokenize(const struct tok_vocab *v, const char *text, size_t len, bool add_special,
+                      bool parse_special, int *n_out);
+
+/* Minimal JSON output helpers (writing only; strings escaped, invalid UTF-8
+ * bytes replaced by U+FFFD). */
+void cli_json_str(FILE *fp, const char *s, size_t len);
+
+/* Measured memory read bandwidth in GB/s using n_threads (bench.c). */
+double cli_measure_read_bw(int n_threads);
+
+#endif

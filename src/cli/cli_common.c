@@ -1,0 +1,225 @@
+/*
+ * cli_common.c: option parsing, error exits, model loading with progress,
+ * JSON string output. Shared by every subcommand.
+ */
+#include "cli.h"
+#include "../tok/tok.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+_Noreturn void cli_die(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "tutti: error: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (err < 0) {
+        const char *d = tt_error_detail();
+        fprintf(stderr, ": %s", d[0] ? d : tt_strerror(err));
+    }
+    fprintf(stderr, "\n");
+    exit(1);
+}
+
+long long cli_parse_int(const char *opt, const char *s, long long lo, long long hi)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        cli_die(0, "%s expects an integer, got '%s'", opt, s);
+    if (v < lo || v > hi) cli_die(0, "%s must be in [%lld, %lld], got %lld", opt, lo, hi, v);
+    return v;
+}
+
+double cli_parse_float(const char *opt, const char *s, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || isnan(v))
+        cli_die(0, "%s expects a number, got '%s'", opt, s);
+    if (v < lo || v > hi) cli_die(0, "%s must be in [%g, %g], got %g", opt, lo, hi, v);
+    return v;
+}
+
+const char *cli_value(int argc, char **argv, int *i)
+{
+    if (*i + 1 >= argc) cli_die(0, "option %s needs a value", argv[*i]);
+    return argv[++*i];
+}
+
+int cli_parse_ids(const char *opt, const char *s, int32_t *out, int max)
+{
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 0 || v > INT32_MAX)
+            cli_die(0, "%s expects comma-separated token ids, bad value at '%s'", opt, p);
+        if (n >= max) cli_die(0, "%s has more than %d ids", opt, max);
+        out[n++] = (int32_t)v;
+        p = end;
+        if (*p == ',') p++;
+        else if (*p) cli_die(0, "%s expects comma-separated token ids, bad value at '%s'", opt, p);
+    }
+    if (n == 0) cli_die(0, "%s is empty", opt);
+    return n;
+}
+
+const char cli_model_opts_help[] =
+    "  -m, --model FILE     GGUF model file (required)\n"
+    "  -t, --threads N      worker threads (default: all cores)\n"
+    "  -c, --ctx N          context size in tokens (default: min(model's, 4096))\n"
+    "  -b, --batch N        prompt tokens per forward batch (default 256)\n"
+    "      --kv-type T      KV cache type: f16 (default) or f32\n";
+
+bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
+{
+    const char *a = argv[*i];
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_path = cli_value(argc, argv, i);
+    else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
+        o->engine.n_threads = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 512);
+    else if (!strcmp(a, "-c") || !strcmp(a, "--ctx"))
+        o->engine.n_ctx = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 1 << 24);
+    else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
+        o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
+    else if (!strcmp(a, "--kv-type")) {
+        const char *v = cli_value(argc, argv, i);
+        if (!strcmp(v, "f16")) o->engine.kv = ENGINE_KV_F16;
+        else if (!strcmp(v, "f32")) o->engine.kv = ENGINE_KV_F32;
+        else cli_die(0, "--kv-type must be f16 or f32, got '%s'", v);
+    } else return false;
+    return true;
+}
+
+void cli_load_model(const char *path, struct model *m)
+{
+    if (!path) cli_die(0, "no model given (-m FILE)");
+    int err = model_load(m, path);
+    if (err) cli_die(err, "cannot load model '%s'", path);
+    /* Touch every page once: page faults then happen here, with a progress
+     * bar, instead of inside the first token's timing. */
+    struct cli_progress p;
+    cli_progress_start(&p, "loading");
+    const volatile uint8_t *map = m->file.map;
+    const uint64_t size = m->file.size_bytes, step = 4096, chunk = 64ull << 20;
+    uint8_t sink = 0;
+    for (uint64_t off = 0; off < size; off += step) {
+        sink ^= map[off];
+        if (off % chunk == 0) cli_progress_update(&p, (double)off, (double)size);
+    }
+    (void)sink;
+    cli_progress_end(&p);
+}
+
+void cli_progress_start(struct cli_progress *p, const char *label)
+{
+    *p = (struct cli_progress){ .label = label, .start_s = tt_now_s(), .delay_s = 1.0, .last_pct = -1 };
+}
+
+void cli_progress_update(struct cli_progress *p, double done, double total)
+{
+    const char *env = getenv("TT_PROGRESS");
+    bool enabled = env ? atoi(env) != 0 : isatty(2);
+    if (!enabled || tt_now_s() - p->start_s < p->delay_s || total <= 0) return;
+    int pct = (int)(100.0 * done / total);
+    if (pct == p->last_pct) return;
+    p->last_pct = pct;
+    p->shown = true;
+    int bar = pct * 30 / 100;
+    fprintf(stderr, "\r%-10s [%.*s%*s] %3d%%", p->label, bar, "##############################",
+            30 - bar, "", pct);
+    fflush(stderr);
+}
+
+void cli_progress_end(struct cli_progress *p)
+{
+    if (p->shown) fprintf(stderr, "\r%-10s done in %.1f s%30s\n", p->label, tt_now_s() - p->start_s, "");
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t utf8_valid_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || len > n) return 0;
+    unsigned cp = len == 1 ? c : c & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    static const unsigned min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
+    if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return len;
+}
+
+void cli_json_str(FILE *fp, const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    fputc('"', fp);
+    for (size_t i = 0; i < len;) {
+        unsigned char c = u[i];
+        size_t l = utf8_valid_len(u + i, len - i);
+        if (l == 0) {
+            fputs("\\ufffd", fp);
+            i++;
+            continue;
+        }
+        if (c == '"' || c == '\\') fprintf(fp, "\\%c", c);
+        else if (c == '\n') fputs("\\n", fp);
+        else if (c == '\t') fputs("\\t", fp);
+        else if (c == '\r') fputs("\\r", fp);
+        else if (c < 0x20) fprintf(fp, "\\u%04x", c);
+        else fwrite(u + i, 1, l, fp);
+        i += l;
+    }
+    fputc('"', fp);
+}
+
+/* Read the prompt text (from -p or -f); caller frees. */
+char *cli_load_prompt(const char *text, const char *file, size_t *len)
+{
+    if (text && file) cli_die(0, "give either -p or -f, not both");
+    if (text) {
+        *len = strlen(text);
+        return strdup(text);
+    }
+    if (!file) cli_die(0, "no prompt given (-p TEXT or -f FILE)");
+    FILE *fp = fopen(file, "rb");
+    if (!fp) cli_die(0, "cannot open prompt file '%s'", file);
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n, fp)) > 0) {
+        n += got;
+        if (n == cap) buf = realloc(buf, cap *= 2);
+    }
+    fclose(fp);
+    if (!buf) cli_die(TT_ENOMEM, "reading '%s'", file);
+    *len = n;
+    return buf;
+}
+
+/* Tokenize with the model's vocabulary; dies on error. Returns malloc'd ids. */
+int32_t *cli_tokenize(const struct tok_vocab *v, const char *text, size_t len,
+                                bool add_special,
+                      bool parse_special, int *n_out)
+{
+    int max = (int)TT_MIN(len + 16, (size_t)CLI_PROMPT_TOKENS_MAX);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)max);
+    if (!ids) cli_die(TT_ENOMEM, "tokenizing");
+    int n = tok_encode(v, text, len, add_special, parse_special, ids, max);
+    if (n < 0) cli_die(n, "cannot tokenize the prompt");
+    *n_out = n;
+    return ids;
+}
+

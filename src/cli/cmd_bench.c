@@ -1,0 +1,152 @@
+/*
+ * cmd_bench.c: `tutti bench`. Measures, in one run on this machine:
+ * TTFT and prefill speed for a prompt of -p tokens, decode speed for -n
+ * tokens, the machine's memory read bandwidth with the same thread count,
+ * and the fraction of the decode roofline reached:
+ *     bw_fraction = decode_tok_s * weight_bytes_per_token / read_bandwidth.
+ * The bandwidth is measured in the same process right before the model runs,
+ * so a noisy shared machine affects both sides of the ratio alike.
+ */
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BW_BUFFER_BYTES (1ull << 30)
+#define BW_REPEATS 3
+
+struct bw_job {
+    const struct kcpu_ops *ops;
+    const float *buf;
+    int64_t n;
+    float sums[512];
+};
+
+static void bw_run(void *p, int ith, int nth)
+{
+    struct bw_job *j = p;
+    int64_t b, e;
+    tt_split_range(j->n, ith, nth, 4096, &b, &e);
+    j->sums[ith] = e > b ? j->ops->dot_f32(e - b, j->buf + b, j->buf + b) : 0.0f;
+}
+
+double cli_measure_read_bw(int n_threads)
+{
+    struct tt_pool *pool = tt_pool_create(n_threads);
+    float *buf = tt_alloc(BW_BUFFER_BYTES);
+    if (!pool || !buf) {
+        tt_pool_destroy(pool);
+        tt_free(buf);
+        return 0.0;
+    }
+    struct bw_job j = { kcpu_get(), buf, BW_BUFFER_BYTES / sizeof(float), { 0 } };
+    for (int64_t i = 0; i < j.n; i += 1024) buf[i] = 1.0f; /* fault the pages in */
+    double best = 0.0;
+    for (int r = 0; r < BW_REPEATS; r++) {
+        double t0 = tt_now_s();
+        tt_pool_run(pool, bw_run, &j);
+        double gbs = (double)BW_BUFFER_BYTES / (tt_now_s() - t0) / 1e9;
+        best = gbs > best ? gbs : best;
+    }
+    tt_free(buf);
+    tt_pool_destroy(pool);
+    return best;
+}
+
+static const char bench_help[] =
+    "usage: tutti bench -m MODEL [-p N] [-n N] [-t N] [--json]\n"
+    "Measure TTFT, prefill and decode speed, and decode speed as a fraction of\n"
+    "the memory-bandwidth limit (bytes of weights read per token / measured\n"
+    "read bandwidth).\n\n"
+    "%s"
+    "  -p, --n-prompt N     prompt tokens (default 128)\n"
+    "  -n, --n-gen N        generated tokens (default 32)\n"
+    "  -r, --repeat N       repetitions; the best is reported (default 2)\n"
+    "      --json           one JSON object instead of the table\n";
+
+struct bench_result {
+    double ttft_ms, prefill_tok_s, decode_tok_s;
+};
+
+static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_result *r)
+{
+    const struct model *m = engine_model(e);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_prompt);
+    float *logits = malloc(sizeof(float) * (size_t)m->hp.n_vocab);
+    if (!ids || !logits) cli_die(TT_ENOMEM, "bench buffers");
+    for (int i = 0; i < n_prompt; i++) ids[i] = (int32_t)(3 + (i * 7919) % (m->hp.n_vocab - 3));
+    engine_truncate(e, 0);
+    double t0 = tt_now_s();
+    int err = engine_eval(e, ids, n_prompt, ENGINE_LOGITS_LAST, logits);
+    double t1 = tt_now_s();
+    if (err) cli_die(err, "prompt evaluation failed");
+    r->ttft_ms = (t1 - t0) * 1e3;
+    r->prefill_tok_s = n_prompt / (t1 - t0);
+    int32_t tok = 3;
+    for (int i = 0; i < n_gen && !err; i++) err = engine_eval(e, &tok, 1, ENGINE_LOGITS_LAST, logits);
+    if (err) cli_die(err, "decode failed");
+    r->decode_tok_s = n_gen / (tt_now_s() - t1);
+    free(ids);
+    free(logits);
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    struct cli_model_opts mo = { 0 };
+    int n_prompt = 128, n_gen = 32, repeat = 2;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            printf(bench_help, cli_model_opts_help);
+            return 0;
+        }
+        if (cli_model_opt(argc, argv, &i, &mo)) continue;
+        if (!strcmp(a, "-p") || !strcmp(a, "--n-prompt")) n_prompt = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1 << 20);
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-gen")) n_gen = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1 << 20);
+        else if (!strcmp(a, "-r") || !strcmp(a, "--repeat")) repeat = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1000);
+        else if (!strcmp(a, "--json")) json = true;
+        else cli_die(0, "unknown option '%s' (see tutti bench --help)", a);
+    }
+    struct model m;
+    cli_load_model(mo.model_path, &m);
+    if (mo.engine.n_ctx < n_prompt + n_gen) mo.engine.n_ctx = n_prompt + n_gen;
+    if (!mo.engine.n_batch) mo.engine.n_batch = TT_MIN(n_prompt, 512);
+    struct engine *e;
+    int err = engine_create(&e, &m, &mo.engine);
+    if (err) cli_die(err, "cannot set up the engine");
+    const int nt = engine_n_threads(e);
+    double bw = cli_measure_read_bw(nt);
+    struct bench_result best = { 0 }, r;
+    for (int i = 0; i < repeat; i++) {
+        bench_once(e, n_prompt, n_gen, &r);
+        if (i == 0 || r.ttft_ms < best.ttft_ms) best.ttft_ms = r.ttft_ms;
+        if (r.prefill_tok_s > best.prefill_tok_s) best.prefill_tok_s = r.prefill_tok_s;
+        if (r.decode_tok_s > best.decode_tok_s) best.decode_tok_s = r.decode_tok_s;
+    }
+    const uint64_t bpt = model_bytes_per_token(&m);
+    const double frac = bw > 0 ? best.decode_tok_s * (double)bpt / (bw * 1e9) : 0.0;
+    if (json) {
+        printf("{\"model\":");
+        cli_json_str(stdout, mo.model_path, strlen(mo.model_path));
+        printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
+               "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
+               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":1}\n",
+               nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, best.ttft_ms,
+               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac);
+    } else {
+        printf("model            %s (%s, %d layers, %.2f GiB)\n", mo.model_path,
+               model_arch_name(m.hp.arch), m.hp.n_layer, (double)m.weight_bytes / (1 << 30));
+        printf("threads / isa    %d / %s\n", nt, kcpu_isa_name(kcpu_get()->isa));
+        printf("TTFT             %.1f ms (%d-token prompt)\n", best.ttft_ms, n_prompt);
+        printf("prefill          %.1f tok/s\n", best.prefill_tok_s);
+        printf("decode           %.2f tok/s (%d tokens)\n", best.decode_tok_s, n_gen);
+        printf("bytes/token      %.1f MiB of weights\n", (double)bpt / (1 << 20));
+        printf("read bandwidth   %.1f GB/s measured\n", bw);
+        printf("roofline         %.2f tok/s; decode reaches %.0f%% of it\n",
+               bw * 1e9 / (double)bpt, 100.0 * frac);
+    }
+    engine_destroy(e);
+    model_free(&m);
+    return 0;
+}

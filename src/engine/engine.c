@@ -1,0 +1,118 @@
+/*
+ * engine.c: set-up of an engine and the layer loop of the forward pass.
+ *
+ * Data flow of one batch of B tokens (shapes in floats):
+ *   x[B][E] = embed(tokens)
+ *   per layer:  xn = rmsnorm(x) ; q,k,v = Wq,Wk,Wv . xn (+bias) ; (qwen3: q,k head norms)
+ *               rope(q,k) ; cache <- k,v ; attn = softmax(q.K/sqrt(d)) V ; x += Wo . attn
+ *               xn = rmsnorm(x) ; x += FFN(xn)   (dense SwiGLU or mixture of experts)
+ *   logits = Wout . rmsnorm(x)   (last row or every row)
+ * Invariant: n_past counts the positions whose K/V are in the cache; a batch
+ * reads positions 0..n_past+B-1 and advances n_past by B when it completes.
+ */
+#include "engine_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int alloc_buffers(struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const size_t B = (size_t)e->n_batch, E = (size_t)hp->n_embd;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t ff = (size_t)TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
+    size_t in_max = TT_MAX(TT_MAX(E, qd), ff);
+    e->kv_row_bytes = tt_row_size(e->kv_type, (int64_t)kvd);
+    size_t kv_bytes = (size_t)hp->n_layer * (size_t)e->n_ctx * e->kv_row_bytes;
+    e->k_cache = tt_alloc(kv_bytes);
+    e->v_cache = tt_alloc(kv_bytes);
+    e->x = tt_alloc(B * E * 4);
+    e->xn = tt_alloc(B * E * 4);
+    e->q = tt_alloc(B * qd * 4);
+    e->k = tt_alloc(B * kvd * 4);
+    e->v = tt_alloc(B * kvd * 4);
+    e->attn = tt_alloc(B * qd * 4);
+    e->ffn_a = tt_alloc(B * ff * 4);
+    e->ffn_b = tt_alloc(B * ff * 4);
+    e->ffn_out = tt_alloc(B * E * 4);
+    e->rope_cs = tt_alloc(B * (size_t)hp->n_rot * 4);
+    e->scores = tt_alloc((size_t)e->n_threads * (size_t)e->n_ctx * 4);
+    e->q_half = tt_alloc((size_t)e->n_threads * (size_t)hp->head_dim * 4);
+    e->act_bytes = B * in_max * 4;
+    bool ok = e->k_cache && e->v_cache && e->x && e->xn && e->q && e->k && e->v && e->attn &&
+              e->ffn_a && e->ffn_b && e->ffn_out && e->rope_cs && e->scores && e->q_half;
+    for (int i = 0; i < ENGINE_MATMULS_MAX; i++) ok = (e->act[i] = tt_alloc(e->act_bytes)) && ok;
+    if (hp->n_expert) {
+        const size_t X = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
+        e->router = tt_alloc(B * X * 4);
+        e->sel = tt_alloc(B * K * 4);
+        e->sel_w = tt_alloc(B * K * 4);
+        e->gather = tt_alloc(B * 4);
+        e->xg = tt_alloc(B * E * 4);
+        e->yg = tt_alloc(B * E * 4);
+        ok = ok && e->router && e->sel && e->sel_w && e->gather && e->xg && e->yg;
+    }
+    if (!ok)
+        return tt_error_set(TT_ENOMEM, "cannot allocate the KV cache (%.1f MiB) and buffers; "
+                            "try a smaller --ctx", 2.0 * (double)kv_bytes / 1048576.0);
+    return 0;
+}
+
+int engine_create(struct engine **out, const struct model *m, const struct engine_opts *opts)
+{
+    *out = NULL;
+    tt_base_init();
+    struct engine *e = calloc(1, sizeof(*e));
+    if (!e) return tt_error_set(TT_ENOMEM, "out of memory");
+    e->m = m;
+    e->ops = kcpu_get();
+    e->n_threads = opts->n_threads > 0 ? opts->n_threads : tt_cpu_count();
+    e->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : TT_MIN(m->hp.n_ctx_train, ENGINE_CTX_DEFAULT);
+    e->n_batch = opts->n_batch > 0 ? opts->n_batch : ENGINE_BATCH_DEFAULT;
+    e->kv_type = opts->kv == ENGINE_KV_F32 ? TT_TYPE_F32 : TT_TYPE_F16;
+    int err = 0;
+    if ((unsigned)opts->kv >= ENGINE_KV_COUNT)
+        err = tt_error_set(TT_EINVAL, "KV cache type must be f16 or f32");
+    else if (e->n_ctx > (1 << 24) || e->n_batch > 65536 || e->n_threads > 512)
+        err = tt_error_set(TT_EINVAL, "context %d, batch %d or threads %d out of range", e->n_ctx,
+                           e->n_batch, e->n_threads);
+    if (!err) err = alloc_buffers(e);
+    if (!err && !(e->pool = tt_pool_create(e->n_threads)))
+        err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
+    if (err) {
+        engine_destroy(e);
+        return err;
+    }
+    *out = e;
+    return 0;
+}
+
+void engine_destroy(struct engine *e)
+{
+    if (!e) return;
+    tt_pool_destroy(e->pool);
+    void *bufs[] = { e->k_cache, e->v_cache, e->x, e->xn, e->q, e->k, e->v, e->attn, e->ffn_a,
+                     e->ffn_b, e->ffn_out, e->rope_cs, e->scores, e->q_half, e->router, e->sel,
+                     e->sel_w, e->gather, e->xg, e->yg };
+    for (size_t i = 0; i < TT_ARRAY_LEN(bufs); i++) tt_free(bufs[i]);
+    for (int i = 0; i < ENGINE_MATMULS_MAX; i++) tt_free(e->act[i]);
+    free(e);
+}
+
+int engine_n_past(const struct engine *e) { return e->n_past; }
+int engine_n_ctx(const struct engine *e) { return e->n_ctx; }
+int engine_n_threads(const struct engine *e) { return e->n_threads; }
+const struct model *engine_model(const struct engine *e) { return e->m; }
+
+void engine_truncate(struct engine *e, int n_past)
+{
+    if (n_past >= 0 && n_past < e->n_past) e->n_past = n_past;
+}
+
+uint64_t engine_memory_bytes(const struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    return 2ull * (uint64_t)hp->n_layer * (uint64_t)e->n_ctx * e->kv_row_bytes +
+           (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes;
+}

@@ -1,0 +1,97 @@
+/*
+ * engine: the forward pass, the KV cache and the sampler.
+ *
+ * An engine evaluates tokens of one sequence on top of its KV cache:
+ * engine_eval(tokens at positions n_past .. n_past+n-1) appends their keys and
+ * values to the cache and returns logits for the last or for every position.
+ * Prompts go through in batches of up to n_batch tokens (matrix-matrix
+ * products); decode is the same call with n = 1 (matrix-vector).
+ *
+ * Numerics follow the reference engine (llama.cpp) so results match its
+ * goldens: activations are converted to each weight's vec_dot type before a
+ * product (Q8_0 / Q8_K / F16), RMSNorm sums in double, RoPE angles are built
+ * by repeated multiplication, and with an F16 KV cache queries are rounded to
+ * F16 before the key products, as its flash-attention path does.
+ *
+ * Memory: everything is allocated by engine_create(); engine_eval() does not
+ * allocate. Weights stay in the model's read-only map.
+ */
+#ifndef TT_ENGINE_H
+#define TT_ENGINE_H
+
+#include "../kcpu/kcpu.h"
+#include "../model/model.h"
+
+#define ENGINE_BATCH_DEFAULT 256
+#define ENGINE_CTX_DEFAULT 4096
+
+enum engine_kv {
+    ENGINE_KV_F16, /* default, as llama.cpp */
+    ENGINE_KV_F32,
+    ENGINE_KV_COUNT
+};
+
+struct engine_opts {
+    int n_threads;          /* 0: all cores */
+    int n_ctx;              /* 0: min(model's training context, ENGINE_CTX_DEFAULT) */
+    int n_batch;            /* 0: ENGINE_BATCH_DEFAULT */
+    enum engine_kv kv;      /* KV cache element type; zero = F16 */
+};
+
+enum engine_logits {
+    ENGINE_LOGITS_NONE,  /* only fill the cache */
+    ENGINE_LOGITS_LAST,  /* logits[n_vocab] for the last token */
+    ENGINE_LOGITS_ALL,   /* logits[n][n_vocab] */
+    ENGINE_LOGITS_COUNT
+};
+
+struct engine;
+
+/* Errors: TT_ENOMEM, TT_EINVAL (bad options, with detail). The model must
+ * outlive the engine. */
+int engine_create(struct engine **out, const struct model *m, const struct engine_opts *opts);
+void engine_destroy(struct engine *e);
+
+/* Evaluate n tokens after the cached ones. Token ids are checked against the
+ * vocabulary (TT_EINVAL); exceeding the context gives TT_ERANGE with a
+ * message naming the limit. On error the cache is unchanged. */
+int engine_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode,
+                float *logits);
+int engine_n_past(const struct engine *e);
+int engine_n_ctx(const struct engine *e);
+int engine_n_threads(const struct engine *e);
+/* Forget positions >= n_past (0 clears the sequence). */
+void engine_truncate(struct engine *e, int n_past);
+const struct model *engine_model(const struct engine *e);
+/* Bytes held by the KV cache and scratch buffers. */
+uint64_t engine_memory_bytes(const struct engine *e);
+
+/* ---- sampling ---- */
+struct sampler_opts {
+    float temperature;   /* <= 0: greedy */
+    int top_k;           /* 0: off */
+    float top_p;         /* 1: off */
+    float min_p;         /* 0: off */
+    float repeat_penalty; /* 1: off */
+    int repeat_last_n;   /* window for the penalty */
+    uint64_t seed;
+};
+struct sampler {
+    struct sampler_opts opts;
+    uint64_t rng;
+    int n_vocab;
+    struct sampler_cand { int32_t id; float logit; } *cand; /* n_vocab scratch */
+    float *probs;        /* n_vocab scratch */
+    int32_t *history;    /* last repeat_last_n tokens, ring */
+    int n_history;
+    int history_pos;
+};
+void sampler_opts_default(struct sampler_opts *o);
+int sampler_init(struct sampler *s, const struct sampler_opts *o, int n_vocab);
+void sampler_free(struct sampler *s);
+/* Pick the next token from logits[n_vocab] (not modified). */
+int32_t sampler_sample(struct sampler *s, const float *logits);
+/* Record a token (prompt or generated) for the repetition penalty. */
+void sampler_accept(struct sampler *s, int32_t id);
+
+#endif

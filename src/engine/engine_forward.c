@@ -1,0 +1,232 @@
+/*
+ * engine_forward.c: one batch through every layer, and engine_eval().
+ *
+ * See engine.c for the data flow. Products that read the same input (q/k/v,
+ * gate/up) run as one parallel job; the input is converted once per distinct
+ * vec_dot type among their weights (Q4_K_M files mix Q4_K, Q6_K and Q8_0).
+ */
+#include "engine_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* outs[i][t] = ws[i] . x[t]: one conversion per distinct activation type,
+ * then one fused job. */
+static void linear_multi(struct engine *e, const struct model_weight *const *ws, int n_w,
+                         int64_t expert, const float *x, int64_t n_tok, float *const *outs)
+{
+    struct matmul_task tasks[ENGINE_MATMULS_MAX];
+    enum tt_type slot_type[ENGINE_MATMULS_MAX];
+    int n_slots = 0;
+    const int64_t n_in = ws[0]->ne[0];
+    TT_ASSERT(n_w <= ENGINE_MATMULS_MAX);
+    for (int i = 0; i < n_w; i++) {
+        TT_ASSERT(ws[i]->ne[0] == n_in);
+        enum tt_type at = tt_type_get(ws[i]->type)->vec_dot_type;
+        size_t arb = tt_row_size(at, n_in);
+        int s = 0;
+        while (s < n_slots && slot_type[s] != at) s++;
+        if (s == n_slots) {
+            slot_type[n_slots++] = at;
+            ops_convert(e, x, n_in, n_tok, n_in, at, e->act[s], arb);
+        }
+        tasks[i] = (struct matmul_task){ ws[i], expert, e->act[s], arb, n_tok, outs[i], ws[i]->ne[1] };
+    }
+    ops_matmul(e, tasks, n_w);
+}
+
+static void add_bias(float *y, const struct model_weight *b, int64_t n_tok)
+{
+    if (!b->data) return;
+    const float *bias = b->data;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t i = 0; i < b->ne[0]; i++) y[t * b->ne[0] + i] += bias[i];
+}
+
+static void head_norm(float *x, const struct model_weight *w, int64_t n_rows, int hd, float eps)
+{
+    if (!w->data) return;
+    for (int64_t r = 0; r < n_rows; r++) ops_rmsnorm(x + r * hd, w->data, x + r * hd, hd, eps);
+}
+
+static void swiglu(float *a, const float *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
+static void store_kv(struct engine *e, int il, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    for (int t = 0; t < n_tok; t++) {
+        size_t off = ((size_t)il * e->n_ctx + (size_t)(e->n_past + t)) * e->kv_row_bytes;
+        e->ops->quantize_act[e->kv_type](e->k + t * kvd, e->k_cache + off, kvd);
+        e->ops->quantize_act[e->kv_type](e->v + t * kvd, e->v_cache + off, kvd);
+    }
+}
+
+static void attention_block(struct engine *e, int il, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct model_layer *l = &e->m->layers[il];
+    const int64_t E = hp->n_embd;
+    for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->attn_norm.data, e->xn + t * E, E, hp->rms_eps);
+    const struct model_weight *ws[] = { &l->wq, &l->wk, &l->wv };
+    float *outs[] = { e->q, e->k, e->v };
+    linear_multi(e, ws, 3, 0, e->xn, n_tok, outs);
+    add_bias(e->q, &l->bq, n_tok);
+    add_bias(e->k, &l->bk, n_tok);
+    add_bias(e->v, &l->bv, n_tok);
+    head_norm(e->q, &l->q_norm, (int64_t)n_tok * hp->n_head, hp->head_dim, hp->rms_eps);
+    head_norm(e->k, &l->k_norm, (int64_t)n_tok * hp->n_head_kv, hp->head_dim, hp->rms_eps);
+    ops_rope(e, e->q, n_tok, hp->n_head, e->rope_cs);
+    ops_rope(e, e->k, n_tok, hp->n_head_kv, e->rope_cs);
+    store_kv(e, il, n_tok);
+    ops_attention(e, il, n_tok);
+    ops_linear(e, &l->wo, 0, e->attn, n_tok, e->ffn_out);
+    for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
+}
+
+/* SwiGLU FFN of n_tok rows of `in` into `out` (each [n_tok][n_embd]). */
+static void dense_ffn(struct engine *e, const struct model_weight *gate, const struct model_weight *up,
+                      const struct model_weight *down, int64_t expert, const float *in,
+                      int64_t n_tok, float *out)
+{
+    const struct model_weight *ws[] = { gate, up };
+    float *outs[] = { e->ffn_a, e->ffn_b };
+    linear_multi(e, ws, 2, expert, in, n_tok, outs);
+    swiglu(e->ffn_a, e->ffn_b, n_tok * gate->ne[1]);
+    ops_linear(e, down, expert, e->ffn_a, n_tok, out);
+}
+
+/* Router: softmax over all experts, keep the top n_expert_used by
+ * probability (ties to the lower id), optionally renormalized. */
+static void route(struct engine *e, int64_t n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int X = hp->n_expert, K = hp->n_expert_used;
+    for (int64_t t = 0; t < n_tok; t++) {
+        float *p = e->router + t * X;
+        float mx = -INFINITY;
+        for (int i = 0; i < X; i++) mx = p[i] > mx ? p[i] : mx;
+        double sum = 0.0;
+        for (int i = 0; i < X; i++) sum += (p[i] = expf(p[i] - mx));
+        for (int i = 0; i < X; i++) p[i] = (float)(p[i] / sum);
+        int32_t *sel = e->sel + t * K;
+        float *w = e->sel_w + t * K, wsum = 0.0f;
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int i = 0; i < X; i++) {
+                bool taken = false;
+                for (int j = 0; j < k; j++) taken |= sel[j] == i;
+                if (!taken && (best < 0 || p[i] > p[best])) best = i;
+            }
+            sel[k] = best;
+            w[k] = p[best];
+            wsum += w[k];
+        }
+        if (hp->expert_norm) {
+            wsum = wsum < 6.103515625e-5f ? 6.103515625e-5f : wsum;
+            for (int k = 0; k < K; k++) w[k] /= wsum;
+        }
+    }
+}
+
+/* Mixture of experts: each expert computes only the tokens routed to it. */
+static void moe_ffn(struct engine *e, int il, int64_t n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct model_layer *l = &e->m->layers[il];
+    const int64_t E = hp->n_embd;
+    const int K = hp->n_expert_used;
+    ops_linear(e, &l->gate_inp, 0, e->xn, n_tok, e->router);
+    route(e, n_tok);
+    memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
+    for (int x = 0; x < hp->n_expert; x++) {
+        int n = 0;
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int k = 0; k < K; k++)
+                if (e->sel[t * K + k] == x) {
+                    e->gather[n] = (int32_t)(t * K + k);
+                    memcpy(e->xg + n * E, e->xn + t * E, sizeof(float) * (size_t)E);
+                    n++;
+                }
+        if (n == 0) continue;
+        dense_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps, x, e->xg, n, e->yg);
+        for (int i = 0; i < n; i++) {
+            const int64_t t = e->gather[i] / K;
+            const float w = e->sel_w[e->gather[i]];
+            for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * e->yg[i * E + d];
+        }
+    }
+    if (hp->n_ff_shexp > 0) {
+        dense_ffn(e, &l->gate_shexp, &l->up_shexp, &l->down_shexp, 0, e->xn, n_tok, e->yg);
+        const float *g = l->gate_inp_shexp.data;
+        for (int64_t t = 0; t < n_tok; t++) {
+            float s = e->ops->dot_f32(E, g, e->xn + t * E);
+            s = 1.0f / (1.0f + expf(-s));
+            for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += s * e->yg[t * E + d];
+        }
+    }
+}
+
+static void ffn_block(struct engine *e, int il, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct model_layer *l = &e->m->layers[il];
+    const int64_t E = hp->n_embd;
+    for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->ffn_norm.data, e->xn + t * E, E, hp->rms_eps);
+    if (hp->n_expert) moe_ffn(e, il, n_tok);
+    else dense_ffn(e, &l->w_gate, &l->w_up, &l->w_down, 0, e->xn, n_tok, e->ffn_out);
+    for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
+}
+
+static void embed(struct engine *e, const int32_t *tokens, int n_tok)
+{
+    const struct model_weight *w = &e->m->token_embd;
+    const struct tt_type_traits *tr = tt_type_get(w->type);
+    for (int t = 0; t < n_tok; t++)
+        tr->to_float(model_weight_row(w, 0, tokens[t]), e->x + (size_t)t * w->ne[0], w->ne[0]);
+}
+
+/* Logits of rows [r0, r0+n) of the batch into out[n][n_vocab]. */
+static void output_logits(struct engine *e, int r0, int n, float *out)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t E = hp->n_embd;
+    for (int i = 0; i < n; i++)
+        ops_rmsnorm(e->x + (r0 + i) * E, e->m->output_norm.data, e->xn + i * E, E, hp->rms_eps);
+    ops_linear(e, &e->m->output, 0, e->xn, n, out);
+}
+
+static void forward_batch(struct engine *e, const int32_t *tokens, int n_tok)
+{
+    embed(e, tokens, n_tok);
+    ops_rope_table(e, e->n_past, n_tok, e->rope_cs);
+    for (int il = 0; il < e->m->hp.n_layer; il++) {
+        attention_block(e, il, n_tok);
+        ffn_block(e, il, n_tok);
+    }
+}
+
+int engine_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode,
+                float *logits)
+{
+    const int32_t n_vocab = e->m->hp.n_vocab;
+    if (n <= 0) return tt_error_set(TT_EINVAL, "nothing to evaluate");
+    if (n > e->n_ctx - e->n_past)
+        return tt_error_set(TT_ERANGE, "context full: %d cached + %d new tokens exceed the context "
+                            "size %d (use --ctx to raise it)", e->n_past, n, e->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            return tt_error_set(TT_EINVAL, "token id %d at index %d is outside the vocabulary [0, %d)",
+                                tokens[i], i, n_vocab);
+    for (int c = 0; c < n; c += e->n_batch) {
+        const int nb = TT_MIN(e->n_batch, n - c);
+        forward_batch(e, tokens + c, nb);
+        if (mode == ENGINE_LOGITS_ALL) output_logits(e, 0, nb, logits + (size_t)c * n_vocab);
+        else if (mode == ENGINE_LOGITS_LAST && c + nb == n) output_logits(e, nb - 1, 1, logits);
+        e->n_past += nb;
+    }
+    return 0;
+}

@@ -1,0 +1,127 @@
+/*
+ * sampler.c: choosing the next token from logits.
+ *
+ * Order of the steps (llama.cpp's common chain): repetition penalty, then
+ * greedy if temperature <= 0, else top-k, top-p, min-p, temperature, and a
+ * draw from the softmax with a seeded xorshift generator (same seed, same
+ * tokens). Greedy breaks ties towards the lowest id, as the goldens do.
+ */
+#include "engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sampler_opts_default(struct sampler_opts *o)
+{
+    *o = (struct sampler_opts){ .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f,
+                                .repeat_penalty = 1.0f, .repeat_last_n = 64, .seed = 0 };
+}
+
+int sampler_init(struct sampler *s, const struct sampler_opts *o, int n_vocab)
+{
+    memset(s, 0, sizeof(*s));
+    s->opts = *o;
+    if (s->opts.repeat_last_n < 0 || s->opts.repeat_last_n > (1 << 20))
+        return tt_error_set(TT_EINVAL, "repeat-last-n must be in [0, 1048576]");
+    s->n_vocab = n_vocab;
+    s->rng = o->seed ? o->seed : 0x9E3779B97F4A7C15ull;
+    s->cand = malloc(sizeof(*s->cand) * (size_t)n_vocab);
+    s->probs = malloc(sizeof(float) * (size_t)n_vocab);
+    s->history = calloc((size_t)TT_MAX(1, s->opts.repeat_last_n), sizeof(int32_t));
+    if (!s->cand || !s->probs || !s->history) {
+        sampler_free(s);
+        return tt_error_set(TT_ENOMEM, "out of memory for the sampler");
+    }
+    return 0;
+}
+
+void sampler_free(struct sampler *s)
+{
+    free(s->cand);
+    free(s->probs);
+    free(s->history);
+    memset(s, 0, sizeof(*s));
+}
+
+void sampler_accept(struct sampler *s, int32_t id)
+{
+    if (s->opts.repeat_last_n <= 0) return;
+    s->history[s->history_pos] = id;
+    s->history_pos = (s->history_pos + 1) % s->opts.repeat_last_n;
+    if (s->n_history < s->opts.repeat_last_n) s->n_history++;
+}
+
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *state = x;
+}
+
+static int cmp_cand_desc(const void *a, const void *b)
+{
+    const struct sampler_cand *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return x->id - y->id;
+}
+
+static void apply_penalty(struct sampler *s)
+{
+    const float pen = s->opts.repeat_penalty;
+    if (pen == 1.0f) return;
+    for (int i = 0; i < s->n_history; i++) {
+        struct sampler_cand *c = &s->cand[s->history[i]];
+        bool seen = false; /* penalize each token once */
+        for (int j = 0; j < i; j++) seen |= s->history[j] == s->history[i];
+        if (!seen) c->logit = c->logit > 0 ? c->logit / pen : c->logit * pen;
+    }
+}
+
+int32_t sampler_sample(struct sampler *s, const float *logits)
+{
+    const int n = s->n_vocab;
+    for (int i = 0; i < n; i++) s->cand[i] = (struct sampler_cand){ i, logits[i] };
+    apply_penalty(s);
+    if (s->opts.temperature <= 0.0f) {
+        int best = 0;
+        for (int i = 1; i < n; i++)
+            if (s->cand[i].logit > s->cand[best].logit) best = i;
+        return s->cand[best].id;
+    }
+    qsort(s->cand, (size_t)n, sizeof(*s->cand), cmp_cand_desc);
+    int keep = n;
+    if (s->opts.top_k > 0 && s->opts.top_k < keep) keep = s->opts.top_k;
+    const float inv_t = 1.0f / s->opts.temperature, top = s->cand[0].logit;
+    double sum = 0.0;
+    float *p = s->probs;
+    for (int i = 0; i < keep; i++) sum += (p[i] = expf((s->cand[i].logit - top) * inv_t));
+    /* top-p: smallest prefix with mass >= top_p; min-p: drop p < min_p * p_max */
+    double acc = 0.0;
+    int cut = keep;
+    for (int i = 0; i < keep; i++) {
+        if (s->opts.min_p > 0.0f && p[i] < s->opts.min_p * p[0]) {
+            cut = TT_MAX(i, 1);
+            break;
+        }
+        acc += p[i] / sum;
+        if (s->opts.top_p < 1.0f && acc >= s->opts.top_p) {
+            cut = i + 1;
+            break;
+        }
+    }
+    double total = 0.0;
+    for (int i = 0; i < cut; i++) total += p[i];
+    double r = (double)(next_random(&s->rng) >> 11) * (1.0 / 9007199254740992.0) * total;
+    int pick = cut - 1;
+    for (int i = 0; i < cut; i++) {
+        r -= p[i];
+        if (r < 0) {
+            pick = i;
+            break;
+        }
+    }
+    return s->cand[pick].id;
+}

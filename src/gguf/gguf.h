@@ -69,7 +69,10 @@ struct gguf_value {
         struct {
             enum gguf_vtype type;  /* element type */
             uint64_t n;            /* element count */
-            const void *raw;       /* numeric/bool elements: packed little-endian, in the map */
+            /* numeric/bool elements: packed little-endian, in the map, possibly
+             * unaligned: read them with gguf_arr_f64/gguf_arr_i64 or memcpy.
+             * Bool elements are validated to be 0 or 1. */
+            const void *raw;
             const struct gguf_value *elems; /* STRING and ARRAY elements: n parsed values */
         } arr;             /* ARRAY */
     };
@@ -105,7 +108,11 @@ struct gguf_file {
 };
 
 /* Map and parse `path`. On failure returns a TT_E* code, sets the error
- * detail, and leaves `f` zeroed (gguf_close is still safe). */
+ * detail, and leaves `f` zeroed (gguf_close is still safe). Codes:
+ * TT_ENOTFOUND (no such file), TT_EIO (cannot open or map), TT_EFORMAT
+ * (malformed), TT_EUNSUPPORTED (version 1 or >3, big-endian, tensor type),
+ * TT_ENOMEM. The detail starts with the path. Tables are indexed by hash, so
+ * gguf_find_kv and gguf_find_tensor take constant time. */
 int gguf_open(struct gguf_file *f, const char *path);
 /* Parse an in-memory image (not copied; must outlive f). Same checks. */
 int gguf_parse_buffer(struct gguf_file *f, const void *buf, uint64_t size_bytes);
@@ -114,7 +121,8 @@ void gguf_close(struct gguf_file *f);
 const struct gguf_kv *gguf_find_kv(const struct gguf_file *f, const char *key);
 /* Typed getters: return 0, TT_ENOTFOUND if the key is absent, or TT_EFORMAT
  * (with detail) if it has the wrong type or is out of the target's range.
- * Integer getters accept any integer type whose value fits. */
+ * Integer getters accept any integer type whose value fits; gguf_get_f32
+ * accepts FLOAT32, FLOAT64 (if it fits a float) and integers. */
 int gguf_get_u32(const struct gguf_file *f, const char *key, uint32_t *out);
 int gguf_get_i64(const struct gguf_file *f, const char *key, int64_t *out);
 int gguf_get_f32(const struct gguf_file *f, const char *key, float *out);
@@ -129,13 +137,23 @@ int64_t gguf_arr_i64(const struct gguf_value *arr, uint64_t i);
 
 const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char *name);
 const char *gguf_vtype_name(enum gguf_vtype t);
+/* Bytes of one element of a scalar type (1, 2, 4 or 8); 0 for STRING, ARRAY
+ * and ids outside the enum. */
+size_t gguf_vtype_size(enum gguf_vtype t);
 
 /* ---- writer ----
  * Usage: init; set metadata; add tensor infos (all of them, in file order);
  * begin(path) writes the header to "<path>.tmp"; write each tensor's data in
  * the same order; finish() pads, flushes and renames onto `path`, so an
  * interrupted write never leaves a truncated file under the final name.
- * Any error is sticky: later calls return it; free() removes the temp file. */
+ * Any error is sticky: later calls return it; free() removes the temp file.
+ * Setting a key twice replaces its value. Tensor data is padded with zeros to
+ * the alignment, 32 unless "general.alignment" is set (a uint32 power of two
+ * <= GGUF_ALIGNMENT_MAX, set before begin); the key is written only if set.
+ * Data passes straight from the caller's buffer to the file, so files of any
+ * size are written with a small fixed buffer. Errors: TT_EINVAL (bad key,
+ * name, shape, order of calls, size), TT_EUNSUPPORTED (tensor type),
+ * TT_EIO (file system, with the path and the system's reason), TT_ENOMEM. */
 struct gguf_writer;
 struct gguf_writer *gguf_writer_create(void);
 void gguf_writer_free(struct gguf_writer *w);
@@ -149,6 +167,10 @@ int gguf_writer_set_arr(struct gguf_writer *w, const char *key, enum gguf_vtype 
                         const void *data, uint64_t n);
 int gguf_writer_set_arr_str(struct gguf_writer *w, const char *key, const char *const *strs,
                             uint64_t n);
+/* Any value, including scalar types without a setter of their own and nested
+ * arrays (elements of STRING/ARRAY arrays in `elems`, each of the element
+ * type; numeric elements packed in `raw`). The value is copied. */
+int gguf_writer_set_value(struct gguf_writer *w, const char *key, const struct gguf_value *v);
 /* Copy every metadata entry of `src` whose key starts with `prefix`. */
 int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_file *src, const char *prefix);
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, uint32_t n_dims,

@@ -116,4 +116,78 @@ int tt_type_from_name(const char *name);
 /* Comma-separated list of supported stored types, for error messages. */
 const char *tt_type_supported_list(void);
 
+/* ---- additions: the per-type reference functions ----
+ * The functions the traits table points to, callable by name (kcpu's scalar
+ * table and the tests use them). Contracts as tt_to_float_fn, tt_from_float_fn
+ * and tt_vec_dot_fn: n is a multiple of the block size (asserted), nothing is
+ * allocated, no state is kept, any thread may call them. */
+
+/* Type ids whose traits exist but which are never written to model files
+ * (Q8_K) answer false; so do unsupported ids. */
+bool tt_type_is_stored(uint32_t type);
+
+void tt_dequantize_row_f16(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_bf16(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_q4_0(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_q8_0(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_q4_K(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_q5_K(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_q6_K(const void *vx, float *y, int64_t n);
+void tt_dequantize_row_q8_K(const void *vx, float *y, int64_t n);
+
+void tt_quantize_row_f16(const float *x, void *vy, int64_t n);  /* round to nearest even */
+void tt_quantize_row_bf16(const float *x, void *vy, int64_t n); /* round to nearest even */
+void tt_quantize_row_q4_0(const float *x, void *vy, int64_t n);
+/* Q8_0 as llama.cpp's x86 CPU backend quantizes activations (what the traits'
+ * from_float is): d = amax/127 stored as F16, q = x * (127/amax) rounded half
+ * to even. */
+void tt_quantize_row_q8_0(const float *x, void *vy, int64_t n);
+/* Q8_0 as llama-quantize writes weights (quantize_row_q8_0_ref): q = x * (1/d)
+ * rounded half away from zero. Differs from the above only on exact ties and
+ * in the last bit of the multiplier; use it to write files byte-identical to
+ * llama-quantize's. */
+void tt_quantize_row_q8_0_ref(const float *x, void *vy, int64_t n);
+void tt_quantize_row_q4_K(const float *x, void *vy, int64_t n);
+void tt_quantize_row_q5_K(const float *x, void *vy, int64_t n);
+void tt_quantize_row_q6_K(const float *x, void *vy, int64_t n);
+/* Q8_K as llama.cpp quantizes activations (quantize_row_q8_K_ref): with max
+ * the first element of largest magnitude, iscale = -127/max (so that element
+ * becomes -127), q = iscale*x rounded half to even, d = 1/iscale; bsums
+ * filled. An all-zero block has d = 0 and zero sums. */
+void tt_quantize_row_q8_K(const float *x, void *vy, int64_t n);
+
+void tt_vec_dot_f32(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_f16(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_bf16(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_q4_0_q8_0(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_q8_0_q8_0(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_q4_K_q8_K(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_q5_K_q8_K(int n, float *s, const void *vx, const void *vy);
+void tt_vec_dot_q6_K_q8_K(int n, float *s, const void *vx, const void *vy);
+
+/* Round to the nearest integer, ties to even, as llama.cpp's nearest_int and
+ * the x86 round instructions do (default rounding mode assumed). Exact for
+ * |v| <= 2^22 - 1; for larger values, inf or NaN the result is unspecified
+ * but defined (no undefined behaviour), so callers clamp it afterwards. */
+static inline int tt_nearest_int(float v)
+{
+    union { float f; int32_t i; } u = { .f = v + 12582912.0f }; /* 1.5 * 2^23 */
+    return (u.i & 0x007fffff) - 0x00400000;
+}
+
+/* Scale and min of sub-block j (0..7) of a Q4_K/Q5_K block, both 6 bits:
+ * j < 4 keep them in the low 6 bits of scales[j] and scales[j + 4]; j >= 4 keep
+ * their low 4 bits in the nibbles of scales[j + 4] and their top 2 bits in the
+ * top bits of scales[j - 4] (scale) and scales[j] (min). */
+static inline void tt_q4_K_scale_min(int j, const uint8_t *scales, uint8_t *sc, uint8_t *m)
+{
+    if (j < 4) {
+        *sc = scales[j] & 63;
+        *m = scales[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
+        *m = (uint8_t)((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+    }
+}
+
 #endif

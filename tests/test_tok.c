@@ -420,6 +420,7 @@ static void test_pieces_bpe(void)
     CHECK_EQ_INT(tok_piece(v, id, buf, 64), 1);
     CHECK_EQ_INT(buf[0], '\n');
     CHECK_EQ_INT(tok_piece(v, 50256, buf, 64), 0); /* <|endoftext|> */
+    CHECK(tok_piece_max(v) >= 4 && tok_piece_max(v) < 1024);
     CHECK(tok_is_eog(v, 50256));
     /* Invalid UTF-8 is read as U+FFFD per bad byte, like llama.cpp. */
     int32_t a[16], b[16];
@@ -515,6 +516,92 @@ static void test_load_speed(void)
     }
 }
 
+/* ---- randomized round trips ---- */
+
+static uint32_t fuzz_next(uint64_t *state)
+{
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*state >> 33);
+}
+
+/* Random text from pieces that stress the splitters: letters, digits,
+ * whitespace runs, punctuation, multi-byte characters, special-token
+ * look-alikes; with bad_utf8 also stray and truncated UTF-8 bytes. */
+static size_t fuzz_text(uint64_t *st, char *out, size_t cap, bool bad_utf8)
+{
+    static const char *const parts[] = {
+        "a", "Hello", " world", "  ", "\t", "\n", "\r\n", "   \n ", "1", "2024", "'s", "'LL",
+        "!", "...", "(", "{}", "\xc3\xa9", "\xe4\xb8\xad\xe6\x96\x87", "\xf0\x9f\xa6\x99",
+        "\xe2\x80\x8d", "\xcc\x81", "\xc2\xa0", "<|endoftext|>", "<s>", "</s", "<|im_", "\x01",
+    };
+    static const char *const bad[] = { "\xff", "\xc3", "\xe4\xb8", "\x80", "\xf0\x9f" };
+    size_t n = 0, k = fuzz_next(st) % 24;
+    for (size_t i = 0; i < k; i++) {
+        bool b = bad_utf8 && fuzz_next(st) % 5 == 0;
+        const char *p = b ? bad[fuzz_next(st) % TT_ARRAY_LEN(bad)]
+                          : parts[fuzz_next(st) % TT_ARRAY_LEN(parts)];
+        size_t l = strlen(p);
+        if (n + l >= cap) break;
+        memcpy(out + n, p, l);
+        n += l;
+    }
+    return n;
+}
+
+static void fuzz_vocab(const char *rel, bool spm)
+{
+    struct vocab_fixture fx;
+    if (!fixture_open(&fx, rel)) return;
+    uint64_t st = 42;
+    static char text[1024], back[8192];
+    static int32_t ids[MAX_IDS];
+    int n_bad = 0;
+    for (int iter = 0; iter < 400; iter++) {
+        bool bad_utf8 = iter % 2 == 1;
+        size_t len = fuzz_text(&st, text, sizeof(text), bad_utf8);
+        for (int ps = 0; ps < 2; ps++) { /* never fails, ids always in range */
+            int n = tok_encode(fx.v, text, len, ps, ps, ids, MAX_IDS);
+            CHECK(n >= 0);
+            for (int i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < tok_n_vocab(fx.v));
+        }
+        /* Bad UTF-8 is not lossless: BPE reads it as U+FFFD; SPM, like
+         * llama.cpp, lets a stray lead byte swallow the next byte (e.g. the
+         * first byte of a "\xe2\x96\x81" that stands for a space). */
+        if (bad_utf8) continue;
+        int n = tok_encode(fx.v, text, len, false, false, ids, MAX_IDS);
+        int bl = detok(fx.v, ids, n, back, (int)sizeof(back));
+        bool ok = spm ? (len == 0 ? bl == 0 : bl == (int)len + 1 && memcmp(back + 1, text, len) == 0)
+                      : bl == (int)len && memcmp(back, text, len) == 0;
+        if (!ok && n_bad++ < 3) fprintf(stderr, "  round trip differs: [%.*s] -> [%.*s]\n", (int)len, text, bl, back);
+    }
+    CHECK_EQ_INT(n_bad, 0);
+    /* Random ids through tok_piece and the stream: same bytes either way. */
+    struct tok_stream ts = { 0 };
+    char a[1024], b[1024];
+    size_t la = 0, lb = 0;
+    uint64_t ha = 14695981039346656037ull, hb = 14695981039346656037ull;
+    for (int i = 0; i < 2000; i++) {
+        int32_t id = (int32_t)(fuzz_next(&st) % (uint32_t)tok_n_vocab(fx.v));
+        int k = tok_piece(fx.v, id, a, (int)sizeof(a));
+        CHECK(k >= 0);
+        for (int j = 0; j < k; j++) ha = (ha ^ (unsigned char)a[j]) * 1099511628211ull;
+        la += (size_t)(k > 0 ? k : 0);
+        k = tok_stream_push(fx.v, &ts, id, b, (int)sizeof(b));
+        CHECK(k >= 0);
+        for (int j = 0; j < k; j++) hb = (hb ^ (unsigned char)b[j]) * 1099511628211ull;
+        lb += (size_t)(k > 0 ? k : 0);
+    }
+    int k = tok_stream_flush(&ts, b, (int)sizeof(b));
+    for (int j = 0; j < k; j++) hb = (hb ^ (unsigned char)b[j]) * 1099511628211ull;
+    lb += (size_t)k;
+    CHECK(la == lb && ha == hb);
+    fixture_close(&fx);
+}
+
+static void test_fuzz_spm(void) { fuzz_vocab("models/stories260K.gguf", true); }
+static void test_fuzz_bpe(void) { fuzz_vocab("tokenizer/ggml-vocab-gpt-2.gguf", false); }
+static void test_fuzz_bpe_llama3(void) { fuzz_vocab("tokenizer/ggml-vocab-llama-bpe.gguf", false); }
+
 /* ---- malformed vocabularies ---- */
 
 enum { BAD_NONE, BAD_NO_MODEL, BAD_MODEL, BAD_PRE, BAD_SCORES_LEN, BAD_TYPES_LEN, BAD_NO_MERGES,
@@ -529,7 +616,7 @@ static int load_synthetic(int defect, bool bpe, struct tok_vocab **out)
     const char *dup_toks[] = { "<unk>", "<s>", "</s>", "a", "a", "ab" };
     const char *merges[] = { "a b" };
     float scores[6] = { 0, 0, 0, -1, -2, -0.5f };
-    int32_t types[6] = { 2, 3, 3, 1, 1, 1 };
+    int32_t types[7] = { 2, 3, 3, 1, 1, 1, 1 }; /* 7: room for the too-long case */
     struct gguf_writer *w = gguf_writer_create();
     if (defect != BAD_NO_MODEL)
         gguf_writer_set_str(w, "tokenizer.ggml.model", defect == BAD_MODEL ? "bert" : bpe ? "gpt2" : "llama");
@@ -838,6 +925,9 @@ static const struct test_case cases[] = {
     { "encode_limits", test_encode_limits },
     { "stream_utf8", test_stream_utf8 },
     { "load_speed", test_load_speed },
+    { "fuzz_spm", test_fuzz_spm },
+    { "fuzz_bpe", test_fuzz_bpe },
+    { "fuzz_bpe_llama3", test_fuzz_bpe_llama3 },
     { "bad_vocabs", test_bad_vocabs },
     { "chat_render", test_chat_render },
     { "chat_detect", test_chat_detect },

@@ -383,6 +383,7 @@ static int tok_build_pieces(struct tok_vocab *v)
         if (n > INT32_MAX / 2) return tt_error_set(TT_EFORMAT, "tok: token %d decodes too long", i);
         v->pieces[i].off = (uint32_t)total;
         v->pieces[i].len = (uint32_t)n;
+        v->piece_max = TT_MAX(v->piece_max, (int32_t)n);
         total += n;
         if (total >= UINT32_MAX) return tt_error_set(TT_EFORMAT, "tok: decoded vocabulary too large");
     }
@@ -466,6 +467,8 @@ int32_t tok_find(const struct tok_vocab *v, const char *text, size_t len)
 }
 
 /* ---- decoding ---- */
+
+int tok_piece_max(const struct tok_vocab *v) { return v->piece_max; }
 
 int tok_piece(const struct tok_vocab *v, int32_t id, char *buf, int cap)
 {

@@ -115,6 +115,8 @@ int tok_encode(const struct tok_vocab *v, const char *text, size_t len, bool add
  * Returns the length; TT_EINVAL for an id out of range; TT_ERANGE if cap is
  * too small. Never allocates. */
 int tok_piece(const struct tok_vocab *v, int32_t id, char *buf, int cap);
+/* The longest piece in the vocabulary, in bytes (to size buffers). */
+int tok_piece_max(const struct tok_vocab *v);
 
 /* Streaming detokenizer: output never ends inside a UTF-8 character; the
  * incomplete tail of a piece waits in `pending` for the next piece. Bytes
@@ -127,7 +129,7 @@ struct tok_stream {
 };
 /* Append token id's piece; writes the complete characters to out and returns
  * the number of bytes written. TT_ERANGE (stream unchanged) if cap is too
- * small: cap >= 4 + the longest piece always suffices. TT_EINVAL for a bad id. */
+ * small: cap >= 3 + tok_piece_max() always suffices. TT_EINVAL for a bad id. */
 int tok_stream_push(const struct tok_vocab *v, struct tok_stream *s, int32_t id, char *out,
                     int cap);
 /* Emit whatever is pending (an incomplete character at end of stream) and

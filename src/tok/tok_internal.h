@@ -70,6 +70,7 @@ struct tok_vocab {
     char *arena;
     size_t arena_len;
     char *piece_arena;
+    int32_t piece_max; /* longest piece, bytes */
     struct tok_strmap token_map;
     struct tok_str *merge_keys; /* [n_merges] */
     int32_t n_merges;

@@ -56,29 +56,20 @@ static const char *const eog_texts[] = {
     "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "[e~[", NULL,
 };
 
-static bool tok_in_list(const char *text, const char *const *list)
-{
-    for (; *list; list++)
-        if (strcmp(text, *list) == 0) return true;
-    return false;
-}
-
 static int32_t tok_find_cstr(const struct tok_vocab *v, const char *s)
 {
     return tok_find(v, s, strlen(s));
 }
 
-/* Step 1: fill *id from the first token whose text is in list. */
+/* Step 1: fill *id from the first token (lowest id) whose text is in list. */
 static void tok_detect_role(struct tok_vocab *v, int32_t *id, const char *const *list)
 {
     if (*id >= 0) return;
-    for (int32_t i = 0; i < v->n_tokens; i++) {
-        if (tok_in_list(tok_text(v, i), list)) {
-            *id = i;
-            v->attrs[i] |= TOK_ATTR_CONTROL;
-            return;
-        }
+    for (; *list; list++) {
+        int32_t k = tok_find_cstr(v, *list);
+        if (k >= 0 && (*id < 0 || k < *id)) *id = k;
     }
+    if (*id >= 0) v->attrs[*id] |= TOK_ATTR_CONTROL;
 }
 
 static void tok_mark_eog(struct tok_vocab *v, int32_t id)
@@ -92,9 +83,9 @@ static void tok_build_eog(struct tok_vocab *v)
     tok_mark_eog(v, v->fim_pad);
     tok_mark_eog(v, v->fim_rep);
     tok_mark_eog(v, v->fim_sep);
-    for (int32_t i = 0; i < v->n_tokens; i++) {
-        if (tok_in_list(tok_text(v, i), eog_texts))
-            v->attrs[i] |= TOK_ATTR_EOG_ | TOK_ATTR_CONTROL;
+    for (const char *const *t = eog_texts; *t; t++) {
+        int32_t id = tok_find_cstr(v, *t);
+        if (id >= 0) v->attrs[id] |= TOK_ATTR_EOG_ | TOK_ATTR_CONTROL;
     }
     static const char *const user_defined[] = { "<|channel|>", "<|message|>", "<|start|>",
                                                 "<|constrain|>" };

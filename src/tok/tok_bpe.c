@@ -11,7 +11,9 @@
  *      with UTF + UCP, so \p{L}, \p{N} and \s are Unicode classes. llama.cpp
  *      runs a few of them through hand-written matchers or a "collapsed"
  *      std::regex; for every code point those agree with the true Unicode
- *      classes used here, up to differences between Unicode versions.
+ *      classes used here, up to differences between Unicode versions (PCRE2
+ *      10.42 has Unicode 14 tables) and U+180E, which PCRE2 counts as white
+ *      space and llama.cpp does not (see bpe_shadow).
  *   3. Each piece's bytes are mapped to GPT-2's printable code points.
  *   4. Merge: symbols start as single code points; every adjacent pair with a
  *      merge rule goes on a min-heap by rank (ties: leftmost); pop, skip
@@ -251,7 +253,9 @@ struct bpe_state {
     pcre2_match_data *md;
     pcre2_match_context *mctx; /* only once a match ran out of JIT stack */
     pcre2_jit_stack *jit_stack;
-    struct tok_buf text; /* sanitized input */
+    struct tok_buf text;   /* sanitized input */
+    struct tok_buf shadow; /* what the regexes see, when it differs from text */
+    const char *subject;   /* text.p or shadow.p */
     struct tok_buf word; /* one piece, byte-level mapped */
     struct bpe_spans spans[2];
     struct bpe_sym *sym;
@@ -292,7 +296,7 @@ static int bpe_match(struct bpe_state *st, pcre2_code *re, const char *subject, 
 /* Split span [start, end) of the text by re into matches and gaps. */
 static int bpe_split(struct bpe_state *st, pcre2_code *re, struct bpe_span sp, struct bpe_spans *out)
 {
-    const char *subject = st->text.p + sp.start;
+    const char *subject = st->subject + sp.start;
     size_t len = sp.end - sp.start, gap = 0, from = 0;
     int rc = 0;
     while (from < len && !rc) {
@@ -432,6 +436,23 @@ static int bpe_word(struct bpe_state *st, const char *piece, size_t len, struct 
     return rc;
 }
 
+/* PCRE2 (Unicode 14 tables) counts U+180E MONGOLIAN VOWEL SEPARATOR as \s;
+ * llama.cpp's White_Space table does not. The regexes therefore see it as
+ * U+200B, another format character of the same UTF-8 length that no class
+ * here matches specially, so spans keep their offsets into the real text. */
+static int bpe_shadow(struct bpe_state *st)
+{
+    st->subject = st->text.p;
+    if (!memmem(st->text.p, st->text.n, "\xe1\xa0\x8e", 3)) return 0;
+    int rc = tok_buf_append(&st->shadow, st->text.p, st->text.n);
+    if (rc) return rc;
+    for (char *p = st->shadow.p, *end = p + st->shadow.n;
+         (p = memmem(p, (size_t)(end - p), "\xe1\xa0\x8e", 3)); p += 3)
+        memcpy(p, "\xe2\x80\x8b", 3);
+    st->subject = st->shadow.p;
+    return 0;
+}
+
 /* Steps 1-2: sanitized text split into st->spans[*which]. */
 static int bpe_pretokenize(struct bpe_state *st, const char *text, size_t len, int *which)
 {
@@ -439,8 +460,9 @@ static int bpe_pretokenize(struct bpe_state *st, const char *text, size_t len, i
     if (rc) return rc;
     if (st->text.n > UINT32_MAX)
         return tt_error_set(TT_ERANGE, "tok: text of %zu bytes is too long", st->text.n);
+    rc = bpe_shadow(st);
     int cur = 0;
-    rc = bpe_span_push(&st->spans[cur], 0, (uint32_t)st->text.n);
+    if (!rc) rc = bpe_span_push(&st->spans[cur], 0, (uint32_t)st->text.n);
     for (int r = 0; r < st->v->n_re && !rc; r++) {
         struct bpe_spans *next = &st->spans[cur ^ 1];
         next->n = 0;
@@ -467,6 +489,7 @@ int tok_bpe_encode(const struct tok_vocab *v, const char *text, size_t len, stru
     pcre2_match_context_free(st.mctx);
     pcre2_jit_stack_free(st.jit_stack);
     tok_buf_free(&st.text);
+    tok_buf_free(&st.shadow);
     tok_buf_free(&st.word);
     free(st.spans[0].v);
     free(st.spans[1].v);

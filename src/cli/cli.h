@@ -20,6 +20,12 @@ int cmd_inspect(int argc, char **argv);
 int cmd_gen(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 
+/* The process's communicator (one rank unless launched by mpirun),
+ * started by main() before a command runs and ended after. */
+void cli_comm_start(int *argc, char ***argv);
+struct comm *cli_comm(void);
+void cli_comm_end(void);
+
 /* Print "tutti: error: ..." (and the last library error detail when err < 0)
  * and exit(1). */
 _Noreturn void cli_die(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

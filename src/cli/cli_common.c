@@ -12,11 +12,28 @@
 #include <string.h>
 #include <unistd.h>
 
+static struct comm *the_comm;
+
+void cli_comm_start(int *argc, char ***argv)
+{
+    int err = comm_init(&the_comm, COMM_BACKEND_AUTO, argc, argv);
+    if (err) cli_die(err, "cannot start the communicator");
+}
+
+struct comm *cli_comm(void) { return the_comm; }
+
+void cli_comm_end(void)
+{
+    comm_free(the_comm);
+    the_comm = NULL;
+}
+
 _Noreturn void cli_die(int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "tutti: error: ");
+    if (the_comm && comm_size(the_comm) > 1) fprintf(stderr, "tutti: rank %d: error: ", comm_rank(the_comm));
+    else fprintf(stderr, "tutti: error: ");
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     if (err < 0) {
@@ -107,7 +124,9 @@ void cli_load_model(const char *path, struct model *m)
     int err = model_load(m, path);
     if (err) cli_die(err, "cannot load model '%s'", path);
     /* Touch every page once: page faults then happen here, with a progress
-     * bar, instead of inside the first token's timing. */
+     * bar, instead of inside the first token's timing. On several ranks each
+     * rank reads only its slices when the engine copies them. */
+    if (the_comm && comm_size(the_comm) > 1) return;
     struct cli_progress p;
     cli_progress_start(&p, "loading");
     const volatile uint8_t *map = m->file.map;
@@ -223,3 +242,29 @@ int32_t *cli_tokenize(const struct tok_vocab *v, const char *text, size_t len,
     return ids;
 }
 
+
+const char cli_sampler_opts_help[] =
+    "      --temp T         temperature; 0 = greedy (default 0.8)\n"
+    "      --top-k N        keep the N most likely tokens (default 40, 0 = off)\n"
+    "      --top-p P        nucleus sampling mass (default 0.95, 1 = off)\n"
+    "      --min-p P        drop tokens below P x the best one's probability (default 0.05)\n"
+    "      --repeat-penalty R  penalty for recent tokens (default 1 = off)\n"
+    "      --repeat-last-n N   window of the penalty (default 64)\n"
+    "      --seed N         random seed (default 0 = fixed default seed)\n";
+
+bool cli_sampler_opt(int argc, char **argv, int *i, struct sampler_opts *so)
+{
+    const char *a = argv[*i];
+    if (!strcmp(a, "--temp")) so->temperature = (float)cli_parse_float(a, cli_value(argc, argv, i), 0, 100);
+    else if (!strcmp(a, "--top-k")) so->top_k = (int)cli_parse_int(a, cli_value(argc, argv, i), 0, 1 << 24);
+    else if (!strcmp(a, "--top-p")) so->top_p = (float)cli_parse_float(a, cli_value(argc, argv, i), 0, 1);
+    else if (!strcmp(a, "--min-p")) so->min_p = (float)cli_parse_float(a, cli_value(argc, argv, i), 0, 1);
+    else if (!strcmp(a, "--repeat-penalty"))
+        so->repeat_penalty = (float)cli_parse_float(a, cli_value(argc, argv, i), 0.01, 100);
+    else if (!strcmp(a, "--repeat-last-n"))
+        so->repeat_last_n = (int)cli_parse_int(a, cli_value(argc, argv, i), 0, SAMPLER_HISTORY_MAX);
+    else if (!strcmp(a, "--seed"))
+        so->seed = (uint64_t)cli_parse_int(a, cli_value(argc, argv, i), 0, INT64_MAX);
+    else return false;
+    return true;
+}

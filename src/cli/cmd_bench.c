@@ -113,8 +113,15 @@ int cmd_bench(int argc, char **argv)
     if (mo.engine.n_ctx < n_prompt + n_gen) mo.engine.n_ctx = n_prompt + n_gen;
     if (!mo.engine.n_batch) mo.engine.n_batch = TT_MIN(n_prompt, 512);
     struct engine *e;
+    mo.engine.comm = cli_comm();
     int err = engine_create(&e, &m, &mo.engine);
     if (err) cli_die(err, "cannot set up the engine");
+    if (engine_rank(e) != 0) {
+        if ((err = engine_worker_run(e))) cli_die(err, "rank %d stopped", engine_rank(e));
+        engine_destroy(e);
+        model_free(&m);
+        return 0;
+    }
     const int nt = engine_n_threads(e);
     double bw = cli_measure_read_bw(nt);
     struct bench_result best = { 0 }, r;
@@ -124,6 +131,7 @@ int cmd_bench(int argc, char **argv)
         if (r.prefill_tok_s > best.prefill_tok_s) best.prefill_tok_s = r.prefill_tok_s;
         if (r.decode_tok_s > best.decode_tok_s) best.decode_tok_s = r.decode_tok_s;
     }
+    engine_stop_workers(e);
     const uint64_t bpt = model_bytes_per_token(&m);
     const double frac = bw > 0 ? best.decode_tok_s * (double)bpt / (bw * 1e9) : 0.0;
     if (json) {
@@ -131,9 +139,9 @@ int cmd_bench(int argc, char **argv)
         cli_json_str(stdout, mo.model_path, strlen(mo.model_path));
         printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
                "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
-               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":1}\n",
+               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d}\n",
                nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, best.ttft_ms,
-               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac);
+               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e));
     } else {
         printf("model            %s (%s, %d layers, %.2f GiB)\n", mo.model_path,
                model_arch_name(m.hp.arch), m.hp.n_layer, (double)m.weight_bytes / (1 << 30));

@@ -51,13 +51,23 @@ int cmd_logits(int argc, char **argv)
         tok_free(v);
     }
     if (mo.engine.n_ctx < n) mo.engine.n_ctx = TT_MAX(n, mo.engine.n_ctx);
+    mo.engine.comm = cli_comm();
     struct engine *e;
     int err = engine_create(&e, &m, &mo.engine);
     if (err) cli_die(err, "cannot set up the engine");
+    if (engine_rank(e) != 0) { /* every rank computed the same ids; rank 0 drives */
+        err = engine_worker_run(e);
+        if (err) cli_die(err, "rank %d stopped", engine_rank(e));
+        engine_destroy(e);
+        model_free(&m);
+        free(ids);
+        return 0;
+    }
     const size_t n_vocab = (size_t)m.hp.n_vocab;
     float *logits = malloc(sizeof(float) * n_vocab * (size_t)n);
     if (!logits) cli_die(TT_ENOMEM, "no memory for %d x %zu logits", n, n_vocab);
     if ((err = engine_eval(e, ids, n, ENGINE_LOGITS_ALL, logits))) cli_die(err, "evaluation failed");
+    engine_stop_workers(e);
     FILE *fp = fopen(out_path, "wb");
     if (!fp) cli_die(0, "cannot create '%s'", out_path);
     size_t wrote = fwrite(logits, sizeof(float) * n_vocab, (size_t)n, fp);

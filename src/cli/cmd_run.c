@@ -53,7 +53,7 @@ static bool sampler_opt(int argc, char **argv, int *i, struct sampler_opts *so)
     else if (!strcmp(a, "--repeat-penalty"))
         so->repeat_penalty = (float)cli_parse_float(a, cli_value(argc, argv, i), 0.01, 100);
     else if (!strcmp(a, "--repeat-last-n"))
-        so->repeat_last_n = (int)cli_parse_int(a, cli_value(argc, argv, i), 0, 1 << 20);
+        so->repeat_last_n = (int)cli_parse_int(a, cli_value(argc, argv, i), 0, SAMPLER_HISTORY_MAX);
     else if (!strcmp(a, "--seed"))
         so->seed = (uint64_t)cli_parse_int(a, cli_value(argc, argv, i), 0, INT64_MAX);
     else return false;
@@ -104,30 +104,26 @@ static void append_text(struct gen_result *r, const char *s, size_t n)
     r->text[r->text_len] = 0;
 }
 
-/* Evaluate the prompt and generate up to o->n_predict tokens. */
+/* Evaluate the prompt and generate up to o->n_predict tokens (rank 0; the
+ * other ranks follow in engine_worker_run). */
 static void generate(struct engine *e, const struct tok_vocab *v, const struct run_opts *o,
                      const int32_t *prompt, int n_prompt, struct gen_result *r)
 {
     const int n_vocab = engine_model(e)->hp.n_vocab;
-    float *logits = malloc(sizeof(float) * (size_t)n_vocab);
     struct sampler s;
     int err = sampler_init(&s, &o->so, n_vocab);
-    if (err || !logits) cli_die(err ? err : TT_ENOMEM, "setting up the sampler");
     r->tokens = malloc(sizeof(int32_t) * (size_t)(o->n_predict + 1));
+    if (err || !r->tokens) cli_die(err ? err : TT_ENOMEM, "setting up the sampler");
     for (int i = 0; i < n_prompt; i++) sampler_accept(&s, prompt[i]);
     struct tok_stream ts = { 0 };
     char piece[256];
+    int32_t id;
     double t0 = tt_now_s();
-    err = engine_eval(e, prompt, n_prompt, ENGINE_LOGITS_LAST, logits);
-    if (err) cli_die(err, "evaluating the prompt");
+    if ((err = engine_eval_sample(e, prompt, n_prompt, &s, &id))) cli_die(err, "evaluating the prompt");
     r->prefill_s = tt_now_s() - t0;
-    double t_dec = 0;
+    r->ttft_ms = r->prefill_s * 1e3;
+    double t_dec = tt_now_s();
     for (int i = 0; i < o->n_predict; i++) {
-        int32_t id = sampler_sample(&s, logits);
-        if (i == 0) {
-            r->ttft_ms = (tt_now_s() - t0) * 1e3;
-            t_dec = tt_now_s();
-        }
         sampler_accept(&s, id);
         r->tokens[r->n_tokens++] = id;
         int n = tok_piece(v, id, piece, sizeof(piece));
@@ -138,56 +134,65 @@ static void generate(struct engine *e, const struct tok_vocab *v, const struct r
             fflush(stdout);
         }
         if ((!o->ignore_eos && tok_is_eog(v, id)) || i + 1 == o->n_predict) break;
-        if ((err = engine_eval(e, &id, 1, ENGINE_LOGITS_LAST, logits)))
-            cli_die(err, "generating token %d", i + 1);
+        if ((err = engine_eval_sample(e, &id, 1, &s, &id))) cli_die(err, "generating token %d", i + 1);
         r->n_decoded++;
     }
     r->decode_s = r->n_decoded ? tt_now_s() - t_dec : 0;
     int n = tok_stream_flush(&ts, piece, sizeof(piece));
     if (!o->json && n > 0) fwrite(piece, 1, (size_t)n, stdout);
     sampler_free(&s);
-    free(logits);
 }
 
-static void print_json(const struct gen_result *r, int n_prompt)
+static void print_json(const struct gen_result *r, int n_prompt, int n_ranks)
 {
     printf("{\"tokens\":[");
     for (int i = 0; i < r->n_tokens; i++) printf("%s%d", i ? "," : "", r->tokens[i]);
     printf("],\"text\":");
     cli_json_str(stdout, r->text ? r->text : "", r->text_len);
     printf(",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"ttft_ms\":%.3f,\"prefill_tok_s\":%.3f,"
-           "\"decode_tok_s\":%.3f,\"ranks\":1}\n",
+           "\"decode_tok_s\":%.3f,\"ranks\":%d}\n",
            n_prompt, r->n_tokens, r->ttft_ms, r->prefill_s > 0 ? n_prompt / r->prefill_s : 0.0,
-           r->decode_s > 0 ? r->n_decoded / r->decode_s : 0.0);
+           r->decode_s > 0 ? r->n_decoded / r->decode_s : 0.0, n_ranks);
 }
 
 int cmd_run(int argc, char **argv)
 {
     struct run_opts o;
     parse_run(argc, argv, &o);
-    size_t len;
-    char *text = cli_load_prompt(o.prompt, o.prompt_file, &len);
+    const bool leader = comm_rank(cli_comm()) == 0;
+    size_t len = 0;
+    char *text = leader ? cli_load_prompt(o.prompt, o.prompt_file, &len) : NULL;
     struct model m;
     cli_load_model(o.mo.model_path, &m);
+    struct engine *e;
+    o.mo.engine.comm = cli_comm();
+    int err = engine_create(&e, &m, &o.mo.engine);
+    if (err) cli_die(err, "cannot set up the engine");
+    if (!leader) {
+        err = engine_worker_run(e);
+        engine_destroy(e);
+        model_free(&m);
+        if (err) cli_die(err, "rank %d stopped", comm_rank(cli_comm()));
+        return 0;
+    }
     struct tok_vocab *v;
-    int err = tok_load(&v, &m.file);
-    if (err) cli_die(err, "cannot load the tokenizer of '%s'", o.mo.model_path);
+    if ((err = tok_load(&v, &m.file))) cli_die(err, "cannot load the tokenizer of '%s'", o.mo.model_path);
     int n_prompt;
     int32_t *prompt = cli_tokenize(v, text, len, !o.no_bos, true, &n_prompt);
     if (n_prompt == 0) cli_die(0, "the prompt is empty after tokenization");
-    struct engine *e;
-    if ((err = engine_create(&e, &m, &o.mo.engine))) cli_die(err, "cannot set up the engine");
     if (n_prompt + o.n_predict > engine_n_ctx(e))
         cli_die(0, "the prompt (%d tokens) plus -n %d exceed the context size %d; raise --ctx",
                 n_prompt, o.n_predict, engine_n_ctx(e));
     struct gen_result r = { 0 };
     generate(e, v, &o, prompt, n_prompt, &r);
+    engine_stop_workers(e);
     if (o.json) {
-        print_json(&r, n_prompt);
+        print_json(&r, n_prompt, engine_n_ranks(e));
     } else {
         printf("\n");
-        fprintf(stderr, "tutti: prompt %d tokens, TTFT %.1f ms, prefill %.1f tok/s, decode %.2f tok/s "
-                "(%d tokens)\n", n_prompt, r.ttft_ms, r.prefill_s > 0 ? n_prompt / r.prefill_s : 0.0,
+        fprintf(stderr, "tutti: %d rank%s, prompt %d tokens, TTFT %.1f ms, prefill %.1f tok/s, "
+                "decode %.2f tok/s (%d tokens)\n", engine_n_ranks(e), engine_n_ranks(e) > 1 ? "s" : "",
+                n_prompt, r.ttft_ms, r.prefill_s > 0 ? n_prompt / r.prefill_s : 0.0,
                 r.decode_s > 0 ? r.n_decoded / r.decode_s : 0.0, r.n_tokens);
     }
     free(r.tokens);

@@ -9,15 +9,16 @@ struct command {
     const char *name;
     int (*fn)(int argc, char **argv);
     const char *summary;
+    bool cluster; /* runs on every rank; the others run on rank 0 only */
 };
 
 static const struct command commands[] = {
-    { "run", cmd_run, "generate text from a prompt" },
-    { "logits", cmd_logits, "write float32 logits of every position of a token list" },
-    { "tokenize", cmd_tokenize, "print the token ids of a text" },
-    { "inspect", cmd_inspect, "show a GGUF file's metadata and tensors" },
-    { "gen", cmd_gen, "write a random-weight model of any supported shape and type" },
-    { "bench", cmd_bench, "measure TTFT, prefill and decode speed against the bandwidth limit" },
+    { "run", cmd_run, "generate text from a prompt", true },
+    { "logits", cmd_logits, "write float32 logits of every position of a token list", true },
+    { "tokenize", cmd_tokenize, "print the token ids of a text", false },
+    { "inspect", cmd_inspect, "show a GGUF file's metadata and tensors", false },
+    { "gen", cmd_gen, "write a random-weight model of any supported shape and type", false },
+    { "bench", cmd_bench, "measure TTFT, prefill and decode speed against the bandwidth limit", true },
 };
 
 static void usage(FILE *fp)
@@ -39,9 +40,15 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    for (size_t i = 0; i < TT_ARRAY_LEN(commands); i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    for (size_t i = 0; i < TT_ARRAY_LEN(commands); i++) {
+        if (strcmp(argv[1], commands[i].name)) continue;
+        cli_comm_start(&argc, &argv);
+        int rc = 0;
+        if (commands[i].cluster || comm_rank(cli_comm()) == 0) rc = commands[i].fn(argc - 1, argv + 1);
+        cli_comm_end();
+        return rc;
+    }
     fprintf(stderr, "tutti: error: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
-    return 2;
+    return 1;
 }

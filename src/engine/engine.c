@@ -19,29 +19,32 @@
 static int alloc_buffers(struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    const size_t B = (size_t)e->n_batch, E = (size_t)hp->n_embd;
-    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t B = (size_t)e->n_batch, E = (size_t)hp->n_embd, HD = (size_t)hp->head_dim;
+    const size_t qd = (size_t)e->n_head_local * HD, kvd = (size_t)e->n_kv_local * HD;
     size_t ff = (size_t)TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
-    size_t in_max = TT_MAX(TT_MAX(E, qd), ff);
-    e->kv_row_bytes = tt_row_size(e->kv_type, (int64_t)kvd);
+    size_t in_max = TT_MAX(TT_MAX(E, (size_t)hp->n_head * HD), ff);
+    e->kv_row_bytes = tt_row_size(e->kv_type, (int64_t)TT_MAX(kvd, 1));
     size_t kv_bytes = (size_t)hp->n_layer * (size_t)e->n_ctx * e->kv_row_bytes;
     e->k_cache = tt_alloc(kv_bytes);
     e->v_cache = tt_alloc(kv_bytes);
     e->x = tt_alloc(B * E * 4);
     e->xn = tt_alloc(B * E * 4);
-    e->q = tt_alloc(B * qd * 4);
-    e->k = tt_alloc(B * kvd * 4);
-    e->v = tt_alloc(B * kvd * 4);
-    e->attn = tt_alloc(B * qd * 4);
+    e->q = tt_alloc(B * TT_MAX(qd, 1) * 4);
+    e->k = tt_alloc(B * TT_MAX(kvd, 1) * 4);
+    e->v = tt_alloc(B * TT_MAX(kvd, 1) * 4);
+    e->attn = tt_alloc(B * TT_MAX(qd, 1) * 4);
     e->ffn_a = tt_alloc(B * ff * 4);
     e->ffn_b = tt_alloc(B * ff * 4);
     e->ffn_out = tt_alloc(B * E * 4);
     e->rope_cs = tt_alloc(B * (size_t)hp->n_rot * 4);
     e->scores = tt_alloc((size_t)e->n_threads * (size_t)e->n_ctx * 4);
-    e->q_half = tt_alloc((size_t)e->n_threads * (size_t)hp->head_dim * 4);
+    e->q_half = tt_alloc((size_t)e->n_threads * HD * 4);
     e->act_bytes = B * in_max * 4;
+    e->logits_local = tt_alloc(B * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
+    e->cand = tt_alloc(sizeof(struct sampler_cand) * (size_t)(e->n_ranks + 1) * ENGINE_CAND_SLOTS);
     bool ok = e->k_cache && e->v_cache && e->x && e->xn && e->q && e->k && e->v && e->attn &&
-              e->ffn_a && e->ffn_b && e->ffn_out && e->rope_cs && e->scores && e->q_half;
+              e->ffn_a && e->ffn_b && e->ffn_out && e->rope_cs && e->scores && e->q_half &&
+              e->logits_local && e->cand;
     for (int i = 0; i < ENGINE_MATMULS_MAX; i++) ok = (e->act[i] = tt_alloc(e->act_bytes)) && ok;
     if (hp->n_expert) {
         const size_t X = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
@@ -59,6 +62,32 @@ static int alloc_buffers(struct engine *e)
     return 0;
 }
 
+/* This rank's part of the plan (an even split when none is given). */
+static int take_slice(struct engine *e, const struct engine_opts *opts)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    e->rank = e->comm ? comm_rank(e->comm) : 0;
+    e->n_ranks = e->comm ? comm_size(e->comm) : 1;
+    struct plan *own = NULL;
+    const struct plan *p = opts->plan;
+    if (!p) {
+        struct plan_align a;
+        plan_align_for_model(e->m, &a);
+        if (!(own = plan_tensor_parallel(hp, &a, e->n_ranks, NULL))) return TT_EINVAL;
+        p = own;
+    }
+    if (p->n_ranks != e->n_ranks) {
+        free(own);
+        return tt_error_set(TT_EINVAL, "plan for %d ranks used with %d ranks", p->n_ranks, e->n_ranks);
+    }
+    e->slice = p->ranks[e->rank];
+    free(own);
+    e->n_head_local = e->slice.head.end - e->slice.head.begin;
+    e->n_kv_local = e->slice.kv.end - e->slice.kv.begin;
+    e->n_vocab_local = e->slice.vocab.end - e->slice.vocab.begin;
+    return 0;
+}
+
 int engine_create(struct engine **out, const struct model *m, const struct engine_opts *opts)
 {
     *out = NULL;
@@ -67,17 +96,21 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     if (!e) return tt_error_set(TT_ENOMEM, "out of memory");
     e->m = m;
     e->ops = kcpu_get();
+    e->comm = opts->comm;
+    e->wire = opts->wire;
     e->n_threads = opts->n_threads > 0 ? opts->n_threads : tt_cpu_count();
     e->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : TT_MIN(m->hp.n_ctx_train, ENGINE_CTX_DEFAULT);
     e->n_batch = opts->n_batch > 0 ? opts->n_batch : ENGINE_BATCH_DEFAULT;
     e->kv_type = opts->kv == ENGINE_KV_F32 ? TT_TYPE_F32 : TT_TYPE_F16;
     int err = 0;
-    if ((unsigned)opts->kv >= ENGINE_KV_COUNT)
-        err = tt_error_set(TT_EINVAL, "KV cache type must be f16 or f32");
+    if ((unsigned)opts->kv >= ENGINE_KV_COUNT || (unsigned)opts->wire >= COMM_WIRE_COUNT)
+        err = tt_error_set(TT_EINVAL, "KV cache type must be f16 or f32; wire f32, f16 or q8");
     else if (e->n_ctx > (1 << 24) || e->n_batch > 65536 || e->n_threads > 512)
         err = tt_error_set(TT_EINVAL, "context %d, batch %d or threads %d out of range", e->n_ctx,
                            e->n_batch, e->n_threads);
+    if (!err) err = take_slice(e, opts);
     if (!err) err = alloc_buffers(e);
+    if (!err) err = shard_build(e);
     if (!err && !(e->pool = tt_pool_create(e->n_threads)))
         err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
     if (err) {
@@ -92,27 +125,27 @@ void engine_destroy(struct engine *e)
 {
     if (!e) return;
     tt_pool_destroy(e->pool);
-    void *bufs[] = { e->k_cache, e->v_cache, e->x, e->xn, e->q, e->k, e->v, e->attn, e->ffn_a,
-                     e->ffn_b, e->ffn_out, e->rope_cs, e->scores, e->q_half, e->router, e->sel,
-                     e->sel_w, e->gather, e->xg, e->yg };
+    shard_free(e);
+    void *bufs[] = { e->k_cache, e->v_cache, e->x,      e->xn,      e->q,      e->k,
+                     e->v,       e->attn,    e->ffn_a,  e->ffn_b,   e->ffn_out, e->rope_cs,
+                     e->scores,  e->q_half,  e->router, e->sel,     e->sel_w,   e->gather,
+                     e->xg,      e->yg,      e->logits_local, e->cand };
     for (size_t i = 0; i < TT_ARRAY_LEN(bufs); i++) tt_free(bufs[i]);
     for (int i = 0; i < ENGINE_MATMULS_MAX; i++) tt_free(e->act[i]);
     free(e);
 }
 
+int engine_rank(const struct engine *e) { return e->rank; }
+int engine_n_ranks(const struct engine *e) { return e->n_ranks; }
 int engine_n_past(const struct engine *e) { return e->n_past; }
 int engine_n_ctx(const struct engine *e) { return e->n_ctx; }
 int engine_n_threads(const struct engine *e) { return e->n_threads; }
 const struct model *engine_model(const struct engine *e) { return e->m; }
 
-void engine_truncate(struct engine *e, int n_past)
-{
-    if (n_past >= 0 && n_past < e->n_past) e->n_past = n_past;
-}
 
 uint64_t engine_memory_bytes(const struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
     return 2ull * (uint64_t)hp->n_layer * (uint64_t)e->n_ctx * e->kv_row_bytes +
-           (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes;
+           (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes + e->shard_bytes;
 }

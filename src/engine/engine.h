@@ -14,13 +14,24 @@
  * F16 before the key products, as its flash-attention path does.
  *
  * Memory: everything is allocated by engine_create(); engine_eval() does not
- * allocate. Weights stay in the model's read-only map.
+ * allocate. On one rank weights stay in the model's read-only map; on several,
+ * each rank copies its slices into its own memory (so it holds about 1/N of
+ * the weights) and the map is not touched again.
+ *
+ * Cluster (SPMD): every rank builds an engine with the same comm and plan.
+ * Rank 0 drives: each of its engine_eval / engine_eval_sample /
+ * engine_truncate calls is broadcast as a step that the other ranks, running
+ * engine_worker_run(), execute in lockstep. Two all-reduces per layer join
+ * the partial sums; logits are gathered to rank 0 only when asked for, and
+ * sampling reduces each rank's vocabulary slice to ENGINE_CAND_MAX candidates.
  */
 #ifndef TT_ENGINE_H
 #define TT_ENGINE_H
 
+#include "../comm/comm.h"
 #include "../kcpu/kcpu.h"
 #include "../model/model.h"
+#include "../plan/plan.h"
 
 #define ENGINE_BATCH_DEFAULT 256
 #define ENGINE_CTX_DEFAULT 4096
@@ -36,6 +47,12 @@ struct engine_opts {
     int n_ctx;              /* 0: min(model's training context, ENGINE_CTX_DEFAULT) */
     int n_batch;            /* 0: ENGINE_BATCH_DEFAULT */
     enum engine_kv kv;      /* KV cache element type; zero = F16 */
+    /* Cluster: NULL comm = one rank. With a comm, `plan` says what every rank
+     * holds (NULL: an even tensor-parallel split) and `wire` how partial sums
+     * travel. */
+    struct comm *comm;
+    const struct plan *plan;
+    enum comm_wire wire;
 };
 
 enum engine_logits {
@@ -46,6 +63,7 @@ enum engine_logits {
 };
 
 struct engine;
+struct sampler;
 
 /* Errors: TT_ENOMEM, TT_EINVAL (bad options, with detail). The model must
  * outlive the engine. */
@@ -57,6 +75,18 @@ void engine_destroy(struct engine *e);
  * message naming the limit. On error the cache is unchanged. */
 int engine_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode,
                 float *logits);
+/* Evaluate and choose the next token with distributed sampling (rank 0).
+ * Same result as sampling full logits, except that with top-k off only the
+ * ENGINE_CAND_MAX best tokens of each rank are candidates. */
+int engine_eval_sample(struct engine *e, const int32_t *tokens, int n, struct sampler *s,
+                       int32_t *next);
+/* Ranks > 0: follow rank 0's steps until it calls engine_stop_workers().
+ * Returns 0, or the error that ended the loop. */
+int engine_worker_run(struct engine *e);
+/* Rank 0: release the workers (they return from engine_worker_run). */
+void engine_stop_workers(struct engine *e);
+int engine_rank(const struct engine *e);
+int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);
 int engine_n_ctx(const struct engine *e);
 int engine_n_threads(const struct engine *e);
@@ -65,6 +95,9 @@ void engine_truncate(struct engine *e, int n_past);
 const struct model *engine_model(const struct engine *e);
 /* Bytes held by the KV cache and scratch buffers. */
 uint64_t engine_memory_bytes(const struct engine *e);
+
+#define ENGINE_CAND_MAX 256
+#define SAMPLER_HISTORY_MAX 256 /* longest repetition-penalty window */
 
 /* ---- sampling ---- */
 struct sampler_opts {
@@ -91,6 +124,9 @@ int sampler_init(struct sampler *s, const struct sampler_opts *o, int n_vocab);
 void sampler_free(struct sampler *s);
 /* Pick the next token from logits[n_vocab] (not modified). */
 int32_t sampler_sample(struct sampler *s, const float *logits);
+/* Pick from candidates (ids and raw logits, any order; modified). `n_vocab`
+ * candidates means the full distribution. Used by distributed sampling. */
+int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n);
 /* Record a token (prompt or generated) for the repetition penalty. */
 void sampler_accept(struct sampler *s, int32_t id);
 

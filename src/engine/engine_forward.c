@@ -1,52 +1,61 @@
 /*
- * engine_forward.c: one batch through every layer, and engine_eval().
+ * engine_forward.c: one batch through every layer.
  *
  * See engine.c for the data flow. Products that read the same input (q/k/v,
  * gate/up) run as one parallel job; the input is converted once per distinct
  * vec_dot type among their weights (Q4_K_M files mix Q4_K, Q6_K and Q8_0).
+ * On several ranks each rank computes its heads and FFN columns; the partial
+ * outputs of the attention and FFN down projections are summed across ranks
+ * (forward_allreduce), after which every rank holds the same residual stream.
  */
 #include "engine_internal.h"
 
 #include <math.h>
 #include <string.h>
 
+void forward_allreduce(struct engine *e, float *x, int64_t n)
+{
+    if (e->n_ranks == 1) return;
+    int err = comm_allreduce_sum(e->comm, x, n, e->wire);
+    TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone"); /* see engine_worker_run */
+}
+
 /* outs[i][t] = ws[i] . x[t]: one conversion per distinct activation type,
- * then one fused job. */
-static void linear_multi(struct engine *e, const struct model_weight *const *ws, int n_w,
+ * then one fused job. Views with no rows (a rank without heads) are skipped. */
+static void linear_multi(struct engine *e, const struct engine_weight *const *ws, int n_w,
                          int64_t expert, const float *x, int64_t n_tok, float *const *outs)
 {
     struct matmul_task tasks[ENGINE_MATMULS_MAX];
     enum tt_type slot_type[ENGINE_MATMULS_MAX];
-    int n_slots = 0;
-    const int64_t n_in = ws[0]->ne[0];
+    int n_slots = 0, n_tasks = 0;
     TT_ASSERT(n_w <= ENGINE_MATMULS_MAX);
     for (int i = 0; i < n_w; i++) {
-        TT_ASSERT(ws[i]->ne[0] == n_in);
-        enum tt_type at = tt_type_get(ws[i]->type)->vec_dot_type;
-        size_t arb = tt_row_size(at, n_in);
+        const struct engine_weight *w = ws[i];
+        if (w->n_out == 0) continue;
+        enum tt_type at = tt_type_get(w->type)->vec_dot_type;
+        size_t arb = tt_row_size(at, w->n_in);
         int s = 0;
         while (s < n_slots && slot_type[s] != at) s++;
         if (s == n_slots) {
             slot_type[n_slots++] = at;
-            ops_convert(e, x, n_in, n_tok, n_in, at, e->act[s], arb);
+            ops_convert(e, x, w->n_in, n_tok, w->n_in, at, e->act[s], arb);
         }
-        tasks[i] = (struct matmul_task){ ws[i], expert, e->act[s], arb, n_tok, outs[i], ws[i]->ne[1] };
+        tasks[n_tasks++] = (struct matmul_task){ w, expert, e->act[s], arb, n_tok, outs[i], w->n_out };
     }
-    ops_matmul(e, tasks, n_w);
+    if (n_tasks) ops_matmul(e, tasks, n_tasks);
 }
 
-static void add_bias(float *y, const struct model_weight *b, int64_t n_tok)
+static void add_bias(float *y, const float *bias, int64_t n, int64_t n_tok)
 {
-    if (!b->data) return;
-    const float *bias = b->data;
+    if (!bias) return;
     for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t i = 0; i < b->ne[0]; i++) y[t * b->ne[0] + i] += bias[i];
+        for (int64_t i = 0; i < n; i++) y[t * n + i] += bias[i];
 }
 
-static void head_norm(float *x, const struct model_weight *w, int64_t n_rows, int hd, float eps)
+static void head_norm(float *x, const float *w, int64_t n_rows, int hd, float eps)
 {
-    if (!w->data) return;
-    for (int64_t r = 0; r < n_rows; r++) ops_rmsnorm(x + r * hd, w->data, x + r * hd, hd, eps);
+    if (!w) return;
+    for (int64_t r = 0; r < n_rows; r++) ops_rmsnorm(x + r * hd, w, x + r * hd, hd, eps);
 }
 
 static void swiglu(float *a, const float *b, int64_t n)
@@ -56,8 +65,8 @@ static void swiglu(float *a, const float *b, int64_t n)
 
 static void store_kv(struct engine *e, int il, int n_tok)
 {
-    const struct model_hparams *hp = &e->m->hp;
-    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t kvd = (int64_t)e->n_kv_local * e->m->hp.head_dim;
+    if (kvd == 0) return;
     for (int t = 0; t < n_tok; t++) {
         size_t off = ((size_t)il * e->n_ctx + (size_t)(e->n_past + t)) * e->kv_row_bytes;
         e->ops->quantize_act[e->kv_type](e->k + t * kvd, e->k_cache + off, kvd);
@@ -68,34 +77,41 @@ static void store_kv(struct engine *e, int il, int n_tok)
 static void attention_block(struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
-    const struct model_layer *l = &e->m->layers[il];
-    const int64_t E = hp->n_embd;
-    for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->attn_norm.data, e->xn + t * E, E, hp->rms_eps);
-    const struct model_weight *ws[] = { &l->wq, &l->wk, &l->wv };
+    const struct engine_layer *l = &e->layers[il];
+    const int64_t E = hp->n_embd, hd = hp->head_dim;
+    for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->attn_norm, e->xn + t * E, E, hp->rms_eps);
+    const struct engine_weight *ws[] = { &l->wq, &l->wk, &l->wv };
     float *outs[] = { e->q, e->k, e->v };
     linear_multi(e, ws, 3, 0, e->xn, n_tok, outs);
-    add_bias(e->q, &l->bq, n_tok);
-    add_bias(e->k, &l->bk, n_tok);
-    add_bias(e->v, &l->bv, n_tok);
-    head_norm(e->q, &l->q_norm, (int64_t)n_tok * hp->n_head, hp->head_dim, hp->rms_eps);
-    head_norm(e->k, &l->k_norm, (int64_t)n_tok * hp->n_head_kv, hp->head_dim, hp->rms_eps);
-    ops_rope(e, e->q, n_tok, hp->n_head, e->rope_cs);
-    ops_rope(e, e->k, n_tok, hp->n_head_kv, e->rope_cs);
+    add_bias(e->q, l->bq, e->n_head_local * hd, n_tok);
+    add_bias(e->k, l->bk, e->n_kv_local * hd, n_tok);
+    add_bias(e->v, l->bv, e->n_kv_local * hd, n_tok);
+    head_norm(e->q, l->q_norm, (int64_t)n_tok * e->n_head_local, (int)hd, hp->rms_eps);
+    head_norm(e->k, l->k_norm, (int64_t)n_tok * e->n_kv_local, (int)hd, hp->rms_eps);
+    ops_rope(e, e->q, n_tok, e->n_head_local, e->rope_cs);
+    ops_rope(e, e->k, n_tok, e->n_kv_local, e->rope_cs);
     store_kv(e, il, n_tok);
     ops_attention(e, il, n_tok);
-    ops_linear(e, &l->wo, 0, e->attn, n_tok, e->ffn_out);
+    if (l->wo.n_in) ops_linear(e, &l->wo, 0, e->attn, n_tok, e->ffn_out);
+    else memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
+    forward_allreduce(e, e->ffn_out, n_tok * E);
     for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
 }
 
-/* SwiGLU FFN of n_tok rows of `in` into `out` (each [n_tok][n_embd]). */
-static void dense_ffn(struct engine *e, const struct model_weight *gate, const struct model_weight *up,
-                      const struct model_weight *down, int64_t expert, const float *in,
-                      int64_t n_tok, float *out)
+/* SwiGLU FFN of n_tok rows of `in` into `out` (each [n_tok][n_embd]); a view
+ * with no columns on this rank contributes zeros. */
+static void swiglu_ffn(struct engine *e, const struct engine_weight *gate,
+                       const struct engine_weight *up, const struct engine_weight *down,
+                       int64_t expert, const float *in, int64_t n_tok, float *out)
 {
-    const struct model_weight *ws[] = { gate, up };
+    if (gate->n_out == 0) {
+        memset(out, 0, sizeof(float) * (size_t)(n_tok * down->n_out));
+        return;
+    }
+    const struct engine_weight *ws[] = { gate, up };
     float *outs[] = { e->ffn_a, e->ffn_b };
     linear_multi(e, ws, 2, expert, in, n_tok, outs);
-    swiglu(e->ffn_a, e->ffn_b, n_tok * gate->ne[1]);
+    swiglu(e->ffn_a, e->ffn_b, n_tok * gate->n_out);
     ops_linear(e, down, expert, e->ffn_a, n_tok, out);
 }
 
@@ -136,13 +152,13 @@ static void route(struct engine *e, int64_t n_tok)
 static void moe_ffn(struct engine *e, int il, int64_t n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
-    const struct model_layer *l = &e->m->layers[il];
+    const struct engine_layer *l = &e->layers[il];
     const int64_t E = hp->n_embd;
     const int K = hp->n_expert_used;
     ops_linear(e, &l->gate_inp, 0, e->xn, n_tok, e->router);
     route(e, n_tok);
     memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
-    for (int x = 0; x < hp->n_expert; x++) {
+    for (int x = 0; x < hp->n_expert && l->gate_exps.n_out > 0; x++) {
         int n = 0;
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++)
@@ -152,18 +168,17 @@ static void moe_ffn(struct engine *e, int il, int64_t n_tok)
                     n++;
                 }
         if (n == 0) continue;
-        dense_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps, x, e->xg, n, e->yg);
+        swiglu_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps, x, e->xg, n, e->yg);
         for (int i = 0; i < n; i++) {
             const int64_t t = e->gather[i] / K;
             const float w = e->sel_w[e->gather[i]];
             for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * e->yg[i * E + d];
         }
     }
-    if (hp->n_ff_shexp > 0) {
-        dense_ffn(e, &l->gate_shexp, &l->up_shexp, &l->down_shexp, 0, e->xn, n_tok, e->yg);
-        const float *g = l->gate_inp_shexp.data;
+    if (hp->n_ff_shexp > 0 && l->gate_shexp.n_out > 0) {
+        swiglu_ffn(e, &l->gate_shexp, &l->up_shexp, &l->down_shexp, 0, e->xn, n_tok, e->yg);
         for (int64_t t = 0; t < n_tok; t++) {
-            float s = e->ops->dot_f32(E, g, e->xn + t * E);
+            float s = e->ops->dot_f32(E, l->gate_inp_shexp, e->xn + t * E);
             s = 1.0f / (1.0f + expf(-s));
             for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += s * e->yg[t * E + d];
         }
@@ -173,11 +188,12 @@ static void moe_ffn(struct engine *e, int il, int64_t n_tok)
 static void ffn_block(struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
-    const struct model_layer *l = &e->m->layers[il];
+    const struct engine_layer *l = &e->layers[il];
     const int64_t E = hp->n_embd;
-    for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->ffn_norm.data, e->xn + t * E, E, hp->rms_eps);
+    for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->ffn_norm, e->xn + t * E, E, hp->rms_eps);
     if (hp->n_expert) moe_ffn(e, il, n_tok);
-    else dense_ffn(e, &l->w_gate, &l->w_up, &l->w_down, 0, e->xn, n_tok, e->ffn_out);
+    else swiglu_ffn(e, &l->w_gate, &l->w_up, &l->w_down, 0, e->xn, n_tok, e->ffn_out);
+    forward_allreduce(e, e->ffn_out, n_tok * E);
     for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
 }
 
@@ -189,17 +205,16 @@ static void embed(struct engine *e, const int32_t *tokens, int n_tok)
         tr->to_float(model_weight_row(w, 0, tokens[t]), e->x + (size_t)t * w->ne[0], w->ne[0]);
 }
 
-/* Logits of rows [r0, r0+n) of the batch into out[n][n_vocab]. */
-static void output_logits(struct engine *e, int r0, int n, float *out)
+void forward_logits(struct engine *e, int r0, int n, float *out)
 {
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd;
     for (int i = 0; i < n; i++)
         ops_rmsnorm(e->x + (r0 + i) * E, e->m->output_norm.data, e->xn + i * E, E, hp->rms_eps);
-    ops_linear(e, &e->m->output, 0, e->xn, n, out);
+    ops_linear(e, &e->output, 0, e->xn, n, out);
 }
 
-static void forward_batch(struct engine *e, const int32_t *tokens, int n_tok)
+void forward_batch(struct engine *e, const int32_t *tokens, int n_tok)
 {
     embed(e, tokens, n_tok);
     ops_rope_table(e, e->n_past, n_tok, e->rope_cs);
@@ -207,26 +222,4 @@ static void forward_batch(struct engine *e, const int32_t *tokens, int n_tok)
         attention_block(e, il, n_tok);
         ffn_block(e, il, n_tok);
     }
-}
-
-int engine_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode,
-                float *logits)
-{
-    const int32_t n_vocab = e->m->hp.n_vocab;
-    if (n <= 0) return tt_error_set(TT_EINVAL, "nothing to evaluate");
-    if (n > e->n_ctx - e->n_past)
-        return tt_error_set(TT_ERANGE, "context full: %d cached + %d new tokens exceed the context "
-                            "size %d (use --ctx to raise it)", e->n_past, n, e->n_ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= n_vocab)
-            return tt_error_set(TT_EINVAL, "token id %d at index %d is outside the vocabulary [0, %d)",
-                                tokens[i], i, n_vocab);
-    for (int c = 0; c < n; c += e->n_batch) {
-        const int nb = TT_MIN(e->n_batch, n - c);
-        forward_batch(e, tokens + c, nb);
-        if (mode == ENGINE_LOGITS_ALL) output_logits(e, 0, nb, logits + (size_t)c * n_vocab);
-        else if (mode == ENGINE_LOGITS_LAST && c + nb == n) output_logits(e, nb - 1, 1, logits);
-        e->n_past += nb;
-    }
-    return 0;
 }

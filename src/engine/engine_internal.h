@@ -1,6 +1,10 @@
 /*
- * engine_internal.h: the engine's private state, shared by engine.c (set-up,
- * the layer loop) and engine_ops.c (the parallel operations).
+ * engine_internal.h: the engine's private state, shared by its files:
+ *   engine.c          set-up and teardown
+ *   engine_shard.c    this rank's views of the weights (mapped, or copied slices)
+ *   engine_forward.c  the layer loop
+ *   engine_ops.c      parallel operations (products, attention, rope)
+ *   engine_dist.c     steps broadcast from rank 0, gathered logits, distributed sampling
  */
 #ifndef TT_ENGINE_INTERNAL_H
 #define TT_ENGINE_INTERNAL_H
@@ -8,10 +12,34 @@
 #include "engine.h"
 
 #define ENGINE_MATMULS_MAX 4 /* products fused into one parallel job */
+#define ENGINE_HIST_MAX SAMPLER_HISTORY_MAX /* repetition-penalty window in a step */
+#define ENGINE_CAND_SLOTS (ENGINE_CAND_MAX + ENGINE_HIST_MAX) /* candidates per rank */
 
-/* One product out[t][r] = W(expert)[r] . act[t] for t < n_tok, all rows. */
+/* This rank's slice of a weight: rows [0, n_out) of `n_in` columns each; row r
+ * of expert x starts at data + x*expert_stride + r*row_stride. For a column
+ * slice, data already points at the first column of the slice and
+ * row_stride is the full row's size. */
+struct engine_weight {
+    const uint8_t *data; /* NULL: absent */
+    uint32_t type;
+    int64_t n_in, n_out;
+    size_t row_stride, expert_stride;
+};
+
+struct engine_layer {
+    struct engine_weight wq, wk, wv, wo;
+    struct engine_weight w_gate, w_up, w_down;
+    struct engine_weight gate_inp, gate_exps, up_exps, down_exps;
+    struct engine_weight gate_shexp, up_shexp, down_shexp;
+    const float *attn_norm, *ffn_norm;   /* [n_embd] */
+    const float *bq, *bk, *bv;           /* local slices, or NULL */
+    const float *q_norm, *k_norm;        /* [head_dim], or NULL */
+    const float *gate_inp_shexp;         /* [n_embd], or NULL */
+};
+
+/* One product out[t][r] = W[r] . act[t] for t < n_tok, all rows of the view. */
 struct matmul_task {
-    const struct model_weight *w;
+    const struct engine_weight *w;
     int64_t expert;
     const void *act;      /* n_tok rows in w's vec_dot type */
     size_t act_row_bytes;
@@ -29,17 +57,30 @@ struct engine {
     int n_batch;
     int n_past;
     enum tt_type kv_type;
-    size_t kv_row_bytes;  /* one position of one layer's K (or V) */
-    uint8_t *k_cache;     /* [n_layer][n_ctx][n_head_kv*head_dim] of kv_type */
+
+    /* cluster */
+    struct comm *comm;       /* NULL: one rank */
+    int rank, n_ranks;
+    enum comm_wire wire;
+    struct plan_rank slice;  /* what this rank holds */
+    int n_head_local, n_kv_local; /* heads computed here */
+    int n_vocab_local;
+    uint8_t *shard;          /* copied weight slices (multi-rank), or NULL */
+    uint64_t shard_bytes;
+
+    struct engine_layer *layers; /* n_layer */
+    struct engine_weight output; /* vocab rows of this rank */
+    size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
+    uint8_t *k_cache;     /* [n_layer][n_ctx][n_kv_local*head_dim] of kv_type */
     uint8_t *v_cache;
 
-    /* Activations for a batch of up to n_batch tokens. */
-    float *x;       /* [B][n_embd] residual stream */
+    /* Activations for a batch of up to n_batch tokens (local widths). */
+    float *x;       /* [B][n_embd] residual stream (replicated on every rank) */
     float *xn;      /* [B][n_embd] normed */
-    float *q;       /* [B][n_head*head_dim] */
-    float *k;       /* [B][kv_dim] */
-    float *v;       /* [B][kv_dim] */
-    float *attn;    /* [B][n_head*head_dim] */
+    float *q;       /* [B][n_head_local*head_dim] */
+    float *k;       /* [B][n_kv_local*head_dim] */
+    float *v;       /* [B][n_kv_local*head_dim] */
+    float *attn;    /* [B][n_head_local*head_dim] */
     float *ffn_a;   /* [B][ff_max] gate, then silu(gate)*up */
     float *ffn_b;   /* [B][ff_max] up */
     float *ffn_out; /* [B][n_embd] */
@@ -48,6 +89,7 @@ struct engine {
     float *q_half;  /* [n_threads][head_dim] query rounded to F16 */
     uint8_t *act[ENGINE_MATMULS_MAX]; /* converted activations, one per vec_dot type */
     size_t act_bytes;
+    float *logits_local; /* [B][n_vocab_local] (multi-rank) */
     /* MoE scratch */
     float *router;     /* [B][n_expert] */
     int32_t *sel;      /* [B][n_expert_used] */
@@ -55,7 +97,20 @@ struct engine {
     int32_t *gather;   /* [B] token indices routed to the current expert */
     float *xg;         /* [B][n_embd] gathered rows */
     float *yg;         /* [B][n_embd] expert outputs */
+    /* distributed sampling scratch */
+    struct sampler_cand *cand;  /* [n_ranks * ENGINE_CAND_MAX] */
 };
+
+/* engine_shard.c */
+int shard_build(struct engine *e);
+void shard_free(struct engine *e);
+
+/* engine_forward.c: one batch through every layer; logits of rows
+ * [r0, r0+n) into out[n][n_vocab_local]. */
+void forward_batch(struct engine *e, const int32_t *tokens, int n_tok);
+void forward_logits(struct engine *e, int r0, int n, float *out);
+/* Sum partial results of all ranks (no-op on one rank). */
+void forward_allreduce(struct engine *e, float *x, int64_t n);
 
 /* engine_ops.c */
 void ops_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps);
@@ -65,7 +120,7 @@ void ops_convert(struct engine *e, const float *x, int64_t ld, int64_t n_tok, in
 /* Run up to ENGINE_MATMULS_MAX products in one parallel job. */
 void ops_matmul(struct engine *e, const struct matmul_task *tasks, int n_tasks);
 /* y[t] = W . x[t] for t < n_tok (converts x itself). */
-void ops_linear(struct engine *e, const struct model_weight *w, int64_t expert, const float *x,
+void ops_linear(struct engine *e, const struct engine_weight *w, int64_t expert, const float *x,
                 int64_t n_tok, float *y);
 void ops_attention(struct engine *e, int il, int n_tok);
 void ops_rope(const struct engine *e, float *x, int64_t n_tok, int n_heads, const float *cs);

@@ -65,12 +65,13 @@ static void matmul_run(void *p, int ith, int nth)
     struct matmul_job *j = p;
     for (int i = 0; i < j->n_tasks; i++) {
         const struct matmul_task *t = &j->tasks[i];
-        const struct model_weight *w = t->w;
+        const struct engine_weight *w = t->w;
         int64_t r0, r1;
-        tt_split_range(w->ne[1], ith, nth, ROW_ALIGN, &r0, &r1);
+        tt_split_range(w->n_out, ith, nth, ROW_ALIGN, &r0, &r1);
         if (r0 >= r1) continue;
-        j->ops->matmul[w->type](w->ne[0], model_weight_row(w, t->expert, 0), w->row_bytes, r0, r1,
-                                t->act, t->act_row_bytes, t->n_tok, t->out, t->ldo);
+        j->ops->matmul[w->type](w->n_in, w->data + (size_t)t->expert * w->expert_stride,
+                                w->row_stride, r0, r1, t->act, t->act_row_bytes, t->n_tok, t->out,
+                                t->ldo);
     }
 }
 
@@ -81,14 +82,15 @@ void ops_matmul(struct engine *e, const struct matmul_task *tasks, int n_tasks)
     tt_pool_run(e->pool, matmul_run, &j);
 }
 
-void ops_linear(struct engine *e, const struct model_weight *w, int64_t expert, const float *x,
+void ops_linear(struct engine *e, const struct engine_weight *w, int64_t expert, const float *x,
                 int64_t n_tok, float *y)
 {
+    if (w->n_out == 0) return;
     enum tt_type at = tt_type_get(w->type)->vec_dot_type;
-    size_t arb = tt_row_size(at, w->ne[0]);
+    size_t arb = tt_row_size(at, w->n_in);
     TT_ASSERT(arb * (size_t)n_tok <= e->act_bytes);
-    ops_convert(e, x, w->ne[0], n_tok, w->ne[0], at, e->act[0], arb);
-    struct matmul_task t = { w, expert, e->act[0], arb, n_tok, y, w->ne[1] };
+    ops_convert(e, x, w->n_in, n_tok, w->n_in, at, e->act[0], arb);
+    struct matmul_task t = { w, expert, e->act[0], arb, n_tok, y, w->n_out };
     ops_matmul(e, &t, 1);
 }
 
@@ -146,12 +148,13 @@ static void attend_one(struct engine *e, int il, int t, int h, int ith)
 {
     const struct model_hparams *hp = &e->m->hp;
     const int hd = hp->head_dim;
-    const int kvh = h / (hp->n_head / hp->n_head_kv);
+    /* h is a local query head; its KV head, local to this rank's cache: */
+    const int kvh = (e->slice.head.begin + h) / (hp->n_head / hp->n_head_kv) - e->slice.kv.begin;
     const int pos = e->n_past + t;
     const float scale = 1.0f / sqrtf((float)hd);
     float *scores = e->scores + (size_t)ith * e->n_ctx;
-    float *out = e->attn + ((size_t)t * hp->n_head + h) * hd;
-    const float *q = e->q + ((size_t)t * hp->n_head + h) * hd;
+    float *out = e->attn + ((size_t)t * e->n_head_local + h) * hd;
+    const float *q = e->q + ((size_t)t * e->n_head_local + h) * hd;
     const size_t layer_off = (size_t)il * e->n_ctx * e->kv_row_bytes;
     const uint8_t *kbase = e->k_cache + layer_off, *vbase = e->v_cache + layer_off;
     const size_t head_off = (size_t)kvh * hd;
@@ -191,7 +194,7 @@ static void attend_one(struct engine *e, int il, int t, int h, int ith)
 static void attn_run(void *p, int ith, int nth)
 {
     struct attn_job *j = p;
-    const int n_head = j->e->m->hp.n_head;
+    const int n_head = j->e->n_head_local;
     int64_t i0, i1;
     tt_split_range((int64_t)j->n_tok * n_head, ith, nth, 1, &i0, &i1);
     for (int64_t i = i0; i < i1; i++) attend_one(j->e, j->il, (int)(i / n_head), (int)(i % n_head), ith);
@@ -199,6 +202,7 @@ static void attn_run(void *p, int ith, int nth)
 
 void ops_attention(struct engine *e, int il, int n_tok)
 {
+    if (e->n_head_local == 0) return;
     struct attn_job j = { e, il, n_tok };
     tt_pool_run(e->pool, attn_run, &j);
 }

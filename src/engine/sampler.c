@@ -22,8 +22,8 @@ int sampler_init(struct sampler *s, const struct sampler_opts *o, int n_vocab)
 {
     memset(s, 0, sizeof(*s));
     s->opts = *o;
-    if (s->opts.repeat_last_n < 0 || s->opts.repeat_last_n > (1 << 20))
-        return tt_error_set(TT_EINVAL, "repeat-last-n must be in [0, 1048576]");
+    if (s->opts.repeat_last_n < 0 || s->opts.repeat_last_n > SAMPLER_HISTORY_MAX)
+        return tt_error_set(TT_EINVAL, "repeat-last-n must be in [0, %d]", SAMPLER_HISTORY_MAX);
     s->n_vocab = n_vocab;
     s->rng = o->seed ? o->seed : 0x9E3779B97F4A7C15ull;
     s->cand = malloc(sizeof(*s->cand) * (size_t)n_vocab);
@@ -68,36 +68,48 @@ static int cmp_cand_desc(const void *a, const void *b)
     return x->id - y->id;
 }
 
-static void apply_penalty(struct sampler *s)
+/* Divide positive logits (multiply negative ones) of recently seen tokens by
+ * the penalty, once per token. */
+static void apply_penalty(struct sampler *s, struct sampler_cand *c, int n)
 {
     const float pen = s->opts.repeat_penalty;
     if (pen == 1.0f) return;
+    const bool dense = n == s->n_vocab; /* c[i].id == i */
     for (int i = 0; i < s->n_history; i++) {
-        struct sampler_cand *c = &s->cand[s->history[i]];
-        bool seen = false; /* penalize each token once */
+        bool seen = false;
         for (int j = 0; j < i; j++) seen |= s->history[j] == s->history[i];
-        if (!seen) c->logit = c->logit > 0 ? c->logit / pen : c->logit * pen;
+        if (seen) continue;
+        for (int k = dense ? s->history[i] : 0; k < n; k++) {
+            if (c[k].id != s->history[i]) continue;
+            c[k].logit = c[k].logit > 0 ? c[k].logit / pen : c[k].logit * pen;
+            break;
+        }
     }
 }
 
 int32_t sampler_sample(struct sampler *s, const float *logits)
 {
-    const int n = s->n_vocab;
-    for (int i = 0; i < n; i++) s->cand[i] = (struct sampler_cand){ i, logits[i] };
-    apply_penalty(s);
+    for (int i = 0; i < s->n_vocab; i++) s->cand[i] = (struct sampler_cand){ i, logits[i] };
+    return sampler_sample_cands(s, s->cand, s->n_vocab);
+}
+
+int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n)
+{
+    apply_penalty(s, c, n);
     if (s->opts.temperature <= 0.0f) {
         int best = 0;
         for (int i = 1; i < n; i++)
-            if (s->cand[i].logit > s->cand[best].logit) best = i;
-        return s->cand[best].id;
+            if (c[i].logit > c[best].logit || (c[i].logit == c[best].logit && c[i].id < c[best].id))
+                best = i;
+        return c[best].id;
     }
-    qsort(s->cand, (size_t)n, sizeof(*s->cand), cmp_cand_desc);
+    qsort(c, (size_t)n, sizeof(*c), cmp_cand_desc);
     int keep = n;
     if (s->opts.top_k > 0 && s->opts.top_k < keep) keep = s->opts.top_k;
-    const float inv_t = 1.0f / s->opts.temperature, top = s->cand[0].logit;
+    const float inv_t = 1.0f / s->opts.temperature, top = c[0].logit;
     double sum = 0.0;
     float *p = s->probs;
-    for (int i = 0; i < keep; i++) sum += (p[i] = expf((s->cand[i].logit - top) * inv_t));
+    for (int i = 0; i < keep; i++) sum += (p[i] = expf((c[i].logit - top) * inv_t));
     /* top-p: smallest prefix with mass >= top_p; min-p: drop p < min_p * p_max */
     double acc = 0.0;
     int cut = keep;
@@ -123,5 +135,5 @@ int32_t sampler_sample(struct sampler *s, const float *logits)
             break;
         }
     }
-    return s->cand[pick].id;
+    return c[pick].id;
 }

@@ -1,0 +1,189 @@
+/*
+ * plan.c: tensor-parallel split (see plan.h for the rules and invariants).
+ *
+ * Proportional splitting uses largest remainders over whole units: rank r gets
+ * floor(units * w_r / sum w) units, and the units left over go to the ranks
+ * with the largest fractional parts (ties to the lower rank), so an even split
+ * of 8 over 3 gives 3/3/2 and the result never depends on float noise beyond
+ * the weights themselves.
+ */
+#include "plan.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+void plan_split_units(int64_t n, int64_t unit, int n_ranks, const double *weights, int64_t *starts)
+{
+    TT_ASSERT(n >= 0 && unit >= 1 && n_ranks >= 1 && n_ranks <= PLAN_RANKS_MAX);
+    const int64_t units = (n + unit - 1) / unit;
+    double total = 0.0;
+    for (int r = 0; r < n_ranks; r++) total += weights ? weights[r] : 1.0;
+    int64_t count[PLAN_RANKS_MAX];
+    double frac[PLAN_RANKS_MAX];
+    int64_t given = 0;
+    for (int r = 0; r < n_ranks; r++) {
+        double share = (double)units * (weights ? weights[r] : 1.0) / total;
+        count[r] = (int64_t)floor(share);
+        frac[r] = share - (double)count[r];
+        given += count[r];
+    }
+    while (given < units) { /* largest remainder, lower rank first on ties */
+        int best = 0;
+        for (int r = 1; r < n_ranks; r++)
+            if (frac[r] > frac[best]) best = r;
+        count[best]++;
+        frac[best] = -1.0;
+        given++;
+    }
+    starts[0] = 0;
+    for (int r = 0; r < n_ranks; r++) starts[r + 1] = TT_MIN(n, starts[r] + count[r] * unit);
+    starts[n_ranks] = n;
+}
+
+/* Activation block of a weight type: how many input columns one quantized
+ * activation block covers. */
+static int32_t act_block(uint32_t type)
+{
+    const struct tt_type_traits *tr = tt_type_get(type);
+    return tr ? tt_type_get(tr->vec_dot_type)->block_size : 1;
+}
+
+static int32_t lcm_units(int32_t block, int32_t width)
+{
+    /* smallest count of `width`-sized items whose total is a multiple of block */
+    return (int32_t)(block / gcd64(block, width));
+}
+
+void plan_align_for_model(const struct model *m, struct plan_align *a)
+{
+    const struct model_hparams *hp = &m->hp;
+    int32_t wo = 1, down = 1, dexp = 1, dsh = 1;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct model_layer *l = &m->layers[il];
+        wo = TT_MAX(wo, act_block(l->wo.type));
+        if (l->w_down.data) down = TT_MAX(down, act_block(l->w_down.type));
+        if (l->down_exps.data) dexp = TT_MAX(dexp, act_block(l->down_exps.type));
+        if (l->down_shexp.data) dsh = TT_MAX(dsh, act_block(l->down_shexp.type));
+    }
+    a->head_unit = lcm_units(wo, hp->head_dim);
+    a->ff_unit = down;
+    a->ff_exp_unit = dexp;
+    a->shexp_unit = dsh;
+}
+
+static void assign(struct plan *p, int64_t n, int64_t unit, const double *w, size_t field_offset)
+{
+    int64_t starts[PLAN_RANKS_MAX + 1];
+    plan_split_units(n, unit, p->n_ranks, w, starts);
+    for (int r = 0; r < p->n_ranks; r++) {
+        struct plan_range *rg = (struct plan_range *)((char *)&p->ranks[r] + field_offset);
+        rg->begin = (int32_t)starts[r];
+        rg->end = (int32_t)starts[r + 1];
+    }
+}
+
+struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *a,
+                                  int n_ranks, const double *weights)
+{
+    if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX) {
+        tt_error_set(TT_EINVAL, "rank count %d outside [1, %d]", n_ranks, PLAN_RANKS_MAX);
+        return NULL;
+    }
+    for (int r = 0; weights && r < n_ranks; r++)
+        if (!(weights[r] > 0) || !isfinite(weights[r])) {
+            tt_error_set(TT_EINVAL, "capacity of rank %d must be a positive number", r);
+            return NULL;
+        }
+    struct plan *p = calloc(1, sizeof(*p) + sizeof(struct plan_rank) * (size_t)n_ranks);
+    if (!p) {
+        tt_error_set(TT_ENOMEM, "out of memory");
+        return NULL;
+    }
+    p->n_ranks = n_ranks;
+    assign(p, hp->n_head, a->head_unit, weights, offsetof(struct plan_rank, head));
+    assign(p, hp->n_ff, a->ff_unit, weights, offsetof(struct plan_rank, ff));
+    assign(p, hp->n_expert ? hp->n_ff_exp : 0, a->ff_exp_unit, weights, offsetof(struct plan_rank, ff_exp));
+    assign(p, hp->n_ff_shexp, a->shexp_unit, weights, offsetof(struct plan_rank, shexp));
+    assign(p, hp->n_vocab, 1, weights, offsetof(struct plan_rank, vocab));
+    const int32_t group = hp->n_head / hp->n_head_kv;
+    for (int r = 0; r < n_ranks; r++) {
+        struct plan_rank *pr = &p->ranks[r];
+        pr->weight = weights ? weights[r] : 1.0;
+        if (pr->head.end > pr->head.begin) {
+            pr->kv.begin = pr->head.begin / group;
+            pr->kv.end = (pr->head.end - 1) / group + 1;
+        }
+    }
+    plan_check(p, hp, a);
+    return p;
+}
+
+int plan_parse_split(const char *s, int n_ranks, double *weights, bool *is_auto)
+{
+    *is_auto = false;
+    if (!strcmp(s, "even")) {
+        for (int r = 0; r < n_ranks; r++) weights[r] = 1.0;
+        return 0;
+    }
+    if (!strcmp(s, "auto")) {
+        *is_auto = true;
+        return 0;
+    }
+    const char *p = s;
+    for (int r = 0; r < n_ranks; r++) {
+        char *end;
+        weights[r] = strtod(p, &end);
+        if (end == p || !(weights[r] > 0) || !isfinite(weights[r]))
+            return tt_error_set(TT_EINVAL, "--split '%s': expected %d positive numbers, even or auto",
+                                s, n_ranks);
+        p = end;
+        if (r + 1 < n_ranks && *p++ != ',')
+            return tt_error_set(TT_EINVAL, "--split '%s' has fewer than %d values (one per rank)", s,
+                                n_ranks);
+    }
+    if (*p) return tt_error_set(TT_EINVAL, "--split '%s' has more than %d values (one per rank)", s, n_ranks);
+    return 0;
+}
+
+static void check_cover(const struct plan *p, size_t off, int32_t n, int32_t unit)
+{
+    int32_t at = 0;
+    for (int r = 0; r < p->n_ranks; r++) {
+        const struct plan_range *rg = (const struct plan_range *)((const char *)&p->ranks[r] + off);
+        TT_ASSERT(rg->begin == at && rg->end >= rg->begin);
+        TT_ASSERT(rg->end == n || rg->end % unit == 0);
+        at = rg->end;
+    }
+    TT_ASSERT(at == n);
+}
+
+void plan_check(const struct plan *p, const struct model_hparams *hp, const struct plan_align *a)
+{
+    check_cover(p, offsetof(struct plan_rank, head), hp->n_head, a->head_unit);
+    check_cover(p, offsetof(struct plan_rank, ff), hp->n_ff, a->ff_unit);
+    check_cover(p, offsetof(struct plan_rank, ff_exp), hp->n_expert ? hp->n_ff_exp : 0, a->ff_exp_unit);
+    check_cover(p, offsetof(struct plan_rank, shexp), hp->n_ff_shexp, a->shexp_unit);
+    check_cover(p, offsetof(struct plan_rank, vocab), hp->n_vocab, 1);
+    const int32_t group = hp->n_head / hp->n_head_kv;
+    for (int r = 0; r < p->n_ranks; r++) {
+        const struct plan_rank *pr = &p->ranks[r];
+        if (pr->head.end == pr->head.begin) {
+            TT_ASSERT(pr->kv.begin == pr->kv.end);
+            continue;
+        }
+        TT_ASSERT(pr->kv.begin == pr->head.begin / group);
+        TT_ASSERT(pr->kv.end == (pr->head.end - 1) / group + 1 && pr->kv.end <= hp->n_head_kv);
+    }
+}

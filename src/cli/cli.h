@@ -41,6 +41,8 @@ int cli_parse_ids(const char *opt, const char *s, int32_t *out, int max);
 struct cli_model_opts {
     const char *model_path;
     struct engine_opts engine;
+    const char *split;     /* --split: even (default), auto, or per-rank weights */
+    struct plan *plan;     /* built by cli_load_model for several ranks */
 };
 /* Try to parse argv[*i] as a shared model option; returns true if consumed. */
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o);
@@ -48,6 +50,9 @@ extern const char cli_model_opts_help[];
 /* Load the model (dies with a clear message on error) and touch its pages
  * with a progress bar, so the first token does not pay for page faults. */
 void cli_load_model(const char *path, struct model *m);
+/* Load the model and, on several ranks, build the plan from --split and
+ * point o->engine at the communicator and the plan. */
+void cli_load_model_opts(struct cli_model_opts *o, struct model *m);
 
 /* Progress bar on stderr, drawn only after `delay_s` and only on a terminal
  * (or when TT_PROGRESS=1). */

@@ -97,7 +97,10 @@ const char cli_model_opts_help[] =
     "  -t, --threads N      worker threads (default: all cores)\n"
     "  -c, --ctx N          context size in tokens (default: min(model's, 4096))\n"
     "  -b, --batch N        prompt tokens per forward batch (default 256)\n"
-    "      --kv-type T      KV cache type: f16 (default) or f32\n";
+    "      --kv-type T      KV cache type: f16 (default) or f32\n"
+    "      --split S        under mpirun: how to share the work between ranks: even (default),\n"
+    "                       auto (by each rank's measured memory bandwidth), or weights \"2,1,1\"\n"
+    "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n";
 
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
 {
@@ -109,7 +112,15 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
         o->engine.n_ctx = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 1 << 24);
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
-    else if (!strcmp(a, "--kv-type")) {
+    else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--comm-type")) {
+        const char *v = cli_value(argc, argv, i);
+        int w = -1;
+        for (int k = 0; k < COMM_WIRE_COUNT; k++)
+            if (!strcmp(v, comm_wire_name((enum comm_wire)k))) w = k;
+        if (w < 0) cli_die(0, "--comm-type must be f32, f16 or q8, got '%s'", v);
+        o->engine.wire = (enum comm_wire)w;
+    } else if (!strcmp(a, "--kv-type")) {
         const char *v = cli_value(argc, argv, i);
         if (!strcmp(v, "f16")) o->engine.kv = ENGINE_KV_F16;
         else if (!strcmp(v, "f32")) o->engine.kv = ENGINE_KV_F32;
@@ -138,6 +149,29 @@ void cli_load_model(const char *path, struct model *m)
     }
     (void)sink;
     cli_progress_end(&p);
+}
+
+void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
+{
+    cli_load_model(o->model_path, m);
+    o->engine.comm = the_comm;
+    const int n = comm_size(the_comm);
+    if (n == 1) return;
+    double *w = malloc(sizeof(double) * (size_t)n);
+    bool is_auto = false;
+    if (!w) cli_die(TT_ENOMEM, "planning");
+    int err = plan_parse_split(o->split ? o->split : "even", n, w, &is_auto);
+    if (err) cli_die(err, "--split");
+    if (is_auto) { /* each rank's capacity = its measured read bandwidth */
+        double mine = cli_measure_read_bw(o->engine.n_threads > 0 ? o->engine.n_threads : tt_cpu_count());
+        if ((err = comm_allgather(the_comm, &mine, sizeof(mine), w))) cli_die(err, "exchanging capacities");
+        for (int r = 0; r < n; r++) w[r] = w[r] > 0 ? w[r] : 1.0;
+    }
+    struct plan_align a;
+    plan_align_for_model(m, &a);
+    if (!(o->plan = plan_tensor_parallel(&m->hp, &a, n, w))) cli_die(TT_EINVAL, "planning");
+    o->engine.plan = o->plan;
+    free(w);
 }
 
 void cli_progress_start(struct cli_progress *p, const char *label)

@@ -109,17 +109,17 @@ int cmd_bench(int argc, char **argv)
         else cli_die(0, "unknown option '%s' (see tutti bench --help)", a);
     }
     struct model m;
-    cli_load_model(mo.model_path, &m);
+    cli_load_model_opts(&mo, &m);
     if (mo.engine.n_ctx < n_prompt + n_gen) mo.engine.n_ctx = n_prompt + n_gen;
     if (!mo.engine.n_batch) mo.engine.n_batch = TT_MIN(n_prompt, 512);
     struct engine *e;
-    mo.engine.comm = cli_comm();
     int err = engine_create(&e, &m, &mo.engine);
     if (err) cli_die(err, "cannot set up the engine");
     if (engine_rank(e) != 0) {
         if ((err = engine_worker_run(e))) cli_die(err, "rank %d stopped", engine_rank(e));
         engine_destroy(e);
         model_free(&m);
+        free(mo.plan);
         return 0;
     }
     const int nt = engine_n_threads(e);
@@ -156,5 +156,6 @@ int cmd_bench(int argc, char **argv)
     }
     engine_destroy(e);
     model_free(&m);
+    free(mo.plan);
     return 0;
 }

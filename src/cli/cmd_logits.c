@@ -36,7 +36,7 @@ int cmd_logits(int argc, char **argv)
     if (!out_path) cli_die(0, "no output file given (--out FILE)");
     if (!ids_arg == !prompt) cli_die(0, "give exactly one of --tokens IDS or -p TEXT");
     struct model m;
-    cli_load_model(mo.model_path, &m);
+    cli_load_model_opts(&mo, &m);
     int n = 0;
     int32_t *ids;
     if (ids_arg) {
@@ -51,7 +51,6 @@ int cmd_logits(int argc, char **argv)
         tok_free(v);
     }
     if (mo.engine.n_ctx < n) mo.engine.n_ctx = TT_MAX(n, mo.engine.n_ctx);
-    mo.engine.comm = cli_comm();
     struct engine *e;
     int err = engine_create(&e, &m, &mo.engine);
     if (err) cli_die(err, "cannot set up the engine");
@@ -60,6 +59,7 @@ int cmd_logits(int argc, char **argv)
         if (err) cli_die(err, "rank %d stopped", engine_rank(e));
         engine_destroy(e);
         model_free(&m);
+        free(mo.plan);
         free(ids);
         return 0;
     }
@@ -76,6 +76,7 @@ int cmd_logits(int argc, char **argv)
     free(ids);
     engine_destroy(e);
     model_free(&m);
+    free(mo.plan);
     return 0;
 }
 

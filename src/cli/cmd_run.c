@@ -163,15 +163,15 @@ int cmd_run(int argc, char **argv)
     size_t len = 0;
     char *text = leader ? cli_load_prompt(o.prompt, o.prompt_file, &len) : NULL;
     struct model m;
-    cli_load_model(o.mo.model_path, &m);
+    cli_load_model_opts(&o.mo, &m);
     struct engine *e;
-    o.mo.engine.comm = cli_comm();
     int err = engine_create(&e, &m, &o.mo.engine);
     if (err) cli_die(err, "cannot set up the engine");
     if (!leader) {
         err = engine_worker_run(e);
         engine_destroy(e);
         model_free(&m);
+        free(o.mo.plan);
         if (err) cli_die(err, "rank %d stopped", comm_rank(cli_comm()));
         return 0;
     }
@@ -201,6 +201,7 @@ int cmd_run(int argc, char **argv)
     free(prompt);
     tok_free(v);
     model_free(&m);
+    free(o.mo.plan);
     free(text);
     return 0;
 }

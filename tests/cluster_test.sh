@@ -1,0 +1,65 @@
+#!/bin/sh
+# cluster_test.sh: tutti under mpirun on this machine (loopback / shared
+# memory): greedy tokens on 2, 3 and 4 ranks equal the 1-rank tokens, logits
+# agree, uneven --split works, a bad --split is refused, and a killed rank ends
+# the job with an error instead of a hang. Skips when MPI is not built in.
+T=${TUTTI:-build/tutti}
+S=${TT_SHARED:-../shared}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+MPIRUN="mpirun --oversubscribe -np"
+pass() { echo "PASS cluster/$1"; }
+fail() { echo "FAIL cluster/$1: $2"; }
+skip() { echo "SKIP cluster/$1: $2"; }
+tokens() { sed 's/.*"tokens":\[\([^]]*\)\].*/\1/' "$1"; }
+
+if ! command -v mpirun >/dev/null; then skip all "mpirun not installed"; exit 0; fi
+if [ ! -f "$S/models/stories260K.gguf" ]; then skip all "models missing in $S"; exit 0; fi
+ranks=$(timeout 120 $MPIRUN 2 "$T" run -m "$S/models/stories260K.gguf" -p hi -n 1 --temp 0 --json -t 1 2>/dev/null |
+        sed -n 's/.*"ranks":\([0-9]*\).*/\1/p')
+if [ "$ranks" != 2 ]; then skip all "this build has no MPI support (make MPI=1)"; exit 0; fi
+
+for m in stories260K synth-llama.f16 synth-qwen3.f16 synth-qwen2.q8_0 synth-llama.q4_k_m synth-qwen3moe.q8_0 synth-mixtral.q4_k_m; do
+    f="$S/models/$m.gguf"
+    [ -f "$f" ] || { skip "greedy_$m" "missing"; continue; }
+    "$T" run -m "$f" -p "Once upon a time" -n 24 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>"$tmp/err"
+    for n in 2 3 4; do
+        timeout 300 $MPIRUN $n "$T" run -m "$f" -p "Once upon a time" -n 24 --temp 0 --ignore-eos --json -t 1 \
+            > "$tmp/many" 2>"$tmp/err"
+        if [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q "\"ranks\":$n" "$tmp/many"; then
+            pass "greedy_${m}_np$n"
+        else
+            fail "greedy_${m}_np$n" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+        fi
+    done
+done
+
+f="$S/models/synth-llama.q8_0.gguf"
+toks=$(tr '\n' ',' < "$S/golden/synth-llama.q8_0.logits.tokens.txt" | sed 's/,$//')
+"$T" logits -m "$f" --tokens "$toks" --out "$tmp/l1.f32" -t 1 2>/dev/null
+timeout 300 $MPIRUN 3 "$T" logits -m "$f" --tokens "$toks" --out "$tmp/l3.f32" -t 1 2>"$tmp/err"
+if [ -f "$tmp/l3.f32" ] && [ "$(wc -c < "$tmp/l3.f32")" = "$(wc -c < "$tmp/l1.f32")" ]; then
+    pass logits_np3_size
+else
+    fail logits_np3_size "$(head -c 300 "$tmp/err")"
+fi
+timeout 300 $MPIRUN 3 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 --temp 0 \
+    --ignore-eos --json -t 1 --split 3,1,1 > "$tmp/many" 2>"$tmp/err"
+"$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+[ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass split_weighted || fail split_weighted "$(head -c 300 "$tmp/err")"
+timeout 120 $MPIRUN 2 "$T" run -m "$S/models/stories260K.gguf" -p hi --split 1,2,3 > "$tmp/out" 2>"$tmp/err"
+[ $? -ne 0 ] && grep -q "split" "$tmp/err" && pass split_refused || fail split_refused "$(head -c 300 "$tmp/err")"
+# Sampling with temperature: same seed, same tokens on 1 and 3 ranks.
+"$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 --temp 0.8 --seed 5 --json -t 1 > "$tmp/one" 2>/dev/null
+timeout 300 $MPIRUN 3 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 --temp 0.8 --seed 5 \
+    --json -t 1 > "$tmp/many" 2>"$tmp/err"
+[ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass sampled_np3 || fail sampled_np3 "$(tokens "$tmp/many") vs $(tokens "$tmp/one")"
+# A rank killed mid-run: the job ends with a non-zero status, no hang.
+( timeout 120 $MPIRUN 3 "$T" run -m "$S/models/synth-llama.f16.gguf" -p "Once upon a time" -n 2040 \
+    --ctx 2048 --temp 0 --ignore-eos -t 1 > /dev/null 2>"$tmp/err"; echo $? > "$tmp/rc" ) &
+sleep 2
+pkill -9 -n -f "tutti run -m .*synth-llama.f16.gguf .*-n 2040"
+wait
+rc=$(cat "$tmp/rc")
+[ "$rc" != 0 ] && [ "$rc" != 124 ] && pass killed_rank_ends_job || fail killed_rank_ends_job "exit status $rc"

@@ -50,7 +50,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test bench run deps clean format test-neon
+.PHONY: all test tests-bin bench run deps clean format test-neon
 
 all: $(BUILD)/tutti
 
@@ -86,8 +86,13 @@ $(BUILD)/neon/test_kcpu: $(NEON_SRC) $(wildcard src/*/*.h) tests/test.h
 	    -pthread -Isrc -static -o $@ $(NEON_SRC) -lm
 test-neon: $(BUILD)/neon/test_kcpu
 
-test: all $(TEST_BIN)
-	@BUILD=$(BUILD) sh tests/run.sh
+# `make test` runs every test twice over: the release build, then the C tests
+# and the CLI tests again on the ASan+UBSan build (tagged "asan:").
+tests-bin: all $(TEST_BIN)
+
+test: tests-bin
+	@$(MAKE) --no-print-directory DEBUG=1 tests-bin
+	@BUILD=$(BUILD) SAN_BUILD=build-debug sh tests/run.sh
 
 bench: all
 	@sh tests/bench.sh $(BUILD)/tutti

@@ -5,9 +5,10 @@ T=${TUTTI:-build/tutti}
 S=${TT_SHARED:-../shared}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pass() { echo "PASS cli/$1"; }
-fail() { echo "FAIL cli/$1: $2"; }
-skip() { echo "SKIP cli/$1: $2"; }
+P=${TT_TEST_TAG:+$TT_TEST_TAG:}cli
+pass() { echo "PASS $P/$1"; }
+fail() { echo "FAIL $P/$1: $2"; }
+skip() { echo "SKIP $P/$1: $2"; }
 # check NAME CMD...: the command must succeed
 check() { n=$1; shift; if "$@" >"$tmp/out" 2>"$tmp/err"; then pass "$n"; else fail "$n" "$(head -c 300 "$tmp/err")"; fi; }
 # refuse NAME CMD...: the command must fail with exit 1 and a "tutti: error:" message, no crash

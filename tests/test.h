@@ -111,8 +111,10 @@ static inline int test_main_(const struct test_case *cases, size_t n, const char
 {
     const char *base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    char prefix[128];
-    snprintf(prefix, sizeof(prefix), "%.*s", (int)(strcspn(base, ".")), base);
+    char prefix[160];
+    const char *tag = getenv("TT_TEST_TAG"); /* e.g. "asan" for the sanitizer build */
+    snprintf(prefix, sizeof(prefix), "%s%s%.*s", tag ? tag : "", tag ? ":" : "",
+             (int)(strcspn(base, ".")), base);
     int n_failed = 0;
     for (size_t i = 0; i < n; i++) {
         if (argc > 1 && !strstr(cases[i].name, argv[1])) continue;

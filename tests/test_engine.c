@@ -266,12 +266,14 @@ struct tp_rank {
     float *logits;      /* rank 0: [n_ids][N_VOCAB] */
     int32_t greedy[TP_GREEDY];
     int err;
+    void (*lead)(struct engine *e, struct tp_rank *r); /* rank 0's work */
+    int32_t multi[3][TP_GREEDY]; /* multi_seq_lead: greedy tokens of 3 sequences */
 };
 
 static void *tp_main(void *p)
 {
     struct tp_rank *r = p;
-    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .wire = r->wire };
+    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .wire = r->wire, .n_seq = 3 };
     struct engine *e;
     if ((r->err = engine_create(&e, r->m, &o))) return NULL;
     if (engine_rank(e) != 0) {
@@ -279,6 +281,15 @@ static void *tp_main(void *p)
         engine_destroy(e);
         return NULL;
     }
+    r->lead(e, r);
+    engine_stop_workers(e);
+    engine_destroy(e);
+    return NULL;
+}
+
+/* Rank 0: all logits of the ids, then TP_GREEDY greedy tokens after 5 of them. */
+static void logits_lead(struct engine *e, struct tp_rank *r)
+{
     r->err = engine_eval(e, r->ids, r->n_ids, ENGINE_LOGITS_ALL, r->logits);
     engine_truncate(e, 0);
     struct sampler_opts so;
@@ -293,9 +304,35 @@ static void *tp_main(void *p)
         if (i + 1 < TP_GREEDY) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
     }
     sampler_free(&s);
-    engine_stop_workers(e);
-    engine_destroy(e);
-    return NULL;
+}
+
+/* Rank 0: three prompts decoded together, one engine_decode per step. */
+static void multi_seq_lead(struct engine *e, struct tp_rank *r)
+{
+    static const int32_t prompts[3][5] = { { 1, 403, 407, 261, 378 }, { 1, 325, 371, 396, 0 },
+                                           { 1, 300, 301, 302, 303 } };
+    static const int lens[3] = { 5, 4, 5 };
+    struct sampler s[3];
+    struct sampler *sp[3] = { &s[0], &s[1], &s[2] };
+    struct sampler_opts so;
+    sampler_opts_default(&so);
+    so.temperature = 0;
+    struct engine_tok toks[16];
+    int n = 0;
+    for (int q = 0; q < 3; q++) {
+        sampler_init(&s[q], &so, N_VOCAB);
+        for (int i = 0; i < lens[q]; i++) toks[n++] = (struct engine_tok){ prompts[q][i], q, i == lens[q] - 1 };
+    }
+    int32_t next[3];
+    for (int step = 0; step < TP_GREEDY && !r->err; step++) {
+        if ((r->err = engine_decode(e, toks, n, sp, next))) break;
+        n = 0;
+        for (int q = 0; q < 3; q++) {
+            r->multi[q][step] = next[q];
+            toks[n++] = (struct engine_tok){ next[q], q, true };
+        }
+    }
+    for (int q = 0; q < 3; q++) sampler_free(&s[q]);
 }
 
 /* Run the model on n ranks; rank 0's results in *out. */
@@ -307,7 +344,8 @@ static int tp_run(const struct model *m, int n, enum comm_wire wire, const int32
     pthread_t th[8];
     if (comm_local_group(comms, n)) return -1;
     for (int r = 0; r < n; r++) {
-        ranks[r] = (struct tp_rank){ m, comms[r], wire, ids, n_ids, r == 0 ? out->logits : NULL, { 0 }, 0 };
+        ranks[r] = (struct tp_rank){ m, comms[r], wire, ids, n_ids, r == 0 ? out->logits : NULL, { 0 }, 0,
+                                     out->lead ? out->lead : logits_lead, { { 0 } } };
         pthread_create(&th[r], NULL, tp_main, &ranks[r]);
     }
     int err = 0;
@@ -317,6 +355,7 @@ static int tp_run(const struct model *m, int n, enum comm_wire wire, const int32
         comm_free(comms[r]);
     }
     memcpy(out->greedy, ranks[0].greedy, sizeof(out->greedy));
+    memcpy(out->multi, ranks[0].multi, sizeof(out->multi));
     return err;
 }
 
@@ -365,8 +404,47 @@ static void test_tensor_parallel(void)
     for (size_t mi = 0; mi < sizeof(models) / sizeof(models[0]); mi++) tp_check_model(models[mi]);
 }
 
+/* Three sequences batched together give each one's own greedy tokens, on
+ * 1 and 3 ranks. */
+static void test_multi_sequence(void)
+{
+    struct model m;
+    if (open_model("synth-qwen2.f16", &m)) {
+        TEST_SKIP("synth-qwen2.f16 missing");
+        return;
+    }
+    struct tp_rank one = { .lead = multi_seq_lead }, three = { .lead = multi_seq_lead };
+    CHECK_EQ_INT(tp_run(&m, 1, COMM_WIRE_F32, NULL, 0, &one), 0);
+    CHECK_EQ_INT(tp_run(&m, 3, COMM_WIRE_F32, NULL, 0, &three), 0);
+    static const int32_t prompts[3][5] = { { 1, 403, 407, 261, 378 }, { 1, 325, 371, 396, 0 },
+                                           { 1, 300, 301, 302, 303 } };
+    static const int lens[3] = { 5, 4, 5 };
+    for (int q = 0; q < 3; q++) {
+        struct engine_opts o = { .n_threads = 2, .n_ctx = 256 };
+        struct engine *e;
+        CHECK_EQ_INT(engine_create(&e, &m, &o), 0);
+        struct sampler_opts so;
+        sampler_opts_default(&so);
+        so.temperature = 0;
+        struct sampler s;
+        sampler_init(&s, &so, N_VOCAB);
+        int32_t tok;
+        CHECK_EQ_INT(engine_eval_sample(e, prompts[q], lens[q], &s, &tok), 0);
+        for (int i = 0; i < TP_GREEDY; i++) {
+            CHECK_EQ_INT(one.multi[q][i], tok);
+            CHECK_EQ_INT(three.multi[q][i], tok);
+            if (one.multi[q][i] != tok || three.multi[q][i] != tok) break;
+            CHECK_EQ_INT(engine_eval_sample(e, &tok, 1, &s, &tok), 0);
+        }
+        sampler_free(&s);
+        engine_destroy(e);
+    }
+    model_free(&m);
+}
+
 static const struct test_case tests[] = {
     { "tensor_parallel_2_3_4_ranks", test_tensor_parallel },
+    { "multi_sequence_1_and_3_ranks", test_multi_sequence },
     { "logits_kvf16", test_logits_kvf16 },
     { "logits_kvf32", test_logits_kvf32 },
     { "greedy_stories260K", test_greedy_stories },

@@ -7,8 +7,10 @@
  *               rope(q,k) ; cache <- k,v ; attn = softmax(q.K/sqrt(d)) V ; x += Wo . attn
  *               xn = rmsnorm(x) ; x += FFN(xn)   (dense SwiGLU or mixture of experts)
  *   logits = Wout . rmsnorm(x)   (last row or every row)
- * Invariant: n_past counts the positions whose K/V are in the cache; a batch
- * reads positions 0..n_past+B-1 and advances n_past by B when it completes.
+ * Invariant: seq_pos[s] counts the positions of sequence s whose K/V are in
+ * the cache; a token of s in a batch sits at seq_pos[s] plus the number of
+ * tokens of s before it in the batch, attends to positions 0..its own, and
+ * seq_pos[s] advances when the batch completes.
  */
 #include "engine_internal.h"
 
@@ -24,7 +26,7 @@ static int alloc_buffers(struct engine *e)
     size_t ff = (size_t)TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
     size_t in_max = TT_MAX(TT_MAX(E, (size_t)hp->n_head * HD), ff);
     e->kv_row_bytes = tt_row_size(e->kv_type, (int64_t)TT_MAX(kvd, 1));
-    size_t kv_bytes = (size_t)hp->n_layer * (size_t)e->n_ctx * e->kv_row_bytes;
+    size_t kv_bytes = (size_t)e->n_seq * (size_t)hp->n_layer * (size_t)e->n_ctx * e->kv_row_bytes;
     e->k_cache = tt_alloc(kv_bytes);
     e->v_cache = tt_alloc(kv_bytes);
     e->x = tt_alloc(B * E * 4);
@@ -41,10 +43,15 @@ static int alloc_buffers(struct engine *e)
     e->q_half = tt_alloc((size_t)e->n_threads * HD * 4);
     e->act_bytes = B * in_max * 4;
     e->logits_local = tt_alloc(B * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
-    e->cand = tt_alloc(sizeof(struct sampler_cand) * (size_t)(e->n_ranks + 1) * ENGINE_CAND_SLOTS);
+    e->cand = tt_alloc(sizeof(struct sampler_cand) * (size_t)(e->n_ranks + 1) * B * ENGINE_CAND_SLOTS);
+    e->seq_pos = tt_alloc(sizeof(int) * (size_t)e->n_seq);
+    e->tok_seq = tt_alloc(B * 4);
+    e->tok_pos = tt_alloc(B * 4);
+    e->rows = tt_alloc(B * 4);
+
     bool ok = e->k_cache && e->v_cache && e->x && e->xn && e->q && e->k && e->v && e->attn &&
               e->ffn_a && e->ffn_b && e->ffn_out && e->rope_cs && e->scores && e->q_half &&
-              e->logits_local && e->cand;
+              e->logits_local && e->cand && e->seq_pos && e->tok_seq && e->tok_pos && e->rows;
     for (int i = 0; i < ENGINE_MATMULS_MAX; i++) ok = (e->act[i] = tt_alloc(e->act_bytes)) && ok;
     if (hp->n_expert) {
         const size_t X = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
@@ -102,10 +109,13 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     e->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : TT_MIN(m->hp.n_ctx_train, ENGINE_CTX_DEFAULT);
     e->n_batch = opts->n_batch > 0 ? opts->n_batch : ENGINE_BATCH_DEFAULT;
     e->kv_type = opts->kv == ENGINE_KV_F32 ? TT_TYPE_F32 : TT_TYPE_F16;
+    e->n_seq = opts->n_seq > 0 ? opts->n_seq : 1;
     int err = 0;
-    if ((unsigned)opts->kv >= ENGINE_KV_COUNT || (unsigned)opts->wire >= COMM_WIRE_COUNT)
+    if (e->n_seq > ENGINE_SEQ_MAX)
+        err = tt_error_set(TT_EINVAL, "%d sequences exceed the limit %d", e->n_seq, ENGINE_SEQ_MAX);
+    if (!err && ((unsigned)opts->kv >= ENGINE_KV_COUNT || (unsigned)opts->wire >= COMM_WIRE_COUNT))
         err = tt_error_set(TT_EINVAL, "KV cache type must be f16 or f32; wire f32, f16 or q8");
-    else if (e->n_ctx > (1 << 24) || e->n_batch > 65536 || e->n_threads > 512)
+    else if (!err && (e->n_ctx > (1 << 24) || e->n_batch > 65536 || e->n_threads > 512))
         err = tt_error_set(TT_EINVAL, "context %d, batch %d or threads %d out of range", e->n_ctx,
                            e->n_batch, e->n_threads);
     if (!err) err = take_slice(e, opts);
@@ -129,15 +139,24 @@ void engine_destroy(struct engine *e)
     void *bufs[] = { e->k_cache, e->v_cache, e->x,      e->xn,      e->q,      e->k,
                      e->v,       e->attn,    e->ffn_a,  e->ffn_b,   e->ffn_out, e->rope_cs,
                      e->scores,  e->q_half,  e->router, e->sel,     e->sel_w,   e->gather,
-                     e->xg,      e->yg,      e->logits_local, e->cand };
+                     e->xg,      e->yg,      e->logits_local, e->cand, e->seq_pos,
+                     e->tok_seq, e->tok_pos, e->rows };
     for (size_t i = 0; i < TT_ARRAY_LEN(bufs); i++) tt_free(bufs[i]);
     for (int i = 0; i < ENGINE_MATMULS_MAX; i++) tt_free(e->act[i]);
+    free(e->step_buf);
+    free(e->step_toks);
     free(e);
 }
 
 int engine_rank(const struct engine *e) { return e->rank; }
 int engine_n_ranks(const struct engine *e) { return e->n_ranks; }
-int engine_n_past(const struct engine *e) { return e->n_past; }
+int engine_n_past(const struct engine *e) { return e->seq_pos[0]; }
+int engine_n_seq(const struct engine *e) { return e->n_seq; }
+
+int engine_seq_n_past(const struct engine *e, int seq)
+{
+    return seq >= 0 && seq < e->n_seq ? e->seq_pos[seq] : 0;
+}
 int engine_n_ctx(const struct engine *e) { return e->n_ctx; }
 int engine_n_threads(const struct engine *e) { return e->n_threads; }
 const struct model *engine_model(const struct engine *e) { return e->m; }
@@ -146,6 +165,6 @@ const struct model *engine_model(const struct engine *e) { return e->m; }
 uint64_t engine_memory_bytes(const struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    return 2ull * (uint64_t)hp->n_layer * (uint64_t)e->n_ctx * e->kv_row_bytes +
+    return 2ull * (uint64_t)e->n_seq * (uint64_t)hp->n_layer * (uint64_t)e->n_ctx * e->kv_row_bytes +
            (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes + e->shard_bytes;
 }

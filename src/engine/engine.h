@@ -53,6 +53,7 @@ struct engine_opts {
     struct comm *comm;
     const struct plan *plan;
     enum comm_wire wire;
+    int n_seq;              /* sequences with their own KV cache (0: 1), for batching */
 };
 
 enum engine_logits {
@@ -85,6 +86,28 @@ int engine_eval_sample(struct engine *e, const int32_t *tokens, int n, struct sa
 int engine_worker_run(struct engine *e);
 /* Rank 0: release the workers (they return from engine_worker_run). */
 void engine_stop_workers(struct engine *e);
+/* ---- several sequences at once (continuous batching) ----
+ * Sequences 0..n_seq-1 each have their own KV cache of n_ctx positions.
+ * One engine_decode() call runs tokens of any mix of sequences through one
+ * forward pass (prompt chunks of new requests beside single decode tokens
+ * of running ones): each token is appended at its sequence's next position,
+ * in the order given. For every token with `sample` set, the next token is
+ * chosen with samplers[seq] (distributed sampling, as engine_eval_sample) and
+ * written to next[i] for the i-th such token. Errors as engine_eval; on
+ * error no sequence changes. engine_eval* and engine_truncate act on
+ * sequence 0. */
+#define ENGINE_SEQ_MAX 1024
+struct engine_tok {
+    int32_t id;
+    int32_t seq;
+    bool sample;
+};
+int engine_decode(struct engine *e, const struct engine_tok *toks, int n,
+                  struct sampler *const *samplers, int32_t *next);
+int engine_n_seq(const struct engine *e);
+int engine_seq_n_past(const struct engine *e, int seq);
+/* Forget positions >= n_past of one sequence (0 frees it for a new request). */
+void engine_seq_truncate(struct engine *e, int seq, int n_past);
 int engine_rank(const struct engine *e);
 int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);

@@ -6,15 +6,18 @@
  * engine_worker_run() and execute the same step, so all ranks run the
  * forward pass in lockstep:
  *
- *   rank 0                          ranks > 0
- *   bcast(step) ------------------> bcast(step): op, n tokens, k, n_hist
- *   bcast(tokens, history) -------> validated like rank 0's input
- *   forward (2 all-reduces/layer)   forward
- *   EVAL/ALL:  allgatherv(logit slices)      SAMPLE: gather(k candidates)
+ *   rank 0                           ranks > 0
+ *   bcast(step header) ------------> op, n tokens, logits mode, k, payload size
+ *   bcast(payload) ----------------> (id, seq, sample) per token, then for each
+ *                                    sampled token its penalty history
+ *   forward (2 all-reduces/layer)    forward (same batch, same positions)
+ *   logits asked for: allgatherv of vocabulary slices, interleaved on rank 0
+ *   sampled tokens: gather of k candidates per row to rank 0, which samples
  *
- * State: n_past advances identically on every rank, because every rank
- * executes every step. A worker that receives a step it cannot accept
- * (bad op, counts or ids) returns TT_ECOMM: the cluster is out of step.
+ * Both sides validate a step before touching any state (ids, sequences,
+ * room in each sequence's context), so on error nothing changes; a worker
+ * that receives a step it cannot accept returns TT_ECOMM: the cluster is out
+ * of step and must stop.
  */
 #include "engine_internal.h"
 
@@ -22,121 +25,72 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum step_op { STEP_EVAL, STEP_SAMPLE, STEP_TRUNCATE, STEP_STOP, STEP_OP_COUNT };
+enum step_op { STEP_DECODE, STEP_TRUNCATE, STEP_STOP, STEP_OP_COUNT };
 
 struct step {
     int32_t op;
-    int32_t n;      /* tokens (EVAL/SAMPLE) or new n_past (TRUNCATE) */
-    int32_t mode;   /* enum engine_logits (EVAL) */
-    int32_t k;      /* candidates per rank (SAMPLE) */
-    int32_t n_hist; /* history ids for the repetition penalty (SAMPLE) */
+    int32_t n;         /* tokens (DECODE) or new position count (TRUNCATE) */
+    int32_t mode;      /* enum engine_logits, gathered to rank 0 (DECODE) */
+    int32_t k;         /* candidates per sampled row and rank (DECODE) */
+    int32_t n_payload; /* int32 words after the header */
+    int32_t seq;       /* TRUNCATE */
 };
 
-static int check_tokens(const struct engine *e, const int32_t *tokens, int n)
+/* What a step needs besides the header: tokens and the sampling context. */
+struct step_io {
+    const struct engine_tok *toks;
+    const int32_t *hist;            /* per sampled token: count, then ids */
+    float *logits;                  /* rank 0: gathered logits, or NULL */
+    struct sampler *const *samplers; /* rank 0: per sequence */
+    int32_t *next;                  /* rank 0: sampled tokens */
+};
+
+static int check_batch(const struct engine *e, const struct engine_tok *toks, int n)
 {
+    int count[ENGINE_SEQ_MAX] = { 0 };
     if (n <= 0) return tt_error_set(TT_EINVAL, "nothing to evaluate");
-    if (n > e->n_ctx - e->n_past)
-        return tt_error_set(TT_ERANGE, "context full: %d cached + %d new tokens exceed the context "
-                            "size %d (use --ctx to raise it)", e->n_past, n, e->n_ctx);
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= e->m->hp.n_vocab)
+    for (int i = 0; i < n; i++) {
+        if (toks[i].id < 0 || toks[i].id >= e->m->hp.n_vocab)
             return tt_error_set(TT_EINVAL, "token id %d at index %d is outside the vocabulary [0, %d)",
-                                tokens[i], i, e->m->hp.n_vocab);
+                                toks[i].id, i, e->m->hp.n_vocab);
+        if (toks[i].seq < 0 || toks[i].seq >= e->n_seq)
+            return tt_error_set(TT_EINVAL, "sequence %d outside [0, %d)", toks[i].seq, e->n_seq);
+        if (e->seq_pos[toks[i].seq] + ++count[toks[i].seq] > e->n_ctx)
+            return tt_error_set(TT_ERANGE, "context full: sequence %d has %d cached tokens and %d new "
+                                "ones, more than the context size %d (use --ctx to raise it)",
+                                toks[i].seq, e->seq_pos[toks[i].seq], count[toks[i].seq], e->n_ctx);
+    }
     return 0;
 }
 
-/* Broadcast a step from rank 0 (no-op on one rank). */
-static int send_step(struct engine *e, const struct step *st, const int32_t *tokens,
-                     const int32_t *hist)
-{
-    if (e->n_ranks == 1) return 0;
-    struct step copy = *st;
-    int err = comm_bcast(e->comm, &copy, sizeof(copy), 0);
-    if (!err && st->n > 0 && (st->op == STEP_EVAL || st->op == STEP_SAMPLE))
-        err = comm_bcast(e->comm, (void *)tokens, sizeof(int32_t) * (size_t)st->n, 0);
-    if (!err && st->n_hist > 0) err = comm_bcast(e->comm, (void *)hist, sizeof(int32_t) * (size_t)st->n_hist, 0);
-    return err;
-}
-
-/* Full logits of `rows` rows to rank 0: gather every rank's vocabulary slice
- * and interleave them into [rows][n_vocab]. */
+/* Full logits of `rows` rows (in logits_local) to rank 0: gather every rank's
+ * vocabulary slice and interleave them into [rows][n_vocab]. */
 static int gather_logits(struct engine *e, int rows, float *out)
 {
     const int nv = e->m->hp.n_vocab, R = e->n_ranks;
     if (R == 1) {
-        memcpy(out, e->logits_local, sizeof(float) * (size_t)rows * (size_t)nv);
+        if (out) memcpy(out, e->logits_local, sizeof(float) * (size_t)rows * (size_t)nv);
         return 0;
     }
     size_t *sizes = malloc(sizeof(size_t) * (size_t)R);
     int32_t *counts = malloc(sizeof(int32_t) * (size_t)R);
     float *all = malloc(sizeof(float) * (size_t)rows * (size_t)nv);
     int err = sizes && counts && all ? 0 : tt_error_set(TT_ENOMEM, "out of memory gathering logits");
-    if (!err) {
-        /* slice sizes are exchanged rather than recomputed, so any plan works */
-        int32_t mine = e->n_vocab_local;
-        err = comm_allgather(e->comm, &mine, sizeof(mine), counts);
-        for (int r = 0; !err && r < R; r++) sizes[r] = sizeof(float) * (size_t)rows * (size_t)counts[r];
-        if (!err) err = comm_allgatherv(e->comm, e->logits_local, sizes[e->rank], all, sizes);
-        if (!err && e->rank == 0) {
-            const float *src = all;
-            int32_t col = 0;
-            for (int r = 0; r < R; r++) {
-                for (int t = 0; t < rows; t++)
-                    memcpy(out + (size_t)t * nv + col, src + (size_t)t * counts[r], sizeof(float) * (size_t)counts[r]);
-                src += (size_t)rows * counts[r];
-                col += counts[r];
-            }
-        }
+    int32_t mine = e->n_vocab_local; /* sizes are exchanged, so any plan works */
+    if (!err) err = comm_allgather(e->comm, &mine, sizeof(mine), counts);
+    for (int r = 0; !err && r < R; r++) sizes[r] = sizeof(float) * (size_t)rows * (size_t)counts[r];
+    if (!err) err = comm_allgatherv(e->comm, e->logits_local, sizes[e->rank], all, sizes);
+    if (!err && out) {
+        const float *src = all;
+        for (int r = 0, col = 0; r < R; col += counts[r], src += (size_t)rows * counts[r], r++)
+            for (int t = 0; t < rows; t++)
+                memcpy(out + (size_t)t * nv + col, src + (size_t)t * counts[r],
+                       sizeof(float) * (size_t)counts[r]);
     }
     free(all);
     free(counts);
     free(sizes);
     return err;
-}
-
-/* Forward n tokens; logits per `mode` into out (rank 0, full width). */
-static int do_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode, float *out)
-{
-    const int nv = e->m->hp.n_vocab;
-    int err = 0;
-    for (int c = 0; c < n && !err; c += e->n_batch) {
-        const int nb = TT_MIN(e->n_batch, n - c);
-        forward_batch(e, tokens + c, nb);
-        if (mode == ENGINE_LOGITS_ALL) {
-            forward_logits(e, 0, nb, e->logits_local);
-            err = gather_logits(e, nb, out ? out + (size_t)c * nv : NULL);
-        } else if (mode == ENGINE_LOGITS_LAST && c + nb == n) {
-            forward_logits(e, nb - 1, 1, e->logits_local);
-            err = gather_logits(e, 1, out);
-        }
-        e->n_past += nb;
-    }
-    return err;
-}
-
-int engine_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode,
-                float *logits)
-{
-    TT_ASSERT(e->rank == 0 && (unsigned)mode < ENGINE_LOGITS_COUNT);
-    int err = check_tokens(e, tokens, n);
-    if (err) return err;
-    struct step st = { .op = STEP_EVAL, .n = n, .mode = mode };
-    if ((err = send_step(e, &st, tokens, NULL))) return err;
-    return do_eval(e, tokens, n, mode, logits);
-}
-
-void engine_truncate(struct engine *e, int n_past)
-{
-    TT_ASSERT(e->rank == 0);
-    if (n_past < 0 || n_past >= e->n_past) return;
-    struct step st = { .op = STEP_TRUNCATE, .n = n_past };
-    if (send_step(e, &st, NULL, NULL) == 0) e->n_past = n_past;
-}
-
-void engine_stop_workers(struct engine *e)
-{
-    struct step st = { .op = STEP_STOP };
-    if (e->rank == 0) send_step(e, &st, NULL, NULL);
 }
 
 static int cmp_logit_desc(const void *a, const void *b)
@@ -146,15 +100,16 @@ static int cmp_logit_desc(const void *a, const void *b)
     return x->id - y->id;
 }
 
-/* This rank's candidates from its logits slice: the k best, then the
+/* Candidates of one row of this rank's logits slice: the k best, then the
  * history tokens it owns (for the repetition penalty), padded with id -1. */
-static void local_candidates(struct engine *e, int k, const int32_t *hist, int n_hist,
-                             struct sampler_cand *c)
+static void local_candidates(const struct engine *e, const float *logits, int k,
+                             const int32_t *hist, int n_hist, struct sampler_cand *c)
 {
-    const int nvl = e->n_vocab_local, v0 = e->slice.vocab.begin, cap = ENGINE_CAND_SLOTS;
+    const int nvl = e->n_vocab_local, v0 = e->slice.vocab.begin;
     int n = 0;
+    k = TT_MIN(k, nvl);
     for (int i = 0; i < nvl; i++) {
-        struct sampler_cand x = { v0 + i, e->logits_local[i] };
+        struct sampler_cand x = { v0 + i, logits[i] };
         if (n < k) {
             c[n++] = x;
             if (n == k) qsort(c, (size_t)n, sizeof(*c), cmp_logit_desc);
@@ -167,102 +122,245 @@ static void local_candidates(struct engine *e, int k, const int32_t *hist, int n
             c[j] = x;
         }
     }
-    for (int h = 0; h < n_hist && n < cap; h++) {
-        int id = hist[h];
+    for (int h = 0; h < n_hist && n < ENGINE_CAND_SLOTS; h++) {
+        const int id = hist[h];
         bool have = id < v0 || id >= v0 + nvl;
         for (int j = 0; j < n && !have; j++) have = c[j].id == id;
-        if (!have) c[n++] = (struct sampler_cand){ id, e->logits_local[id - v0] };
+        if (!have) c[n++] = (struct sampler_cand){ id, logits[id - v0] };
     }
-    for (; n < cap; n++) c[n] = (struct sampler_cand){ -1, -INFINITY };
+    for (; n < ENGINE_CAND_SLOTS; n++) c[n] = (struct sampler_cand){ -1, -INFINITY };
 }
 
-/* Forward the tokens, then reduce the last row's logits to candidates
- * gathered at rank 0 (into e->cand, ENGINE_CAND_SLOTS per rank). */
-static int sample_step(struct engine *e, const int32_t *tokens, int n, int k, const int32_t *hist,
-                       int n_hist)
+/* Grow the step scratch to hold `words` int32 and `n` tokens. */
+static int step_reserve(struct engine *e, int64_t words, int n)
 {
-    for (int c = 0; c < n; c += e->n_batch) {
-        const int nb = TT_MIN(e->n_batch, n - c);
-        forward_batch(e, tokens + c, nb);
-        if (c + nb == n) forward_logits(e, nb - 1, 1, e->logits_local);
-        e->n_past += nb;
+    if (words > e->step_words) {
+        int32_t *buf = realloc(e->step_buf, sizeof(int32_t) * (size_t)words);
+        if (!buf) return tt_error_set(TT_ENOMEM, "out of memory for a step of %d tokens", n);
+        e->step_buf = buf;
+        e->step_words = words;
     }
-    if (e->n_ranks == 1) return 0;
-    const size_t slots = ENGINE_CAND_SLOTS;
-    struct sampler_cand *mine = e->cand + (size_t)e->n_ranks * slots;
-    local_candidates(e, TT_MIN(k, TT_MAX(e->n_vocab_local, 1)), hist, n_hist, mine);
-    return comm_gather(e->comm, mine, slots * sizeof(*mine), e->cand, 0);
+    if (n > e->step_toks_cap) {
+        struct engine_tok *toks = realloc(e->step_toks, sizeof(*toks) * (size_t)n);
+        if (!toks) return tt_error_set(TT_ENOMEM, "out of memory for a step of %d tokens", n);
+        e->step_toks = toks;
+        e->step_toks_cap = n;
+    }
+    return 0;
+}
+
+/* Sample the listed rows of the current batch: candidates from every rank
+ * gathered at rank 0, which picks with the row's sequence's sampler. */
+static int sample_rows(struct engine *e, const struct step *st, const struct engine_tok *toks,
+                       int nr, const int32_t **hist, const struct step_io *io, int *n_next)
+{
+    const int nvl = e->n_vocab_local, R = e->n_ranks;
+    forward_logits(e, e->rows, nr, e->logits_local);
+    if (R == 1) {
+        for (int i = 0; i < nr; i++) {
+            *hist += 1 + **hist;
+            io->next[(*n_next)++] = sampler_sample(io->samplers[toks[e->rows[i]].seq], e->logits_local + (size_t)i * nvl);
+        }
+        return 0;
+    }
+    struct sampler_cand *mine = e->cand + (size_t)R * e->n_batch * ENGINE_CAND_SLOTS;
+    for (int i = 0; i < nr; i++) {
+        const int n_hist = **hist;
+        local_candidates(e, e->logits_local + (size_t)i * nvl, st->k, *hist + 1, n_hist,
+                         mine + (size_t)i * ENGINE_CAND_SLOTS);
+        *hist += 1 + n_hist;
+    }
+    int err = comm_gather(e->comm, mine, sizeof(*mine) * (size_t)nr * ENGINE_CAND_SLOTS, e->cand, 0);
+    for (int i = 0; !err && e->rank == 0 && i < nr; i++) {
+        struct sampler *s = io->samplers[toks[e->rows[i]].seq];
+        int m = 0;
+        for (int r = 0; r < R; r++) {
+            const struct sampler_cand *c = e->cand + ((size_t)r * nr + i) * ENGINE_CAND_SLOTS;
+            for (int j = 0; j < ENGINE_CAND_SLOTS; j++)
+                if (c[j].id >= 0) s->cand[m++] = c[j];
+        }
+        io->next[(*n_next)++] = sampler_sample_cands(s, s->cand, m);
+    }
+    return err;
+}
+
+/* Run a validated DECODE step on this rank. */
+static int execute(struct engine *e, const struct step *st, const struct step_io *io)
+{
+    const int nv = e->m->hp.n_vocab, n = st->n;
+    const int32_t *hist = io->hist;
+    int err = 0, n_next = 0;
+    for (int c = 0; c < n && !err; c += e->n_batch) {
+        const int nb = TT_MIN(e->n_batch, n - c);
+        forward_batch(e, io->toks + c, nb);
+        if (st->mode == ENGINE_LOGITS_ALL || (st->mode == ENGINE_LOGITS_LAST && c + nb == n)) {
+            const int first = st->mode == ENGINE_LOGITS_ALL ? 0 : nb - 1;
+            for (int t = first; t < nb; t++) e->rows[t - first] = t;
+            forward_logits(e, e->rows, nb - first, e->logits_local);
+            float *out = io->logits ? io->logits + (st->mode == ENGINE_LOGITS_ALL ? (size_t)c * nv : 0) : NULL;
+            err = gather_logits(e, nb - first, out);
+        }
+        int nr = 0;
+        for (int t = 0; t < nb; t++)
+            if (io->toks[c + t].sample) e->rows[nr++] = t;
+        if (!err && nr) err = sample_rows(e, st, io->toks + c, nr, &hist, io, &n_next);
+    }
+    return err;
+}
+
+/* Rank 0: validate, broadcast and execute a DECODE step. */
+static int run_decode(struct engine *e, const struct engine_tok *toks, int n, enum engine_logits mode,
+                      float *logits, struct sampler *const *samplers, int32_t *next)
+{
+    TT_ASSERT(e->rank == 0 && (unsigned)mode < ENGINE_LOGITS_COUNT);
+    int err = check_batch(e, toks, n);
+    int64_t words = 3 * (int64_t)n;
+    for (int i = 0; !err && i < n; i++)
+        if (toks[i].sample) {
+            const struct sampler *s = samplers ? samplers[toks[i].seq] : NULL;
+            if (!s) return tt_error_set(TT_EINVAL, "no sampler for sequence %d", toks[i].seq);
+            if (s->n_vocab != e->m->hp.n_vocab || s->n_history > ENGINE_HIST_MAX)
+                return tt_error_set(TT_EINVAL, "sampler of sequence %d does not fit this model", toks[i].seq);
+            words += 1 + s->n_history;
+        }
+    if (!err) err = step_reserve(e, words, n);
+    if (err) return err;
+    int32_t *p = e->step_buf, *h = e->step_buf + 3 * n;
+    for (int i = 0; i < n; i++) {
+        *p++ = toks[i].id;
+        *p++ = toks[i].seq;
+        *p++ = toks[i].sample;
+        if (!toks[i].sample) continue;
+        const struct sampler *s = samplers[toks[i].seq];
+        *h++ = s->n_history;
+        memcpy(h, s->history, sizeof(int32_t) * (size_t)s->n_history);
+        h += s->n_history;
+    }
+    struct step st = { .op = STEP_DECODE, .n = n, .mode = mode, .k = ENGINE_CAND_MAX, .n_payload = (int32_t)words };
+    bool greedy = true;
+    for (int i = 0; i < n; i++)
+        if (toks[i].sample)
+            greedy &= samplers[toks[i].seq]->opts.temperature <= 0 && samplers[toks[i].seq]->opts.repeat_penalty == 1.0f;
+    if (greedy) st.k = 1;
+    if (e->n_ranks > 1) {
+        err = comm_bcast(e->comm, &st, sizeof(st), 0);
+        if (!err) err = comm_bcast(e->comm, e->step_buf, sizeof(int32_t) * (size_t)words, 0);
+        if (err) return err;
+    }
+    struct step_io io = { toks, e->step_buf + 3 * n, logits, samplers, next };
+    return execute(e, &st, &io);
+}
+
+/* Sequence 0's tokens as a batch in e->step_toks; the last one sampled if asked. */
+static int seq0_batch(struct engine *e, const int32_t *tokens, int n, bool sample_last)
+{
+    if (n <= 0) return tt_error_set(TT_EINVAL, "nothing to evaluate");
+    int err = step_reserve(e, 3 * (int64_t)n, n);
+    for (int i = 0; !err && i < n; i++)
+        e->step_toks[i] = (struct engine_tok){ tokens[i], 0, sample_last && i == n - 1 };
+    return err;
+}
+
+int engine_eval(struct engine *e, const int32_t *tokens, int n, enum engine_logits mode,
+                float *logits)
+{
+    int err = seq0_batch(e, tokens, n, false);
+    return err ? err : run_decode(e, e->step_toks, n, mode, logits, NULL, NULL);
 }
 
 int engine_eval_sample(struct engine *e, const int32_t *tokens, int n, struct sampler *s,
                        int32_t *next)
 {
-    TT_ASSERT(e->rank == 0);
-    int err = check_tokens(e, tokens, n);
-    if (err) return err;
-    if (s->n_history > ENGINE_HIST_MAX)
-        return tt_error_set(TT_EINVAL, "repetition window %d exceeds %d", s->n_history, ENGINE_HIST_MAX);
-    const bool greedy = s->opts.temperature <= 0.0f && s->opts.repeat_penalty == 1.0f;
-    struct step st = { .op = STEP_SAMPLE, .n = n, .k = greedy ? 1 : ENGINE_CAND_MAX, .n_hist = s->n_history };
-    if ((err = send_step(e, &st, tokens, s->history))) return err;
-    if ((err = sample_step(e, tokens, n, st.k, s->history, s->n_history))) return err;
-    if (e->n_ranks == 1) {
-        *next = sampler_sample(s, e->logits_local);
-        return 0;
-    }
-    const size_t slots = ENGINE_CAND_SLOTS;
-    int m = 0;
-    for (size_t i = 0; i < (size_t)e->n_ranks * slots; i++)
-        if (e->cand[i].id >= 0) e->cand[m++] = e->cand[i];
-    *next = sampler_sample_cands(s, e->cand, m);
-    return 0;
+    int err = seq0_batch(e, tokens, n, true);
+    struct sampler *samplers[1] = { s };
+    return err ? err : run_decode(e, e->step_toks, n, ENGINE_LOGITS_NONE, NULL, samplers, next);
 }
 
-/* Receive and check a step's token payload on a worker. */
-static int recv_tokens(struct engine *e, const struct step *st, int32_t *tokens, int32_t *hist)
+int engine_decode(struct engine *e, const struct engine_tok *toks, int n,
+                  struct sampler *const *samplers, int32_t *next)
 {
-    int err = comm_bcast(e->comm, tokens, sizeof(int32_t) * (size_t)st->n, 0);
-    if (!err && st->n_hist > 0) err = comm_bcast(e->comm, hist, sizeof(int32_t) * (size_t)st->n_hist, 0);
-    if (!err && check_tokens(e, tokens, st->n))
-        err = tt_error_set(TT_ECOMM, "rank %d: step from rank 0 rejected: %s", e->rank, tt_error_detail());
-    for (int i = 0; !err && i < st->n_hist; i++)
-        if (hist[i] < 0 || hist[i] >= e->m->hp.n_vocab)
-            err = tt_error_set(TT_ECOMM, "rank %d: bad history token %d from rank 0", e->rank, hist[i]);
-    return err;
+    return run_decode(e, toks, n, ENGINE_LOGITS_NONE, NULL, samplers, next);
+}
+
+static int send_control(struct engine *e, const struct step *st)
+{
+    TT_ASSERT(e->rank == 0);
+    return e->n_ranks > 1 ? comm_bcast(e->comm, (void *)st, sizeof(*st), 0) : 0;
+}
+
+void engine_seq_truncate(struct engine *e, int seq, int n_past)
+{
+    if (seq < 0 || seq >= e->n_seq || n_past < 0 || n_past >= e->seq_pos[seq]) return;
+    struct step st = { .op = STEP_TRUNCATE, .n = n_past, .seq = seq };
+    if (send_control(e, &st) == 0) e->seq_pos[seq] = n_past;
+}
+
+void engine_truncate(struct engine *e, int n_past) { engine_seq_truncate(e, 0, n_past); }
+
+void engine_stop_workers(struct engine *e)
+{
+    struct step st = { .op = STEP_STOP };
+    if (e->rank == 0) send_control(e, &st);
+}
+
+/* A worker's check of a DECODE step's payload: the tokens, and histories
+ * that exactly fill the payload. */
+static int worker_accept(struct engine *e, const struct step *st)
+{
+    for (int i = 0; i < st->n; i++) {
+        const int32_t *w = e->step_buf + 3 * i;
+        e->step_toks[i] = (struct engine_tok){ w[0], w[1], w[2] != 0 };
+    }
+    if (check_batch(e, e->step_toks, st->n)) return TT_ECOMM;
+    int64_t at = 3 * (int64_t)st->n;
+    for (int i = 0; i < st->n; i++) {
+        if (!e->step_toks[i].sample) continue;
+        if (at >= st->n_payload) return TT_ECOMM;
+        const int32_t cnt = e->step_buf[at];
+        if (cnt < 0 || cnt > ENGINE_HIST_MAX || at + 1 + cnt > st->n_payload) return TT_ECOMM;
+        for (int j = 0; j < cnt; j++)
+            if (e->step_buf[at + 1 + j] < 0 || e->step_buf[at + 1 + j] >= e->m->hp.n_vocab) return TT_ECOMM;
+        at += 1 + cnt;
+    }
+    return at == st->n_payload ? 0 : TT_ECOMM;
+}
+
+static int worker_step(struct engine *e, const struct step *st, bool *stop)
+{
+    switch (st->op) {
+    case STEP_DECODE: {
+        const int64_t max_words = 3 * (int64_t)st->n + (int64_t)st->n * (ENGINE_HIST_MAX + 1);
+        if (st->n <= 0 || st->n > e->n_seq * e->n_ctx || st->n_payload < 3 * st->n ||
+            st->n_payload > max_words || (unsigned)st->mode >= ENGINE_LOGITS_COUNT ||
+            st->k < 1 || st->k > ENGINE_CAND_MAX)
+            return TT_ECOMM;
+        int err = step_reserve(e, st->n_payload, st->n);
+        if (!err) err = comm_bcast(e->comm, e->step_buf, sizeof(int32_t) * (size_t)st->n_payload, 0);
+        if (!err) err = worker_accept(e, st);
+        if (err) return err;
+        struct step_io io = { e->step_toks, e->step_buf + 3 * st->n, NULL, NULL, NULL };
+        return execute(e, st, &io);
+    }
+    case STEP_TRUNCATE:
+        if (st->seq < 0 || st->seq >= e->n_seq || st->n < 0 || st->n >= e->seq_pos[st->seq]) return TT_ECOMM;
+        e->seq_pos[st->seq] = st->n;
+        return 0;
+    case STEP_STOP: *stop = true; return 0;
+    default: return TT_ECOMM;
+    }
 }
 
 int engine_worker_run(struct engine *e)
 {
     TT_ASSERT(e->rank != 0);
-    int32_t *tokens = malloc(sizeof(int32_t) * (size_t)e->n_ctx);
-    int32_t hist[ENGINE_HIST_MAX];
-    int err = tokens ? 0 : tt_error_set(TT_ENOMEM, "out of memory");
-    for (bool stop = false; !err && !stop;) {
+    bool stop = false;
+    int err = 0;
+    while (!err && !stop) {
         struct step st;
         if ((err = comm_bcast(e->comm, &st, sizeof(st), 0))) break;
-        bool sized = st.n > 0 && st.n <= e->n_ctx - e->n_past && st.n_hist >= 0 &&
-                     st.n_hist <= ENGINE_HIST_MAX;
-        switch (st.op) {
-        case STEP_EVAL:
-        case STEP_SAMPLE:
-            if (!sized || (st.op == STEP_EVAL && (unsigned)st.mode >= ENGINE_LOGITS_COUNT) ||
-                (st.op == STEP_SAMPLE && (st.k < 1 || st.k > ENGINE_CAND_MAX))) {
-                err = tt_error_set(TT_ECOMM, "rank %d: malformed step from rank 0 (op %d, n %d)", e->rank, st.op, st.n);
-                break;
-            }
-            if ((err = recv_tokens(e, &st, tokens, hist))) break;
-            err = st.op == STEP_EVAL ? do_eval(e, tokens, st.n, (enum engine_logits)st.mode, NULL)
-                                     : sample_step(e, tokens, st.n, st.k, hist, st.n_hist);
-            break;
-        case STEP_TRUNCATE:
-            if (st.n < 0 || st.n >= e->n_past)
-                err = tt_error_set(TT_ECOMM, "rank %d: bad truncate to %d from rank 0", e->rank, st.n);
-            else e->n_past = st.n;
-            break;
-        case STEP_STOP: stop = true; break;
-        default: err = tt_error_set(TT_ECOMM, "rank %d: unknown step %d from rank 0", e->rank, st.op);
-        }
+        tt_error_clear();
+        if ((err = worker_step(e, &st, &stop)) == TT_ECOMM && !tt_error_detail()[0])
+            tt_error_set(TT_ECOMM, "rank %d: malformed step from rank 0 (op %d, n %d)", e->rank, st.op, st.n);
     }
-    free(tokens);
     return err;
 }

@@ -68,7 +68,7 @@ static void store_kv(struct engine *e, int il, int n_tok)
     const int64_t kvd = (int64_t)e->n_kv_local * e->m->hp.head_dim;
     if (kvd == 0) return;
     for (int t = 0; t < n_tok; t++) {
-        size_t off = ((size_t)il * e->n_ctx + (size_t)(e->n_past + t)) * e->kv_row_bytes;
+        size_t off = kv_offset(e, e->tok_seq[t], il, e->tok_pos[t]);
         e->ops->quantize_act[e->kv_type](e->k + t * kvd, e->k_cache + off, kvd);
         e->ops->quantize_act[e->kv_type](e->v + t * kvd, e->v_cache + off, kvd);
     }
@@ -197,27 +197,27 @@ static void ffn_block(struct engine *e, int il, int n_tok)
     for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
 }
 
-static void embed(struct engine *e, const int32_t *tokens, int n_tok)
-{
-    const struct model_weight *w = &e->m->token_embd;
-    const struct tt_type_traits *tr = tt_type_get(w->type);
-    for (int t = 0; t < n_tok; t++)
-        tr->to_float(model_weight_row(w, 0, tokens[t]), e->x + (size_t)t * w->ne[0], w->ne[0]);
-}
-
-void forward_logits(struct engine *e, int r0, int n, float *out)
+void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
 {
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd;
     for (int i = 0; i < n; i++)
-        ops_rmsnorm(e->x + (r0 + i) * E, e->m->output_norm.data, e->xn + i * E, E, hp->rms_eps);
+        ops_rmsnorm(e->x + rows[i] * E, e->m->output_norm.data, e->xn + i * E, E, hp->rms_eps);
     ops_linear(e, &e->output, 0, e->xn, n, out);
 }
 
-void forward_batch(struct engine *e, const int32_t *tokens, int n_tok)
+void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok)
 {
-    embed(e, tokens, n_tok);
-    ops_rope_table(e, e->n_past, n_tok, e->rope_cs);
+    TT_ASSERT(n_tok <= e->n_batch);
+    const struct model_weight *w = &e->m->token_embd;
+    const struct tt_type_traits *tr = tt_type_get(w->type);
+    for (int t = 0; t < n_tok; t++) {
+        const int s = toks[t].seq;
+        e->tok_seq[t] = s;
+        e->tok_pos[t] = e->seq_pos[s]++; /* later tokens of s sit after this one */
+        tr->to_float(model_weight_row(w, 0, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
+    }
+    ops_rope_table(e, n_tok, e->rope_cs);
     for (int il = 0; il < e->m->hp.n_layer; il++) {
         attention_block(e, il, n_tok);
         ffn_block(e, il, n_tok);

@@ -53,9 +53,10 @@ struct engine {
     const struct kcpu_ops *ops;
     struct tt_pool *pool;
     int n_threads;
-    int n_ctx;
+    int n_ctx;           /* positions per sequence */
     int n_batch;
-    int n_past;
+    int n_seq;
+    int *seq_pos;        /* [n_seq] positions cached per sequence */
     enum tt_type kv_type;
 
     /* cluster */
@@ -71,8 +72,13 @@ struct engine {
     struct engine_layer *layers; /* n_layer */
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
-    uint8_t *k_cache;     /* [n_layer][n_ctx][n_kv_local*head_dim] of kv_type */
+    uint8_t *k_cache;     /* [n_seq][n_layer][n_ctx][n_kv_local*head_dim] of kv_type */
     uint8_t *v_cache;
+
+    /* The batch being computed: sequence and position of each token. */
+    int32_t *tok_seq;     /* [B] */
+    int32_t *tok_pos;     /* [B] */
+    int32_t *rows;        /* [B] rows whose logits are needed */
 
     /* Activations for a batch of up to n_batch tokens (local widths). */
     float *x;       /* [B][n_embd] residual stream (replicated on every rank) */
@@ -98,17 +104,29 @@ struct engine {
     float *xg;         /* [B][n_embd] gathered rows */
     float *yg;         /* [B][n_embd] expert outputs */
     /* distributed sampling scratch */
-    struct sampler_cand *cand;  /* [n_ranks * ENGINE_CAND_MAX] */
+    struct sampler_cand *cand;  /* [(n_ranks + 1) * B * ENGINE_CAND_SLOTS] */
+    int32_t *step_buf;          /* step payload, grown on demand (not on the decode path) */
+    int64_t step_words;
+    struct engine_tok *step_toks; /* workers: the step's tokens */
+    int step_toks_cap;
 };
 
 /* engine_shard.c */
 int shard_build(struct engine *e);
 void shard_free(struct engine *e);
 
-/* engine_forward.c: one batch through every layer; logits of rows
- * [r0, r0+n) into out[n][n_vocab_local]. */
-void forward_batch(struct engine *e, const int32_t *tokens, int n_tok);
-void forward_logits(struct engine *e, int r0, int n, float *out);
+/* Byte offset of (sequence, layer, position) in k_cache / v_cache. */
+static inline size_t kv_offset(const struct engine *e, int seq, int il, int pos)
+{
+    return (((size_t)seq * (size_t)e->m->hp.n_layer + (size_t)il) * (size_t)e->n_ctx + (size_t)pos) *
+           e->kv_row_bytes;
+}
+
+/* engine_forward.c: one batch (at most n_batch tokens) through every layer,
+ * each token appended at its sequence's next position (seq_pos advances);
+ * then the logits of the listed batch rows into out[n][n_vocab_local]. */
+void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok);
+void forward_logits(struct engine *e, const int32_t *rows, int n, float *out);
 /* Sum partial results of all ranks (no-op on one rank). */
 void forward_allreduce(struct engine *e, float *x, int64_t n);
 
@@ -124,6 +142,6 @@ void ops_linear(struct engine *e, const struct engine_weight *w, int64_t expert,
                 int64_t n_tok, float *y);
 void ops_attention(struct engine *e, int il, int n_tok);
 void ops_rope(const struct engine *e, float *x, int64_t n_tok, int n_heads, const float *cs);
-void ops_rope_table(const struct engine *e, int pos0, int n_tok, float *cs);
+void ops_rope_table(const struct engine *e, int n_tok, float *cs);
 
 #endif

@@ -96,16 +96,16 @@ void ops_linear(struct engine *e, const struct engine_weight *w, int64_t expert,
 
 /* ---- rotary position embedding ---- */
 
-/* cs[t][2i], cs[t][2i+1] = cos, sin of the angle of pair i at position pos0+t.
+/* cs[t][2i], cs[t][2i+1] = cos, sin of the angle of pair i at token t's position.
  * The angle is built as the reference does: theta = pos, then multiplied by
  * base^(-2/n_rot) once per pair, divided by the optional frequency factor. */
-void ops_rope_table(const struct engine *e, int pos0, int n_tok, float *cs)
+void ops_rope_table(const struct engine *e, int n_tok, float *cs)
 {
     const struct model_hparams *hp = &e->m->hp;
     const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
     const float *ff = e->m->rope_freqs.data;
     for (int t = 0; t < n_tok; t++) {
-        float theta = (float)(pos0 + t) * hp->rope_freq_scale;
+        float theta = (float)e->tok_pos[t] * hp->rope_freq_scale;
         float *row = cs + (size_t)t * hp->n_rot;
         for (int i = 0; i < hp->n_rot / 2; i++) {
             float a = ff ? theta / ff[i] : theta;
@@ -150,12 +150,12 @@ static void attend_one(struct engine *e, int il, int t, int h, int ith)
     const int hd = hp->head_dim;
     /* h is a local query head; its KV head, local to this rank's cache: */
     const int kvh = (e->slice.head.begin + h) / (hp->n_head / hp->n_head_kv) - e->slice.kv.begin;
-    const int pos = e->n_past + t;
+    const int pos = e->tok_pos[t], seq = e->tok_seq[t];
     const float scale = 1.0f / sqrtf((float)hd);
     float *scores = e->scores + (size_t)ith * e->n_ctx;
     float *out = e->attn + ((size_t)t * e->n_head_local + h) * hd;
     const float *q = e->q + ((size_t)t * e->n_head_local + h) * hd;
-    const size_t layer_off = (size_t)il * e->n_ctx * e->kv_row_bytes;
+    const size_t layer_off = kv_offset(e, seq, il, 0);
     const uint8_t *kbase = e->k_cache + layer_off, *vbase = e->v_cache + layer_off;
     const size_t head_off = (size_t)kvh * hd;
     float maxs = -INFINITY;

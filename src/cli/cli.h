@@ -43,6 +43,7 @@ struct cli_model_opts {
     struct engine_opts engine;
     const char *split;     /* --split: even (default), auto, or per-rank weights */
     struct plan *plan;     /* built by cli_load_model for several ranks */
+    bool gpu_layers_set;   /* --gpu-layers given (else: auto) */
 };
 /* Try to parse argv[*i] as a shared model option; returns true if consumed. */
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o);

@@ -100,7 +100,8 @@ const char cli_model_opts_help[] =
     "      --kv-type T      KV cache type: f16 (default) or f32\n"
     "      --split S        under mpirun: how to share the work between ranks: even (default),\n"
     "                       auto (by each rank's measured memory bandwidth), or weights \"2,1,1\"\n"
-    "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n";
+    "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n"
+    "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n";
 
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
 {
@@ -113,6 +114,10 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--gpu-layers") || !strcmp(a, "-ngl")) {
+        o->engine.n_gpu_layers = (int)cli_parse_int(a, cli_value(argc, argv, i), -1, MODEL_LAYERS_MAX);
+        o->gpu_layers_set = true;
+    }
     else if (!strcmp(a, "--comm-type")) {
         const char *v = cli_value(argc, argv, i);
         int w = -1;
@@ -155,6 +160,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
 {
     cli_load_model(o->model_path, m);
     o->engine.comm = the_comm;
+    if (!o->gpu_layers_set) o->engine.n_gpu_layers = -1;
     const int n = comm_size(the_comm);
     if (n == 1) return;
     double *w = malloc(sizeof(double) * (size_t)n);

@@ -123,6 +123,11 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     if (!err) err = shard_build(e);
     if (!err && !(e->pool = tt_pool_create(e->n_threads)))
         err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
+    if (!err && opts->n_gpu_layers != 0) {
+        int aerr = engine_accel_cuda_create(e, opts->n_gpu_layers, &e->accel);
+        if (aerr == TT_EUNSUPPORTED && opts->n_gpu_layers < 0) tt_error_clear(); /* auto: CPU is fine */
+        else if (aerr) err = aerr;
+    }
     if (err) {
         engine_destroy(e);
         return err;
@@ -134,6 +139,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
 void engine_destroy(struct engine *e)
 {
     if (!e) return;
+    if (e->accel.ctx) e->accel.destroy(e->accel.ctx);
     tt_pool_destroy(e->pool);
     shard_free(e);
     void *bufs[] = { e->k_cache, e->v_cache, e->x,      e->xn,      e->q,      e->k,

@@ -54,6 +54,8 @@ struct engine_opts {
     const struct plan *plan;
     enum comm_wire wire;
     int n_seq;              /* sequences with their own KV cache (0: 1), for batching */
+    int n_gpu_layers;       /* layers on the GPU: -1 = as many as fit (default when a GPU
+                               is found), 0 = CPU only */
 };
 
 enum engine_logits {

@@ -199,6 +199,11 @@ static void ffn_block(struct engine *e, int il, int n_tok)
 
 void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
 {
+    if (e->accel.ctx && e->accel.logits && e->accel.n_layers_accel == e->m->hp.n_layer) {
+        int err = e->accel.logits(e->accel.ctx, e, rows, n, out);
+        TT_ASSERT(err == 0 && "accelerator failed computing logits");
+        return;
+    }
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd;
     for (int i = 0; i < n; i++)
@@ -217,8 +222,14 @@ void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok)
         e->tok_pos[t] = e->seq_pos[s]++; /* later tokens of s sit after this one */
         tr->to_float(model_weight_row(w, 0, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
     }
-    ops_rope_table(e, n_tok, e->rope_cs);
-    for (int il = 0; il < e->m->hp.n_layer; il++) {
+    int il = 0;
+    if (e->accel.ctx && e->accel.n_layers_accel > 0) {
+        il = e->accel.n_layers_accel;
+        int err = e->accel.run_layers(e->accel.ctx, e, 0, il, n_tok);
+        TT_ASSERT(err == 0 && "accelerator failed running layers");
+    }
+    if (il < e->m->hp.n_layer) ops_rope_table(e, n_tok, e->rope_cs);
+    for (; il < e->m->hp.n_layer; il++) {
         attention_block(e, il, n_tok);
         ffn_block(e, il, n_tok);
     }

@@ -37,6 +37,27 @@ struct engine_layer {
     const float *gate_inp_shexp;         /* [n_embd], or NULL */
 };
 
+/* An accelerator backend (engine_cuda.c) runs whole layers on a device.
+ * The engine keeps the batch bookkeeping (tok_seq, tok_pos, seq_pos) and the
+ * residual stream e->x on the host between calls:
+ *   run_layers: layers [il0, il1) for the current batch; reads e->x (n_tok
+ *               rows), writes the result back to e->x; the device keeps its own
+ *               KV cache for those layers. Partial sums of several ranks are
+ *               joined with forward_allreduce (host-staged) or its own NCCL.
+ *   logits:     final norm and output rows of this rank for the listed batch
+ *               rows into out[n][n_vocab_local] (host); NULL = do it on the CPU.
+ * Layers >= n_layers_accel run on the CPU. */
+struct engine_accel {
+    void *ctx;
+    int n_layers_accel;
+    int (*run_layers)(void *ctx, struct engine *e, int il0, int il1, int n_tok);
+    int (*logits)(void *ctx, struct engine *e, const int32_t *rows, int n, float *out);
+    void (*destroy)(void *ctx);
+};
+/* Create the CUDA backend for this engine (engine_cuda.c); returns
+ * TT_EUNSUPPORTED when built without CUDA or no GPU is usable. */
+int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out);
+
 /* One product out[t][r] = W[r] . act[t] for t < n_tok, all rows of the view. */
 struct matmul_task {
     const struct engine_weight *w;
@@ -70,6 +91,7 @@ struct engine {
     uint64_t shard_bytes;
 
     struct engine_layer *layers; /* n_layer */
+    struct engine_accel accel;   /* ctx NULL: CPU only */
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
     uint8_t *k_cache;     /* [n_seq][n_layer][n_ctx][n_kv_local*head_dim] of kv_type */

@@ -261,6 +261,7 @@ struct tp_rank {
     const struct model *m;
     struct comm *comm;
     enum comm_wire wire;
+    enum plan_join join;
     const int32_t *ids;
     int n_ids;
     float *logits;      /* rank 0: [n_ids][N_VOCAB] */
@@ -273,7 +274,8 @@ struct tp_rank {
 static void *tp_main(void *p)
 {
     struct tp_rank *r = p;
-    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .wire = r->wire, .n_seq = 3 };
+    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .wire = r->wire,
+                             .join = r->join, .n_seq = 3 };
     struct engine *e;
     if ((r->err = engine_create(&e, r->m, &o))) return NULL;
     if (engine_rank(e) != 0) {
@@ -337,14 +339,14 @@ static void multi_seq_lead(struct engine *e, struct tp_rank *r)
 
 /* Run the model on n ranks; rank 0's results in *out. */
 static int tp_run(const struct model *m, int n, enum comm_wire wire, const int32_t *ids, int n_ids,
-                  struct tp_rank *out)
+                  struct tp_rank *out, enum plan_join join)
 {
     struct comm *comms[8];
     struct tp_rank ranks[8];
     pthread_t th[8];
     if (comm_local_group(comms, n)) return -1;
     for (int r = 0; r < n; r++) {
-        ranks[r] = (struct tp_rank){ m, comms[r], wire, ids, n_ids, r == 0 ? out->logits : NULL, { 0 }, 0,
+        ranks[r] = (struct tp_rank){ m, comms[r], wire, join, ids, n_ids, r == 0 ? out->logits : NULL, { 0 }, 0,
                                      out->lead ? out->lead : logits_lead, { { 0 } } };
         pthread_create(&th[r], NULL, tp_main, &ranks[r]);
     }
@@ -372,23 +374,28 @@ static void tp_check_model(const char *name)
         return;
     }
     struct tp_rank one = { .logits = malloc(sizeof(float) * N_VOCAB * (size_t)n) };
-    CHECK_EQ_INT(tp_run(&m, 1, COMM_WIRE_F32, ids, n, &one), 0);
-    for (int ranks = 2; ranks <= 4; ranks++) {
+    CHECK_EQ_INT(tp_run(&m, 1, COMM_WIRE_F32, ids, n, &one, PLAN_JOIN_GATHER), 0);
+    for (int ranks = 2; ranks <= 5; ranks++) {
+        /* 2..4 ranks with the exact join; 5 = 3 ranks with the summing join */
+        const enum plan_join join = ranks == 5 ? PLAN_JOIN_SUM : PLAN_JOIN_GATHER;
+        const int n_ranks = ranks == 5 ? 3 : ranks;
         struct tp_rank many = { .logits = malloc(sizeof(float) * N_VOCAB * (size_t)n) };
-        CHECK_EQ_INT(tp_run(&m, ranks, COMM_WIRE_F32, ids, n, &many), 0);
+        CHECK_EQ_INT(tp_run(&m, n_ranks, COMM_WIRE_F32, ids, n, &many, join), 0);
         struct diff_stats d = compare_logits(many.logits, one.logits, n);
-        /* partial sums add in another order: rounding-level differences,
-         * amplified by activation re-quantization in quantized models */
-        bool ok = is_float_model(name) ? d.max < 0.02 : d.mean < 0.02 && d.argmax_same >= n - 2;
+        /* GATHER: every dot product is one rank's: bit-identical. SUM: partial
+         * sums add in another order: rounding-level differences, amplified by
+         * activation re-quantization in quantized models. */
+        bool ok = join == PLAN_JOIN_GATHER ? d.max == 0.0
+                  : is_float_model(name) ? d.max < 0.02 : d.mean < 0.02 && d.argmax_same >= n - 2;
         if (!ok || getenv("TT_TEST_VERBOSE"))
-            fprintf(stderr, "  %s on %d ranks vs 1: max %.5f mean %.5f argmax same %d/%d\n", name,
-                    ranks, d.max, d.mean, d.argmax_same, n);
+            fprintf(stderr, "  %s on %d ranks (%s) vs 1: max %.5f mean %.5f argmax same %d/%d\n", name,
+                    n_ranks, join == PLAN_JOIN_SUM ? "sum" : "gather", d.max, d.mean, d.argmax_same, n);
         CHECK(ok);
         int same = 0;
         while (same < TP_GREEDY && many.greedy[same] == one.greedy[same]) same++;
         if (same < TP_GREEDY)
             fprintf(stderr, "  %s on %d ranks: greedy differs from 1 rank at step %d\n", name, ranks, same);
-        CHECK(same == TP_GREEDY || !is_float_model(name));
+        CHECK(same == TP_GREEDY || (join == PLAN_JOIN_SUM && !is_float_model(name)));
         free(many.logits);
     }
     free(one.logits);
@@ -414,8 +421,8 @@ static void test_multi_sequence(void)
         return;
     }
     struct tp_rank one = { .lead = multi_seq_lead }, three = { .lead = multi_seq_lead };
-    CHECK_EQ_INT(tp_run(&m, 1, COMM_WIRE_F32, NULL, 0, &one), 0);
-    CHECK_EQ_INT(tp_run(&m, 3, COMM_WIRE_F32, NULL, 0, &three), 0);
+    CHECK_EQ_INT(tp_run(&m, 1, COMM_WIRE_F32, NULL, 0, &one, PLAN_JOIN_GATHER), 0);
+    CHECK_EQ_INT(tp_run(&m, 3, COMM_WIRE_F32, NULL, 0, &three, PLAN_JOIN_GATHER), 0);
     static const int32_t prompts[3][5] = { { 1, 403, 407, 261, 378 }, { 1, 325, 371, 396, 0 },
                                            { 1, 300, 301, 302, 303 } };
     static const int lens[3] = { 5, 4, 5 };
@@ -443,7 +450,7 @@ static void test_multi_sequence(void)
 }
 
 static const struct test_case tests[] = {
-    { "tensor_parallel_2_3_4_ranks", test_tensor_parallel },
+    { "tensor_parallel_2_3_4_ranks_exact_and_summed", test_tensor_parallel },
     { "multi_sequence_1_and_3_ranks", test_multi_sequence },
     { "logits_kvf16", test_logits_kvf16 },
     { "logits_kvf32", test_logits_kvf32 },

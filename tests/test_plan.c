@@ -19,7 +19,7 @@ static void test_even_examples(void)
     /* 8 heads / 8 KV heads over 3 ranks with float weights: 3/3/2 */
     struct model_hparams hp = shape(8, 8, 64, 768, 512);
     struct plan_align a = { 1, 1, 1, 1 };
-    struct plan *p = plan_tensor_parallel(&hp, &a, 3, NULL);
+    struct plan *p = plan_tensor_parallel(&hp, &a, 3, NULL, PLAN_JOIN_SUM);
     CHECK(p != NULL);
     CHECK_EQ_INT(p->ranks[0].kv.end - p->ranks[0].kv.begin, 3);
     CHECK_EQ_INT(p->ranks[1].kv.end - p->ranks[1].kv.begin, 3);
@@ -28,7 +28,11 @@ static void test_even_examples(void)
     /* Llama-3-8B shape, Q4_K (256-column blocks, head_dim 128: 2 heads per unit) over 3 ranks */
     hp = shape(32, 8, 128, 14336, 128256);
     a = (struct plan_align){ 2, 256, 256, 256 };
-    p = plan_tensor_parallel(&hp, &a, 3, NULL);
+    p = plan_tensor_parallel(&hp, &a, 3, NULL, PLAN_JOIN_GATHER); /* no alignment needed: 11/11/10 */
+    CHECK_EQ_INT(p->ranks[0].head.end, 11);
+    CHECK_EQ_INT(p->ranks[2].embd.end - p->ranks[2].embd.begin, 1365);
+    free(p);
+    p = plan_tensor_parallel(&hp, &a, 3, NULL, PLAN_JOIN_SUM);
     CHECK_EQ_INT(p->ranks[0].head.end, 12);
     CHECK_EQ_INT(p->ranks[1].head.end, 22);
     CHECK_EQ_INT(p->ranks[1].kv.begin, 3); /* heads 12..21 read KV heads 3..5 */
@@ -39,7 +43,7 @@ static void test_even_examples(void)
     /* fewer KV heads than ranks: each rank computes the KV head of its queries */
     hp = shape(8, 1, 64, 256, 512);
     a = (struct plan_align){ 1, 32, 32, 32 };
-    p = plan_tensor_parallel(&hp, &a, 4, NULL);
+    p = plan_tensor_parallel(&hp, &a, 4, NULL, PLAN_JOIN_SUM);
     for (int r = 0; r < 4; r++) {
         CHECK_EQ_INT(p->ranks[r].kv.begin, 0);
         CHECK_EQ_INT(p->ranks[r].kv.end, 1);
@@ -52,13 +56,13 @@ static void test_weighted(void)
     struct model_hparams hp = shape(32, 8, 128, 14336, 1000);
     struct plan_align a = { 1, 256, 256, 256 };
     double w[3] = { 2, 1, 1 };
-    struct plan *p = plan_tensor_parallel(&hp, &a, 3, w);
+    struct plan *p = plan_tensor_parallel(&hp, &a, 3, w, PLAN_JOIN_SUM);
     CHECK_EQ_INT(p->ranks[0].head.end, 16);
     CHECK_EQ_INT(p->ranks[0].vocab.end, 500);
     free(p);
     double bad[2] = { 1, 0 };
-    CHECK(plan_tensor_parallel(&hp, &a, 2, bad) == NULL);
-    CHECK(plan_tensor_parallel(&hp, &a, 0, NULL) == NULL);
+    CHECK(plan_tensor_parallel(&hp, &a, 2, bad, PLAN_JOIN_SUM) == NULL);
+    CHECK(plan_tensor_parallel(&hp, &a, 0, NULL, PLAN_JOIN_SUM) == NULL);
 }
 
 static void test_parse_split(void)
@@ -97,16 +101,18 @@ static void test_exhaustive(void)
                             seed = seed * 6364136223846793005ull + 1442695040888963407ull;
                             w[r] = weighted ? 0.5 + (double)(seed >> 40) / (double)(1ull << 24) : 1.0;
                         }
-                        struct plan *p = plan_tensor_parallel(&hp, &a, ranks, weighted ? w : NULL);
+                        struct plan *p = plan_tensor_parallel(&hp, &a, ranks, weighted ? w : NULL,
+                                                              (enum plan_join)(n_plans % 2));
                         CHECK(p != NULL);
                         if (!p) continue;
                         plan_check(p, &hp, &a); /* aborts on a broken invariant */
                         double total = 0;
                         for (int r = 0; r < ranks; r++) total += w[r];
-                        int64_t units_ff = (hp.n_ff + a.ff_unit - 1) / a.ff_unit;
+                        const int ff_unit = p->join == PLAN_JOIN_SUM ? a.ff_unit : 1;
+                        int64_t units_ff = (hp.n_ff + ff_unit - 1) / ff_unit;
                         for (int r = 0; r < ranks; r++) {
                             double want = (double)units_ff * w[r] / total;
-                            double got = (double)(p->ranks[r].ff.end - p->ranks[r].ff.begin) / a.ff_unit;
+                            double got = (double)(p->ranks[r].ff.end - p->ranks[r].ff.begin) / ff_unit;
                             CHECK(fabs(got - want) <= 1.0 + 1e-9);
                         }
                         free(p);

@@ -101,6 +101,8 @@ const char cli_model_opts_help[] =
     "      --split S        under mpirun: how to share the work between ranks: even (default),\n"
     "                       auto (by each rank's measured memory bandwidth), or weights \"2,1,1\"\n"
     "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n"
+    "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
+    "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n";
 
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
@@ -114,6 +116,12 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--tp-join")) {
+        const char *v = cli_value(argc, argv, i);
+        if (!strcmp(v, "gather")) o->engine.join = PLAN_JOIN_GATHER;
+        else if (!strcmp(v, "sum")) o->engine.join = PLAN_JOIN_SUM;
+        else cli_die(0, "--tp-join must be gather or sum, got '%s'", v);
+    }
     else if (!strcmp(a, "--gpu-layers") || !strcmp(a, "-ngl")) {
         o->engine.n_gpu_layers = (int)cli_parse_int(a, cli_value(argc, argv, i), -1, MODEL_LAYERS_MAX);
         o->gpu_layers_set = true;
@@ -175,7 +183,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     }
     struct plan_align a;
     plan_align_for_model(m, &a);
-    if (!(o->plan = plan_tensor_parallel(&m->hp, &a, n, w))) cli_die(TT_EINVAL, "planning");
+    if (!(o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join))) cli_die(TT_EINVAL, "planning");
     o->engine.plan = o->plan;
     free(w);
 }

@@ -44,6 +44,13 @@ static int alloc_buffers(struct engine *e)
     e->act_bytes = B * in_max * 4;
     e->logits_local = tt_alloc(B * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
     e->cand = tt_alloc(sizeof(struct sampler_cand) * (size_t)(e->n_ranks + 1) * B * ENGINE_CAND_SLOTS);
+    /* gathering joins: whole rows, and the all-gather receive buffer */
+    const size_t row_max = TT_MAX(TT_MAX(E, (size_t)hp->n_head * HD), ff);
+    const size_t K = (size_t)TT_MAX(hp->n_expert_used, 1);
+    e->full = tt_alloc(B * row_max * 4);
+    e->part = tt_alloc(B * TT_MAX(row_max, hp->n_expert ? K * E : 0) * 4);
+    e->gathered = tt_alloc(B * TT_MAX(row_max, hp->n_expert ? K * E : 0) * 4);
+    e->sizes = tt_alloc(sizeof(size_t) * (size_t)e->n_ranks);
     e->seq_pos = tt_alloc(sizeof(int) * (size_t)e->n_seq);
     e->tok_seq = tt_alloc(B * 4);
     e->tok_pos = tt_alloc(B * 4);
@@ -51,7 +58,8 @@ static int alloc_buffers(struct engine *e)
 
     bool ok = e->k_cache && e->v_cache && e->x && e->xn && e->q && e->k && e->v && e->attn &&
               e->ffn_a && e->ffn_b && e->ffn_out && e->rope_cs && e->scores && e->q_half &&
-              e->logits_local && e->cand && e->seq_pos && e->tok_seq && e->tok_pos && e->rows;
+              e->logits_local && e->cand && e->seq_pos && e->tok_seq && e->tok_pos && e->rows &&
+              e->full && e->part && e->gathered && e->sizes;
     for (int i = 0; i < ENGINE_MATMULS_MAX; i++) ok = (e->act[i] = tt_alloc(e->act_bytes)) && ok;
     if (hp->n_expert) {
         const size_t X = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used;
@@ -80,7 +88,7 @@ static int take_slice(struct engine *e, const struct engine_opts *opts)
     if (!p) {
         struct plan_align a;
         plan_align_for_model(e->m, &a);
-        if (!(own = plan_tensor_parallel(hp, &a, e->n_ranks, NULL))) return TT_EINVAL;
+        if (!(own = plan_tensor_parallel(hp, &a, e->n_ranks, NULL, opts->join))) return TT_EINVAL;
         p = own;
     }
     if (p->n_ranks != e->n_ranks) {
@@ -88,6 +96,23 @@ static int take_slice(struct engine *e, const struct engine_opts *opts)
         return tt_error_set(TT_EINVAL, "plan for %d ranks used with %d ranks", p->n_ranks, e->n_ranks);
     }
     e->slice = p->ranks[e->rank];
+    e->join = p->join;
+    /* every rank's widths, for gathering slices into whole rows */
+    e->widths = calloc((size_t)e->n_ranks * JOIN_WIDTHS_COUNT, sizeof(int32_t));
+    if (!e->widths) {
+        free(own);
+        return tt_error_set(TT_ENOMEM, "out of memory");
+    }
+    for (int r = 0; r < e->n_ranks; r++) {
+        const struct plan_rank *pr = &p->ranks[r];
+        int32_t *w = e->widths + (size_t)r * JOIN_WIDTHS_COUNT;
+        w[JOIN_HEADS] = (pr->head.end - pr->head.begin) * hp->head_dim;
+        w[JOIN_FF] = pr->ff.end - pr->ff.begin;
+        w[JOIN_SHEXP] = pr->shexp.end - pr->shexp.begin;
+        w[JOIN_EMBD] = pr->embd.end - pr->embd.begin;
+        w[JOIN_EXPERT_BEGIN] = pr->expert.begin;
+        w[JOIN_EXPERT_END] = pr->expert.end;
+    }
     free(own);
     e->n_head_local = e->slice.head.end - e->slice.head.begin;
     e->n_kv_local = e->slice.kv.end - e->slice.kv.begin;
@@ -146,11 +171,12 @@ void engine_destroy(struct engine *e)
                      e->v,       e->attn,    e->ffn_a,  e->ffn_b,   e->ffn_out, e->rope_cs,
                      e->scores,  e->q_half,  e->router, e->sel,     e->sel_w,   e->gather,
                      e->xg,      e->yg,      e->logits_local, e->cand, e->seq_pos,
-                     e->tok_seq, e->tok_pos, e->rows };
+                     e->tok_seq, e->tok_pos, e->rows, e->full, e->part, e->gathered, e->sizes };
     for (size_t i = 0; i < TT_ARRAY_LEN(bufs); i++) tt_free(bufs[i]);
     for (int i = 0; i < ENGINE_MATMULS_MAX; i++) tt_free(e->act[i]);
     free(e->step_buf);
     free(e->step_toks);
+    free(e->widths);
     free(e);
 }
 

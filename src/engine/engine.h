@@ -53,6 +53,7 @@ struct engine_opts {
     struct comm *comm;
     const struct plan *plan;
     enum comm_wire wire;
+    enum plan_join join;    /* without a plan: GATHER (exact, default) or SUM */
     int n_seq;              /* sequences with their own KV cache (0: 1), for batching */
     int n_gpu_layers;       /* layers on the GPU: -1 = as many as fit (default when a GPU
                                is found), 0 = CPU only */

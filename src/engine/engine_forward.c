@@ -20,6 +20,52 @@ void forward_allreduce(struct engine *e, float *x, int64_t n)
     TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone"); /* see engine_worker_run */
 }
 
+/* Every rank's `col` slice of n_tok rows, gathered into whole rows of
+ * full_w floats: out[t] = [rank 0's part | rank 1's part | ...]. */
+static void gather_rows(struct engine *e, const float *local, int64_t n_tok, enum join_width col,
+                        int64_t full_w, float *out)
+{
+    const int R = e->n_ranks;
+    for (int r = 0; r < R; r++)
+        e->sizes[r] = sizeof(float) * (size_t)n_tok * (size_t)e->widths[r * JOIN_WIDTHS_COUNT + col];
+    int err = comm_allgatherv(e->comm, local, e->sizes[e->rank], e->gathered, e->sizes);
+    TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
+    const float *src = e->gathered;
+    int64_t off = 0;
+    for (int r = 0; r < R; r++) {
+        const int64_t w = e->widths[r * JOIN_WIDTHS_COUNT + col];
+        for (int64_t t = 0; t < n_tok; t++)
+            memcpy(out + t * full_w + off, src + t * w, sizeof(float) * (size_t)w);
+        src += n_tok * w;
+        off += w;
+    }
+    TT_ASSERT(off == full_w);
+}
+
+static bool joins_by_gather(const struct engine *e)
+{
+    return e->join == PLAN_JOIN_GATHER && e->n_ranks > 1;
+}
+
+/* out[t] (n_embd, complete on every rank) = W . in[t], where `in` is this
+ * rank's `col` slice of the projection's input: gathered into whole rows and
+ * projected onto this rank's output rows, then gathered again (GATHER), or
+ * projected by this rank's columns and all-reduced (SUM). */
+static void project_join(struct engine *e, const struct engine_weight *w, const float *in,
+                         int64_t n_tok, enum join_width col, int64_t full_in, float *out)
+{
+    const int64_t E = e->m->hp.n_embd;
+    if (joins_by_gather(e)) {
+        gather_rows(e, in, n_tok, col, full_in, e->full);
+        ops_linear(e, w, 0, e->full, n_tok, e->part);
+        gather_rows(e, e->part, n_tok, JOIN_EMBD, E, out);
+        return;
+    }
+    if (w->n_in) ops_linear(e, w, 0, in, n_tok, out);
+    else memset(out, 0, sizeof(float) * (size_t)(n_tok * E));
+    forward_allreduce(e, out, n_tok * E);
+}
+
 /* outs[i][t] = ws[i] . x[t]: one conversion per distinct activation type,
  * then one fused job. Views with no rows (a rank without heads) are skipped. */
 static void linear_multi(struct engine *e, const struct engine_weight *const *ws, int n_w,
@@ -92,27 +138,25 @@ static void attention_block(struct engine *e, int il, int n_tok)
     ops_rope(e, e->k, n_tok, e->n_kv_local, e->rope_cs);
     store_kv(e, il, n_tok);
     ops_attention(e, il, n_tok);
-    if (l->wo.n_in) ops_linear(e, &l->wo, 0, e->attn, n_tok, e->ffn_out);
-    else memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
-    forward_allreduce(e, e->ffn_out, n_tok * E);
+    project_join(e, &l->wo, e->attn, n_tok, JOIN_HEADS, hp->n_head * hd, e->ffn_out);
     for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
 }
 
-/* SwiGLU FFN of n_tok rows of `in` into `out` (each [n_tok][n_embd]); a view
- * with no columns on this rank contributes zeros. */
+/* SwiGLU FFN of n_tok rows of `in` into `out` (each [n_tok][n_embd]).
+ * col = JOIN_FF / JOIN_SHEXP: a tensor-parallel FFN whose columns are split
+ * over the ranks, joined so that `out` is complete on every rank;
+ * col = JOIN_WIDTHS_COUNT: a whole expert held here (local index `expert`). */
 static void swiglu_ffn(struct engine *e, const struct engine_weight *gate,
                        const struct engine_weight *up, const struct engine_weight *down,
-                       int64_t expert, const float *in, int64_t n_tok, float *out)
+                       int64_t expert, const float *in, int64_t n_tok, float *out,
+                       enum join_width col, int64_t full_ff)
 {
-    if (gate->n_out == 0) {
-        memset(out, 0, sizeof(float) * (size_t)(n_tok * down->n_out));
-        return;
-    }
     const struct engine_weight *ws[] = { gate, up };
     float *outs[] = { e->ffn_a, e->ffn_b };
     linear_multi(e, ws, 2, expert, in, n_tok, outs);
     swiglu(e->ffn_a, e->ffn_b, n_tok * gate->n_out);
-    ops_linear(e, down, expert, e->ffn_a, n_tok, out);
+    if (col == JOIN_WIDTHS_COUNT) ops_linear(e, down, expert, e->ffn_a, n_tok, out);
+    else project_join(e, down, e->ffn_a, n_tok, col, full_ff, out);
 }
 
 /* Router: softmax over all experts, keep the top n_expert_used by
@@ -148,17 +192,18 @@ static void route(struct engine *e, int64_t n_tok)
     }
 }
 
-/* Mixture of experts: each expert computes only the tokens routed to it. */
-static void moe_ffn(struct engine *e, int il, int64_t n_tok)
+/* The experts held here, each on the tokens routed to it, in expert order;
+ * outputs in pair order (expert, token) into `pairs` [n][n_embd]. With
+ * `acc`, they are also weighted and added into e->ffn_out. Returns the
+ * number of pairs. */
+static int local_experts(struct engine *e, const struct engine_layer *l, int64_t n_tok, float *pairs,
+                         bool acc)
 {
     const struct model_hparams *hp = &e->m->hp;
-    const struct engine_layer *l = &e->layers[il];
     const int64_t E = hp->n_embd;
     const int K = hp->n_expert_used;
-    ops_linear(e, &l->gate_inp, 0, e->xn, n_tok, e->router);
-    route(e, n_tok);
-    memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
-    for (int x = 0; x < hp->n_expert && l->gate_exps.n_out > 0; x++) {
+    int n_pairs = 0;
+    for (int x = e->slice.expert.begin; x < e->slice.expert.end; x++) {
         int n = 0;
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++)
@@ -168,15 +213,67 @@ static void moe_ffn(struct engine *e, int il, int64_t n_tok)
                     n++;
                 }
         if (n == 0) continue;
-        swiglu_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps, x, e->xg, n, e->yg);
-        for (int i = 0; i < n; i++) {
+        float *y = pairs ? pairs + (size_t)n_pairs * E : e->yg;
+        swiglu_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps, x - e->slice.expert.begin, e->xg,
+                   n, y, JOIN_WIDTHS_COUNT, 0);
+        for (int i = 0; acc && i < n; i++) {
             const int64_t t = e->gather[i] / K;
             const float w = e->sel_w[e->gather[i]];
-            for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * e->yg[i * E + d];
+            for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * y[i * E + d];
         }
+        n_pairs += n;
     }
-    if (hp->n_ff_shexp > 0 && l->gate_shexp.n_out > 0) {
-        swiglu_ffn(e, &l->gate_shexp, &l->up_shexp, &l->down_shexp, 0, e->xn, n_tok, e->yg);
+    return n_pairs;
+}
+
+/* GATHER join of the experts: every rank's pairs, all-gathered in (expert,
+ * token) order, then added per token in expert order, exactly as one rank
+ * adds them. */
+static void join_experts(struct engine *e, int64_t n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t E = hp->n_embd;
+    const int K = hp->n_expert_used;
+    for (int r = 0; r < e->n_ranks; r++) {
+        const int32_t *w = e->widths + r * JOIN_WIDTHS_COUNT;
+        size_t n = 0;
+        for (int64_t i = 0; i < n_tok * K; i++)
+            n += e->sel[i] >= w[JOIN_EXPERT_BEGIN] && e->sel[i] < w[JOIN_EXPERT_END];
+        e->sizes[r] = sizeof(float) * n * (size_t)E;
+    }
+    int err = comm_allgatherv(e->comm, e->part, e->sizes[e->rank], e->gathered, e->sizes);
+    TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
+    const float *y = e->gathered;
+    for (int x = 0; x < hp->n_expert; x++)
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int k = 0; k < K; k++) {
+                if (e->sel[t * K + k] != x) continue;
+                const float w = e->sel_w[t * K + k];
+                for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * y[d];
+                y += E;
+            }
+}
+
+/* Mixture of experts: whole experts on ranks (expert parallelism); each
+ * expert computes only the tokens routed to it. */
+static void moe_ffn(struct engine *e, int il, int64_t n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct engine_layer *l = &e->layers[il];
+    const int64_t E = hp->n_embd;
+    ops_linear(e, &l->gate_inp, 0, e->xn, n_tok, e->router);
+    route(e, n_tok);
+    memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
+    if (joins_by_gather(e)) {
+        local_experts(e, l, n_tok, e->part, false);
+        join_experts(e, n_tok);
+    } else {
+        local_experts(e, l, n_tok, NULL, true);
+        forward_allreduce(e, e->ffn_out, n_tok * E);
+    }
+    if (hp->n_ff_shexp > 0) { /* complete on every rank after its own join */
+        swiglu_ffn(e, &l->gate_shexp, &l->up_shexp, &l->down_shexp, 0, e->xn, n_tok, e->yg,
+                   JOIN_SHEXP, hp->n_ff_shexp);
         for (int64_t t = 0; t < n_tok; t++) {
             float s = e->ops->dot_f32(E, l->gate_inp_shexp, e->xn + t * E);
             s = 1.0f / (1.0f + expf(-s));
@@ -192,8 +289,7 @@ static void ffn_block(struct engine *e, int il, int n_tok)
     const int64_t E = hp->n_embd;
     for (int t = 0; t < n_tok; t++) ops_rmsnorm(e->x + t * E, l->ffn_norm, e->xn + t * E, E, hp->rms_eps);
     if (hp->n_expert) moe_ffn(e, il, n_tok);
-    else swiglu_ffn(e, &l->w_gate, &l->w_up, &l->w_down, 0, e->xn, n_tok, e->ffn_out);
-    forward_allreduce(e, e->ffn_out, n_tok * E);
+    else swiglu_ffn(e, &l->w_gate, &l->w_up, &l->w_down, 0, e->xn, n_tok, e->ffn_out, JOIN_FF, hp->n_ff);
     for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
 }
 

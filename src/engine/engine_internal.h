@@ -58,6 +58,10 @@ struct engine_accel {
  * TT_EUNSUPPORTED when built without CUDA or no GPU is usable. */
 int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out);
 
+/* Columns of e->widths: what each rank holds of the gathered dimensions. */
+enum join_width { JOIN_HEADS, JOIN_FF, JOIN_SHEXP, JOIN_EMBD, JOIN_EXPERT_BEGIN, JOIN_EXPERT_END,
+                  JOIN_WIDTHS_COUNT };
+
 /* One product out[t][r] = W[r] . act[t] for t < n_tok, all rows of the view. */
 struct matmul_task {
     const struct engine_weight *w;
@@ -85,6 +89,12 @@ struct engine {
     int rank, n_ranks;
     enum comm_wire wire;
     struct plan_rank slice;  /* what this rank holds */
+    enum plan_join join;
+    int32_t *widths;         /* [n_ranks][JOIN_WIDTHS_COUNT] every rank's slice sizes */
+    float *full;             /* [B][max row] a gathered activation (whole rows) */
+    float *part;             /* [B][max row] this rank's part of a projection's rows */
+    float *gathered;         /* [B][max(row, n_expert_used*n_embd)] all-gather receive buffer */
+    size_t *sizes;           /* [n_ranks] all-gather byte counts */
     int n_head_local, n_kv_local; /* heads computed here */
     int n_vocab_local;
     uint8_t *shard;          /* copied weight slices (multi-rank), or NULL */

@@ -30,9 +30,10 @@ struct shard_builder {
 
 static struct range full(int64_t n) { return (struct range){ 0, n }; }
 
-/* Make the view of rows `rows` and columns `cols` of w. */
-static void view(struct shard_builder *b, struct engine_weight *v, const struct model_weight *w,
-                 struct range rows, struct range cols)
+/* Make the view of rows `rows` and columns `cols` of experts `exps` of w. */
+static void view_experts(struct shard_builder *b, struct engine_weight *v,
+                         const struct model_weight *w, struct range rows, struct range cols,
+                         struct range exps)
 {
     memset(v, 0, sizeof(*v));
     if (!w->data) return;
@@ -40,14 +41,15 @@ static void view(struct shard_builder *b, struct engine_weight *v, const struct 
     TT_ASSERT(cols.begin % tr->block_size == 0 && (cols.end % tr->block_size == 0 || cols.end == w->ne[0]));
     const size_t col_off = (size_t)(cols.begin / tr->block_size) * tr->type_size;
     const size_t slice_row = tt_row_size(w->type, cols.end - cols.begin);
-    const int64_t n_rows = rows.end - rows.begin, n_exp = w->ne[2];
+    const int64_t n_rows = rows.end - rows.begin, n_exp = exps.end - exps.begin;
     v->type = w->type;
     v->n_in = cols.end - cols.begin;
     v->n_out = n_rows;
     if (!b->copy) {
-        v->data = (const uint8_t *)w->data + (size_t)rows.begin * w->row_bytes + col_off;
-        v->row_stride = w->row_bytes;
         v->expert_stride = (size_t)w->ne[1] * w->row_bytes;
+        v->data = (const uint8_t *)w->data + (size_t)exps.begin * v->expert_stride +
+                  (size_t)rows.begin * w->row_bytes + col_off;
+        v->row_stride = w->row_bytes;
         return;
     }
     const uint64_t bytes = (uint64_t)slice_row * (uint64_t)n_rows * (uint64_t)n_exp;
@@ -60,7 +62,14 @@ static void view(struct shard_builder *b, struct engine_weight *v, const struct 
     for (int64_t x = 0; x < n_exp; x++)
         for (int64_t r = 0; r < n_rows; r++)
             memcpy(dst + (size_t)(x * n_rows + r) * slice_row,
-                   model_weight_row(w, x, rows.begin + r) + col_off, slice_row);
+                   (const uint8_t *)model_weight_row(w, exps.begin + x, rows.begin + r) + col_off,
+                   slice_row);
+}
+
+static void view(struct shard_builder *b, struct engine_weight *v, const struct model_weight *w,
+                 struct range rows, struct range cols)
+{
+    view_experts(b, v, w, rows, cols, (struct range){ 0, w->ne[2] });
 }
 
 static const float *vec(const struct model_weight *w, int64_t begin)
@@ -77,22 +86,26 @@ static void build_layer(struct shard_builder *b, int il)
     const int64_t hd = hp->head_dim, E = hp->n_embd;
     const struct plan_rank *s = &e->slice;
     const struct range q = { s->head.begin * hd, s->head.end * hd }, kv = { s->kv.begin * hd, s->kv.end * hd };
-    const struct range ff = { s->ff.begin, s->ff.end }, fe = { s->ff_exp.begin, s->ff_exp.end };
-    const struct range sh = { s->shexp.begin, s->shexp.end };
+    const struct range ff = { s->ff.begin, s->ff.end }, sh = { s->shexp.begin, s->shexp.end };
+    const struct range xs = { s->expert.begin, s->expert.end }, fe = full(hp->n_ff_exp);
+    /* GATHER: the output projections keep whole rows (this rank's embd rows);
+     * SUM: they keep this rank's columns and produce partial sums. */
+    const bool gather = e->join == PLAN_JOIN_GATHER;
+    const struct range er = gather ? (struct range){ s->embd.begin, s->embd.end } : full(E);
     view(b, &el->wq, &l->wq, q, full(E));
     view(b, &el->wk, &l->wk, kv, full(E));
     view(b, &el->wv, &l->wv, kv, full(E));
-    view(b, &el->wo, &l->wo, full(E), q);
+    view(b, &el->wo, &l->wo, er, gather ? full(hp->n_head * hd) : q);
     view(b, &el->w_gate, &l->w_gate, ff, full(E));
     view(b, &el->w_up, &l->w_up, ff, full(E));
-    view(b, &el->w_down, &l->w_down, full(E), ff);
+    view(b, &el->w_down, &l->w_down, er, gather ? full(hp->n_ff) : ff);
     view(b, &el->gate_inp, &l->gate_inp, full(hp->n_expert), full(E));
-    view(b, &el->gate_exps, &l->gate_exps, fe, full(E));
-    view(b, &el->up_exps, &l->up_exps, fe, full(E));
-    view(b, &el->down_exps, &l->down_exps, full(E), fe);
+    view_experts(b, &el->gate_exps, &l->gate_exps, fe, full(E), xs); /* whole experts */
+    view_experts(b, &el->up_exps, &l->up_exps, fe, full(E), xs);
+    view_experts(b, &el->down_exps, &l->down_exps, full(E), fe, xs);
     view(b, &el->gate_shexp, &l->gate_shexp, sh, full(E));
     view(b, &el->up_shexp, &l->up_shexp, sh, full(E));
-    view(b, &el->down_shexp, &l->down_shexp, full(E), sh);
+    view(b, &el->down_shexp, &l->down_shexp, er, gather ? full(hp->n_ff_shexp) : sh);
     el->attn_norm = vec(&l->attn_norm, 0);
     el->ffn_norm = vec(&l->ffn_norm, 0);
     el->bq = vec(&l->bq, q.begin);

@@ -94,9 +94,12 @@ static void assign(struct plan *p, int64_t n, int64_t unit, const double *w, siz
     }
 }
 
-struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *a,
-                                  int n_ranks, const double *weights)
+struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *align,
+                                  int n_ranks, const double *weights, enum plan_join join)
 {
+    /* Gathering joins read whole rows: no column alignment is needed. */
+    static const struct plan_align unaligned = { 1, 1, 1, 1 };
+    const struct plan_align *a = join == PLAN_JOIN_SUM ? align : &unaligned;
     if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX) {
         tt_error_set(TT_EINVAL, "rank count %d outside [1, %d]", n_ranks, PLAN_RANKS_MAX);
         return NULL;
@@ -112,7 +115,10 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
         return NULL;
     }
     p->n_ranks = n_ranks;
+    p->join = join;
     assign(p, hp->n_head, a->head_unit, weights, offsetof(struct plan_rank, head));
+    assign(p, hp->n_embd, 1, weights, offsetof(struct plan_rank, embd));
+    assign(p, hp->n_expert, 1, weights, offsetof(struct plan_rank, expert));
     assign(p, hp->n_ff, a->ff_unit, weights, offsetof(struct plan_rank, ff));
     assign(p, hp->n_expert ? hp->n_ff_exp : 0, a->ff_exp_unit, weights, offsetof(struct plan_rank, ff_exp));
     assign(p, hp->n_ff_shexp, a->shexp_unit, weights, offsetof(struct plan_rank, shexp));
@@ -126,7 +132,7 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
             pr->kv.end = (pr->head.end - 1) / group + 1;
         }
     }
-    plan_check(p, hp, a);
+    plan_check(p, hp, align);
     return p;
 }
 
@@ -169,8 +175,12 @@ static void check_cover(const struct plan *p, size_t off, int32_t n, int32_t uni
     TT_ASSERT(at == n);
 }
 
-void plan_check(const struct plan *p, const struct model_hparams *hp, const struct plan_align *a)
+void plan_check(const struct plan *p, const struct model_hparams *hp, const struct plan_align *align)
 {
+    static const struct plan_align unaligned = { 1, 1, 1, 1 };
+    const struct plan_align *a = p->join == PLAN_JOIN_SUM ? align : &unaligned;
+    check_cover(p, offsetof(struct plan_rank, embd), hp->n_embd, 1);
+    check_cover(p, offsetof(struct plan_rank, expert), hp->n_expert, 1);
     check_cover(p, offsetof(struct plan_rank, head), hp->n_head, a->head_unit);
     check_cover(p, offsetof(struct plan_rank, ff), hp->n_ff, a->ff_unit);
     check_cover(p, offsetof(struct plan_rank, ff_exp), hp->n_expert ? hp->n_ff_exp : 0, a->ff_exp_unit);

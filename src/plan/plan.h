@@ -4,25 +4,36 @@
  * capacity: no I/O, no globals, so `tutti plan` can print it and the tests can
  * check it exhaustively.
  *
- * Tensor parallelism (Megatron-style), for ANY number of ranks:
+ * Tensor parallelism, for ANY number of ranks:
  *  - attention: query heads split into contiguous ranges; each rank computes
  *    the KV heads its query heads read (a KV head whose query heads straddle
  *    two ranks is computed on both: GQA groups need not divide evenly, and
  *    fewer KV heads than ranks still works);
- *  - the attention output projection is split by the same columns and the
- *    FFN down projection by the FFN columns; their partial sums meet in one
- *    all-reduce each per layer;
+ *  - the FFN gate/up projections are split by FFN columns (their rows);
  *  - the output projection is split by vocabulary rows.
- * Column split points are multiples of the activation block of the weights
- * that read those columns (256 for K-quants, 32 for Q4_0/Q8_0, 1 for float
- * types), so every rank quantizes whole activation blocks exactly as one rank
- * does: no weight is re-quantized and per-block products are bit-identical;
- * only the order in which the partial sums are added differs.
+ * The attention output and FFN down projections are joined in one of two ways:
+ *  PLAN_JOIN_GATHER (default, exact): the per-head attention outputs and the
+ *    FFN hidden activations are all-gathered, and each rank computes whole
+ *    rows (`embd` range) of the projection, which are all-gathered again. Every
+ *    dot product is the one a single rank computes, so the logits are
+ *    bit-identical for any number of ranks. Four all-gathers per layer.
+ *  PLAN_JOIN_SUM (Megatron): the projections are split by the same columns and
+ *    their partial sums meet in one all-reduce each per layer: half the
+ *    collectives (better over slow links), but the partial sums add in
+ *    another order, so results differ at rounding level. Column split points
+ *    are then multiples of the activation block of the weights that read them
+ *    (256 for K-quants, 32 for Q4_0/Q8_0, 1 for float types), so every rank
+ *    quantizes whole activation blocks exactly as one rank does.
+ * Experts (MoE) are placed whole on ranks (expert parallelism); each rank
+ * computes its experts' outputs for the tokens routed to them, and the
+ * outputs are gathered and added in expert order on every rank, so MoE layers
+ * are exact too.
  *
  * Invariants of a plan (plan_check asserts them):
  *  1. For each dimension the ranges of consecutive ranks are adjacent and
  *     cover [0, n) exactly; empty ranges are allowed.
- *  2. Every column split point is a multiple of its alignment unit (or n).
+ *  2. With PLAN_JOIN_SUM, every column split point is a multiple of its
+ *     alignment unit (or n).
  *  3. kv range = the KV heads of the rank's query heads.
  */
 #ifndef TT_PLAN_H
@@ -44,8 +55,12 @@ struct plan_range {
     int32_t begin, end;
 };
 
+enum plan_join { PLAN_JOIN_GATHER, PLAN_JOIN_SUM, PLAN_JOIN_COUNT };
+
 struct plan_rank {
     struct plan_range head;  /* query heads */
+    struct plan_range embd;  /* output rows of the attention-output and FFN-down projections (GATHER) */
+    struct plan_range expert; /* experts placed here (MoE) */
     struct plan_range kv;    /* KV heads computed here */
     struct plan_range ff;    /* dense FFN columns */
     struct plan_range ff_exp; /* expert FFN columns (every expert split the same way) */
@@ -56,6 +71,7 @@ struct plan_rank {
 
 struct plan {
     int n_ranks;
+    enum plan_join join;
     struct plan_rank ranks[]; /* n_ranks entries */
 };
 
@@ -66,7 +82,7 @@ void plan_align_for_model(const struct model *m, struct plan_align *a);
  * a malloc'd plan (free with free()), or NULL with TT_EINVAL detail when
  * n_ranks is out of [1, PLAN_RANKS_MAX] or a weight is not positive. */
 struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *a,
-                                  int n_ranks, const double *weights);
+                                  int n_ranks, const double *weights, enum plan_join join);
 /* Parse --split: "even", "auto" (weights = NULL for the caller to fill), or
  * "2,1,1" (exactly n_ranks positive numbers). Returns 0 or TT_EINVAL. */
 int plan_parse_split(const char *s, int n_ranks, double *weights, bool *is_auto);

@@ -1,0 +1,182 @@
+/*
+ * kcpu.c: which kernel table this process uses.
+ *
+ * Invariants:
+ * 1. A table is only ever handed out if the running CPU executes every
+ *    instruction in it: the CPU must report the extension (cpuid leaf 1/7 on
+ *    x86, AT_HWCAP on aarch64) and, on x86, the OS must save the register
+ *    state it needs (XCR0 via xgetbv: ymm for AVX2, opmask/zmm for AVX-512).
+ * 2. The choice is made once, on the first kcpu_get() (call it at start-up,
+ *    before threads exist); later calls answer the same pointer.
+ * 3. TT_ISA=scalar|avx2|avx512|neon overrides the choice; an ISA this CPU or
+ *    this build lacks is refused with a warning and the best one is used.
+ *
+ * Architecture-specific code sits in whole functions chosen at file scope,
+ * so no function body holds an #if.
+ */
+#include "kcpu_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+unsigned kcpu_cpu_features(void)
+{
+    unsigned a, b, c, d, feat = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+    const bool f16c = c & (1u << 29);
+    if (!osxsave || !avx) return 0;
+    const uint64_t xcr0 = xgetbv0();
+    const bool os_ymm = (xcr0 & 0x6) == 0x6;
+    const bool os_zmm = (xcr0 & 0xe6) == 0xe6;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool avx2 = b & (1u << 5), f = b & (1u << 16), dq = b & (1u << 17);
+    const bool bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
+    const unsigned max_sub = a;
+    bool bf16 = false;
+    if (max_sub >= 1) {
+        __cpuid_count(7, 1, a, b, c, d);
+        bf16 = a & (1u << 5);
+    }
+    if (os_ymm && avx2 && fma && f16c) feat |= KCPU_FEAT_AVX2;
+    if ((feat & KCPU_FEAT_AVX2) && os_zmm && f && bw && vl && dq && vnni) {
+        feat |= KCPU_FEAT_AVX512;
+        if (bf16) feat |= KCPU_FEAT_AVX512_BF16;
+    }
+    return feat;
+}
+
+/* Tables compiled into an x86 build, best last. */
+static const struct {
+    const struct kcpu_ops *ops;
+    const char *name;
+    unsigned needs;
+} variants[] = {
+    { &kcpu_ops_scalar, "scalar", 0 },
+    { &kcpu_ops_avx2, "avx2", KCPU_FEAT_AVX2 },
+    { &kcpu_ops_avx512, "avx512", KCPU_FEAT_AVX512 },
+    { &kcpu_ops_avx512_bf16, "avx512+bf16", KCPU_FEAT_AVX512 | KCPU_FEAT_AVX512_BF16 },
+};
+
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+
+#define HWCAP_ASIMD_BIT (1ul << 1)
+#define HWCAP_ASIMDDP_BIT (1ul << 20)
+
+unsigned kcpu_cpu_features(void)
+{
+    const unsigned long hw = getauxval(AT_HWCAP);
+    unsigned feat = KCPU_FEAT_NEON; /* Advanced SIMD is mandatory on AArch64 */
+    if ((hw & HWCAP_ASIMD_BIT) && (hw & HWCAP_ASIMDDP_BIT)) feat |= KCPU_FEAT_DOTPROD;
+    return feat;
+}
+
+static const struct {
+    const struct kcpu_ops *ops;
+    const char *name;
+    unsigned needs;
+} variants[] = {
+    { &kcpu_ops_scalar, "scalar", 0 },
+    { &kcpu_ops_neon, "neon", KCPU_FEAT_NEON },
+    { &kcpu_ops_neon_dotprod, "neon+dotprod", KCPU_FEAT_NEON | KCPU_FEAT_DOTPROD },
+};
+
+#else
+
+unsigned kcpu_cpu_features(void)
+{
+    return 0;
+}
+
+static const struct {
+    const struct kcpu_ops *ops;
+    const char *name;
+    unsigned needs;
+} variants[] = {
+    { &kcpu_ops_scalar, "scalar", 0 },
+};
+
+#endif
+
+static const char *const isa_names[KCPU_ISA_COUNT] = {
+    [KCPU_ISA_SCALAR] = "scalar",
+    [KCPU_ISA_AVX2] = "avx2",
+    [KCPU_ISA_AVX512] = "avx512",
+    [KCPU_ISA_NEON] = "neon",
+};
+
+const char *kcpu_isa_name(enum kcpu_isa isa)
+{
+    return (unsigned)isa < KCPU_ISA_COUNT ? isa_names[isa] : "unknown";
+}
+
+const struct kcpu_ops *kcpu_variant(int i, const char **name, bool *runnable)
+{
+    if (i < 0 || (size_t)i >= TT_ARRAY_LEN(variants)) return NULL;
+    const unsigned feat = kcpu_cpu_features();
+    if (name) *name = variants[i].name;
+    if (runnable) *runnable = (feat & variants[i].needs) == variants[i].needs;
+    return variants[i].ops;
+}
+
+const struct kcpu_ops *kcpu_get_isa(enum kcpu_isa isa)
+{
+    const unsigned feat = kcpu_cpu_features();
+    const struct kcpu_ops *best = NULL;
+    for (size_t i = 0; i < TT_ARRAY_LEN(variants); i++) {
+        if (variants[i].ops->isa != isa) continue;
+        if ((feat & variants[i].needs) == variants[i].needs) best = variants[i].ops;
+    }
+    return best;
+}
+
+static const struct kcpu_ops *best_table(void)
+{
+    const unsigned feat = kcpu_cpu_features();
+    const struct kcpu_ops *best = &kcpu_ops_scalar;
+    for (size_t i = 0; i < TT_ARRAY_LEN(variants); i++) {
+        if ((feat & variants[i].needs) == variants[i].needs) best = variants[i].ops;
+    }
+    return best;
+}
+
+const struct kcpu_ops *kcpu_select(const char *name)
+{
+    if (!name || !*name) return best_table();
+    for (int isa = 0; isa < KCPU_ISA_COUNT; isa++) {
+        if (strcasecmp(name, isa_names[isa]) != 0) continue;
+        const struct kcpu_ops *ops = kcpu_get_isa((enum kcpu_isa)isa);
+        if (ops) return ops;
+        const struct kcpu_ops *best = best_table();
+        tt_warn("TT_ISA=%s: this CPU or build cannot run it; using %s", name,
+                kcpu_isa_name(best->isa));
+        return best;
+    }
+    const struct kcpu_ops *best = best_table();
+    tt_warn("TT_ISA=%s: unknown instruction set (scalar, avx2, avx512, neon); using %s", name,
+            kcpu_isa_name(best->isa));
+    return best;
+}
+
+const struct kcpu_ops *kcpu_get(void)
+{
+    static const struct kcpu_ops *chosen;
+    const struct kcpu_ops *ops = __atomic_load_n(&chosen, __ATOMIC_ACQUIRE);
+    if (ops) return ops;
+    ops = kcpu_select(getenv("TT_ISA"));
+    __atomic_store_n(&chosen, ops, __ATOMIC_RELEASE);
+    return ops;
+}

@@ -1,0 +1,519 @@
+/*
+ * kcpu_avx512.c: the AVX-512 (F/BW/VL/DQ + VNNI) table: activation
+ * quantizers, float-type products, Q4_0/Q8_0 row kernels, the attention
+ * helpers, and the dispatch from matmul to the row or the tiled kernels.
+ * The K-quant row kernels are in kcpu_kq_avx512.c, the tiled (prefill)
+ * kernels in kcpu_gemm_avx512.c.
+ *
+ * Invariants:
+ * 1. Activation quantizers write the same bytes as the quant module's
+ *    reference: same amax (NaN ignored), same multiplier (127/amax for Q8_0,
+ *    -127/max for Q8_K, computed in scalar float exactly as the reference
+ *    does), and the reference's own rounding (tt_nearest_int's add of
+ *    1.5 * 2^23 and mantissa arithmetic, then a saturating narrow), which
+ *    matches it bit for bit for every input, NaN and inf included.
+ * 2. Integer products inside a quantization block are exact; float scales
+ *    are applied once per block, as in the reference; only the order of the
+ *    float sums differs.
+ * 3. Nothing allocates, nothing keeps state; any thread may call anything.
+ * 4. Two tables: kcpu_ops_avx512 needs only the base set above;
+ *    kcpu_ops_avx512_bf16 differs in the BF16 product, which uses vdpbf16ps.
+ */
+#include "kcpu_avx512.h"
+
+#include <string.h>
+
+/* ---- activation quantizers ---- */
+
+static void quantize_f32(const float *x, void *y, int64_t n)
+{
+    memcpy(y, x, (size_t)n * sizeof(float));
+}
+
+static void quantize_f16(const float *x, void *vy, int64_t n)
+{
+    tt_f16 *y = vy;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_storeu_si256((__m256i *)(y + i), h);
+    }
+    for (; i < n; i++) y[i] = tt_f32_to_f16(x[i]);
+}
+
+/* bf16 = top half of (u + 0x7fff + bit16(u)); NaN -> (u >> 16) | 0x40. */
+static void quantize_bf16(const float *x, void *vy, int64_t n)
+{
+    tt_bf16 *y = vy;
+    const __m512i one = _mm512_set1_epi32(1), r = _mm512_set1_epi32(0x7fff);
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i u = _mm512_loadu_si512((const void *)(x + i));
+        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        __m512i v = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(r, lsb)), 16);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs), inf);
+        v = _mm512_mask_or_epi32(v, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+        _mm256_storeu_si256((__m256i *)(y + i), _mm512_cvtepi32_epi16(v));
+    }
+    for (; i < n; i++) y[i] = tt_f32_to_bf16(x[i]);
+}
+
+/* Largest |x| over 16 lanes with NaN ignored: vmaxps returns its second
+ * operand when either is NaN, so the running maximum goes second. */
+KCPU_INLINE __m512 amax_step(__m512 m, __m512 v)
+{
+    return _mm512_max_ps(_mm512_abs_ps(v), m);
+}
+
+/* clamp_i8(tt_nearest_int(v)) for 16 lanes, bit for bit: the same float add
+ * of 1.5 * 2^23 (round to nearest even for |v| < 2^22, and the same bits as
+ * the scalar code for anything else, NaN and inf included), the same
+ * mantissa arithmetic, then a saturating narrow (the clamp). Returns int32
+ * lanes; narrow with _mm512_cvtsepi32_epi8. */
+KCPU_INLINE __m512i round_i8_range(__m512 v)
+{
+    const __m512i u = _mm512_castps_si512(_mm512_add_ps(v, _mm512_set1_ps(12582912.0f)));
+    return _mm512_sub_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0x007fffff)),
+                            _mm512_set1_epi32(0x00400000));
+}
+
+static void quantize_q8_0(const float *x, void *vy, int64_t n)
+{
+    struct block_q8_0 *y = vy;
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(amax_step(amax_step(_mm512_setzero_ps(), x0), x1));
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = tt_f32_to_f16(amax / 127.0f);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = round_i8_range(_mm512_mul_ps(x0, vid));
+        const __m512i q1 = round_i8_range(_mm512_mul_ps(x1, vid));
+        _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+    }
+}
+
+static void quantize_q8_K(const float *x, void *vy, int64_t n)
+{
+    struct block_q8_K *y = vy;
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m512 m = _mm512_setzero_ps();
+        for (int i = 0; i < QK_K; i += 16) m = amax_step(m, _mm512_loadu_ps(x + i));
+        const float amax = _mm512_reduce_max_ps(m);
+        memset(&y[b], 0, sizeof(y[b]));
+        if (amax == 0.0f) continue;
+        /* The reference keeps the first element of largest magnitude. */
+        float max = 0.0f;
+        for (int i = 0; i < QK_K; i += 16) {
+            const __m512 v = _mm512_loadu_ps(x + i);
+            const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (eq) {
+                max = x[i + __builtin_ctz(eq)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / max;
+        const __m512 vis = _mm512_set1_ps(iscale);
+        for (int g = 0; g < QK_K / 16; g++) {
+            __m512i q = round_i8_range(_mm512_mul_ps(vis, _mm512_loadu_ps(x + 16 * g)));
+            q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-128));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * g), _mm512_cvtsepi32_epi8(q));
+            y[b].bsums[g] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* ---- float types: tiles of R rows x T tokens, dot-product form ---- */
+
+enum fkind { FK_F32, FK_F16, FK_BF16 };
+
+KCPU_INLINE __m512 fload(const int kind, const uint8_t *p, int64_t i)
+{
+    if (kind == FK_F32) return _mm512_loadu_ps((const float *)p + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (kind == FK_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+KCPU_INLINE __m512 fload_mask(const int kind, const uint8_t *p, int64_t i, __mmask16 k)
+{
+    if (kind == FK_F32) return _mm512_maskz_loadu_ps(k, (const float *)p + i);
+    const __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)p + i);
+    if (kind == FK_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+KCPU_INLINE void float_tile(const int kind, const int R, const int T, int64_t n, const uint8_t *w,
+                            size_t wrb, const uint8_t *a, size_t arb, float *out, int64_t ldo)
+{
+    __m512 acc[4][6];
+    KCPU_UNROLL
+    for (int r = 0; r < R; r++) {
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 wv[4];
+        KCPU_UNROLL
+        for (int r = 0; r < R; r++) wv[r] = fload(kind, w + r * wrb, k);
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m512 av = fload(kind, a + t * arb, k);
+            KCPU_UNROLL
+            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], av, acc[r][t]);
+        }
+    }
+    if (k < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+        __m512 wv[4];
+        KCPU_UNROLL
+        for (int r = 0; r < R; r++) wv[r] = fload_mask(kind, w + r * wrb, k, m);
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m512 av = fload_mask(kind, a + t * arb, k, m);
+            KCPU_UNROLL
+            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], av, acc[r][t]);
+        }
+    }
+    KCPU_UNROLL
+    for (int t = 0; t < T; t++) {
+        KCPU_UNROLL
+        for (int r = 0; r < R; r++) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+}
+
+/* BF16 with vdpbf16ps: 32 products per instruction, pairs summed in float. */
+__attribute__((target("avx512bf16"))) KCPU_INLINE void bf16dp_tile(const int R, const int T,
+                                                                   int64_t n, const uint8_t *w,
+                                                                   size_t wrb, const uint8_t *a,
+                                                                   size_t arb, float *out,
+                                                                   int64_t ldo)
+{
+    __m512 acc[4][6];
+    KCPU_UNROLL
+    for (int r = 0; r < R; r++) {
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < n; k += 32) {
+        const __mmask32 m = n - k >= 32 ? 0xffffffffu : (__mmask32)((1u << (n - k)) - 1);
+        __m512bh wv[4];
+        KCPU_UNROLL
+        for (int r = 0; r < R; r++)
+            wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)(w + r * wrb) + k);
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m512bh av =
+                (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)(a + t * arb) + k);
+            KCPU_UNROLL
+            for (int r = 0; r < R; r++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], av);
+        }
+    }
+    KCPU_UNROLL
+    for (int t = 0; t < T; t++) {
+        KCPU_UNROLL
+        for (int r = 0; r < R; r++) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+}
+
+/* Tiles of 4 rows x {6, 4, 2, 1} tokens, remainders one row at a time. */
+#define FLOAT_DRIVER(TILE, ...)                                                                    \
+    do {                                                                                           \
+        const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                        \
+        int64_t t0 = 0;                                                                            \
+        while (t0 < n_tok) {                                                                       \
+            const int64_t rem = n_tok - t0;                                                        \
+            const int nt = rem >= 6 ? 6 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;                          \
+            const uint8_t *at = ab + t0 * act_row_bytes;                                           \
+            float *ot = out + t0 * ldo;                                                            \
+            for (int64_t r = r0; r < r1;) {                                                        \
+                const uint8_t *wr = wb + r * w_row_bytes;                                          \
+                const int nr = r + 4 <= r1 ? 4 : 1;                                                \
+                if (nr == 4) {                                                                     \
+                    if (nt == 6) TILE(__VA_ARGS__ 4, 6, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                    else if (nt == 4) TILE(__VA_ARGS__ 4, 4, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                    else if (nt == 2) TILE(__VA_ARGS__ 4, 2, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                    else TILE(__VA_ARGS__ 4, 1, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                } else {                                                                           \
+                    if (nt == 6) TILE(__VA_ARGS__ 1, 6, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                    else if (nt == 4) TILE(__VA_ARGS__ 1, 4, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                    else if (nt == 2) TILE(__VA_ARGS__ 1, 2, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                    else TILE(__VA_ARGS__ 1, 1, n, wr, w_row_bytes, at, act_row_bytes, ot + r, ldo); \
+                }                                                                                  \
+                r += nr;                                                                           \
+            }                                                                                      \
+            t0 += nt;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+static void matmul_f32(KCPU_MATMUL_ARGS)
+{
+    FLOAT_DRIVER(float_tile, FK_F32, );
+}
+
+static void matmul_f16(KCPU_MATMUL_ARGS)
+{
+    FLOAT_DRIVER(float_tile, FK_F16, );
+}
+
+static void matmul_bf16(KCPU_MATMUL_ARGS)
+{
+    FLOAT_DRIVER(float_tile, FK_BF16, );
+}
+
+__attribute__((target("avx512bf16"))) static void matmul_bf16_dp(KCPU_MATMUL_ARGS)
+{
+    FLOAT_DRIVER(bf16dp_tile, );
+}
+
+/* ---- Q8_0 / Q4_0 row kernels ----
+ * A chunk is up to 8 blocks (256 elements). Q8_0 levels are made unsigned
+ * by flipping the sign bit (w + 128), Q4_0 levels are the nibbles 0..15;
+ * vpdpbusd then sums (w + 128) * a or q * a, and the surplus 128 * sum(a) or
+ * 8 * sum(a), the same for every row, is computed once per token and
+ * subtracted lane by lane. Scales d_w * d_a multiply each block's 8 lanes. */
+
+KCPU_INLINE __m256 blk_scales(const uint8_t *x, size_t bsz, int nblk)
+{
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32((int)bsz));
+    const __mmask8 k = (__mmask8)((1u << nblk) - 1);
+    const __m256i g = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), k, idx, (const int *)x, 1);
+    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g));
+}
+
+/* Two blocks' 32 quants (at q and q + bsz) in one zmm, the second masked off
+ * when absent. */
+KCPU_INLINE __m512i load_2x32(const uint8_t *q, size_t bsz, int two)
+{
+    const __m256i lo = _mm256_loadu_si256((const __m256i *)q);
+    const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(q + bsz)) : _mm256_setzero_si256();
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* Q4_0 levels of two blocks (16 packed bytes each) in element order. */
+KCPU_INLINE __m512i q4_0_levels(const uint8_t *q, int two)
+{
+    const __m128i lo = _mm_loadu_si128((const __m128i *)q);
+    const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(q + 18)) : _mm_setzero_si128();
+    const __m512i v = _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+    const __m512i v4 = _mm512_shuffle_i64x2(v, v, 0x50); /* lanes 0, 0, 1, 1 */
+    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                         0x0004000400040004LL, 0x0004000400040004LL);
+    return _mm512_and_si512(_mm512_srlv_epi16(v4, sh), _mm512_set1_epi8(0x0F));
+}
+
+KCPU_INLINE void q8_rows_tile(const int IS_Q4, const int NR, const int NT, int64_t nb,
+                              const uint8_t *w, size_t wrb, const uint8_t *a, size_t arb,
+                              float *out, int64_t ldo)
+{
+    const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
+    const __m512i bias = _mm512_set1_epi8(IS_Q4 ? 8 : (char)0x80);
+    const __m512i z = _mm512_setzero_si512();
+    __m512 acc[4][4];
+    KCPU_UNROLL
+    for (int r = 0; r < NR; r++) {
+        KCPU_UNROLL
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b += 8) {
+        const int nblk = (int)TT_MIN(8, nb - b);
+        __m512i A[4][4], C[4][4];
+        __m256 da[4];
+        KCPU_UNROLL
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *ab = a + t * arb + b * sizeof(struct block_q8_0);
+            da[t] = blk_scales(ab, sizeof(struct block_q8_0), nblk);
+            KCPU_UNROLL
+            for (int i = 0; i < 4; i++) {
+                const int have = 2 * i < nblk;
+                A[t][i] = have ? load_2x32(ab + 68 * i + 2, 34, 2 * i + 1 < nblk) : z;
+                C[t][i] = _mm512_dpbusd_epi32(z, bias, A[t][i]);
+            }
+        }
+        KCPU_UNROLL
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *x = w + r * wrb + b * bsz;
+            _mm_prefetch((const char *)x + 8 * bsz + 256, _MM_HINT_T0);
+            _mm_prefetch((const char *)x + 8 * bsz + 320, _MM_HINT_T0);
+            const __m256 dw = blk_scales(x, bsz, nblk);
+            __m512i W[4];
+            KCPU_UNROLL
+            for (int i = 0; i < 4; i++) {
+                const int have = 2 * i < nblk, two = 2 * i + 1 < nblk;
+                if (!have) W[i] = z;
+                else if (IS_Q4) W[i] = q4_0_levels(x + 2 * i * bsz + 2, two);
+                else W[i] = _mm512_xor_si512(load_2x32(x + 2 * i * bsz + 2, bsz, two), bias);
+            }
+            KCPU_UNROLL
+            for (int t = 0; t < NT; t++) {
+                const __m512 s = _mm512_castps256_ps512(_mm256_mul_ps(dw, da[t]));
+                KCPU_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    if (2 * i >= nblk) break;
+                    const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(z, W[i], A[t][i]), C[t][i]);
+                    const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * i),
+                                                           _mm256_set1_epi32(2 * i + 1), 1);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+                                                _mm512_permutexvar_ps(sel, s), acc[r][t]);
+                }
+            }
+        }
+    }
+    KCPU_UNROLL
+    for (int t = 0; t < NT; t++) {
+        KCPU_UNROLL
+        for (int r = 0; r < NR; r++) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+}
+
+#define Q8_ROWS_DRIVER(IS_Q4)                                                                     \
+    do {                                                                                          \
+        const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                       \
+        const int64_t nb = n / QK8_0;                                                             \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {                                               \
+            const int64_t nt = TT_MIN(4, n_tok - t0);                                             \
+            const uint8_t *at = ab + t0 * act_row_bytes;                                          \
+            float *ot = out + t0 * ldo;                                                           \
+            int64_t r = r0;                                                                       \
+            if (nt == 1) {                                                                        \
+                for (; r + 4 <= r1; r += 4)                                                       \
+                    q8_rows_tile(IS_Q4, 4, 1, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
+                                 act_row_bytes, ot + r, ldo);                                     \
+                for (; r < r1; r++)                                                               \
+                    q8_rows_tile(IS_Q4, 1, 1, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
+                                 act_row_bytes, ot + r, ldo);                                     \
+            } else if (nt == 2) {                                                                 \
+                for (; r + 2 <= r1; r += 2)                                                       \
+                    q8_rows_tile(IS_Q4, 2, 2, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
+                                 act_row_bytes, ot + r, ldo);                                     \
+                for (; r < r1; r++)                                                               \
+                    q8_rows_tile(IS_Q4, 1, 2, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
+                                 act_row_bytes, ot + r, ldo);                                     \
+            } else if (nt == 3) {                                                                 \
+                for (; r < r1; r++)                                                               \
+                    q8_rows_tile(IS_Q4, 1, 3, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
+                                 act_row_bytes, ot + r, ldo);                                     \
+            } else {                                                                              \
+                for (; r < r1; r++)                                                               \
+                    q8_rows_tile(IS_Q4, 1, 4, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
+                                 act_row_bytes, ot + r, ldo);                                     \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
+static void rows_q8_0(KCPU_MATMUL_ARGS)
+{
+    Q8_ROWS_DRIVER(0);
+}
+
+static void rows_q4_0(KCPU_MATMUL_ARGS)
+{
+    Q8_ROWS_DRIVER(1);
+}
+
+/* ---- dispatch: few tokens stream rows, many tokens use tiles ---- */
+
+#define MATMUL_DISPATCH(name, rows_fn, gemm_fn)                                                     \
+    static void name(KCPU_MATMUL_ARGS)                                                             \
+    {                                                                                              \
+        if (n_tok >= KCPU_AVX512_GEMM_MIN_TOK)                                                     \
+            gemm_fn(n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);               \
+        else                                                                                       \
+            rows_fn(n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);               \
+    }
+
+MATMUL_DISPATCH(matmul_q4_0, rows_q4_0, kcpu_avx512_gemm_q4_0)
+MATMUL_DISPATCH(matmul_q8_0, rows_q8_0, kcpu_avx512_gemm_q8_0)
+MATMUL_DISPATCH(matmul_q4_K, kcpu_avx512_rows_q4_K, kcpu_avx512_gemm_q4_K)
+MATMUL_DISPATCH(matmul_q5_K, kcpu_avx512_rows_q5_K, kcpu_avx512_gemm_q5_K)
+MATMUL_DISPATCH(matmul_q6_K, kcpu_avx512_rows_q6_K, kcpu_avx512_gemm_q6_K)
+
+/* ---- attention helpers ---- */
+
+static float dot_f16_f32(int64_t n, const tt_f16 *a, const float *b)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i))),
+                             _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i + 16))),
+                             _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, a + i)),
+                             _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static float dot_f32(int64_t n, const float *a, const float *b)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void axpy_f16(int64_t n, float alpha, const tt_f16 *x, float *y)
+{
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 xv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xv, _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static void axpy_f32(int64_t n, float alpha, const float *x, float *y)
+{
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xv, _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+/* ---- the tables ---- */
+
+#define AVX512_TABLE(bf16_fn)                                                                      \
+    {                                                                                              \
+        .isa = KCPU_ISA_AVX512,                                                                    \
+        .quantize_act = {                                                                          \
+            [TT_TYPE_F32] = quantize_f32,                                                          \
+            [TT_TYPE_F16] = quantize_f16,                                                          \
+            [TT_TYPE_BF16] = quantize_bf16,                                                        \
+            [TT_TYPE_Q8_0] = quantize_q8_0,                                                        \
+            [TT_TYPE_Q8_K] = quantize_q8_K,                                                        \
+        },                                                                                         \
+        .matmul = {                                                                                \
+            [TT_TYPE_F32] = matmul_f32,                                                            \
+            [TT_TYPE_F16] = matmul_f16,                                                            \
+            [TT_TYPE_BF16] = bf16_fn,                                                              \
+            [TT_TYPE_Q4_0] = matmul_q4_0,                                                          \
+            [TT_TYPE_Q8_0] = matmul_q8_0,                                                          \
+            [TT_TYPE_Q4_K] = matmul_q4_K,                                                          \
+            [TT_TYPE_Q5_K] = matmul_q5_K,                                                          \
+            [TT_TYPE_Q6_K] = matmul_q6_K,                                                          \
+        },                                                                                         \
+        .dot_f16_f32 = dot_f16_f32,                                                                \
+        .dot_f32 = dot_f32,                                                                        \
+        .axpy_f16 = axpy_f16,                                                                      \
+        .axpy_f32 = axpy_f32,                                                                      \
+    }
+
+const struct kcpu_ops kcpu_ops_avx512 = AVX512_TABLE(matmul_bf16);
+const struct kcpu_ops kcpu_ops_avx512_bf16 = AVX512_TABLE(matmul_bf16_dp);

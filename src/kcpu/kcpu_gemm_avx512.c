@@ -1,0 +1,540 @@
+/*
+ * kcpu_gemm_avx512.c: quantized matrix products for many tokens (prefill),
+ * AVX-512 + VNNI. Compute-bound, so built around vpdpbusd throughput.
+ *
+ * Layout. A zmm holds 16 rows (one int32 lane per row). For a 256-element
+ * chunk of K (one K-quant block, or eight Q4_0/Q8_0 blocks), the 16 rows'
+ * levels are repacked on the fly into 64 "step" vectors: step s holds, in
+ * lane i, the 4 levels of row i at k = 4s..4s+3 (a dword transpose of the
+ * packed data, 64 shuffles per 16x16 dwords). One vpdpbusd then multiplies a
+ * step vector by 4 activation bytes of one token broadcast to all lanes, so
+ * every repacked weight is used for every token, and each instruction does
+ * 64 useful multiply-adds. The repack costs a few hundred instructions per
+ * 16 rows x 256 elements, against tens of thousands for 128 tokens.
+ *
+ * Scales. Integer sums run over one sub-block (the unit that shares a scale:
+ * 32 elements for Q4_K/Q5_K/Q4_0/Q8_0, 16 for Q6_K), then one FMA per
+ * sub-block applies the per-row float scale (sc_j * d, precomputed at repack)
+ * and accumulates in float. The integer part of every sub-block is exact, as
+ * in the reference; only float rounding order differs. On Zen 4 vpdpbusd,
+ * vpdpwssd, vpmaddwd and FMAs share two pipes, so those per-sub-block
+ * instructions are the overhead to minimise:
+ * - Q4_K/Q5_K mins: -dmin * sum_j m_j * (bsum of sub-block j), four vpdpwssd
+ *   per chunk and token on pairs (m_2i, m_2i+1) x (S_2i, S_2i+1), where the
+ *   sub-block sums S_j of the activation are prepared once per chunk.
+ * - Q6_K (levels 0..63, value = level - 32), Q4_0 (level - 8) and Q8_0
+ *   (signed) use signed weights and activations offset by +128 (sign bit
+ *   flipped when the activation chunk is prepared), so
+ *   sum (a + 128) w = sum a w + 128 sum w, and the surplus depends on the
+ *   row alone: it is folded into a per-row constant at repack time and costs
+ *   nothing per token.
+ *
+ * Loop order. Tokens go in slabs of up to SLAB_TOK; rows in panels of
+ * PANEL_ROWS; for each 256-element chunk the slab's activation chunk is
+ * prepared once (copied, flipped, sums taken) into a stack buffer, then each
+ * 16-row group of the panel is repacked and run against all the slab's
+ * tokens, 12 (or 4, or 1) tokens per register tile, adding into `out`
+ * (zeroed first; a panel's rows x slab's tokens stay in L2).
+ *
+ * Stack use is bounded (about 40 KB); nothing is allocated.
+ */
+#include "kcpu_avx512.h"
+
+#include <string.h>
+
+#define SLAB_TOK 128
+#define PANEL_ROWS 256
+#define CHUNK 256
+
+static const uint8_t zero_block[512] __attribute__((aligned(64)));
+
+/* ---- repacked weights of 16 rows x one chunk ---- */
+
+enum gfam { FAM_Q45K, FAM_Q6K, FAM_Q80 }; /* FAM_Q80: Q8_0 and Q4_0 */
+
+struct wtile {
+    __m512i w[64];  /* step vectors */
+    __m512 sd[16];  /* per sub-block float scale of each row */
+    __m512 cw[8];   /* FAM_Q80: per block constant; FAM_Q6K: cw[0] chunk constant */
+    __m512i mp[4];  /* FAM_Q45K: (m_2i, m_2i+1) int16 pairs */
+    __m512 cm;      /* FAM_Q45K: -dmin */
+};
+
+/* Activation chunk of one token, prepared once per chunk. */
+struct aprep {
+    int8_t qs[CHUNK]; /* FAM_Q45K: as is; others: sign bit flipped (a + 128) */
+    float d[8];       /* d_act (FAM_Q80: of each of the 8 blocks) */
+    int32_t pairs[4]; /* FAM_Q45K: sub-block sums (S_2i, S_2i+1) as int16 pairs */
+    int32_t pad[4];
+};
+
+/* In-register transpose of a 16x16 dword matrix: r[i] lane j -> r[j] lane i. */
+KCPU_INLINE void transpose16(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    KCPU_UNROLL
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    KCPU_UNROLL
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* u[4i + k] lane L holds rows 4i..4i+3 at dword 4L + k */
+    KCPU_UNROLL
+    for (int k = 0; k < 4; k++) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88);
+        const __m512i v1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+        const __m512i v2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
+        const __m512i v3 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+        r[4 + k] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        r[12 + k] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+    }
+}
+
+/* Transposed 64-byte spans at offset `off` of the 16 rows. */
+KCPU_INLINE void load_t16(const uint8_t *const x[16], size_t off, __m512i r[16])
+{
+    KCPU_UNROLL
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(x[i] + off));
+    transpose16(r);
+}
+
+/* The 16 bytes at x[i] + off of the 16 rows, as four vectors: H[d] lane i
+ * is dword d of row i. */
+KCPU_INLINE void load_heads16(const uint8_t *const x[16], size_t off, __m512i H[4])
+{
+    __m512i Z[4];
+    KCPU_UNROLL
+    for (int k = 0; k < 4; k++) {
+        const __m256i lo = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const void *)(x[k] + off))),
+            _mm_loadu_si128((const void *)(x[4 + k] + off)), 1);
+        const __m256i hi = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const void *)(x[8 + k] + off))),
+            _mm_loadu_si128((const void *)(x[12 + k] + off)), 1);
+        Z[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    }
+    /* Z[k] lane L is row 4L + k; interleaving puts row 4L + k at lane 4L + k */
+    const __m512i a = _mm512_unpacklo_epi32(Z[0], Z[1]), b = _mm512_unpacklo_epi32(Z[2], Z[3]);
+    const __m512i c = _mm512_unpackhi_epi32(Z[0], Z[1]), d = _mm512_unpackhi_epi32(Z[2], Z[3]);
+    H[0] = _mm512_unpacklo_epi64(a, b);
+    H[1] = _mm512_unpackhi_epi64(a, b);
+    H[2] = _mm512_unpacklo_epi64(c, d);
+    H[3] = _mm512_unpackhi_epi64(c, d);
+}
+
+KCPU_INLINE __m512 f16_lo(__m512i v)
+{
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v));
+}
+
+KCPU_INLINE __m512 byte_f32(__m512i v, int j)
+{
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 8 * j), _mm512_set1_epi32(0xFF)));
+}
+
+/* Sum over each lane's 4 signed bytes (int32). */
+KCPU_INLINE __m512i sum4_s8(__m512i w)
+{
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), w);
+}
+
+/* ---- repack, per family ---- */
+
+/* Q4_K (HAS_QH 0) / Q5_K (1): x[i] -> block of row i. */
+KCPU_INLINE void repack_q45k(const int HAS_QH, const uint8_t *const x[16], struct wtile *wt)
+{
+    __m512i H[4];
+    load_heads16(x, 0, H);
+    const __m512i m6 = _mm512_set1_epi8(0x3F), m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512 d = f16_lo(H[0]), dmin = f16_lo(_mm512_srli_epi32(H[0], 16));
+    const __m512i sc03 = _mm512_and_si512(H[1], m6), m03 = _mm512_and_si512(H[2], m6);
+    const __m512i sc47 = _mm512_or_si512(_mm512_and_si512(H[3], m4),
+                                         _mm512_and_si512(_mm512_srli_epi32(H[1], 2), m30));
+    const __m512i m47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(H[3], 4), m4),
+                                        _mm512_and_si512(_mm512_srli_epi32(H[2], 2), m30));
+    KCPU_UNROLL
+    for (int j = 0; j < 4; j++) {
+        wt->sd[j] = _mm512_mul_ps(byte_f32(sc03, j), d);
+        wt->sd[4 + j] = _mm512_mul_ps(byte_f32(sc47, j), d);
+    }
+    const __m512i lo_pair = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
+    const __m512i hi_pair = _mm512_add_epi8(lo_pair, _mm512_broadcast_i32x4(_mm_setr_epi8(
+                                                         2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0)));
+    wt->mp[0] = _mm512_shuffle_epi8(m03, lo_pair);
+    wt->mp[1] = _mm512_shuffle_epi8(m03, hi_pair);
+    wt->mp[2] = _mm512_shuffle_epi8(m47, lo_pair);
+    wt->mp[3] = _mm512_shuffle_epi8(m47, hi_pair);
+    wt->cm = _mm512_sub_ps(_mm512_setzero_ps(), dmin);
+
+    const size_t qs = HAS_QH ? 48 : 16;
+    __m512i QH[16];
+    if (HAS_QH) {
+        KCPU_UNROLL
+        for (int i = 0; i < 16; i++)
+            QH[i] = _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(x[i] + 16)));
+        transpose16(QH); /* QH[c] lane i: qh bytes 4c..4c+3 of row i (c < 8) */
+    }
+    KCPU_UNROLL
+    for (int half = 0; half < 2; half++) {
+        __m512i T[16];
+        load_t16(x, qs + 64 * half, T);
+        KCPU_UNROLL
+        for (int c = 0; c < 16; c++) {
+            const int g = 2 * half + c / 8, cc = c % 8; /* qs dword 8g + cc */
+            __m512i lo = _mm512_and_si512(T[c], m4);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(T[c], 4), m4);
+            if (HAS_QH) {
+                const __m512i b1 = _mm512_set1_epi8(1);
+                const __m512i bl = _mm512_and_si512(_mm512_srli_epi16(QH[cc], 2 * g), b1);
+                const __m512i bh = _mm512_and_si512(_mm512_srli_epi16(QH[cc], 2 * g + 1), b1);
+                lo = _mm512_or_si512(lo, _mm512_slli_epi16(bl, 4));
+                hi = _mm512_or_si512(hi, _mm512_slli_epi16(bh, 4));
+            }
+            wt->w[16 * g + cc] = lo;
+            wt->w[16 * g + 8 + cc] = hi;
+        }
+    }
+}
+
+/* Q6_K: signed levels (level - 32); cw[0] = -128 * d * sum_j sc_j * sum(w in j). */
+KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const uint8_t *x0,
+                            size_t wrb, __mmask16 valid)
+{
+    __m512i H[4];
+    load_heads16(x, 192, H); /* scales, int8 */
+    const __m512i dv = _mm512_mask_i32gather_epi32(
+        _mm512_setzero_si512(), valid,
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)wrb)),
+        (const int *)(x0 + 208), 1);
+    const __m512 d = f16_lo(dv);
+    __m512i sc[16];
+    KCPU_UNROLL
+    for (int j = 0; j < 16; j++) {
+        sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(H[j / 4], 24 - 8 * (j % 4)), 24);
+        wt->sd[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(sc[j]), d);
+    }
+    __m512i TL[32], TH[16];
+    load_t16(x, 0, TL);
+    load_t16(x, 64, TL + 16);
+    load_t16(x, 128, TH);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x03);
+    const __m512i b32 = _mm512_set1_epi8(32);
+    __m512i wsum = _mm512_setzero_si512();
+    KCPU_UNROLL
+    for (int h = 0; h < 2; h++) {
+        KCPU_UNROLL
+        for (int q = 0; q < 4; q++) {
+            __m512i part = _mm512_setzero_si512(); /* sum of w over sub-blocks 8h+2q, +1 */
+            __m512i part2 = _mm512_setzero_si512();
+            KCPU_UNROLL
+            for (int c = 0; c < 8; c++) {
+                const __m512i l = TL[16 * h + 8 * (q & 1) + c];
+                const __m512i nib = _mm512_and_si512(q >> 1 ? _mm512_srli_epi16(l, 4) : l, m4);
+                const __m512i top = _mm512_and_si512(_mm512_srli_epi16(TH[8 * h + c], 2 * q), m3);
+                const __m512i v = _mm512_sub_epi8(_mm512_or_si512(nib, _mm512_slli_epi16(top, 4)), b32);
+                wt->w[32 * h + 8 * q + c] = v;
+                if (c < 4) part = _mm512_add_epi32(part, sum4_s8(v));
+                else part2 = _mm512_add_epi32(part2, sum4_s8(v));
+            }
+            const int j = 8 * h + 2 * q; /* sub-blocks j (c < 4) and j + 1 */
+            wsum = _mm512_add_epi32(wsum, _mm512_mullo_epi32(part, sc[j]));
+            wsum = _mm512_add_epi32(wsum, _mm512_mullo_epi32(part2, sc[j + 1]));
+        }
+    }
+    wt->cw[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(wsum), _mm512_mul_ps(d, _mm512_set1_ps(-128.0f)));
+}
+
+/* Q8_0 (IS_Q4 0) / Q4_0 (1): 8 blocks per chunk, x[i] -> first block of the
+ * chunk of row i; blocks at or past nblk read as zero. Signed levels; per
+ * block: sd = d_w, cw = -128 * d_w * sum(w). */
+KCPU_INLINE void repack_q80(const int IS_Q4, const uint8_t *const x[16], int nblk,
+                            struct wtile *wt, const uint8_t *x0, size_t wrb, __mmask16 valid)
+{
+    const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
+    const __m512i rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)wrb));
+    for (int j = 0; j < 8; j++) {
+        const __m512i dv = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(),
+                                                       j < nblk ? valid : 0, rows,
+                                                       (const int *)(x0 + j * bsz), 1);
+        wt->sd[j] = f16_lo(dv);
+    }
+    if (IS_Q4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0F), b8 = _mm512_set1_epi8(8);
+        for (int j0 = 0; j0 < 8; j0 += 4) {
+            __m512i T[16];
+            KCPU_UNROLL
+            for (int i = 0; i < 16; i++) {
+                __m128i q[4];
+                KCPU_UNROLL
+                for (int b = 0; b < 4; b++)
+                    q[b] = j0 + b < nblk ? _mm_loadu_si128((const void *)(x[i] + (j0 + b) * bsz + 2))
+                                         : _mm_setzero_si128();
+                const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(q[0]), q[1], 1);
+                const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(q[2]), q[3], 1);
+                T[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            }
+            transpose16(T); /* T[4b + c]: dword c of block j0 + b */
+            KCPU_UNROLL
+            for (int b = 0; b < 4; b++) {
+                KCPU_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    const __m512i v = T[4 * b + c];
+                    const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, m4), b8);
+                    const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), m4), b8);
+                    wt->w[8 * (j0 + b) + c] = lo;
+                    wt->w[8 * (j0 + b) + 4 + c] = hi;
+                }
+            }
+        }
+    } else {
+        for (int j0 = 0; j0 < 8; j0 += 2) {
+            __m512i T[16];
+            KCPU_UNROLL
+            for (int i = 0; i < 16; i++) {
+                const __m256i a = j0 < nblk ? _mm256_loadu_si256((const void *)(x[i] + j0 * bsz + 2))
+                                            : _mm256_setzero_si256();
+                const __m256i b = j0 + 1 < nblk
+                                      ? _mm256_loadu_si256((const void *)(x[i] + (j0 + 1) * bsz + 2))
+                                      : _mm256_setzero_si256();
+                T[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+            }
+            transpose16(T); /* T[c] (c < 8): dword c of block j0; T[8 + c]: of j0 + 1 */
+            KCPU_UNROLL
+            for (int c = 0; c < 16; c++) wt->w[8 * j0 + c] = T[c];
+        }
+    }
+    for (int j = 0; j < 8; j++) {
+        __m512i s = _mm512_setzero_si512();
+        KCPU_UNROLL
+        for (int c = 0; c < 8; c++) s = _mm512_add_epi32(s, sum4_s8(wt->w[8 * j + c]));
+        wt->cw[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(wt->sd[j], _mm512_set1_ps(-128.0f)));
+    }
+}
+
+/* ---- activation preparation, per chunk, for the slab's tokens ---- */
+
+static void prep_q8k(const int FLIP, const uint8_t *a, size_t arb, int64_t c, int64_t nt,
+                     struct aprep *p)
+{
+    const __m512i flip = _mm512_set1_epi8(FLIP ? (char)0x80 : 0);
+    for (int64_t t = 0; t < nt; t++) {
+        const uint8_t *blk = a + t * arb + c * sizeof(struct block_q8_K);
+        for (int i = 0; i < 4; i++)
+            _mm512_storeu_si512((void *)(p[t].qs + 64 * i),
+                                _mm512_xor_si512(_mm512_loadu_si512((const void *)(blk + 4 + 64 * i)), flip));
+        memcpy(&p[t].d[0], blk, 4);
+        /* S_j = bsums[2j] + bsums[2j + 1], as int16 pairs (S_2i, S_2i+1) */
+        const __m256i bs = _mm256_loadu_si256((const void *)(blk + 260));
+        const __m256i s = _mm256_madd_epi16(bs, _mm256_set1_epi16(1));
+        _mm_storeu_si128((__m128i *)p[t].pairs, _mm256_cvtepi32_epi16(s));
+    }
+}
+
+static void prep_q80(const uint8_t *a, size_t arb, int64_t c, int nblk, int64_t nt, struct aprep *p)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t t = 0; t < nt; t++) {
+        const uint8_t *blk = a + t * arb + c * 8 * sizeof(struct block_q8_0);
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *b = blk + j * sizeof(struct block_q8_0);
+            const __m256i q = j < nblk ? _mm256_loadu_si256((const void *)(b + 2)) : _mm256_setzero_si256();
+            _mm256_storeu_si256((__m256i *)(p[t].qs + 32 * j), _mm256_xor_si256(q, flip));
+            p[t].d[j] = j < nblk ? kcpu_f16(b) : 0.0f;
+        }
+    }
+}
+
+/* ---- compute tiles: 16 rows (mask m) x T tokens, adding into out ---- */
+
+/* FAM_Q45K and FAM_Q6K: NSUB sub-blocks of 256 / NSUB elements. */
+KCPU_INLINE void tile_k(const int FAM, const int T, const struct wtile *wt, const struct aprep *p,
+                        float *out, int64_t ldo, __mmask16 m)
+{
+    const int NSUB = FAM == FAM_Q6K ? 16 : 8, S = 64 / NSUB;
+    __m512 blk[12];
+    KCPU_UNROLL
+    for (int t = 0; t < T; t++) blk[t] = FAM == FAM_Q6K ? wt->cw[0] : _mm512_setzero_ps();
+    for (int j = 0; j < NSUB; j++) {
+        __m512i sub[12];
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) sub[t] = _mm512_setzero_si512();
+        KCPU_UNROLL
+        for (int s = 0; s < S; s++) {
+            const __m512i w = wt->w[j * S + s];
+            KCPU_UNROLL
+            for (int t = 0; t < T; t++) {
+                int32_t av;
+                __builtin_memcpy(&av, p[t].qs + 4 * (j * S + s), 4);
+                if (FAM == FAM_Q6K)
+                    sub[t] = _mm512_dpbusd_epi32(sub[t], _mm512_set1_epi32(av), w);
+                else
+                    sub[t] = _mm512_dpbusd_epi32(sub[t], w, _mm512_set1_epi32(av));
+            }
+        }
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) blk[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sub[t]), wt->sd[j], blk[t]);
+    }
+    if (FAM == FAM_Q45K) {
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) {
+            __m512i c = _mm512_madd_epi16(wt->mp[0], _mm512_set1_epi32(p[t].pairs[0]));
+            c = _mm512_dpwssd_epi32(c, wt->mp[1], _mm512_set1_epi32(p[t].pairs[1]));
+            c = _mm512_dpwssd_epi32(c, wt->mp[2], _mm512_set1_epi32(p[t].pairs[2]));
+            c = _mm512_dpwssd_epi32(c, wt->mp[3], _mm512_set1_epi32(p[t].pairs[3]));
+            blk[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), wt->cm, blk[t]);
+        }
+    }
+    KCPU_UNROLL
+    for (int t = 0; t < T; t++) {
+        float *o = out + t * ldo;
+        const __m512 prev = _mm512_maskz_loadu_ps(m, o);
+        _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(blk[t], _mm512_set1_ps(p[t].d[0]), prev));
+    }
+}
+
+/* FAM_Q80: 8 blocks of 32, each with its own d_w (rows) and d_a (tokens). */
+KCPU_INLINE void tile_q80(const int T, const struct wtile *wt, const struct aprep *p, float *out,
+                          int64_t ldo, __mmask16 m)
+{
+    __m512 acc[12];
+    KCPU_UNROLL
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int j = 0; j < 8; j++) {
+        __m512i sub[12];
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) sub[t] = _mm512_setzero_si512();
+        KCPU_UNROLL
+        for (int s = 0; s < 8; s++) {
+            const __m512i w = wt->w[8 * j + s];
+            KCPU_UNROLL
+            for (int t = 0; t < T; t++) {
+                int32_t av;
+                __builtin_memcpy(&av, p[t].qs + 4 * (8 * j + s), 4);
+                sub[t] = _mm512_dpbusd_epi32(sub[t], _mm512_set1_epi32(av), w);
+            }
+        }
+        KCPU_UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sub[t]), wt->sd[j], wt->cw[j]);
+            acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(p[t].d[j]), acc[t]);
+        }
+    }
+    KCPU_UNROLL
+    for (int t = 0; t < T; t++) {
+        float *o = out + t * ldo;
+        _mm512_mask_storeu_ps(o, m, _mm512_add_ps(acc[t], _mm512_maskz_loadu_ps(m, o)));
+    }
+}
+
+/* All of a slab's tokens against one repacked 16-row tile. */
+KCPU_INLINE void run_tokens(const int FAM, const struct wtile *wt, const struct aprep *p,
+                            int64_t nt, float *out, int64_t ldo, __mmask16 m)
+{
+    int64_t t = 0;
+    for (; t + 12 <= nt; t += 12) {
+        if (FAM == FAM_Q80) tile_q80(12, wt, p + t, out + t * ldo, ldo, m);
+        else tile_k(FAM, 12, wt, p + t, out + t * ldo, ldo, m);
+    }
+    for (; t + 4 <= nt; t += 4) {
+        if (FAM == FAM_Q80) tile_q80(4, wt, p + t, out + t * ldo, ldo, m);
+        else tile_k(FAM, 4, wt, p + t, out + t * ldo, ldo, m);
+    }
+    for (; t < nt; t++) {
+        if (FAM == FAM_Q80) tile_q80(1, wt, p + t, out + t * ldo, ldo, m);
+        else tile_k(FAM, 1, wt, p + t, out + t * ldo, ldo, m);
+    }
+}
+
+/* ---- the driver ---- */
+
+enum gtype { G_Q4_K, G_Q5_K, G_Q6_K, G_Q8_0, G_Q4_0 };
+
+KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
+{
+    const int FAM = GT == G_Q6_K ? FAM_Q6K : (GT == G_Q8_0 || GT == G_Q4_0) ? FAM_Q80 : FAM_Q45K;
+    const size_t bsz = GT == G_Q4_K   ? sizeof(struct block_q4_K)
+                       : GT == G_Q5_K ? sizeof(struct block_q5_K)
+                       : GT == G_Q6_K ? sizeof(struct block_q6_K)
+                       : GT == G_Q8_0 ? sizeof(struct block_q8_0)
+                                      : sizeof(struct block_q4_0);
+    const int blocks_per_chunk = FAM == FAM_Q80 ? 8 : 1;
+    const int64_t nblocks = FAM == FAM_Q80 ? n / QK8_0 : n / QK_K;
+    const int64_t nchunks = (nblocks + blocks_per_chunk - 1) / blocks_per_chunk;
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    struct aprep prep[SLAB_TOK];
+    struct wtile wt;
+
+    for (int64_t t0 = 0; t0 < n_tok; t0 += SLAB_TOK) {
+        const int64_t nt = TT_MIN(SLAB_TOK, n_tok - t0);
+        for (int64_t p0 = r0; p0 < r1; p0 += PANEL_ROWS) {
+            const int64_t p1 = TT_MIN(p0 + PANEL_ROWS, r1);
+            for (int64_t t = 0; t < nt; t++) memset(out + (t0 + t) * ldo + p0, 0, (size_t)(p1 - p0) * sizeof(float));
+            for (int64_t c = 0; c < nchunks; c++) {
+                const int nblk = (int)TT_MIN(blocks_per_chunk, nblocks - c * blocks_per_chunk);
+                const uint8_t *at = ab + t0 * act_row_bytes;
+                if (FAM == FAM_Q80) prep_q80(at, act_row_bytes, c, nblk, nt, prep);
+                else prep_q8k(FAM == FAM_Q6K, at, act_row_bytes, c, nt, prep);
+                for (int64_t rg = p0; rg < p1; rg += 16) {
+                    const int nr = (int)TT_MIN(16, p1 - rg);
+                    const __mmask16 m = (__mmask16)((1u << nr) - 1);
+                    const size_t coff = (size_t)c * blocks_per_chunk * bsz;
+                    const uint8_t *x[16];
+                    KCPU_UNROLL
+                    for (int i = 0; i < 16; i++)
+                        x[i] = i < nr ? wb + (rg + i) * w_row_bytes + coff : zero_block;
+                    /* the next group's rows of this chunk, while this one computes */
+                    if (rg + 16 < p1) {
+                        for (int i = 0; i < 16 && rg + 16 + i < p1; i++) {
+                            const char *nx = (const char *)(wb + (rg + 16 + i) * w_row_bytes + coff);
+                            for (size_t o = 0; o < (size_t)blocks_per_chunk * bsz; o += 64)
+                                _mm_prefetch(nx + o, _MM_HINT_T0);
+                        }
+                    }
+                    const uint8_t *x0 = wb + rg * w_row_bytes + coff;
+                    if (GT == G_Q4_K) repack_q45k(0, x, &wt);
+                    else if (GT == G_Q5_K) repack_q45k(1, x, &wt);
+                    else if (GT == G_Q6_K) repack_q6k(x, &wt, x0, w_row_bytes, m);
+                    else repack_q80(GT == G_Q4_0, x, nblk, &wt, x0, w_row_bytes, m);
+                    run_tokens(FAM, &wt, prep, nt, out + t0 * ldo + rg, ldo, m);
+                }
+            }
+        }
+    }
+}
+
+void kcpu_avx512_gemm_q4_K(KCPU_MATMUL_ARGS)
+{
+    gemm(G_Q4_K, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
+}
+
+void kcpu_avx512_gemm_q5_K(KCPU_MATMUL_ARGS)
+{
+    gemm(G_Q5_K, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
+}
+
+void kcpu_avx512_gemm_q6_K(KCPU_MATMUL_ARGS)
+{
+    gemm(G_Q6_K, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
+}
+
+void kcpu_avx512_gemm_q8_0(KCPU_MATMUL_ARGS)
+{
+    gemm(G_Q8_0, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
+}
+
+void kcpu_avx512_gemm_q4_0(KCPU_MATMUL_ARGS)
+{
+    gemm(G_Q4_0, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
+}

@@ -1,0 +1,260 @@
+/*
+ * bench_kcpu.c: how fast the kernel table is against the machine's limits.
+ *
+ *   cc ... -o bench_kcpu tests/bench_kcpu.c libtutti.a -lm   (see the kcpu report)
+ *   bench_kcpu [-t threads] [-r reps] [-i isa] [-p n_tok] [types...]
+ *
+ * 1. Memory read bandwidth: a plain read loop over 1 GiB, with 1 and with
+ *    the requested number of threads; the best of a few passes.
+ * 2. Decode: one Llama-3-8B-shaped layer (q 4096x4096, k and v 1024x4096,
+ *    o 4096x4096, gate and up 14336x4096, down 4096x14336) per weight type,
+ *    n_tok = 1, rows split between the threads as the engine splits them;
+ *    reports weight GB/s and its fraction of the measured bandwidth. "q4_K_M"
+ *    is the usual mix: Q6_K for v and down, Q4_K elsewhere.
+ * 3. Prefill: the same layer with n_tok tokens (default 128); reports
+ *    GOPS (2 * rows * n * n_tok per second) and the implied tokens/s of an
+ *    8-layer model's matrix products.
+ * Timings take the best of `reps` runs: the machine may be shared.
+ */
+#include "base/base.h"
+#include "kcpu/kcpu.h"
+#include "kcpu/kcpu_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- memory bandwidth ---- */
+
+struct bw_job {
+    const uint64_t *buf;
+    size_t n_words;
+    uint64_t sink[64];
+};
+
+static void bw_run(void *ctx, int ith, int nth)
+{
+    struct bw_job *j = ctx;
+    int64_t b, e;
+    tt_split_range((int64_t)j->n_words, ith, nth, 64, &b, &e);
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    for (int64_t i = b; i < e; i += 8) {
+        s0 += j->buf[i];
+        s1 += j->buf[i + 1];
+        s2 += j->buf[i + 2];
+        s3 += j->buf[i + 3];
+        s4 += j->buf[i + 4];
+        s5 += j->buf[i + 5];
+        s6 += j->buf[i + 6];
+        s7 += j->buf[i + 7];
+    }
+    j->sink[ith % 64] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
+}
+
+static double measure_bw(struct tt_pool *pool, int reps)
+{
+    const size_t bytes = (size_t)1 << 30;
+    struct bw_job j = { .n_words = bytes / 8 };
+    uint64_t *buf = tt_alloc(bytes);
+    if (!buf) return 0;
+    memset(buf, 1, bytes);
+    j.buf = buf;
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        const double t = tt_now_s();
+        tt_pool_run(pool, bw_run, &j);
+        best = TT_MIN(best, tt_now_s() - t);
+    }
+    tt_free(buf);
+    return (double)bytes / best / 1e9;
+}
+
+/* ---- the layer ---- */
+
+enum { N_MAT = 7 };
+static const struct {
+    const char *name;
+    int64_t rows, n;
+} layer[N_MAT] = {
+    { "q", 4096, 4096 },     { "k", 1024, 4096 },  { "v", 1024, 4096 },   { "o", 4096, 4096 },
+    { "gate", 14336, 4096 }, { "up", 14336, 4096 }, { "down", 4096, 14336 },
+};
+
+struct mat {
+    enum tt_type type;
+    int64_t rows, n;
+    size_t row_bytes;
+    uint8_t *w;
+};
+
+/* Random levels with sane scales: what matters here is the traffic. */
+static void fill_mat(struct mat *m, uint64_t seed)
+{
+    const struct tt_type_traits *tr = tt_type_get(m->type);
+    const size_t total = m->row_bytes * (size_t)m->rows;
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i + 8 <= total; i += 8) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        memcpy(m->w + i, &s, 8);
+    }
+    const tt_f16 d = tt_f32_to_f16(0.01f);
+    if (!tr->is_quantized) {
+        const size_t es = tr->type_size, n_el = total / es;
+        for (size_t i = 0; i < n_el; i++) {
+            const float v = (float)((int)(m->w[i * es] % 200) - 100) * 0.01f;
+            if (m->type == TT_TYPE_F32) memcpy(m->w + i * 4, &v, 4);
+            else if (m->type == TT_TYPE_F16) {
+                const tt_f16 h = tt_f32_to_f16(v);
+                memcpy(m->w + i * 2, &h, 2);
+            } else {
+                const tt_bf16 h = tt_f32_to_bf16(v);
+                memcpy(m->w + i * 2, &h, 2);
+            }
+        }
+        return;
+    }
+    const size_t n_blocks = total / tr->type_size;
+    for (size_t b = 0; b < n_blocks; b++) {
+        uint8_t *blk = m->w + b * tr->type_size;
+        memcpy(m->type == TT_TYPE_Q6_K ? blk + 208 : blk, &d, 2);
+        if (m->type == TT_TYPE_Q4_K || m->type == TT_TYPE_Q5_K) memcpy(blk + 2, &d, 2);
+    }
+}
+
+struct mm_job {
+    const struct kcpu_ops *ops;
+    const struct mat *m;
+    const void *act;
+    size_t act_row_bytes;
+    int64_t n_tok;
+    float *out;
+};
+
+static void mm_run(void *ctx, int ith, int nth)
+{
+    const struct mm_job *j = ctx;
+    int64_t r0, r1;
+    tt_split_range(j->m->rows, ith, nth, 16, &r0, &r1);
+    if (r1 > r0)
+        j->ops->matmul[j->m->type](j->m->n, j->m->w, j->m->row_bytes, r0, r1, j->act,
+                                   j->act_row_bytes, j->n_tok, j->out, j->m->rows);
+}
+
+/* Best time of `reps` passes over the layer's matrices; bytes and ops out. */
+static double time_layer(struct tt_pool *pool, const struct kcpu_ops *ops, struct mat *mats,
+                         int64_t n_tok, int reps, double *bytes, double *ops_count)
+{
+    const int64_t nmax = 14336;
+    float *x = tt_alloc((size_t)nmax * sizeof(float));
+    float *out = tt_alloc((size_t)(14336 * n_tok) * sizeof(float));
+    uint8_t *act[2] = { NULL, NULL }; /* for n = 4096 and n = 14336 */
+    size_t arb[2] = { 0, 0 };
+    for (int64_t i = 0; i < nmax; i++) x[i] = (float)((i * 7919) % 1000) * 0.002f - 1.0f;
+    double best = 1e30;
+    *bytes = 0;
+    *ops_count = 0;
+    for (int i = 0; i < N_MAT; i++) {
+        *bytes += (double)mats[i].row_bytes * (double)mats[i].rows;
+        *ops_count += 2.0 * (double)mats[i].rows * (double)mats[i].n * (double)n_tok;
+    }
+    for (int rep = 0; rep < reps; rep++) {
+        double total = 0;
+        for (int i = 0; i < N_MAT; i++) {
+            const enum tt_type vt = tt_type_get(mats[i].type)->vec_dot_type;
+            const int which = mats[i].n == 4096 ? 0 : 1;
+            const size_t rb = tt_row_size(vt, mats[i].n);
+            if (!act[which] || arb[which] != rb) {
+                tt_free(act[which]);
+                act[which] = tt_alloc(rb * (size_t)n_tok);
+                arb[which] = rb;
+                for (int64_t t = 0; t < n_tok; t++) ops->quantize_act[vt](x, act[which] + t * rb, mats[i].n);
+            }
+            struct mm_job j = { ops, &mats[i], act[which], rb, n_tok, out };
+            const double t0 = tt_now_s();
+            tt_pool_run(pool, mm_run, &j);
+            total += tt_now_s() - t0;
+        }
+        best = TT_MIN(best, total);
+    }
+    tt_free(act[0]);
+    tt_free(act[1]);
+    tt_free(x);
+    tt_free(out);
+    return best;
+}
+
+static int parse_type(const char *s, enum tt_type types[N_MAT])
+{
+    const bool mix = strcmp(s, "q4_K_M") == 0 || strcmp(s, "q4_k_m") == 0;
+    const int t = mix ? TT_TYPE_Q4_K : tt_type_from_name(s);
+    if (t < 0 || !tt_type_get((uint32_t)t) || t == TT_TYPE_Q8_K) return -1;
+    for (int i = 0; i < N_MAT; i++) {
+        types[i] = (enum tt_type)t;
+        if (mix && (i == 2 || i == 6)) types[i] = TT_TYPE_Q6_K;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int n_threads = 2, reps = 5;
+    int64_t n_tok_prefill = 128;
+    const char *isa = NULL;
+    const char *deflt[] = { "q4_K_M", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "f16", "bf16", "f32" };
+    const char **names = deflt;
+    int n_names = (int)TT_ARRAY_LEN(deflt);
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i += 2) {
+        if (i + 1 >= argc) break;
+        if (!strcmp(argv[i], "-t")) n_threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-r")) reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-i")) isa = argv[i + 1];
+        else if (!strcmp(argv[i], "-p")) n_tok_prefill = atoll(argv[i + 1]);
+    }
+    if (i < argc) {
+        names = (const char **)(argv + i);
+        n_names = argc - i;
+    }
+    tt_base_init();
+    const struct kcpu_ops *ops = kcpu_select(isa);
+    struct tt_pool *pool1 = tt_pool_create(1), *pool = tt_pool_create(n_threads);
+    if (!pool || !pool1) return 1;
+    const double bw1 = measure_bw(pool1, 3), bw = measure_bw(pool, 3);
+    printf("isa %s, %d threads\n", kcpu_isa_name(ops->isa), n_threads);
+    printf("memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", bw1, bw, n_threads);
+    printf("%-8s | %-28s | %-34s\n", "type", "decode (n_tok=1)", "prefill");
+    for (int k = 0; k < n_names; k++) {
+        enum tt_type types[N_MAT];
+        if (parse_type(names[k], types) < 0) {
+            fprintf(stderr, "unknown type %s\n", names[k]);
+            continue;
+        }
+        struct mat mats[N_MAT];
+        bool ok = true;
+        for (int m = 0; m < N_MAT; m++) {
+            mats[m].type = types[m];
+            mats[m].rows = layer[m].rows;
+            mats[m].n = layer[m].n;
+            mats[m].row_bytes = tt_row_size(types[m], layer[m].n);
+            mats[m].w = tt_alloc(mats[m].row_bytes * (size_t)mats[m].rows);
+            if (!mats[m].w) ok = false;
+            else fill_mat(&mats[m], 1234 + (uint64_t)m);
+        }
+        if (ok) {
+            double bytes, opsn;
+            const double td = time_layer(pool, ops, mats, 1, reps, &bytes, &opsn);
+            const double gbs = bytes / td / 1e9;
+            printf("%-8s | %6.1f GB/s %4.0f%% %6.2f ms | ", names[k], gbs, 100.0 * gbs / bw, td * 1e3);
+            fflush(stdout);
+            const double tp = time_layer(pool, ops, mats, n_tok_prefill, TT_MAX(1, reps / 2), &bytes, &opsn);
+            printf("%6.0f GOPS n_tok=%lld, %5.0f tok/s (8 layers)\n", opsn / tp / 1e9,
+                   (long long)n_tok_prefill, (double)n_tok_prefill / (8.0 * tp));
+        }
+        for (int m = 0; m < N_MAT; m++) tt_free(mats[m].w);
+    }
+    tt_pool_destroy(pool);
+    tt_pool_destroy(pool1);
+    return 0;
+}

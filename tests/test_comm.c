@@ -61,7 +61,11 @@ static uint64_t rng_next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static double rng_unit(uint64_t *s) { return ((double)(rng_next(s) >> 11) + 0.5) / 9007199254740992.0; }
+/* Uniform in (0, 1). */
+static double rng_unit(uint64_t *s)
+{
+    return ((double)(rng_next(s) >> 11) + 0.5) / 9007199254740992.0;
+}
 
 enum input_kind { INPUT_GAUSS, INPUT_OUTLIERS };
 
@@ -268,6 +272,31 @@ static void spmd_allgatherv(struct comm *c)
     free(counts);
 }
 
+/* Bytes rank i sends rank j in round k of the alltoallv check (some zero). */
+static size_t a2a_len(int i, int j, int k) { return (size_t)((i * 7 + j * 13 + k) % 5) * 9001; }
+
+static void spmd_alltoallv(struct comm *c)
+{
+    int p = comm_size(c), me = comm_rank(c);
+    size_t *sb = calloc((size_t)p, sizeof(size_t)), *rb = calloc((size_t)p, sizeof(size_t));
+    for (int k = 0; k < 5; k++) {
+        size_t st = 0, rt = 0;
+        for (int j = 0; j < p; j++) st += sb[j] = a2a_len(me, j, k), rt += rb[j] = a2a_len(j, me, k);
+        unsigned char *send = malloc(st + 1), *recv = malloc(rt + 1), *s = send;
+        for (int j = 0; j < p; j++)
+            for (size_t i = 0; i < sb[j]; i++) *s++ = pattern(me * 16 + j, i);
+        memset(recv, 0xee, rt);
+        RCHECK_RC(comm_alltoallv(c, send, sb, recv, rb), TT_OK);
+        size_t bad = 0;
+        const unsigned char *r = recv;
+        for (int j = 0; j < p; j++)
+            for (size_t i = 0; i < rb[j]; i++) bad += *r++ != pattern(j * 16 + me, i);
+        RCHECK(bad == 0);
+        free(recv), free(send);
+    }
+    free(rb), free(sb);
+}
+
 static void spmd_bcast(struct comm *c)
 {
     static const size_t sizes[] = { 1, 1000, 100003 };
@@ -396,6 +425,9 @@ static void spmd_invalid(struct comm *c)
     RCHECK_RC(comm_allgatherv(c, buf, 1, buf + 8, NULL), TT_EINVAL);
     counts[me] = 2;
     RCHECK_RC(comm_allgatherv(c, buf, 1, buf + 8, counts), TT_EINVAL); /* 1 != counts[me] */
+    RCHECK_RC(comm_alltoallv(c, buf, NULL, buf + 8, counts), TT_EINVAL);
+    RCHECK_RC(comm_alltoallv(c, buf, counts, buf + 8, counts + 1), TT_EINVAL); /* self: 2 vs 0 */
+    RCHECK_RC(comm_alltoallv(c, buf, counts, buf + 1, counts), TT_EINVAL);     /* overlap */
     RCHECK_RC(comm_send(c, buf, 1, me, 0), TT_EINVAL);                /* to itself */
     RCHECK_RC(comm_send(c, buf, 1, -1, 0), TT_EINVAL);
     RCHECK_RC(comm_send(c, buf, 1, p, 0), TT_EINVAL);
@@ -447,6 +479,7 @@ static const struct spmd_case spmd_cases[] = {
     { "allreduce_nan", spmd_allreduce_nan },
     { "allgather", spmd_allgather },
     { "allgatherv", spmd_allgatherv },
+    { "alltoallv", spmd_alltoallv },
     { "bcast", spmd_bcast },
     { "gather", spmd_gather },
     { "send_recv", spmd_send_recv },
@@ -528,6 +561,7 @@ GROUP_CASE(allreduce_q8)
 GROUP_CASE(allreduce_nan)
 GROUP_CASE(allgather)
 GROUP_CASE(allgatherv)
+GROUP_CASE(alltoallv)
 GROUP_CASE(bcast)
 GROUP_CASE(gather)
 GROUP_CASE(send_recv)
@@ -716,6 +750,7 @@ static const struct test_case cases[] = {
     { "allreduce_nan", test_allreduce_nan },
     { "allgather", test_allgather },
     { "allgatherv", test_allgatherv },
+    { "alltoallv", test_alltoallv },
     { "bcast", test_bcast },
     { "gather", test_gather },
     { "send_recv", test_send_recv },

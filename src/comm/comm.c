@@ -374,6 +374,28 @@ int comm_allgatherv(struct comm *c, const void *send, size_t send_bytes, void *r
     return rc;
 }
 
+int comm_alltoallv(struct comm *c, const void *send, const size_t *send_bytes, void *recv,
+                   const size_t *recv_bytes)
+{
+    TT_ASSERT(c);
+    const char *fn = "comm_alltoallv";
+    if (!send_bytes || !recv_bytes) return bad_arg(fn, "NULL size array");
+    size_t s_total = 0, r_total = 0, ignored;
+    if (sum_counts(send_bytes, c->size, 0, &s_total, &ignored) ||
+        sum_counts(recv_bytes, c->size, 0, &r_total, &ignored))
+        return tt_error_set(TT_ERANGE, "%s: sizes overflow", fn);
+    if (send_bytes[c->rank] != recv_bytes[c->rank])
+        return tt_error_set(TT_EINVAL, "%s: this rank sends itself %zu bytes but expects %zu", fn,
+                            send_bytes[c->rank], recv_bytes[c->rank]);
+    if ((s_total && !send) || (r_total && !recv)) return bad_arg(fn, "NULL buffer");
+    if (overlaps(send, s_total, recv, r_total)) return bad_arg(fn, "send overlaps recv");
+    double t0 = tt_now_s();
+    int rc = c->ops->alltoallv(c, send, send_bytes, recv, recv_bytes);
+    account(c, t0, sum_except(send_bytes, c->size, c->rank) +
+                       sum_except(recv_bytes, c->size, c->rank));
+    return rc;
+}
+
 int comm_bcast(struct comm *c, void *buf, size_t bytes, int root)
 {
     TT_ASSERT(c);

@@ -168,6 +168,13 @@ int comm_allgather(struct comm *c, const void *send, size_t bytes_per_rank, void
  * every rank and recv_bytes[rank] == send_bytes. In place allowed as above. */
 int comm_allgatherv(struct comm *c, const void *send, size_t send_bytes, void *recv,
                     const size_t *recv_bytes);
+/* Personalized exchange (MoE token routing): this rank's slice for rank j
+ * starts at sum(send_bytes[0..j)) of send and is send_bytes[j] long; what
+ * rank j sends here lands at sum(recv_bytes[0..j)) of recv. recv_bytes[j]
+ * must equal rank j's send_bytes[this rank] (the local backend checks it);
+ * send and recv must not overlap. Sizes may be zero. */
+int comm_alltoallv(struct comm *c, const void *send, const size_t *send_bytes, void *recv,
+                   const size_t *recv_bytes);
 /* buf on root is copied to buf on every rank. */
 int comm_bcast(struct comm *c, void *buf, size_t bytes, int root);
 /* recv[r*bytes ..] on root = rank r's send; recv is ignored (may be NULL) on

@@ -75,7 +75,8 @@ static int mpi_error(int code, const char *call, const char *file, int line)
 {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
-    if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof(msg), "code %d", code);
+    if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS)
+        snprintf(msg, sizeof(msg), "MPI error code %d", code);
     return tt_error_set(TT_ECOMM, "%.*s failed at %s:%d: %s", (int)strcspn(call, "("), call, file,
                         line, msg);
 }

@@ -27,11 +27,13 @@
 
 #define Q8K_QS 4    /* offset of qs in block_q8_K */
 #define Q8K_BSUMS 260
-#ifndef KQ_HINT
-#define KQ_HINT _MM_HINT_T0
-#endif
+/* Software prefetch distance (blocks ahead in the row) and hint; measured
+ * on Zen 4: 16 blocks with T0 is as good as any. */
 #ifndef KQ_PF
 #define KQ_PF 16
+#endif
+#ifndef KQ_HINT
+#define KQ_HINT _MM_HINT_T0
 #endif
 
 /* sum_j sc_j * dot_j of one block: L[i] holds the levels of elements

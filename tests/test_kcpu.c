@@ -294,6 +294,9 @@ static void run_matmul(const char *variant)
         { 4352, 9, 0, 9, 2, 0 },     { 1024, 19, 2, 19, 3, 32 }, { 768, 70, 5, 67, 8, 0 },
         { 2048, 40, 0, 40, 5, 0 },   { 1280, 23, 4, 23, 17, 0 }, { 256, 50, 16, 47, 33, 0 },
         { 512, 35, 1, 34, 6, 16 },   { 4096, 18, 0, 17, 4, 0 },  { 256, 3, 1, 2, 128, 0 },
+        /* rows longer than one pass of the row kernels' activation buffers */
+        { 8448, 5, 0, 5, 1, 0 },     { 4608, 7, 1, 6, 4, 0 },    { 16640, 3, 0, 3, 1, 0 },
+        { 16640, 4, 1, 3, 3, 0 },
     };
     static const struct shape small[] = {
         /* Q4_0 / Q8_0: rows of 32-blocks not a multiple of 8 blocks */

@@ -272,147 +272,182 @@ __attribute__((target("avx512bf16"))) static void matmul_bf16_dp(KCPU_MATMUL_ARG
 /* ---- Q8_0 / Q4_0 row kernels ----
  * A chunk is up to 8 blocks (256 elements). Q8_0 levels are made unsigned
  * by flipping the sign bit (w + 128), Q4_0 levels are the nibbles 0..15;
- * vpdpbusd then sums (w + 128) * a or q * a, and the surplus 128 * sum(a) or
- * 8 * sum(a), the same for every row, is computed once per token and
- * subtracted lane by lane. Scales d_w * d_a multiply each block's 8 lanes. */
+ * vpdpbusd then sums (w + 128) * a or q * a per lane of 4 products, and the
+ * surplus, 128 or 8 times the same lane's activation sum, is subtracted lane
+ * by lane. Each block's lanes are then scaled by d_w * d_a.
+ *
+ * Everything that depends on the activation alone is prepared once per
+ * call, a chunk of K at a time, into a stack buffer (struct q80_act): the
+ * activation bytes in the order the weight lanes come in, the per-lane
+ * surplus, and d_a. The rows then stream through one at a time.
+ *
+ * Lane order. Q8_0: a zmm holds two blocks' 32 quants in order. Q4_0: a zmm
+ * holds four blocks' 16 packed bytes; its low nibbles are elements 0..15 of
+ * the four blocks, its high nibbles elements 16..31, so the activation is
+ * stored as [blocks 0-3: a0..15] then [blocks 0-3: a16..31] per half chunk. */
 
-KCPU_INLINE __m256 blk_scales(const uint8_t *x, size_t bsz, int nblk)
+struct q80_act {
+    int8_t q[256];  /* activation bytes in lane order */
+    int32_t c[64];  /* per-lane surplus (Q4_0: of both nibble halves) */
+    float d[8];     /* d_a of the 8 blocks (0 past the row's end) */
+};
+
+#define Q80_BUF 16384 /* bytes of prepared activation per tile of tokens */
+
+static void q80_prep(const int IS_Q4, const uint8_t *a, int nblk, struct q80_act *p)
 {
-    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                           _mm256_set1_epi32((int)bsz));
-    const __mmask8 k = (__mmask8)((1u << nblk) - 1);
-    const __m256i g = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), k, idx, (const int *)x, 1);
-    return _mm256_cvtph_ps(_mm256_cvtepi32_epi16(g));
+    int8_t raw[256];
+    for (int j = 0; j < 8; j++) {
+        const uint8_t *b = a + j * sizeof(struct block_q8_0);
+        if (j < nblk) memcpy(raw + 32 * j, b + 2, 32);
+        else memset(raw + 32 * j, 0, 32);
+        p->d[j] = j < nblk ? kcpu_f16(b) : 0.0f;
+    }
+    const __m512i z = _mm512_setzero_si512();
+    if (IS_Q4) {
+        for (int h = 0; h < 2; h++) { /* blocks 4h .. 4h+3 */
+            for (int k = 0; k < 4; k++) {
+                memcpy(p->q + 128 * h + 16 * k, raw + 32 * (4 * h + k), 16);
+                memcpy(p->q + 128 * h + 64 + 16 * k, raw + 32 * (4 * h + k) + 16, 16);
+            }
+            const __m512i lo = _mm512_loadu_si512((const void *)(p->q + 128 * h));
+            const __m512i hi = _mm512_loadu_si512((const void *)(p->q + 128 * h + 64));
+            const __m512i c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, _mm512_set1_epi8(8), lo),
+                                                  _mm512_set1_epi8(8), hi);
+            _mm512_storeu_si512((void *)(p->c + 16 * h), c);
+        }
+    } else {
+        memcpy(p->q, raw, 256);
+        for (int i = 0; i < 4; i++) {
+            const __m512i q = _mm512_loadu_si512((const void *)(p->q + 64 * i));
+            _mm512_storeu_si512((void *)(p->c + 16 * i),
+                                _mm512_dpbusd_epi32(z, _mm512_set1_epi8((char)0x80), q));
+        }
+    }
 }
 
-/* Two blocks' 32 quants (at q and q + bsz) in one zmm, the second masked off
- * when absent. */
-KCPU_INLINE __m512i load_2x32(const uint8_t *q, size_t bsz, int two)
-{
-    const __m256i lo = _mm256_loadu_si256((const __m256i *)q);
-    const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(q + bsz)) : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-/* Q4_0 levels of two blocks (16 packed bytes each) in element order. */
-KCPU_INLINE __m512i q4_0_levels(const uint8_t *q, int two)
-{
-    const __m128i lo = _mm_loadu_si128((const __m128i *)q);
-    const __m128i hi = two ? _mm_loadu_si128((const __m128i *)(q + 18)) : _mm_setzero_si128();
-    const __m512i v = _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
-    const __m512i v4 = _mm512_shuffle_i64x2(v, v, 0x50); /* lanes 0, 0, 1, 1 */
-    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
-                                         0x0004000400040004LL, 0x0004000400040004LL);
-    return _mm512_and_si512(_mm512_srlv_epi16(v4, sh), _mm512_set1_epi8(0x0F));
-}
-
-KCPU_INLINE void q8_rows_tile(const int IS_Q4, const int NR, const int NT, int64_t nb,
-                              const uint8_t *w, size_t wrb, const uint8_t *a, size_t arb,
-                              float *out, int64_t ldo)
+KCPU_INLINE void q80_row(const int IS_Q4, const int NT, int64_t nchunk, int64_t nb, const uint8_t *x,
+                         const struct q80_act *p, size_t p_stride, float *s)
 {
     const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
-    const __m512i bias = _mm512_set1_epi8(IS_Q4 ? 8 : (char)0x80);
-    const __m512i z = _mm512_setzero_si512();
-    __m512 acc[4][4];
+    const __m512i z = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F);
+    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32((int)bsz));
+    __m512 acc[4];
     KCPU_UNROLL
-    for (int r = 0; r < NR; r++) {
-        KCPU_UNROLL
-        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
-    }
-    for (int64_t b = 0; b < nb; b += 8) {
-        const int nblk = (int)TT_MIN(8, nb - b);
-        __m512i A[4][4], C[4][4];
-        __m256 da[4];
+    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < nchunk; c++, x += 8 * bsz, p++) {
+        const int nblk = (int)TT_MIN(8, nb - 8 * c);
+        _mm_prefetch((const char *)x + 16 * bsz, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 16 * bsz + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 16 * bsz + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 16 * bsz + 192, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 16 * bsz + 256, _MM_HINT_T0);
+        const __mmask8 km = (__mmask8)((1u << nblk) - 1);
+        const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(
+            _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), km, gidx, (const int *)x, 1)));
+        __m256 sc[4];
         KCPU_UNROLL
         for (int t = 0; t < NT; t++) {
-            const uint8_t *ab = a + t * arb + b * sizeof(struct block_q8_0);
-            da[t] = blk_scales(ab, sizeof(struct block_q8_0), nblk);
-            KCPU_UNROLL
-            for (int i = 0; i < 4; i++) {
-                const int have = 2 * i < nblk;
-                A[t][i] = have ? load_2x32(ab + 68 * i + 2, 34, 2 * i + 1 < nblk) : z;
-                C[t][i] = _mm512_dpbusd_epi32(z, bias, A[t][i]);
-            }
+            const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
+            sc[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(pt->d));
         }
-        KCPU_UNROLL
-        for (int r = 0; r < NR; r++) {
-            const uint8_t *x = w + r * wrb + b * bsz;
-            _mm_prefetch((const char *)x + 8 * bsz + 256, _MM_HINT_T0);
-            _mm_prefetch((const char *)x + 8 * bsz + 320, _MM_HINT_T0);
-            const __m256 dw = blk_scales(x, bsz, nblk);
-            __m512i W[4];
+        if (IS_Q4) {
+            KCPU_UNROLL
+            for (int h = 0; h < 2; h++) {
+                if (4 * h >= nblk) break;
+                const uint8_t *q = x + 4 * h * bsz + 2;
+                __m128i v[4];
+                KCPU_UNROLL
+                for (int k = 0; k < 4; k++)
+                    v[k] = 4 * h + k < nblk ? _mm_loadu_si128((const void *)(q + k * bsz)) : _mm_setzero_si128();
+                const __m512i W = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(v[0]), v[1], 1)),
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(v[2]), v[3], 1), 1);
+                const __m512i lo = _mm512_and_si512(W, m4), hi = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
+                const __m512i idx = _mm512_setr_epi32(4 * h, 4 * h, 4 * h, 4 * h, 4 * h + 1, 4 * h + 1,
+                                                      4 * h + 1, 4 * h + 1, 4 * h + 2, 4 * h + 2, 4 * h + 2,
+                                                      4 * h + 2, 4 * h + 3, 4 * h + 3, 4 * h + 3, 4 * h + 3);
+                KCPU_UNROLL
+                for (int t = 0; t < NT; t++) {
+                    const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
+                    __m512i d = _mm512_dpbusd_epi32(z, lo, _mm512_loadu_si512((const void *)(pt->q + 128 * h)));
+                    d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(pt->q + 128 * h + 64)));
+                    d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * h)));
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
+                                             _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
+                }
+            }
+        } else {
             KCPU_UNROLL
             for (int i = 0; i < 4; i++) {
-                const int have = 2 * i < nblk, two = 2 * i + 1 < nblk;
-                if (!have) W[i] = z;
-                else if (IS_Q4) W[i] = q4_0_levels(x + 2 * i * bsz + 2, two);
-                else W[i] = _mm512_xor_si512(load_2x32(x + 2 * i * bsz + 2, bsz, two), bias);
-            }
-            KCPU_UNROLL
-            for (int t = 0; t < NT; t++) {
-                const __m512 s = _mm512_castps256_ps512(_mm256_mul_ps(dw, da[t]));
+                if (2 * i >= nblk) break;
+                const uint8_t *q = x + 2 * i * bsz + 2;
+                const __m256i lo = _mm256_loadu_si256((const void *)q);
+                const __m256i hi = 2 * i + 1 < nblk ? _mm256_loadu_si256((const void *)(q + bsz))
+                                                    : _mm256_setzero_si256();
+                const __m512i W = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                                                   _mm512_set1_epi8((char)0x80));
+                const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * i), _mm256_set1_epi32(2 * i + 1), 1);
                 KCPU_UNROLL
-                for (int i = 0; i < 4; i++) {
-                    if (2 * i >= nblk) break;
-                    const __m512i p = _mm512_sub_epi32(_mm512_dpbusd_epi32(z, W[i], A[t][i]), C[t][i]);
-                    const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi32(2 * i),
-                                                           _mm256_set1_epi32(2 * i + 1), 1);
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
-                                                _mm512_permutexvar_ps(sel, s), acc[r][t]);
+                for (int t = 0; t < NT; t++) {
+                    const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
+                    __m512i d = _mm512_dpbusd_epi32(z, W, _mm512_loadu_si512((const void *)(pt->q + 64 * i)));
+                    d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * i)));
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
+                                             _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
                 }
             }
         }
     }
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) {
-        KCPU_UNROLL
-        for (int r = 0; r < NR; r++) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int t = 0; t < NT; t++) s[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+static void rows_q80(const int IS_Q4, KCPU_MATMUL_ARGS)
+{
+    const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
+    const int64_t nb = n / QK8_0, nchunk = (nb + 7) / 8;
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    struct q80_act buf[Q80_BUF / sizeof(struct q80_act)];
+    const int64_t cap = (int64_t)TT_ARRAY_LEN(buf);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+        const int nt = (int)TT_MIN(4, n_tok - t0);
+        const int64_t kch = cap / nt; /* chunks per pass */
+        for (int64_t c0 = 0; c0 < nchunk; c0 += kch) {
+            const int64_t cc = TT_MIN(kch, nchunk - c0);
+            for (int t = 0; t < nt; t++) {
+                const uint8_t *at = ab + (t0 + t) * act_row_bytes + c0 * 8 * sizeof(struct block_q8_0);
+                for (int64_t c = 0; c < cc; c++)
+                    q80_prep(IS_Q4, at + c * 8 * sizeof(struct block_q8_0),
+                             (int)TT_MIN(8, nb - 8 * (c0 + c)), &buf[t * kch + c]);
+            }
+            const int64_t nbc = TT_MIN(nb - 8 * c0, 8 * cc);
+            const size_t ps = (size_t)kch * sizeof(struct q80_act);
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *wr = wb + r * w_row_bytes + c0 * 8 * bsz;
+                float s[4];
+                if (nt == 1) q80_row(IS_Q4, 1, cc, nbc, wr, buf, ps, s);
+                else if (nt == 2) q80_row(IS_Q4, 2, cc, nbc, wr, buf, ps, s);
+                else if (nt == 3) q80_row(IS_Q4, 3, cc, nbc, wr, buf, ps, s);
+                else q80_row(IS_Q4, 4, cc, nbc, wr, buf, ps, s);
+                for (int t = 0; t < nt; t++) {
+                    float *o = out + (t0 + t) * ldo + r;
+                    *o = c0 > 0 ? *o + s[t] : s[t];
+                }
+            }
+        }
     }
 }
 
-#define Q8_ROWS_DRIVER(IS_Q4)                                                                     \
-    do {                                                                                          \
-        const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                       \
-        const int64_t nb = n / QK8_0;                                                             \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {                                               \
-            const int64_t nt = TT_MIN(4, n_tok - t0);                                             \
-            const uint8_t *at = ab + t0 * act_row_bytes;                                          \
-            float *ot = out + t0 * ldo;                                                           \
-            int64_t r = r0;                                                                       \
-            if (nt == 1) {                                                                        \
-                for (; r + 4 <= r1; r += 4)                                                       \
-                    q8_rows_tile(IS_Q4, 4, 1, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
-                                 act_row_bytes, ot + r, ldo);                                     \
-                for (; r < r1; r++)                                                               \
-                    q8_rows_tile(IS_Q4, 1, 1, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
-                                 act_row_bytes, ot + r, ldo);                                     \
-            } else if (nt == 2) {                                                                 \
-                for (; r + 2 <= r1; r += 2)                                                       \
-                    q8_rows_tile(IS_Q4, 2, 2, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
-                                 act_row_bytes, ot + r, ldo);                                     \
-                for (; r < r1; r++)                                                               \
-                    q8_rows_tile(IS_Q4, 1, 2, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
-                                 act_row_bytes, ot + r, ldo);                                     \
-            } else if (nt == 3) {                                                                 \
-                for (; r < r1; r++)                                                               \
-                    q8_rows_tile(IS_Q4, 1, 3, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
-                                 act_row_bytes, ot + r, ldo);                                     \
-            } else {                                                                              \
-                for (; r < r1; r++)                                                               \
-                    q8_rows_tile(IS_Q4, 1, 4, nb, wb + r * w_row_bytes, w_row_bytes, at,          \
-                                 act_row_bytes, ot + r, ldo);                                     \
-            }                                                                                     \
-        }                                                                                         \
-    } while (0)
-
 static void rows_q8_0(KCPU_MATMUL_ARGS)
 {
-    Q8_ROWS_DRIVER(0);
+    rows_q80(0, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
 }
 
 static void rows_q4_0(KCPU_MATMUL_ARGS)
 {
-    Q8_ROWS_DRIVER(1);
+    rows_q80(1, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
 }
 
 /* ---- dispatch: few tokens stream rows, many tokens use tiles ---- */

@@ -97,9 +97,10 @@ KCPU_INLINE __m256 act_scales_x4(const uint8_t *a, int g)
     return _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), k, idx, (const float *)a, 1);
 }
 
-/* Scale vectors of block j for dot_scaled, from U = q4k_scales_x4(...):
- * p0 covers sub-blocks 0 (lanes 0-7) and 1 (8-15), p1 sub-blocks 2 and 3, so
- * packs(p0, p1) holds sb0, sb2 in 128-bit lanes 0, 1 and sb1, sb3 in lanes
+/* Scale vectors of block j for dot_scaled, from U = q4k_scales_x4(...).
+ * With the activation in Q4_K level order (see act_q4k_order), p0 covers
+ * sub-blocks 0 (lanes 0-7) and 2 (8-15), p1 sub-blocks 1 and 3, so
+ * packs(p0, p1) holds sb0, sb1 in 128-bit lanes 0, 1 and sb2, sb3 in lanes
  * 2, 3, four words each; sc01 matches that, sc23 likewise for sub-blocks
  * 4..7. m16 is m0, m0, m1, m1, ..., m7, m7 for vpmaddwd with the 16 bsums. */
 KCPU_INLINE void q4k_scale_vectors(__m512i U, int j, __m512i *sc01, __m512i *sc23, __m256i *m16)
@@ -109,83 +110,101 @@ KCPU_INLINE void q4k_scale_vectors(__m512i U, int j, __m512i *sc01, __m512i *sc2
                          _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3)),
         U);
     const char z = -1;
-    *sc01 = _mm512_shuffle_epi8(
-        u4, _mm512_set_epi8(z, 3, z, 3, z, 3, z, 3, z, 1, z, 1, z, 1, z, 1, z, 3, z, 3, z, 3, z, 3,
-                            z, 1, z, 1, z, 1, z, 1, z, 2, z, 2, z, 2, z, 2, z, 0, z, 0, z, 0, z, 0,
-                            z, 2, z, 2, z, 2, z, 2, z, 0, z, 0, z, 0, z, 0));
-    *sc23 = _mm512_shuffle_epi8(
-        u4, _mm512_set_epi8(z, 7, z, 7, z, 7, z, 7, z, 5, z, 5, z, 5, z, 5, z, 7, z, 7, z, 7, z, 7,
-                            z, 5, z, 5, z, 5, z, 5, z, 6, z, 6, z, 6, z, 6, z, 4, z, 4, z, 4, z, 4,
-                            z, 6, z, 6, z, 6, z, 6, z, 4, z, 4, z, 4, z, 4));
+#define PAIR(a, b) a, z, a, z, a, z, a, z, b, z, b, z, b, z, b, z
+    const __m512i i01 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_setr_epi8(PAIR(0, 1), PAIR(0, 1))), _mm256_setr_epi8(PAIR(2, 3), PAIR(2, 3)), 1);
+    const __m512i i23 = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_setr_epi8(PAIR(4, 5), PAIR(4, 5))), _mm256_setr_epi8(PAIR(6, 7), PAIR(6, 7)), 1);
+#undef PAIR
+    *sc01 = _mm512_shuffle_epi8(u4, i01);
+    *sc23 = _mm512_shuffle_epi8(u4, i23);
     *m16 = _mm256_shuffle_epi8(
         _mm512_castsi512_si256(u4),
-        _mm256_set_epi8(z, 15, z, 15, z, 14, z, 14, z, 13, z, 13, z, 12, z, 12, z, 11, z, 11, z,
-                        10, z, 10, z, 9, z, 9, z, 8, z, 8));
+        _mm256_setr_epi8(8, z, 8, z, 9, z, 9, z, 10, z, 10, z, 11, z, 11, z, 12, z, 12, z, 13, z,
+                         13, z, 14, z, 14, z, 15, z, 15, z));
 }
 
-/* acc += f.x * isum + f.y * imin over lanes (summed later), with f the
- * pair (2j, 2j+1) of DD: isum's two halves are added, imin joins it in the
- * upper half, and one conversion and one FMA apply both scales. */
-KCPU_INLINE __m512 add_block(__m512 acc, __m512i isum, __m256i imin, __m256 DD, int j)
+/* acc += f[0] * isum (16 lanes), accm += f[1] * imin (8 lanes); both summed
+ * over lanes at the end. f points at the pair (d * d_act, -dmin * d_act) of
+ * the block in a small array, so both factors are broadcast by the FMAs'
+ * memory operands instead of shuffles. */
+KCPU_INLINE void add_block(__m512 *acc, __m256 *accm, __m512i isum, __m256i imin, const float *f)
 {
-    const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(isum),
-                                        _mm512_extracti64x4_epi64(isum, 1));
-    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(s8), imin, 1);
-    const __m512i idx = _mm512_add_epi32(
-        _mm512_set1_epi32(2 * j), _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-    const __m512 f = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(DD));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(both), f, acc);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(f[0]), *acc);
+    *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_set1_ps(f[1]), *accm);
 }
 
-KCPU_INLINE void store_tile(const int NT, __m512 acc[4], float *out, int64_t ldo)
+KCPU_INLINE void store_tile(const int NT, __m512 acc[4], __m256 accm[4], float *out, int64_t ldo)
 {
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) out[t * ldo] = _mm512_reduce_add_ps(acc[t]);
+    for (int t = 0; t < NT; t++)
+        out[t * ldo] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
 }
 
 /* ---- Q4_K / Q5_K ----
  * Block layout (bytes): d 0, dmin 2, scales 4..15, [Q5_K: qh 16..47], qs.
- * Elements 64g .. 64g+31 are the low nibbles of qs[32g .. 32g+31], elements
- * 64g+32 .. 64g+63 their high nibbles: broadcasting those 32 bytes to both
- * halves of a zmm and shifting the upper half by 4 gives elements 64g..64g+63
- * in order. HAS_QH selects Q5_K: level bit 4 of element 64g + l (l < 32) is
- * bit 2g of qh[l], of element 64g + 32 + l bit 2g + 1. */
+ * qs[32g .. 32g+31] hold elements 64g .. 64g+31 (low nibbles) and
+ * 64g+32 .. 64g+63 (high nibbles). A zmm load of qs[0..63] therefore gives
+ * elements 0..31 and 64..95 (low nibbles), 32..63 and 96..127 (high); the
+ * activation is put in that order once per call (act_q4k_order), which is
+ * far cheaper than reordering the weights of every row. HAS_QH selects Q5_K:
+ * level bit 4 of element 64g + l (l < 32) is bit 2g of qh[l], of element
+ * 64g + 32 + l bit 2g + 1. */
 KCPU_INLINE void q45k_levels(const uint8_t *x, const int HAS_QH, __m512i L[4])
 {
     const uint8_t *qs = x + (HAS_QH ? 48 : 16);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i sh = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    KCPU_UNROLL
-    for (int g = 0; g < 4; g++) {
-        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const void *)(qs + 32 * g)));
-        L[g] = _mm512_and_si512(_mm512_srlv_epi16(q, sh), m4);
-    }
+    const __m512i q0 = _mm512_loadu_si512((const void *)qs);
+    const __m512i q1 = _mm512_loadu_si512((const void *)(qs + 64));
+    L[0] = _mm512_and_si512(q0, m4);
+    L[1] = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
+    L[2] = _mm512_and_si512(q1, m4);
+    L[3] = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
     if (HAS_QH) {
-        /* qh bit 2g (lower half) / 2g+1 (upper half) to bit 4 of each byte,
-         * merged above the nibble (and/or, not vpternlogd, which would
-         * compete with vpdpbusd for its two pipes on Zen 4). */
-        const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const void *)(x + 16)));
+        /* qh bit b of the two halves of L[i] (b = 0|2, 1|3, 4|6, 5|7) to bit
+         * 4 of each byte: with h = qh | qh >> 2 (lower | upper half) these
+         * are bits 0, 1, 4, 5 of h, moved by fixed shifts, then merged above
+         * the nibble (and/or rather than vpternlogd, which competes with
+         * vpdpbusd for its pipes on Zen 4). */
+        const __m256i qh = _mm256_loadu_si256((const void *)(x + 16));
+        const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
         const __m512i b4 = _mm512_set1_epi8(0x10);
-        const __m512i c0 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(3), 1);
-        const __m512i c1 = _mm512_inserti64x4(_mm512_set1_epi16(2), _mm256_set1_epi16(1), 1);
-        const __m512i c2 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(1), 1);
-        const __m512i c3 = _mm512_inserti64x4(_mm512_set1_epi16(2), _mm256_set1_epi16(3), 1);
-        L[0] = _mm512_or_si512(L[0], _mm512_and_si512(_mm512_sllv_epi16(h, c0), b4));
-        L[1] = _mm512_or_si512(L[1], _mm512_and_si512(_mm512_sllv_epi16(h, c1), b4));
-        L[2] = _mm512_or_si512(L[2], _mm512_and_si512(_mm512_srlv_epi16(h, c2), b4));
-        L[3] = _mm512_or_si512(L[3], _mm512_and_si512(_mm512_srlv_epi16(h, c3), b4));
+        L[0] = _mm512_or_si512(L[0], _mm512_and_si512(_mm512_slli_epi16(h, 4), b4));
+        L[1] = _mm512_or_si512(L[1], _mm512_and_si512(_mm512_slli_epi16(h, 3), b4));
+        L[2] = _mm512_or_si512(L[2], _mm512_and_si512(h, b4));
+        L[3] = _mm512_or_si512(L[3], _mm512_and_si512(_mm512_srli_epi16(h, 1), b4));
     }
 }
 
-/* One row x NT tokens: acc[t] += this row's dot with token t. Blocks go in
- * groups of four: their scales are unpacked together, their d, dmin and
- * d_act multiplied together. */
+/* The qs of nblk Q8_K blocks (from `a`) in Q4_K level order, 256 bytes per
+ * block: elements 0..31, 64..95, 32..63, 96..127, then the same for 128.. */
+static void act_q4k_order(const uint8_t *a, int64_t nblk, uint8_t *dst)
+{
+    for (int64_t b = 0; b < nblk; b++, a += sizeof(struct block_q8_K), dst += QK_K) {
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *q = a + Q8K_QS + 128 * h;
+            uint8_t *o = dst + 128 * h;
+            _mm256_storeu_si256((void *)o, _mm256_loadu_si256((const void *)q));
+            _mm256_storeu_si256((void *)(o + 32), _mm256_loadu_si256((const void *)(q + 64)));
+            _mm256_storeu_si256((void *)(o + 64), _mm256_loadu_si256((const void *)(q + 32)));
+            _mm256_storeu_si256((void *)(o + 96), _mm256_loadu_si256((const void *)(q + 96)));
+        }
+    }
+}
+
+/* One row x NT tokens over nb blocks: acc[t] += this row's dot with token
+ * t. aq: the activation qs in level order (token t at aq + t * aq_stride);
+ * a: the Q8_K rows themselves (for d and bsums). Blocks go in groups of
+ * four: their scales are unpacked together, their d, dmin and d_act
+ * multiplied together. */
 KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x,
-                          const uint8_t *a, size_t arb, __m512 acc[4])
+                          const uint8_t *aq, size_t aq_stride, const uint8_t *a, size_t arb,
+                          __m512 acc[4], __m256 accm[4])
 {
     const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
     const __m256 neg_min = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
-    for (int64_t b = 0; b < nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K)) {
+    for (int64_t b = 0; b < nb;
+         b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), aq += 4 * QK_K) {
         const int g = (int)TT_MIN(4, nb - b);
         const __m512i R = load_heads(x, bsz, g);
         const __m512i U = q4k_scales_x4(R);
@@ -194,9 +213,9 @@ KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint
             _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
                 _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), R))),
             neg_min);
-        __m256 DDt[4];
+        float DDt[4][8] __attribute__((aligned(32)));
         KCPU_UNROLL
-        for (int t = 0; t < NT; t++) DDt[t] = _mm256_mul_ps(DD, act_scales_x4(a + t * arb, g));
+        for (int t = 0; t < NT; t++) _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, act_scales_x4(a + t * arb, g)));
         KCPU_UNROLL
         for (int j = 0; j < 4; j++) {
             if (j >= g) break;
@@ -211,23 +230,66 @@ KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint
             KCPU_UNROLL
             for (int t = 0; t < NT; t++) {
                 const uint8_t *ab = a + t * arb + j * sizeof(struct block_q8_K);
-                const __m512i isum = dot_scaled(L, ab + Q8K_QS, sc01, sc23);
+                const __m512i isum = dot_scaled(L, aq + t * aq_stride + j * QK_K, sc01, sc23);
                 const __m256i imin = _mm256_madd_epi16(
                     m16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS)));
-                acc[t] = add_block(acc[t], isum, imin, DDt[t], j);
+                add_block(&acc[t], &accm[t], isum, imin, &DDt[t][2 * j]);
             }
         }
     }
 }
 
+/* out[t * ldo] = (ADD ? out : 0) + the row's dots over nb blocks. */
 KCPU_INLINE void q45k_tile(const int HAS_QH, const int NT, int64_t nb, const uint8_t *w,
-                           const uint8_t *a, size_t arb, float *out, int64_t ldo)
+                           const uint8_t *aq, size_t aq_stride, const uint8_t *a, size_t arb,
+                           float *out, int64_t ldo, int add)
 {
     __m512 acc[4];
+    __m256 accm[4];
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
-    q45k_row(HAS_QH, NT, nb, w, a, arb, acc);
-    store_tile(NT, acc, out, ldo);
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        accm[t] = _mm256_setzero_ps();
+    }
+    q45k_row(HAS_QH, NT, nb, w, aq, aq_stride, a, arb, acc, accm);
+    KCPU_UNROLL
+    for (int t = 0; t < NT; t++) {
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
+        out[t * ldo] = add ? out[t * ldo] + v : v;
+    }
+}
+
+/* Q4_K / Q5_K rows: the activation is put in level order a chunk of K at a
+ * time (16 KB of stack: 64 blocks for one token, 16 for four); the rows then
+ * stream through, a chunk each; more than one chunk (n > 16384 for one
+ * token) adds the partial dots into out. */
+#define Q45K_BUF 16384
+static void rows_q45k(const int HAS_QH, KCPU_MATMUL_ARGS)
+{
+    const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
+    const int64_t nb = n / QK_K;
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    uint8_t buf[Q45K_BUF] __attribute__((aligned(64)));
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+        const int nt = (int)TT_MIN(4, n_tok - t0);
+        const int64_t kch = nt == 1 ? 64 : nt == 2 ? 32 : 16;
+        const size_t stride = (size_t)kch * QK_K;
+        const uint8_t *at = ab + t0 * act_row_bytes;
+        float *ot = out + t0 * ldo;
+        for (int64_t c0 = 0; c0 < nb; c0 += kch) {
+            const int64_t cb = TT_MIN(kch, nb - c0);
+            const uint8_t *ac = at + c0 * sizeof(struct block_q8_K);
+            for (int t = 0; t < nt; t++) act_q4k_order(ac + t * act_row_bytes, cb, buf + t * stride);
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *wr = wb + r * w_row_bytes + c0 * bsz;
+                const int add = c0 > 0;
+                if (nt == 1) q45k_tile(HAS_QH, 1, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 2) q45k_tile(HAS_QH, 2, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 3) q45k_tile(HAS_QH, 3, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
+                else q45k_tile(HAS_QH, 4, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
+            }
+        }
+    }
 }
 
 /* ---- Q6_K ----
@@ -238,23 +300,17 @@ KCPU_INLINE void q45k_tile(const int HAS_QH, const int NT, int64_t nb, const uin
  * 0..63 (value = level - 32); the -32 is applied through the bsums. */
 KCPU_INLINE void q6k_levels(const uint8_t *x, __m512i L[4])
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     KCPU_UNROLL
     for (int h = 0; h < 2; h++) {
         const __m512i ql = _mm512_loadu_si512((const void *)(x + 64 * h));
-        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const void *)(x + 128 + 32 * h)));
-        /* low: bits 0-1 (first 32) / 2-3 (next 32) to bits 4-5 */
-        const __m512i hl = _mm512_and_si512(
-            qh, _mm512_inserti64x4(_mm512_set1_epi8(0x03), _mm256_set1_epi8(0x0C), 1));
-        const __m512i hlo = _mm512_sllv_epi16(
-            hl, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
-        /* high: bits 4-5 / 6-7 to bits 4-5 */
-        const __m512i hh = _mm512_and_si512(
-            qh, _mm512_inserti64x4(_mm512_set1_epi8(0x30), _mm256_set1_epi8((char)0xC0), 1));
-        const __m512i hhi = _mm512_srlv_epi16(
-            hh, _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1));
-        L[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), hlo);
-        L[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), hhi);
+        /* H = qh | qh >> 2 (lower | upper half): the top bits of elements
+         * 0..31 / 32..63 of the half are bits 0-1 of H, of elements 64..95 /
+         * 96..127 bits 4-5; fixed shifts move them to bits 4-5. */
+        const __m256i qh = _mm256_loadu_si256((const void *)(x + 128 + 32 * h));
+        const __m512i H = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+        L[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30));
+        L[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_and_si512(H, m30));
     }
 }
 
@@ -269,8 +325,12 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
     const __m512i perm1 = _mm512_add_epi16(perm0, _mm512_set1_epi16(8));
     const __m256 neg_odd = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
     __m512 acc[4];
+    __m256 accm[4];
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        accm[t] = _mm256_setzero_ps();
+    }
     for (int64_t b = 0; b < nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K)) {
         const int g = (int)TT_MIN(4, nb - b);
         /* d_j, -d_j for the group (the offset term is subtracted) */
@@ -280,9 +340,9 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
         const __m128i dd16 = _mm_shuffle_epi8(dh, _mm_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
                                                                 12, 13, 12, 13));
         const __m256 DD = _mm256_xor_ps(_mm256_cvtph_ps(dd16), neg_odd);
-        __m256 DDt[4];
+        float DDt[4][8] __attribute__((aligned(32)));
         KCPU_UNROLL
-        for (int t = 0; t < NT; t++) DDt[t] = _mm256_mul_ps(DD, act_scales_x4(a + t * arb, g));
+        for (int t = 0; t < NT; t++) _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, act_scales_x4(a + t * arb, g)));
         KCPU_UNROLL
         for (int j = 0; j < 4; j++) {
             if (j >= g) break;
@@ -304,11 +364,11 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
                 /* the -32 offset: 32 * sum_j sc_j * bsum_j, scaled by -d */
                 const __m256i off = _mm256_slli_epi32(
                     _mm256_madd_epi16(sc16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS))), 5);
-                acc[t] = add_block(acc[t], isum, off, DDt[t], j);
+                add_block(&acc[t], &accm[t], isum, off, &DDt[t][2 * j]);
             }
         }
     }
-    store_tile(NT, acc, out, ldo);
+    store_tile(NT, acc, accm, out, ldo);
 }
 
 /* ---- drivers ----
@@ -336,14 +396,12 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
 
 void kcpu_avx512_rows_q4_K(KCPU_MATMUL_ARGS)
 {
-    const int64_t nb = n / QK_K;
-    ROWS_DRIVER(q45k_tile, 0, );
+    rows_q45k(0, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
 }
 
 void kcpu_avx512_rows_q5_K(KCPU_MATMUL_ARGS)
 {
-    const int64_t nb = n / QK_K;
-    ROWS_DRIVER(q45k_tile, 1, );
+    rows_q45k(1, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
 }
 
 void kcpu_avx512_rows_q6_K(KCPU_MATMUL_ARGS)

@@ -22,16 +22,25 @@ else
 endif
 
 # Debian packages the build needs (and the tools the tests need).
-DEB_BUILD := build-essential pkg-config libpcre2-dev
+DEB_BUILD := build-essential pkg-config libpcre2-dev libopenmpi-dev openmpi-bin
 DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 
+# MPI (Open MPI): on when mpicc is found, MPI=0 turns it off. Only
+# src/comm/comm_mpi.c sees mpi.h; TT_HAVE_MPI tells comm.c and the tests.
+MPI ?= $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(MPI),1)
+  MPI_DEFS := -DTT_HAVE_MPI
+  MPI_CFLAGS := $(shell mpicc --showme:compile)
+  MPI_LIBS := $(shell mpicc --showme:link)
+endif
+
 CFLAGS_COMMON := -std=c11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread \
-                 -Isrc $(PCRE2_CFLAGS)
+                 -Isrc $(PCRE2_CFLAGS) $(MPI_DEFS)
 CFLAGS := $(CFLAGS_COMMON) $(OPT) $(EXTRA_CFLAGS)
-LDLIBS := $(PCRE2_LIBS) -lm -pthread
+LDLIBS := $(PCRE2_LIBS) $(MPI_LIBS) -lm -pthread
 
 # Per-instruction-set kernel files get their own flags; the rest is generic.
 FLAGS_avx2 := -mavx2 -mfma -mf16c
@@ -44,19 +53,33 @@ endif
 ifneq ($(ARCH),aarch64)
   LIB_SRC := $(filter-out %_neon.c, $(LIB_SRC))
 endif
+ifneq ($(MPI),1)
+  LIB_SRC := $(filter-out src/comm/comm_mpi.c, $(LIB_SRC))
+endif
+# CUDA: engine_cuda.c and src/kcuda/*.cu only in CUDA builds; else the stub.
+CUDA ?= 0
+ifeq ($(CUDA),1)
+  LIB_SRC := $(filter-out src/engine/engine_nocuda.c, $(LIB_SRC))
+else
+  LIB_SRC := $(filter-out src/engine/engine_cuda.c, $(LIB_SRC))
+endif
 CLI_SRC := $(wildcard src/cli/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+ifeq ($(MPI),1)
+  # run by tests/comm_mpi_test.sh under mpirun
+  TEST_BIN += $(BUILD)/tests/mpi_comm_driver
+endif
 
 .PHONY: all test tests-bin bench run deps clean format test-neon
 
 all: $(BUILD)/tutti
 
-$(BUILD)/libtutti.a: $(LIB_OBJ)
+$(BUILD)/libtutti.a: $(LIB_OBJ) Makefile
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJ)
 
 $(BUILD)/tutti: $(CLI_OBJ) $(BUILD)/libtutti.a
 	$(CC) $(LDOPT) -o $@ $(CLI_OBJ) $(BUILD)/libtutti.a $(LDLIBS)
@@ -68,6 +91,8 @@ $(BUILD)/src/%_avx2.o: src/%_avx2.c
 $(BUILD)/src/%_avx512.o: src/%_avx512.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FLAGS_avx512) -MMD -MP -c $< -o $@
+
+$(BUILD)/src/comm/comm_mpi.o: CFLAGS += $(MPI_CFLAGS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

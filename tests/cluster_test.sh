@@ -39,10 +39,11 @@ f="$S/models/synth-llama.q8_0.gguf"
 toks=$(tr '\n' ',' < "$S/golden/synth-llama.q8_0.logits.tokens.txt" | sed 's/,$//')
 "$T" logits -m "$f" --tokens "$toks" --out "$tmp/l1.f32" -t 1 2>/dev/null
 timeout 300 $MPIRUN 3 "$T" logits -m "$f" --tokens "$toks" --out "$tmp/l3.f32" -t 1 2>"$tmp/err"
-if [ -f "$tmp/l3.f32" ] && [ "$(wc -c < "$tmp/l3.f32")" = "$(wc -c < "$tmp/l1.f32")" ]; then
-    pass logits_np3_size
+# the default (gathering) join is exact: the logits files are identical bytes
+if [ -f "$tmp/l3.f32" ] && cmp -s "$tmp/l3.f32" "$tmp/l1.f32"; then
+    pass logits_np3_bit_identical
 else
-    fail logits_np3_size "$(head -c 300 "$tmp/err")"
+    fail logits_np3_bit_identical "$(head -c 300 "$tmp/err")"
 fi
 timeout 300 $MPIRUN 3 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 --temp 0 \
     --ignore-eos --json -t 1 --split 3,1,1 > "$tmp/many" 2>"$tmp/err"

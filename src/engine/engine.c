@@ -146,6 +146,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     if (!err) err = take_slice(e, opts);
     if (!err) err = alloc_buffers(e);
     if (!err) err = shard_build(e);
+    if (!err) err = moe_setup(e, opts);
     if (!err && !(e->pool = tt_pool_create(e->n_threads)))
         err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
     if (!err && opts->n_gpu_layers != 0) {
@@ -166,6 +167,7 @@ void engine_destroy(struct engine *e)
     if (!e) return;
     if (e->accel.ctx) e->accel.destroy(e->accel.ctx);
     tt_pool_destroy(e->pool);
+    moe_teardown(e);
     shard_free(e);
     void *bufs[] = { e->k_cache, e->v_cache, e->x,      e->xn,      e->q,      e->k,
                      e->v,       e->attn,    e->ffn_a,  e->ffn_b,   e->ffn_out, e->rope_cs,

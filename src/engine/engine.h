@@ -57,6 +57,13 @@ struct engine_opts {
     int n_seq;              /* sequences with their own KV cache (0: 1), for batching */
     int n_gpu_layers;       /* layers on the GPU: -1 = as many as fit (default when a GPU
                                is found), 0 = CPU only */
+    /* MoE on several ranks: spare expert slots per rank and layer for hot
+     * copies (default 2; negative = 0), and live rebalancing: every
+     * moe_every steps (default 16; negative = never) when the imbalance
+     * exceeds moe_threshold (default 1.1). */
+    int moe_replicas;
+    int moe_every;
+    double moe_threshold;
 };
 
 enum engine_logits {
@@ -111,6 +118,14 @@ int engine_n_seq(const struct engine *e);
 int engine_seq_n_past(const struct engine *e, int seq);
 /* Forget positions >= n_past of one sequence (0 frees it for a new request). */
 void engine_seq_truncate(struct engine *e, int seq, int n_past);
+/* ---- MoE load statistics and balancing ----
+ * Tokens routed to each expert of a layer over the last ENGINE_MOE_WINDOW
+ * steps, and max/mean rank load under the current placement. */
+#define ENGINE_MOE_WINDOW 64
+int engine_moe_loads(const struct engine *e, int layer, uint64_t *loads /* [n_expert] */,
+                     double *imbalance);
+/* Rank 0: re-place experts now (all ranks, at this step boundary). */
+int engine_moe_rebalance(struct engine *e);
 int engine_rank(const struct engine *e);
 int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);

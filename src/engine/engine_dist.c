@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum step_op { STEP_DECODE, STEP_TRUNCATE, STEP_STOP, STEP_OP_COUNT };
+enum step_op { STEP_DECODE, STEP_TRUNCATE, STEP_STOP, STEP_REBALANCE, STEP_OP_COUNT };
 
 struct step {
     int32_t op;
@@ -190,6 +190,7 @@ static int execute(struct engine *e, const struct step *st, const struct step_io
     const int nv = e->m->hp.n_vocab, n = st->n;
     const int32_t *hist = io->hist;
     int err = 0, n_next = 0;
+    if (e->m->hp.n_expert) moe_stats_step(&e->moe_stats); /* one window slot per step */
     for (int c = 0; c < n && !err; c += e->n_batch) {
         const int nb = TT_MIN(e->n_batch, n - c);
         forward_batch(e, io->toks + c, nb);
@@ -248,7 +249,12 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
         if (err) return err;
     }
     struct step_io io = { toks, e->step_buf + 3 * n, logits, samplers, next };
-    return execute(e, &st, &io);
+    if ((err = execute(e, &st, &io))) return err;
+    /* live expert balancing: checked every moe_every steps */
+    if (e->moe_every && e->n_ranks > 1 && ++e->moe_steps % (uint64_t)e->moe_every == 0 &&
+        moe_max_imbalance(e) > e->moe_threshold)
+        err = engine_moe_rebalance(e);
+    return err;
 }
 
 /* Sequence 0's tokens as a batch in e->step_toks; the last one sampled if asked. */
@@ -296,6 +302,14 @@ void engine_seq_truncate(struct engine *e, int seq, int n_past)
 }
 
 void engine_truncate(struct engine *e, int n_past) { engine_seq_truncate(e, 0, n_past); }
+
+int engine_moe_rebalance(struct engine *e)
+{
+    if (e->m->hp.n_expert == 0 || e->n_ranks == 1) return 0;
+    struct step st = { .op = STEP_REBALANCE };
+    int err = send_control(e, &st);
+    return err ? err : moe_rebalance(e);
+}
 
 void engine_stop_workers(struct engine *e)
 {
@@ -346,6 +360,7 @@ static int worker_step(struct engine *e, const struct step *st, bool *stop)
         e->seq_pos[st->seq] = st->n;
         return 0;
     case STEP_STOP: *stop = true; return 0;
+    case STEP_REBALANCE: return moe_rebalance(e);
     default: return TT_ECOMM;
     }
 }

@@ -192,30 +192,33 @@ static void route(struct engine *e, int64_t n_tok)
     }
 }
 
-/* The experts held here, each on the tokens routed to it, in expert order;
- * outputs in pair order (expert, token) into `pairs` [n][n_embd]. With
- * `acc`, they are also weighted and added into e->ffn_out. Returns the
- * number of pairs. */
-static int local_experts(struct engine *e, const struct engine_layer *l, int64_t n_tok, float *pairs,
-                         bool acc)
+/* The experts held here, each on its share of the tokens routed to it, in
+ * expert order; the tokens of an expert with c copies are dealt to the copies
+ * in turn. Outputs in pair order (expert, token) into `pairs` [n][n_embd];
+ * with `acc`, also weighted and added into e->ffn_out. */
+static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs, bool acc)
 {
     const struct model_hparams *hp = &e->m->hp;
+    const struct engine_layer *l = &e->layers[il];
+    const struct moe_placement *p = &e->moe_place[il];
     const int64_t E = hp->n_embd;
     const int K = hp->n_expert_used;
     int n_pairs = 0;
-    for (int x = e->slice.expert.begin; x < e->slice.expert.end; x++) {
-        int n = 0;
+    for (int x = 0; x < hp->n_expert; x++) {
+        const int c = moe_copy_index(p, x, e->rank), nc = p->n_copies[x];
+        if (c < 0) continue;
+        int n = 0, dealt = 0;
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++)
-                if (e->sel[t * K + k] == x) {
+                if (e->sel[t * K + k] == x && dealt++ % nc == c) {
                     e->gather[n] = (int32_t)(t * K + k);
                     memcpy(e->xg + n * E, e->xn + t * E, sizeof(float) * (size_t)E);
                     n++;
                 }
         if (n == 0) continue;
         float *y = pairs ? pairs + (size_t)n_pairs * E : e->yg;
-        swiglu_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps, x - e->slice.expert.begin, e->xg,
-                   n, y, JOIN_WIDTHS_COUNT, 0);
+        swiglu_ffn(e, &l->gate_exps, &l->up_exps, &l->down_exps,
+                   e->moe_slot_of[(size_t)il * hp->n_expert + x], e->xg, n, y, JOIN_WIDTHS_COUNT, 0);
         for (int i = 0; acc && i < n; i++) {
             const int64_t t = e->gather[i] / K;
             const float w = e->sel_w[e->gather[i]];
@@ -223,35 +226,40 @@ static int local_experts(struct engine *e, const struct engine_layer *l, int64_t
         }
         n_pairs += n;
     }
-    return n_pairs;
 }
 
-/* GATHER join of the experts: every rank's pairs, all-gathered in (expert,
- * token) order, then added per token in expert order, exactly as one rank
- * adds them. */
-static void join_experts(struct engine *e, int64_t n_tok)
+/* GATHER join of the experts: every rank's pairs are all-gathered, then
+ * added per token in expert order, exactly as one rank adds them. Rank r's
+ * block lists its pairs in (expert, token) order, so walking all pairs in
+ * that order with a cursor per rank finds each output. */
+static void join_experts(struct engine *e, int il, int64_t n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
+    const struct moe_placement *p = &e->moe_place[il];
     const int64_t E = hp->n_embd;
-    const int K = hp->n_expert_used;
-    for (int r = 0; r < e->n_ranks; r++) {
-        const int32_t *w = e->widths + r * JOIN_WIDTHS_COUNT;
-        size_t n = 0;
+    const int K = hp->n_expert_used, R = e->n_ranks;
+    int64_t count[MOE_RANKS_MAX] = { 0 }, cursor[MOE_RANKS_MAX];
+    for (int x = 0; x < hp->n_expert; x++) {
+        int dealt = 0;
         for (int64_t i = 0; i < n_tok * K; i++)
-            n += e->sel[i] >= w[JOIN_EXPERT_BEGIN] && e->sel[i] < w[JOIN_EXPERT_END];
-        e->sizes[r] = sizeof(float) * n * (size_t)E;
+            if (e->sel[i] == x) count[p->copies[(size_t)x * R + dealt++ % p->n_copies[x]]]++;
+    }
+    for (int r = 0, at = 0; r < R; at += (int)count[r], r++) {
+        e->sizes[r] = sizeof(float) * (size_t)count[r] * (size_t)E;
+        cursor[r] = at;
     }
     int err = comm_allgatherv(e->comm, e->part, e->sizes[e->rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
-    const float *y = e->gathered;
-    for (int x = 0; x < hp->n_expert; x++)
+    for (int x = 0; x < hp->n_expert; x++) {
+        int dealt = 0;
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++) {
                 if (e->sel[t * K + k] != x) continue;
-                const float w = e->sel_w[t * K + k];
+                const int r = p->copies[(size_t)x * R + dealt++ % p->n_copies[x]];
+                const float *y = e->gathered + (size_t)cursor[r]++ * E, w = e->sel_w[t * K + k];
                 for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * y[d];
-                y += E;
             }
+    }
 }
 
 /* Mixture of experts: whole experts on ranks (expert parallelism); each
@@ -263,12 +271,13 @@ static void moe_ffn(struct engine *e, int il, int64_t n_tok)
     const int64_t E = hp->n_embd;
     ops_linear(e, &l->gate_inp, 0, e->xn, n_tok, e->router);
     route(e, n_tok);
+    moe_record(e, il, n_tok);
     memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
     if (joins_by_gather(e)) {
-        local_experts(e, l, n_tok, e->part, false);
-        join_experts(e, n_tok);
+        local_experts(e, il, n_tok, e->part, false);
+        join_experts(e, il, n_tok);
     } else {
-        local_experts(e, l, n_tok, NULL, true);
+        local_experts(e, il, n_tok, NULL, true);
         forward_allreduce(e, e->ffn_out, n_tok * E);
     }
     if (hp->n_ff_shexp > 0) { /* complete on every rank after its own join */

@@ -10,6 +10,7 @@
 #define TT_ENGINE_INTERNAL_H
 
 #include "engine.h"
+#include "../moe/moe.h"
 
 #define ENGINE_MATMULS_MAX 4 /* products fused into one parallel job */
 #define ENGINE_HIST_MAX SAMPLER_HISTORY_MAX /* repetition-penalty window in a step */
@@ -101,6 +102,17 @@ struct engine {
     uint64_t shard_bytes;
 
     struct engine_layer *layers; /* n_layer */
+    /* MoE: where experts live (engine_moe.c). Each layer's gate/up/down_exps
+     * views index experts by local slot: slot_of[il][x] (-1: not here). */
+    struct moe_stats moe_stats;
+    struct moe_placement *moe_place; /* [n_layer] */
+    int32_t *moe_slot_of;            /* [n_layer][n_expert] */
+    int32_t *moe_slot_expert;        /* [n_layer][slots] expert in each slot, -1 free */
+    uint8_t *moe_buf;                /* slot storage of all layers (several ranks) */
+    int moe_slots;                   /* slots per layer on this rank */
+    int moe_every;                   /* rebalance check period in steps (0: never) */
+    double moe_threshold;            /* rebalance when imbalance exceeds this */
+    uint64_t moe_steps;
     struct engine_accel accel;   /* ctx NULL: CPU only */
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
@@ -142,6 +154,16 @@ struct engine {
     struct engine_tok *step_toks; /* workers: the step's tokens */
     int step_toks_cap;
 };
+
+/* engine_moe.c */
+int moe_setup(struct engine *e, const struct engine_opts *opts);
+void moe_teardown(struct engine *e);
+/* Record the routing of the current batch (e->sel) in the statistics. */
+void moe_record(struct engine *e, int il, int64_t n_tok);
+/* All ranks: re-place experts from the statistics, copy the new ones in. */
+int moe_rebalance(struct engine *e);
+/* Largest imbalance over layers under the current placement. */
+double moe_max_imbalance(const struct engine *e);
 
 /* engine_shard.c */
 int shard_build(struct engine *e);

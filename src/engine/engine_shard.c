@@ -100,9 +100,11 @@ static void build_layer(struct shard_builder *b, int il)
     view(b, &el->w_up, &l->w_up, ff, full(E));
     view(b, &el->w_down, &l->w_down, er, gather ? full(hp->n_ff) : ff);
     view(b, &el->gate_inp, &l->gate_inp, full(hp->n_expert), full(E));
-    view_experts(b, &el->gate_exps, &l->gate_exps, fe, full(E), xs); /* whole experts */
-    view_experts(b, &el->up_exps, &l->up_exps, fe, full(E), xs);
-    view_experts(b, &el->down_exps, &l->down_exps, full(E), fe, xs);
+    if (e->n_ranks == 1) { /* several ranks: expert slots, see engine_moe.c */
+        view_experts(b, &el->gate_exps, &l->gate_exps, fe, full(E), xs);
+        view_experts(b, &el->up_exps, &l->up_exps, fe, full(E), xs);
+        view_experts(b, &el->down_exps, &l->down_exps, full(E), fe, xs);
+    }
     view(b, &el->gate_shexp, &l->gate_shexp, sh, full(E));
     view(b, &el->up_shexp, &l->up_shexp, sh, full(E));
     view(b, &el->down_shexp, &l->down_shexp, er, gather ? full(hp->n_ff_shexp) : sh);

@@ -1,0 +1,194 @@
+/*
+ * moe.c: load statistics and the balancer (see moe.h).
+ *
+ * Balancer, for loads L[x] over R ranks with S slots each (S*R >= X):
+ *  1. replication: every expert gets one copy; the S*R - X spare slots go,
+ *     one at a time, to the expert with the largest load per copy (at most R
+ *     copies: copies live on distinct ranks);
+ *  2. packing: copies sorted by load per copy, largest first, each placed on
+ *     the least loaded rank that has a free slot and no copy of that expert
+ *     (ties: lower rank).
+ * Invariants: 1 <= n_copies[x] <= R; copies of x are distinct ranks; no rank
+ * holds more than S experts; every expert is held somewhere.
+ */
+#include "moe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int moe_stats_init(struct moe_stats *s, int n_layer, int n_expert, int window)
+{
+    memset(s, 0, sizeof(*s));
+    if (n_layer < 1 || n_expert < 1 || window < 1 || window > MOE_WINDOW_MAX)
+        return tt_error_set(TT_EINVAL, "MoE statistics: bad sizes (layers %d, experts %d, window %d)",
+                            n_layer, n_expert, window);
+    s->n_layer = n_layer;
+    s->n_expert = n_expert;
+    s->window = window;
+    s->ring = calloc((size_t)window * n_layer * n_expert, sizeof(uint32_t));
+    s->sum = calloc((size_t)n_layer * n_expert, sizeof(uint64_t));
+    if (!s->ring || !s->sum) {
+        moe_stats_free(s);
+        return tt_error_set(TT_ENOMEM, "out of memory for MoE statistics");
+    }
+    return 0;
+}
+
+void moe_stats_free(struct moe_stats *s)
+{
+    free(s->ring);
+    free(s->sum);
+    memset(s, 0, sizeof(*s));
+}
+
+void moe_stats_step(struct moe_stats *s)
+{
+    s->pos = (s->pos + 1) % s->window;
+    uint32_t *old = s->ring + (size_t)s->pos * s->n_layer * s->n_expert;
+    for (size_t i = 0; i < (size_t)s->n_layer * s->n_expert; i++) {
+        s->sum[i] -= old[i];
+        old[i] = 0;
+    }
+    s->steps++;
+}
+
+int moe_placement_init(struct moe_placement *p, int n_expert, int n_ranks, int slots)
+{
+    memset(p, 0, sizeof(*p));
+    if (n_expert < 1 || n_ranks < 1 || n_ranks > MOE_RANKS_MAX || slots < 1 ||
+        (int64_t)slots * n_ranks < n_expert)
+        return tt_error_set(TT_EINVAL, "expert placement: %d experts do not fit %d ranks x %d slots",
+                            n_expert, n_ranks, slots);
+    p->n_expert = n_expert;
+    p->n_ranks = n_ranks;
+    p->slots = slots;
+    p->n_copies = calloc((size_t)n_expert, sizeof(int16_t));
+    p->copies = calloc((size_t)n_expert * n_ranks, sizeof(int16_t));
+    if (!p->n_copies || !p->copies) {
+        moe_placement_free(p);
+        return tt_error_set(TT_ENOMEM, "out of memory for the expert placement");
+    }
+    moe_place_static(p);
+    return 0;
+}
+
+void moe_placement_free(struct moe_placement *p)
+{
+    free(p->n_copies);
+    free(p->copies);
+    memset(p, 0, sizeof(*p));
+}
+
+void moe_placement_copy(struct moe_placement *dst, const struct moe_placement *src)
+{
+    TT_ASSERT(dst->n_expert == src->n_expert && dst->n_ranks == src->n_ranks);
+    dst->slots = src->slots;
+    memcpy(dst->n_copies, src->n_copies, sizeof(int16_t) * (size_t)src->n_expert);
+    memcpy(dst->copies, src->copies, sizeof(int16_t) * (size_t)src->n_expert * src->n_ranks);
+}
+
+void moe_place_static(struct moe_placement *p)
+{
+    for (int x = 0; x < p->n_expert; x++) {
+        p->n_copies[x] = 1;
+        p->copies[(size_t)x * p->n_ranks] = (int16_t)((int64_t)x * p->n_ranks / p->n_expert);
+    }
+}
+
+void moe_rank_loads(const struct moe_placement *p, const uint64_t *load, double *rank_load)
+{
+    for (int r = 0; r < p->n_ranks; r++) rank_load[r] = 0.0;
+    for (int x = 0; x < p->n_expert; x++)
+        for (int c = 0; c < p->n_copies[x]; c++)
+            rank_load[p->copies[(size_t)x * p->n_ranks + c]] += (double)load[x] / p->n_copies[x];
+}
+
+double moe_imbalance(const struct moe_placement *p, const uint64_t *load)
+{
+    double rl[MOE_RANKS_MAX], max = 0.0, sum = 0.0;
+    moe_rank_loads(p, load, rl);
+    for (int r = 0; r < p->n_ranks; r++) {
+        sum += rl[r];
+        max = rl[r] > max ? rl[r] : max;
+    }
+    return sum > 0 ? max / (sum / p->n_ranks) : 1.0;
+}
+
+int moe_copy_index(const struct moe_placement *p, int x, int rank)
+{
+    for (int c = 0; c < p->n_copies[x]; c++)
+        if (p->copies[(size_t)x * p->n_ranks + c] == rank) return c;
+    return -1;
+}
+
+struct copy_item {
+    int expert;
+    double share;
+};
+
+static int cmp_share_desc(const void *a, const void *b)
+{
+    const struct copy_item *x = a, *y = b;
+    if (x->share != y->share) return x->share < y->share ? 1 : -1;
+    return x->expert - y->expert;
+}
+
+void moe_balance(struct moe_placement *p, const uint64_t *load)
+{
+    const int X = p->n_expert, R = p->n_ranks;
+    int spare = p->slots * R - X;
+    for (int x = 0; x < X; x++) p->n_copies[x] = 1;
+    for (; spare > 0; spare--) { /* 1. replicate the largest load per copy */
+        int best = -1;
+        for (int x = 0; x < X; x++)
+            if (p->n_copies[x] < R && (best < 0 || (double)load[x] / p->n_copies[x] >
+                                                       (double)load[best] / p->n_copies[best]))
+                best = x;
+        if (best < 0 || load[best] == 0) break;
+        p->n_copies[best]++;
+    }
+    int n_items = 0;
+    struct copy_item *items = malloc(sizeof(*items) * (size_t)X * R);
+    double *rank_load = calloc((size_t)R, sizeof(double));
+    int *used = calloc((size_t)R, sizeof(int));
+    TT_ASSERT(items && rank_load && used);
+    for (int x = 0; x < X; x++)
+        for (int c = 0; c < p->n_copies[x]; c++)
+            items[n_items++] = (struct copy_item){ x, (double)load[x] / p->n_copies[x] };
+    qsort(items, (size_t)n_items, sizeof(*items), cmp_share_desc);
+    memset(p->n_copies, 0, sizeof(int16_t) * (size_t)X);
+    for (int i = 0; i < n_items; i++) { /* 2. pack onto the least loaded rank */
+        const int x = items[i].expert;
+        int best = -1;
+        for (int r = 0; r < R; r++)
+            if (used[r] < p->slots && moe_copy_index(p, x, r) < 0 &&
+                (best < 0 || rank_load[r] < rank_load[best]))
+                best = r;
+        if (best < 0) { /* only ranks holding x have room: keep fewer copies */
+            TT_ASSERT(p->n_copies[x] > 0);
+            continue;
+        }
+        p->copies[(size_t)x * R + p->n_copies[x]++] = (int16_t)best;
+        rank_load[best] += items[i].share;
+        used[best]++;
+    }
+    free(used);
+    free(rank_load);
+    free(items);
+    moe_placement_check(p);
+}
+
+void moe_placement_check(const struct moe_placement *p)
+{
+    int used[MOE_RANKS_MAX] = { 0 };
+    for (int x = 0; x < p->n_expert; x++) {
+        TT_ASSERT(p->n_copies[x] >= 1 && p->n_copies[x] <= p->n_ranks);
+        for (int c = 0; c < p->n_copies[x]; c++) {
+            const int r = p->copies[(size_t)x * p->n_ranks + c];
+            TT_ASSERT(r >= 0 && r < p->n_ranks);
+            for (int d = 0; d < c; d++) TT_ASSERT(p->copies[(size_t)x * p->n_ranks + d] != r);
+            used[r]++;
+        }
+    }
+    for (int r = 0; r < p->n_ranks; r++) TT_ASSERT(used[r] <= p->slots);
+}

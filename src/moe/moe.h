@@ -1,0 +1,68 @@
+/*
+ * moe: expert load statistics and expert placement for mixture-of-experts
+ * layers spread over ranks.
+ *
+ * Statistics: per layer and expert, the tokens routed over a sliding window
+ * of the last `window` steps (a ring of per-step counts and their running
+ * sum). Every rank computes the same routing, so every rank holds the same
+ * statistics and reaches the same placement without exchanging them.
+ *
+ * Placement: each expert has 1..n_ranks copies on distinct ranks; a rank has
+ * `slots` places per layer. moe_balance() chooses copies and places them
+ * (greedy replication, then bin packing; the EPLB approach) so the most
+ * loaded rank's work is small; the tokens of an expert with c copies are
+ * dealt to its copies in turn. All functions here are pure.
+ */
+#ifndef TT_MOE_H
+#define TT_MOE_H
+
+#include "../base/base.h"
+
+#define MOE_WINDOW_MAX 4096
+#define MOE_RANKS_MAX 4096
+
+struct moe_stats {
+    int n_layer, n_expert, window;
+    int pos;          /* ring slot of the current step */
+    uint64_t steps;   /* steps recorded */
+    uint32_t *ring;   /* [window][n_layer][n_expert] tokens per step */
+    uint64_t *sum;    /* [n_layer][n_expert] over the window */
+};
+
+int moe_stats_init(struct moe_stats *s, int n_layer, int n_expert, int window);
+void moe_stats_free(struct moe_stats *s);
+/* Start a new step: the oldest step leaves the window. */
+void moe_stats_step(struct moe_stats *s);
+static inline void moe_stats_add(struct moe_stats *s, int layer, int expert, uint32_t n)
+{
+    s->ring[((size_t)s->pos * s->n_layer + layer) * s->n_expert + expert] += n;
+    s->sum[(size_t)layer * s->n_expert + expert] += n;
+}
+static inline const uint64_t *moe_stats_layer(const struct moe_stats *s, int layer)
+{
+    return s->sum + (size_t)layer * s->n_expert;
+}
+
+struct moe_placement {
+    int n_expert, n_ranks, slots;  /* slots: experts a rank can hold */
+    int16_t *n_copies;             /* [n_expert] */
+    int16_t *copies;               /* [n_expert][n_ranks] ranks holding a copy (first n_copies) */
+};
+
+int moe_placement_init(struct moe_placement *p, int n_expert, int n_ranks, int slots);
+void moe_placement_free(struct moe_placement *p);
+void moe_placement_copy(struct moe_placement *dst, const struct moe_placement *src);
+/* Contiguous blocks of experts per rank, one copy each (the static layout). */
+void moe_place_static(struct moe_placement *p);
+/* Rank loads when each expert's load is split evenly over its copies. */
+void moe_rank_loads(const struct moe_placement *p, const uint64_t *load, double *rank_load);
+/* max rank load / mean rank load (1 = perfect; 1 when there is no load). */
+double moe_imbalance(const struct moe_placement *p, const uint64_t *load);
+/* Choose copies and their ranks for these loads; p's sizes are kept. */
+void moe_balance(struct moe_placement *p, const uint64_t *load);
+/* Does `rank` hold expert x; its index among the copies or -1. */
+int moe_copy_index(const struct moe_placement *p, int x, int rank);
+/* Assert the invariants (copies on distinct ranks, slots respected). */
+void moe_placement_check(const struct moe_placement *p);
+
+#endif

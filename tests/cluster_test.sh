@@ -64,3 +64,14 @@ pkill -9 -n -f "tutti run -m .*synth-llama.f16.gguf .*-n 2040"
 wait
 rc=$(cat "$tmp/rc")
 [ "$rc" != 0 ] && [ "$rc" != 124 ] && pass killed_rank_ends_job || fail killed_rank_ends_job "exit status $rc"
+# MoE with a skewed router: live rebalancing (every 4 steps) keeps the tokens of 1 rank.
+if "$T" gen --arch qwen3moe --n-embd 256 --n-layer 2 --n-head 4 --n-head-kv 2 --n-expert 32 \
+        --n-expert-used 4 --n-ff-exp 128 --n-ff 512 --router-skew 0.12 --type q8_0 -o "$tmp/skew.gguf" 2>/dev/null; then
+    "$T" run -m "$tmp/skew.gguf" -p "Once upon a time" -n 32 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+    timeout 300 $MPIRUN 4 "$T" run -m "$tmp/skew.gguf" -p "Once upon a time" -n 32 --temp 0 --ignore-eos --json \
+        -t 1 --moe-every 4 --moe-threshold 1.05 > "$tmp/many" 2>"$tmp/err"
+    [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass moe_live_rebalance_np4 ||
+        fail moe_live_rebalance_np4 "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+else
+    fail moe_live_rebalance_np4 "gen failed"
+fi

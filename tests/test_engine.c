@@ -17,6 +17,8 @@
 
 #include "engine/engine.h"
 
+#include <unistd.h>
+
 #define N_VOCAB 512
 #define GOLDEN_MARGIN 0.05f
 
@@ -269,13 +271,14 @@ struct tp_rank {
     int err;
     void (*lead)(struct engine *e, struct tp_rank *r); /* rank 0's work */
     int32_t multi[3][TP_GREEDY]; /* multi_seq_lead: greedy tokens of 3 sequences */
+    double imbalance[2];         /* balance_lead: before and after rebalancing */
 };
 
 static void *tp_main(void *p)
 {
     struct tp_rank *r = p;
     struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .wire = r->wire,
-                             .join = r->join, .n_seq = 3 };
+                             .join = r->join, .n_seq = 3, .moe_every = -1 };
     struct engine *e;
     if ((r->err = engine_create(&e, r->m, &o))) return NULL;
     if (engine_rank(e) != 0) {
@@ -337,6 +340,39 @@ static void multi_seq_lead(struct engine *e, struct tp_rank *r)
     for (int q = 0; q < 3; q++) sampler_free(&s[q]);
 }
 
+/* Largest imbalance over the layers, from the statistics the engine exposes. */
+static double max_imbalance(struct engine *e)
+{
+    const struct model_hparams *hp = &engine_model(e)->hp;
+    uint64_t loads[256];
+    double worst = 0.0, im;
+    for (int il = 0; il < hp->n_layer; il++)
+        if (engine_moe_loads(e, il, loads, &im) == 0 && im > worst) worst = im;
+    return worst;
+}
+
+/* Rank 0: greedy decoding with a forced rebalance half way. */
+static void balance_lead(struct engine *e, struct tp_rank *r)
+{
+    struct sampler_opts so;
+    sampler_opts_default(&so);
+    so.temperature = 0;
+    struct sampler s;
+    sampler_init(&s, &so, engine_model(e)->hp.n_vocab);
+    int32_t tok;
+    r->err = engine_eval_sample(e, r->ids, r->n_ids, &s, &tok);
+    for (int i = 0; i < TP_GREEDY && !r->err; i++) {
+        if (i == TP_GREEDY / 2) {
+            r->imbalance[0] = max_imbalance(e);
+            r->err = engine_moe_rebalance(e);
+            r->imbalance[1] = max_imbalance(e);
+        }
+        r->greedy[i] = tok;
+        if (!r->err && i + 1 < TP_GREEDY) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
+    }
+    sampler_free(&s);
+}
+
 /* Run the model on n ranks; rank 0's results in *out. */
 static int tp_run(const struct model *m, int n, enum comm_wire wire, const int32_t *ids, int n_ids,
                   struct tp_rank *out, enum plan_join join)
@@ -347,7 +383,7 @@ static int tp_run(const struct model *m, int n, enum comm_wire wire, const int32
     if (comm_local_group(comms, n)) return -1;
     for (int r = 0; r < n; r++) {
         ranks[r] = (struct tp_rank){ m, comms[r], wire, join, ids, n_ids, r == 0 ? out->logits : NULL, { 0 }, 0,
-                                     out->lead ? out->lead : logits_lead, { { 0 } } };
+                                     out->lead ? out->lead : logits_lead, { { 0 } }, { 0, 0 } };
         pthread_create(&th[r], NULL, tp_main, &ranks[r]);
     }
     int err = 0;
@@ -358,6 +394,7 @@ static int tp_run(const struct model *m, int n, enum comm_wire wire, const int32
     }
     memcpy(out->greedy, ranks[0].greedy, sizeof(out->greedy));
     memcpy(out->multi, ranks[0].multi, sizeof(out->multi));
+    memcpy(out->imbalance, ranks[0].imbalance, sizeof(out->imbalance));
     return err;
 }
 
@@ -449,7 +486,43 @@ static void test_multi_sequence(void)
     model_free(&m);
 }
 
+/* A generated MoE model with a skewed router on 4 ranks: static placement is
+ * imbalanced (>= 2), a rebalance with hot-expert copies brings it to <= 1.15,
+ * and the greedy tokens are those of one rank before and after. */
+static void test_moe_rebalance(void)
+{
+    char path[] = "/tmp/tt_test_skew_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        TEST_SKIP("no temporary file");
+        return;
+    }
+    close(fd);
+    struct model_gen_opts g = { .seed = 3, .base_type = TT_TYPE_Q8_0, .router_skew = 0.12f, .n_threads = 2 };
+    g.hp = (struct model_hparams){ .arch = MODEL_ARCH_QWEN3MOE, .n_vocab = 512, .n_embd = 256,
+                                   .n_layer = 2, .n_head = 4, .n_head_kv = 2, .head_dim = 64,
+                                   .n_ff = 512, .n_ctx_train = 512, .n_rot = 64, .rope_base = 1e6f,
+                                   .rms_eps = 1e-6f, .n_expert = 32, .n_expert_used = 4, .n_ff_exp = 128 };
+    CHECK_EQ_INT(model_gen(&g, path), 0);
+    struct model m;
+    CHECK_EQ_INT(model_load(&m, path), 0);
+    int32_t ids[32];
+    for (int i = 0; i < 32; i++) ids[i] = 3 + (i * 37) % 500;
+    struct tp_rank one = { .lead = balance_lead }, four = { .lead = balance_lead };
+    CHECK_EQ_INT(tp_run(&m, 1, COMM_WIRE_F32, ids, 32, &one, PLAN_JOIN_GATHER), 0);
+    CHECK_EQ_INT(tp_run(&m, 4, COMM_WIRE_F32, ids, 32, &four, PLAN_JOIN_GATHER), 0);
+    if (four.imbalance[0] < 2.0 || four.imbalance[1] > 1.15 || getenv("TT_TEST_VERBOSE"))
+        fprintf(stderr, "  imbalance on 4 ranks: %.3f before, %.3f after rebalancing\n",
+                four.imbalance[0], four.imbalance[1]);
+    CHECK(four.imbalance[0] >= 2.0);
+    CHECK(four.imbalance[1] <= 1.15);
+    for (int i = 0; i < TP_GREEDY; i++) CHECK_EQ_INT(four.greedy[i], one.greedy[i]);
+    model_free(&m);
+    unlink(path);
+}
+
 static const struct test_case tests[] = {
+    { "moe_rebalance_4_ranks", test_moe_rebalance },
     { "tensor_parallel_2_3_4_ranks_exact_and_summed", test_tensor_parallel },
     { "multi_sequence_1_and_3_ranks", test_multi_sequence },
     { "logits_kvf16", test_logits_kvf16 },

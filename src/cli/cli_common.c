@@ -103,7 +103,10 @@ const char cli_model_opts_help[] =
     "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n"
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
-    "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n";
+    "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
+    "      --moe-replicas R spare expert slots per rank and layer for hot copies (default 2; -1 = 0)\n"
+    "      --moe-every N    check expert balance every N steps (default 16; -1 = static placement)\n"
+    "      --moe-threshold T  rebalance when max/mean rank load exceeds T (default 1.1)\n";
 
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
 {
@@ -116,6 +119,12 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--moe-replicas"))
+        o->engine.moe_replicas = (int)cli_parse_int(a, cli_value(argc, argv, i), -1, 4096);
+    else if (!strcmp(a, "--moe-every"))
+        o->engine.moe_every = (int)cli_parse_int(a, cli_value(argc, argv, i), -1, 1 << 30);
+    else if (!strcmp(a, "--moe-threshold"))
+        o->engine.moe_threshold = cli_parse_float(a, cli_value(argc, argv, i), 1.0, 1000.0);
     else if (!strcmp(a, "--tp-join")) {
         const char *v = cli_value(argc, argv, i);
         if (!strcmp(v, "gather")) o->engine.join = PLAN_JOIN_GATHER;

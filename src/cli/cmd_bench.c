@@ -62,6 +62,8 @@ static const char bench_help[] =
     "  -p, --n-prompt N     prompt tokens (default 128)\n"
     "  -n, --n-gen N        generated tokens (default 32)\n"
     "  -r, --repeat N       repetitions; the best is reported (default 2)\n"
+    "      --moe-stats      MoE models: expert load per layer over the last steps, and the\n"
+    "                       rank imbalance (max/mean rank load) of the current placement\n"
     "      --json           one JSON object instead of the table\n";
 
 struct bench_result {
@@ -90,11 +92,43 @@ static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_r
     free(logits);
 }
 
+/* Expert loads per layer (table on stderr, or a JSON line on stdout before
+ * the main object). */
+static void print_moe_stats(const struct engine *e, bool json)
+{
+    const struct model_hparams *hp = &engine_model(e)->hp;
+    uint64_t *loads = malloc(sizeof(uint64_t) * (size_t)hp->n_expert);
+    if (!loads) cli_die(TT_ENOMEM, "MoE statistics");
+    if (json) printf("{\"moe_stats\":[");
+    else fprintf(stderr, "layer  tokens  hottest expert (share)  rank imbalance (%d ranks)\n", engine_n_ranks(e));
+    for (int il = 0; il < hp->n_layer; il++) {
+        double imb = 1.0;
+        engine_moe_loads(e, il, loads, &imb);
+        uint64_t total = 0;
+        int hot = 0;
+        for (int x = 0; x < hp->n_expert; x++) {
+            total += loads[x];
+            if (loads[x] > loads[hot]) hot = x;
+        }
+        double share = total ? (double)loads[hot] / (double)total : 0.0;
+        if (json) {
+            printf("%s{\"layer\":%d,\"imbalance\":%.4f,\"loads\":[", il ? "," : "", il, imb);
+            for (int x = 0; x < hp->n_expert; x++) printf("%s%llu", x ? "," : "", (unsigned long long)loads[x]);
+            printf("]}");
+        } else {
+            fprintf(stderr, "%5d  %6llu  %6d (%5.1f%%)           %.3f\n", il, (unsigned long long)total, hot,
+                    100.0 * share, imb);
+        }
+    }
+    if (json) printf("]}\n");
+    free(loads);
+}
+
 int cmd_bench(int argc, char **argv)
 {
     struct cli_model_opts mo = { 0 };
     int n_prompt = 128, n_gen = 32, repeat = 2;
-    bool json = false;
+    bool json = false, moe_stats = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -106,6 +140,7 @@ int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-gen")) n_gen = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1 << 20);
         else if (!strcmp(a, "-r") || !strcmp(a, "--repeat")) repeat = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1000);
         else if (!strcmp(a, "--json")) json = true;
+        else if (!strcmp(a, "--moe-stats")) moe_stats = true;
         else cli_die(0, "unknown option '%s' (see tutti bench --help)", a);
     }
     struct model m;
@@ -131,8 +166,9 @@ int cmd_bench(int argc, char **argv)
         if (r.prefill_tok_s > best.prefill_tok_s) best.prefill_tok_s = r.prefill_tok_s;
         if (r.decode_tok_s > best.decode_tok_s) best.decode_tok_s = r.decode_tok_s;
     }
-    engine_stop_workers(e);
     const uint64_t bpt = model_bytes_per_token(&m);
+    if (moe_stats && m.hp.n_expert) print_moe_stats(e, json);
+    engine_stop_workers(e);
     const double frac = bw > 0 ? best.decode_tok_s * (double)bpt / (bw * 1e9) : 0.0;
     if (json) {
         printf("{\"model\":");

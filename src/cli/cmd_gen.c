@@ -24,6 +24,7 @@ static const char gen_help[] =
     "  --n-expert-used N  experts used per token (default 2)\n"
     "  --n-ff-exp N       expert width (default n-ff)\n"
     "  --n-ff-shexp N     shared expert width (qwen2moe; default 0 = none)\n"
+    "  --router-skew S    make the first eighth of the experts hot (e.g. 0.3; default 0)\n"
     "  --type T           f32, f16, bf16, q4_0, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m (default q4_k_m)\n"
     "  --tied             no output matrix: reuse the token embeddings\n"
     "  --vocab-from FILE  copy the tokenizer from another GGUF file\n"
@@ -82,6 +83,7 @@ int cmd_gen(int argc, char **argv)
         else if (!strcmp(a, "--type")) type = v;
         else if (!strcmp(a, "--vocab-from")) vocab_from = v;
         else if (!strcmp(a, "--seed")) o.seed = (uint64_t)cli_parse_int(a, v, 0, INT64_MAX);
+        else if (!strcmp(a, "--router-skew")) o.router_skew = (float)cli_parse_float(a, v, 0, 100);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o.n_threads = (int)cli_parse_int(a, v, 1, 512);
         else if (!strcmp(a, "-o") || !strcmp(a, "--out")) out = v;
         else cli_die(0, "unknown option '%s' (see tutti gen --help)", a);

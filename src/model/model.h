@@ -133,6 +133,7 @@ struct model_gen_opts {
     bool mix_m;                  /* llama-quantize *_M mix (Q6_K for output, some attn_v/ffn_down) */
     uint64_t seed;
     bool tied_output;            /* no output.weight: reuse token_embd */
+    float router_skew;           /* > 0: make the first experts hot (MoE balancing tests) */
     const struct gguf_file *vocab_from; /* copy tokenizer.* from this file (NULL: built-in SPM vocab) */
     int n_threads;
     void (*progress)(void *ctx, double done, double total);

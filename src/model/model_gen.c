@@ -9,6 +9,10 @@
  * norms 1+N(0,0.01), biases N(0,0.09), routers N(0,0.01) (the recipe of the
  * reference synthetic models). Every row draws from its own generator seeded
  * by (seed, tensor, row), so the file does not depend on the thread count.
+ * Skewed routers (router_skew > 0, for MoE balancing tests): every token
+ * embedding gets a shared direction m, and the router rows of the first
+ * eighth of the experts get router_skew * (1 - i/n_hot) * m/|m|, so those
+ * experts win for most tokens, the first ones most often.
  * Quantization mixes follow llama-quantize's choices for *_M files: Q6_K for
  * the output matrix and for attn_v / ffn_down of the first and last eighth of
  * the layers and every third layer between.
@@ -230,6 +234,29 @@ static float gauss(uint64_t *s)
     return (sum / 65536.0f - 2.0f) * 1.7320508f;
 }
 
+struct fill_job {
+    const struct gen_tensor *t;
+    uint64_t seed;
+    int ti;
+    uint8_t *data;
+    size_t row_bytes;
+    float *scratch;        /* [n_threads][ne0] */
+    const float *shared;   /* [n_embd] unit direction m/|m| when skewed, else NULL */
+    float skew;
+    int n_hot;
+};
+
+/* The skew added to row `row` of tensor t (see the top of the file). */
+static void add_skew(const struct fill_job *j, int64_t row, float *x)
+{
+    const struct gen_tensor *t = j->t;
+    const int64_t n = t->ne[0];
+    if (t->init == INIT_EMBED)
+        for (int64_t i = 0; i < n; i++) x[i] += j->shared[i] * sqrtf((float)n);
+    else if (t->init == INIT_ROUTER && t->ne[1] > 1 && row < j->n_hot)
+        for (int64_t i = 0; i < n; i++) x[i] += j->skew * (1.0f - (float)row / (float)j->n_hot) * j->shared[i] * sqrtf((float)n) / sqrtf(2.0f);
+}
+
 static void fill_row(const struct gen_tensor *t, uint64_t seed, int ti, int64_t row, float *x)
 {
     uint64_t s = seed * 0x100000001B3ull ^ ((uint64_t)ti << 40) ^ (uint64_t)row;
@@ -247,15 +274,6 @@ static void fill_row(const struct gen_tensor *t, uint64_t seed, int ti, int64_t 
     for (int64_t i = 0; i < n; i++) x[i] = mean + sd * gauss(&s);
 }
 
-struct fill_job {
-    const struct gen_tensor *t;
-    uint64_t seed;
-    int ti;
-    uint8_t *data;
-    size_t row_bytes;
-    float *scratch; /* [n_threads][ne0] */
-};
-
 static void fill_run(void *p, int ith, int nth)
 {
     struct fill_job *j = p;
@@ -266,6 +284,7 @@ static void fill_run(void *p, int ith, int nth)
     float *x = j->scratch + (size_t)ith * (size_t)t->ne[0];
     for (int64_t r = r0; r < r1; r++) {
         fill_row(t, j->seed, j->ti, r, x);
+        if (j->shared) add_skew(j, r, x);
         tr->from_float(x, j->data + (size_t)r * j->row_bytes, t->ne[0]);
     }
 }
@@ -284,16 +303,29 @@ static int write_tensors(const struct model_gen_opts *o, const struct gen_list *
     }
     uint8_t *data = malloc(max_bytes);
     float *scratch = malloc(sizeof(float) * (size_t)max_ne0 * (size_t)tt_pool_size(pool));
-    int err = pool && data && scratch ? 0 : tt_error_set(TT_ENOMEM, "out of memory (%zu MiB buffer)", max_bytes >> 20);
+    float *shared = o->router_skew > 0 ? malloc(sizeof(float) * (size_t)o->hp.n_embd) : NULL;
+    int err = pool && data && scratch && (shared || o->router_skew <= 0)
+                  ? 0 : tt_error_set(TT_ENOMEM, "out of memory (%zu MiB buffer)", max_bytes >> 20);
+    if (shared && !err) { /* a unit direction drawn from the seed */
+        uint64_t st = o->seed ^ 0x5DEECE66Dull;
+        double norm = 0.0;
+        for (int i = 0; i < o->hp.n_embd; i++) {
+            shared[i] = gauss(&st);
+            norm += (double)shared[i] * shared[i];
+        }
+        for (int i = 0; i < o->hp.n_embd; i++) shared[i] /= (float)sqrt(norm);
+    }
     for (int i = 0; i < l->n && !err; i++) {
         const struct gen_tensor *t = &l->t[i];
         size_t rb = tt_row_size(t->type, t->ne[0]), size = rb * (size_t)(t->ne[1] * t->ne[2]);
-        struct fill_job j = { t, o->seed, i, data, rb, scratch };
+        struct fill_job j = { t, o->seed, i, data, rb, scratch, shared, o->router_skew,
+                              TT_MAX(1, o->hp.n_expert / 8) };
         tt_pool_run(pool, fill_run, &j);
         err = gguf_writer_write_tensor(w, data, size);
         done += size;
         if (o->progress) o->progress(o->progress_ctx, (double)done, (double)total);
     }
+    free(shared);
     free(scratch);
     free(data);
     tt_pool_destroy(pool);

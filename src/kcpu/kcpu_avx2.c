@@ -247,10 +247,20 @@ FLOAT_MATMUL(matmul_bf16, FK_BF16)
 #define Q8K_QS 4
 #define Q8K_BSUMS 260
 
-/* Q4_K / Q5_K scales: bytes sc0..7, m0..7 (see quant.h). */
-INL void q4k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
+/* Q4_K / Q5_K scales: the 16 bytes at p (d, dmin, scales[12]) become bytes
+ * sc0..sc7, m0..m7 (the 6-bit fields of tt_q4_K_scale_min). */
+INL __m128i q4k_scales(const uint8_t *p)
 {
-    for (int j = 0; j < 8; j++) tt_q4_K_scale_min(j, s, &sc[j], &m[j]);
+    const __m128i s = _mm_loadu_si128((const __m128i *)p); /* S[i] = byte 4 + i */
+    /* P: S0..3, S8..11, S4..7, S8..11; Q: -, S0..3, -, S4..7 */
+    const __m128i P = _mm_shuffle_epi8(s, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m128i Q = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+    const __m128i sel = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1);
+    const __m128i P2 = _mm_blendv_epi8(P, _mm_srli_epi16(P, 4), sel);
+    const __m128i lo = _mm_and_si128(P2, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(Q, 2), _mm_setr_epi8(0, 0, 0, 0, 0x30, 0x30, 0x30, 0x30, 0, 0, 0, 0,
+                                                                     0x30, 0x30, 0x30, 0x30));
+    return _mm_or_si128(lo, hi);
 }
 
 INL void row_q45k(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x, const uint8_t *a,
@@ -263,15 +273,15 @@ INL void row_q45k(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x, 
         _mm_prefetch((const char *)x + 8 * bsz, _MM_HINT_T0);
         _mm_prefetch((const char *)x + 8 * bsz + 64, _MM_HINT_T0);
         _mm_prefetch((const char *)x + 8 * bsz + 128, _MM_HINT_T0);
-        uint8_t sc[8], mn[8];
-        q4k_scales(x + 4, sc, mn);
+        const __m128i u = q4k_scales(x);
+        const __m256i u2 = _mm256_broadcastsi128_si256(u);
         const float d = f16(x), dmin = f16(x + 2);
         const uint8_t *qs = x + (HAS_QH ? 48 : 16);
         const __m256i qh = HAS_QH ? _mm256_loadu_si256((const __m256i *)(x + 16)) : _mm256_setzero_si256();
-        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
         /* m0, m0, m1, m1, ... for the 16 bsums */
-        const __m256i mpair = _mm256_permute2x128_si256(_mm256_unpacklo_epi16(m16, m16),
-                                                        _mm256_unpackhi_epi16(m16, m16), 0x20);
+        const __m256i mpair = _mm256_shuffle_epi8(
+            u2, _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1, 12, -1,
+                                 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1));
         __m256i L[8];
         UNROLL
         for (int g = 0; g < 4; g++) {
@@ -293,7 +303,8 @@ INL void row_q45k(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x, 
             UNROLL
             for (int j = 0; j < 8; j++) {
                 const __m256i p = _mm256_maddubs_epi16(L[j], _mm256_loadu_si256((const __m256i *)(ab + Q8K_QS + 32 * j)));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[j])));
+                const __m256i scj = _mm256_shuffle_epi8(u2, _mm256_set1_epi16((short)j | (short)0xFF00));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scj));
             }
             const __m256i imin = _mm256_madd_epi16(mpair, _mm256_loadu_si256((const __m256i *)(ab + Q8K_BSUMS)));
             float dy;

@@ -75,3 +75,26 @@ if "$T" gen --arch qwen3moe --n-embd 256 --n-layer 2 --n-head 4 --n-head-kv 2 --
 else
     fail moe_live_rebalance_np4 "gen failed"
 fi
+# Memory: each rank holds about 1/N of the weights (peak RSS, file-backed pages
+# included: weights/N + 64 MiB); --mem-limit below the whole model but above a
+# rank's share runs on 2 ranks and is refused clearly on 1.
+if "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n-ff 2816 --vocab 4096 \
+        --type q8_0 -o "$tmp/big.gguf" 2>/dev/null; then
+    size_mib=$(( $(wc -c < "$tmp/big.gguf") / 1048576 ))
+    for n in 1 2 4; do
+        timeout 300 $MPIRUN $n "$T" run -m "$tmp/big.gguf" -p "Once upon a time" -n 8 --temp 0 --json -t 1 \
+            --ctx 256 > "$tmp/out" 2>"$tmp/err"
+        rss=$(sed 's/.*"rss_peak_mib":\[\([^]]*\)\].*/\1/' "$tmp/out")
+        limit=$(( size_mib / n + 64 ))
+        worst=$(echo "$rss" | tr ',' '\n' | sort -n | tail -1)
+        echo "  ranks $n: model $size_mib MiB, per-rank peak RSS [$rss] MiB, bound $limit MiB"
+        if [ -n "$worst" ] && [ "${worst%.*}" -le "$limit" ]; then pass "rss_np$n"; else fail "rss_np$n" "[$rss] > $limit"; fi
+    done
+    lim=$(( size_mib * 3 / 4 ))
+    timeout 300 $MPIRUN 2 "$T" run -m "$tmp/big.gguf" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit $lim > /dev/null 2>"$tmp/err" &&
+        pass mem_limit_fits_on_2 || fail mem_limit_fits_on_2 "$(head -c 300 "$tmp/err")"
+    "$T" run -m "$tmp/big.gguf" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit $lim > /dev/null 2>"$tmp/err"
+    [ $? -eq 1 ] && grep -q "memory limit" "$tmp/err" && pass mem_limit_refused_on_1 || fail mem_limit_refused_on_1 "$(cat "$tmp/err")"
+else
+    fail rss "gen failed"
+fi

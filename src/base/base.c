@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,17 +85,46 @@ void tt_log(enum tt_log_level level, const char *fmt, ...)
     fprintf(stderr, "tutti: %s: %s\n", prefix[level], buf);
 }
 
+/* Small blocks come from malloc; large ones from anonymous mmap, whose zero
+ * pages cost no memory until written (buffers sized for the largest batch
+ * stay small for decode). A header before the block records which. */
+#define ALLOC_MMAP_MIN (1u << 20)
+struct alloc_header {
+    size_t total;  /* mapped bytes, 0 for malloc */
+    void *base;    /* what malloc returned */
+};
+_Static_assert(sizeof(struct alloc_header) <= TT_ALIGN, "header fits the alignment pad");
+
 void *tt_alloc(size_t size_bytes)
 {
-    void *p = NULL;
-    size_t rounded = (size_bytes + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;
-    if (rounded < size_bytes) return NULL;
-    if (posix_memalign(&p, TT_ALIGN, rounded ? rounded : TT_ALIGN) != 0) return NULL;
-    memset(p, 0, rounded ? rounded : TT_ALIGN);
-    return p;
+    size_t total = size_bytes + TT_ALIGN;
+    if (total < size_bytes) return NULL;
+    uint8_t *base;
+    struct alloc_header h = { 0, NULL };
+    if (total >= ALLOC_MMAP_MIN) {
+        void *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) return NULL;
+        base = m;
+        h.total = total;
+    } else {
+        void *m = NULL;
+        if (posix_memalign(&m, TT_ALIGN, total) != 0) return NULL;
+        memset(m, 0, total);
+        base = m;
+    }
+    h.base = base;
+    memcpy(base, &h, sizeof(h));
+    return base + TT_ALIGN;
 }
 
-void tt_free(void *p) { free(p); }
+void tt_free(void *p)
+{
+    if (!p) return;
+    struct alloc_header h;
+    memcpy(&h, (uint8_t *)p - TT_ALIGN, sizeof(h));
+    if (h.total) munmap(h.base, h.total);
+    else free(h.base);
+}
 
 float tt_f16_to_f32(tt_f16 h)
 {
@@ -177,4 +207,16 @@ int tt_cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+uint64_t tt_peak_rss_bytes(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    if (!fp) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof(line), fp))
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1) break;
+    fclose(fp);
+    return (uint64_t)kb * 1024;
 }

@@ -98,6 +98,10 @@ void tt_pool_run(struct tt_pool *pool, tt_pool_job job, void *ctx);
 /* Split [0,n) into nth near-equal chunks aligned to `align`; chunk ith. */
 void tt_split_range(int64_t n, int ith, int nth, int64_t align, int64_t *begin, int64_t *end);
 
+/* Peak resident memory of this process (VmHWM: anonymous and file-backed
+ * pages), 0 if unknown. */
+uint64_t tt_peak_rss_bytes(void);
+
 /* Number of online CPUs (cores, not counting SMT siblings where detectable). */
 int tt_cpu_count(void);
 

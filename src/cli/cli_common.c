@@ -104,6 +104,7 @@ const char cli_model_opts_help[] =
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
+    "      --mem-limit MIB  refuse to start when a rank would need more memory than this\n"
     "      --moe-replicas R spare expert slots per rank and layer for hot copies (default 2; -1 = 0)\n"
     "      --moe-every N    check expert balance every N steps (default 16; -1 = static placement)\n"
     "      --moe-threshold T  rebalance when max/mean rank load exceeds T (default 1.1)\n";
@@ -119,6 +120,8 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--mem-limit"))
+        o->engine.mem_limit_bytes = (uint64_t)cli_parse_int(a, cli_value(argc, argv, i), 1, 1ll << 30) << 20;
     else if (!strcmp(a, "--moe-replicas"))
         o->engine.moe_replicas = (int)cli_parse_int(a, cli_value(argc, argv, i), -1, 4096);
     else if (!strcmp(a, "--moe-every"))

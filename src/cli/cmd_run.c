@@ -143,16 +143,18 @@ static void generate(struct engine *e, const struct tok_vocab *v, const struct r
     sampler_free(&s);
 }
 
-static void print_json(const struct gen_result *r, int n_prompt, int n_ranks)
+static void print_json(const struct gen_result *r, int n_prompt, int n_ranks, const uint64_t *rss)
 {
     printf("{\"tokens\":[");
     for (int i = 0; i < r->n_tokens; i++) printf("%s%d", i ? "," : "", r->tokens[i]);
     printf("],\"text\":");
     cli_json_str(stdout, r->text ? r->text : "", r->text_len);
     printf(",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"ttft_ms\":%.3f,\"prefill_tok_s\":%.3f,"
-           "\"decode_tok_s\":%.3f,\"ranks\":%d}\n",
+           "\"decode_tok_s\":%.3f,\"ranks\":%d,\"rss_peak_mib\":[",
            n_prompt, r->n_tokens, r->ttft_ms, r->prefill_s > 0 ? n_prompt / r->prefill_s : 0.0,
            r->decode_s > 0 ? r->n_decoded / r->decode_s : 0.0, n_ranks);
+    for (int i = 0; i < n_ranks; i++) printf("%s%.1f", i ? "," : "", (double)rss[i] / 1048576.0);
+    printf("]}\n");
 }
 
 int cmd_run(int argc, char **argv)
@@ -169,10 +171,12 @@ int cmd_run(int argc, char **argv)
     if (err) cli_die(err, "cannot set up the engine");
     if (!leader) {
         err = engine_worker_run(e);
+        if (err) cli_die(err, "rank %d stopped", comm_rank(cli_comm()));
+        uint64_t rss = tt_peak_rss_bytes();
+        comm_gather(cli_comm(), &rss, sizeof(rss), NULL, 0);
         engine_destroy(e);
         model_free(&m);
         free(o.mo.plan);
-        if (err) cli_die(err, "rank %d stopped", comm_rank(cli_comm()));
         return 0;
     }
     struct tok_vocab *v;
@@ -186,8 +190,15 @@ int cmd_run(int argc, char **argv)
     struct gen_result r = { 0 };
     generate(e, v, &o, prompt, n_prompt, &r);
     engine_stop_workers(e);
+    const int n_ranks = engine_n_ranks(e);
+    uint64_t *rss = calloc((size_t)n_ranks, sizeof(uint64_t));
+    if (!rss) cli_die(TT_ENOMEM, "collecting memory figures");
+    const uint64_t my_rss = tt_peak_rss_bytes();
+    rss[0] = my_rss;
+    if (n_ranks > 1 && (err = comm_gather(cli_comm(), &my_rss, sizeof(uint64_t), rss, 0)))
+        cli_die(err, "collecting memory figures");
     if (o.json) {
-        print_json(&r, n_prompt, engine_n_ranks(e));
+        print_json(&r, n_prompt, n_ranks, rss);
     } else {
         printf("\n");
         fprintf(stderr, "tutti: %d rank%s, prompt %d tokens, TTFT %.1f ms, prefill %.1f tok/s, "
@@ -195,6 +206,7 @@ int cmd_run(int argc, char **argv)
                 n_prompt, r.ttft_ms, r.prefill_s > 0 ? n_prompt / r.prefill_s : 0.0,
                 r.decode_s > 0 ? r.n_decoded / r.decode_s : 0.0, r.n_tokens);
     }
+    free(rss);
     free(r.tokens);
     free(r.text);
     engine_destroy(e);

@@ -42,6 +42,7 @@ static int alloc_buffers(struct engine *e)
     e->scores = tt_alloc((size_t)e->n_threads * (size_t)e->n_ctx * 4);
     e->q_half = tt_alloc((size_t)e->n_threads * HD * 4);
     e->act_bytes = B * in_max * 4;
+    e->buffers_bytes = 2 * kv_bytes + ENGINE_MATMULS_MAX * e->act_bytes;
     e->logits_local = tt_alloc(B * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
     e->cand = tt_alloc(sizeof(struct sampler_cand) * (size_t)(e->n_ranks + 1) * B * ENGINE_CAND_SLOTS);
     /* gathering joins: whole rows, and the all-gather receive buffer */
@@ -135,6 +136,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     e->n_batch = opts->n_batch > 0 ? opts->n_batch : ENGINE_BATCH_DEFAULT;
     e->kv_type = opts->kv == ENGINE_KV_F32 ? TT_TYPE_F32 : TT_TYPE_F16;
     e->n_seq = opts->n_seq > 0 ? opts->n_seq : 1;
+    e->mem_limit = opts->mem_limit_bytes;
     int err = 0;
     if (e->n_seq > ENGINE_SEQ_MAX)
         err = tt_error_set(TT_EINVAL, "%d sequences exceed the limit %d", e->n_seq, ENGINE_SEQ_MAX);

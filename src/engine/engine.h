@@ -64,6 +64,9 @@ struct engine_opts {
     int moe_replicas;
     int moe_every;
     double moe_threshold;
+    /* Refuse (TT_ENOMEM, saying how much is needed) when this rank's weights,
+     * KV cache and buffers would exceed this many bytes; 0 = no limit. */
+    uint64_t mem_limit_bytes;
 };
 
 enum engine_logits {

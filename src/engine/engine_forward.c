@@ -312,7 +312,7 @@ void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd;
     for (int i = 0; i < n; i++)
-        ops_rmsnorm(e->x + rows[i] * E, e->m->output_norm.data, e->xn + i * E, E, hp->rms_eps);
+        ops_rmsnorm(e->x + rows[i] * E, e->output_norm, e->xn + i * E, E, hp->rms_eps);
     ops_linear(e, &e->output, 0, e->xn, n, out);
 }
 
@@ -325,7 +325,7 @@ void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok)
         const int s = toks[t].seq;
         e->tok_seq[t] = s;
         e->tok_pos[t] = e->seq_pos[s]++; /* later tokens of s sit after this one */
-        tr->to_float(model_weight_row(w, 0, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
+        tr->to_float(shard_embd_row(e, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
     }
     int il = 0;
     if (e->accel.ctx && e->accel.n_layers_accel > 0) {

@@ -100,6 +100,12 @@ struct engine {
     int n_vocab_local;
     uint8_t *shard;          /* copied weight slices (multi-rank), or NULL */
     uint64_t shard_bytes;
+    int fd;                  /* the model file, read with pread on several ranks (-1: map) */
+    uint64_t mem_limit;      /* bytes, 0 = none */
+    uint64_t buffers_bytes;  /* KV cache and activations */
+    const float *output_norm; /* [n_embd] (copied on several ranks) */
+    const float *rope_freqs;  /* [n_rot/2] or NULL */
+    uint8_t *embd_row;        /* one token_embd row read from the file */
 
     struct engine_layer *layers; /* n_layer */
     /* MoE: where experts live (engine_moe.c). Each layer's gate/up/down_exps
@@ -168,6 +174,11 @@ double moe_max_imbalance(const struct engine *e);
 /* engine_shard.c */
 int shard_build(struct engine *e);
 void shard_free(struct engine *e);
+/* Bytes [src, src+size) of the model's map into dst: from the map itself on
+ * one rank, with pread on several (so the map's pages are never touched). */
+int shard_read(struct engine *e, const void *src, size_t size, void *dst);
+/* Row `id` of the token embeddings (pointer valid until the next call). */
+const void *shard_embd_row(struct engine *e, int32_t id);
 
 /* Byte offset of (sequence, layer, position) in k_cache / v_cache. */
 static inline size_t kv_offset(const struct engine *e, int seq, int il, int pos)

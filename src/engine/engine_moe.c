@@ -29,17 +29,20 @@
 static size_t expert_bytes(const struct model_weight *w) { return w->row_bytes * (size_t)w->ne[1]; }
 
 /* Copy expert x of layer il into slot s (several ranks). */
-static void load_slot(struct engine *e, int il, int s, int x)
+static int load_slot(struct engine *e, int il, int s, int x)
 {
     const struct model_layer *ml = &e->m->layers[il];
     struct engine_layer *l = &e->layers[il];
     const struct model_weight *src[3] = { &ml->gate_exps, &ml->up_exps, &ml->down_exps };
     struct engine_weight *dst[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
-    for (int i = 0; i < 3; i++)
-        memcpy((uint8_t *)dst[i]->data + (size_t)s * dst[i]->expert_stride,
-               model_weight_row(src[i], x, 0), expert_bytes(src[i]));
+    for (int i = 0; i < 3; i++) {
+        int err = shard_read(e, model_weight_row(src[i], x, 0), expert_bytes(src[i]),
+                             (uint8_t *)dst[i]->data + (size_t)s * dst[i]->expert_stride);
+        if (err) return err;
+    }
     e->moe_slot_expert[(size_t)il * e->moe_slots + s] = x;
     e->moe_slot_of[(size_t)il * e->m->hp.n_expert + x] = s;
+    return 0;
 }
 
 /* Slot storage and views for several ranks; fills the static placement. */
@@ -68,9 +71,10 @@ static int setup_slots(struct engine *e)
             at += expert_bytes(src[i]) * (size_t)e->moe_slots;
         }
         const struct moe_placement *p = &e->moe_place[il];
-        int s = 0;
-        for (int x = 0; x < hp->n_expert; x++)
-            if (moe_copy_index(p, x, e->rank) >= 0) load_slot(e, il, s++, x);
+        int s = 0, err = 0;
+        for (int x = 0; x < hp->n_expert && !err; x++)
+            if (moe_copy_index(p, x, e->rank) >= 0) err = load_slot(e, il, s++, x);
+        if (err) return err;
     }
     return 0;
 }
@@ -143,7 +147,8 @@ static int rebalance_layer(struct engine *e, int il, struct moe_placement *next)
         if (moe_copy_index(next, x, e->rank) < 0 || slot_of[x] >= 0) continue;
         while (s < S && slot_x[s] >= 0) s++;
         TT_ASSERT(s < S);
-        load_slot(e, il, s, x);
+        int err = load_slot(e, il, s, x);
+        TT_ASSERT(err == 0 && "the model file can no longer be read");
         n_new++;
     }
     moe_placement_copy(&e->moe_place[il], next);

@@ -103,7 +103,7 @@ void ops_rope_table(const struct engine *e, int n_tok, float *cs)
 {
     const struct model_hparams *hp = &e->m->hp;
     const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
-    const float *ff = e->m->rope_freqs.data;
+    const float *ff = e->rope_freqs;
     for (int t = 0; t < n_tok; t++) {
         float theta = (float)e->tok_pos[t] * hp->rope_freq_scale;
         float *row = cs + (size_t)t * hp->n_rot;

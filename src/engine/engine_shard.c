@@ -4,18 +4,24 @@
  * A view is a row range and a column range of a model weight (per expert for
  * stacked experts). On one rank the views point straight into the read-only
  * map: the weights are never copied and the page cache is shared. On several
- * ranks every sliced weight is copied into one buffer of this rank's own, so
- * it holds about 1/N of the weights; afterwards the map's pages are released
- * (MADV_DONTNEED) and only the small replicated tensors (norms, biases,
- * routers, the embedding rows of the tokens seen) are read from it again.
+ * ranks each rank reads its slices with pread into one buffer of its own, and
+ * never touches the map's data pages (a touched page of a file mapping can
+ * bring a whole large folio with it, so reading through the map would make a
+ * rank hold far more than its part). Replicated tensors (norms, biases,
+ * routers) are read the same way; token embedding rows are read one by one
+ * as tokens arrive. So a rank holds its part of the weights, the small
+ * replicated tensors, and nothing else of the file.
  * Column ranges start and end on block boundaries (the plan guarantees it), so
  * a slice of a quantized row is a whole number of blocks, copied as bytes.
  */
 #include "engine_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 struct range {
     int64_t begin, end;
@@ -26,7 +32,44 @@ struct shard_builder {
     bool copy;       /* multi-rank: copy slices into e->shard */
     uint64_t used;   /* bytes placed (or counted) so far */
     bool counting;   /* first pass: only count bytes */
+    int err;
 };
+
+int shard_read(struct engine *e, const void *src, size_t size, void *dst)
+{
+    if (e->fd < 0) {
+        memcpy(dst, src, size);
+        return 0;
+    }
+    off_t off = (off_t)((const uint8_t *)src - e->m->file.map);
+    for (size_t done = 0; done < size;) {
+        ssize_t n = pread(e->fd, (uint8_t *)dst + done, size - done, off + (off_t)done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+            return tt_error_set(TT_EIO, "reading %zu bytes at offset %lld of '%s': %s", size,
+                                (long long)off, e->m->path, n < 0 ? strerror(errno) : "file shrank");
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+const void *shard_embd_row(struct engine *e, int32_t id)
+{
+    const struct model_weight *w = &e->m->token_embd;
+    const void *row = model_weight_row(w, 0, id);
+    if (e->fd < 0) return row;
+    int err = shard_read(e, row, w->row_bytes, e->embd_row);
+    TT_ASSERT(err == 0 && "the model file can no longer be read");
+    return e->embd_row;
+}
+
+/* Room for `bytes` in the shard (NULL while counting). */
+static uint8_t *place(struct shard_builder *b, uint64_t bytes)
+{
+    uint8_t *dst = b->e->shard + b->used;
+    b->used += (bytes + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;
+    return b->counting ? NULL : dst;
+}
 
 static struct range full(int64_t n) { return (struct range){ 0, n }; }
 
@@ -52,18 +95,23 @@ static void view_experts(struct shard_builder *b, struct engine_weight *v,
         v->row_stride = w->row_bytes;
         return;
     }
-    const uint64_t bytes = (uint64_t)slice_row * (uint64_t)n_rows * (uint64_t)n_exp;
-    uint8_t *dst = b->e->shard + b->used;
-    b->used += (bytes + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;
-    if (b->counting) return;
+    uint8_t *dst = place(b, (uint64_t)slice_row * (uint64_t)n_rows * (uint64_t)n_exp);
+    if (!dst) return;
     v->data = dst;
     v->row_stride = slice_row;
     v->expert_stride = slice_row * (size_t)n_rows;
-    for (int64_t x = 0; x < n_exp; x++)
-        for (int64_t r = 0; r < n_rows; r++)
-            memcpy(dst + (size_t)(x * n_rows + r) * slice_row,
-                   (const uint8_t *)model_weight_row(w, exps.begin + x, rows.begin + r) + col_off,
-                   slice_row);
+    const bool whole_rows = slice_row == w->row_bytes;
+    for (int64_t x = 0; x < n_exp && !b->err; x++) {
+        const uint8_t *src = model_weight_row(w, exps.begin + x, rows.begin);
+        uint8_t *out = dst + (size_t)x * v->expert_stride;
+        if (whole_rows) { /* one contiguous range */
+            b->err = shard_read(b->e, src, slice_row * (size_t)n_rows, out);
+            continue;
+        }
+        for (int64_t r = 0; r < n_rows && !b->err; r++)
+            b->err = shard_read(b->e, src + (size_t)r * w->row_bytes + col_off, slice_row,
+                                out + (size_t)r * slice_row);
+    }
 }
 
 static void view(struct shard_builder *b, struct engine_weight *v, const struct model_weight *w,
@@ -72,9 +120,21 @@ static void view(struct shard_builder *b, struct engine_weight *v, const struct 
     view_experts(b, v, w, rows, cols, (struct range){ 0, w->ne[2] });
 }
 
-static const float *vec(const struct model_weight *w, int64_t begin)
+/* A replicated or sliced F32 vector: elements [begin, begin+n) of w. */
+static const float *vec_slice(struct shard_builder *b, const struct model_weight *w, int64_t begin,
+                              int64_t n)
 {
-    return w->data ? (const float *)w->data + begin : NULL;
+    if (!w->data) return NULL;
+    const float *src = (const float *)w->data + begin;
+    if (!b->copy) return src;
+    float *dst = (float *)place(b, sizeof(float) * (uint64_t)n);
+    if (dst && !b->err) b->err = shard_read(b->e, src, sizeof(float) * (size_t)n, dst);
+    return dst;
+}
+
+static const float *vec(struct shard_builder *b, const struct model_weight *w, int64_t begin)
+{
+    return vec_slice(b, w, begin, w->ne[0] - begin);
 }
 
 static void build_layer(struct shard_builder *b, int il)
@@ -108,14 +168,14 @@ static void build_layer(struct shard_builder *b, int il)
     view(b, &el->gate_shexp, &l->gate_shexp, sh, full(E));
     view(b, &el->up_shexp, &l->up_shexp, sh, full(E));
     view(b, &el->down_shexp, &l->down_shexp, er, gather ? full(hp->n_ff_shexp) : sh);
-    el->attn_norm = vec(&l->attn_norm, 0);
-    el->ffn_norm = vec(&l->ffn_norm, 0);
-    el->bq = vec(&l->bq, q.begin);
-    el->bk = vec(&l->bk, kv.begin);
-    el->bv = vec(&l->bv, kv.begin);
-    el->q_norm = vec(&l->q_norm, 0);
-    el->k_norm = vec(&l->k_norm, 0);
-    el->gate_inp_shexp = vec(&l->gate_inp_shexp, 0);
+    el->attn_norm = vec(b, &l->attn_norm, 0);
+    el->ffn_norm = vec(b, &l->ffn_norm, 0);
+    el->bq = vec_slice(b, &l->bq, q.begin, q.end - q.begin);
+    el->bk = vec_slice(b, &l->bk, kv.begin, kv.end - kv.begin);
+    el->bv = vec_slice(b, &l->bv, kv.begin, kv.end - kv.begin);
+    el->q_norm = vec(b, &l->q_norm, 0);
+    el->k_norm = vec(b, &l->k_norm, 0);
+    el->gate_inp_shexp = vec(b, &l->gate_inp_shexp, 0);
 }
 
 static void build_all(struct shard_builder *b)
@@ -125,33 +185,55 @@ static void build_all(struct shard_builder *b)
     for (int il = 0; il < e->m->hp.n_layer; il++) build_layer(b, il);
     view(b, &e->output, &e->m->output, (struct range){ e->slice.vocab.begin, e->slice.vocab.end },
          full(e->m->hp.n_embd));
+    e->output_norm = vec(b, &e->m->output_norm, 0);
+    e->rope_freqs = vec(b, &e->m->rope_freqs, 0);
 }
 
 int shard_build(struct engine *e)
 {
+    e->fd = -1;
     e->layers = calloc((size_t)e->m->hp.n_layer, sizeof(*e->layers));
     if (!e->layers) return tt_error_set(TT_ENOMEM, "out of memory");
     struct shard_builder b = { .e = e, .copy = e->n_ranks > 1, .counting = true };
+    if (!b.copy && e->mem_limit && e->m->file.size_bytes + e->buffers_bytes > e->mem_limit)
+        return tt_error_set(TT_ENOMEM, "the model needs %.0f MiB (file %.0f MiB, KV cache and buffers "
+                            "%.0f MiB) but the memory limit is %.0f MiB; run it on several ranks",
+                            (double)(e->m->file.size_bytes + e->buffers_bytes) / 1048576.0,
+                            (double)e->m->file.size_bytes / 1048576.0,
+                            (double)e->buffers_bytes / 1048576.0, (double)e->mem_limit / 1048576.0);
     if (b.copy) {
+        if (!e->m->path || (e->fd = open(e->m->path, O_RDONLY | O_CLOEXEC)) < 0)
+            return tt_error_set(TT_EIO, "cannot open the model file '%s' to read this rank's slices",
+                                e->m->path ? e->m->path : "(in memory)");
+        e->embd_row = malloc(e->m->token_embd.row_bytes);
         build_all(&b);
         e->shard_bytes = b.used;
-        if (!(e->shard = tt_alloc(b.used)))
+        if (e->mem_limit && b.used + e->buffers_bytes > e->mem_limit)
+            return tt_error_set(TT_ENOMEM, "rank %d needs %.0f MiB (its weights %.0f MiB, KV cache "
+                                "and buffers %.0f MiB) but its memory limit is %.0f MiB; use more "
+                                "ranks or a smaller --ctx", e->rank,
+                                (double)(b.used + e->buffers_bytes) / 1048576.0,
+                                (double)b.used / 1048576.0, (double)e->buffers_bytes / 1048576.0,
+                                (double)e->mem_limit / 1048576.0);
+        if (!e->embd_row || !(e->shard = tt_alloc(b.used)))
             return tt_error_set(TT_ENOMEM, "cannot allocate %.1f MiB for this rank's weights",
                                 (double)b.used / 1048576.0);
         b.counting = false;
     }
     build_all(&b);
-    if (b.copy && e->m->file.owns_map) { /* release the map's pages: this rank keeps its copy */
-        const struct gguf_file *f = &e->m->file;
-        madvise((void *)f->map, f->size_bytes, MADV_DONTNEED);
-    }
-    return 0;
+    if (b.copy && e->m->file.owns_map) /* whatever parsing touched goes too */
+        madvise((void *)e->m->file.map, e->m->file.size_bytes, MADV_DONTNEED);
+    return b.err;
 }
 
 void shard_free(struct engine *e)
 {
+    if (e->fd >= 0) close(e->fd);
+    e->fd = -1;
     free(e->layers);
+    free(e->embd_row);
     tt_free(e->shard);
     e->layers = NULL;
     e->shard = NULL;
+    e->embd_row = NULL;
 }

@@ -281,12 +281,20 @@ int model_load(struct model *m, const char *path)
     int err = gguf_open(&f, path);
     if (err) return err;
     err = model_bind(m, &f);
-    if (err) gguf_close(&f);
-    return err;
+    if (err) {
+        gguf_close(&f);
+        return err;
+    }
+    if (!(m->path = strdup(path))) {
+        model_free(m);
+        return tt_error_set(TT_ENOMEM, "out of memory");
+    }
+    return 0;
 }
 
 void model_free(struct model *m)
 {
+    free(m->path);
     free(m->layers);
     gguf_close(&m->file);
     memset(m, 0, sizeof(*m));

@@ -97,6 +97,7 @@ struct model {
     struct model_weight rope_freqs;  /* optional [n_rot/2] frequency factors (llama3 scaling) */
     struct model_layer *layers;      /* n_layer */
     uint64_t weight_bytes;           /* all tensor data */
+    char *path;                      /* the file (model_load), for ranks that read slices */
 };
 
 /* Map `path` and bind it. Errors: TT_EIO, TT_EFORMAT, TT_EUNSUPPORTED (with a

@@ -1,0 +1,704 @@
+/*
+ * engine_cuda.c: the CUDA accelerator behind the engine's hook (struct
+ * engine_accel): whole layers run on one GPU, the rest stay on the CPU.
+ * Compiled instead of engine_nocuda.c when the build has CUDA.
+ *
+ * Set-up: this rank's weight views of layers [0, n_layers) (and the output
+ * rows when every layer fits) are copied once into one device arena, with a
+ * progress bar when that takes more than a second; each of those layers gets
+ * a device KV cache of n_seq * n_ctx positions. n_gpu_layers = -1 takes as
+ * many layers as fit in the free memory less a margin.
+ *
+ * A batch: the host's residual rows e->x, the RoPE angles, positions and
+ * sequences are staged through pinned memory; the layers run as kcuda
+ * kernels on one stream; e->x comes back. A single-token batch (decode) is
+ * captured once as a CUDA graph and replayed; when the output rows are on
+ * the device that graph also computes the logits of its token, which
+ * cuda_logits() then hands out without another round trip.
+ *
+ * Invariants:
+ *   1. The device never holds state the host does not know about except its
+ *      KV cache, which follows the engine's seq_pos bookkeeping: positions
+ *      are written where the host says, so truncation needs no device work.
+ *   2. Buffers and their addresses are fixed after set-up (graphs rely on it).
+ *   3. Every failure returns a TT_E* code with a detail, logged here because
+ *      the engine turns accelerator failures into an assertion.
+ * Several ranks are not supported yet (TT_EUNSUPPORTED; the engine then
+ * stays on the CPU when the layer count was automatic).
+ */
+#include "engine_internal.h"
+#include "../kcuda/kcuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+_Static_assert((int)KCUDA_F32 == (int)TT_TYPE_F32 && (int)KCUDA_F16 == (int)TT_TYPE_F16 &&
+                   (int)KCUDA_Q4_0 == (int)TT_TYPE_Q4_0 && (int)KCUDA_Q8_0 == (int)TT_TYPE_Q8_0 &&
+                   (int)KCUDA_Q4_K == (int)TT_TYPE_Q4_K && (int)KCUDA_Q5_K == (int)TT_TYPE_Q5_K &&
+                   (int)KCUDA_Q6_K == (int)TT_TYPE_Q6_K && (int)KCUDA_Q8_K == (int)TT_TYPE_Q8_K &&
+                   (int)KCUDA_BF16 == (int)TT_TYPE_BF16,
+               "kcuda type ids are GGML's");
+
+#define GPU_MARGIN_BYTES (768ull << 20) /* left free for the driver, cuBLAS, graphs */
+#define GPU_ACT_SLOTS 3                 /* activation types converted from one input */
+#define GPU_LOGIT_ROWS 64               /* logits rows computed per pass */
+
+struct gpu_layer {
+    struct kcuda_weight wq, wk, wv, wo;
+    struct kcuda_weight w_gate, w_up, w_down;
+    struct kcuda_weight gate_inp, gate_exps, up_exps, down_exps;
+    struct kcuda_weight gate_shexp, up_shexp, down_shexp;
+    const float *attn_norm, *ffn_norm;   /* [n_embd] */
+    const float *bq, *bk, *bv;           /* or NULL */
+    const float *q_norm, *k_norm;        /* [head_dim] or NULL */
+    const float *gate_inp_shexp;         /* [n_embd] or NULL */
+    void *k_cache, *v_cache;             /* [n_seq][n_ctx][n_kv_local*head_dim] */
+};
+
+/* Activations converted from one input, one slot per activation type. */
+struct act_set {
+    int n;
+    int type[GPU_ACT_SLOTS];
+    size_t stride[GPU_ACT_SLOTS];
+};
+
+struct cuda_accel {
+    struct kcuda *k;
+    int n_layers;            /* layers [0, n_layers) are here */
+    bool has_output;         /* output rows and norm are here */
+    struct gpu_layer *layers;
+    struct kcuda_weight output;
+    const float *output_norm;
+    struct kcuda_attn_shape shape;
+    int B, n_slots_max, max_tiles;
+    uint8_t *arena;          /* weights */
+    uint64_t arena_bytes, arena_used;
+    uint8_t *kv;             /* caches of all device layers */
+    uint8_t *bufs;           /* activations */
+    /* device activations (shapes with B = n_batch tokens, S = B * n_expert_used slots) */
+    float *x;                /* [B][E] residual stream */
+    float *xn;               /* [B][E] normed (router input, logits rows) */
+    float *q, *kx, *vx;      /* [B][qd], [B][kvd], [B][kvd] */
+    float *attn;             /* [B][qd] */
+    float *ffn_a, *ffn_b;    /* [max(B*ff, S*ff_exp)] */
+    float *ffn_out;          /* [max(B, S)][E] expert outputs */
+    float *ysh;              /* [B][max(E, n_ff_shexp)] shared expert output (or scratch) */
+    float *router, *sel_w;   /* [B][n_expert], [S] */
+    int32_t *sel, *tiles;    /* [S], [max_tiles][KCUDA_MOE_TILE_INTS] */
+    float *cs;               /* [B][n_rot] */
+    int32_t *pos, *seq, *rows; /* [B] */
+    float *part;             /* attention parts */
+    float *logits;           /* [GPU_LOGIT_ROWS][n_vocab_local] */
+    uint8_t *act[GPU_ACT_SLOTS];
+    size_t act_bytes;
+    /* pinned host staging */
+    float *h_x, *h_cs, *h_logits;
+    int32_t *h_pos, *h_seq;
+    /* decode */
+    struct kcuda_graph *graph;
+    bool graph_off;
+    bool logits_ready;       /* h_logits holds the last single-token batch's logits */
+};
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static int vec_type(int type) { return (int)tt_type_get((uint32_t)type)->vec_dot_type; }
+
+/* ---- upload ---- */
+
+struct progress {
+    double start_s;
+    bool shown;
+    int last_pct;
+    uint64_t done, total;
+};
+
+static void progress_update(struct progress *p, uint64_t add)
+{
+    p->done += add;
+    const char *env = getenv("TT_PROGRESS");
+    const bool enabled = env ? atoi(env) != 0 : isatty(2);
+    if (!enabled || tt_now_s() - p->start_s < 1.0 || !p->total) return;
+    const int pct = (int)(100.0 * (double)p->done / (double)p->total);
+    if (pct == p->last_pct) return;
+    p->last_pct = pct;
+    p->shown = true;
+    const int bar = pct * 30 / 100;
+    fprintf(stderr, "\r%-10s [%.*s%*s] %3d%%", "to GPU", bar, "##############################",
+            30 - bar, "", pct);
+    fflush(stderr);
+}
+
+/* Place (or, with `count`, only measure) a weight view in the arena. */
+struct placer {
+    struct cuda_accel *c;
+    bool count;
+    uint64_t used;
+    struct progress prog;
+};
+
+static int place_bytes(struct placer *p, const void *src, size_t bytes, void **dst)
+{
+    *dst = NULL;
+    if (!src || !bytes) return 0;
+    const uint64_t off = p->used;
+    p->used += align256(bytes + KCUDA_WEIGHT_PAD);
+    if (p->count) return 0;
+    *dst = p->c->arena + off;
+    const size_t chunk = 64u << 20;
+    for (size_t o = 0; o < bytes; o += chunk) {
+        const size_t n = bytes - o < chunk ? bytes - o : chunk;
+        int err = kcuda_upload(p->c->k, (uint8_t *)*dst + o, (const uint8_t *)src + o, n);
+        if (err) return err;
+        progress_update(&p->prog, n);
+    }
+    return 0;
+}
+
+static int place_weight(struct placer *p, struct kcuda_weight *dst, const struct engine_weight *src,
+                        int64_t n_exp)
+{
+    memset(dst, 0, sizeof(*dst));
+    if (!src->data || src->n_out == 0) return 0;
+    const size_t row = tt_row_size((enum tt_type)src->type, src->n_in);
+    const size_t bytes = row * (size_t)src->n_out * (size_t)n_exp;
+    *dst = (struct kcuda_weight){ NULL, (int)src->type, src->n_in, src->n_out, row, row * (size_t)src->n_out };
+    const bool packed = src->row_stride == row && (n_exp == 1 || src->expert_stride == dst->expert_stride);
+    if (packed) return place_bytes(p, src->data, bytes, (void **)&dst->data);
+    const uint64_t off = p->used;
+    p->used += align256(bytes + KCUDA_WEIGHT_PAD);
+    if (p->count) return 0;
+    dst->data = p->c->arena + off;
+    for (int64_t x = 0; x < n_exp; x++) {
+        int err = kcuda_upload_2d(p->c->k, (uint8_t *)dst->data + (size_t)x * dst->expert_stride, row,
+                                  src->data + (size_t)x * src->expert_stride, src->row_stride, row,
+                                  (size_t)src->n_out);
+        if (err) return err;
+        progress_update(&p->prog, row * (size_t)src->n_out);
+    }
+    return 0;
+}
+
+static int place_vec(struct placer *p, const float **dst, const float *src, int64_t n)
+{
+    return place_bytes(p, src, src ? (size_t)n * 4 : 0, (void **)dst);
+}
+
+static int place_layer(struct placer *p, struct engine *e, int il)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct engine_layer *l = &e->layers[il];
+    struct gpu_layer *g = &p->c->layers[il];
+    const int64_t E = hp->n_embd, hd = hp->head_dim, X = TT_MAX(hp->n_expert, 1);
+    const struct { struct kcuda_weight *d; const struct engine_weight *s; int64_t n_exp; } ws[] = {
+        { &g->wq, &l->wq, 1 },           { &g->wk, &l->wk, 1 },
+        { &g->wv, &l->wv, 1 },           { &g->wo, &l->wo, 1 },
+        { &g->w_gate, &l->w_gate, 1 },   { &g->w_up, &l->w_up, 1 },
+        { &g->w_down, &l->w_down, 1 },   { &g->gate_inp, &l->gate_inp, 1 },
+        { &g->gate_exps, &l->gate_exps, X }, { &g->up_exps, &l->up_exps, X },
+        { &g->down_exps, &l->down_exps, X }, { &g->gate_shexp, &l->gate_shexp, 1 },
+        { &g->up_shexp, &l->up_shexp, 1 },   { &g->down_shexp, &l->down_shexp, 1 },
+    };
+    int err = 0;
+    for (size_t i = 0; i < TT_ARRAY_LEN(ws) && !err; i++) err = place_weight(p, ws[i].d, ws[i].s, ws[i].n_exp);
+    const int64_t qd = (int64_t)e->n_head_local * hd, kvd = (int64_t)e->n_kv_local * hd;
+    if (!err) err = place_vec(p, &g->attn_norm, l->attn_norm, E);
+    if (!err) err = place_vec(p, &g->ffn_norm, l->ffn_norm, E);
+    if (!err) err = place_vec(p, &g->bq, l->bq, qd);
+    if (!err) err = place_vec(p, &g->bk, l->bk, kvd);
+    if (!err) err = place_vec(p, &g->bv, l->bv, kvd);
+    if (!err) err = place_vec(p, &g->q_norm, l->q_norm, hd);
+    if (!err) err = place_vec(p, &g->k_norm, l->k_norm, hd);
+    if (!err) err = place_vec(p, &g->gate_inp_shexp, l->gate_inp_shexp, E);
+    return err;
+}
+
+static int place_output(struct placer *p, struct engine *e)
+{
+    int err = place_weight(p, &p->c->output, &e->output, 1);
+    if (!err) err = place_vec(p, &p->c->output_norm, e->m->output_norm.data, e->m->hp.n_embd);
+    return err;
+}
+
+/* ---- sizes ---- */
+
+static size_t kv_layer_bytes(const struct engine *e)
+{
+    const size_t kvd = (size_t)e->n_kv_local * (size_t)e->m->hp.head_dim;
+    return align256((size_t)e->n_seq * (size_t)e->n_ctx * kvd * (e->kv_type == TT_TYPE_F16 ? 2 : 4));
+}
+
+static int attn_splits(const struct engine *e, int n_tok)
+{
+    if (n_tok == 1) return KCUDA_ATTN_SPLIT_MAX;
+    const int s = (e->n_ctx + 255) / 256;
+    return TT_MAX(1, TT_MIN(s, KCUDA_ATTN_SPLIT_MAX));
+}
+
+/* Bytes of the device activation buffers (and their layout when base is set). */
+static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t *base)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const size_t B = (size_t)c->B, E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
+    const size_t qd = (size_t)TT_MAX(e->n_head_local, 1) * hd, kvd = (size_t)TT_MAX(e->n_kv_local, 1) * hd;
+    const size_t K = (size_t)TT_MAX(hp->n_expert_used, 1), S = B * K, X = (size_t)TT_MAX(hp->n_expert, 1);
+    const size_t ff = (size_t)TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
+    const size_t ffb = TT_MAX(B * ff, hp->n_expert ? S * (size_t)hp->n_ff_exp : 0);
+    const size_t in_max = TT_MAX(TT_MAX(E, (size_t)hp->n_head * hd), ff);
+    c->act_bytes = align256(TT_MAX(B * kcuda_act_row_bytes(KCUDA_F32, (int64_t)in_max),
+                                   hp->n_expert ? S * kcuda_act_row_bytes(KCUDA_F32, hp->n_ff_exp) : 0));
+    const size_t part = kcuda_attn_part_floats(&c->shape, (int64_t)B, attn_splits(e, (int)B));
+    const size_t part1 = kcuda_attn_part_floats(&c->shape, 1, KCUDA_ATTN_SPLIT_MAX);
+    size_t off = 0;
+#define BUF(ptr, bytes)                                                      \
+    do {                                                                     \
+        if (base) *(void **)&(ptr) = base + off;                             \
+        off += align256(bytes);                                              \
+    } while (0)
+    BUF(c->x, B * E * 4);
+    BUF(c->xn, B * E * 4);
+    BUF(c->q, B * qd * 4);
+    BUF(c->kx, B * kvd * 4);
+    BUF(c->vx, B * kvd * 4);
+    BUF(c->attn, B * qd * 4);
+    BUF(c->ffn_a, ffb * 4);
+    BUF(c->ffn_b, ffb * 4);
+    BUF(c->ffn_out, TT_MAX(B, hp->n_expert ? S : 0) * E * 4);
+    BUF(c->ysh, B * TT_MAX(E, (size_t)hp->n_ff_shexp) * 4);
+    BUF(c->router, B * X * 4);
+    BUF(c->sel_w, S * 4);
+    BUF(c->sel, S * 4);
+    BUF(c->tiles, (size_t)c->max_tiles * KCUDA_MOE_TILE_INTS * 4);
+    BUF(c->cs, B * (size_t)TT_MAX(hp->n_rot, 2) * 4);
+    BUF(c->pos, B * 4);
+    BUF(c->seq, B * 4);
+    BUF(c->rows, B * 4);
+    BUF(c->part, TT_MAX(part, part1) * 4);
+    BUF(c->logits, (size_t)GPU_LOGIT_ROWS * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
+    for (int i = 0; i < GPU_ACT_SLOTS; i++) BUF(c->act[i], c->act_bytes);
+#undef BUF
+    return off;
+}
+
+static size_t scratch_bytes(const struct engine *e, int B)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t ff = TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
+    const int64_t in_max = TT_MAX(TT_MAX(hp->n_embd, (int64_t)hp->n_head * hp->head_dim), ff);
+    return kcuda_linear_scratch_bytes(B, in_max, ff);
+}
+
+/* ---- the forward pass on the device ---- */
+
+/* Convert n_tok rows of x (ld floats apart; RMS-normed with w when w is not
+ * NULL) once for every distinct activation type the weights ws take. `yf`,
+ * when set, receives the normed rows as floats. */
+static int acts_prepare(struct cuda_accel *c, struct act_set *s, const float *x, int64_t ld,
+                        int64_t n_tok, int64_t n, const float *w, float eps, float *yf,
+                        const struct kcuda_weight *const *ws, int n_w)
+{
+    s->n = 0;
+    const float e = w ? eps : -1.0f;
+    int err = 0;
+    for (int i = 0; i < n_w && !err; i++) {
+        if (!ws[i]->data) continue;
+        const int t = vec_type(ws[i]->type);
+        int j = 0;
+        while (j < s->n && s->type[j] != t) j++;
+        if (j < s->n) continue;
+        TT_ASSERT(s->n < GPU_ACT_SLOTS);
+        s->type[j] = t;
+        s->stride[j] = kcuda_act_row_bytes(t, n);
+        s->n++;
+        err = kcuda_norm_convert(c->k, t, x, ld, n_tok, n, w, e, yf, c->act[j], s->stride[j]);
+        yf = NULL;
+    }
+    if (!err && yf) err = kcuda_norm_convert(c->k, KCUDA_F32, x, ld, n_tok, n, w, e, NULL, yf, (size_t)n * 4);
+    return err;
+}
+
+static const void *act_of(const struct cuda_accel *c, const struct act_set *s,
+                          const struct kcuda_weight *w, size_t *stride)
+{
+    const int t = vec_type(w->type);
+    for (int j = 0; j < s->n; j++) {
+        if (s->type[j] == t) {
+            *stride = s->stride[j];
+            return c->act[j];
+        }
+    }
+    TT_ASSERT(!"activation type not converted");
+    return NULL;
+}
+
+static int lin(struct cuda_accel *c, const struct act_set *s, const struct kcuda_weight *w,
+               const struct kcuda_weight *w2, int64_t n_tok, float *out, int64_t ldo,
+               const float *bias, enum kcuda_out_mode mode)
+{
+    if (!w->data) return 0;
+    size_t st;
+    const void *a = act_of(c, s, w, &st);
+    return kcuda_linear(c->k, w, w2, a, st, n_tok, out, ldo, bias, mode);
+}
+
+static bool pairable(const struct kcuda_weight *a, const struct kcuda_weight *b)
+{
+    return a->type == b->type && a->n_in == b->n_in && a->n_out == b->n_out &&
+           a->row_stride == b->row_stride && a->expert_stride == b->expert_stride;
+}
+
+static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct gpu_layer *g = &c->layers[il];
+    const int64_t E = hp->n_embd, hd = hp->head_dim;
+    const int64_t qd = (int64_t)e->n_head_local * hd, kvd = (int64_t)e->n_kv_local * hd;
+    struct act_set s;
+    const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
+    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
+    if (!err) err = lin(c, &s, &g->wq, NULL, n_tok, c->q, qd, g->bq, KCUDA_OUT_STORE);
+    if (!err) err = lin(c, &s, &g->wk, NULL, n_tok, c->kx, kvd, g->bk, KCUDA_OUT_STORE);
+    if (!err) err = lin(c, &s, &g->wv, NULL, n_tok, c->vx, kvd, g->bv, KCUDA_OUT_STORE);
+    if (!err)
+        err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
+                               c->cs, c->pos, c->seq, g->k_cache, g->v_cache);
+    if (!err)
+        err = kcuda_attention(c->k, &c->shape, n_tok, attn_splits(e, n_tok), c->q, g->k_cache,
+                              g->v_cache, c->pos, c->seq, c->part, c->attn);
+    if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
+    if (!err) err = lin(c, &s, &g->wo, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
+    return err;
+}
+
+/* gate, up -> silu(gate) * up into `h` [n_tok][ff] (ff = gate rows). */
+static int swiglu_pair(struct cuda_accel *c, const struct act_set *s, const struct kcuda_weight *gate,
+                       const struct kcuda_weight *up, int64_t n_tok, float *h, float *tmp)
+{
+    const int64_t ff = gate->n_out;
+    if (pairable(gate, up) && vec_type(gate->type) == vec_type(up->type))
+        return lin(c, s, gate, up, n_tok, h, ff, NULL, KCUDA_OUT_SWIGLU);
+    int err = lin(c, s, gate, NULL, n_tok, h, ff, NULL, KCUDA_OUT_STORE);
+    if (!err) err = lin(c, s, up, NULL, n_tok, tmp, ff, NULL, KCUDA_OUT_STORE);
+    if (!err) err = kcuda_swiglu(c->k, h, tmp, n_tok, ff, ff);
+    return err;
+}
+
+static int dense_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct gpu_layer *g = &c->layers[il];
+    const int64_t E = hp->n_embd, ff = g->w_gate.n_out;
+    struct act_set s;
+    const struct kcuda_weight *ws[] = { &g->w_gate, &g->w_up }, *wd[] = { &g->w_down };
+    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, NULL, ws, 2);
+    if (!err) err = swiglu_pair(c, &s, &g->w_gate, &g->w_up, n_tok, c->ffn_a, c->ffn_b);
+    if (!err) err = acts_prepare(c, &s, c->ffn_a, ff, n_tok, ff, NULL, 0.0f, NULL, wd, 1);
+    if (!err) err = lin(c, &s, &g->w_down, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
+    return err;
+}
+
+/* Experts chosen on the device: router, top-k, tiles of slots per expert,
+ * gate/up and down of each slot's expert, then the ordered join into x. */
+static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const struct gpu_layer *g = &c->layers[il];
+    const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
+    const int tile_tok = n_tok == 1 ? 1 : KCUDA_MOE_TILE;
+    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, hp->n_expert);
+    const bool shared = g->gate_shexp.data != NULL;
+    struct act_set s;
+    const struct kcuda_weight *ws[] = { &g->gate_inp, &g->gate_exps, &g->up_exps, &g->gate_shexp, &g->up_shexp };
+    const struct kcuda_weight *wd[] = { &g->down_exps }, *wsd[] = { &g->down_shexp };
+    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
+    if (!err) err = lin(c, &s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
+    if (!err) err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel, c->sel_w);
+    if (!err) err = kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles);
+    size_t st = 0;
+    const void *a = err ? NULL : act_of(c, &s, &g->gate_exps, &st);
+    if (!err && pairable(&g->gate_exps, &g->up_exps)) {
+        err = kcuda_matvec_experts(c->k, &g->gate_exps, &g->up_exps, c->tiles, max_tiles, tile_tok, a, st,
+                                   hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_SWIGLU);
+    } else if (!err) {
+        err = kcuda_matvec_experts(c->k, &g->gate_exps, NULL, c->tiles, max_tiles, tile_tok, a, st,
+                                   hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_STORE);
+        const void *au = err ? NULL : act_of(c, &s, &g->up_exps, &st);
+        if (!err) err = kcuda_matvec_experts(c->k, &g->up_exps, NULL, c->tiles, max_tiles, tile_tok, au, st,
+                                             hp->n_expert_used, c->ffn_b, fe, KCUDA_OUT_STORE);
+        if (!err) err = kcuda_swiglu(c->k, c->ffn_a, c->ffn_b, S, fe, fe);
+    }
+    if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh);
+    if (!err) err = acts_prepare(c, &s, c->ffn_a, fe, S, fe, NULL, 0.0f, NULL, wd, 1);
+    a = err ? NULL : act_of(c, &s, &g->down_exps, &st);
+    if (!err) err = kcuda_matvec_experts(c->k, &g->down_exps, NULL, c->tiles, max_tiles, tile_tok, a, st, 1,
+                                         c->ffn_out, E, KCUDA_OUT_STORE);
+    const int64_t fs = g->gate_shexp.n_out;
+    if (!err && shared) err = acts_prepare(c, &s, c->ffn_b, fs, n_tok, fs, NULL, 0.0f, NULL, wsd, 1);
+    if (!err && shared) err = lin(c, &s, &g->down_shexp, NULL, n_tok, c->ysh, E, NULL, KCUDA_OUT_STORE);
+    if (!err)
+        err = kcuda_moe_join(c->k, c->x, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
+                             shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
+    return err;
+}
+
+/* Logits of the single token of a decode batch into h_logits (queued). */
+static int decode_logits(struct cuda_accel *c, struct engine *e)
+{
+    const int64_t E = e->m->hp.n_embd;
+    struct act_set s;
+    const struct kcuda_weight *wo[] = { &c->output };
+    int err = acts_prepare(c, &s, c->x, E, 1, E, c->output_norm, e->m->hp.rms_eps, NULL, wo, 1);
+    if (!err) err = lin(c, &s, &c->output, NULL, 1, c->logits, c->output.n_out, NULL, KCUDA_OUT_STORE);
+    if (!err) err = kcuda_download(c->k, c->h_logits, c->logits, (size_t)c->output.n_out * 4);
+    return err;
+}
+
+static int run_range(struct cuda_accel *c, struct engine *e, int n_tok, bool with_logits)
+{
+    int err = 0;
+    for (int il = 0; il < c->n_layers && !err; il++) {
+        err = attention_block(c, e, il, n_tok);
+        if (!err) err = e->m->hp.n_expert ? moe_ffn(c, e, il, n_tok) : dense_ffn(c, e, il, n_tok);
+    }
+    if (!err && with_logits && c->has_output) err = decode_logits(c, e);
+    return err;
+}
+
+/* One token: replay the captured graph (captured on first use). */
+static int decode_step(struct cuda_accel *c, struct engine *e)
+{
+    if (!c->graph && !c->graph_off) {
+        int err = kcuda_graph_begin(c->k);
+        if (!err) {
+            int run = run_range(c, e, 1, true);
+            err = kcuda_graph_end(c->k, &c->graph);
+            err = run ? run : err;
+        }
+        if (err) {
+            tt_warn("GPU: decode runs without a CUDA graph (%s)", tt_error_detail());
+            tt_error_clear();
+            kcuda_graph_destroy(c->graph);
+            c->graph = NULL;
+            c->graph_off = true;
+        }
+    }
+    if (c->graph) return kcuda_graph_launch(c->k, c->graph);
+    return run_range(c, e, 1, true);
+}
+
+static int stage_in(struct cuda_accel *c, struct engine *e, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const size_t xb = (size_t)n_tok * (size_t)hp->n_embd * 4, cb = (size_t)n_tok * (size_t)hp->n_rot * 4;
+    if (hp->n_rot > 0) ops_rope_table(e, n_tok, e->rope_cs);
+    memcpy(c->h_x, e->x, xb);
+    memcpy(c->h_cs, e->rope_cs, cb);
+    memcpy(c->h_pos, e->tok_pos, (size_t)n_tok * 4);
+    memcpy(c->h_seq, e->tok_seq, (size_t)n_tok * 4);
+    int err = kcuda_upload(c->k, c->x, c->h_x, xb);
+    if (!err) err = kcuda_upload(c->k, c->cs, c->h_cs, cb);
+    if (!err) err = kcuda_upload(c->k, c->pos, c->h_pos, (size_t)n_tok * 4);
+    if (!err) err = kcuda_upload(c->k, c->seq, c->h_seq, (size_t)n_tok * 4);
+    return err;
+}
+
+static int fail(int err)
+{
+    tt_log(TT_LOG_ERROR, "GPU: %s", tt_error_detail());
+    return err;
+}
+
+static int cuda_run_layers(void *ctx, struct engine *e, int il0, int il1, int n_tok)
+{
+    struct cuda_accel *c = ctx;
+    TT_ASSERT(il0 == 0 && il1 == c->n_layers && n_tok > 0 && n_tok <= c->B);
+    const size_t xb = (size_t)n_tok * (size_t)e->m->hp.n_embd * 4;
+    c->logits_ready = false;
+    int err = stage_in(c, e, n_tok);
+    if (!err) err = n_tok == 1 ? decode_step(c, e) : run_range(c, e, n_tok, false);
+    if (!err) err = kcuda_download(c->k, c->h_x, c->x, xb);
+    if (!err) err = kcuda_sync(c->k);
+    if (err) return fail(err);
+    memcpy(e->x, c->h_x, xb);
+    c->logits_ready = n_tok == 1 && c->has_output;
+    return 0;
+}
+
+static int cuda_logits(void *ctx, struct engine *e, const int32_t *rows, int n, float *out)
+{
+    struct cuda_accel *c = ctx;
+    const int64_t E = e->m->hp.n_embd, V = c->output.n_out;
+    if (c->logits_ready && n == 1 && rows[0] == 0) {
+        memcpy(out, c->h_logits, (size_t)V * 4);
+        return 0;
+    }
+    const struct kcuda_weight *wo[] = { &c->output };
+    int err = 0;
+    for (int r0 = 0; r0 < n && !err; r0 += GPU_LOGIT_ROWS) {
+        const int m = TT_MIN(GPU_LOGIT_ROWS, n - r0);
+        struct act_set s;
+        memcpy(c->h_pos, rows + r0, (size_t)m * 4);
+        err = kcuda_upload(c->k, c->rows, c->h_pos, (size_t)m * 4);
+        if (!err) err = kcuda_gather_rows(c->k, c->x, c->rows, m, E, c->xn);
+        if (!err) err = acts_prepare(c, &s, c->xn, E, m, E, c->output_norm, e->m->hp.rms_eps, NULL, wo, 1);
+        if (!err) err = lin(c, &s, &c->output, NULL, m, c->logits, V, NULL, KCUDA_OUT_STORE);
+        if (!err) err = kcuda_download(c->k, out + (size_t)r0 * (size_t)V, c->logits, (size_t)m * (size_t)V * 4);
+        if (!err) err = kcuda_sync(c->k);
+    }
+    return err ? fail(err) : 0;
+}
+
+/* ---- set-up and teardown ---- */
+
+static void cuda_destroy(void *ctx)
+{
+    struct cuda_accel *c = ctx;
+    if (!c) return;
+    kcuda_graph_destroy(c->graph);
+    kcuda_free(c->arena);
+    kcuda_free(c->kv);
+    kcuda_free(c->bufs);
+    kcuda_host_free(c->h_x);
+    kcuda_host_free(c->h_cs);
+    kcuda_host_free(c->h_pos);
+    kcuda_host_free(c->h_seq);
+    kcuda_host_free(c->h_logits);
+    kcuda_destroy(c->k);
+    free(c->layers);
+    free(c);
+}
+
+/* What the kernels cannot take, as a message; NULL if the model fits them. */
+static const char *unsupported(const struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    if (e->n_ranks > 1) return "GPU layers with several ranks are not supported yet";
+    if (hp->head_dim > KCUDA_HEAD_DIM_MAX) return "heads longer than 256";
+    if (hp->n_expert > 1024 || hp->n_expert_used > 32) return "more than 1024 experts or 32 per token";
+    if (e->n_batch > 65535) return "batches over 65535 tokens";
+    return NULL;
+}
+
+/* Decide how many layers go to the device: bytes of each layer (weights and
+ * cache) against the free memory less the margin and the buffers. */
+static int choose_layers(struct cuda_accel *c, struct engine *e, int n_req, uint64_t fixed,
+                         uint64_t *w_bytes, uint64_t *out_bytes)
+{
+    const int L = e->m->hp.n_layer;
+    struct placer p = { .c = c, .count = true };
+    uint64_t *lb = calloc((size_t)L, sizeof(uint64_t));
+    if (!lb) return tt_error_set(TT_ENOMEM, "out of host memory");
+    for (int il = 0; il < L; il++) {
+        const uint64_t before = p.used;
+        place_layer(&p, e, il);
+        lb[il] = p.used - before;
+    }
+    const uint64_t before = p.used;
+    place_output(&p, e);
+    *out_bytes = p.used - before;
+    size_t fr = 0, tot = 0;
+    int err = kcuda_mem_info(c->k, &fr, &tot);
+    const uint64_t kvb = 2 * kv_layer_bytes(e);
+    const uint64_t avail = fr > fixed + GPU_MARGIN_BYTES ? fr - fixed - GPU_MARGIN_BYTES : 0;
+    uint64_t used = 0;
+    int n = 0;
+    while (!err && n < L && (n_req < 0 || n < n_req) && used + lb[n] + kvb <= avail) used += lb[n] + kvb, n++;
+    if (!err && n_req > 0 && n < TT_MIN(n_req, L))
+        err = tt_error_set(TT_ENOMEM, "%d layers need more GPU memory than the %.1f GiB free; "
+                           "use --gpu-layers %d or fewer, or a smaller --ctx",
+                           TT_MIN(n_req, L), (double)fr / (1 << 30), n);
+    c->n_layers = n;
+    c->has_output = n == L && used + *out_bytes <= avail;
+    *w_bytes = 0;
+    for (int il = 0; il < n; il++) *w_bytes += lb[il];
+    free(lb);
+    return err;
+}
+
+static int alloc_all(struct cuda_accel *c, struct engine *e, uint64_t w_bytes, size_t buf_bytes)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const size_t B = (size_t)c->B;
+    int err = kcuda_malloc(c->k, (void **)&c->arena, w_bytes, "the weights");
+    if (!err) err = kcuda_malloc(c->k, (void **)&c->kv, 2 * kv_layer_bytes(e) * (size_t)c->n_layers, "the KV cache");
+    if (!err) err = kcuda_malloc(c->k, (void **)&c->bufs, buf_bytes, "activations");
+    if (!err) err = kcuda_host_alloc((void **)&c->h_x, B * (size_t)hp->n_embd * 4);
+    if (!err) err = kcuda_host_alloc((void **)&c->h_cs, B * (size_t)TT_MAX(hp->n_rot, 2) * 4);
+    if (!err) err = kcuda_host_alloc((void **)&c->h_pos, B * 4);
+    if (!err) err = kcuda_host_alloc((void **)&c->h_seq, B * 4);
+    if (!err) err = kcuda_host_alloc((void **)&c->h_logits, (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
+    if (err) return err;
+    layout_bufs(c, e, c->bufs);
+    for (int il = 0; il < c->n_layers; il++) {
+        c->layers[il].k_cache = c->kv + (size_t)(2 * il) * kv_layer_bytes(e);
+        c->layers[il].v_cache = c->kv + (size_t)(2 * il + 1) * kv_layer_bytes(e);
+    }
+    return 0;
+}
+
+static int upload_all(struct cuda_accel *c, struct engine *e, uint64_t w_bytes)
+{
+    struct placer p = { .c = c, .prog = { .start_s = tt_now_s(), .last_pct = -1, .total = w_bytes } };
+    int err = 0;
+    for (int il = 0; il < c->n_layers && !err; il++) err = place_layer(&p, e, il);
+    if (!err && c->has_output) err = place_output(&p, e);
+    if (!err) err = kcuda_sync(c->k);
+    if (p.prog.shown) fprintf(stderr, "\r%-10s done in %.1f s%30s\n", "to GPU", tt_now_s() - p.prog.start_s, "");
+    TT_ASSERT(err || p.used <= w_bytes);
+    return err;
+}
+
+static void fill_shape(struct cuda_accel *c, const struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    c->shape = (struct kcuda_attn_shape){
+        .n_head = e->n_head_local, .n_head_kv = e->n_kv_local, .head_dim = hp->head_dim,
+        .n_rot = hp->n_rot, .group = hp->n_head / hp->n_head_kv, .head_begin = e->slice.head.begin,
+        .kv_begin = e->slice.kv.begin, .neox = hp->rope_type == MODEL_ROPE_NEOX,
+        .kv_type = e->kv_type == TT_TYPE_F16 ? KCUDA_F16 : KCUDA_F32, .n_ctx = e->n_ctx,
+        .eps = hp->rms_eps,
+    };
+}
+
+int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out)
+{
+    memset(out, 0, sizeof(*out));
+    const struct model_hparams *hp = &e->m->hp;
+    const char *why = unsupported(e);
+    if (why) return tt_error_set(TT_EUNSUPPORTED, "%s; run with --gpu-layers 0", why);
+    if (kcuda_device_count() <= 0) return tt_error_set(TT_EUNSUPPORTED, "no CUDA GPU found");
+    struct cuda_accel *c = calloc(1, sizeof(*c));
+    if (!c || !(c->layers = calloc((size_t)hp->n_layer, sizeof(*c->layers)))) {
+        free(c);
+        return tt_error_set(TT_ENOMEM, "out of host memory");
+    }
+    c->B = e->n_batch;
+    c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
+    c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
+    c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
+    fill_shape(c, e);
+    uint64_t w_bytes = 0, out_bytes = 0;
+    const size_t buf_bytes = layout_bufs(c, e, NULL), scratch = scratch_bytes(e, c->B);
+    int err = kcuda_create(&c->k, 0, scratch);
+    if (!err) err = choose_layers(c, e, n_gpu_layers, buf_bytes + 2 * (uint64_t)hp->n_embd * 4, &w_bytes, &out_bytes);
+    if (!err && c->n_layers == 0)
+        err = tt_error_set(TT_EUNSUPPORTED, "not even one layer fits in the GPU's free memory");
+    if (!err) err = alloc_all(c, e, w_bytes + (c->has_output ? out_bytes : 0), buf_bytes);
+    if (!err) err = upload_all(c, e, w_bytes + (c->has_output ? out_bytes : 0));
+    if (err) {
+        cuda_destroy(c);
+        return err;
+    }
+    tt_info("GPU %s: %d of %d layers%s, %.2f GiB of weights, KV cache %.1f MiB", kcuda_device_name(c->k),
+            c->n_layers, hp->n_layer, c->has_output ? " and the output" : "",
+            (double)(w_bytes + (c->has_output ? out_bytes : 0)) / (1 << 30),
+            2.0 * (double)kv_layer_bytes(e) * c->n_layers / 1048576.0);
+    out->ctx = c;
+    out->n_layers_accel = c->n_layers;
+    out->run_layers = cuda_run_layers;
+    out->logits = c->has_output ? cuda_logits : NULL;
+    out->destroy = cuda_destroy;
+    return 0;
+}

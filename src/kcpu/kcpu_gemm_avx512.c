@@ -438,23 +438,26 @@ KCPU_INLINE void tile_q80(const int T, const struct wtile *wt, const struct apre
     }
 }
 
-/* All of a slab's tokens against one repacked 16-row tile. */
+/* All of a slab's tokens against one repacked 16-row tile: tiles of 12
+ * tokens, then 8, 4, 2, 1 for the rest (small tiles leave too few
+ * independent accumulators to hide vpdpbusd's latency, so they are kept for
+ * the remainder). */
+#define RUN_TILE(T)                                                                                \
+    do {                                                                                           \
+        if (FAM == FAM_Q80) tile_q80(T, wt, p + t, out + t * ldo, ldo, m);                         \
+        else tile_k(FAM, T, wt, p + t, out + t * ldo, ldo, m);                                     \
+        t += T;                                                                                    \
+    } while (0)
+
 KCPU_INLINE void run_tokens(const int FAM, const struct wtile *wt, const struct aprep *p,
                             int64_t nt, float *out, int64_t ldo, __mmask16 m)
 {
     int64_t t = 0;
-    for (; t + 12 <= nt; t += 12) {
-        if (FAM == FAM_Q80) tile_q80(12, wt, p + t, out + t * ldo, ldo, m);
-        else tile_k(FAM, 12, wt, p + t, out + t * ldo, ldo, m);
-    }
-    for (; t + 4 <= nt; t += 4) {
-        if (FAM == FAM_Q80) tile_q80(4, wt, p + t, out + t * ldo, ldo, m);
-        else tile_k(FAM, 4, wt, p + t, out + t * ldo, ldo, m);
-    }
-    for (; t < nt; t++) {
-        if (FAM == FAM_Q80) tile_q80(1, wt, p + t, out + t * ldo, ldo, m);
-        else tile_k(FAM, 1, wt, p + t, out + t * ldo, ldo, m);
-    }
+    while (t + 12 <= nt) RUN_TILE(12);
+    if (t + 8 <= nt) RUN_TILE(8);
+    if (t + 4 <= nt) RUN_TILE(4);
+    if (t + 2 <= nt) RUN_TILE(2);
+    if (t < nt) RUN_TILE(1);
 }
 
 /* ---- the driver ---- */

@@ -3,25 +3,33 @@
  * tokens at a time (decode), AVX-512 + VNNI.
  *
  * Decode reads every weight once per token, so these kernels are built to
- * keep up with memory: a tile of NR rows x NT tokens walks the rows' blocks
- * together, each weight block is unpacked once into four zmm vectors of
- * 64 levels and used for every token of the tile, and the activation
- * vectors of a block are loaded once and used for every row.
+ * keep up with memory:
+ * - One row at a time, so each thread reads its rows as one sequential
+ *   stream (on Zen 4, 2 threads reach ~80% of the read bandwidth that way,
+ *   under 50% with four interleaved row streams); up to four tokens share
+ *   each unpacked block.
+ * - Whatever depends on the activation alone is done once per call: the
+ *   Q4_K/Q5_K activation is put in the weights' level order (below) into a
+ *   16 KB stack buffer, a chunk of K at a time.
+ * - Scales of four consecutive blocks are unpacked together, and so are their
+ *   d, dmin and d_act products.
  *
  * Per 256-weight block and (row, token), exactly as the reference sums:
  * 1. vpdpbusd (u8 levels x s8 activations) into zeroed accumulators gives
  *    16 int32 lanes of 4-product sums, each below 2^15 in magnitude
- *    (4 * 63 * 127 at most), so vpackssdw packs two such vectors to int16
+ *    (4 * 63 * 128 at most), so vpackssdw packs two such vectors to int16
  *    without saturation;
- * 2. vpdpwssd multiplies the packed sums by the sub-block scales, laid out
- *    to match the packing, giving the exact int32 sum_j sc_j * dot_j in lanes;
+ * 2. vpmaddwd / vpdpwssd multiply the packed sums by the sub-block scales,
+ *    laid out to match the packing, giving the exact int32 sum_j sc_j * dot_j
+ *    spread over lanes;
  * 3. min / offset terms come from the Q8_K bsums in int32 (vpmaddwd);
  * 4. the int32 lanes are converted to float and scaled by d * d_act once per
  *    block. Only the float summation order differs from the reference.
  *
- * Level order: the Q4_K/Q5_K nibbles of qs[0..63] hold elements 0..31 and
- * 64..95 (low) and 32..63, 96..127 (high), so the activation vectors are
- * assembled in that order (two 32-byte halves) once per block and token.
+ * Zen 4 executes vpdpbusd, vpmaddwd, vpdpwssd, FMAs and vpternlogd on the
+ * same two pipes; shifts, logic, conversions and most shuffles go elsewhere.
+ * The kernels avoid vpternlogd and variable shifts where a plain shift and
+ * and/or do (each measured).
  */
 #include "kcpu_avx512.h"
 
@@ -52,8 +60,8 @@ KCPU_INLINE __m512i dot_scaled(const __m512i L[4], const uint8_t *A, __m512i sc0
 }
 
 /* The 6-bit scales and mins of up to 4 consecutive Q4_K/Q5_K blocks of a
- * row: 128-bit lane j of the result holds sc0..sc7, m0..m7 of block j (the
- * bytes of kcpu_q4k_scales, four blocks per instruction). R holds the first
+ * row: 128-bit lane j of the result holds sc0..sc7, m0..m7 of block j
+ * (tt_q4_K_scale_min's fields, four blocks per instruction). R holds the first
  * 16 bytes (d, dmin, scales) of block j in lane j. */
 KCPU_INLINE __m512i q4k_scales_x4(__m512i R)
 {

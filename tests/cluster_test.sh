@@ -98,3 +98,19 @@ if "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n
 else
     fail rss "gen failed"
 fi
+# --weights-from 0: ranks 1 and 2 have no model file; same tokens as 1 rank.
+W="$(dirname "$0")/rank_file_wrap.sh"
+for m in synth-llama.q4_k_m synth-mixtral.q4_k_m; do
+    f="$S/models/$m.gguf"
+    "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+    WF_FILE="$f" timeout 300 $MPIRUN 3 -x WF_FILE bash "$W" "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 \
+        --ignore-eos --json -t 1 --weights-from 0 > "$tmp/many" 2>"$tmp/err"
+    [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass "weights_from_0_$m" ||
+        fail "weights_from_0_$m" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+done
+f="$S/models/synth-llama.q8_0.gguf"
+WF_FILE="$f" timeout 120 $MPIRUN 3 -x WF_FILE bash "$W" "$T" run -m "$f" -p hi -n 4 -t 1 > /dev/null 2>"$tmp/err"
+[ $? -ne 0 ] && grep -q "weights-from 0" "$tmp/err" && pass missing_file_refused || fail missing_file_refused "$(head -c 300 "$tmp/err")"
+WF_FILE="$f" WF_OTHER="$S/models/synth-llama.q4_k_m.gguf" timeout 120 $MPIRUN 2 -x WF_FILE -x WF_OTHER bash "$W" \
+    "$T" run -m "$f" -p hi -n 4 -t 1 > /dev/null 2>"$tmp/err"
+[ $? -ne 0 ] && grep -q "differs from rank 0" "$tmp/err" && pass different_file_refused || fail different_file_refused "$(head -c 300 "$tmp/err")"

@@ -19,6 +19,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_gen(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 
 /* The process's communicator (one rank unless launched by mpirun),
  * started by main() before a command runs and ended after. */
@@ -44,10 +45,15 @@ struct cli_model_opts {
     const char *split;     /* --split: even (default), auto, or per-rank weights */
     struct plan *plan;     /* built by cli_load_model for several ranks */
     bool gpu_layers_set;   /* --gpu-layers given (else: auto) */
+    bool weights_from_0;   /* --weights-from 0: ranks without the file get theirs from rank 0 */
 };
 /* Try to parse argv[*i] as a shared model option; returns true if consumed. */
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o);
 extern const char cli_model_opts_help[];
+/* Try to parse argv[*i] as a sampling option (--temp, --top-k, --top-p,
+ * --min-p, --repeat-penalty, --repeat-last-n, --seed); true if consumed. */
+bool cli_sampler_opt(int argc, char **argv, int *i, struct sampler_opts *so);
+extern const char cli_sampler_opts_help[];
 /* Load the model (dies with a clear message on error) and touch its pages
  * with a progress bar, so the first token does not pay for page faults. */
 void cli_load_model(const char *path, struct model *m);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 static struct comm *the_comm;
 
@@ -104,6 +105,8 @@ const char cli_model_opts_help[] =
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
+    "      --weights-from 0 ranks without the model file receive their slices from rank 0\n"
+    "                       (checksummed), so only rank 0 needs the file\n"
     "      --mem-limit MIB  refuse to start when a rank would need more memory than this\n"
     "      --moe-replicas R spare expert slots per rank and layer for hot copies (default 2; -1 = 0)\n"
     "      --moe-every N    check expert balance every N steps (default 16; -1 = static placement)\n"
@@ -120,7 +123,10 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
-    else if (!strcmp(a, "--mem-limit"))
+    else if (!strcmp(a, "--weights-from")) {
+        cli_parse_int(a, cli_value(argc, argv, i), 0, 0); /* only rank 0 serves weights */
+        o->weights_from_0 = true;
+    } else if (!strcmp(a, "--mem-limit"))
         o->engine.mem_limit_bytes = (uint64_t)cli_parse_int(a, cli_value(argc, argv, i), 1, 1ll << 30) << 20;
     else if (!strcmp(a, "--moe-replicas"))
         o->engine.moe_replicas = (int)cli_parse_int(a, cli_value(argc, argv, i), -1, 4096);
@@ -176,9 +182,48 @@ void cli_load_model(const char *path, struct model *m)
     cli_progress_end(&p);
 }
 
+/* Several ranks: which have the file; header from rank 0 for those without
+ * (--weights-from 0); every rank's file must match rank 0's. */
+static void load_cluster_model(struct cli_model_opts *o, struct model *m)
+{
+    const int n = comm_size(the_comm), rank = comm_rank(the_comm);
+    int8_t mine = o->model_path && access(o->model_path, R_OK) == 0, *has = malloc((size_t)n);
+    if (!has) cli_die(TT_ENOMEM, "loading");
+    int err = comm_allgather(the_comm, &mine, 1, has);
+    if (err) cli_die(err, "exchanging file status");
+    if (!has[0]) cli_die(0, "rank 0 cannot read the model file '%s'", o->model_path ? o->model_path : "");
+    int missing = -1;
+    for (int r = n - 1; r > 0; r--)
+        if (!has[r]) missing = r;
+    if (missing > 0 && !o->weights_from_0)
+        cli_die(0, "rank %d cannot read the model file '%s': give every rank the file, or add "
+                "--weights-from 0 to send the weights from rank 0", missing, o->model_path);
+    if (mine) cli_load_model(o->model_path, m);
+    if (missing > 0) { /* the header (metadata, tensor directory) travels to every rank */
+        uint64_t sizes[2] = { mine ? m->file.size_bytes : 0, mine ? m->file.data_offset : 0 };
+        if ((err = comm_bcast(the_comm, sizes, sizeof(sizes), 0))) cli_die(err, "receiving the header");
+        if (sizes[1] > sizes[0] || sizes[1] > (256u << 20)) cli_die(0, "bad header size from rank 0");
+        uint8_t *hdr = rank == 0 ? (uint8_t *)m->file.map : malloc(sizes[1]);
+        if (!hdr || (err = comm_bcast(the_comm, hdr, sizes[1], 0))) cli_die(err ? err : TT_ENOMEM, "receiving the header");
+        if (!mine && (err = model_bind_header(m, hdr, sizes[1], sizes[0])))
+            cli_die(err, "the model header received from rank 0");
+        if (rank != 0) free(hdr);
+    }
+    /* same file everywhere: compare fingerprints of the header and size */
+    uint64_t fp = XXH64(m->file.map, m->file.data_offset, m->file.size_bytes), *fps = malloc(sizeof(uint64_t) * (size_t)n);
+    if (!fps || (err = comm_allgather(the_comm, &fp, sizeof(fp), fps))) cli_die(err ? err : TT_ENOMEM, "comparing files");
+    for (int r = 1; r < n; r++)
+        if (fps[r] != fps[0])
+            cli_die(0, "rank %d's model file differs from rank 0's (metadata or tensor layout); give "
+                    "every rank the same file, or use --weights-from 0", r);
+    free(fps);
+    free(has);
+}
+
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
 {
-    cli_load_model(o->model_path, m);
+    if (comm_size(the_comm) > 1) load_cluster_model(o, m);
+    else cli_load_model(o->model_path, m);
     o->engine.comm = the_comm;
     if (!o->gpu_layers_set) o->engine.n_gpu_layers = -1;
     const int n = comm_size(the_comm);

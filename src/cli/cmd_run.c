@@ -32,33 +32,10 @@ static const char run_help[] =
     "  -p, --prompt TEXT    the prompt\n"
     "  -f, --file FILE      read the prompt from FILE\n"
     "  -n, --n-predict N    tokens to generate (default 128)\n"
-    "      --temp T         temperature; 0 = greedy (default 0.8)\n"
-    "      --top-k N        keep the N most likely tokens (default 40, 0 = off)\n"
-    "      --top-p P        nucleus sampling mass (default 0.95, 1 = off)\n"
-    "      --min-p P        drop tokens below P x the best one's probability (default 0.05)\n"
-    "      --repeat-penalty R  penalty for recent tokens (default 1 = off)\n"
-    "      --repeat-last-n N   window of the penalty (default 64)\n"
-    "      --seed N         random seed (default 0 = fixed default seed)\n"
+    "%s"
     "      --ignore-eos     do not stop at end-of-sequence; generate exactly N tokens\n"
     "      --no-bos         do not add the beginning-of-sequence token\n"
     "      --json           print one JSON object with tokens, text and timings\n";
-
-static bool sampler_opt(int argc, char **argv, int *i, struct sampler_opts *so)
-{
-    const char *a = argv[*i];
-    if (!strcmp(a, "--temp")) so->temperature = (float)cli_parse_float(a, cli_value(argc, argv, i), 0, 100);
-    else if (!strcmp(a, "--top-k")) so->top_k = (int)cli_parse_int(a, cli_value(argc, argv, i), 0, 1 << 24);
-    else if (!strcmp(a, "--top-p")) so->top_p = (float)cli_parse_float(a, cli_value(argc, argv, i), 0, 1);
-    else if (!strcmp(a, "--min-p")) so->min_p = (float)cli_parse_float(a, cli_value(argc, argv, i), 0, 1);
-    else if (!strcmp(a, "--repeat-penalty"))
-        so->repeat_penalty = (float)cli_parse_float(a, cli_value(argc, argv, i), 0.01, 100);
-    else if (!strcmp(a, "--repeat-last-n"))
-        so->repeat_last_n = (int)cli_parse_int(a, cli_value(argc, argv, i), 0, SAMPLER_HISTORY_MAX);
-    else if (!strcmp(a, "--seed"))
-        so->seed = (uint64_t)cli_parse_int(a, cli_value(argc, argv, i), 0, INT64_MAX);
-    else return false;
-    return true;
-}
 
 static void parse_run(int argc, char **argv, struct run_opts *o)
 {
@@ -68,10 +45,10 @@ static void parse_run(int argc, char **argv, struct run_opts *o)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            printf(run_help, cli_model_opts_help);
+            printf(run_help, cli_model_opts_help, cli_sampler_opts_help);
             exit(0);
         }
-        if (cli_model_opt(argc, argv, &i, &o->mo) || sampler_opt(argc, argv, &i, &o->so)) continue;
+        if (cli_model_opt(argc, argv, &i, &o->mo) || cli_sampler_opt(argc, argv, &i, &o->so)) continue;
         if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = cli_value(argc, argv, &i);
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) o->prompt_file = cli_value(argc, argv, &i);
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict"))

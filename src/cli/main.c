@@ -19,6 +19,7 @@ static const struct command commands[] = {
     { "inspect", cmd_inspect, "show a GGUF file's metadata and tensors", false },
     { "gen", cmd_gen, "write a random-weight model of any supported shape and type", false },
     { "bench", cmd_bench, "measure TTFT, prefill and decode speed against the bandwidth limit", true },
+    { "chat", cmd_chat, "interactive multi-turn chat in the terminal", true },
 };
 
 static void usage(FILE *fp)

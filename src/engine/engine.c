@@ -149,6 +149,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     if (!err) err = alloc_buffers(e);
     if (!err) err = shard_build(e);
     if (!err) err = moe_setup(e, opts);
+    if (!err) err = shard_exchange(e);
     if (!err && !(e->pool = tt_pool_create(e->n_threads)))
         err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
     if (!err && opts->n_gpu_layers != 0) {

@@ -101,6 +101,10 @@ struct engine {
     uint8_t *shard;          /* copied weight slices (multi-rank), or NULL */
     uint64_t shard_bytes;
     int fd;                  /* the model file, read with pread on several ranks (-1: map) */
+    bool remote;             /* no model file here: weights come from rank 0 */
+    struct shard_req { uint64_t offset, size; void *dst; } *reqs; /* deferred remote reads */
+    int n_reqs, cap_reqs;
+    const uint8_t *embd_local; /* remote ranks: a copy of token_embd */
     uint64_t mem_limit;      /* bytes, 0 = none */
     uint64_t buffers_bytes;  /* KV cache and activations */
     const float *output_norm; /* [n_embd] (copied on several ranks) */
@@ -179,6 +183,10 @@ void shard_free(struct engine *e);
 int shard_read(struct engine *e, const void *src, size_t size, void *dst);
 /* Row `id` of the token embeddings (pointer valid until the next call). */
 const void *shard_embd_row(struct engine *e, int32_t id);
+/* Collective, at the end of set-up: ranks without the file send rank 0 the
+ * list of byte ranges they read (deferred by shard_read) and receive them,
+ * each chunk checked with its XXH64; rank 0 serves every such rank. */
+int shard_exchange(struct engine *e);
 
 /* Byte offset of (sequence, layer, position) in k_cache / v_cache. */
 static inline size_t kv_offset(const struct engine *e, int seq, int il, int pos)

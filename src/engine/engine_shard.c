@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 struct range {
     int64_t begin, end;
@@ -37,6 +38,17 @@ struct shard_builder {
 
 int shard_read(struct engine *e, const void *src, size_t size, void *dst)
 {
+    if (e->remote) { /* deferred: shard_exchange fills dst from rank 0 */
+        if (e->n_reqs == e->cap_reqs) {
+            int cap = e->cap_reqs ? e->cap_reqs * 2 : 1024;
+            struct shard_req *r = realloc(e->reqs, sizeof(*r) * (size_t)cap);
+            if (!r) return tt_error_set(TT_ENOMEM, "out of memory");
+            e->reqs = r;
+            e->cap_reqs = cap;
+        }
+        e->reqs[e->n_reqs++] = (struct shard_req){ (uint64_t)((const uint8_t *)src - e->m->file.map), size, dst };
+        return 0;
+    }
     if (e->fd < 0) {
         memcpy(dst, src, size);
         return 0;
@@ -56,6 +68,7 @@ int shard_read(struct engine *e, const void *src, size_t size, void *dst)
 const void *shard_embd_row(struct engine *e, int32_t id)
 {
     const struct model_weight *w = &e->m->token_embd;
+    if (e->embd_local) return e->embd_local + (size_t)id * w->row_bytes;
     const void *row = model_weight_row(w, 0, id);
     if (e->fd < 0) return row;
     int err = shard_read(e, row, w->row_bytes, e->embd_row);
@@ -187,6 +200,11 @@ static void build_all(struct shard_builder *b)
          full(e->m->hp.n_embd));
     e->output_norm = vec(b, &e->m->output_norm, 0);
     e->rope_freqs = vec(b, &e->m->rope_freqs, 0);
+    if (e->remote) { /* embedding rows cannot be read one by one: keep all */
+        struct engine_weight emb;
+        view(b, &emb, &e->m->token_embd, full(e->m->token_embd.ne[1]), full(e->m->hp.n_embd));
+        e->embd_local = emb.data;
+    }
 }
 
 int shard_build(struct engine *e)
@@ -195,6 +213,7 @@ int shard_build(struct engine *e)
     e->layers = calloc((size_t)e->m->hp.n_layer, sizeof(*e->layers));
     if (!e->layers) return tt_error_set(TT_ENOMEM, "out of memory");
     struct shard_builder b = { .e = e, .copy = e->n_ranks > 1, .counting = true };
+    e->remote = e->n_ranks > 1 && !e->m->path;
     if (!b.copy && e->mem_limit && e->m->file.size_bytes + e->buffers_bytes > e->mem_limit)
         return tt_error_set(TT_ENOMEM, "the model needs %.0f MiB (file %.0f MiB, KV cache and buffers "
                             "%.0f MiB) but the memory limit is %.0f MiB; run it on several ranks",
@@ -202,7 +221,7 @@ int shard_build(struct engine *e)
                             (double)e->m->file.size_bytes / 1048576.0,
                             (double)e->buffers_bytes / 1048576.0, (double)e->mem_limit / 1048576.0);
     if (b.copy) {
-        if (!e->m->path || (e->fd = open(e->m->path, O_RDONLY | O_CLOEXEC)) < 0)
+        if (!e->remote && (e->fd = open(e->m->path, O_RDONLY | O_CLOEXEC)) < 0)
             return tt_error_set(TT_EIO, "cannot open the model file '%s' to read this rank's slices",
                                 e->m->path ? e->m->path : "(in memory)");
         e->embd_row = malloc(e->m->token_embd.row_bytes);
@@ -221,13 +240,103 @@ int shard_build(struct engine *e)
         b.counting = false;
     }
     build_all(&b);
-    if (b.copy && e->m->file.owns_map) /* whatever parsing touched goes too */
+    if (b.copy && e->m->file.owns_map && !e->remote) /* whatever parsing touched goes too */
         madvise((void *)e->m->file.map, e->m->file.size_bytes, MADV_DONTNEED);
     return b.err;
 }
 
+/* ---- weights over the network (--weights-from 0) ---- */
+
+#define SHARD_CHUNK_BYTES (16u << 20)
+#define SHARD_TAG 7701
+#define SHARD_REQS_MAX (1 << 24)
+
+/* Rank 0: the reads of rank r, served from the file in order. */
+static int serve_rank(struct engine *e, int r, uint8_t *chunk)
+{
+    int64_t n = 0;
+    int err = comm_recv(e->comm, &n, sizeof(n), r, SHARD_TAG);
+    if (!err && (n < 0 || n > SHARD_REQS_MAX)) err = tt_error_set(TT_ECOMM, "rank %d asked for %lld ranges", r, (long long)n);
+    uint64_t *ranges = err ? NULL : malloc(sizeof(uint64_t) * 2 * (size_t)TT_MAX(n, 1));
+    if (!err && !ranges) err = tt_error_set(TT_ENOMEM, "out of memory");
+    if (!err) err = comm_recv(e->comm, ranges, sizeof(uint64_t) * 2 * (size_t)n, r, SHARD_TAG);
+    for (int64_t i = 0; !err && i < n; i++) {
+        const uint64_t off = ranges[2 * i], size = ranges[2 * i + 1];
+        if (off > e->m->file.size_bytes || size > e->m->file.size_bytes - off) {
+            err = tt_error_set(TT_ECOMM, "rank %d asked for bytes past the end of the file", r);
+            break;
+        }
+        for (uint64_t at = 0; at < size && !err; at += SHARD_CHUNK_BYTES) {
+            const size_t len = (size_t)TT_MIN((uint64_t)SHARD_CHUNK_BYTES, size - at);
+            err = shard_read(e, e->m->file.map + off + at, len, chunk);
+            const uint64_t hash = XXH64(chunk, len, 0);
+            if (!err) err = comm_send(e->comm, chunk, len, r, SHARD_TAG);
+            if (!err) err = comm_send(e->comm, &hash, sizeof(hash), r, SHARD_TAG);
+        }
+    }
+    free(ranges);
+    return err;
+}
+
+/* A rank without the file: send the deferred reads, receive their bytes. */
+static int fetch_remote(struct engine *e)
+{
+    int64_t n = e->n_reqs;
+    uint64_t *ranges = malloc(sizeof(uint64_t) * 2 * (size_t)TT_MAX(n, 1));
+    if (!ranges) return tt_error_set(TT_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        ranges[2 * i] = e->reqs[i].offset;
+        ranges[2 * i + 1] = e->reqs[i].size;
+    }
+    int err = comm_send(e->comm, &n, sizeof(n), 0, SHARD_TAG);
+    if (!err) err = comm_send(e->comm, ranges, sizeof(uint64_t) * 2 * (size_t)n, 0, SHARD_TAG);
+    free(ranges);
+    for (int64_t i = 0; !err && i < n; i++)
+        for (uint64_t at = 0; at < e->reqs[i].size && !err; at += SHARD_CHUNK_BYTES) {
+            const size_t len = (size_t)TT_MIN((uint64_t)SHARD_CHUNK_BYTES, e->reqs[i].size - at);
+            uint8_t *dst = (uint8_t *)e->reqs[i].dst + at;
+            uint64_t hash;
+            err = comm_recv(e->comm, dst, len, 0, SHARD_TAG);
+            if (!err) err = comm_recv(e->comm, &hash, sizeof(hash), 0, SHARD_TAG);
+            if (!err && hash != XXH64(dst, len, 0))
+                err = tt_error_set(TT_ECOMM, "rank %d: weights received from rank 0 are corrupt "
+                                   "(checksum mismatch at file offset %llu)", e->rank,
+                                   (unsigned long long)(e->reqs[i].offset + at));
+        }
+    free(e->reqs);
+    e->reqs = NULL;
+    e->n_reqs = e->cap_reqs = 0;
+    e->remote = false; /* every later read must come from this rank's own copy */
+    return err;
+}
+
+int shard_exchange(struct engine *e)
+{
+    if (e->n_ranks == 1) return 0;
+    const int R = e->n_ranks;
+    int8_t mine = e->remote, *remote = malloc((size_t)R);
+    if (!remote) return tt_error_set(TT_ENOMEM, "out of memory");
+    int err = comm_allgather(e->comm, &mine, 1, remote);
+    if (!err && remote[0]) err = tt_error_set(TT_EINVAL, "rank 0 must have the model file");
+    if (!err && e->rank == 0) {
+        uint8_t *chunk = malloc(SHARD_CHUNK_BYTES);
+        if (!chunk) err = tt_error_set(TT_ENOMEM, "out of memory");
+        for (int r = 1; r < R && !err; r++)
+            if (remote[r]) err = serve_rank(e, r, chunk);
+        free(chunk);
+    } else if (!err && mine) {
+        err = fetch_remote(e);
+    }
+    for (int r = 0; r < R; r++) /* live rebalancing reads the file: off when a rank has none */
+        if (remote[r]) e->moe_every = 0;
+    free(remote);
+    return err;
+}
+
 void shard_free(struct engine *e)
 {
+    free(e->reqs);
+    e->reqs = NULL;
     if (e->fd >= 0) close(e->fd);
     e->fd = -1;
     free(e->layers);

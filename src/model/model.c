@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char *const arch_names[MODEL_ARCH_COUNT] = {
     [MODEL_ARCH_LLAMA] = "llama",
@@ -292,8 +293,38 @@ int model_load(struct model *m, const char *path)
     return 0;
 }
 
+int model_bind_header(struct model *m, const void *header, uint64_t header_bytes,
+                      uint64_t file_bytes)
+{
+    memset(m, 0, sizeof(*m));
+    if (header_bytes > file_bytes || file_bytes > (1ull << 48))
+        return tt_error_set(TT_EFORMAT, "header of %llu bytes for a file of %llu bytes",
+                            (unsigned long long)header_bytes, (unsigned long long)file_bytes);
+    void *map = mmap(NULL, (size_t)file_bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) return tt_error_set(TT_ENOMEM, "cannot reserve %llu bytes of address space",
+                                               (unsigned long long)file_bytes);
+    memcpy(map, header, (size_t)header_bytes);
+    struct gguf_file f;
+    int err = gguf_parse_buffer(&f, map, file_bytes);
+    if (!err) err = model_bind(m, &f);
+    if (err) {
+        gguf_close(&f);
+        munmap(map, (size_t)file_bytes);
+        return err;
+    }
+    m->remote_map = map;
+    m->remote_size = file_bytes;
+    return 0;
+}
+
 void model_free(struct model *m)
 {
+    if (m->remote_map) {
+        gguf_close(&m->file);
+        munmap(m->remote_map, (size_t)m->remote_size);
+        m->remote_map = NULL;
+    }
     free(m->path);
     free(m->layers);
     gguf_close(&m->file);

@@ -98,6 +98,8 @@ struct model {
     struct model_layer *layers;      /* n_layer */
     uint64_t weight_bytes;           /* all tensor data */
     char *path;                      /* the file (model_load), for ranks that read slices */
+    void *remote_map;                /* model_bind_header: zero pages standing for the data */
+    uint64_t remote_size;
 };
 
 /* Map `path` and bind it. Errors: TT_EIO, TT_EFORMAT, TT_EUNSUPPORTED (with a
@@ -106,6 +108,12 @@ int model_load(struct model *m, const char *path);
 /* Bind an already opened file; takes ownership of *f on success. */
 int model_bind(struct model *m, struct gguf_file *f);
 void model_free(struct model *m);
+/* Bind a model from the first header_bytes of a file of file_bytes (its
+ * metadata and tensor directory, e.g. received from another rank): the
+ * tensor data are zero pages that this process must never read; path is
+ * NULL. For ranks that get their weights over the network. */
+int model_bind_header(struct model *m, const void *header, uint64_t header_bytes,
+                      uint64_t file_bytes);
 
 const char *model_arch_name(enum model_arch arch);
 int model_arch_from_name(const char *name); /* -1 if unknown */

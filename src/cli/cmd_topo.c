@@ -1,0 +1,148 @@
+/*
+ * cmd_topo.c: `tutti topo`, what the cluster is, measured. Under mpirun every
+ * rank reports its host, cores, instruction set, memory and memory read
+ * bandwidth; then every pair of ranks measures its point-to-point latency
+ * (ping-pong of 8 bytes) and bandwidth (4 MiB messages), one pair at a time
+ * so pairs do not compete. Which ranks share a host comes from the host names
+ * the communicator exchanged at start; nothing is configured.
+ */
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TOPO_PINGS 200
+#define TOPO_BW_BYTES (4u << 20)
+#define TOPO_BW_REPS 8
+#define TOPO_TAG 7801
+
+struct topo_rank {
+    char host[COMM_HOST_MAX];
+    int32_t cores;
+    int32_t isa;
+    double mem_total_gib, mem_avail_gib;
+    double read_gbs;
+};
+
+static void meminfo(double *total, double *avail)
+{
+    FILE *fp = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb;
+    *total = *avail = 0.0;
+    while (fp && fgets(line, sizeof(line), fp)) {
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) *total = (double)kb / 1048576.0;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) *avail = (double)kb / 1048576.0;
+    }
+    if (fp) fclose(fp);
+}
+
+/* Ranks a and b measure their link; everyone else waits. Returns (on a) the
+ * one-way latency in microseconds and the bandwidth in GB/s. */
+static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat_us, double *gbs)
+{
+    const int me = comm_rank(c);
+    int err = 0;
+    if (me == a || me == b) {
+        const int peer = me == a ? b : a;
+        double t0 = tt_now_s();
+        for (int i = 0; i < TOPO_PINGS && !err; i++) {
+            if (me == a) {
+                err = comm_send(c, buf, 8, peer, TOPO_TAG);
+                if (!err) err = comm_recv(c, buf, 8, peer, TOPO_TAG);
+            } else {
+                err = comm_recv(c, buf, 8, peer, TOPO_TAG);
+                if (!err) err = comm_send(c, buf, 8, peer, TOPO_TAG);
+            }
+        }
+        *lat_us = (tt_now_s() - t0) / TOPO_PINGS / 2 * 1e6;
+        t0 = tt_now_s();
+        for (int i = 0; i < TOPO_BW_REPS && !err; i++)
+            err = me == a ? comm_send(c, buf, TOPO_BW_BYTES, peer, TOPO_TAG)
+                          : comm_recv(c, buf, TOPO_BW_BYTES, peer, TOPO_TAG);
+        if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
+        *gbs = (double)TOPO_BW_BYTES * TOPO_BW_REPS / (tt_now_s() - t0) / 1e9;
+    }
+    if (err) cli_die(err, "measuring the link %d-%d", a, b);
+    if ((err = comm_barrier(c))) cli_die(err, "barrier");
+}
+
+static const char topo_help[] =
+    "usage: mpirun -np N [--hostfile H] tutti topo [-t threads] [--json]\n"
+    "Describe the cluster as measured: per rank its host, cores, instruction set,\n"
+    "memory and read bandwidth; per pair of ranks the latency and bandwidth of\n"
+    "their link, and whether they share a host. Works on one rank too.\n";
+
+int cmd_topo(int argc, char **argv)
+{
+    bool json = false;
+    int threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(topo_help, stdout);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--json")) json = true;
+        else if (!strcmp(argv[i], "-t") || !strcmp(argv[i], "--threads"))
+            threads = (int)cli_parse_int(argv[i], cli_value(argc, argv, &i), 1, 512);
+        else cli_die(0, "unknown option '%s' (see tutti topo --help)", argv[i]);
+    }
+    struct comm *c = cli_comm();
+    const int n = comm_size(c), me = comm_rank(c);
+    struct topo_rank mine = { .cores = tt_cpu_count(), .isa = kcpu_get()->isa };
+    snprintf(mine.host, sizeof(mine.host), "%s", comm_host(c, me));
+    meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
+    mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
+    struct topo_rank *all = calloc((size_t)n, sizeof(*all));
+    double *lat = calloc((size_t)n * n, sizeof(double)), *bw = calloc((size_t)n * n, sizeof(double));
+    uint8_t *buf = tt_alloc(TOPO_BW_BYTES);
+    if (!all || !lat || !bw || !buf) cli_die(TT_ENOMEM, "topo");
+    int err = comm_allgather(c, &mine, sizeof(mine), all);
+    if (err) cli_die(err, "exchanging rank descriptions");
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++) {
+            double l = 0, g = 0;
+            measure_pair(c, a, b, buf, &l, &g);
+            double lg[2] = { l, g }; /* rank a's figures to rank 0 */
+            if (a != 0 && me == a) err = comm_send(c, lg, sizeof(lg), 0, TOPO_TAG);
+            if (a != 0 && me == 0) err = comm_recv(c, lg, sizeof(lg), a, TOPO_TAG);
+            if (err) cli_die(err, "collecting link figures");
+            lat[a * n + b] = lat[b * n + a] = lg[0];
+            bw[a * n + b] = bw[b * n + a] = lg[1];
+        }
+    if (me == 0) {
+        if (json) {
+            printf("{\"ranks\":[");
+            for (int r = 0; r < n; r++) {
+                printf("%s{\"rank\":%d,\"host\":", r ? "," : "", r);
+                cli_json_str(stdout, all[r].host, strlen(all[r].host));
+                printf(",\"cores\":%d,\"isa\":\"%s\",\"mem_total_gib\":%.2f,\"mem_avail_gib\":%.2f,"
+                       "\"read_gbs\":%.2f}", all[r].cores, kcpu_isa_name((enum kcpu_isa)all[r].isa),
+                       all[r].mem_total_gib, all[r].mem_avail_gib, all[r].read_gbs);
+            }
+            printf("],\"links\":[");
+            for (int a = 0, k = 0; a < n; a++)
+                for (int b = a + 1; b < n; b++, k++)
+                    printf("%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.3f}",
+                           k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
+                           lat[a * n + b], bw[a * n + b]);
+            printf("]}\n");
+        } else {
+            printf("rank  host                 cores  isa      memory (free) GiB  read GB/s\n");
+            for (int r = 0; r < n; r++)
+                printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f\n", r, all[r].host, all[r].cores,
+                       kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib,
+                       all[r].mem_avail_gib, all[r].read_gbs);
+            if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s\n");
+            for (int a = 0; a < n; a++)
+                for (int b = a + 1; b < n; b++)
+                    printf("%2d-%-2d   %-9s  %10.2f  %14.3f\n", a, b,
+                           strcmp(all[a].host, all[b].host) ? "no" : "yes", lat[a * n + b], bw[a * n + b]);
+        }
+    }
+    tt_free(buf);
+    free(bw);
+    free(lat);
+    free(all);
+    return 0;
+}

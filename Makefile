@@ -23,7 +23,7 @@ endif
 
 # Debian packages the build needs (and the tools the tests need).
 DEB_BUILD := build-essential pkg-config libpcre2-dev libxxhash-dev libopenmpi-dev openmpi-bin libedit-dev
-DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user tmux
+DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user tmux iproute2
 
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)

@@ -1,0 +1,49 @@
+#!/bin/bash
+# netns_cluster.sh up|down|agent: a test cluster of separate network hosts on
+# one machine. `up` makes namespaces tt-ns1..tt-ns3, each with a veth pair
+# on bridge tt-br (10.77.0.0/24; the bridge itself is 10.77.0.1, where
+# mpirun listens); `agent HOST CMD...` is mpirun's launch agent: it runs CMD
+# inside the namespace named HOST, so ranks talk over real TCP between
+# distinct network stacks. Needs root and iproute2.
+set -u
+N=${TT_NETNS_N:-3}
+case "${1:-}" in
+up)
+    ip link add tt-br type bridge || exit 1
+    ip addr add 10.77.0.1/24 dev tt-br
+    ip link set tt-br up
+    for i in $(seq 1 "$N"); do
+        ns=tt-ns$i
+        ip netns add $ns
+        ip link add tt-v$i type veth peer name tt-p$i
+        ip link set tt-p$i netns $ns
+        ip link set tt-v$i master tt-br up
+        ip -n $ns addr add 10.77.0.$((10 + i))/24 dev tt-p$i
+        ip -n $ns link set tt-p$i up
+        ip -n $ns link set lo up
+        grep -q " $ns\$" /etc/hosts || echo "10.77.0.$((10 + i)) $ns" >> /etc/hosts
+    done
+    ;;
+down)
+    for i in $(seq 1 "$N"); do
+        ip netns del tt-ns$i 2>/dev/null
+        ip link del tt-v$i 2>/dev/null
+        sed -i "/ tt-ns$i\$/d" /etc/hosts
+    done
+    ip link del tt-br 2>/dev/null
+    true
+    ;;
+agent)
+    # Open MPI calls: agent [options] HOST CMD...; options start with '-'
+    shift
+    while [ "${1:-}" != "${1#-}" ]; do shift; done
+    host=$1
+    shift
+    # its own host name too (a UTS namespace), so ranks see distinct hosts
+    exec ip netns exec "$host" unshare --uts /bin/sh -c "hostname $host; $*"
+    ;;
+*)
+    echo "usage: $0 up|down|agent HOST CMD..." >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,38 @@
+#!/bin/sh
+# netns_test.sh: tutti across three network namespaces (tests/netns_cluster.sh):
+# ranks on distinct network stacks and host names, talking over TCP only
+# (Open MPI's tcp transport restricted to the test subnet). Greedy tokens on 3
+# such hosts equal those of 1 rank, and `tutti topo` sees 3 hosts. Needs root
+# (namespaces); skips, saying so, otherwise.
+T=${TUTTI:-build/tutti}
+S=${TT_SHARED:-../shared}
+D=$(cd "$(dirname "$0")" && pwd)
+T=$(cd "$(dirname "$T")" && pwd)/$(basename "$T")
+pass() { echo "PASS netns/$1"; }
+fail() { echo "FAIL netns/$1: $2"; }
+skip() { echo "SKIP netns/$1: $2"; }
+[ "$(id -u)" = 0 ] || { skip all "needs root to create network namespaces"; exit 0; }
+command -v ip >/dev/null && command -v mpirun >/dev/null && command -v unshare >/dev/null ||
+    { skip all "needs iproute2, util-linux and Open MPI"; exit 0; }
+[ -f "$S/models/stories260K.gguf" ] || { skip all "models missing in $S"; exit 0; }
+tmp=$(mktemp -d)
+trap 'bash "$D/netns_cluster.sh" down; rm -rf "$tmp"' EXIT
+bash "$D/netns_cluster.sh" down
+bash "$D/netns_cluster.sh" up || { skip all "cannot create network namespaces here"; exit 0; }
+printf "tt-ns1 slots=1\ntt-ns2 slots=1\ntt-ns3 slots=1\n" > "$tmp/hosts"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+run3() {
+    timeout 300 mpirun --hostfile "$tmp/hosts" -np 3 --mca plm_rsh_agent "$D/netns_cluster.sh agent" \
+        --mca oob_tcp_if_include 10.77.0.0/24 --mca btl self,tcp --mca btl_tcp_if_include 10.77.0.0/24 "$@"
+}
+tokens() { sed 's/.*"tokens":\[\([^]]*\)\].*/\1/' "$1"; }
+run3 "$T" topo -t 1 --json > "$tmp/topo" 2>"$tmp/err"
+hosts=$(grep -o '"host":"[^"]*"' "$tmp/topo" | sort -u | wc -l)
+[ "$hosts" = 3 ] && pass topo_three_hosts || fail topo_three_hosts "hosts $hosts: $(head -c 300 "$tmp/err")"
+for m in stories260K synth-qwen3.q8_0 synth-qwen3moe.q4_k_m; do
+    f="$S/models/$m.gguf"
+    "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+    run3 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/many" 2>"$tmp/err"
+    [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q '"ranks":3' "$tmp/many" && pass "greedy_tcp_$m" ||
+        fail "greedy_tcp_$m" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+done

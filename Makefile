@@ -84,7 +84,7 @@ $(BUILD)/libtutti.a: $(LIB_OBJ) Makefile
 # libedit: line editing and history for `tutti chat`; only the tutti binary links it.
 CLI_LIBS := -ledit
 $(BUILD)/tutti: $(CLI_OBJ) $(BUILD)/libtutti.a
-	$(CC) $(LDOPT) -o $@ $(CLI_OBJ) $(BUILD)/libtutti.a $(CLI_LIBS) $(LDLIBS)
+	$(CC) $(LDOPT) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libtutti.a $(CLI_LIBS) $(LDLIBS)
 
 $(BUILD)/src/%_avx2.o: src/%_avx2.c
 	@mkdir -p $(dir $@)
@@ -102,7 +102,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libtutti.a tests/test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDOPT) -MMD -MP -o $@ $< $(BUILD)/libtutti.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDOPT) $(LDFLAGS) -MMD -MP -o $@ $< $(BUILD)/libtutti.a $(LDLIBS)
 
 # NEON kernels: cross-compiled for aarch64 and run under qemu-user by the tests.
 NEON_SRC := src/base/base.c src/base/threadpool.c $(wildcard src/quant/*.c) \

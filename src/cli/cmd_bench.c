@@ -68,6 +68,7 @@ static const char bench_help[] =
 
 struct bench_result {
     double ttft_ms, prefill_tok_s, decode_tok_s;
+    double comm_ms_per_token, comm_bytes_per_token; /* rank 0, decode */
 };
 
 static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_result *r)
@@ -85,9 +86,18 @@ static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_r
     r->ttft_ms = (t1 - t0) * 1e3;
     r->prefill_tok_s = n_prompt / (t1 - t0);
     int32_t tok = 3;
+    struct comm *c = cli_comm();
+    double comm_s0 = 0;
+    uint64_t comm_b0 = 0;
+    comm_stats(c, &comm_s0, &comm_b0);
     for (int i = 0; i < n_gen && !err; i++) err = engine_eval(e, &tok, 1, ENGINE_LOGITS_LAST, logits);
     if (err) cli_die(err, "decode failed");
     r->decode_tok_s = n_gen / (tt_now_s() - t1);
+    double comm_s1 = 0;
+    uint64_t comm_b1 = 0;
+    comm_stats(c, &comm_s1, &comm_b1);
+    r->comm_ms_per_token = (comm_s1 - comm_s0) * 1e3 / n_gen;
+    r->comm_bytes_per_token = (double)(comm_b1 - comm_b0) / n_gen;
     free(ids);
     free(logits);
 }
@@ -164,7 +174,11 @@ int cmd_bench(int argc, char **argv)
         bench_once(e, n_prompt, n_gen, &r);
         if (i == 0 || r.ttft_ms < best.ttft_ms) best.ttft_ms = r.ttft_ms;
         if (r.prefill_tok_s > best.prefill_tok_s) best.prefill_tok_s = r.prefill_tok_s;
-        if (r.decode_tok_s > best.decode_tok_s) best.decode_tok_s = r.decode_tok_s;
+        if (r.decode_tok_s > best.decode_tok_s) {
+            best.decode_tok_s = r.decode_tok_s;
+            best.comm_ms_per_token = r.comm_ms_per_token;
+            best.comm_bytes_per_token = r.comm_bytes_per_token;
+        }
     }
     const uint64_t bpt = model_bytes_per_token(&m);
     if (moe_stats && m.hp.n_expert) print_moe_stats(e, json);
@@ -175,9 +189,11 @@ int cmd_bench(int argc, char **argv)
         cli_json_str(stdout, mo.model_path, strlen(mo.model_path));
         printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
                "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
-               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d}\n",
+               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d,\"comm_ms_per_token\":%.4f,"
+               "\"comm_bytes_per_token\":%.0f}\n",
                nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, best.ttft_ms,
-               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e));
+               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
+               best.comm_ms_per_token, best.comm_bytes_per_token);
     } else {
         printf("model            %s (%s, %d layers, %.2f GiB)\n", mo.model_path,
                model_arch_name(m.hp.arch), m.hp.n_layer, (double)m.weight_bytes / (1 << 30));
@@ -187,6 +203,9 @@ int cmd_bench(int argc, char **argv)
         printf("decode           %.2f tok/s (%d tokens)\n", best.decode_tok_s, n_gen);
         printf("bytes/token      %.1f MiB of weights\n", (double)bpt / (1 << 20));
         printf("read bandwidth   %.1f GB/s measured\n", bw);
+        if (engine_n_ranks(e) > 1)
+            printf("communication    %.3f ms and %.0f bytes per token (rank 0, decode)\n",
+                   best.comm_ms_per_token, best.comm_bytes_per_token);
         printf("roofline         %.2f tok/s; decode reaches %.0f%% of it\n",
                bw * 1e9 / (double)bpt, 100.0 * frac);
     }

@@ -16,6 +16,8 @@
 #include "test.h"
 
 #include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ---- helpers ---- */
 
@@ -57,6 +59,27 @@ static const struct kcpu_ops *find_variant(const char *want, const char **why)
     }
     *why = "not compiled for this architecture";
     return NULL;
+}
+
+/* Memory whose last byte is followed by an inaccessible page, so a kernel
+ * that reads even one byte past the end of its weights or activations
+ * (a vector load, a gather) crashes the test instead of passing by luck.
+ * Free with guarded_free(p, size). */
+static void *guarded_alloc(size_t size)
+{
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t span = (size + pg - 1) / pg * pg;
+    uint8_t *base = mmap(NULL, span + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return NULL;
+    mprotect(base + span, pg, PROT_NONE);
+    return base + span - size;
+}
+
+static void guarded_free(void *p, size_t size)
+{
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t span = (size + pg - 1) / pg * pg;
+    munmap((uint8_t *)p + size - span, span + pg);
 }
 
 /* ---- activation quantization: byte equality ---- */
@@ -161,7 +184,7 @@ static void fill_weights(enum tt_type type, uint8_t *w, int64_t rows, int64_t n,
         uint8_t *wr = w + r * stride;
         for (int64_t k = 0; k < n; k++) tmp[k] = rnd_f() * (1.0f + (float)(r % 3));
         tr->from_float(tmp, wr, n);
-        memset(wr + row, 0xEE, stride - row); /* padding must not matter */
+        if (r + 1 < rows) memset(wr + row, 0xEE, stride - row); /* padding must not matter */
         if (!raw || !tr->is_quantized) continue;
         for (size_t i = 0; i < row; i++) wr[i] = (uint8_t)rnd_u32();
         for (int64_t b = 0; b < n / tr->block_size; b++) {
@@ -235,8 +258,13 @@ static int check_matmul(const struct kcpu_ops *ops, enum tt_type wt, struct shap
     const size_t wrow = tt_row_size(wt, s.n), arow = tt_row_size(vt, s.n);
     const size_t wstride = wrow + (size_t)s.pad, astride = arow + 8;
     const int64_t ldo = s.rows + 3;
-    uint8_t *w = malloc(wstride * (size_t)s.rows);
-    uint8_t *a = calloc((size_t)s.n_tok, astride);
+    /* The last row and token end exactly at a guard page. */
+    const size_t wbytes = wstride * (size_t)(s.rows - 1) + wrow;
+    const size_t abytes = astride * (size_t)(s.n_tok - 1) + arow;
+    uint8_t *w = guarded_alloc(wstride * (size_t)s.rows);
+    uint8_t *a = guarded_alloc(astride * (size_t)s.n_tok);
+    w = w + wstride * (size_t)s.rows - wbytes; /* drop the last row's padding */
+    a = a + astride * (size_t)s.n_tok - abytes;
     float *want = malloc((size_t)(ldo * s.n_tok) * sizeof(float));
     float *got = malloc((size_t)(ldo * s.n_tok) * sizeof(float));
     float *wf = malloc((size_t)s.n * sizeof(float)), *af = malloc((size_t)s.n * sizeof(float));
@@ -269,8 +297,8 @@ static int check_matmul(const struct kcpu_ops *ops, enum tt_type wt, struct shap
             }
         }
     }
-    free(w);
-    free(a);
+    guarded_free(w - (wstride * (size_t)s.rows - wbytes), wstride * (size_t)s.rows);
+    guarded_free(a - (astride * (size_t)s.n_tok - abytes), astride * (size_t)s.n_tok);
     free(want);
     free(got);
     free(wf);

@@ -216,8 +216,8 @@ KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const 
         _mm512_setzero_si512(), valid,
         _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                            _mm512_set1_epi32((int)wrb)),
-        (const int *)(x0 + 208), 1);
-    const __m512 d = f16_lo(dv);
+        (const int *)(x0 + 206), 1); /* scales[14..15], d: d is the high half */
+    const __m512 d = f16_lo(_mm512_srli_epi32(dv, 16));
     __m512i sc[16];
     KCPU_UNROLL
     for (int j = 0; j < 16; j++) {

@@ -344,9 +344,10 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
         /* d_j, -d_j for the group (the offset term is subtracted) */
         const __m128i dh = _mm_mmask_i32gather_epi32(
             _mm_setzero_si128(), (__mmask8)((1u << g) - 1),
-            _mm_setr_epi32(0, (int)bsz, 2 * (int)bsz, 3 * (int)bsz), (const int *)(x + 208), 1);
-        const __m128i dd16 = _mm_shuffle_epi8(dh, _mm_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
-                                                                12, 13, 12, 13));
+            _mm_setr_epi32(0, (int)bsz, 2 * (int)bsz, 3 * (int)bsz), (const int *)(x + 206), 1);
+        /* dwords at 206 end with d (bytes 208..209): the block's last bytes */
+        const __m128i dd16 = _mm_shuffle_epi8(dh, _mm_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11,
+                                                                14, 15, 14, 15));
         const __m256 DD = _mm256_xor_ps(_mm256_cvtph_ps(dd16), neg_odd);
         float DDt[4][8] __attribute__((aligned(32)));
         KCPU_UNROLL

@@ -122,18 +122,19 @@ static void fill_act_nonfinite(float *x, int64_t n)
 
 static int check_quantize(const struct kcpu_ops *ops, enum tt_type type, int64_t n, bool nonfinite)
 {
-    float *x = malloc((size_t)n * sizeof(float));
+    /* input and output end at guard pages: no read or write past them */
     const size_t bytes = tt_row_size(type, n);
-    uint8_t *want = malloc(bytes + 1), *got = malloc(bytes + 1);
+    float *x = guarded_alloc((size_t)n * sizeof(float));
+    uint8_t *want = malloc(bytes), *got = guarded_alloc(bytes);
     fill_act_specials(x, n);
     if (nonfinite) fill_act_nonfinite(x, n);
-    memset(want, 0xAB, bytes + 1);
-    memset(got, 0xAB, bytes + 1);
+    memset(want, 0xAB, bytes);
+    memset(got, 0xAB, bytes);
     kcpu_ops_scalar.quantize_act[type](x, want, n);
     ops->quantize_act[type](x, got, n);
-    int bad = memcmp(want, got, bytes + 1) != 0;
+    int bad = memcmp(want, got, bytes) != 0;
     if (bad) {
-        for (size_t i = 0; i <= bytes; i++) {
+        for (size_t i = 0; i < bytes; i++) {
             if (want[i] != got[i]) {
                 fprintf(stderr, "  quantize %s n=%lld: first difference at byte %zu: %02x vs %02x\n",
                         tt_type_name(type), (long long)n, i, want[i], got[i]);
@@ -141,9 +142,9 @@ static int check_quantize(const struct kcpu_ops *ops, enum tt_type type, int64_t
             }
         }
     }
-    free(x);
+    guarded_free(x, (size_t)n * sizeof(float));
     free(want);
-    free(got);
+    guarded_free(got, bytes);
     return bad;
 }
 

@@ -43,7 +43,7 @@
 #include <string.h>
 
 #define SLAB_TOK 128
-#define PANEL_ROWS 256
+#define PANEL_ROWS 512
 #define CHUNK 256
 
 static const uint8_t zero_block[512] __attribute__((aligned(64)));

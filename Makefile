@@ -22,8 +22,9 @@ else
 endif
 
 # Debian packages the build needs (and the tools the tests need).
-DEB_BUILD := build-essential pkg-config libpcre2-dev libxxhash-dev libopenmpi-dev openmpi-bin libedit-dev
-DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user tmux iproute2
+DEB_BUILD := build-essential pkg-config libpcre2-dev libxxhash-dev libopenmpi-dev openmpi-bin libedit-dev \
+             libmicrohttpd-dev libjansson-dev
+DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user tmux iproute2 nodejs npm curl
 
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
@@ -40,7 +41,7 @@ endif
 CFLAGS_COMMON := -std=c11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread \
                  -Isrc $(PCRE2_CFLAGS) $(MPI_DEFS)
 CFLAGS := $(CFLAGS_COMMON) $(OPT) $(EXTRA_CFLAGS)
-LDLIBS := $(PCRE2_LIBS) $(MPI_LIBS) -lxxhash -lm -pthread
+LDLIBS := $(PCRE2_LIBS) $(MPI_LIBS) -lxxhash -lmicrohttpd -ljansson -lm -pthread
 
 # Per-instruction-set kernel files get their own flags; the rest is generic.
 FLAGS_avx2 := -mavx2 -mfma -mf16c

@@ -20,6 +20,7 @@ static const struct command commands[] = {
     { "gen", cmd_gen, "write a random-weight model of any supported shape and type", false },
     { "bench", cmd_bench, "measure TTFT, prefill and decode speed against the bandwidth limit", true },
     { "chat", cmd_chat, "interactive multi-turn chat in the terminal", true },
+    { "serve", cmd_serve, "OpenAI-compatible HTTP API", true },
     { "topo", cmd_topo, "ranks, hosts, cores, memory, and measured link latency/bandwidth", true },
 };
 

@@ -76,7 +76,7 @@ void cli_progress_start(struct cli_progress *p, const char *label);
 void cli_progress_update(struct cli_progress *p, double done, double total);
 void cli_progress_end(struct cli_progress *p);
 
-#define CLI_PROMPT_TOKENS_MAX (1 << 20)
+#define CLI_PROMPT_TOKENS_MAX (1 << 24)
 struct tok_vocab;
 /* The prompt from -p TEXT or -f FILE (exactly one); caller frees. Dies on error. */
 char *cli_load_prompt(const char *text, const char *file, size_t *len);

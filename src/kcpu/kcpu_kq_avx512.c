@@ -28,10 +28,13 @@
  *
  * Zen 4 executes vpdpbusd, vpmaddwd, vpdpwssd, FMAs and vpternlogd on the
  * same two pipes; shifts, logic, conversions and most shuffles go elsewhere.
- * The kernels avoid vpternlogd and variable shifts where a plain shift and
- * and/or do (each measured).
+ * What counts is the total number of vector instructions per block: variable
+ * shifts, gathers and register broadcasts were replaced by fixed shifts,
+ * per-call arrays and memory broadcasts (each step measured).
  */
 #include "kcpu_avx512.h"
+
+#include <string.h>
 
 #define Q8K_QS 4    /* offset of qs in block_q8_K */
 #define Q8K_BSUMS 260
@@ -40,6 +43,9 @@
 #ifndef KQ_PF
 #define KQ_PF 16
 #endif
+/* Per-token stride of the d_act pair arrays (two floats per block, up to 64
+ * blocks per pass). */
+#define Q45K_DY_STRIDE 128
 #ifndef KQ_HINT
 #define KQ_HINT _MM_HINT_T0
 #endif
@@ -95,14 +101,16 @@ KCPU_INLINE __m512i load_heads(const uint8_t *x, size_t bsz, int g)
     return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
 }
 
-/* d_act of blocks 0..3 (g valid) of one Q8_K row, each twice: dy0, dy0, dy1,
- * dy1, ... */
-KCPU_INLINE __m256 act_scales_x4(const uint8_t *a, int g)
+/* d_act of the blocks of one Q8_K row, each twice (dy0, dy0, dy1, dy1, ...),
+ * for nblk blocks: the row kernels multiply four blocks' (d, dmin) pairs by
+ * these with one load instead of a gather. */
+static void act_dy_pairs(const uint8_t *a, int64_t nblk, float *dst)
 {
-    const int s = (int)sizeof(struct block_q8_K);
-    const __m256i idx = _mm256_setr_epi32(0, 0, s, s, 2 * s, 2 * s, 3 * s, 3 * s);
-    const __mmask8 k = (__mmask8)((1u << (2 * g)) - 1);
-    return _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), k, idx, (const float *)a, 1);
+    for (int64_t b = 0; b < nblk; b++, a += sizeof(struct block_q8_K)) {
+        memcpy(&dst[2 * b], a, 4);
+        dst[2 * b + 1] = dst[2 * b];
+    }
+    for (int64_t b = nblk; b % 4; b++) dst[2 * b] = dst[2 * b + 1] = 0.0f;
 }
 
 /* Scale vectors of block j for dot_scaled, from U = q4k_scales_x4(...).
@@ -142,13 +150,6 @@ KCPU_INLINE void add_block(__m512 *acc, __m256 *accm, __m512i isum, __m256i imin
     *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_set1_ps(f[1]), *accm);
 }
 
-KCPU_INLINE void store_tile(const int NT, __m512 acc[4], __m256 accm[4], float *out, int64_t ldo)
-{
-    KCPU_UNROLL
-    for (int t = 0; t < NT; t++)
-        out[t * ldo] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
-}
-
 /* ---- Q4_K / Q5_K ----
  * Block layout (bytes): d 0, dmin 2, scales 4..15, [Q5_K: qh 16..47], qs.
  * qs[32g .. 32g+31] hold elements 64g .. 64g+31 (low nibbles) and
@@ -171,9 +172,9 @@ KCPU_INLINE void q45k_levels(const uint8_t *x, const int HAS_QH, __m512i L[4])
     if (HAS_QH) {
         /* qh bit b of the two halves of L[i] (b = 0|2, 1|3, 4|6, 5|7) to bit
          * 4 of each byte: with h = qh | qh >> 2 (lower | upper half) these
-         * are bits 0, 1, 4, 5 of h, moved by fixed shifts, then merged above
-         * the nibble (and/or rather than vpternlogd, which competes with
-         * vpdpbusd for its pipes on Zen 4). */
+         * are bits 0, 1, 4, 5 of h, moved by fixed shifts and merged above
+         * the nibble (GCC fuses the and/or into vpternlogd, which measured
+         * faster than keeping them apart). */
         const __m256i qh = _mm256_loadu_si256((const void *)(x + 16));
         const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
         const __m512i b4 = _mm512_set1_epi8(0x10);
@@ -206,13 +207,13 @@ static void act_q4k_order(const uint8_t *a, int64_t nblk, uint8_t *dst)
  * four: their scales are unpacked together, their d, dmin and d_act
  * multiplied together. */
 KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x,
-                          const uint8_t *aq, size_t aq_stride, const uint8_t *a, size_t arb,
-                          __m512 acc[4], __m256 accm[4])
+                          const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
+                          size_t arb, __m512 acc[4], __m256 accm[4])
 {
     const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
     const __m256 neg_min = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
     for (int64_t b = 0; b < nb;
-         b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), aq += 4 * QK_K) {
+         b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), aq += 4 * QK_K, dy += 8) {
         const int g = (int)TT_MIN(4, nb - b);
         const __m512i R = load_heads(x, bsz, g);
         const __m512i U = q4k_scales_x4(R);
@@ -223,7 +224,11 @@ KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint
             neg_min);
         float DDt[4][8] __attribute__((aligned(32)));
         KCPU_UNROLL
-        for (int t = 0; t < NT; t++) _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, act_scales_x4(a + t * arb, g)));
+        for (int t = 0; t < NT; t++)
+            _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
+        /* keep DDt in memory: the FMAs below broadcast from it for free,
+         * where broadcasts from a register would cost shuffles */
+        __asm__ volatile("" ::: "memory");
         KCPU_UNROLL
         for (int j = 0; j < 4; j++) {
             if (j >= g) break;
@@ -249,8 +254,8 @@ KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint
 
 /* out[t * ldo] = (ADD ? out : 0) + the row's dots over nb blocks. */
 KCPU_INLINE void q45k_tile(const int HAS_QH, const int NT, int64_t nb, const uint8_t *w,
-                           const uint8_t *aq, size_t aq_stride, const uint8_t *a, size_t arb,
-                           float *out, int64_t ldo, int add)
+                           const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
+                           size_t arb, float *out, int64_t ldo, int add)
 {
     __m512 acc[4];
     __m256 accm[4];
@@ -259,7 +264,7 @@ KCPU_INLINE void q45k_tile(const int HAS_QH, const int NT, int64_t nb, const uin
         acc[t] = _mm512_setzero_ps();
         accm[t] = _mm256_setzero_ps();
     }
-    q45k_row(HAS_QH, NT, nb, w, aq, aq_stride, a, arb, acc, accm);
+    q45k_row(HAS_QH, NT, nb, w, aq, aq_stride, dy, a, arb, acc, accm);
     KCPU_UNROLL
     for (int t = 0; t < NT; t++) {
         const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
@@ -278,6 +283,7 @@ static void rows_q45k(const int HAS_QH, KCPU_MATMUL_ARGS)
     const int64_t nb = n / QK_K;
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
     uint8_t buf[Q45K_BUF] __attribute__((aligned(64)));
+    float dy[4 * Q45K_DY_STRIDE];
     for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
         const int nt = (int)TT_MIN(4, n_tok - t0);
         const int64_t kch = nt == 1 ? 64 : nt == 2 ? 32 : 16;
@@ -287,14 +293,17 @@ static void rows_q45k(const int HAS_QH, KCPU_MATMUL_ARGS)
         for (int64_t c0 = 0; c0 < nb; c0 += kch) {
             const int64_t cb = TT_MIN(kch, nb - c0);
             const uint8_t *ac = at + c0 * sizeof(struct block_q8_K);
-            for (int t = 0; t < nt; t++) act_q4k_order(ac + t * act_row_bytes, cb, buf + t * stride);
+            for (int t = 0; t < nt; t++) {
+                act_q4k_order(ac + t * act_row_bytes, cb, buf + t * stride);
+                act_dy_pairs(ac + t * act_row_bytes, cb, dy + t * Q45K_DY_STRIDE);
+            }
             for (int64_t r = r0; r < r1; r++) {
                 const uint8_t *wr = wb + r * w_row_bytes + c0 * bsz;
                 const int add = c0 > 0;
-                if (nt == 1) q45k_tile(HAS_QH, 1, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
-                else if (nt == 2) q45k_tile(HAS_QH, 2, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
-                else if (nt == 3) q45k_tile(HAS_QH, 3, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
-                else q45k_tile(HAS_QH, 4, cb, wr, buf, stride, ac, act_row_bytes, ot + r, ldo, add);
+                if (nt == 1) q45k_tile(HAS_QH, 1, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 2) q45k_tile(HAS_QH, 2, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 3) q45k_tile(HAS_QH, 3, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else q45k_tile(HAS_QH, 4, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
             }
         }
     }
@@ -322,8 +331,8 @@ KCPU_INLINE void q6k_levels(const uint8_t *x, __m512i L[4])
     }
 }
 
-KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint8_t *a,
-                          size_t arb, float *out, int64_t ldo)
+KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const float *dy,
+                          const uint8_t *a, size_t arb, float *out, int64_t ldo, int add)
 {
     const size_t bsz = sizeof(struct block_q6_K);
     /* packs(p_lo, p_hi) of half h holds in 128-bit lane l the sub-blocks
@@ -339,7 +348,7 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
         acc[t] = _mm512_setzero_ps();
         accm[t] = _mm256_setzero_ps();
     }
-    for (int64_t b = 0; b < nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K)) {
+    for (int64_t b = 0; b < nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), dy += 8) {
         const int g = (int)TT_MIN(4, nb - b);
         /* d_j, -d_j for the group (the offset term is subtracted) */
         const __m128i dh = _mm_mmask_i32gather_epi32(
@@ -351,7 +360,9 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
         const __m256 DD = _mm256_xor_ps(_mm256_cvtph_ps(dd16), neg_odd);
         float DDt[4][8] __attribute__((aligned(32)));
         KCPU_UNROLL
-        for (int t = 0; t < NT; t++) _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, act_scales_x4(a + t * arb, g)));
+        for (int t = 0; t < NT; t++)
+            _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
+        __asm__ volatile("" ::: "memory"); /* as in q45k_row */
         KCPU_UNROLL
         for (int j = 0; j < 4; j++) {
             if (j >= g) break;
@@ -377,31 +388,42 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const uint
             }
         }
     }
-    store_tile(NT, acc, accm, out, ldo);
+    KCPU_UNROLL
+    for (int t = 0; t < NT; t++) {
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
+        out[t * ldo] = add ? out[t * ldo] + v : v;
+    }
 }
 
-/* ---- drivers ----
- * One row at a time: the weights then stream through memory in one
- * sequential pass per thread, which the hardware prefetchers follow far
- * better than several interleaved row streams (measured: 2 threads reach
- * ~80% of the read bandwidth with one stream, under 50% with four). Up to
- * four tokens share each unpacked block. */
-#define ROWS_DRIVER(TILE, ...)                                                                   \
-    do {                                                                                         \
-        const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                      \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {                                              \
-            const int64_t nt = TT_MIN(4, n_tok - t0);                                            \
-            const uint8_t *at = ab + t0 * act_row_bytes;                                         \
-            float *ot = out + t0 * ldo;                                                          \
-            for (int64_t r = r0; r < r1; r++) {                                                  \
-                const uint8_t *wr = wb + r * w_row_bytes;                                        \
-                if (nt == 1) TILE(__VA_ARGS__ 1, nb, wr, at, act_row_bytes, ot + r, ldo);          \
-                else if (nt == 2) TILE(__VA_ARGS__ 2, nb, wr, at, act_row_bytes, ot + r, ldo);     \
-                else if (nt == 3) TILE(__VA_ARGS__ 3, nb, wr, at, act_row_bytes, ot + r, ldo);     \
-                else TILE(__VA_ARGS__ 4, nb, wr, at, act_row_bytes, ot + r, ldo);                  \
-            }                                                                                    \
-        }                                                                                        \
-    } while (0)
+/* ---- drivers ---- */
+
+/* Q6_K rows: like rows_q45k, without reordering the activation (Q6_K levels
+ * come out in element order); only the d_act pairs are prepared, 64 blocks
+ * at a time. */
+static void rows_q6k(KCPU_MATMUL_ARGS)
+{
+    const int64_t nb = n / QK_K, kch = 64;
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    float dy[4 * Q45K_DY_STRIDE];
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+        const int nt = (int)TT_MIN(4, n_tok - t0);
+        const uint8_t *at = ab + t0 * act_row_bytes;
+        float *ot = out + t0 * ldo;
+        for (int64_t c0 = 0; c0 < nb; c0 += kch) {
+            const int64_t cb = TT_MIN(kch, nb - c0);
+            const uint8_t *ac = at + c0 * sizeof(struct block_q8_K);
+            for (int t = 0; t < nt; t++) act_dy_pairs(ac + t * act_row_bytes, cb, dy + t * Q45K_DY_STRIDE);
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *wr = wb + r * w_row_bytes + c0 * sizeof(struct block_q6_K);
+                const int add = c0 > 0;
+                if (nt == 1) q6k_tile(1, cb, wr, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 2) q6k_tile(2, cb, wr, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 3) q6k_tile(3, cb, wr, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else q6k_tile(4, cb, wr, dy, ac, act_row_bytes, ot + r, ldo, add);
+            }
+        }
+    }
+}
 
 void kcpu_avx512_rows_q4_K(KCPU_MATMUL_ARGS)
 {
@@ -415,6 +437,5 @@ void kcpu_avx512_rows_q5_K(KCPU_MATMUL_ARGS)
 
 void kcpu_avx512_rows_q6_K(KCPU_MATMUL_ARGS)
 {
-    const int64_t nb = n / QK_K;
-    ROWS_DRIVER(q6k_tile, );
+    rows_q6k(n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
 }

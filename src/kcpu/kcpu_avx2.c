@@ -216,10 +216,28 @@ INL void float_tile(const int kind, const int R, const int T, int64_t n, const u
     }
 }
 
+/* One token: a row at a time, so each thread reads one sequential stream. */
+INL float float_dot1(const int kind, int64_t n, const uint8_t *w, const uint8_t *a)
+{
+    __m256 s[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        UNROLL
+        for (int i = 0; i < 4; i++) s[i] = _mm256_fmadd_ps(fload(kind, w, k + 8 * i), fload(kind, a, k + 8 * i), s[i]);
+    }
+    float r = hsum(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3])));
+    for (; k < n; k++) r += fscalar(kind, w, k) * fscalar(kind, a, k);
+    return r;
+}
+
 #define FLOAT_MATMUL(name, kind)                                                                  \
     static void name(MM_ARGS)                                                                     \
     {                                                                                             \
         const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                       \
+        if (n_tok == 1) {                                                                         \
+            for (int64_t r = r0; r < r1; r++) out[r] = float_dot1(kind, n, wb + r * w_row_bytes, ab); \
+            return;                                                                               \
+        }                                                                                         \
         for (int64_t t0 = 0; t0 < n_tok;) {                                                       \
             const int nt = n_tok - t0 >= 2 ? 2 : 1;                                               \
             for (int64_t r = r0; r < r1;) {                                                       \

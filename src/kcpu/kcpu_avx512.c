@@ -219,11 +219,42 @@ __attribute__((target("avx512bf16"))) KCPU_INLINE void bf16dp_tile(const int R, 
     }
 }
 
-/* Tiles of 4 rows x {6, 4, 2, 1} tokens, remainders one row at a time. */
-#define FLOAT_DRIVER(TILE, ...)                                                                    \
+/* One row against one token (decode): four accumulators over 64 elements
+ * per step, reading the row as a single sequential stream. */
+KCPU_INLINE float float_dot1(const int kind, int64_t n, const uint8_t *w, const uint8_t *a)
+{
+    const int es = kind == FK_F32 ? 4 : 2;
+    __m512 s[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
+    int64_t k = 0;
+    for (; k + 64 <= n; k += 64) {
+        _mm_prefetch((const char *)w + (k + 512) * es, _MM_HINT_T0);
+        _mm_prefetch((const char *)w + (k + 512) * es + 64, _MM_HINT_T0);
+        if (es == 4) {
+            _mm_prefetch((const char *)w + (k + 512) * es + 128, _MM_HINT_T0);
+            _mm_prefetch((const char *)w + (k + 512) * es + 192, _MM_HINT_T0);
+        }
+        KCPU_UNROLL
+        for (int i = 0; i < 4; i++)
+            s[i] = _mm512_fmadd_ps(fload(kind, w, k + 16 * i), fload(kind, a, k + 16 * i), s[i]);
+    }
+    for (; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        s[0] = _mm512_fmadd_ps(fload_mask(kind, w, k, m), fload_mask(kind, a, k, m), s[0]);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+}
+
+/* One token: a row at a time (one sequential stream per thread, which the
+ * prefetchers follow best). More tokens: tiles of 4 rows x {6, 4, 2, 1}
+ * tokens, remainders one row at a time. */
+#define FLOAT_DRIVER(KIND, TILE, ...)                                                              \
     do {                                                                                           \
         const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                        \
         int64_t t0 = 0;                                                                            \
+        if (n_tok == 1) {                                                                          \
+            for (int64_t r = r0; r < r1; r++) out[r] = float_dot1(KIND, n, wb + r * w_row_bytes, ab); \
+            break;                                                                                 \
+        }                                                                                          \
         while (t0 < n_tok) {                                                                       \
             const int64_t rem = n_tok - t0;                                                        \
             const int nt = rem >= 6 ? 6 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;                          \
@@ -251,22 +282,22 @@ __attribute__((target("avx512bf16"))) KCPU_INLINE void bf16dp_tile(const int R, 
 
 static void matmul_f32(KCPU_MATMUL_ARGS)
 {
-    FLOAT_DRIVER(float_tile, FK_F32, );
+    FLOAT_DRIVER(FK_F32, float_tile, FK_F32, );
 }
 
 static void matmul_f16(KCPU_MATMUL_ARGS)
 {
-    FLOAT_DRIVER(float_tile, FK_F16, );
+    FLOAT_DRIVER(FK_F16, float_tile, FK_F16, );
 }
 
 static void matmul_bf16(KCPU_MATMUL_ARGS)
 {
-    FLOAT_DRIVER(float_tile, FK_BF16, );
+    FLOAT_DRIVER(FK_BF16, float_tile, FK_BF16, );
 }
 
 __attribute__((target("avx512bf16"))) static void matmul_bf16_dp(KCPU_MATMUL_ARGS)
 {
-    FLOAT_DRIVER(bf16dp_tile, );
+    FLOAT_DRIVER(FK_BF16, bf16dp_tile, );
 }
 
 /* ---- Q8_0 / Q4_0 row kernels ----

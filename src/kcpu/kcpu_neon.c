@@ -162,10 +162,29 @@ static inline __attribute__((always_inline)) void float_tile(const int kind, con
     }
 }
 
+/* One token: a row at a time, so each thread reads one sequential stream. */
+static inline __attribute__((always_inline)) float float_dot1(const int kind, int64_t n, const uint8_t *w,
+                                                              const uint8_t *a)
+{
+    float32x4_t s[4] = { vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0) };
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        KN_UNROLL
+        for (int i = 0; i < 4; i++) s[i] = vfmaq_f32(s[i], fload(kind, w, k + 4 * i), fload(kind, a, k + 4 * i));
+    }
+    float r = vaddvq_f32(vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3])));
+    for (; k < n; k++) r += fscalar(kind, w, k) * fscalar(kind, a, k);
+    return r;
+}
+
 #define FLOAT_MATMUL(name, kind)                                                                  \
     void name(KN_ARGS)                                                                            \
     {                                                                                             \
         const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;                       \
+        if (n_tok == 1) {                                                                         \
+            for (int64_t r = r0; r < r1; r++) out[r] = float_dot1(kind, n, wb + r * w_row_bytes, ab); \
+            return;                                                                               \
+        }                                                                                         \
         for (int64_t t0 = 0; t0 < n_tok;) {                                                       \
             const int nt = n_tok - t0 >= 4 ? 4 : 1;                                               \
             for (int64_t r = r0; r < r1;) {                                                       \

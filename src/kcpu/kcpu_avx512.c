@@ -369,11 +369,11 @@ KCPU_INLINE void q80_row(const int IS_Q4, const int NT, int64_t nchunk, int64_t 
     for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < nchunk; c++, x += 8 * bsz, p++) {
         const int nblk = (int)TT_MIN(8, nb - 8 * c);
-        _mm_prefetch((const char *)x + 16 * bsz, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 16 * bsz + 64, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 16 * bsz + 128, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 16 * bsz + 192, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 16 * bsz + 256, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 64 * bsz, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 64 * bsz + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 64 * bsz + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 64 * bsz + 192, _MM_HINT_T0);
+        _mm_prefetch((const char *)x + 64 * bsz + 256, _MM_HINT_T0);
         const __mmask8 km = (__mmask8)((1u << nblk) - 1);
         const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(
             _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), km, gidx, (const int *)x, 1)));

@@ -62,6 +62,7 @@ struct act_set {
     int n;
     int type[GPU_ACT_SLOTS];
     size_t stride[GPU_ACT_SLOTS];
+    const void *ptr[GPU_ACT_SLOTS];
 };
 
 struct cuda_accel {
@@ -90,6 +91,7 @@ struct cuda_accel {
     float *cs;               /* [B][n_rot] */
     int32_t *pos, *seq, *rows; /* [B] */
     float *part;             /* attention parts */
+    int *att_count;          /* [B][n_kv_local] attention join tickets (zero between launches) */
     float *logits;           /* [GPU_LOGIT_ROWS][n_vocab_local] */
     uint8_t *act[GPU_ACT_SLOTS];
     size_t act_bytes;
@@ -100,6 +102,10 @@ struct cuda_accel {
     struct kcuda_graph *graph;
     bool graph_off;
     bool logits_ready;       /* h_logits holds the last single-token batch's logits */
+    /* TT_GPU_PROFILE=1: per-kernel times of one decode step and one batch */
+    float *prof_x;           /* [B][E] the batch's input rows, or NULL */
+    int prof_decode_steps;
+    bool prof_batch_done;
 };
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -276,6 +282,7 @@ static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t 
     BUF(c->seq, B * 4);
     BUF(c->rows, B * 4);
     BUF(c->part, TT_MAX(part, part1) * 4);
+    BUF(c->att_count, B * (size_t)TT_MAX(e->n_kv_local, 1) * 4);
     BUF(c->logits, (size_t)GPU_LOGIT_ROWS * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
     for (int i = 0; i < GPU_ACT_SLOTS; i++) BUF(c->act[i], c->act_bytes);
 #undef BUF
@@ -301,6 +308,7 @@ static int acts_prepare(struct cuda_accel *c, struct act_set *s, const float *x,
 {
     s->n = 0;
     const float e = w ? eps : -1.0f;
+    bool want_f32 = false;
     int err = 0;
     for (int i = 0; i < n_w && !err; i++) {
         if (!ws[i]->data) continue;
@@ -308,14 +316,25 @@ static int acts_prepare(struct cuda_accel *c, struct act_set *s, const float *x,
         int j = 0;
         while (j < s->n && s->type[j] != t) j++;
         if (j < s->n) continue;
+        if (t == KCUDA_F32 && yf) { /* F32 products read the float rows themselves */
+            want_f32 = true;
+            continue;
+        }
         TT_ASSERT(s->n < GPU_ACT_SLOTS);
         s->type[j] = t;
         s->stride[j] = kcuda_act_row_bytes(t, n);
+        s->ptr[j] = c->act[j];
         s->n++;
-        err = kcuda_norm_convert(c->k, t, x, ld, n_tok, n, w, e, yf, c->act[j], s->stride[j]);
-        yf = NULL;
+        err = kcuda_norm_convert(c->k, t, x, ld, n_tok, n, w, e, s->n == 1 ? yf : NULL, c->act[j], s->stride[j]);
     }
-    if (!err && yf) err = kcuda_norm_convert(c->k, KCUDA_F32, x, ld, n_tok, n, w, e, NULL, yf, (size_t)n * 4);
+    const bool yf_done = s->n > 0;
+    if (!err && yf && !yf_done) err = kcuda_norm_convert(c->k, KCUDA_F32, x, ld, n_tok, n, w, e, NULL, yf, (size_t)n * 4);
+    if (!err && yf && want_f32) {
+        TT_ASSERT(s->n < GPU_ACT_SLOTS);
+        s->type[s->n] = KCUDA_F32;
+        s->stride[s->n] = (size_t)n * 4;
+        s->ptr[s->n++] = yf;
+    }
     return err;
 }
 
@@ -323,10 +342,11 @@ static const void *act_of(const struct cuda_accel *c, const struct act_set *s,
                           const struct kcuda_weight *w, size_t *stride)
 {
     const int t = vec_type(w->type);
+    (void)c;
     for (int j = 0; j < s->n; j++) {
         if (s->type[j] == t) {
             *stride = s->stride[j];
-            return c->act[j];
+            return s->ptr[j];
         }
     }
     TT_ASSERT(!"activation type not converted");
@@ -349,6 +369,12 @@ static bool pairable(const struct kcuda_weight *a, const struct kcuda_weight *b)
            a->row_stride == b->row_stride && a->expert_stride == b->expert_stride;
 }
 
+/* Weights one launch can stream together: same type and row length. */
+static bool pairable_rows(const struct kcuda_weight *a, const struct kcuda_weight *b)
+{
+    return a->data && b->data && a->type == b->type && a->n_in == b->n_in && a->row_stride == b->row_stride;
+}
+
 static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
@@ -358,15 +384,25 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     struct act_set s;
     const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
-    if (!err) err = lin(c, &s, &g->wq, NULL, n_tok, c->q, qd, g->bq, KCUDA_OUT_STORE);
-    if (!err) err = lin(c, &s, &g->wk, NULL, n_tok, c->kx, kvd, g->bk, KCUDA_OUT_STORE);
-    if (!err) err = lin(c, &s, &g->wv, NULL, n_tok, c->vx, kvd, g->bv, KCUDA_OUT_STORE);
+    int fused = 0; /* q, k (and v) in one launch when they share a type */
+    if (!err && n_tok <= 8 && g->wq.data && pairable_rows(&g->wq, &g->wk)) {
+        fused = pairable_rows(&g->wq, &g->wv) ? 3 : 2;
+        float *outs[] = { c->q, c->kx, c->vx };
+        const int64_t ldos[] = { qd, kvd, kvd };
+        const float *biases[] = { g->bq, g->bk, g->bv };
+        size_t st;
+        const void *a = act_of(c, &s, &g->wq, &st);
+        err = kcuda_matvec_multi(c->k, ws, fused, a, st, n_tok, outs, ldos, biases);
+    }
+    if (!err && fused < 1) err = lin(c, &s, &g->wq, NULL, n_tok, c->q, qd, g->bq, KCUDA_OUT_STORE);
+    if (!err && fused < 2) err = lin(c, &s, &g->wk, NULL, n_tok, c->kx, kvd, g->bk, KCUDA_OUT_STORE);
+    if (!err && fused < 3) err = lin(c, &s, &g->wv, NULL, n_tok, c->vx, kvd, g->bv, KCUDA_OUT_STORE);
     if (!err)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
                                c->cs, c->pos, c->seq, g->k_cache, g->v_cache);
     if (!err)
         err = kcuda_attention(c->k, &c->shape, n_tok, attn_splits(e, n_tok), c->q, g->k_cache,
-                              g->v_cache, c->pos, c->seq, c->part, c->attn);
+                              g->v_cache, c->pos, c->seq, c->part, c->att_count, c->attn);
     if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
     if (!err) err = lin(c, &s, &g->wo, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
     return err;
@@ -414,8 +450,10 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     const struct kcuda_weight *wd[] = { &g->down_exps }, *wsd[] = { &g->down_shexp };
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
     if (!err) err = lin(c, &s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
-    if (!err) err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel, c->sel_w);
-    if (!err) err = kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles);
+    if (!err)
+        err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel,
+                              c->sel_w, tile_tok == 1 ? c->tiles : NULL);
+    if (!err && tile_tok != 1) err = kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles);
     size_t st = 0;
     const void *a = err ? NULL : act_of(c, &s, &g->gate_exps, &st);
     if (!err && pairable(&g->gate_exps, &g->up_exps)) {
@@ -510,18 +548,45 @@ static int fail(int err)
     return err;
 }
 
+/* TT_GPU_PROFILE: re-run a batch with per-kernel timing (after the real run:
+ * the input rows are uploaded again, so x and the cache end as they were). */
+static void profile_step(struct cuda_accel *c, struct engine *e, int n_tok, double wall_ms)
+{
+    const bool decode = n_tok == 1;
+    if (decode ? ++c->prof_decode_steps != 3 : (c->prof_batch_done || n_tok < 64)) return;
+    c->prof_batch_done |= !decode;
+    const size_t xb = (size_t)n_tok * (size_t)e->m->hp.n_embd * 4;
+    fprintf(stderr, "GPU profile: %d-token step took %.3f ms on the host clock\n", n_tok, wall_ms);
+    if (decode && c->graph) {
+        kcuda_upload(c->k, c->x, c->prof_x, xb);
+        fprintf(stderr, "GPU profile: decode graph %.4f ms per token (device time of 20 replays)\n",
+                kcuda_graph_time_ms(c->k, c->graph, 20));
+    }
+    kcuda_upload(c->k, c->x, c->prof_x, xb);
+    kcuda_sync(c->k);
+    kcuda_profile(c->k, true);
+    int err = run_range(c, e, n_tok, decode);
+    kcuda_profile(c->k, false);
+    if (!err) err = kcuda_sync(c->k);
+    if (err) tt_warn("GPU profile: %s", tt_error_detail());
+    kcuda_profile_report(c->k, decode ? "one decode token, kernels one by one" : "one batch", decode ? 1 : n_tok);
+}
+
 static int cuda_run_layers(void *ctx, struct engine *e, int il0, int il1, int n_tok)
 {
     struct cuda_accel *c = ctx;
     TT_ASSERT(il0 == 0 && il1 == c->n_layers && n_tok > 0 && n_tok <= c->B);
     const size_t xb = (size_t)n_tok * (size_t)e->m->hp.n_embd * 4;
     c->logits_ready = false;
+    const double t0 = tt_now_s();
+    if (c->prof_x) memcpy(c->prof_x, e->x, xb);
     int err = stage_in(c, e, n_tok);
     if (!err) err = n_tok == 1 ? decode_step(c, e) : run_range(c, e, n_tok, false);
     if (!err) err = kcuda_download(c->k, c->h_x, c->x, xb);
     if (!err) err = kcuda_sync(c->k);
     if (err) return fail(err);
     memcpy(e->x, c->h_x, xb);
+    if (c->prof_x) profile_step(c, e, n_tok, (tt_now_s() - t0) * 1e3);
     c->logits_ready = n_tok == 1 && c->has_output;
     return 0;
 }
@@ -567,6 +632,7 @@ static void cuda_destroy(void *ctx)
     kcuda_host_free(c->h_logits);
     kcuda_destroy(c->k);
     free(c->layers);
+    free(c->prof_x);
     free(c);
 }
 
@@ -629,6 +695,7 @@ static int alloc_all(struct cuda_accel *c, struct engine *e, uint64_t w_bytes, s
     if (!err) err = kcuda_host_alloc((void **)&c->h_pos, B * 4);
     if (!err) err = kcuda_host_alloc((void **)&c->h_seq, B * 4);
     if (!err) err = kcuda_host_alloc((void **)&c->h_logits, (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
+    if (!err) err = kcuda_memset(c->k, c->bufs, 0, buf_bytes); /* attention counters start at zero */
     if (err) return err;
     layout_bufs(c, e, c->bufs);
     for (int il = 0; il < c->n_layers; il++) {
@@ -678,6 +745,8 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
     c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
+    if (getenv("TT_GPU_PROFILE") && atoi(getenv("TT_GPU_PROFILE")))
+        c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);
     fill_shape(c, e);
     uint64_t w_bytes = 0, out_bytes = 0;
     const size_t buf_bytes = layout_bufs(c, e, NULL), scratch = scratch_bytes(e, c->B);

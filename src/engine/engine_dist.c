@@ -252,7 +252,7 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
     if ((err = execute(e, &st, &io))) return err;
     /* live expert balancing: checked every moe_every steps */
     if (e->moe_every && e->n_ranks > 1 && ++e->moe_steps % (uint64_t)e->moe_every == 0 &&
-        moe_max_imbalance(e) > e->moe_threshold)
+        moe_rebalance_wanted(e))
         err = engine_moe_rebalance(e);
     return err;
 }

@@ -174,6 +174,8 @@ void moe_record(struct engine *e, int il, int64_t n_tok);
 int moe_rebalance(struct engine *e);
 /* Largest imbalance over layers under the current placement. */
 double moe_max_imbalance(const struct engine *e);
+/* Would a rebalance now move some layer to a clearly better placement? */
+bool moe_rebalance_wanted(const struct engine *e);
 
 /* engine_shard.c */
 int shard_build(struct engine *e);

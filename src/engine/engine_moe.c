@@ -130,12 +130,37 @@ double moe_max_imbalance(const struct engine *e)
     return worst;
 }
 
-/* New placement of one layer; experts that stay keep their slots. */
+/* The placement of layer il the balancer would choose now, and whether it is
+ * worth moving to: the layer is above the threshold and the new placement
+ * cuts its imbalance by at least MOE_GAIN_MIN (no churn for small gains). */
+#define MOE_GAIN_MIN 0.10
+static bool propose_layer(const struct engine *e, int il, struct moe_placement *next)
+{
+    const uint64_t *load = moe_stats_layer(&e->moe_stats, il);
+    const double now = moe_imbalance(&e->moe_place[il], load);
+    if (now <= e->moe_threshold) return false;
+    moe_placement_copy(next, &e->moe_place[il]);
+    moe_balance(next, load);
+    return moe_imbalance(next, load) < now * (1.0 - MOE_GAIN_MIN);
+}
+
+bool moe_rebalance_wanted(const struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    if (hp->n_expert == 0 || e->n_ranks == 1) return false;
+    struct moe_placement next;
+    if (moe_placement_init(&next, hp->n_expert, e->n_ranks, e->moe_slots)) return false;
+    bool want = false;
+    for (int il = 0; il < hp->n_layer && !want; il++) want = propose_layer(e, il, &next);
+    moe_placement_free(&next);
+    return want;
+}
+
+/* Move layer il to `next` (from propose_layer); experts that stay keep
+ * their slots, only new copies are read in. */
 static int rebalance_layer(struct engine *e, int il, struct moe_placement *next)
 {
     const int X = e->m->hp.n_expert, S = e->moe_slots;
-    moe_placement_copy(next, &e->moe_place[il]);
-    moe_balance(next, moe_stats_layer(&e->moe_stats, il));
     int32_t *slot_of = e->moe_slot_of + (size_t)il * X, *slot_x = e->moe_slot_expert + (size_t)il * S;
     for (int s = 0; s < S; s++) /* free the slots of experts that leave */
         if (slot_x[s] >= 0 && moe_copy_index(next, slot_x[s], e->rank) < 0) {
@@ -163,7 +188,8 @@ int moe_rebalance(struct engine *e)
     int err = moe_placement_init(&next, hp->n_expert, e->n_ranks, e->moe_slots);
     if (err) return err;
     int moved = 0;
-    for (int il = 0; il < hp->n_layer; il++) moved += rebalance_layer(e, il, &next);
+    for (int il = 0; il < hp->n_layer; il++)
+        if (propose_layer(e, il, &next)) moved += rebalance_layer(e, il, &next);
     moe_placement_free(&next);
     tt_debug("rank %d: rebalanced experts, %d copies loaded, max imbalance now %.3f", e->rank, moved,
              moe_max_imbalance(e));

@@ -1,0 +1,287 @@
+/*
+ * kcuda: the CUDA kernels of the forward pass, behind a plain C header.
+ *
+ * One .cu file per op family:
+ *   kcuda_core.cu    context (device, stream, cuBLAS handle), memory, copies, graphs,
+ *                    the checked-call machinery and a device bandwidth probe
+ *   kcuda_quant.cu   activation conversion (Q8_0, Q8_K, F16, BF16, F32), fused with RMSNorm
+ *   kcuda_matvec.cu  quantized matrix-vector products for decode (dp4a on the GGML blocks),
+ *                    also for stacked experts picked on the device
+ *   kcuda_gemm.cu    matrix-matrix products for prompt batches: cuBLAS on dequantized F16 tiles
+ *   kcuda_attn.cu    RoPE, per-head RMSNorm, KV-cache store, attention split over keys
+ *   kcuda_misc.cu    SwiGLU, bias, MoE routing and weighted joins, reductions
+ *
+ * Numerics follow the CPU engine (engine_ops.c), which follows llama.cpp:
+ * activations are converted to the weight type's vec_dot type before a
+ * product, with the same rounding as quant.c (so the device and the CPU
+ * produce identical Q8 activations); RMSNorm sums squares in double; with an
+ * F16 KV cache queries are rounded to F16. Results then differ from the CPU
+ * only by float summation order, except in kcuda_linear's batch path, which
+ * rounds the (already Q8-rounded) activations and the dequantized weights to
+ * F16 for the tensor cores.
+ *
+ * Every pointer argument named d_* or described as "device" is device memory.
+ * All kernels run asynchronously on the context's stream in call order;
+ * kcuda_sync() waits and reports any asynchronous fault. Functions return 0
+ * or a negative TT_E* code (base.h) with a detail naming the failed CUDA or
+ * cuBLAS call, its file:line and the library's own error string
+ * (TT_ENOMEM for out-of-memory, TT_EDEVICE otherwise).
+ *
+ * Device activation rows (kcuda_act_row_bytes): F32, F16 and BF16 rows are
+ * plain arrays; Q8_0 and Q8_K rows hold n int8 values followed by one float
+ * scale per block of 32 (Q8_0) or 256 (Q8_K). Q8_K block sums are not
+ * stored: the kernels recompute them with dp4a.
+ */
+#ifndef TT_KCUDA_H
+#define TT_KCUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* GGML type ids, equal to enum tt_type (quant.h; engine_cuda.c asserts it). */
+enum kcuda_type {
+    KCUDA_F32 = 0,
+    KCUDA_F16 = 1,
+    KCUDA_Q4_0 = 2,
+    KCUDA_Q8_0 = 8,
+    KCUDA_Q4_K = 12,
+    KCUDA_Q5_K = 13,
+    KCUDA_Q6_K = 14,
+    KCUDA_Q8_K = 15, /* activations only */
+    KCUDA_BF16 = 30,
+};
+
+/* Longest head the attention kernels take, and the most key splits. */
+#define KCUDA_HEAD_DIM_MAX 256
+#define KCUDA_ATTN_SPLIT_MAX 16
+/* Up to this many tokens a product streams the weights once per 8 tokens
+ * (matrix-vector kernels: exact integer dots, as the CPU); above it
+ * kcuda_linear uses the tensor cores on F16 operands. */
+#define KCUDA_MATVEC_TOK_MAX 128
+/* Device weights must be followed by this many readable bytes: the kernels
+ * read 2-byte aligned blocks with aligned 4-byte loads. */
+#define KCUDA_WEIGHT_PAD 64
+/* Tokens per expert tile in kcuda_moe_plan / kcuda_matvec_experts. */
+#define KCUDA_MOE_TILE 8
+/* Size of one tile record: expert id, slot count, KCUDA_MOE_TILE slots. */
+#define KCUDA_MOE_TILE_INTS (2 + KCUDA_MOE_TILE)
+
+struct kcuda;       /* one device, one stream, one cuBLAS handle */
+struct kcuda_graph; /* a captured sequence of kernels */
+
+/* ---- context and memory (kcuda_core.cu) ---- */
+
+/* Usable CUDA devices; 0 when there is no driver, no device or any error
+ * (no message: callers use it to decide whether to try). */
+int kcuda_device_count(void);
+/* Take device `device`: a stream, a cuBLAS handle, a scratch pool of
+ * `scratch_bytes` for the batch products. Errors: TT_EDEVICE, TT_ENOMEM. */
+int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes);
+void kcuda_destroy(struct kcuda *k); /* NULL is fine; frees the scratch, not user buffers */
+const char *kcuda_device_name(const struct kcuda *k);
+int kcuda_mem_info(struct kcuda *k, size_t *free_bytes, size_t *total_bytes);
+
+/* Device memory: *ptr = NULL on failure, with a TT_ENOMEM detail that says
+ * what was being allocated, how much, and how much is free. */
+int kcuda_malloc(struct kcuda *k, void **ptr, size_t bytes, const char *what);
+void kcuda_free(void *ptr); /* NULL is fine */
+/* Page-locked host memory, for copies that overlap and for graphs. */
+int kcuda_host_alloc(void **ptr, size_t bytes);
+void kcuda_host_free(void *ptr);
+
+/* Asynchronous copies on the context's stream (host memory may be pageable;
+ * then the call returns when the source may be reused). */
+int kcuda_upload(struct kcuda *k, void *d_dst, const void *src, size_t bytes);
+int kcuda_download(struct kcuda *k, void *dst, const void *d_src, size_t bytes);
+/* Copy `rows` rows of `width` bytes with the given pitches (weight slices). */
+int kcuda_upload_2d(struct kcuda *k, void *d_dst, size_t dpitch, const void *src, size_t spitch,
+                    size_t width, size_t rows);
+int kcuda_memset(struct kcuda *k, void *d_ptr, int value, size_t bytes);
+/* Wait for everything queued; reports asynchronous kernel faults. */
+int kcuda_sync(struct kcuda *k);
+
+/* Capture the kernels queued between begin and end into a graph (no copies
+ * to pageable memory and no kcuda_sync in between). */
+int kcuda_graph_begin(struct kcuda *k);
+int kcuda_graph_end(struct kcuda *k, struct kcuda_graph **out);
+int kcuda_graph_launch(struct kcuda *k, struct kcuda_graph *g);
+void kcuda_graph_destroy(struct kcuda_graph *g);
+
+/* Per-kernel timing, for diagnosis (TT_GPU_PROFILE=1 in the engine): while
+ * on, every kcuda call waits for its kernels and adds their device time to a
+ * table under the kernel's name; the report prints the table to stderr with
+ * times divided by `per` (e.g. tokens) and clears it. Not inside graphs. */
+void kcuda_profile(struct kcuda *k, bool on);
+void kcuda_profile_report(struct kcuda *k, const char *title, double per);
+/* Device time of `reps` launches of a graph, in ms each (graph already captured). */
+double kcuda_graph_time_ms(struct kcuda *k, struct kcuda_graph *g, int reps);
+
+/* Device-to-device copy bandwidth in GB/s (bytes read + bytes written per
+ * second), best of a few 2 GiB copies; 0 on error. */
+double kcuda_copy_bandwidth_gbs(struct kcuda *k);
+
+/* ---- activations (kcuda_quant.cu) ---- */
+
+/* Bytes of one device activation row of n elements of `type` (F32, F16,
+ * BF16, Q8_0, Q8_K), a multiple of 16. */
+size_t kcuda_act_row_bytes(int type, int64_t n);
+/* For each of n_tok rows: y = x * rsqrt(mean(x^2) + eps) * w (the sum in
+ * double, as ops_rmsnorm), or y = x when w is NULL and eps < 0; then
+ * d_dst row = y converted to `type` (rows dst_stride bytes apart), and, if
+ * d_yf is not NULL, d_yf row = y as floats ([n_tok][n]). x rows are ld
+ * floats apart. */
+int kcuda_norm_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
+                       int64_t n, const float *d_w, float eps, float *d_yf, void *d_dst,
+                       size_t dst_stride);
+/* Plain conversion: kcuda_norm_convert without the norm. */
+int kcuda_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
+                  int64_t n, void *d_dst, size_t dst_stride);
+/* Dequantize activation rows (any activation type) to F16 [n_tok][n]. */
+int kcuda_act_to_f16(struct kcuda *k, int type, const void *d_act, size_t act_stride,
+                     int64_t n_tok, int64_t n, void *d_out_f16);
+/* Dequantize rows [r0, r0 + n_rows) of a weight (any stored type) to F16,
+ * out[n_rows][n]. */
+int kcuda_dequant_f16(struct kcuda *k, int type, const void *d_w, size_t row_stride, int64_t r0,
+                      int64_t n_rows, int64_t n, void *d_out_f16);
+/* Rows to floats (any stored type): out[n_rows][n]; for tests and checks. */
+int kcuda_dequant_f32(struct kcuda *k, int type, const void *d_w, size_t row_stride,
+                      int64_t n_rows, int64_t n, float *d_out);
+
+/* ---- products (kcuda_matvec.cu, kcuda_gemm.cu) ---- */
+
+enum kcuda_out_mode {
+    KCUDA_OUT_STORE,  /* out = W.a (+ bias) */
+    KCUDA_OUT_ADD,    /* out += W.a (+ bias): a residual add fused into the product */
+    KCUDA_OUT_SWIGLU, /* out = silu(W.a) * (W2.a): gate and up in one pass */
+    KCUDA_OUT_MODE_COUNT
+};
+
+/* A weight on the device: n_out rows of n_in elements of `type`, rows
+ * row_stride bytes apart, stacked experts expert_stride bytes apart. */
+struct kcuda_weight {
+    const void *data;
+    int type;
+    int64_t n_in, n_out;
+    size_t row_stride, expert_stride;
+};
+
+/* out[t * ldo + r] (mode) W[r] . act[t] for r < n_out, t < n_tok, where act
+ * rows (act_stride bytes apart) are already in W's vec_dot type. `w2` is
+ * the up projection in KCUDA_OUT_SWIGLU mode (same type and shape), else
+ * NULL. `bias` (n_out floats) or NULL. Picks the matrix-vector kernels for
+ * n_tok <= KCUDA_MATVEC_TOK_MAX, else cuBLAS with F32 accumulation on F16
+ * operands (BF16 for BF16 weights, F32 for F32 weights): quantized weights
+ * are dequantized to F16 in tiles of rows in the context's scratch, and
+ * Q8 activations expanded to F16, so the Q8 rounding of the CPU is kept. */
+int kcuda_linear(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                 const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
+                 const float *d_bias, enum kcuda_out_mode mode);
+/* Scratch bytes kcuda_linear needs for n_tok tokens, n_in inputs and n_out
+ * outputs (beside its weight tiles, at least KCUDA_TILE_BYTES). */
+#define KCUDA_TILE_BYTES (64u << 20)
+size_t kcuda_linear_scratch_bytes(int64_t n_tok, int64_t n_in, int64_t n_out);
+/* Matrix-vector kernels only (n_tok <= 8). */
+int kcuda_matvec(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                 const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
+                 const float *d_bias, enum kcuda_out_mode mode);
+/* Up to KCUDA_MULTI_MAX products of the same activations in one launch
+ * (q, k and v): weights of one type and row length; outs[i] rows ldos[i]
+ * apart, biases[i] or NULL; n_tok <= 8. TT_EINVAL if the weights differ. */
+#define KCUDA_MULTI_MAX 3
+int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
+                       const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
+                       const int64_t *ldos, const float *const *biases);
+/* Stacked experts chosen on the device. d_tiles holds up to max_tiles
+ * records of KCUDA_MOE_TILE_INTS ints (kcuda_moe_plan): expert id, count
+ * n <= KCUDA_MOE_TILE, then n slot ids; a record with expert < 0 ends the
+ * list. For each slot s of a tile, out row s (mode) W_expert . act row
+ * (s / act_div). `tile_tok` (1 or KCUDA_MOE_TILE) bounds the slots per tile
+ * the kernel handles, so decode (one slot per tile) runs the narrow kernel. */
+int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,
+                         const struct kcuda_weight *w2, const int32_t *d_tiles, int max_tiles,
+                         int tile_tok, const void *d_act, size_t act_stride, int act_div,
+                         float *d_out, int64_t ldo, enum kcuda_out_mode mode);
+
+/* ---- attention (kcuda_attn.cu) ---- */
+
+struct kcuda_attn_shape {
+    int n_head, n_head_kv;   /* heads computed here (query, key/value) */
+    int head_dim, n_rot;
+    int group;               /* query heads per KV head (whole model) */
+    int head_begin, kv_begin; /* first local query / KV head in the whole model */
+    bool neox;               /* rotate (i, i + n_rot/2) instead of (2i, 2i + 1) */
+    int kv_type;             /* KCUDA_F16 or KCUDA_F32 */
+    int n_ctx;               /* positions per sequence in the cache */
+    float eps;               /* of the per-head norms */
+};
+
+/* For every token t: optional per-head RMSNorm of q and k (q_norm, k_norm
+ * [head_dim] or NULL), RoPE with the angle table cs[t][n_rot] (cos, sin
+ * pairs as ops_rope_table builds them), then k and v stored at position
+ * pos[t] of sequence seq[t] in the layer's caches [n_seq][n_ctx][n_kv*hd].
+ * q is [n_tok][n_head*hd], k and v [n_tok][n_kv*hd], all floats. */
+int kcuda_rope_store(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, float *d_q,
+                     float *d_k, const float *d_v, const float *d_q_norm, const float *d_k_norm,
+                     const float *d_cs, const int32_t *d_pos, const int32_t *d_seq,
+                     void *d_k_cache, void *d_v_cache);
+/* Causal attention of each token's query heads over positions 0..pos[t] of
+ * its sequence, split over keys into n_split parts (<= KCUDA_ATTN_SPLIT_MAX)
+ * joined with their softmax maxima. d_part: scratch of
+ * kcuda_attn_part_floats(...) floats; d_count: n_tok * n_head_kv ints,
+ * zeroed once before the first call (the kernel leaves them at zero).
+ * out [n_tok][n_head*hd]. Up to 8 query heads per KV head; head_dim a
+ * multiple of 8 (F16 cache) or 4 (F32). */
+size_t kcuda_attn_part_floats(const struct kcuda_attn_shape *s, int64_t n_tok, int n_split);
+int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
+                    const float *d_q, const void *d_k_cache, const void *d_v_cache,
+                    const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
+                    float *d_out);
+
+/* ---- the rest (kcuda_misc.cu) ---- */
+
+/* a[i] = silu(a[i]) * b[i] for n_tok rows of n, rows ld apart. */
+int kcuda_swiglu(struct kcuda *k, float *d_a, const float *d_b, int64_t n_tok, int64_t n,
+                 int64_t ld);
+/* y[t][i] += bias[i]. */
+int kcuda_add_bias(struct kcuda *k, float *d_y, const float *d_bias, int64_t n_tok, int64_t n,
+                   int64_t ld);
+/* y[i] += x[i]. */
+int kcuda_add(struct kcuda *k, float *d_y, const float *d_x, int64_t n);
+/* Gather rows: out[i] = x[rows[i]] (n floats each). */
+int kcuda_gather_rows(struct kcuda *k, const float *d_x, const int32_t *d_rows, int64_t n_rows,
+                      int64_t n, float *d_out);
+/* Router: for each token, softmax over n_expert logits, the top n_used by
+ * probability (ties to the lower id) into sel[t][n_used] and their
+ * probabilities into w (renormalized to sum 1 when `norm`, the sum clamped
+ * as llama.cpp does), exactly as the CPU engine's route(). With d_tiles,
+ * also the one-slot-per-tile records kcuda_moe_plan(tile_tok = 1) would
+ * write (saves a launch per layer in decode). */
+int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n_expert,
+                    int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles);
+/* Group n_slots slots (token t's k-th choice is slot t*n_used + k) by
+ * expert into the tile records kcuda_matvec_experts reads: with tile_tok = 1
+ * one tile per slot, in slot order (n_slots records); otherwise up to
+ * KCUDA_MOE_TILE slots of one expert per tile (kcuda_moe_max_tiles records,
+ * the unused ones marked with expert -1). */
+int kcuda_moe_max_tiles(int64_t n_slots, int n_expert);
+int kcuda_moe_plan(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int n_expert,
+                   int tile_tok, int32_t *d_tiles);
+/* x[t] += sum over the token's slots in ascending expert order of
+ * w[slot] * y[slot] (+ sigmoid(gate_sh . xn[t]) * ysh[t] when ysh is not
+ * NULL): the CPU engine's expert join, then the residual add. */
+int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t *d_sel,
+                   const float *d_w, int64_t n_tok, int n_used, int64_t n, const float *d_ysh,
+                   const float *d_gate_sh, const float *d_xn);
+/* out[0] = sum of x[0..n) (in double, deterministic). */
+int kcuda_sum_f32(struct kcuda *k, const float *d_x, int64_t n, float *d_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,305 @@
+/*
+ * kcuda_attn.cu: RoPE with the optional per-head norms and the KV-cache
+ * store, then attention over the cache.
+ *
+ * Cache layout per layer: [n_seq][n_ctx][n_kv * head_dim] of F16 (or F32),
+ * as the CPU engine's per-layer slice of its cache.
+ *
+ * Attention is split over keys ("flash decoding"): block (s, g, t) takes
+ * the query heads of token t that share KV head g (grouped-query attention:
+ * each key and value is read once for the group) over part s of the
+ * positions 0..pos[t] (parts of at least 32 keys, so short prefixes use
+ * fewer parts), walks it in tiles of ATT_TILE keys with an online softmax,
+ * and leaves its maximum, its sum of exponentials and its unnormalized
+ * output; the last part to finish (an atomic ticket per token and KV head)
+ * weighs the parts together, so attention is one launch. Splitting is
+ * decided from the positions on the device, so one launch shape serves every
+ * decode step (a graph replays it). Queries are rounded to F16 first with an
+ * F16 cache, as the CPU and llama.cpp's flash attention do.
+ */
+#include "kcuda_impl.cuh"
+
+#define ATT_THREADS 128
+#define ATT_TILE ATT_THREADS
+#define ATT_MIN_PART 32
+
+
+template <typename T> __device__ __forceinline__ float ld_kv(const T *p);
+template <> __device__ __forceinline__ float ld_kv<__half>(const __half *p) { return __half2float(*p); }
+template <> __device__ __forceinline__ float ld_kv<float>(const float *p) { return *p; }
+template <typename T> __device__ __forceinline__ T st_kv(float v);
+template <> __device__ __forceinline__ __half st_kv<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ float st_kv<float>(float v) { return v; }
+
+struct rope_args {
+    int H, KV, hd, n_rot, head_kv_begin, n_ctx, neox;
+    float eps;
+    float *q, *k;
+    const float *v, *q_norm, *k_norm, *cs;
+    const int32_t *pos, *seq;
+    void *kc, *vc;
+};
+
+/* Block (t, head): head < H is a query head, else KV head head - H. */
+template <typename T>
+__global__ void k_rope_store(const rope_args a)
+{
+    __shared__ float buf[KCUDA_HEAD_DIM_MAX];
+    __shared__ double red[KCUDA_HEAD_DIM_MAX / 32];
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int t = blockIdx.x, hh = blockIdx.y, i = threadIdx.x, hd = a.hd;
+    const bool isq = hh < a.H;
+    const int kvh = hh - a.H;
+    float *vec = isq ? a.q + ((size_t)t * a.H + hh) * hd : a.k + ((size_t)t * a.KV + kvh) * hd;
+    const float *nw = isq ? a.q_norm : a.k_norm;
+    float v = i < hd ? vec[i] : 0.0f;
+    if (nw) {
+        double s = kc_warp_sum_d((double)__fmul_rn(v, v));
+        if ((i & 31) == 0) red[i >> 5] = s;
+        __syncthreads();
+        s = 0.0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += red[w];
+        const float scale = 1.0f / sqrtf((float)(s / (double)hd) + a.eps);
+        if (i < hd) v = __fmul_rn(__fmul_rn(v, scale), nw[i]);
+    }
+    if (i < hd) buf[i] = v;
+    __syncthreads();
+    float out = v;
+    if (i < a.n_rot) {
+        const float *c = a.cs + (size_t)t * a.n_rot;
+        const int half = a.n_rot / 2;
+        int p, i0;
+        bool second;
+        if (a.neox) p = i < half ? i : i - half, i0 = p, second = i >= half;
+        else p = i / 2, i0 = 2 * p, second = i & 1;
+        const int i1 = a.neox ? p + half : i0 + 1;
+        const float x0 = buf[i0], x1 = buf[i1], cc = c[2 * p], ss = c[2 * p + 1];
+        out = second ? __fadd_rn(__fmul_rn(x0, ss), __fmul_rn(x1, cc))
+                     : __fsub_rn(__fmul_rn(x0, cc), __fmul_rn(x1, ss));
+    }
+    if (i >= hd) return;
+    vec[i] = out;
+    if (isq) return;
+    const size_t off = (((size_t)a.seq[t] * a.n_ctx + a.pos[t]) * a.KV + kvh) * hd + i;
+    ((T *)a.kc)[off] = st_kv<T>(out);
+    ((T *)a.vc)[off] = st_kv<T>(a.v[((size_t)t * a.KV + kvh) * hd + i]);
+}
+
+int kcuda_rope_store(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, float *d_q,
+                     float *d_k, const float *d_v, const float *d_q_norm, const float *d_k_norm,
+                     const float *d_cs, const int32_t *d_pos, const int32_t *d_seq,
+                     void *d_k_cache, void *d_v_cache)
+{
+    if (n_tok <= 0 || s->n_head + s->n_head_kv == 0) return 0;
+    if (s->head_dim > KCUDA_HEAD_DIM_MAX || s->n_rot > s->head_dim || s->n_rot % 2)
+        return tt_error_set(TT_EUNSUPPORTED, "head size %d (rope %d): the GPU takes up to %d",
+                            s->head_dim, s->n_rot, KCUDA_HEAD_DIM_MAX);
+    rope_args a = { s->n_head, s->n_head_kv, s->head_dim, s->n_rot, s->kv_begin, s->n_ctx, s->neox,
+                    s->eps, d_q, d_k, d_v, d_q_norm, d_k_norm, d_cs, d_pos, d_seq, d_k_cache,
+                    d_v_cache };
+    const dim3 grid((unsigned)n_tok, (unsigned)(s->n_head + s->n_head_kv));
+    const int threads = (s->head_dim + 31) / 32 * 32;
+    KC_PROF_BEGIN(k);
+    void (*kern)(const rope_args) = s->kv_type == KCUDA_F16 ? k_rope_store<__half> : k_rope_store<float>;
+    KC_LAUNCH(k, kern, grid, dim3(threads), a);
+    KC_PROF_END(k, "rope_store");
+    return 0;
+}
+
+/* ---- attention ---- */
+
+#define ATT_GROUP_MAX 8 /* query heads per KV head the kernel takes */
+
+struct attn_args {
+    int H, KV, hd, group, head_begin, kv_begin, n_ctx, n_split, G;
+    float scale;
+    const float *q;
+    const void *kc, *vc;
+    const int32_t *pos, *seq;
+    float *part, *out;
+    int *count; /* [n_tok][KV] parts finished; the last one joins and resets it */
+};
+
+size_t kcuda_attn_part_floats(const struct kcuda_attn_shape *s, int64_t n_tok, int n_split)
+{
+    return (size_t)n_tok * (size_t)s->n_head * (size_t)n_split * (size_t)(s->head_dim + 2);
+}
+
+/* Key row j of the block's KV head dotted with the G queries in shared memory. */
+template <typename T>
+__device__ __forceinline__ void att_key_dots(const T *kr, const float *qs, int hd, int G, float *d)
+{
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) d[r] = 0.0f;
+    constexpr int V = 16 / sizeof(T);
+    for (int i = 0; i < hd; i += V) {
+        const uint4 raw = *(const uint4 *)(kr + i);
+        float kf[V];
+        if (sizeof(T) == 2) {
+            const __half2 *h = (const __half2 *)&raw;
+#pragma unroll
+            for (int e = 0; e < V / 2; e++) {
+                const float2 f = __half22float2(h[e]);
+                kf[2 * e] = f.x, kf[2 * e + 1] = f.y;
+            }
+        } else {
+            const float *f = (const float *)&raw;
+#pragma unroll
+            for (int e = 0; e < V; e++) kf[e] = f[e];
+        }
+#pragma unroll
+        for (int r = 0; r < ATT_GROUP_MAX; r++) {
+            if (r < G) {
+#pragma unroll
+                for (int e = 0; e < V; e++) d[r] += kf[e] * qs[r * hd + i + e];
+            }
+        }
+    }
+}
+
+/* Block (part s, KV head g, token t): the G query heads sharing KV head g,
+ * over part s of the keys 0..pos[t] in tiles of ATT_THREADS keys: thread j
+ * scores key j against every query head; each warp turns a head's scores
+ * into probabilities (online softmax); thread d accumulates dimension d of
+ * the values for every head. The last part to finish joins all parts. */
+template <typename T, bool RQ>
+__global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    __shared__ float qs[ATT_GROUP_MAX * KCUDA_HEAD_DIM_MAX];
+    __shared__ float sc[ATT_GROUP_MAX][ATT_TILE];
+    __shared__ float m_sh[ATT_GROUP_MAX], l_sh[ATT_GROUP_MAX], c_sh[ATT_GROUP_MAX];
+    __shared__ int last;
+    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, hd = a.hd, G = a.G;
+    const int h0 = (a.kv_begin + g) * a.group - a.head_begin; /* first local query head of the group */
+    const int len = a.pos[t] + 1;
+    int chunk = (len + a.n_split - 1) / a.n_split;
+    chunk = chunk < ATT_MIN_PART ? ATT_MIN_PART : chunk;
+    const int j0 = s * chunk, j1 = min(len, j0 + chunk);
+    for (int i = tid; i < G * hd; i += ATT_THREADS) {
+        const float v = a.q[((size_t)t * a.H + h0) * hd + i];
+        qs[i] = RQ ? __half2float(__float2half_rn(v)) : v;
+    }
+    if (tid < ATT_GROUP_MAX) m_sh[tid] = -INFINITY, l_sh[tid] = 0.0f;
+    const size_t kvd = (size_t)a.KV * hd;
+    const T *kb = (const T *)a.kc + (size_t)a.seq[t] * a.n_ctx * kvd + (size_t)g * hd;
+    const T *vb = (const T *)a.vc + (size_t)a.seq[t] * a.n_ctx * kvd + (size_t)g * hd;
+    float acc0[ATT_GROUP_MAX], acc1[ATT_GROUP_MAX];
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) acc0[r] = acc1[r] = 0.0f;
+    __syncthreads();
+    for (int tile = j0; tile < j1; tile += ATT_TILE) {
+        const int nt = min(ATT_TILE, j1 - tile);
+        if (tid < nt) {
+            float d[ATT_GROUP_MAX];
+            att_key_dots<T>(kb + (size_t)(tile + tid) * kvd, qs, hd, G, d);
+#pragma unroll
+            for (int r = 0; r < ATT_GROUP_MAX; r++)
+                if (r < G) sc[r][tid] = d[r] * a.scale;
+        }
+        __syncthreads();
+        for (int r = warp; r < G; r += ATT_THREADS / 32) { /* online softmax of head r */
+            float mx = -INFINITY;
+            for (int j = lane; j < nt; j += 32) mx = fmaxf(mx, sc[r][j]);
+            mx = kc_warp_max(mx);
+            const float m_new = fmaxf(m_sh[r], mx);
+            float sum = 0.0f;
+            for (int j = lane; j < nt; j += 32) {
+                const float p = expf(sc[r][j] - m_new);
+                sc[r][j] = p;
+                sum += p;
+            }
+            sum = kc_warp_sum(sum);
+            if (lane == 0) {
+                const float corr = expf(m_sh[r] - m_new);
+                c_sh[r] = corr;
+                l_sh[r] = l_sh[r] * corr + sum;
+                m_sh[r] = m_new;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < ATT_GROUP_MAX; r++) {
+            if (r < G) {
+                acc0[r] *= c_sh[r];
+                acc1[r] *= c_sh[r];
+            }
+        }
+        for (int j = 0; j < nt; j++) {
+            const T *vr = vb + (size_t)(tile + j) * kvd;
+            const float v0 = tid < hd ? ld_kv<T>(vr + tid) : 0.0f;
+            const float v1 = tid + ATT_THREADS < hd ? ld_kv<T>(vr + tid + ATT_THREADS) : 0.0f;
+#pragma unroll
+            for (int r = 0; r < ATT_GROUP_MAX; r++) {
+                if (r < G) {
+                    acc0[r] += sc[r][j] * v0;
+                    acc1[r] += sc[r][j] * v1;
+                }
+            }
+        }
+        __syncthreads(); /* sc is rewritten by the next tile */
+    }
+    const size_t ps = (size_t)hd + 2;
+    for (int r = 0; r < G; r++) {
+        float *part = a.part + (((size_t)t * a.H + h0 + r) * a.n_split + s) * ps;
+        if (tid < hd) part[tid] = acc0[r];
+        if (tid + ATT_THREADS < hd) part[tid + ATT_THREADS] = acc1[r];
+        if (tid == 0) part[hd] = m_sh[r], part[hd + 1] = l_sh[r];
+    }
+    /* the last part of (t, g) to finish joins all parts */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int *cnt = a.count + (size_t)t * a.KV + g;
+        last = atomicAdd(cnt, 1) == a.n_split - 1;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int r = 0; r < G; r++) {
+        const float *part = a.part + ((size_t)t * a.H + h0 + r) * a.n_split * ps;
+        float m = -INFINITY;
+        for (int p = 0; p < a.n_split; p++) m = fmaxf(m, __ldcg(part + p * ps + hd));
+        float l = 0.0f, o0 = 0.0f, o1 = 0.0f;
+        for (int p = 0; p < a.n_split; p++) {
+            const float mp = __ldcg(part + p * ps + hd);
+            if (mp == -INFINITY) continue;
+            const float f = expf(mp - m);
+            l += __ldcg(part + p * ps + hd + 1) * f;
+            if (tid < hd) o0 += __ldcg(part + p * ps + tid) * f;
+            if (tid + ATT_THREADS < hd) o1 += __ldcg(part + p * ps + tid + ATT_THREADS) * f;
+        }
+        float *out = a.out + ((size_t)t * a.H + h0 + r) * hd;
+        if (tid < hd) out[tid] = o0 / l;
+        if (tid + ATT_THREADS < hd) out[tid + ATT_THREADS] = o1 / l;
+    }
+}
+
+int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
+                    const float *d_q, const void *d_k_cache, const void *d_v_cache,
+                    const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
+                    float *d_out)
+{
+    if (n_tok <= 0 || s->n_head == 0) return 0;
+    const int G = s->n_head / (s->n_head_kv ? s->n_head_kv : 1);
+    const int esz = s->kv_type == KCUDA_F16 ? 8 : 4;
+    if (s->head_dim > KCUDA_HEAD_DIM_MAX || s->head_dim % esz || n_split < 1 || n_split > KCUDA_ATTN_SPLIT_MAX ||
+        n_tok > 65535 || G > ATT_GROUP_MAX || G * s->n_head_kv != s->n_head || G != s->group)
+        return tt_error_set(TT_EUNSUPPORTED, "attention of head size %d, %d query heads per KV head, %d parts, "
+                            "%lld tokens", s->head_dim, G, n_split, (long long)n_tok);
+    float *part = d_part;
+    int *count = d_count;
+    attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
+                    n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
+                    part, d_out, count };
+    const dim3 grid((unsigned)n_split, (unsigned)s->n_head_kv, (unsigned)n_tok);
+    void (*kern)(const attn_args) = s->kv_type == KCUDA_F16 ? k_attn<__half, true> : k_attn<float, false>;
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, kern, grid, dim3(ATT_THREADS), a);
+    KC_PROF_END(k, "attention");
+    return 0;
+}

@@ -1,0 +1,310 @@
+/*
+ * kcuda_core.cu: the device context, memory, copies, graphs, and the error
+ * reporting every other kcuda file uses.
+ *
+ * A context owns one non-blocking stream and one cuBLAS handle bound to it;
+ * everything kcuda queues goes to that stream, so call order is execution
+ * order and one kcuda_sync() covers all of it. Errors are reported through
+ * tt_error_set() with the call, its file:line and the library's message.
+ */
+#include "kcuda_impl.cuh"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int kcuda_fail_cuda(cudaError_t err, const char *call, const char *file, int line)
+{
+    const int code = err == cudaErrorMemoryAllocation ? TT_ENOMEM : TT_EDEVICE;
+    cudaGetLastError(); /* clear a sticky launch error so later calls report their own */
+    return tt_error_set(code, "%s:%d: %s failed: %s (%s)", file, line, call, cudaGetErrorString(err),
+                        cudaGetErrorName(err));
+}
+
+int kcuda_fail_blas(cublasStatus_t st, const char *call, const char *file, int line)
+{
+    const int code = st == CUBLAS_STATUS_ALLOC_FAILED ? TT_ENOMEM : TT_EDEVICE;
+    return tt_error_set(code, "%s:%d: %s failed: %s", file, line, call, cublasGetStatusString(st));
+}
+
+int kcuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
+{
+    *out = NULL;
+    struct kcuda *k = (struct kcuda *)calloc(1, sizeof(*k));
+    if (!k) return tt_error_set(TT_ENOMEM, "out of host memory");
+    k->device = device;
+    cudaDeviceProp prop;
+    int err = 0;
+    cudaError_t ce = cudaSetDevice(device);
+    if (ce == cudaSuccess) ce = cudaGetDeviceProperties(&prop, device);
+    if (ce != cudaSuccess) {
+        err = kcuda_fail_cuda(ce, "cudaSetDevice/cudaGetDeviceProperties", __FILE__, __LINE__);
+        goto fail;
+    }
+    snprintf(k->name, sizeof(k->name), "%.200s (sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
+             (double)prop.totalGlobalMem / (1 << 30));
+    if (prop.major < 7 || (prop.major == 7 && prop.minor < 0)) {
+        err = tt_error_set(TT_EUNSUPPORTED, "GPU %s is too old (compute capability %d.%d; need 7.0)",
+                           prop.name, prop.major, prop.minor);
+        goto fail;
+    }
+    k->n_sm = prop.multiProcessorCount;
+    k->pdl = prop.major >= 9 && !(getenv("TT_GPU_PDL") && !atoi(getenv("TT_GPU_PDL")));
+    ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
+    if (ce != cudaSuccess) {
+        err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
+        goto fail;
+    }
+    {
+        cublasStatus_t st = cublasCreate(&k->blas);
+        if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(k->blas, k->stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            err = kcuda_fail_blas(st, "cublasCreate/cublasSetStream", __FILE__, __LINE__);
+            goto fail;
+        }
+    }
+    if (scratch_bytes) {
+        err = kcuda_malloc(k, &k->scratch, scratch_bytes, "product scratch");
+        if (err) goto fail;
+        k->scratch_bytes = scratch_bytes;
+    }
+    *out = k;
+    return 0;
+fail:
+    kcuda_destroy(k);
+    return err;
+}
+
+void kcuda_destroy(struct kcuda *k)
+{
+    if (!k) return;
+    if (k->prof_e0) cudaEventDestroy(k->prof_e0);
+    if (k->prof_e1) cudaEventDestroy(k->prof_e1);
+    if (k->scratch) cudaFree(k->scratch);
+    if (k->blas) cublasDestroy(k->blas);
+    if (k->stream) cudaStreamDestroy(k->stream);
+    free(k);
+}
+
+const char *kcuda_device_name(const struct kcuda *k) { return k->name; }
+
+int kcuda_mem_info(struct kcuda *k, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)k;
+    KC_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return 0;
+}
+
+int kcuda_malloc(struct kcuda *k, void **ptr, size_t bytes, const char *what)
+{
+    (void)k;
+    *ptr = NULL;
+    cudaError_t ce = cudaMalloc(ptr, bytes ? bytes : 1);
+    if (ce == cudaSuccess) return 0;
+    *ptr = NULL;
+    cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    if (ce == cudaErrorMemoryAllocation)
+        return tt_error_set(TT_ENOMEM,
+                            "out of GPU memory allocating %s (%.1f MiB; %.1f of %.1f MiB free): "
+                            "use fewer --gpu-layers or a smaller --ctx",
+                            what, (double)bytes / 1048576.0, (double)fr / 1048576.0,
+                            (double)tot / 1048576.0);
+    return kcuda_fail_cuda(ce, "cudaMalloc", __FILE__, __LINE__);
+}
+
+void kcuda_free(void *ptr)
+{
+    if (ptr) cudaFree(ptr);
+}
+
+int kcuda_host_alloc(void **ptr, size_t bytes)
+{
+    *ptr = NULL;
+    KC_CHECK(cudaMallocHost(ptr, bytes ? bytes : 1));
+    return 0;
+}
+
+void kcuda_host_free(void *ptr)
+{
+    if (ptr) cudaFreeHost(ptr);
+}
+
+int kcuda_upload(struct kcuda *k, void *d_dst, const void *src, size_t bytes)
+{
+    if (!bytes) return 0;
+    KC_CHECK(cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, k->stream));
+    return 0;
+}
+
+int kcuda_download(struct kcuda *k, void *dst, const void *d_src, size_t bytes)
+{
+    if (!bytes) return 0;
+    KC_CHECK(cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, k->stream));
+    return 0;
+}
+
+int kcuda_upload_2d(struct kcuda *k, void *d_dst, size_t dpitch, const void *src, size_t spitch,
+                    size_t width, size_t rows)
+{
+    if (!width || !rows) return 0;
+    KC_CHECK(cudaMemcpy2DAsync(d_dst, dpitch, src, spitch, width, rows, cudaMemcpyHostToDevice,
+                               k->stream));
+    return 0;
+}
+
+int kcuda_memset(struct kcuda *k, void *d_ptr, int value, size_t bytes)
+{
+    if (!bytes) return 0;
+    KC_CHECK(cudaMemsetAsync(d_ptr, value, bytes, k->stream));
+    return 0;
+}
+
+int kcuda_sync(struct kcuda *k)
+{
+    KC_CHECK(cudaStreamSynchronize(k->stream));
+    KC_CHECK(cudaGetLastError());
+    return 0;
+}
+
+int kcuda_graph_begin(struct kcuda *k)
+{
+    KC_CHECK(cudaStreamBeginCapture(k->stream, cudaStreamCaptureModeThreadLocal));
+    return 0;
+}
+
+int kcuda_graph_end(struct kcuda *k, struct kcuda_graph **out)
+{
+    *out = NULL;
+    cudaGraph_t g = NULL;
+    KC_CHECK(cudaStreamEndCapture(k->stream, &g));
+    struct kcuda_graph *kg = (struct kcuda_graph *)calloc(1, sizeof(*kg));
+    if (!kg) {
+        cudaGraphDestroy(g);
+        return tt_error_set(TT_ENOMEM, "out of host memory");
+    }
+    cudaError_t ce = cudaGraphInstantiate(&kg->exec, g, 0);
+    cudaGraphDestroy(g);
+    if (ce != cudaSuccess) {
+        free(kg);
+        return kcuda_fail_cuda(ce, "cudaGraphInstantiate", __FILE__, __LINE__);
+    }
+    *out = kg;
+    return 0;
+}
+
+int kcuda_graph_launch(struct kcuda *k, struct kcuda_graph *g)
+{
+    KC_CHECK(cudaGraphLaunch(g->exec, k->stream));
+    return 0;
+}
+
+void kcuda_graph_destroy(struct kcuda_graph *g)
+{
+    if (!g) return;
+    cudaGraphExecDestroy(g->exec);
+    free(g);
+}
+
+void kcuda_profile(struct kcuda *k, bool on)
+{
+    if (on && !k->prof_e0) {
+        if (cudaEventCreate(&k->prof_e0) != cudaSuccess || cudaEventCreate(&k->prof_e1) != cudaSuccess) {
+            cudaGetLastError();
+            return;
+        }
+    }
+    k->prof = on;
+}
+
+void kc_prof_end(struct kcuda *k, const char *name)
+{
+    float ms = 0.0f;
+    cudaEventRecord(k->prof_e1, k->stream);
+    if (cudaEventSynchronize(k->prof_e1) != cudaSuccess || cudaEventElapsedTime(&ms, k->prof_e0, k->prof_e1) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    int i = 0;
+    while (i < k->n_prof && strcmp(k->prof_tab[i].name, name)) i++;
+    if (i == k->n_prof) {
+        if (i == KC_PROF_MAX) return;
+        k->prof_tab[k->n_prof++] = (struct kc_prof_entry){ name, 0.0, 0 };
+    }
+    k->prof_tab[i].ms += ms;
+    k->prof_tab[i].calls++;
+}
+
+void kcuda_profile_report(struct kcuda *k, const char *title, double per)
+{
+    double total = 0.0;
+    for (int i = 0; i < k->n_prof; i++) total += k->prof_tab[i].ms;
+    fprintf(stderr, "GPU profile: %s: %.3f ms in kernels (per %g: %.4f ms)\n", title, total, per, total / per);
+    for (int i = 0; i < k->n_prof; i++) {
+        const struct kc_prof_entry *p = &k->prof_tab[i];
+        fprintf(stderr, "  %-24s %8.4f ms %6.1f%% %7ld calls %8.2f us/call\n", p->name, p->ms / per,
+                100.0 * p->ms / (total > 0 ? total : 1), p->calls, 1e3 * p->ms / (double)p->calls);
+    }
+    k->n_prof = 0;
+}
+
+double kcuda_graph_time_ms(struct kcuda *k, struct kcuda_graph *g, int reps)
+{
+    cudaEvent_t e0, e1;
+    float ms = 0.0f;
+    if (cudaEventCreate(&e0) != cudaSuccess) return 0.0;
+    if (cudaEventCreate(&e1) != cudaSuccess) {
+        cudaEventDestroy(e0);
+        return 0.0;
+    }
+    cudaGraphLaunch(g->exec, k->stream); /* warm */
+    cudaEventRecord(e0, k->stream);
+    for (int r = 0; r < reps; r++) cudaGraphLaunch(g->exec, k->stream);
+    cudaEventRecord(e1, k->stream);
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaGetLastError();
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return (double)ms / reps;
+}
+
+double kcuda_copy_bandwidth_gbs(struct kcuda *k)
+{
+    const size_t bytes = (size_t)2 << 30;
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double best = 0.0;
+    if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) goto done;
+    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) goto done;
+    cudaMemsetAsync(a, 1, bytes, k->stream);
+    cudaMemsetAsync(b, 2, bytes, k->stream);
+    for (int r = 0; r < 6; r++) {
+        cudaEventRecord(e0, k->stream);
+        cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, k->stream);
+        cudaEventRecord(e1, k->stream);
+        if (cudaEventSynchronize(e1) != cudaSuccess) goto done;
+        float ms = 0.0f;
+        cudaEventElapsedTime(&ms, e0, e1);
+        const double gbs = 2.0 * (double)bytes / ((double)ms * 1e-3) / 1e9;
+        if (r > 0 && gbs > best) best = gbs; /* the first copy warms up */
+    }
+done:
+    cudaGetLastError();
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    if (a) cudaFree(a);
+    if (b) cudaFree(b);
+    return best;
+}

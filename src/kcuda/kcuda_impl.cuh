@@ -1,0 +1,251 @@
+/*
+ * kcuda_impl.cuh: what the kcuda .cu files share: the context, the checked
+ * call macros, the GGML block layouts as the device reads them, and small
+ * device helpers (warp reductions, loads from 2-byte aligned blocks).
+ */
+#ifndef TT_KCUDA_IMPL_CUH
+#define TT_KCUDA_IMPL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#define _Noreturn __attribute__((noreturn)) /* base.h is C11; this is C++ */
+#include "../base/base.h"
+#undef _Noreturn
+}
+#include "kcuda.h"
+
+#define KC_PROF_MAX 64
+struct kc_prof_entry {
+    const char *name;
+    double ms;
+    long calls;
+};
+
+struct kcuda {
+    int device;
+    bool prof;                 /* kcuda_profile on */
+    cudaEvent_t prof_e0, prof_e1;
+    int n_prof;
+    struct kc_prof_entry prof_tab[KC_PROF_MAX];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    char name[256];
+    void *scratch; /* kcuda_linear's batch path */
+    size_t scratch_bytes;
+    bool pdl;                  /* programmatic dependent launch (sm_90) */
+    int n_sm;                  /* multiprocessors */
+};
+
+struct kcuda_graph {
+    cudaGraphExec_t exec;
+};
+
+/* Report a failed CUDA call: "file:line: call failed: error string (name)". */
+int kcuda_fail_cuda(cudaError_t err, const char *call, const char *file, int line);
+int kcuda_fail_blas(cublasStatus_t st, const char *call, const char *file, int line);
+
+/* Check a CUDA runtime call; on failure return the TT_E* code from the
+ * enclosing function. */
+#define KC_CHECK(call)                                                              \
+    do {                                                                            \
+        cudaError_t kc_err_ = (call);                                               \
+        if (kc_err_ != cudaSuccess) return kcuda_fail_cuda(kc_err_, #call, __FILE__, __LINE__); \
+    } while (0)
+#define KC_CHECK_BLAS(call)                                                         \
+    do {                                                                            \
+        cublasStatus_t kc_st_ = (call);                                             \
+        if (kc_st_ != CUBLAS_STATUS_SUCCESS)                                        \
+            return kcuda_fail_blas(kc_st_, #call, __FILE__, __LINE__);              \
+    } while (0)
+/* After a kernel launch: configuration errors show here, faults at kcuda_sync. */
+#define KC_CHECK_LAUNCH() KC_CHECK(cudaGetLastError())
+
+/* Programmatic dependent launch (Hopper): a kernel launched with kc_launch
+ * may start while the previous kernel on the stream is finishing. Every
+ * kernel therefore calls kc_pdl_wait() before it reads anything an earlier
+ * kernel wrote or writes anything an earlier kernel reads, and
+ * kc_pdl_trigger() to let the next kernel start its own launch early. Both
+ * are no-ops before sm_90 and when the launch had no PDL attribute. */
+__device__ __forceinline__ void kc_pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kc_pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* Launch on the context's stream, with PDL when the context allows it. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t kc_launch(struct kcuda *k, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                                    Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = k->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = k->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kern, ((KArgs)args)...);
+}
+#define KC_LAUNCH(k, kern, grid, block, ...) KC_CHECK(kc_launch((k), kern, (grid), (block), __VA_ARGS__))
+
+/* Profiling brackets around a kernel launch (kcuda_profile). */
+void kc_prof_end(struct kcuda *k, const char *name);
+#define KC_PROF_BEGIN(k)                                                  \
+    do {                                                                  \
+        if ((k)->prof) cudaEventRecord((k)->prof_e0, (k)->stream);        \
+    } while (0)
+#define KC_PROF_END(k, name)                                              \
+    do {                                                                  \
+        if ((k)->prof) kc_prof_end((k), (name));                          \
+    } while (0)
+
+/* ---- GGML blocks ---- */
+#define QK4_0 32
+#define QK8_0 32
+#define QK_K 256
+struct blk_q4_0 {
+    __half d;
+    uint8_t qs[16];
+};
+struct blk_q8_0 {
+    __half d;
+    int8_t qs[32];
+};
+struct blk_q4_K {
+    __half d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[128];
+};
+struct blk_q5_K {
+    __half d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[32];
+    uint8_t qs[128];
+};
+struct blk_q6_K {
+    uint8_t ql[128];
+    uint8_t qh[64];
+    int8_t scales[16];
+    __half d;
+};
+static_assert(sizeof(blk_q4_0) == 18, "q4_0");
+static_assert(sizeof(blk_q8_0) == 34, "q8_0");
+static_assert(sizeof(blk_q4_K) == 144, "q4_K");
+static_assert(sizeof(blk_q5_K) == 176, "q5_K");
+static_assert(sizeof(blk_q6_K) == 210, "q6_K");
+
+/* Elements per block and bytes per block of a stored type (0: unknown). */
+static inline int kc_block_elems(int type)
+{
+    switch (type) {
+    case KCUDA_F32: case KCUDA_F16: case KCUDA_BF16: return 1;
+    case KCUDA_Q4_0: case KCUDA_Q8_0: return 32;
+    case KCUDA_Q4_K: case KCUDA_Q5_K: case KCUDA_Q6_K: return 256;
+    default: return 0;
+    }
+}
+static inline size_t kc_block_bytes(int type)
+{
+    switch (type) {
+    case KCUDA_F32: return 4;
+    case KCUDA_F16: case KCUDA_BF16: return 2;
+    case KCUDA_Q4_0: return 18;
+    case KCUDA_Q8_0: return 34;
+    case KCUDA_Q4_K: return 144;
+    case KCUDA_Q5_K: return 176;
+    case KCUDA_Q6_K: return 210;
+    default: return 0;
+    }
+}
+/* The activation type a weight type's products take. */
+static inline int kc_vec_dot_type(int type)
+{
+    switch (type) {
+    case KCUDA_Q4_0: case KCUDA_Q8_0: return KCUDA_Q8_0;
+    case KCUDA_Q4_K: case KCUDA_Q5_K: case KCUDA_Q6_K: return KCUDA_Q8_K;
+    default: return type;
+    }
+}
+
+static inline unsigned kc_blocks(int64_t n, int per)
+{
+    return (unsigned)((n + per - 1) / per);
+}
+
+/* Scale and min of sub-block j of a Q4_K/Q5_K block (quant.h's tt_q4_K_scale_min). */
+__device__ __forceinline__ void kc_scale_min(int j, const uint8_t *s, int &sc, int &m)
+{
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* ---- reductions ---- */
+__device__ __forceinline__ float kc_warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double kc_warp_sum_d(double v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float kc_warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Eight bytes at a 2-byte aligned address as two words, from three aligned
+ * 32-bit loads (the last may read up to 2 bytes past the 8: device weight
+ * buffers are padded by KCUDA_WEIGHT_PAD). */
+__device__ __forceinline__ void kc_load8_a2(const uint8_t *p, uint32_t &w0, uint32_t &w1)
+{
+    const uintptr_t a = (uintptr_t)p;
+    const uint32_t *q = (const uint32_t *)(a & ~(uintptr_t)3);
+    const unsigned sh = (unsigned)(a & 3) * 8u;
+    const uint32_t x0 = __ldg(q), x1 = __ldg(q + 1), x2 = __ldg(q + 2);
+    w0 = __funnelshift_r(x0, x1, sh);
+    w1 = __funnelshift_r(x1, x2, sh);
+}
+/* 16 bytes at a 2-byte aligned address as four words. */
+__device__ __forceinline__ void kc_load16_a2(const uint8_t *p, uint32_t w[4])
+{
+    const uintptr_t a = (uintptr_t)p;
+    const uint32_t *q = (const uint32_t *)(a & ~(uintptr_t)3);
+    const unsigned sh = (unsigned)(a & 3) * 8u;
+    uint32_t x[5];
+#pragma unroll
+    for (int i = 0; i < 5; i++) x[i] = __ldg(q + i);
+#pragma unroll
+    for (int i = 0; i < 4; i++) w[i] = __funnelshift_r(x[i], x[i + 1], sh);
+}
+
+/* SwiGLU with separate row strides (kcuda_misc.cu), for kcuda_gemm.cu. */
+int kcuda_swiglu_ld(struct kcuda *k, float *d_a, int64_t lda, const float *d_b, int64_t ldb,
+                    int64_t n_tok, int64_t n);
+
+
+#endif

@@ -1,0 +1,681 @@
+/*
+ * kcuda_matvec.cu: weight-streaming products for decode and small batches.
+ *
+ * Decode reads every weight once per token, so these kernels are built to
+ * keep the memory system busy: each row of W is split into "items" (16 bytes
+ * of quantized weights with their scales, or 8 F16 values), a row's items
+ * are spread over one to four warps, every thread keeps two items' loads in
+ * flight, and up to 8 tokens share each load (NT). Integer dot products use
+ * dp4a on the GGML blocks as stored, against activations already converted
+ * by kcuda_quant.cu: the integer sums are exact, so results differ from the
+ * CPU's scalar reference only in float summation order.
+ *
+ * Item layouts (it = item index within the row):
+ *   Q4_0, Q8_0  one block of 32 (blocks are 2-byte aligned: funnel-shift loads)
+ *   Q4_K, Q5_K  block it/8, pair of sub-blocks g = (it%8)/2, half h = it%2:
+ *               16 bytes of nibbles for elements 64g+16h+[0,16) and 64g+32+16h+[0,16)
+ *   Q6_K        block it/8, half h = (it%8)/4, i = it%4: elements
+ *               128h + 32k + 8i + [0,8) for k = 0..3
+ *   F16, BF16   8 values (2 when rows are not 16-byte aligned); F32: 4 (or 1)
+ * One launch handles one matrix, or in KCUDA_OUT_SWIGLU mode the gate and up
+ * matrices together; stacked experts take their expert and token rows from
+ * tile records built on the device (kcuda_moe_plan).
+ */
+#include "kcuda_impl.cuh"
+
+enum mv_kind {
+    MV_Q4_0,
+    MV_Q8_0,
+    MV_Q4_K,
+    MV_Q5_K,
+    MV_Q6_K,
+    MV_F16_8,
+    MV_F16_2,
+    MV_BF16_8,
+    MV_BF16_2,
+    MV_F32_4,
+    MV_F32_1,
+    MV_KIND_COUNT
+};
+
+/* One matrix of a launch: rows [previous row_end, row_end) of the launch. */
+struct mv_task {
+    const uint8_t *w;
+    float *out;
+    const float *bias;
+    int64_t ldo;
+    int row_end;
+};
+
+struct mv_args {
+    const uint8_t *w2;     /* up projection (SwiGLU), else NULL */
+    size_t row_stride, expert_stride;
+    int n_in, n_out, n_items; /* n_out: rows of all tasks */
+    const uint8_t *act;
+    size_t act_stride;
+    int n_tasks;
+    mv_task task[KCUDA_MULTI_MAX];
+    int mode;
+    int n_tok;             /* dense: tokens in this launch */
+    const int32_t *tiles;  /* experts: tile records, or NULL */
+    int act_div;
+};
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
+#define ONES 0x01010101
+
+/* ---- per-kind weight loads and dots ---- */
+
+template <int K> struct mv_item;
+
+template <> struct mv_item<MV_Q4_0> {
+    uint32_t q[4];
+    float d;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const uint8_t *b = wr + (size_t)it * 18;
+        kc_load16_a2(b + 2, q);
+        d = __half2float(*(const __half *)b);
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const int4 a0 = *(const int4 *)(ar + 32 * it), a1 = *(const int4 *)(ar + 32 * it + 16);
+        const int al[4] = { a0.x, a0.y, a0.z, a0.w }, ah[4] = { a1.x, a1.y, a1.z, a1.w };
+        int s = 0, sa = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            s = dp4a((int)(q[i] & 0x0F0F0F0Fu), al[i], s);
+            s = dp4a((int)((q[i] >> 4) & 0x0F0F0F0Fu), ah[i], s);
+            sa = dp4a(ONES, al[i], sa);
+            sa = dp4a(ONES, ah[i], sa);
+        }
+        const float dy = ((const float *)(ar + n_in))[it];
+        return (d * dy) * (float)(s - 8 * sa);
+    }
+};
+
+template <> struct mv_item<MV_Q8_0> {
+    uint32_t q[8];
+    float d;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const uint8_t *b = wr + (size_t)it * 34;
+        kc_load16_a2(b + 2, q);
+        kc_load16_a2(b + 18, q + 4);
+        d = __half2float(*(const __half *)b);
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const int4 a0 = *(const int4 *)(ar + 32 * it), a1 = *(const int4 *)(ar + 32 * it + 16);
+        const int a[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) s = dp4a((int)q[i], a[i], s);
+        const float dy = ((const float *)(ar + n_in))[it];
+        return (d * dy) * (float)s;
+    }
+};
+
+__device__ __forceinline__ uint32_t byte_of(uint32_t w, int i) { return (w >> (8 * i)) & 0xFFu; }
+
+/* Scales and mins of sub-blocks 2g and 2g+1 from the 12 scale bytes in words s0..s2. */
+__device__ __forceinline__ void k_scales(uint32_t s0, uint32_t s1, uint32_t s2, int g, int &sc0,
+                                         int &m0, int &sc1, int &m1)
+{
+    if (g < 2) {
+        const int j0 = 2 * g, j1 = 2 * g + 1;
+        sc0 = (int)(byte_of(s0, j0) & 63), m0 = (int)(byte_of(s1, j0) & 63);
+        sc1 = (int)(byte_of(s0, j1) & 63), m1 = (int)(byte_of(s1, j1) & 63);
+    } else {
+        const int j0 = 2 * g - 4, j1 = 2 * g - 3;
+        sc0 = (int)((byte_of(s2, j0) & 0xF) | ((byte_of(s0, j0) >> 6) << 4));
+        m0 = (int)((byte_of(s2, j0) >> 4) | ((byte_of(s1, j0) >> 6) << 4));
+        sc1 = (int)((byte_of(s2, j1) & 0xF) | ((byte_of(s0, j1) >> 6) << 4));
+        m1 = (int)((byte_of(s2, j1) >> 4) | ((byte_of(s1, j1) >> 6) << 4));
+    }
+}
+
+/* The Q8_K side of a Q4_K/Q5_K item: lo/hi are the two sub-blocks' levels. */
+__device__ __forceinline__ float k_affine_dot(const uint32_t lo[4], const uint32_t hi[4], uint4 hdr,
+                                              const uint8_t *ar, int n_in, int it)
+{
+    const int ib = it >> 3, g = (it & 7) >> 1, h = it & 1;
+    const uint8_t *base = ar + 256 * ib + 64 * g + 16 * h;
+    const int4 a0 = *(const int4 *)base, a1 = *(const int4 *)(base + 32);
+    const int al[4] = { a0.x, a0.y, a0.z, a0.w }, ah[4] = { a1.x, a1.y, a1.z, a1.w };
+    int dlo = 0, dhi = 0, slo = 0, shi = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        dlo = dp4a((int)lo[i], al[i], dlo);
+        dhi = dp4a((int)hi[i], ah[i], dhi);
+        slo = dp4a(ONES, al[i], slo);
+        shi = dp4a(ONES, ah[i], shi);
+    }
+    int sc0, m0, sc1, m1;
+    k_scales(hdr.y, hdr.z, hdr.w, g, sc0, m0, sc1, m1);
+    /* The 8 lanes of this super-block add their integer sums first, so the
+     * float step is the CPU's: (d*dy)*isum - (dmin*dy)*imin per super-block. */
+    int isum = sc0 * dlo + sc1 * dhi, imin = m0 * slo + m1 * shi;
+    const unsigned gm = 0xFFu << (threadIdx.x & 24);
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) {
+        isum += __shfl_xor_sync(gm, isum, o);
+        imin += __shfl_xor_sync(gm, imin, o);
+    }
+    if (threadIdx.x & 7) return 0.0f;
+    const __half2 dd = *(const __half2 *)&hdr.x;
+    const float d = __low2float(dd), dmin = __high2float(dd);
+    const float dy = ((const float *)(ar + n_in))[ib];
+    return (d * dy) * (float)isum - (dmin * dy) * (float)imin;
+}
+
+template <> struct mv_item<MV_Q4_K> {
+    uint4 hdr, qv;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const int ib = it >> 3, g = (it & 7) >> 1, h = it & 1;
+        const uint8_t *b = wr + (size_t)ib * 144;
+        hdr = __ldg((const uint4 *)b);
+        qv = __ldg((const uint4 *)(b + 16 + 32 * g + 16 * h));
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const uint32_t q[4] = { qv.x, qv.y, qv.z, qv.w };
+        uint32_t lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            lo[i] = q[i] & 0x0F0F0F0Fu;
+            hi[i] = (q[i] >> 4) & 0x0F0F0F0Fu;
+        }
+        return k_affine_dot(lo, hi, hdr, ar, n_in, it);
+    }
+};
+
+template <> struct mv_item<MV_Q5_K> {
+    uint4 hdr, qh, qv;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const int ib = it >> 3, g = (it & 7) >> 1, h = it & 1;
+        const uint8_t *b = wr + (size_t)ib * 176;
+        hdr = __ldg((const uint4 *)b);
+        qh = __ldg((const uint4 *)(b + 16 + 16 * h));
+        qv = __ldg((const uint4 *)(b + 48 + 32 * g + 16 * h));
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const int g = (it & 7) >> 1;
+        const uint32_t q[4] = { qv.x, qv.y, qv.z, qv.w }, hb[4] = { qh.x, qh.y, qh.z, qh.w };
+        uint32_t lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            lo[i] = (q[i] & 0x0F0F0F0Fu) | (((hb[i] >> (2 * g)) & 0x01010101u) << 4);
+            hi[i] = ((q[i] >> 4) & 0x0F0F0F0Fu) | (((hb[i] >> (2 * g + 1)) & 0x01010101u) << 4);
+        }
+        return k_affine_dot(lo, hi, hdr, ar, n_in, it);
+    }
+};
+
+template <> struct mv_item<MV_Q6_K> {
+    uint32_t a0, a1, b0, b1, h0, h1;
+    int sc[4];
+    float d;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const int ib = it >> 3, h = (it & 7) >> 2, i = it & 3;
+        const uint8_t *b = wr + (size_t)ib * 210;
+        kc_load8_a2(b + 64 * h + 8 * i, a0, a1);
+        kc_load8_a2(b + 64 * h + 32 + 8 * i, b0, b1);
+        kc_load8_a2(b + 128 + 32 * h + 8 * i, h0, h1);
+        const int8_t *s = (const int8_t *)(b + 192 + 8 * h + (i >> 1));
+#pragma unroll
+        for (int k = 0; k < 4; k++) sc[k] = s[2 * k];
+        d = __half2float(*(const __half *)(b + 208));
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const int ib = it >> 3, h = (it & 7) >> 2, i = it & 3;
+        const uint8_t *base = ar + 256 * ib + 128 * h + 8 * i;
+        int isum = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint32_t l0 = k == 0 ? a0 : k == 1 ? b0 : k == 2 ? a0 >> 4 : b0 >> 4;
+            const uint32_t l1 = k == 0 ? a1 : k == 1 ? b1 : k == 2 ? a1 >> 4 : b1 >> 4;
+            const uint32_t q0 = (l0 & 0x0F0F0F0Fu) | (((h0 >> (2 * k)) & 0x03030303u) << 4);
+            const uint32_t q1 = (l1 & 0x0F0F0F0Fu) | (((h1 >> (2 * k)) & 0x03030303u) << 4);
+            const int2 a = *(const int2 *)(base + 32 * k);
+            int dt = dp4a((int)q0, a.x, 0);
+            dt = dp4a((int)q1, a.y, dt);
+            int sa = dp4a(ONES, a.x, 0);
+            sa = dp4a(ONES, a.y, sa);
+            isum += sc[k] * (dt - 32 * sa);
+        }
+        const unsigned gm = 0xFFu << (threadIdx.x & 24); /* the super-block's 8 lanes */
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) isum += __shfl_xor_sync(gm, isum, o);
+        if (threadIdx.x & 7) return 0.0f;
+        const float dy = ((const float *)(ar + n_in))[ib];
+        return (d * dy) * (float)isum;
+    }
+};
+
+template <> struct mv_item<MV_F16_8> {
+    uint4 v;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it) { v = __ldg((const uint4 *)(wr + 16 * (size_t)it)); }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int, int it) const
+    {
+        const uint4 a = *(const uint4 *)(ar + 16 * (size_t)it);
+        const __half2 *w = (const __half2 *)&v, *x = (const __half2 *)&a;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 wf = __half22float2(w[i]), xf = __half22float2(x[i]);
+            s += wf.x * xf.x + wf.y * xf.y;
+        }
+        return s;
+    }
+};
+
+template <> struct mv_item<MV_F16_2> {
+    __half2 v;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it) { v = *(const __half2 *)(wr + 4 * (size_t)it); }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int, int it) const
+    {
+        const float2 wf = __half22float2(v), xf = __half22float2(*(const __half2 *)(ar + 4 * (size_t)it));
+        return wf.x * xf.x + wf.y * xf.y;
+    }
+};
+
+template <> struct mv_item<MV_BF16_8> {
+    uint4 v;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it) { v = __ldg((const uint4 *)(wr + 16 * (size_t)it)); }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int, int it) const
+    {
+        const uint4 a = *(const uint4 *)(ar + 16 * (size_t)it);
+        const __nv_bfloat162 *w = (const __nv_bfloat162 *)&v, *x = (const __nv_bfloat162 *)&a;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 wf = __bfloat1622float2(w[i]), xf = __bfloat1622float2(x[i]);
+            s += wf.x * xf.x + wf.y * xf.y;
+        }
+        return s;
+    }
+};
+
+template <> struct mv_item<MV_BF16_2> {
+    __nv_bfloat162 v;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it) { v = *(const __nv_bfloat162 *)(wr + 4 * (size_t)it); }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int, int it) const
+    {
+        const float2 wf = __bfloat1622float2(v);
+        const float2 xf = __bfloat1622float2(*(const __nv_bfloat162 *)(ar + 4 * (size_t)it));
+        return wf.x * xf.x + wf.y * xf.y;
+    }
+};
+
+template <> struct mv_item<MV_F32_4> {
+    float4 v;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it) { v = __ldg((const float4 *)(wr + 16 * (size_t)it)); }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int, int it) const
+    {
+        const float4 a = *(const float4 *)(ar + 16 * (size_t)it);
+        return v.x * a.x + v.y * a.y + v.z * a.z + v.w * a.w;
+    }
+};
+
+template <> struct mv_item<MV_F32_1> {
+    float v;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it) { v = ((const float *)wr)[it]; }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int, int it) const
+    {
+        return v * ((const float *)ar)[it];
+    }
+};
+
+/* ---- the kernel ---- */
+
+#define MV_THREADS 128
+
+/* Prefetch this thread's share of a weight row into L2 while the previous
+ * kernel finishes (PDL): the weights never depend on it. */
+__device__ __forceinline__ void prefetch_row(const uint8_t *wr, size_t bytes, int tid, int step)
+{
+    for (size_t o = (size_t)tid * 128; o < bytes; o += (size_t)step * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + o));
+}
+
+/* The task of a row in a fused launch, and the row within it. */
+struct mv_row {
+    const uint8_t *w;
+    float *out;
+    const float *bias;
+    int64_t ldo;
+    int lrow;
+};
+__device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
+{
+    const int t = a.n_tasks > 1 && row >= a.task[0].row_end ? (a.n_tasks > 2 && row >= a.task[1].row_end ? 2 : 1) : 0;
+    mv_row r;
+    r.w = t == 0 ? a.task[0].w : t == 1 ? a.task[1].w : a.task[2].w;
+    r.out = t == 0 ? a.task[0].out : t == 1 ? a.task[1].out : a.task[2].out;
+    r.bias = t == 0 ? a.task[0].bias : t == 1 ? a.task[1].bias : a.task[2].bias;
+    r.ldo = t == 0 ? a.task[0].ldo : t == 1 ? a.task[1].ldo : a.task[2].ldo;
+    r.lrow = t == 0 ? row : row - (t == 1 ? a.task[0].row_end : a.task[1].row_end);
+    return r;
+}
+
+/* Block: blockDim.y rows at a time, each row on blockDim.x / 32 warps; the
+ * blocks stride over the row groups (a grid sized to fill the GPU once). */
+template <int K, int NT, bool PAIR>
+__global__ void __launch_bounds__(MV_THREADS) k_matvec(const mv_args a)
+{
+    kc_pdl_trigger();
+    const int W = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_groups = (a.n_out + blockDim.y - 1) / blockDim.y;
+    if (!a.tiles && blockIdx.x < n_groups) { /* weights never depend on the previous kernel */
+        const int row = blockIdx.x * blockDim.y + threadIdx.y;
+        if (row < a.n_out) {
+            const mv_row r = row_task(a, row);
+            prefetch_row(r.w + (size_t)r.lrow * a.row_stride, a.row_stride, threadIdx.x, 32 * W);
+            if (PAIR) prefetch_row(a.w2 + (size_t)r.lrow * a.row_stride, a.row_stride, threadIdx.x, 32 * W);
+        }
+    }
+    kc_pdl_wait();
+    int n = a.n_tok;
+    int arow[NT], orow[NT];
+    size_t ex_off = 0;
+    if (a.tiles) {
+        const int32_t *tile = a.tiles + (size_t)blockIdx.y * KCUDA_MOE_TILE_INTS;
+        const int ex = tile[0];
+        if (ex < 0) return; /* the whole block leaves: no barrier is skipped */
+        n = min(tile[1], NT);
+        ex_off = (size_t)ex * a.expert_stride;
+#pragma unroll
+        for (int u = 0; u < NT; u++) {
+            const int s = u < n ? tile[2 + u] : 0;
+            arow[u] = s / a.act_div;
+            orow[u] = s;
+        }
+    } else {
+#pragma unroll
+        for (int u = 0; u < NT; u++) arow[u] = orow[u] = u;
+    }
+    const uint8_t *ar[NT];
+#pragma unroll
+    for (int u = 0; u < NT; u++) ar[u] = a.act + (size_t)arow[u] * a.act_stride;
+    __shared__ float red[MV_THREADS / 32][2 * NT];
+    for (int grp = blockIdx.x; grp < n_groups; grp += gridDim.x) {
+        const int row = grp * blockDim.y + threadIdx.y;
+        const bool active = row < a.n_out;
+        const mv_row r = row_task(a, active ? row : 0);
+        float acc[NT], acc2[NT];
+#pragma unroll
+        for (int u = 0; u < NT; u++) acc[u] = acc2[u] = 0.0f;
+        if (active) {
+            const uint8_t *wr = r.w + ex_off + (size_t)r.lrow * a.row_stride;
+            const uint8_t *wr2 = PAIR ? a.w2 + ex_off + (size_t)r.lrow * a.row_stride : NULL;
+            const int step = 32 * W;
+            int it = threadIdx.x;
+            for (; it + step < a.n_items; it += 2 * step) {
+                mv_item<K> x0, x1, y0, y1;
+                x0.load(wr, it);
+                x1.load(wr, it + step);
+                if (PAIR) {
+                    y0.load(wr2, it);
+                    y1.load(wr2, it + step);
+                }
+#pragma unroll
+                for (int u = 0; u < NT; u++) {
+                    if (u < n) {
+                        acc[u] += x0.dot(ar[u], a.n_in, it) + x1.dot(ar[u], a.n_in, it + step);
+                        if (PAIR) acc2[u] += y0.dot(ar[u], a.n_in, it) + y1.dot(ar[u], a.n_in, it + step);
+                    }
+                }
+            }
+            if (it < a.n_items) {
+                mv_item<K> x0, y0;
+                x0.load(wr, it);
+                if (PAIR) y0.load(wr2, it);
+#pragma unroll
+                for (int u = 0; u < NT; u++) {
+                    if (u < n) {
+                        acc[u] += x0.dot(ar[u], a.n_in, it);
+                        if (PAIR) acc2[u] += y0.dot(ar[u], a.n_in, it);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < NT; u++) {
+            acc[u] = kc_warp_sum(acc[u]);
+            if (PAIR) acc2[u] = kc_warp_sum(acc2[u]);
+        }
+        if (W > 1) {
+            if (lane == 0) {
+#pragma unroll
+                for (int u = 0; u < NT; u++) {
+                    red[threadIdx.y * W + warp][u] = acc[u];
+                    red[threadIdx.y * W + warp][NT + u] = acc2[u];
+                }
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+#pragma unroll
+                for (int u = 0; u < NT; u++) {
+                    float s = 0.0f, s2 = 0.0f;
+                    for (int j = 0; j < W; j++) {
+                        s += red[threadIdx.y * W + j][u];
+                        s2 += red[threadIdx.y * W + j][NT + u];
+                    }
+                    acc[u] = s;
+                    acc2[u] = s2;
+                }
+            }
+            __syncthreads(); /* red is rewritten by the next row group */
+        }
+        if (threadIdx.x != 0 || !active) continue;
+#pragma unroll
+        for (int u = 0; u < NT; u++) {
+            if (u >= n) break;
+            float v = acc[u];
+            float *o = r.out + (size_t)orow[u] * (size_t)r.ldo + r.lrow;
+            if (r.bias) v += r.bias[r.lrow];
+            if (PAIR) *o = v / (1.0f + expf(-v)) * acc2[u];
+            else if (a.mode == KCUDA_OUT_ADD) *o += v;
+            else *o = v;
+        }
+    }
+}
+
+/* ---- dispatch ---- */
+
+typedef void (*mv_kernel)(const mv_args);
+
+template <int K, int NT>
+static mv_kernel pick_pair(bool pair)
+{
+    return pair ? k_matvec<K, NT, true> : k_matvec<K, NT, false>;
+}
+
+template <int K>
+static mv_kernel pick_nt(int nt, bool pair)
+{
+    if (nt <= 1) return pick_pair<K, 1>(pair);
+    if (nt <= 2) return pick_pair<K, 2>(pair);
+    if (nt <= 4) return pick_pair<K, 4>(pair);
+    return pick_pair<K, 8>(pair);
+}
+
+static int item_elems(int kind)
+{
+    switch (kind) {
+    case MV_F16_8: case MV_BF16_8: return 8;
+    case MV_F16_2: case MV_BF16_2: return 2;
+    case MV_F32_4: return 4;
+    case MV_F32_1: return 1;
+    default: return 32;
+    }
+}
+
+/* The kernel kind for a weight, given the alignment of its rows and of the
+ * activation rows; -1 if the type has no device kernel. */
+static int kind_of(const struct kcuda_weight *w, size_t act_stride)
+{
+    const bool a16 = w->row_stride % 16 == 0 && act_stride % 16 == 0 &&
+                     (uintptr_t)w->data % 16 == 0;
+    switch (w->type) {
+    case KCUDA_Q4_0: return MV_Q4_0;
+    case KCUDA_Q8_0: return MV_Q8_0;
+    case KCUDA_Q4_K: return a16 ? MV_Q4_K : -1;
+    case KCUDA_Q5_K: return a16 ? MV_Q5_K : -1;
+    case KCUDA_Q6_K: return MV_Q6_K;
+    case KCUDA_F16: return w->n_in % 8 == 0 && a16 ? MV_F16_8 : w->n_in % 2 == 0 ? MV_F16_2 : -1;
+    case KCUDA_BF16: return w->n_in % 8 == 0 && a16 ? MV_BF16_8 : w->n_in % 2 == 0 ? MV_BF16_2 : -1;
+    case KCUDA_F32: return w->n_in % 4 == 0 && a16 ? MV_F32_4 : MV_F32_1;
+    default: return -1;
+    }
+}
+
+static mv_kernel pick(int kind, int nt, bool pair)
+{
+    switch (kind) {
+    case MV_Q4_0: return pick_nt<MV_Q4_0>(nt, pair);
+    case MV_Q8_0: return pick_nt<MV_Q8_0>(nt, pair);
+    case MV_Q4_K: return pick_nt<MV_Q4_K>(nt, pair);
+    case MV_Q5_K: return pick_nt<MV_Q5_K>(nt, pair);
+    case MV_Q6_K: return pick_nt<MV_Q6_K>(nt, pair);
+    case MV_F16_8: return pick_nt<MV_F16_8>(nt, pair);
+    case MV_F16_2: return pick_nt<MV_F16_2>(nt, pair);
+    case MV_BF16_8: return pick_nt<MV_BF16_8>(nt, pair);
+    case MV_BF16_2: return pick_nt<MV_BF16_2>(nt, pair);
+    case MV_F32_4: return pick_nt<MV_F32_4>(nt, pair);
+    default: return pick_nt<MV_F32_1>(nt, pair);
+    }
+}
+
+/* Blocks of MV_THREADS one multiprocessor holds of a kernel (cached). */
+static int resident_blocks(struct kcuda *k, mv_kernel kern)
+{
+    static mv_kernel seen[256];
+    static int count[256], n_seen;
+    for (int i = 0; i < n_seen; i++)
+        if (seen[i] == kern) return count[i];
+    int nb = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kern, MV_THREADS, 0) != cudaSuccess) {
+        cudaGetLastError();
+        nb = 4;
+    }
+    (void)k;
+    if (n_seen < 256) seen[n_seen] = kern, count[n_seen++] = nb;
+    return nb;
+}
+
+static const char *prof_name(int kind, bool pair, bool experts)
+{
+    static const char *const names[MV_KIND_COUNT][4] = {
+#define MV_NAMES(t) { "matvec " t, "matvec " t " swiglu", "experts " t, "experts " t " swiglu" }
+        MV_NAMES("q4_0"), MV_NAMES("q8_0"), MV_NAMES("q4_K"), MV_NAMES("q5_K"), MV_NAMES("q6_K"),
+        MV_NAMES("f16"), MV_NAMES("f16/2"), MV_NAMES("bf16"), MV_NAMES("bf16/2"), MV_NAMES("f32"),
+        MV_NAMES("f32/1"),
+#undef MV_NAMES
+    };
+    return names[kind][(pair ? 1 : 0) + (experts ? 2 : 0)];
+}
+
+static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                  mv_args *a, int nt, unsigned n_grid_y)
+{
+    const bool pair = a->mode == KCUDA_OUT_SWIGLU;
+    if (pair && (!w2 || w2->type != w->type || w2->n_in != w->n_in || w2->n_out != w->n_out ||
+                 w2->row_stride != w->row_stride || w2->expert_stride != w->expert_stride))
+        return tt_error_set(TT_EINVAL, "SwiGLU product needs gate and up of one type and shape");
+    const int kind = kind_of(w, a->act_stride);
+    if (kind < 0 || (pair && kind_of(w2, a->act_stride) != kind))
+        return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
+                            w->type, (long long)w->n_in);
+    a->n_items = (int)(w->n_in / item_elems(kind));
+    const int W = a->n_items > 512 ? 4 : a->n_items > 128 ? 2 : 1;
+    const dim3 block(32 * W, 4 / W);
+    const mv_kernel kern = pick(kind, nt, pair);
+    /* enough blocks to fill every multiprocessor once; they stride over the rows */
+    unsigned gx = kc_blocks(a->n_out, 4 / W);
+    const unsigned cap = (unsigned)(resident_blocks(k, kern) * k->n_sm) / n_grid_y;
+    gx = gx < cap ? gx : (cap > 0 ? cap : 1);
+    const dim3 grid(gx, n_grid_y);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, kern, grid, block, *a);
+    KC_PROF_END(k, prof_name(kind, pair, a->tiles != NULL));
+    return 0;
+}
+
+static void args_common(mv_args *a, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                        const void *d_act, size_t act_stride, enum kcuda_out_mode mode)
+{
+    *a = mv_args{};
+    a->w2 = w2 ? (const uint8_t *)w2->data : NULL;
+    a->row_stride = w->row_stride;
+    a->expert_stride = w->expert_stride;
+    a->n_in = (int)w->n_in;
+    a->n_out = (int)w->n_out;
+    a->act = (const uint8_t *)d_act;
+    a->act_stride = act_stride;
+    a->mode = mode;
+    a->act_div = 1;
+    a->n_tasks = 1;
+    a->task[0].w = (const uint8_t *)w->data;
+    a->task[0].row_end = (int)w->n_out;
+}
+
+int kcuda_matvec(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                 const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
+                 const float *d_bias, enum kcuda_out_mode mode)
+{
+    if (w->n_out == 0 || n_tok <= 0) return 0;
+    if (n_tok > 8) return tt_error_set(TT_EINVAL, "kcuda_matvec takes at most 8 tokens");
+    mv_args a;
+    args_common(&a, w, w2, d_act, act_stride, mode);
+    a.task[0].out = d_out;
+    a.task[0].ldo = ldo;
+    a.task[0].bias = d_bias;
+    a.n_tok = (int)n_tok;
+    return launch(k, w, w2, &a, (int)n_tok, 1);
+}
+
+int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
+                       const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
+                       const int64_t *ldos, const float *const *biases)
+{
+    if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8)
+        return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights, %lld tokens", n_w, (long long)n_tok);
+    mv_args a;
+    args_common(&a, ws[0], NULL, d_act, act_stride, KCUDA_OUT_STORE);
+    int rows = 0;
+    for (int i = 0; i < n_w; i++) {
+        const struct kcuda_weight *w = ws[i];
+        if (w->type != ws[0]->type || w->n_in != ws[0]->n_in || w->row_stride != ws[0]->row_stride ||
+            kind_of(w, act_stride) != kind_of(ws[0], act_stride))
+            return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: weights of different types or shapes");
+        rows += (int)w->n_out;
+        a.task[i] = mv_task{ (const uint8_t *)w->data, outs[i], biases ? biases[i] : NULL, ldos[i], rows };
+    }
+    a.n_tasks = n_w;
+    a.n_out = rows;
+    a.n_tok = (int)n_tok;
+    return launch(k, ws[0], NULL, &a, (int)n_tok, 1);
+}
+
+int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,
+                         const struct kcuda_weight *w2, const int32_t *d_tiles, int max_tiles,
+                         int tile_tok, const void *d_act, size_t act_stride, int act_div,
+                         float *d_out, int64_t ldo, enum kcuda_out_mode mode)
+{
+    if (w->n_out == 0 || max_tiles <= 0) return 0;
+    if (max_tiles > 65535) return tt_error_set(TT_EINVAL, "%d expert tiles in one launch", max_tiles);
+    mv_args a;
+    args_common(&a, w, w2, d_act, act_stride, mode);
+    a.task[0].out = d_out;
+    a.task[0].ldo = ldo;
+    a.tiles = d_tiles;
+    a.act_div = act_div;
+    return launch(k, w, w2, &a, tile_tok <= 1 ? 1 : KCUDA_MOE_TILE, (unsigned)max_tiles);
+}

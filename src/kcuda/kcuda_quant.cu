@@ -1,0 +1,366 @@
+/*
+ * kcuda_quant.cu: activation conversion (fused with RMSNorm) and weight
+ * dequantization.
+ *
+ * The Q8_0 and Q8_K conversions reproduce quant.c's activation quantizers
+ * bit for bit: Q8_0 takes d = F16(amax / 127) and q = rint(x * 127 / amax);
+ * Q8_K takes the first element of largest magnitude as max, q =
+ * rint(-127 / max * x), d = 1 / (-127 / max); rounding is to nearest even in
+ * both, as tt_nearest_int. One block of threads handles one token row: it
+ * sums the squares (in double, as ops_rmsnorm), then each warp converts
+ * whole quantization blocks, recomputing the normed values it needs.
+ */
+#include "kcuda_impl.cuh"
+
+
+static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+size_t kcuda_act_row_bytes(int type, int64_t n)
+{
+    switch (type) {
+    case KCUDA_F32: return align16((size_t)n * 4);
+    case KCUDA_F16: case KCUDA_BF16: return align16((size_t)n * 2);
+    case KCUDA_Q8_0: return align16((size_t)n + 4 * (size_t)(n / 32));
+    case KCUDA_Q8_K: return align16((size_t)n + 4 * (size_t)(n / 256));
+    default: return 0;
+    }
+}
+
+#define NC_THREADS 128
+#define NC_CHUNK 1024 /* elements one block converts */
+
+__device__ __forceinline__ int8_t clamp_i8(int v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
+
+/* Block (token t, chunk c): every block sums the squares of the whole row
+ * (in double, as ops_rmsnorm; the row is small and cached), then converts
+ * its own NC_CHUNK elements, so a single row is spread over many
+ * multiprocessors. Q8 blocks never straddle chunks (1024 = 4 x 256). */
+template <int T>
+__global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__restrict__ x, int64_t ld, int n,
+                                                             const float *__restrict__ w, float eps, int do_norm,
+                                                             float *__restrict__ yf, uint8_t *__restrict__ dst,
+                                                             size_t dst_stride)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int64_t t = blockIdx.x;
+    const int c0 = blockIdx.y * NC_CHUNK, c1 = min(n, c0 + NC_CHUNK);
+    const float *xr = x + t * ld;
+    uint8_t *dr = dst + (size_t)t * dst_stride;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = NC_THREADS / 32;
+    float scale = 1.0f;
+    if (do_norm) {
+        __shared__ double part[NC_THREADS / 32];
+        double s = 0.0;
+        for (int i = threadIdx.x; i < n; i += NC_THREADS) {
+            const float v = xr[i];
+            s += (double)__fmul_rn(v, v);
+        }
+        s = kc_warp_sum_d(s);
+        if (lane == 0) part[warp] = s;
+        __syncthreads();
+        s = 0.0;
+        for (int i = 0; i < n_warps; i++) s += part[i];
+        scale = 1.0f / sqrtf((float)(s / (double)n) + eps);
+    }
+#define NC_Y(j) (do_norm ? __fmul_rn(__fmul_rn(xr[j], scale), w ? w[j] : 1.0f) : xr[j])
+    if (yf) {
+        float *yr = yf + (size_t)t * n;
+        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) yr[i] = NC_Y(i);
+    }
+    if (T == KCUDA_F32) {
+        float *o = (float *)dr;
+        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = NC_Y(i);
+    } else if (T == KCUDA_F16) {
+        __half *o = (__half *)dr;
+        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = __float2half_rn(NC_Y(i));
+    } else if (T == KCUDA_BF16) {
+        __nv_bfloat16 *o = (__nv_bfloat16 *)dr;
+        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = __float2bfloat16_rn(NC_Y(i));
+    } else if (T == KCUDA_Q8_0) {
+        int8_t *qs = (int8_t *)dr;
+        float *ds = (float *)(dr + n);
+        for (int b = c0 / 32 + warp; b < c1 / 32; b += n_warps) {
+            const float v = NC_Y(32 * b + lane);
+            const float amax = kc_warp_max(fabsf(v));
+            const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            qs[32 * b + lane] = clamp_i8(__float2int_rn(v * id));
+            if (lane == 0) ds[b] = __half2float(__float2half_rn(amax / 127.0f));
+        }
+    } else { /* Q8_K */
+        int8_t *qs = (int8_t *)dr;
+        float *ds = (float *)(dr + n);
+        for (int b = c0 / 256 + warp; b < c1 / 256; b += n_warps) {
+            const int j0 = 256 * b + 8 * lane;
+            float v[8];
+            float amax = 0.0f, mx = 0.0f;
+            int at = 1 << 30;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                v[i] = NC_Y(j0 + i);
+                if (fabsf(v[i]) > amax) {
+                    amax = fabsf(v[i]);
+                    mx = v[i];
+                    at = j0 + i;
+                }
+            }
+            /* The first element of largest magnitude, over the warp. */
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
+                const float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
+                const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
+                if (a2 > amax || (a2 == amax && at2 < at)) {
+                    amax = a2;
+                    mx = m2;
+                    at = at2;
+                }
+            }
+            union { int8_t q[8]; uint2 u; } pk;
+            if (amax == 0.0f) {
+                pk.u = make_uint2(0, 0);
+                if (lane == 0) ds[b] = 0.0f;
+            } else {
+                const float iscale = -127.0f / mx;
+#pragma unroll
+                for (int i = 0; i < 8; i++) pk.q[i] = clamp_i8(__float2int_rn(iscale * v[i]));
+                if (lane == 0) ds[b] = 1.0f / iscale;
+            }
+            *(uint2 *)(qs + j0) = pk.u;
+        }
+    }
+#undef NC_Y
+}
+
+int kcuda_norm_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
+                       int64_t n, const float *d_w, float eps, float *d_yf, void *d_dst,
+                       size_t dst_stride)
+{
+    if (n_tok <= 0) return 0;
+    const int do_norm = !(d_w == NULL && eps < 0.0f);
+    const dim3 grid((unsigned)n_tok, kc_blocks(n, NC_CHUNK));
+    uint8_t *dst = (uint8_t *)d_dst;
+#define NC_LAUNCH(T) \
+    KC_LAUNCH(k, k_norm_convert<T>, grid, dim3(NC_THREADS), d_x, ld, (int)n, d_w, eps, do_norm, d_yf, dst, dst_stride)
+    if ((type == KCUDA_Q8_0 && n % 32) || (type == KCUDA_Q8_K && n % 256))
+        return tt_error_set(TT_EINVAL, "%s row of %lld elements", type == KCUDA_Q8_0 ? "Q8_0" : "Q8_K", (long long)n);
+    KC_PROF_BEGIN(k);
+    switch (type) {
+    case KCUDA_F32: NC_LAUNCH(KCUDA_F32); break;
+    case KCUDA_F16: NC_LAUNCH(KCUDA_F16); break;
+    case KCUDA_BF16: NC_LAUNCH(KCUDA_BF16); break;
+    case KCUDA_Q8_0: NC_LAUNCH(KCUDA_Q8_0); break;
+    case KCUDA_Q8_K: NC_LAUNCH(KCUDA_Q8_K); break;
+    default: return tt_error_set(TT_EUNSUPPORTED, "no device conversion to type %d", type);
+    }
+#undef NC_LAUNCH
+    KC_PROF_END(k, "norm_convert");
+    return 0;
+}
+
+int kcuda_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
+                  int64_t n, void *d_dst, size_t dst_stride)
+{
+    return kcuda_norm_convert(k, type, d_x, ld, n_tok, n, NULL, -1.0f, NULL, d_dst, dst_stride);
+}
+
+/* ---- activations back to F16 (the batch path's operand) ---- */
+
+/* Block (row t, column block): one element per thread. */
+__global__ void k_act_to_f16(int type, const uint8_t *__restrict__ act, size_t stride, int n,
+                             __half *__restrict__ out)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const uint8_t *r = act + (size_t)blockIdx.x * stride;
+    float v;
+    if (type == KCUDA_Q8_0) v = (float)((const int8_t *)r)[j] * ((const float *)(r + n))[j / 32];
+    else if (type == KCUDA_Q8_K) v = (float)((const int8_t *)r)[j] * ((const float *)(r + n))[j / 256];
+    else if (type == KCUDA_F16) v = __half2float(((const __half *)r)[j]);
+    else if (type == KCUDA_BF16) v = __bfloat162float(((const __nv_bfloat16 *)r)[j]);
+    else v = ((const float *)r)[j];
+    out[(size_t)blockIdx.x * n + j] = __float2half_rn(v);
+}
+
+int kcuda_act_to_f16(struct kcuda *k, int type, const void *d_act, size_t act_stride,
+                     int64_t n_tok, int64_t n, void *d_out_f16)
+{
+    if (n_tok <= 0 || n <= 0) return 0;
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_act_to_f16, dim3((unsigned)n_tok, kc_blocks(n, 256)), dim3(256), type,
+              (const uint8_t *)d_act, act_stride, (int)n, (__half *)d_out_f16);
+    KC_PROF_END(k, "act_to_f16");
+    return 0;
+}
+
+/* ---- weights to F16 / F32 ---- */
+
+/* Element j of a weight row, as quant.c's dequantizers compute it. */
+__device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int j)
+{
+    switch (type) {
+    case KCUDA_F32: return ((const float *)row)[j];
+    case KCUDA_F16: return __half2float(((const __half *)row)[j]);
+    case KCUDA_BF16: return __bfloat162float(((const __nv_bfloat16 *)row)[j]);
+    case KCUDA_Q4_0: {
+        const blk_q4_0 *b = (const blk_q4_0 *)row + j / 32;
+        const int e = j % 32;
+        const int q = e < 16 ? (b->qs[e] & 15) : (b->qs[e - 16] >> 4);
+        return (float)(q - 8) * __half2float(b->d);
+    }
+    case KCUDA_Q8_0: {
+        const blk_q8_0 *b = (const blk_q8_0 *)row + j / 32;
+        return (float)b->qs[j % 32] * __half2float(b->d);
+    }
+    case KCUDA_Q4_K:
+    case KCUDA_Q5_K: {
+        const int e = j % 256, g = e / 64, hi = (e % 64) >= 32, l = e % 32, sb = 2 * g + hi;
+        const uint8_t *scales, *qs;
+        float d, dmin;
+        int q;
+        if (type == KCUDA_Q4_K) {
+            const blk_q4_K *b = (const blk_q4_K *)row + j / 256;
+            scales = b->scales, qs = b->qs, d = __half2float(b->d), dmin = __half2float(b->dmin);
+            q = hi ? qs[32 * g + l] >> 4 : qs[32 * g + l] & 15;
+        } else {
+            const blk_q5_K *b = (const blk_q5_K *)row + j / 256;
+            scales = b->scales, qs = b->qs, d = __half2float(b->d), dmin = __half2float(b->dmin);
+            q = hi ? qs[32 * g + l] >> 4 : qs[32 * g + l] & 15;
+            q |= ((b->qh[l] >> sb) & 1) << 4;
+        }
+        int sc, m;
+        kc_scale_min(sb, scales, sc, m);
+        const float d1 = d * (float)sc, m1 = dmin * (float)m;
+        return __fsub_rn(__fmul_rn(d1, (float)q), m1);
+    }
+    case KCUDA_Q6_K: {
+        const blk_q6_K *b = (const blk_q6_K *)row + j / 256;
+        const int e = j % 256, h = e / 128, r = e % 128, l = r % 32, qu = r / 32;
+        const uint8_t lb = b->ql[64 * h + l + (qu & 1) * 32];
+        const int nib = qu >= 2 ? lb >> 4 : lb & 15;
+        const int q = (nib | (((b->qh[32 * h + l] >> (2 * qu)) & 3) << 4)) - 32;
+        return __fmul_rn(__half2float(b->d) * (float)b->scales[e / 16], (float)q);
+    }
+    default: return 0.0f;
+    }
+}
+
+/* Elements j0..j0+7 of a weight row (j0 a multiple of 8), as dequant_elem
+ * computes them: the 8 share one scale in every block format. */
+__device__ __forceinline__ void dequant8(int type, const uint8_t *row, int j0, float *y)
+{
+    switch (type) {
+    case KCUDA_Q4_0: {
+        const blk_q4_0 *b = (const blk_q4_0 *)row + j0 / 32;
+        const int e = j0 % 32;
+        const float d = __half2float(b->d);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int q = e < 16 ? (b->qs[e + i] & 15) : (b->qs[e - 16 + i] >> 4);
+            y[i] = (float)(q - 8) * d;
+        }
+        return;
+    }
+    case KCUDA_Q8_0: {
+        const blk_q8_0 *b = (const blk_q8_0 *)row + j0 / 32;
+        const float d = __half2float(b->d);
+#pragma unroll
+        for (int i = 0; i < 8; i++) y[i] = (float)b->qs[j0 % 32 + i] * d;
+        return;
+    }
+    case KCUDA_Q4_K:
+    case KCUDA_Q5_K: {
+        const int e = j0 % 256, g = e / 64, hi = (e % 64) >= 32, l0 = e % 32, sb = 2 * g + hi;
+        const uint8_t *scales, *qs, *qh = NULL;
+        float d, dmin;
+        if (type == KCUDA_Q4_K) {
+            const blk_q4_K *b = (const blk_q4_K *)row + j0 / 256;
+            scales = b->scales, qs = b->qs, d = __half2float(b->d), dmin = __half2float(b->dmin);
+        } else {
+            const blk_q5_K *b = (const blk_q5_K *)row + j0 / 256;
+            scales = b->scales, qs = b->qs, qh = b->qh, d = __half2float(b->d), dmin = __half2float(b->dmin);
+        }
+        int sc, m;
+        kc_scale_min(sb, scales, sc, m);
+        const float d1 = d * (float)sc, m1 = dmin * (float)m;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint8_t byte = qs[32 * g + l0 + i];
+            int q = hi ? byte >> 4 : byte & 15;
+            if (qh) q |= ((qh[l0 + i] >> sb) & 1) << 4;
+            y[i] = __fsub_rn(__fmul_rn(d1, (float)q), m1);
+        }
+        return;
+    }
+    case KCUDA_Q6_K: {
+        const blk_q6_K *b = (const blk_q6_K *)row + j0 / 256;
+        const int e = j0 % 256, h = e / 128, r = e % 128, l0 = r % 32, qu = r / 32;
+        const float ds = __half2float(b->d) * (float)b->scales[e / 16];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint8_t lb = b->ql[64 * h + l0 + i + (qu & 1) * 32];
+            const int nib = qu >= 2 ? lb >> 4 : lb & 15;
+            const int q = (nib | (((b->qh[32 * h + l0 + i] >> (2 * qu)) & 3) << 4)) - 32;
+            y[i] = __fmul_rn(ds, (float)q);
+        }
+        return;
+    }
+    default:
+#pragma unroll
+        for (int i = 0; i < 8; i++) y[i] = dequant_elem(type, row, j0 + i);
+        return;
+    }
+}
+
+/* Block (row, 2048 columns): 8 elements per thread, one 16-byte store. */
+__global__ void k_dequant_f16(int type, const uint8_t *__restrict__ w, size_t stride, int n,
+                              __half *__restrict__ out)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int j0 = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (j0 >= n) return;
+    float y[8];
+    dequant8(type, w + (size_t)blockIdx.x * stride, j0, y);
+    union { __half2 h[4]; uint4 u; } pk;
+#pragma unroll
+    for (int i = 0; i < 4; i++) pk.h[i] = __floats2half2_rn(y[2 * i], y[2 * i + 1]);
+    *(uint4 *)(out + (size_t)blockIdx.x * n + j0) = pk.u;
+}
+
+__global__ void k_dequant_f32(int type, const uint8_t *__restrict__ w, size_t stride, int n,
+                              float *__restrict__ out)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    out[(size_t)blockIdx.x * n + j] = dequant_elem(type, w + (size_t)blockIdx.x * stride, j);
+}
+
+int kcuda_dequant_f16(struct kcuda *k, int type, const void *d_w, size_t row_stride, int64_t r0,
+                      int64_t n_rows, int64_t n, void *d_out_f16)
+{
+    if (n_rows <= 0 || n <= 0) return 0;
+    if (!kc_block_bytes(type)) return tt_error_set(TT_EUNSUPPORTED, "no device dequantizer for type %d", type);
+    KC_PROF_BEGIN(k);
+    if (n % 8) return tt_error_set(TT_EUNSUPPORTED, "F16 tiles of rows of %lld elements", (long long)n);
+    KC_LAUNCH(k, k_dequant_f16, dim3((unsigned)n_rows, kc_blocks(n, 8 * 256)), dim3(256), type,
+              (const uint8_t *)d_w + (size_t)r0 * row_stride, row_stride, (int)n, (__half *)d_out_f16);
+    KC_PROF_END(k, "dequant_f16");
+    return 0;
+}
+
+int kcuda_dequant_f32(struct kcuda *k, int type, const void *d_w, size_t row_stride,
+                      int64_t n_rows, int64_t n, float *d_out)
+{
+    if (n_rows <= 0 || n <= 0) return 0;
+    if (!kc_block_bytes(type)) return tt_error_set(TT_EUNSUPPORTED, "no device dequantizer for type %d", type);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_dequant_f32, dim3((unsigned)n_rows, kc_blocks(n, 256)), dim3(256), type,
+              (const uint8_t *)d_w, row_stride, (int)n, d_out);
+    KC_PROF_END(k, "dequant_f32");
+    return 0;
+}

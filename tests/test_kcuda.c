@@ -1,0 +1,777 @@
+/*
+ * test_kcuda.c: every CUDA kernel against the CPU's scalar reference, on
+ * random inputs, and the GPU engine against the CPU engine.
+ *
+ * Bounds (normalized MSE, sum (gpu - ref)^2 / sum ref^2):
+ *   activation conversion (Q8_0, Q8_K, F16, BF16, F32)     bit-identical
+ *   RMSNorm + conversion                                    floats 1e-12, dequantized 1e-5
+ *   matrix-vector products, all weight types, 1..128 tokens 1e-10 (float summation order)
+ *   batch products on cuBLAS (> 128 tokens): F32/F16/BF16   1e-9; quantized 1e-5 (F16 operands)
+ *   RoPE with head norms, KV store                          1e-12
+ *   attention (F16 and F32 caches, GQA, several sequences)  1e-10
+ *   MoE routing: identical choices; expert products 1e-10; join 1e-12
+ *   GPU engine vs CPU engine (logits): as the golden tests, F16/F32 models
+ *   max |diff| <= 0.02, quantized mean <= 0.05 and max <= 0.5; prompts long
+ *   enough for the cuBLAS path (F16 operands, where MoE router near-ties may
+ *   pick another expert): mean <= 0.05 and the same argmax at >= 95%.
+ * Without a GPU (or in a build without CUDA) every case prints SKIP.
+ */
+#include "test.h"
+
+#include "engine/engine_internal.h"
+#include "quant/quant.h"
+
+#ifdef TT_HAVE_CUDA
+#include "kcuda/kcuda.h"
+
+static struct kcuda *K;
+static bool k_tried;
+
+/* The shared context, or NULL (and the case skipped) without a GPU. */
+static struct kcuda *gpu(void)
+{
+    if (!k_tried) {
+        k_tried = true;
+        tt_base_init();
+        if (kcuda_device_count() > 0 && kcuda_create(&K, 0, 256u << 20) != 0) {
+            fprintf(stderr, "  kcuda_create: %s\n", tt_error_detail());
+            K = NULL;
+        }
+    }
+    if (!K) TEST_SKIP("no CUDA GPU (cudaGetDeviceCount found none)");
+    return K;
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+static void fill(float *x, int64_t n, float scale)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = frand() * scale;
+}
+
+static void *dev(size_t bytes)
+{
+    void *p = NULL;
+    if (kcuda_malloc(K, &p, bytes + KCUDA_WEIGHT_PAD, "test buffer")) {
+        fprintf(stderr, "  %s\n", tt_error_detail());
+        abort();
+    }
+    return p;
+}
+static void *dev_from(const void *src, size_t bytes)
+{
+    void *p = dev(bytes);
+    TT_ASSERT(kcuda_upload(K, p, src, bytes) == 0 && kcuda_sync(K) == 0);
+    return p;
+}
+static void to_host(void *dst, const void *src, size_t bytes)
+{
+    int err = kcuda_download(K, dst, src, bytes);
+    if (!err) err = kcuda_sync(K);
+    if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+    TT_ASSERT(err == 0);
+}
+
+static double nmse(const float *a, const float *ref, int64_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+        if (a[i] != a[i]) return INFINITY;
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+#define CHECK_NMSE(what, a, ref, n, bound)                                                 \
+    do {                                                                                   \
+        const double e_ = nmse(a, ref, n);                                                 \
+        if (!(e_ <= (bound))) {                                                            \
+            fprintf(stderr, "  %s:%d: %s: nmse %.3g > %.3g\n", __FILE__, __LINE__, what, e_, \
+                    (double)(bound));                                                      \
+            test_failed_ = 1;                                                              \
+        }                                                                                  \
+    } while (0)
+
+/* ---- activation conversion ---- */
+
+static const enum tt_type act_types[] = { TT_TYPE_Q8_0, TT_TYPE_Q8_K, TT_TYPE_F16, TT_TYPE_BF16, TT_TYPE_F32 };
+
+/* The device row of one token as the CPU's block layout would hold it, as floats. */
+static void dev_row_values(enum tt_type t, const uint8_t *row, int64_t n, float *out)
+{
+    for (int64_t j = 0; j < n; j++) {
+        switch (t) {
+        case TT_TYPE_Q8_0: out[j] = (float)((const int8_t *)row)[j] * ((const float *)(row + n))[j / 32]; break;
+        case TT_TYPE_Q8_K: out[j] = (float)((const int8_t *)row)[j] * ((const float *)(row + n))[j / 256]; break;
+        case TT_TYPE_F16: out[j] = tt_f16_to_f32(((const tt_f16 *)row)[j]); break;
+        case TT_TYPE_BF16: out[j] = tt_bf16_to_f32(((const tt_bf16 *)row)[j]); break;
+        default: out[j] = ((const float *)row)[j]; break;
+        }
+    }
+}
+
+static void test_convert(void)
+{
+    if (!gpu()) return;
+    enum { T = 4, N = 1024 };
+    float *x = malloc(sizeof(float) * T * N), *got = malloc(sizeof(float) * N), *want = malloc(sizeof(float) * N);
+    uint8_t *cpu = malloc(8 * N), *host = malloc((size_t)T * 8 * N);
+    fill(x, T * N, 3.0f);
+    for (int j = 0; j < 64; j++) x[j] = (float)(j % 9 - 4) * 0.5f; /* exact ties in the rounding */
+    memset(x + N, 0, sizeof(float) * 256);                             /* an all-zero block */
+    x[2 * N + 5] = -4.0f, x[2 * N + 7] = 4.0f; /* +-max in one Q8_K block: the first wins */
+    float *dx = dev_from(x, sizeof(float) * T * N);
+    for (size_t ti = 0; ti < TT_ARRAY_LEN(act_types); ti++) {
+        const enum tt_type t = act_types[ti];
+        const size_t st = kcuda_act_row_bytes(t, N);
+        uint8_t *da = dev(st * T);
+        CHECK_EQ_INT(kcuda_convert(K, t, dx, N, T, N, da, st), 0);
+        to_host(host, da, st * T);
+        int bad = 0;
+        for (int r = 0; r < T; r++) {
+            tt_type_get(t)->from_float(x + r * N, cpu, N);
+            if (tt_type_get(t)->to_float) tt_type_get(t)->to_float(cpu, want, N);
+            else memcpy(want, cpu, sizeof(float) * N);
+            dev_row_values(t, host + r * st, N, got);
+            for (int j = 0; j < N; j++) bad += memcmp(&got[j], &want[j], 4) != 0;
+        }
+        if (bad) fprintf(stderr, "  %s: %d values differ from quant.c\n", tt_type_name(t), bad);
+        CHECK_EQ_INT(bad, 0);
+        kcuda_free(da);
+    }
+    kcuda_free(dx);
+    free(x), free(got), free(want), free(cpu), free(host);
+}
+
+static void test_norm_convert(void)
+{
+    if (!gpu()) return;
+    enum { T = 3, N = 768 };
+    float *x = malloc(sizeof(float) * T * N), *w = malloc(sizeof(float) * N);
+    float *y = malloc(sizeof(float) * T * N), *ref = malloc(sizeof(float) * T * N);
+    float *got = malloc(sizeof(float) * N), *want = malloc(sizeof(float) * N);
+    uint8_t *host = malloc(8 * T * N), *cpu = malloc(8 * N);
+    fill(x, T * N, 2.0f);
+    for (int i = 0; i < N; i++) w[i] = 1.0f + 0.1f * frand();
+    for (int r = 0; r < T; r++) ops_rmsnorm(x + r * N, w, ref + r * N, N, 1e-5f);
+    float *dx = dev_from(x, sizeof(float) * T * N), *dw = dev_from(w, sizeof(float) * N);
+    float *dy = dev(sizeof(float) * T * N);
+    for (size_t ti = 0; ti < TT_ARRAY_LEN(act_types); ti++) {
+        const enum tt_type t = act_types[ti];
+        if (t == TT_TYPE_Q8_K && N % 256) continue;
+        const size_t st = kcuda_act_row_bytes(t, N);
+        uint8_t *da = dev(st * T);
+        CHECK_EQ_INT(kcuda_norm_convert(K, t, dx, N, T, N, dw, 1e-5f, dy, da, st), 0);
+        to_host(y, dy, sizeof(float) * T * N);
+        to_host(host, da, st * T);
+        CHECK_NMSE("rmsnorm", y, ref, T * N, 1e-12);
+        for (int r = 0; r < T; r++) {
+            tt_type_get(t)->from_float(ref + r * N, cpu, N);
+            if (tt_type_get(t)->to_float) tt_type_get(t)->to_float(cpu, want, N);
+            else memcpy(want, cpu, sizeof(float) * N);
+            dev_row_values(t, host + r * st, N, got);
+            CHECK_NMSE(tt_type_name(t), got, want, N, 1e-5);
+        }
+        kcuda_free(da);
+    }
+    kcuda_free(dx), kcuda_free(dw), kcuda_free(dy);
+    free(x), free(w), free(y), free(ref), free(got), free(want), free(host), free(cpu);
+}
+
+/* ---- products ---- */
+
+/* n_rows random rows of n_in elements quantized by quant.c. */
+static uint8_t *make_weight(enum tt_type t, int64_t n_in, int64_t n_rows, float scale)
+{
+    const size_t rb = tt_row_size(t, n_in);
+    uint8_t *w = malloc(rb * (size_t)n_rows + KCUDA_WEIGHT_PAD);
+    float *row = malloc(sizeof(float) * (size_t)n_in);
+    for (int64_t r = 0; r < n_rows; r++) {
+        fill(row, n_in, scale);
+        tt_type_get(t)->from_float(row, w + (size_t)r * rb, n_in);
+    }
+    free(row);
+    return w;
+}
+
+/* out[t][r] = W[r] . x[t] with the CPU's activation conversion and scalar dots. */
+static void ref_products(enum tt_type t, const uint8_t *w, int64_t n_in, int64_t n_out,
+                         const float *x, int64_t n_tok, float *out)
+{
+    const enum tt_type vt = tt_type_get(t)->vec_dot_type;
+    const size_t rb = tt_row_size(t, n_in), ab = tt_row_size(vt, n_in);
+    uint8_t *a = malloc(ab);
+    for (int64_t k = 0; k < n_tok; k++) {
+        tt_type_get(vt)->from_float(x + k * n_in, a, n_in);
+        for (int64_t r = 0; r < n_out; r++)
+            tt_type_get(t)->vec_dot((int)n_in, &out[k * n_out + r], w + (size_t)r * rb, a);
+    }
+    free(a);
+}
+
+struct prod_case {
+    enum tt_type t;
+    int64_t n_in, n_out;
+};
+
+static float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+/* One weight type and shape, every token count and output mode. */
+static void check_products(const struct prod_case *pc)
+{
+    static const int toks[] = { 1, 2, 3, 5, 8, 20, 40, KCUDA_MATVEC_TOK_MAX + 3 };
+    const int64_t n_in = pc->n_in, n_out = pc->n_out, TMAX = KCUDA_MATVEC_TOK_MAX + 3;
+    const enum tt_type vt = tt_type_get(pc->t)->vec_dot_type;
+    uint8_t *w = make_weight(pc->t, n_in, n_out, 1.0f), *w2 = make_weight(pc->t, n_in, n_out, 1.0f);
+    float *x = malloc(sizeof(float) * (size_t)(TMAX * n_in)), *bias = malloc(sizeof(float) * (size_t)n_out);
+    float *ref = malloc(sizeof(float) * (size_t)(TMAX * n_out)), *ref2 = malloc(sizeof(float) * (size_t)(TMAX * n_out));
+    float *pre = malloc(sizeof(float) * (size_t)(TMAX * n_out)), *got = malloc(sizeof(float) * (size_t)(TMAX * n_out));
+    float *want = malloc(sizeof(float) * (size_t)(TMAX * n_out));
+    fill(x, TMAX * n_in, 1.0f);
+    fill(bias, n_out, 1.0f);
+    fill(pre, TMAX * n_out, 4.0f);
+    ref_products(pc->t, w, n_in, n_out, x, TMAX, ref);
+    ref_products(pc->t, w2, n_in, n_out, x, TMAX, ref2);
+    const size_t rb = tt_row_size(pc->t, n_in), st = kcuda_act_row_bytes((int)vt, n_in);
+    struct kcuda_weight dw = { dev_from(w, rb * (size_t)n_out), (int)pc->t, n_in, n_out, rb, rb * (size_t)n_out };
+    struct kcuda_weight dw2 = dw;
+    dw2.data = dev_from(w2, rb * (size_t)n_out);
+    float *dx = dev_from(x, sizeof(float) * (size_t)(TMAX * n_in)), *dbias = dev_from(bias, sizeof(float) * (size_t)n_out);
+    float *dout = dev(sizeof(float) * (size_t)(TMAX * n_out));
+    uint8_t *da = dev(st * (size_t)TMAX);
+    CHECK_EQ_INT(kcuda_convert(K, (int)vt, dx, n_in, TMAX, n_in, da, st), 0);
+    for (size_t ti = 0; ti < TT_ARRAY_LEN(toks); ti++) {
+        const int n = toks[ti];
+        const double bound = n <= KCUDA_MATVEC_TOK_MAX ? 1e-10 : pc->t == TT_TYPE_F32 || pc->t == TT_TYPE_F16 || pc->t == TT_TYPE_BF16 ? 1e-9 : 1e-5;
+        char what[96];
+        for (int mode = 0; mode < 4; mode++) { /* store, store + bias, add, swiglu */
+            const int64_t m = (int64_t)n * n_out;
+            TT_ASSERT(kcuda_upload(K, dout, pre, sizeof(float) * (size_t)m) == 0);
+            int err = mode == 0   ? kcuda_linear(K, &dw, NULL, da, st, n, dout, n_out, NULL, KCUDA_OUT_STORE)
+                      : mode == 1 ? kcuda_linear(K, &dw, NULL, da, st, n, dout, n_out, dbias, KCUDA_OUT_STORE)
+                      : mode == 2 ? kcuda_linear(K, &dw, NULL, da, st, n, dout, n_out, NULL, KCUDA_OUT_ADD)
+                                  : kcuda_linear(K, &dw, &dw2, da, st, n, dout, n_out, NULL, KCUDA_OUT_SWIGLU);
+            if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+            CHECK_EQ_INT(err, 0);
+            to_host(got, dout, sizeof(float) * (size_t)m);
+            for (int64_t i = 0; i < m; i++)
+                want[i] = mode == 0 ? ref[i] : mode == 1 ? ref[i] + bias[i % n_out]
+                        : mode == 2 ? pre[i] + ref[i] : silu_mul(ref[i], ref2[i]);
+            snprintf(what, sizeof(what), "%s %lldx%lld, %d tokens, mode %d", tt_type_name(pc->t),
+                     (long long)n_out, (long long)n_in, n, mode);
+            CHECK_NMSE(what, got, want, m, mode == 2 ? bound * 0.1 : bound);
+        }
+    }
+    kcuda_free((void *)dw.data), kcuda_free((void *)dw2.data), kcuda_free(dx), kcuda_free(dbias);
+    kcuda_free(dout), kcuda_free(da);
+    free(w), free(w2), free(x), free(bias), free(ref), free(ref2), free(pre), free(got), free(want);
+}
+
+static void test_products(void)
+{
+    if (!gpu()) return;
+    static const struct prod_case cases[] = {
+        { TT_TYPE_F32, 512, 37 },  { TT_TYPE_F32, 172, 29 },  { TT_TYPE_F16, 512, 37 },
+        { TT_TYPE_F16, 100, 29 },  { TT_TYPE_BF16, 512, 37 }, { TT_TYPE_BF16, 100, 29 },
+        { TT_TYPE_Q4_0, 512, 37 }, { TT_TYPE_Q4_0, 96, 29 },  { TT_TYPE_Q8_0, 512, 37 },
+        { TT_TYPE_Q8_0, 96, 29 },  { TT_TYPE_Q4_K, 512, 37 }, { TT_TYPE_Q4_K, 4096, 70 },
+        { TT_TYPE_Q5_K, 512, 37 }, { TT_TYPE_Q5_K, 2048, 70 }, { TT_TYPE_Q6_K, 512, 37 },
+        { TT_TYPE_Q6_K, 1792, 70 },
+    };
+    for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i]);
+}
+
+/* Whole weights to F16 and F32 on the device vs quant.c's dequantizers. */
+static void test_dequant(void)
+{
+    if (!gpu()) return;
+    static const enum tt_type types[] = { TT_TYPE_F32, TT_TYPE_F16, TT_TYPE_BF16, TT_TYPE_Q4_0,
+                                          TT_TYPE_Q8_0, TT_TYPE_Q4_K, TT_TYPE_Q5_K, TT_TYPE_Q6_K };
+    enum { N = 512, R = 9 };
+    float *ref = malloc(sizeof(float) * N * R), *got = malloc(sizeof(float) * N * R);
+    for (size_t i = 0; i < TT_ARRAY_LEN(types); i++) {
+        uint8_t *w = make_weight(types[i], N, R, 2.0f);
+        const size_t rb = tt_row_size(types[i], N);
+        for (int r = 0; r < R; r++) tt_type_get(types[i])->to_float(w + r * rb, ref + r * N, N);
+        void *dw = dev_from(w, rb * R);
+        float *dout = dev(sizeof(float) * N * R);
+        CHECK_EQ_INT(kcuda_dequant_f32(K, types[i], dw, rb, R, N, dout), 0);
+        to_host(got, dout, sizeof(float) * N * R);
+        CHECK_NMSE(tt_type_name(types[i]), got, ref, N * R, 1e-13);
+        kcuda_free(dw), kcuda_free(dout), free(w);
+    }
+    free(ref), free(got);
+}
+
+/* ---- MoE ---- */
+
+/* The CPU engine's router (engine_forward.c route()), for one token. */
+static void ref_route(const float *logits, int X, int Kx, bool norm, int32_t *sel, float *w)
+{
+    float p[64], mx = -INFINITY;
+    for (int i = 0; i < X; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < X; i++) sum += (p[i] = expf(logits[i] - mx));
+    for (int i = 0; i < X; i++) p[i] = (float)(p[i] / sum);
+    float wsum = 0.0f;
+    for (int k = 0; k < Kx; k++) {
+        int best = -1;
+        for (int i = 0; i < X; i++) {
+            bool taken = false;
+            for (int j = 0; j < k; j++) taken |= sel[j] == i;
+            if (!taken && (best < 0 || p[i] > p[best])) best = i;
+        }
+        sel[k] = best;
+        w[k] = p[best];
+        wsum += w[k];
+    }
+    if (norm) {
+        wsum = wsum < 6.103515625e-5f ? 6.103515625e-5f : wsum;
+        for (int k = 0; k < Kx; k++) w[k] /= wsum;
+    }
+}
+
+static void test_moe(void)
+{
+    if (!gpu()) return;
+    enum { X = 6, KX = 2, T = 11, S = T * KX, E = 256, FF = 64 };
+    float logits[T * X], w_ref[S], w_got[S];
+    int32_t sel_ref[S], sel_got[S];
+    fill(logits, T * X, 2.0f);
+    logits[3 * X + 1] = logits[3 * X + 4]; /* a tie: the lower id wins */
+    for (int t = 0; t < T; t++) ref_route(logits + t * X, X, KX, t % 2 == 0, sel_ref + t * KX, w_ref + t * KX);
+    float *dlog = dev_from(logits, sizeof(logits)), *dw = dev(sizeof(w_got));
+    int32_t *dsel = dev(sizeof(sel_got));
+    /* routing: the two halves of the tokens with and without renormalization */
+    CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, true, dsel, dw, NULL), 0);
+    to_host(sel_got, dsel, sizeof(sel_got));
+    to_host(w_got, dw, sizeof(w_got));
+    for (int t = 0; t < T; t += 2)
+        for (int k = 0; k < KX; k++) {
+            CHECK_EQ_INT(sel_got[t * KX + k], sel_ref[t * KX + k]);
+            CHECK_NEAR(w_got[t * KX + k], w_ref[t * KX + k], 1e-6);
+        }
+    int32_t rt[S * KCUDA_MOE_TILE_INTS], *drt = dev(sizeof(rt));
+    CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, false, dsel, dw, drt), 0);
+    to_host(sel_got, dsel, sizeof(sel_got));
+    to_host(w_got, dw, sizeof(w_got));
+    to_host(rt, drt, sizeof(rt));
+    for (int sl = 0; sl < S; sl++) /* the decode tiles the router writes: one slot each */
+        CHECK(rt[sl * KCUDA_MOE_TILE_INTS] == sel_got[sl] && rt[sl * KCUDA_MOE_TILE_INTS + 1] == 1 &&
+              rt[sl * KCUDA_MOE_TILE_INTS + 2] == sl);
+    kcuda_free(drt);
+    for (int t = 1; t < T; t += 2)
+        for (int k = 0; k < KX; k++) {
+            CHECK_EQ_INT(sel_got[t * KX + k], sel_ref[t * KX + k]);
+            CHECK_NEAR(w_got[t * KX + k], w_ref[t * KX + k], 1e-6);
+        }
+    /* experts: gate/up Q4_K [X][FF][E], down Q8_0 [X][E][FF] */
+    uint8_t *gate = make_weight(TT_TYPE_Q4_K, E, X * FF, 1.0f), *up = make_weight(TT_TYPE_Q4_K, E, X * FF, 1.0f);
+    uint8_t *down = make_weight(TT_TYPE_Q8_0, FF, X * E, 1.0f);
+    const size_t rg = tt_row_size(TT_TYPE_Q4_K, E), rd = tt_row_size(TT_TYPE_Q8_0, FF);
+    struct kcuda_weight dg = { dev_from(gate, rg * X * FF), TT_TYPE_Q4_K, E, FF, rg, rg * FF };
+    struct kcuda_weight du = dg, dd = { dev_from(down, rd * X * E), TT_TYPE_Q8_0, FF, E, rd, rd * E };
+    du.data = dev_from(up, rg * X * FF);
+    float *x = malloc(sizeof(float) * T * E);
+    fill(x, T * E, 1.0f);
+    float *dx = dev_from(x, sizeof(float) * T * E), *dh = dev(sizeof(float) * S * FF), *dy = dev(sizeof(float) * S * E);
+    const size_t sa = kcuda_act_row_bytes(KCUDA_Q8_K, E), sh = kcuda_act_row_bytes(KCUDA_Q8_0, FF);
+    uint8_t *da = dev(sa * T), *dha = dev(sh * S);
+    int32_t *dtiles = dev(sizeof(int32_t) * KCUDA_MOE_TILE_INTS * (size_t)kcuda_moe_max_tiles(S, X));
+    float *h = malloc(sizeof(float) * S * FF), *href = malloc(sizeof(float) * S * FF);
+    float *y = malloc(sizeof(float) * S * E), *yref = malloc(sizeof(float) * S * E), g1, u1;
+    CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dx, E, T, E, da, sa), 0);
+    for (int pass = 0; pass < 2; pass++) { /* tiles of up to 8 slots, then one slot per tile (T = 1) */
+        const int nt = pass == 0 ? T : 1, ns = nt * KX, tt = pass == 0 ? KCUDA_MOE_TILE : 1;
+        const int mt = tt == 1 ? ns : kcuda_moe_max_tiles(ns, X);
+        CHECK_EQ_INT(kcuda_moe_plan(K, dsel, ns, X, tt, dtiles), 0);
+        CHECK_EQ_INT(kcuda_matvec_experts(K, &dg, &du, dtiles, mt, tt, da, sa, KX, dh, FF, KCUDA_OUT_SWIGLU), 0);
+        CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_0, dh, FF, ns, FF, dha, sh), 0);
+        CHECK_EQ_INT(kcuda_matvec_experts(K, &dd, NULL, dtiles, mt, tt, dha, sh, 1, dy, E, KCUDA_OUT_STORE), 0);
+        to_host(h, dh, sizeof(float) * (size_t)ns * FF);
+        to_host(y, dy, sizeof(float) * (size_t)ns * E);
+        for (int s = 0; s < ns; s++) {
+            const int ex = sel_got[s];
+            for (int r = 0; r < FF; r++) {
+                ref_products(TT_TYPE_Q4_K, gate + (size_t)(ex * FF + r) * rg, E, 1, x + (s / KX) * E, 1, &g1);
+                ref_products(TT_TYPE_Q4_K, up + (size_t)(ex * FF + r) * rg, E, 1, x + (s / KX) * E, 1, &u1);
+                href[s * FF + r] = silu_mul(g1, u1);
+            }
+            ref_products(TT_TYPE_Q8_0, down + (size_t)ex * E * rd, FF, E, h + s * FF, 1, yref + s * E);
+        }
+        CHECK_NMSE("expert gate/up", h, href, ns * FF, 1e-10);
+        CHECK_NMSE("expert down", y, yref, ns * E, 1e-10);
+    }
+    /* the join, with a shared expert */
+    float *x0 = malloc(sizeof(float) * T * E), *ysh = malloc(sizeof(float) * T * E), *gsh = malloc(sizeof(float) * E);
+    float *xr = malloc(sizeof(float) * T * E);
+    fill(x0, T * E, 1.0f), fill(ysh, T * E, 1.0f), fill(gsh, E, 0.1f);
+    float *dx0 = dev_from(x0, sizeof(float) * T * E), *dysh = dev_from(ysh, sizeof(float) * T * E), *dgsh = dev_from(gsh, sizeof(float) * E);
+    CHECK_EQ_INT(kcuda_moe_join(K, dx0, dy, dsel, dw, 1, KX, E, dysh, dgsh, dx), 0);
+    to_host(xr, dx0, sizeof(float) * E);
+    float s = 0.0f;
+    for (int i = 0; i < E; i++) s += gsh[i] * x[i];
+    s = 1.0f / (1.0f + expf(-s));
+    const int lo = sel_got[0] < sel_got[1] ? 0 : 1;
+    for (int i = 0; i < E; i++) {
+        float acc = 0.0f;
+        acc += w_got[lo] * y[lo * E + i];
+        acc += w_got[1 - lo] * y[(1 - lo) * E + i];
+        acc += s * ysh[i];
+        x0[i] += acc;
+    }
+    CHECK_NMSE("join", xr, x0, E, 1e-12);
+    kcuda_free(dlog), kcuda_free(dw), kcuda_free(dsel), kcuda_free((void *)dg.data), kcuda_free((void *)du.data);
+    kcuda_free((void *)dd.data), kcuda_free(dx), kcuda_free(dh), kcuda_free(dy), kcuda_free(da), kcuda_free(dha);
+    kcuda_free(dtiles), kcuda_free(dx0), kcuda_free(dysh), kcuda_free(dgsh);
+    free(gate), free(up), free(down), free(x), free(h), free(href), free(y), free(yref);
+    free(x0), free(ysh), free(gsh), free(xr);
+}
+
+/* ---- RoPE, head norms, KV store ---- */
+
+/* The CPU's angle table (ops_rope_table) and rotation (ops_rope) for one head. */
+static void ref_rope_table(int pos, int n_rot, float base, float *cs)
+{
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    float theta = (float)pos;
+    for (int i = 0; i < n_rot / 2; i++) {
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
+        theta *= theta_scale;
+    }
+}
+static void ref_rope(float *v, const float *c, int n_rot, bool neox)
+{
+    const int half = n_rot / 2;
+    for (int i = 0; i < half; i++) {
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c[2 * i] - x1 * c[2 * i + 1];
+        v[b] = x0 * c[2 * i + 1] + x1 * c[2 * i];
+    }
+}
+
+static void check_rope(int hd, int n_rot, bool neox, bool norms, int kv_type)
+{
+    enum { T = 3, H = 4, KV = 2, NS = 2, CTX = 16 };
+    const int32_t pos[T] = { 0, 5, 9 }, seq[T] = { 0, 1, 1 };
+    const size_t qn = (size_t)T * H * hd, kn = (size_t)T * KV * hd, cn = (size_t)NS * CTX * KV * hd;
+    const size_t es = kv_type == KCUDA_F16 ? 2 : 4;
+    float *q = malloc(4 * qn), *k = malloc(4 * kn), *v = malloc(4 * kn), *cs = malloc(4 * (size_t)T * n_rot);
+    float *qn_w = malloc(4 * (size_t)hd), *kn_w = malloc(4 * (size_t)hd), *got = malloc(4 * qn);
+    uint8_t *kc = calloc(cn, es), *vc = calloc(cn, es);
+    fill(q, (int64_t)qn, 2.0f), fill(k, (int64_t)kn, 2.0f), fill(v, (int64_t)kn, 2.0f);
+    for (int i = 0; i < hd; i++) qn_w[i] = 1.0f + 0.1f * frand(), kn_w[i] = 1.0f + 0.1f * frand();
+    for (int t = 0; t < T; t++) ref_rope_table(pos[t], n_rot, 10000.0f, cs + t * n_rot);
+    float *dq = dev_from(q, 4 * qn), *dk = dev_from(k, 4 * kn), *dv = dev_from(v, 4 * kn);
+    float *dcs = dev_from(cs, 4 * (size_t)T * n_rot), *dqn = dev_from(qn_w, 4 * (size_t)hd), *dkn = dev_from(kn_w, 4 * (size_t)hd);
+    int32_t *dpos = dev_from(pos, sizeof(pos)), *dseq = dev_from(seq, sizeof(seq));
+    void *dkc = dev_from(kc, cn * es), *dvc = dev_from(vc, cn * es);
+    const struct kcuda_attn_shape sh = { .n_head = H, .n_head_kv = KV, .head_dim = hd, .n_rot = n_rot, .group = H / KV,
+                                         .neox = neox, .kv_type = kv_type, .n_ctx = CTX, .eps = 1e-6f };
+    CHECK_EQ_INT(kcuda_rope_store(K, &sh, T, dq, dk, dv, norms ? dqn : NULL, norms ? dkn : NULL, dcs, dpos, dseq, dkc, dvc), 0);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < H + KV; h++) {
+            float *x = h < H ? q + ((size_t)t * H + h) * hd : k + ((size_t)t * KV + h - H) * hd;
+            if (norms) ops_rmsnorm(x, h < H ? qn_w : kn_w, x, hd, 1e-6f);
+            ref_rope(x, cs + t * n_rot, n_rot, neox);
+        }
+    }
+    char what[80];
+    snprintf(what, sizeof(what), "rope hd %d rot %d %s%s", hd, n_rot, neox ? "neox" : "normal", norms ? " norms" : "");
+    to_host(got, dq, 4 * qn);
+    CHECK_NMSE(what, got, q, (int64_t)qn, 1e-12);
+    to_host(got, dk, 4 * kn);
+    CHECK_NMSE(what, got, k, (int64_t)kn, 1e-12);
+    to_host(kc, dkc, cn * es);
+    to_host(vc, dvc, cn * es);
+    float *gk = malloc(4 * kn), *gv = malloc(4 * kn);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < KV * hd; i++) {
+            const size_t off = ((size_t)seq[t] * CTX + (size_t)pos[t]) * KV * hd + (size_t)i;
+            gk[t * KV * hd + i] = es == 2 ? tt_f16_to_f32(((tt_f16 *)kc)[off]) : ((float *)kc)[off];
+            gv[t * KV * hd + i] = es == 2 ? tt_f16_to_f32(((tt_f16 *)vc)[off]) : ((float *)vc)[off];
+        }
+    CHECK_NMSE("k cache", gk, k, (int64_t)kn, es == 2 ? 1e-6 : 1e-12);
+    CHECK_NMSE("v cache", gv, v, (int64_t)kn, es == 2 ? 1e-6 : 0.0);
+    kcuda_free(dq), kcuda_free(dk), kcuda_free(dv), kcuda_free(dcs), kcuda_free(dqn), kcuda_free(dkn);
+    kcuda_free(dpos), kcuda_free(dseq), kcuda_free(dkc), kcuda_free(dvc);
+    free(q), free(k), free(v), free(cs), free(qn_w), free(kn_w), free(got), free(kc), free(vc), free(gk), free(gv);
+}
+
+static void test_rope(void)
+{
+    if (!gpu()) return;
+    check_rope(8, 8, false, false, KCUDA_F16);
+    check_rope(32, 32, false, false, KCUDA_F32);
+    check_rope(64, 64, true, true, KCUDA_F16);
+    check_rope(128, 64, true, false, KCUDA_F32);
+    check_rope(128, 128, false, true, KCUDA_F16);
+    check_rope(256, 256, true, true, KCUDA_F16);
+}
+
+/* ---- attention ---- */
+
+/* The CPU engine's attend_one for query head h of token t. */
+static void ref_attend(const float *q, const uint8_t *kc, const uint8_t *vc, bool f16, int hd, int KV,
+                       int kvh, int n_ctx, int seq, int pos, float *out)
+{
+    const size_t es = f16 ? 2 : 4, row = (size_t)KV * hd;
+    float qh[256], *sc = malloc(sizeof(float) * (size_t)(pos + 1)), mx = -INFINITY;
+    for (int i = 0; i < hd; i++) qh[i] = f16 ? tt_f16_to_f32(tt_f32_to_f16(q[i])) : q[i];
+#define KV_AT(c, j, i) (f16 ? tt_f16_to_f32(((const tt_f16 *)(c))[((size_t)seq * n_ctx + (j)) * row + (size_t)kvh * hd + (i)]) \
+                            : ((const float *)(c))[((size_t)seq * n_ctx + (j)) * row + (size_t)kvh * hd + (i)])
+    for (int j = 0; j <= pos; j++) {
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++) d += KV_AT(kc, j, i) * qh[i];
+        sc[j] = d * (1.0f / sqrtf((float)hd));
+        mx = sc[j] > mx ? sc[j] : mx;
+    }
+    double sum = 0.0;
+    for (int j = 0; j <= pos; j++) sum += (sc[j] = expf(sc[j] - mx));
+    const float inv = (float)(1.0 / sum);
+    for (int i = 0; i < hd; i++) out[i] = 0.0f;
+    for (int j = 0; j <= pos; j++)
+        for (int i = 0; i < hd; i++) out[i] += sc[j] * inv * KV_AT(vc, j, i);
+#undef KV_AT
+    (void)es;
+    free(sc);
+}
+
+static void check_attention(int hd, bool f16, int n_split)
+{
+    enum { T = 5, H = 4, KV = 2, NS = 2, CTX = 300 };
+    const int32_t pos[T] = { 0, 17, 299, 150, 40 }, seq[T] = { 0, 1, 0, 1, 1 };
+    const size_t es = f16 ? 2 : 4, cn = (size_t)NS * CTX * KV * hd, qn = (size_t)T * H * hd;
+    uint8_t *kc = malloc(cn * es), *vc = malloc(cn * es);
+    float *tmp = malloc(4 * cn), *q = malloc(4 * qn), *ref = malloc(4 * qn), *got = malloc(4 * qn);
+    for (int c = 0; c < 2; c++) {
+        fill(tmp, (int64_t)cn, 1.5f);
+        tt_type_get(f16 ? TT_TYPE_F16 : TT_TYPE_F32)->from_float(tmp, c ? vc : kc, (int64_t)cn);
+    }
+    fill(q, (int64_t)qn, 1.5f);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++)
+            ref_attend(q + ((size_t)t * H + h) * hd, kc, vc, f16, hd, KV, h / (H / KV), CTX, seq[t], pos[t],
+                       ref + ((size_t)t * H + h) * hd);
+    const struct kcuda_attn_shape sh = { .n_head = H, .n_head_kv = KV, .head_dim = hd, .n_rot = hd, .group = H / KV,
+                                         .kv_type = f16 ? KCUDA_F16 : KCUDA_F32, .n_ctx = CTX };
+    void *dkc = dev_from(kc, cn * es), *dvc = dev_from(vc, cn * es);
+    float *dq = dev_from(q, 4 * qn), *dout = dev(4 * qn), *dpart = dev(4 * kcuda_attn_part_floats(&sh, T, n_split));
+    int *dcount = dev(sizeof(int) * T * KV);
+    TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * T * KV) == 0);
+    int32_t *dpos = dev_from(pos, sizeof(pos)), *dseq = dev_from(seq, sizeof(seq));
+    for (int rep = 0; rep < 2; rep++) { /* twice: the join's counters must be left at zero */
+        TT_ASSERT(kcuda_memset(K, dout, 0xff, 4 * qn) == 0);
+        CHECK_EQ_INT(kcuda_attention(K, &sh, T, n_split, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout), 0);
+    }
+    to_host(got, dout, 4 * qn);
+    char what[64];
+    snprintf(what, sizeof(what), "attention hd %d %s, %d parts", hd, f16 ? "f16" : "f32", n_split);
+    CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-10);
+    kcuda_free(dkc), kcuda_free(dvc), kcuda_free(dq), kcuda_free(dout), kcuda_free(dpart), kcuda_free(dpos), kcuda_free(dseq);
+    kcuda_free(dcount);
+    free(kc), free(vc), free(tmp), free(q), free(ref), free(got);
+}
+
+static void test_attention(void)
+{
+    if (!gpu()) return;
+    check_attention(8, true, 1);
+    check_attention(32, true, 5);
+    check_attention(64, false, 3);
+    check_attention(128, true, 16);
+    check_attention(128, false, 16);
+    check_attention(256, true, 2);
+}
+
+/* ---- the small kernels ---- */
+
+static void test_misc(void)
+{
+    if (!gpu()) return;
+    enum { T = 3, N = 1000 };
+    float a[T * N], b[T * N], bias[N], got[T * N], want[T * N];
+    fill(a, T * N, 4.0f), fill(b, T * N, 1.0f), fill(bias, N, 1.0f);
+    float *da = dev_from(a, sizeof(a)), *db = dev_from(b, sizeof(b)), *dbias = dev_from(bias, sizeof(bias));
+    CHECK_EQ_INT(kcuda_swiglu(K, da, db, T, N, N), 0);
+    to_host(got, da, sizeof(got));
+    for (int i = 0; i < T * N; i++) want[i] = silu_mul(a[i], b[i]);
+    CHECK_NMSE("swiglu", got, want, T * N, 1e-13);
+    CHECK_EQ_INT(kcuda_add_bias(K, da, dbias, T, N, N), 0);
+    CHECK_EQ_INT(kcuda_add(K, da, db, T * N), 0);
+    to_host(got, da, sizeof(got));
+    for (int i = 0; i < T * N; i++) want[i] = want[i] + bias[i % N] + b[i];
+    CHECK_NMSE("bias, add", got, want, T * N, 1e-13);
+    const int32_t rows[2] = { 2, 0 };
+    int32_t *drows = dev_from(rows, sizeof(rows));
+    CHECK_EQ_INT(kcuda_gather_rows(K, db, drows, 2, N, da), 0);
+    to_host(got, da, sizeof(float) * 2 * N);
+    CHECK(memcmp(got, b + 2 * N, sizeof(float) * N) == 0 && memcmp(got + N, b, sizeof(float) * N) == 0);
+    double s = 0.0;
+    for (int i = 0; i < T * N; i++) s += b[i];
+    CHECK_EQ_INT(kcuda_sum_f32(K, db, T * N, da), 0);
+    to_host(got, da, sizeof(float));
+    CHECK_NEAR(got[0], s, 1e-5 * fabs(s) + 1e-6);
+    kcuda_free(da), kcuda_free(db), kcuda_free(dbias), kcuda_free(drows);
+}
+
+/* Errors are reported, not crashed on: a bad type and an impossible allocation. */
+static void test_errors(void)
+{
+    if (!gpu()) return;
+    void *p = NULL;
+    CHECK(kcuda_malloc(K, &p, (size_t)1 << 50, "a test of failure") == TT_ENOMEM);
+    CHECK(p == NULL && strstr(tt_error_detail(), "out of GPU memory") != NULL);
+    const struct kcuda_weight w = { NULL, 99, 32, 1, 32, 32 };
+    CHECK(kcuda_matvec(K, &w, NULL, NULL, 64, 1, NULL, 1, NULL, KCUDA_OUT_STORE) == TT_EUNSUPPORTED);
+    CHECK_EQ_INT(kcuda_sync(K), 0);
+    tt_error_clear();
+}
+
+/* The copy bandwidth, for the benchmark notes (always passes when measured). */
+static void test_bandwidth(void)
+{
+    if (!gpu()) return;
+    const double gbs = kcuda_copy_bandwidth_gbs(K);
+    fprintf(stderr, "  %s: device-to-device copy %.0f GB/s (read + write)\n", kcuda_device_name(K), gbs);
+    CHECK(gbs > 0.0);
+}
+
+/* ---- the GPU engine against the CPU engine ---- */
+
+static const char *const engine_models[] = {
+    "stories260K",          "synth-llama.f16",      "synth-llama.q4_k_m",  "synth-llama.q8_0",
+    "synth-mixtral.q4_k_m", "synth-mixtral.q8_0",   "synth-qwen2.f16",     "synth-qwen2.q4_k_m",
+    "synth-qwen2.q8_0",     "synth-qwen2moe.q4_k_m", "synth-qwen2moe.q8_0", "synth-qwen3.f16",
+    "synth-qwen3.q4_k_m",   "synth-qwen3.q8_0",     "synth-qwen3moe.q4_k_m", "synth-qwen3moe.q8_0",
+};
+
+struct lstats {
+    double max, sum;
+    int64_t n;
+};
+
+static void lstats_add(struct lstats *s, const float *a, const float *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double d = fabs((double)a[i] - (double)b[i]);
+        s->max = d > s->max || d != d ? d : s->max;
+        s->sum += d;
+    }
+    s->n += n;
+}
+
+/* Prompt of 40 tokens (batch products), 5 tokens (matrix-vector loop), then
+ * greedy decode steps (graph), CPU and GPU side by side. Returns false if
+ * the model is missing. */
+static bool engine_pair(const char *name, int n_gpu_layers, enum engine_kv kv)
+{
+    char rel[256];
+    snprintf(rel, sizeof(rel), "models/%s.gguf", name);
+    const char *path = test_shared_path(rel);
+    struct model m;
+    if (!test_file_exists(path) || model_load(&m, path)) return false;
+    const int V = m.hp.n_vocab, NP = 40, NB = KCUDA_MATVEC_TOK_MAX + 12;
+    struct engine_opts o = { .n_threads = 4, .n_ctx = NB + 16, .n_batch = NB, .kv = kv };
+    struct engine *cpu = NULL, *g = NULL;
+    CHECK_EQ_INT(engine_create(&cpu, &m, &o), 0);
+    o.n_gpu_layers = n_gpu_layers;
+    int err = engine_create(&g, &m, &o);
+    if (err) fprintf(stderr, "  %s: GPU engine: %s\n", name, tt_error_detail());
+    CHECK_EQ_INT(err, 0);
+    float *a = malloc(sizeof(float) * (size_t)(NB * V)), *b = malloc(sizeof(float) * (size_t)(NB * V));
+    int32_t ids[KCUDA_MATVEC_TOK_MAX + 12];
+    for (int i = 0; i < NB; i++) ids[i] = i == 0 ? 1 : 3 + (i * 37) % (V - 3);
+    struct lstats s = { 0 }, sb = { 0 };
+    int same = 0;
+    if (cpu && g) { /* a batch for the cuBLAS path */
+        CHECK_EQ_INT(engine_eval(cpu, ids, NB, ENGINE_LOGITS_ALL, a), 0);
+        CHECK_EQ_INT(engine_eval(g, ids, NB, ENGINE_LOGITS_ALL, b), 0);
+        lstats_add(&sb, b, a, (int64_t)NB * V);
+        for (int r = 0; r < NB; r++) {
+            int ia = 0, ib = 0;
+            for (int i = 1; i < V; i++) {
+                ia = a[(size_t)r * V + i] > a[(size_t)r * V + ia] ? i : ia;
+                ib = b[(size_t)r * V + i] > b[(size_t)r * V + ib] ? i : ib;
+            }
+            same += ia == ib;
+        }
+    }
+    for (int pass = 0; cpu && g && pass < 2; pass++) {
+        const int n = pass == 0 ? NP : 5;
+        engine_truncate(cpu, 0);
+        engine_truncate(g, 0);
+        CHECK_EQ_INT(engine_eval(cpu, ids, n, ENGINE_LOGITS_ALL, a), 0);
+        CHECK_EQ_INT(engine_eval(g, ids, n, ENGINE_LOGITS_ALL, b), 0);
+        lstats_add(&s, b, a, (int64_t)n * V);
+        for (int step = 0; step < 6; step++) {
+            int32_t tok = 0;
+            for (int i = 1; i < V; i++) tok = a[(size_t)(n - 1) * V + i] > a[(size_t)(n - 1) * V + tok] ? i : tok;
+            CHECK_EQ_INT(engine_eval(cpu, &tok, 1, ENGINE_LOGITS_LAST, a + (size_t)(n - 1) * V), 0);
+            CHECK_EQ_INT(engine_eval(g, &tok, 1, ENGINE_LOGITS_LAST, b + (size_t)(n - 1) * V), 0);
+            lstats_add(&s, b + (size_t)(n - 1) * V, a + (size_t)(n - 1) * V, V);
+        }
+    }
+    const bool flt = !strcmp(name, "stories260K") || strstr(name, ".f16");
+    const double mean = s.n ? s.sum / (double)s.n : 0.0;
+    const double mean_b = sb.n ? sb.sum / (double)sb.n : 0.0;
+    const bool ok = flt ? s.max <= 0.02 : mean <= 0.05 && s.max <= 0.5;
+    const bool ok_b = mean_b <= 0.05 && same * 100 >= NB * 95;
+    if (!ok || !ok_b || getenv("TT_TEST_VERBOSE"))
+        fprintf(stderr, "  %s (gpu layers %d, kv %s): GPU vs CPU max %.5f mean %.5f; %d-token batch max %.5f "
+                "mean %.5f argmax %d/%d\n", name, n_gpu_layers, kv == ENGINE_KV_F16 ? "f16" : "f32", s.max, mean,
+                NB, sb.max, mean_b, same, NB);
+    CHECK(ok);
+    CHECK(ok_b);
+    engine_destroy(g);
+    engine_destroy(cpu);
+    model_free(&m);
+    free(a), free(b);
+    return true;
+}
+
+static void test_engine_models(void)
+{
+    if (!gpu()) return;
+    int n = 0;
+    for (size_t i = 0; i < TT_ARRAY_LEN(engine_models); i++) n += engine_pair(engine_models[i], -1, ENGINE_KV_F16);
+    if (n == 0) TEST_SKIP("no models in %s", test_shared_path("models"));
+}
+
+static void test_engine_split(void)
+{
+    if (!gpu()) return;
+    int n = engine_pair("stories260K", 2, ENGINE_KV_F16);
+    n += engine_pair("synth-llama.q4_k_m", 1, ENGINE_KV_F16);
+    n += engine_pair("synth-qwen3moe.q4_k_m", 1, ENGINE_KV_F16);
+    n += engine_pair("stories260K", -1, ENGINE_KV_F32);
+    n += engine_pair("synth-qwen3.q8_0", -1, ENGINE_KV_F32);
+    if (n == 0) TEST_SKIP("no models in %s", test_shared_path("models"));
+}
+
+static const struct test_case cases[] = {
+    { "convert", test_convert },       { "norm_convert", test_norm_convert },
+    { "dequant", test_dequant },       { "products", test_products },
+    { "moe", test_moe },               { "rope", test_rope },
+    { "attention", test_attention },   { "misc", test_misc },
+    { "errors", test_errors },         { "engine_models", test_engine_models },
+    { "engine_split", test_engine_split }, { "bandwidth", test_bandwidth },
+};
+
+#else /* no CUDA in this build */
+
+static void test_no_cuda(void) { TEST_SKIP("built without CUDA (make CUDA=1 where nvcc is installed)"); }
+
+static const struct test_case cases[] = { { "cuda", test_no_cuda } };
+
+#endif
+
+TEST_MAIN(cases)

@@ -357,80 +357,117 @@ static void q80_prep(const int IS_Q4, const uint8_t *a, int nblk, struct q80_act
     }
 }
 
+/* The d of the chunk's nblk blocks (0 for the others): the chunk's bytes
+ * loaded as words (masked at its end) and the words at block starts picked
+ * by vpermt2w, which costs less than a gather. Q4_0 blocks are 9 words, so
+ * the 8 d's lie in the first 64 words; Q8_0 blocks 17 words, in 128. */
+KCPU_INLINE __m256 chunk_scales(const int IS_Q4, const uint8_t *x, int nblk)
+{
+    const int bw = IS_Q4 ? 9 : 17; /* block size in words */
+    const int words = (nblk - 1) * bw + 1;
+    __m512i z[4];
+    KCPU_UNROLL
+    for (int i = 0; i < 4; i++) {
+        if (IS_Q4 && i >= 2) break;
+        const int left = words - 32 * i;
+        const __mmask32 m = left >= 32 ? 0xffffffffu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
+        z[i] = _mm512_maskz_loadu_epi16(m, x + 64 * i);
+    }
+    __m512i d;
+    if (IS_Q4) {
+        d = _mm512_permutex2var_epi16(z[0], _mm512_setr_epi32(9 << 16, (27 << 16) | 18, (45 << 16) | 36,
+                                                               (63 << 16) | 54, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                               0, 0, 0, 0), z[1]);
+    } else {
+        /* d0..d3 at words 0, 17, 34, 51 of z0:z1; d4..d7 at 4, 21, 38, 55 of z2:z3 */
+        const __m512i i03 = _mm512_setr_epi32(17 << 16, (51 << 16) | 34, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        const __m512i i47 = _mm512_setr_epi32((21 << 16) | 4, (55 << 16) | 38, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        const __m512i lo = _mm512_permutex2var_epi16(z[0], i03, z[1]);
+        const __m512i hi = _mm512_permutex2var_epi16(z[2], i47, z[3]);
+        d = _mm512_mask_permutexvar_epi64(lo, 0x2, _mm512_setzero_si512(), hi); /* qword 1 = hi's 0 */
+    }
+    const __m256 f = _mm256_cvtph_ps(_mm512_castsi512_si128(d));
+    return _mm256_maskz_mov_ps((__mmask8)((1u << nblk) - 1), f);
+}
+
+/* One chunk (nblk <= 8 blocks) of one row against NT tokens: acc[t] += ... */
+KCPU_INLINE void q80_chunk(const int IS_Q4, const int NT, const int nblk, const uint8_t *x,
+                           const struct q80_act *p, size_t p_stride, __m512 acc[4])
+{
+    const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
+    const __m512i z = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F);
+    _mm_prefetch((const char *)x + 64 * bsz, _MM_HINT_T0);
+    _mm_prefetch((const char *)x + 64 * bsz + 64, _MM_HINT_T0);
+    _mm_prefetch((const char *)x + 64 * bsz + 128, _MM_HINT_T0);
+    _mm_prefetch((const char *)x + 64 * bsz + 192, _MM_HINT_T0);
+    _mm_prefetch((const char *)x + 64 * bsz + 256, _MM_HINT_T0);
+    const __m256 dw = chunk_scales(IS_Q4, x, nblk);
+    __m256 sc[4];
+    KCPU_UNROLL
+    for (int t = 0; t < NT; t++) {
+        const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
+        sc[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(pt->d));
+    }
+    if (IS_Q4) {
+        KCPU_UNROLL
+        for (int h = 0; h < 2; h++) {
+            if (4 * h >= nblk) break;
+            const uint8_t *q = x + 4 * h * bsz + 2;
+            __m128i v[4];
+            KCPU_UNROLL
+            for (int k = 0; k < 4; k++)
+                v[k] = 4 * h + k < nblk ? _mm_loadu_si128((const void *)(q + k * bsz)) : _mm_setzero_si128();
+            const __m512i W = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(v[0]), v[1], 1)),
+                _mm256_inserti128_si256(_mm256_castsi128_si256(v[2]), v[3], 1), 1);
+            const __m512i lo = _mm512_and_si512(W, m4), hi = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
+            const __m512i idx = _mm512_setr_epi32(4 * h, 4 * h, 4 * h, 4 * h, 4 * h + 1, 4 * h + 1,
+                                                  4 * h + 1, 4 * h + 1, 4 * h + 2, 4 * h + 2, 4 * h + 2,
+                                                  4 * h + 2, 4 * h + 3, 4 * h + 3, 4 * h + 3, 4 * h + 3);
+            KCPU_UNROLL
+            for (int t = 0; t < NT; t++) {
+                const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
+                __m512i d = _mm512_dpbusd_epi32(z, lo, _mm512_loadu_si512((const void *)(pt->q + 128 * h)));
+                d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(pt->q + 128 * h + 64)));
+                d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * h)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
+                                         _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
+            }
+        }
+    } else {
+        KCPU_UNROLL
+        for (int i = 0; i < 4; i++) {
+            if (2 * i >= nblk) break;
+            const uint8_t *q = x + 2 * i * bsz + 2;
+            const __m256i lo = _mm256_loadu_si256((const void *)q);
+            const __m256i hi = 2 * i + 1 < nblk ? _mm256_loadu_si256((const void *)(q + bsz))
+                                                : _mm256_setzero_si256();
+            const __m512i W = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                                               _mm512_set1_epi8((char)0x80));
+            const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * i), _mm256_set1_epi32(2 * i + 1), 1);
+            KCPU_UNROLL
+            for (int t = 0; t < NT; t++) {
+                const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
+                __m512i d = _mm512_dpbusd_epi32(z, W, _mm512_loadu_si512((const void *)(pt->q + 64 * i)));
+                d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * i)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
+                                         _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
+            }
+        }
+    }
+}
+
 KCPU_INLINE void q80_row(const int IS_Q4, const int NT, int64_t nchunk, int64_t nb, const uint8_t *x,
                          const struct q80_act *p, size_t p_stride, float *s)
 {
     const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
-    const __m512i z = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F);
-    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                            _mm256_set1_epi32((int)bsz));
     __m512 acc[4];
     KCPU_UNROLL
     for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < nchunk; c++, x += 8 * bsz, p++) {
-        const int nblk = (int)TT_MIN(8, nb - 8 * c);
-        _mm_prefetch((const char *)x + 64 * bsz, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 64 * bsz + 64, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 64 * bsz + 128, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 64 * bsz + 192, _MM_HINT_T0);
-        _mm_prefetch((const char *)x + 64 * bsz + 256, _MM_HINT_T0);
-        const __mmask8 km = (__mmask8)((1u << nblk) - 1);
-        const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(
-            _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), km, gidx, (const int *)x, 1)));
-        __m256 sc[4];
-        KCPU_UNROLL
-        for (int t = 0; t < NT; t++) {
-            const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
-            sc[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(pt->d));
-        }
-        if (IS_Q4) {
-            KCPU_UNROLL
-            for (int h = 0; h < 2; h++) {
-                if (4 * h >= nblk) break;
-                const uint8_t *q = x + 4 * h * bsz + 2;
-                __m128i v[4];
-                KCPU_UNROLL
-                for (int k = 0; k < 4; k++)
-                    v[k] = 4 * h + k < nblk ? _mm_loadu_si128((const void *)(q + k * bsz)) : _mm_setzero_si128();
-                const __m512i W = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(v[0]), v[1], 1)),
-                    _mm256_inserti128_si256(_mm256_castsi128_si256(v[2]), v[3], 1), 1);
-                const __m512i lo = _mm512_and_si512(W, m4), hi = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
-                const __m512i idx = _mm512_setr_epi32(4 * h, 4 * h, 4 * h, 4 * h, 4 * h + 1, 4 * h + 1,
-                                                      4 * h + 1, 4 * h + 1, 4 * h + 2, 4 * h + 2, 4 * h + 2,
-                                                      4 * h + 2, 4 * h + 3, 4 * h + 3, 4 * h + 3, 4 * h + 3);
-                KCPU_UNROLL
-                for (int t = 0; t < NT; t++) {
-                    const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
-                    __m512i d = _mm512_dpbusd_epi32(z, lo, _mm512_loadu_si512((const void *)(pt->q + 128 * h)));
-                    d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(pt->q + 128 * h + 64)));
-                    d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * h)));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
-                                             _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
-                }
-            }
-        } else {
-            KCPU_UNROLL
-            for (int i = 0; i < 4; i++) {
-                if (2 * i >= nblk) break;
-                const uint8_t *q = x + 2 * i * bsz + 2;
-                const __m256i lo = _mm256_loadu_si256((const void *)q);
-                const __m256i hi = 2 * i + 1 < nblk ? _mm256_loadu_si256((const void *)(q + bsz))
-                                                    : _mm256_setzero_si256();
-                const __m512i W = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
-                                                   _mm512_set1_epi8((char)0x80));
-                const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * i), _mm256_set1_epi32(2 * i + 1), 1);
-                KCPU_UNROLL
-                for (int t = 0; t < NT; t++) {
-                    const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
-                    __m512i d = _mm512_dpbusd_epi32(z, W, _mm512_loadu_si512((const void *)(pt->q + 64 * i)));
-                    d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * i)));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
-                                             _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
-                }
-            }
-        }
-    }
+    const int64_t full = nb / 8; /* chunks of 8 blocks; the last may be short */
+    int64_t c = 0;
+    for (; c < TT_MIN(full, nchunk); c++, x += 8 * bsz, p++) q80_chunk(IS_Q4, NT, 8, x, p, p_stride, acc);
+    if (c < nchunk) q80_chunk(IS_Q4, NT, (int)(nb - 8 * c), x, p, p_stride, acc);
     KCPU_UNROLL
     for (int t = 0; t < NT; t++) s[t] = _mm512_reduce_add_ps(acc[t]);
 }

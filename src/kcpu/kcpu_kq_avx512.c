@@ -206,50 +206,58 @@ static void act_q4k_order(const uint8_t *a, int64_t nblk, uint8_t *dst)
  * a: the Q8_K rows themselves (for d and bsums). Blocks go in groups of
  * four: their scales are unpacked together, their d, dmin and d_act
  * multiplied together. */
+KCPU_INLINE void q45k_group(const int HAS_QH, const int NT, const int g, const uint8_t *x,
+                            const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
+                            size_t arb, __m512 acc[4], __m256 accm[4])
+{
+    const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
+    const __m256 neg_min = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
+    const __m512i R = load_heads(x, bsz, g);
+    const __m512i U = q4k_scales_x4(R);
+    /* d_j, -dmin_j for the group */
+    const __m256 DD = _mm256_xor_ps(
+        _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), R))),
+        neg_min);
+    float DDt[4][8] __attribute__((aligned(32)));
+    KCPU_UNROLL
+    for (int t = 0; t < NT; t++)
+        _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
+    /* keep DDt in memory: the FMAs below broadcast from it for free,
+     * where broadcasts from a register would cost shuffles */
+    __asm__ volatile("" ::: "memory");
+    KCPU_UNROLL
+    for (int j = 0; j < 4; j++) {
+        if (j >= g) break;
+        const uint8_t *xb = x + j * bsz;
+        _mm_prefetch((const char *)xb + KQ_PF * bsz, KQ_HINT);
+        _mm_prefetch((const char *)xb + KQ_PF * bsz + 64, KQ_HINT);
+        _mm_prefetch((const char *)xb + KQ_PF * bsz + 128, KQ_HINT);
+        __m512i L[4], sc01, sc23;
+        __m256i m16;
+        q45k_levels(xb, HAS_QH, L);
+        q4k_scale_vectors(U, j, &sc01, &sc23, &m16);
+        KCPU_UNROLL
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *ab = a + t * arb + j * sizeof(struct block_q8_K);
+            const __m512i isum = dot_scaled(L, aq + t * aq_stride + j * QK_K, sc01, sc23);
+            const __m256i imin = _mm256_madd_epi16(
+                m16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS)));
+            add_block(&acc[t], &accm[t], isum, imin, &DDt[t][2 * j]);
+        }
+    }
+}
+
+/* Whole groups of four blocks with g known to the compiler, then the rest. */
 KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x,
                           const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
                           size_t arb, __m512 acc[4], __m256 accm[4])
 {
     const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
-    const __m256 neg_min = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
-    for (int64_t b = 0; b < nb;
-         b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), aq += 4 * QK_K, dy += 8) {
-        const int g = (int)TT_MIN(4, nb - b);
-        const __m512i R = load_heads(x, bsz, g);
-        const __m512i U = q4k_scales_x4(R);
-        /* d_j, -dmin_j for the group */
-        const __m256 DD = _mm256_xor_ps(
-            _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
-                _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), R))),
-            neg_min);
-        float DDt[4][8] __attribute__((aligned(32)));
-        KCPU_UNROLL
-        for (int t = 0; t < NT; t++)
-            _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
-        /* keep DDt in memory: the FMAs below broadcast from it for free,
-         * where broadcasts from a register would cost shuffles */
-        __asm__ volatile("" ::: "memory");
-        KCPU_UNROLL
-        for (int j = 0; j < 4; j++) {
-            if (j >= g) break;
-            const uint8_t *xb = x + j * bsz;
-            _mm_prefetch((const char *)xb + KQ_PF * bsz, KQ_HINT);
-            _mm_prefetch((const char *)xb + KQ_PF * bsz + 64, KQ_HINT);
-            _mm_prefetch((const char *)xb + KQ_PF * bsz + 128, KQ_HINT);
-            __m512i L[4], sc01, sc23;
-            __m256i m16;
-            q45k_levels(xb, HAS_QH, L);
-            q4k_scale_vectors(U, j, &sc01, &sc23, &m16);
-            KCPU_UNROLL
-            for (int t = 0; t < NT; t++) {
-                const uint8_t *ab = a + t * arb + j * sizeof(struct block_q8_K);
-                const __m512i isum = dot_scaled(L, aq + t * aq_stride + j * QK_K, sc01, sc23);
-                const __m256i imin = _mm256_madd_epi16(
-                    m16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS)));
-                add_block(&acc[t], &accm[t], isum, imin, &DDt[t][2 * j]);
-            }
-        }
-    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), aq += 4 * QK_K, dy += 8)
+        q45k_group(HAS_QH, NT, 4, x, aq, aq_stride, dy, a, arb, acc, accm);
+    if (b < nb) q45k_group(HAS_QH, NT, (int)(nb - b), x, aq, aq_stride, dy, a, arb, acc, accm);
 }
 
 /* out[t * ldo] = (ADD ? out : 0) + the row's dots over nb blocks. */
@@ -331,8 +339,8 @@ KCPU_INLINE void q6k_levels(const uint8_t *x, __m512i L[4])
     }
 }
 
-KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const float *dy,
-                          const uint8_t *a, size_t arb, float *out, int64_t ldo, int add)
+KCPU_INLINE void q6k_group(const int NT, const int g, const uint8_t *x, const float *dy,
+                           const uint8_t *a, size_t arb, __m512 acc[4], __m256 accm[4])
 {
     const size_t bsz = sizeof(struct block_q6_K);
     /* packs(p_lo, p_hi) of half h holds in 128-bit lane l the sub-blocks
@@ -341,6 +349,50 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const floa
                                            5, 1, 1, 1, 1, 4, 4, 4, 4, 0, 0, 0, 0);
     const __m512i perm1 = _mm512_add_epi16(perm0, _mm512_set1_epi16(8));
     const __m256 neg_odd = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
+    /* d_j, -d_j for the group (the offset term is subtracted) */
+    uint16_t d[4] = { 0, 0, 0, 0 };
+    KCPU_UNROLL
+    for (int j = 0; j < 4; j++) {
+        if (j < g) __builtin_memcpy(&d[j], x + j * bsz + 208, 2);
+    }
+    const __m128i dd16 = _mm_setr_epi16((short)d[0], (short)d[0], (short)d[1], (short)d[1], (short)d[2],
+                                        (short)d[2], (short)d[3], (short)d[3]);
+    const __m256 DD = _mm256_xor_ps(_mm256_cvtph_ps(dd16), neg_odd);
+    float DDt[4][8] __attribute__((aligned(32)));
+    KCPU_UNROLL
+    for (int t = 0; t < NT; t++)
+        _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
+    __asm__ volatile("" ::: "memory"); /* as in q45k_group */
+    KCPU_UNROLL
+    for (int j = 0; j < 4; j++) {
+        if (j >= g) break;
+        const uint8_t *xb = x + j * bsz;
+        _mm_prefetch((const char *)xb + KQ_PF * bsz, KQ_HINT);
+        _mm_prefetch((const char *)xb + KQ_PF * bsz + 64, KQ_HINT);
+        _mm_prefetch((const char *)xb + KQ_PF * bsz + 128, KQ_HINT);
+        _mm_prefetch((const char *)xb + KQ_PF * bsz + 192, KQ_HINT);
+        __m512i L[4];
+        q6k_levels(xb, L);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(xb + 192)));
+        const __m512i sc512 = _mm512_castsi256_si512(sc16);
+        const __m512i sca = _mm512_permutexvar_epi16(perm0, sc512);
+        const __m512i scb = _mm512_permutexvar_epi16(perm1, sc512);
+        KCPU_UNROLL
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *ab = a + t * arb + j * sizeof(struct block_q8_K);
+            const __m512i isum = dot_scaled(L, ab + Q8K_QS, sca, scb);
+            /* the -32 offset: 32 * sum_j sc_j * bsum_j, scaled by -d */
+            const __m256i off = _mm256_slli_epi32(
+                _mm256_madd_epi16(sc16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS))), 5);
+            add_block(&acc[t], &accm[t], isum, off, &DDt[t][2 * j]);
+        }
+    }
+}
+
+KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const float *dy,
+                          const uint8_t *a, size_t arb, float *out, int64_t ldo, int add)
+{
+    const size_t bsz = sizeof(struct block_q6_K);
     __m512 acc[4];
     __m256 accm[4];
     KCPU_UNROLL
@@ -348,46 +400,10 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const floa
         acc[t] = _mm512_setzero_ps();
         accm[t] = _mm256_setzero_ps();
     }
-    for (int64_t b = 0; b < nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), dy += 8) {
-        const int g = (int)TT_MIN(4, nb - b);
-        /* d_j, -d_j for the group (the offset term is subtracted) */
-        const __m128i dh = _mm_mmask_i32gather_epi32(
-            _mm_setzero_si128(), (__mmask8)((1u << g) - 1),
-            _mm_setr_epi32(0, (int)bsz, 2 * (int)bsz, 3 * (int)bsz), (const int *)(x + 206), 1);
-        /* dwords at 206 end with d (bytes 208..209): the block's last bytes */
-        const __m128i dd16 = _mm_shuffle_epi8(dh, _mm_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11,
-                                                                14, 15, 14, 15));
-        const __m256 DD = _mm256_xor_ps(_mm256_cvtph_ps(dd16), neg_odd);
-        float DDt[4][8] __attribute__((aligned(32)));
-        KCPU_UNROLL
-        for (int t = 0; t < NT; t++)
-            _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
-        __asm__ volatile("" ::: "memory"); /* as in q45k_row */
-        KCPU_UNROLL
-        for (int j = 0; j < 4; j++) {
-            if (j >= g) break;
-            const uint8_t *xb = x + j * bsz;
-            _mm_prefetch((const char *)xb + KQ_PF * bsz, KQ_HINT);
-            _mm_prefetch((const char *)xb + KQ_PF * bsz + 64, KQ_HINT);
-            _mm_prefetch((const char *)xb + KQ_PF * bsz + 128, KQ_HINT);
-            _mm_prefetch((const char *)xb + KQ_PF * bsz + 192, KQ_HINT);
-            __m512i L[4];
-            q6k_levels(xb, L);
-            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(xb + 192)));
-            const __m512i sc512 = _mm512_castsi256_si512(sc16);
-            const __m512i sca = _mm512_permutexvar_epi16(perm0, sc512);
-            const __m512i scb = _mm512_permutexvar_epi16(perm1, sc512);
-            KCPU_UNROLL
-            for (int t = 0; t < NT; t++) {
-                const uint8_t *ab = a + t * arb + j * sizeof(struct block_q8_K);
-                const __m512i isum = dot_scaled(L, ab + Q8K_QS, sca, scb);
-                /* the -32 offset: 32 * sum_j sc_j * bsum_j, scaled by -d */
-                const __m256i off = _mm256_slli_epi32(
-                    _mm256_madd_epi16(sc16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS))), 5);
-                add_block(&acc[t], &accm[t], isum, off, &DDt[t][2 * j]);
-            }
-        }
-    }
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), dy += 8)
+        q6k_group(NT, 4, x, dy, a, arb, acc, accm);
+    if (b < nb) q6k_group(NT, (int)(nb - b), x, dy, a, arb, acc, accm);
     KCPU_UNROLL
     for (int t = 0; t < NT; t++) {
         const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));

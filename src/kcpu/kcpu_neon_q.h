@@ -27,15 +27,18 @@
 
 /* acc (4 x int32) += the 16 products a[i] * b[i], grouped by lane in some
  * order (callers only use the sum over lanes). */
+#if KN_DOT
 KN_INL int32x4_t kn_dot16(int32x4_t acc, int8x16_t a, int8x16_t b)
 {
-#if KN_DOT
     return vdotq_s32(acc, a, b);
+}
 #else
+KN_INL int32x4_t kn_dot16(int32x4_t acc, int8x16_t a, int8x16_t b)
+{
     acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
     return vpadalq_s16(acc, vmull_high_s8(a, b));
-#endif
 }
+#endif
 
 KN_INL float kn_f16(const void *p)
 {

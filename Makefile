@@ -24,7 +24,7 @@ endif
 # Debian packages the build needs (and the tools the tests need).
 DEB_BUILD := build-essential pkg-config libpcre2-dev libxxhash-dev libopenmpi-dev openmpi-bin libedit-dev \
              libmicrohttpd-dev libjansson-dev
-DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user tmux iproute2 nodejs npm curl
+DEB_TEST := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user tmux iproute2 node:nodejs npm:npm curl
 
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
@@ -74,7 +74,7 @@ ifeq ($(MPI),1)
   TEST_BIN += $(BUILD)/tests/mpi_comm_driver
 endif
 
-.PHONY: all test tests-bin bench run deps clean format test-neon
+.PHONY: all test tests-bin bench run deps deps-test clean format test-neon
 
 all: $(BUILD)/tutti
 
@@ -118,7 +118,8 @@ test-neon: $(BUILD)/neon/test_kcpu
 # and the CLI tests again on the ASan+UBSan build (tagged "asan:").
 tests-bin: all $(TEST_BIN)
 
-test: tests-bin
+test: deps-test
+	@$(MAKE) --no-print-directory tests-bin
 	@$(MAKE) --no-print-directory DEBUG=1 tests-bin
 	@BUILD=$(BUILD) SAN_BUILD=build-debug sh tests/run.sh
 
@@ -126,7 +127,10 @@ bench: all
 	@sh tests/bench.sh $(BUILD)/tutti
 
 deps:
-	@sh tools/deps.sh $(DEB_BUILD) $(DEB_TEST)
+	@sh tools/deps.sh $(DEB_BUILD)
+
+deps-test: deps
+	@sh tools/deps.sh $(DEB_TEST)
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -1,9 +1,16 @@
 #!/bin/sh
-# deps.sh PKG...: make sure the Debian packages a build or test needs are
-# installed. As root it installs the missing ones with apt-get; otherwise it
-# prints the exact command to run and fails, so nothing is half-set-up.
+# deps.sh ITEM...: make sure what a build or test needs is installed. An item
+# is a Debian package name, or COMMAND:PACKAGE, which is satisfied when
+# COMMAND is on the PATH however it was installed (Node.js often comes from
+# outside Debian). As root the missing packages are installed with apt-get;
+# otherwise the exact command to run is printed and deps.sh fails, so nothing
+# is half set up.
 missing=""
-for p in "$@"; do
+for item in "$@"; do
+    case "$item" in
+    *:*) command -v "${item%%:*}" >/dev/null 2>&1 && continue; p=${item#*:} ;;
+    *) p=$item ;;
+    esac
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 [ -z "$missing" ] && exit 0

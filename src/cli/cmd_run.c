@@ -178,6 +178,7 @@ int cmd_run(int argc, char **argv)
         print_json(&r, n_prompt, n_ranks, rss);
     } else {
         printf("\n");
+        fflush(stdout);
         fprintf(stderr, "tutti: %d rank%s, prompt %d tokens, TTFT %.1f ms, prefill %.1f tok/s, "
                 "decode %.2f tok/s (%d tokens)\n", engine_n_ranks(e), engine_n_ranks(e) > 1 ? "s" : "",
                 n_prompt, r.ttft_ms, r.prefill_s > 0 ? n_prompt / r.prefill_s : 0.0,

@@ -304,13 +304,14 @@ __attribute__((target("avx512bf16"))) static void matmul_bf16_dp(KCPU_MATMUL_ARG
  * A chunk is up to 8 blocks (256 elements). Q8_0 levels are made unsigned
  * by flipping the sign bit (w + 128), Q4_0 levels are the nibbles 0..15;
  * vpdpbusd then sums (w + 128) * a or q * a per lane of 4 products, and the
- * surplus, 128 or 8 times the same lane's activation sum, is subtracted lane
- * by lane. Each block's lanes are then scaled by d_w * d_a.
+ * surplus, 128 or 8 times the block's activation sum, is subtracted in float
+ * once per block (d_w times bias * d_a * sum(a), the latter prepared per
+ * call). Each block's lanes are scaled by d_w * d_a.
  *
  * Everything that depends on the activation alone is prepared once per
  * call, a chunk of K at a time, into a stack buffer (struct q80_act): the
- * activation bytes in the order the weight lanes come in, the per-lane
- * surplus, and d_a. The rows then stream through one at a time.
+ * activation bytes in the order the weight lanes come in, d_a and the
+ * surplus. The rows then stream through one at a time.
  *
  * Lane order. Q8_0: a zmm holds two blocks' 32 quants in order. Q4_0: a zmm
  * holds four blocks' 16 packed bytes; its low nibbles are elements 0..15 of
@@ -318,9 +319,9 @@ __attribute__((target("avx512bf16"))) static void matmul_bf16_dp(KCPU_MATMUL_ARG
  * stored as [blocks 0-3: a0..15] then [blocks 0-3: a16..31] per half chunk. */
 
 struct q80_act {
-    int8_t q[256];  /* activation bytes in lane order */
-    int32_t c[64];  /* per-lane surplus (Q4_0: of both nibble halves) */
-    float d[8];     /* d_a of the 8 blocks (0 past the row's end) */
+    int8_t q[256]; /* activation bytes in lane order */
+    float d[8];    /* d_a of the 8 blocks (0 past the row's end) */
+    float k[8];    /* the surplus of each block: bias * d_a * sum(a) */
 };
 
 #define Q80_BUF 16384 /* bytes of prepared activation per tile of tokens */
@@ -333,27 +334,19 @@ static void q80_prep(const int IS_Q4, const uint8_t *a, int nblk, struct q80_act
         if (j < nblk) memcpy(raw + 32 * j, b + 2, 32);
         else memset(raw + 32 * j, 0, 32);
         p->d[j] = j < nblk ? kcpu_f16(b) : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) sum += raw[32 * j + i];
+        p->k[j] = (float)(IS_Q4 ? 8 : 128) * p->d[j] * (float)sum;
     }
-    const __m512i z = _mm512_setzero_si512();
     if (IS_Q4) {
         for (int h = 0; h < 2; h++) { /* blocks 4h .. 4h+3 */
             for (int k = 0; k < 4; k++) {
                 memcpy(p->q + 128 * h + 16 * k, raw + 32 * (4 * h + k), 16);
                 memcpy(p->q + 128 * h + 64 + 16 * k, raw + 32 * (4 * h + k) + 16, 16);
             }
-            const __m512i lo = _mm512_loadu_si512((const void *)(p->q + 128 * h));
-            const __m512i hi = _mm512_loadu_si512((const void *)(p->q + 128 * h + 64));
-            const __m512i c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, _mm512_set1_epi8(8), lo),
-                                                  _mm512_set1_epi8(8), hi);
-            _mm512_storeu_si512((void *)(p->c + 16 * h), c);
         }
     } else {
         memcpy(p->q, raw, 256);
-        for (int i = 0; i < 4; i++) {
-            const __m512i q = _mm512_loadu_si512((const void *)(p->q + 64 * i));
-            _mm512_storeu_si512((void *)(p->c + 16 * i),
-                                _mm512_dpbusd_epi32(z, _mm512_set1_epi8((char)0x80), q));
-        }
     }
 }
 
@@ -392,7 +385,7 @@ KCPU_INLINE __m256 chunk_scales(const int IS_Q4, const uint8_t *x, int nblk)
 
 /* One chunk (nblk <= 8 blocks) of one row against NT tokens: acc[t] += ... */
 KCPU_INLINE void q80_chunk(const int IS_Q4, const int NT, const int nblk, const uint8_t *x,
-                           const struct q80_act *p, size_t p_stride, __m512 acc[4])
+                           const struct q80_act *p, size_t p_stride, __m512 acc[4], __m256 corr[4])
 {
     const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
     const __m512i z = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F);
@@ -407,6 +400,7 @@ KCPU_INLINE void q80_chunk(const int IS_Q4, const int NT, const int nblk, const 
     for (int t = 0; t < NT; t++) {
         const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
         sc[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(pt->d));
+        corr[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(pt->k), corr[t]); /* the surplus, d_w scaled */
     }
     if (IS_Q4) {
         KCPU_UNROLL
@@ -429,7 +423,6 @@ KCPU_INLINE void q80_chunk(const int IS_Q4, const int NT, const int nblk, const 
                 const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
                 __m512i d = _mm512_dpbusd_epi32(z, lo, _mm512_loadu_si512((const void *)(pt->q + 128 * h)));
                 d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(pt->q + 128 * h + 64)));
-                d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * h)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
                                          _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
             }
@@ -449,7 +442,6 @@ KCPU_INLINE void q80_chunk(const int IS_Q4, const int NT, const int nblk, const 
             for (int t = 0; t < NT; t++) {
                 const struct q80_act *pt = (const struct q80_act *)((const uint8_t *)p + t * p_stride);
                 __m512i d = _mm512_dpbusd_epi32(z, W, _mm512_loadu_si512((const void *)(pt->q + 64 * i)));
-                d = _mm512_sub_epi32(d, _mm512_loadu_si512((const void *)(pt->c + 16 * i)));
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
                                          _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc[t])), acc[t]);
             }
@@ -462,14 +454,19 @@ KCPU_INLINE void q80_row(const int IS_Q4, const int NT, int64_t nchunk, int64_t 
 {
     const size_t bsz = IS_Q4 ? sizeof(struct block_q4_0) : sizeof(struct block_q8_0);
     __m512 acc[4];
+    __m256 corr[4];
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        corr[t] = _mm256_setzero_ps();
+    }
     const int64_t full = nb / 8; /* chunks of 8 blocks; the last may be short */
     int64_t c = 0;
-    for (; c < TT_MIN(full, nchunk); c++, x += 8 * bsz, p++) q80_chunk(IS_Q4, NT, 8, x, p, p_stride, acc);
-    if (c < nchunk) q80_chunk(IS_Q4, NT, (int)(nb - 8 * c), x, p, p_stride, acc);
+    for (; c < TT_MIN(full, nchunk); c++, x += 8 * bsz, p++) q80_chunk(IS_Q4, NT, 8, x, p, p_stride, acc, corr);
+    if (c < nchunk) q80_chunk(IS_Q4, NT, (int)(nb - 8 * c), x, p, p_stride, acc, corr);
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) s[t] = _mm512_reduce_add_ps(acc[t]);
+    for (int t = 0; t < NT; t++)
+        s[t] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[t], _mm512_zextps256_ps512(corr[t])));
 }
 
 static void rows_q80(const int IS_Q4, KCPU_MATMUL_ARGS)

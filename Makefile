@@ -74,7 +74,7 @@ ifeq ($(MPI),1)
   TEST_BIN += $(BUILD)/tests/mpi_comm_driver
 endif
 
-.PHONY: all test tests-bin bench run deps deps-test clean format test-neon
+.PHONY: all test tests-bin bench bench-kcpu run deps deps-test clean format test-neon
 
 all: $(BUILD)/tutti
 
@@ -125,6 +125,12 @@ test: deps-test
 
 bench: all
 	@sh tests/bench.sh $(BUILD)/tutti
+
+# kernel microbenchmark: decode GB/s and prefill GOPS per type vs measured bandwidth
+$(BUILD)/bench_kcpu: tests/bench_kcpu.c $(BUILD)/libtutti.a
+	$(CC) $(CFLAGS) $(LDOPT) -o $@ $< $(BUILD)/libtutti.a -lm -pthread
+bench-kcpu: $(BUILD)/bench_kcpu
+	$(BUILD)/bench_kcpu
 
 deps:
 	@sh tools/deps.sh $(DEB_BUILD)

@@ -36,3 +36,7 @@ for m in stories260K synth-qwen3.q8_0 synth-qwen3moe.q4_k_m; do
     [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q '"ranks":3' "$tmp/many" && pass "greedy_tcp_$m" ||
         fail "greedy_tcp_$m" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
 done
+f="$S/models/synth-llama.q8_0.gguf"
+"$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+run3 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --plan pp > "$tmp/many" 2>"$tmp/err"
+[ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass pipeline_tcp || fail pipeline_tcp "$(head -c 300 "$tmp/err")"

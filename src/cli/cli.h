@@ -48,6 +48,7 @@ struct cli_model_opts {
     struct plan *plan;     /* built by cli_load_model for several ranks */
     bool gpu_layers_set;   /* --gpu-layers given (else: auto) */
     bool weights_from_0;   /* --weights-from 0: ranks without the file get theirs from rank 0 */
+    const char *plan_mode; /* --plan: tp (default) or pp */
 };
 /* Try to parse argv[*i] as a shared model option; returns true if consumed. */
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o);

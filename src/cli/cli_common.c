@@ -102,6 +102,8 @@ const char cli_model_opts_help[] =
     "      --split S        under mpirun: how to share the work between ranks: even (default),\n"
     "                       auto (by each rank's measured memory bandwidth), or weights \"2,1,1\"\n"
     "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n"
+    "      --plan P         under mpirun: tp (tensor parallel, default) or pp (pipeline: each\n"
+    "                       rank a stage of whole layers, sized by --split)\n"
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
@@ -123,6 +125,11 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--plan")) {
+        o->plan_mode = cli_value(argc, argv, i);
+        if (strcmp(o->plan_mode, "tp") && strcmp(o->plan_mode, "pp"))
+            cli_die(0, "--plan must be tp or pp, got '%s'", o->plan_mode);
+    }
     else if (!strcmp(a, "--weights-from")) {
         cli_parse_int(a, cli_value(argc, argv, i), 0, 0); /* only rank 0 serves weights */
         o->weights_from_0 = true;
@@ -240,7 +247,9 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     }
     struct plan_align a;
     plan_align_for_model(m, &a);
-    if (!(o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join))) cli_die(TT_EINVAL, "planning");
+    if (o->plan_mode && !strcmp(o->plan_mode, "pp")) o->plan = plan_pipeline(&m->hp, n, w);
+    else o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join);
+    if (!o->plan) cli_die(TT_EINVAL, "planning");
     o->engine.plan = o->plan;
     free(w);
 }

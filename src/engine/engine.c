@@ -98,6 +98,9 @@ static int take_slice(struct engine *e, const struct engine_opts *opts)
     }
     e->slice = p->ranks[e->rank];
     e->join = p->join;
+    e->pipeline = p->pipeline;
+    e->tp_size = p->pipeline ? 1 : e->n_ranks;
+    e->tp_rank = p->pipeline ? 0 : e->rank;
     /* every rank's widths, for gathering slices into whole rows */
     e->widths = calloc((size_t)e->n_ranks * JOIN_WIDTHS_COUNT, sizeof(int32_t));
     if (!e->widths) {
@@ -152,7 +155,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     if (!err) err = shard_exchange(e);
     if (!err && !(e->pool = tt_pool_create(e->n_threads)))
         err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
-    if (!err && opts->n_gpu_layers != 0) {
+    if (!err && opts->n_gpu_layers != 0 && !e->pipeline) {
         int aerr = engine_accel_cuda_create(e, opts->n_gpu_layers, &e->accel);
         if (aerr == TT_EUNSUPPORTED && opts->n_gpu_layers < 0) tt_error_clear(); /* auto: CPU is fine */
         else if (aerr) err = aerr;

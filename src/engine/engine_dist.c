@@ -251,7 +251,7 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
     struct step_io io = { toks, e->step_buf + 3 * n, logits, samplers, next };
     if ((err = execute(e, &st, &io))) return err;
     /* live expert balancing: checked every moe_every steps */
-    if (e->moe_every && e->n_ranks > 1 && ++e->moe_steps % (uint64_t)e->moe_every == 0 &&
+    if (e->moe_every && e->tp_size > 1 && ++e->moe_steps % (uint64_t)e->moe_every == 0 &&
         moe_rebalance_wanted(e))
         err = engine_moe_rebalance(e);
     return err;
@@ -305,7 +305,7 @@ void engine_truncate(struct engine *e, int n_past) { engine_seq_truncate(e, 0, n
 
 int engine_moe_rebalance(struct engine *e)
 {
-    if (e->m->hp.n_expert == 0 || e->n_ranks == 1) return 0;
+    if (e->m->hp.n_expert == 0 || e->tp_size == 1) return 0;
     struct step st = { .op = STEP_REBALANCE };
     int err = send_control(e, &st);
     return err ? err : moe_rebalance(e);

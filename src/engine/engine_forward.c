@@ -15,7 +15,7 @@
 
 void forward_allreduce(struct engine *e, float *x, int64_t n)
 {
-    if (e->n_ranks == 1) return;
+    if (e->tp_size == 1) return;
     int err = comm_allreduce_sum(e->comm, x, n, e->wire);
     TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone"); /* see engine_worker_run */
 }
@@ -25,10 +25,10 @@ void forward_allreduce(struct engine *e, float *x, int64_t n)
 static void gather_rows(struct engine *e, const float *local, int64_t n_tok, enum join_width col,
                         int64_t full_w, float *out)
 {
-    const int R = e->n_ranks;
+    const int R = e->tp_size;
     for (int r = 0; r < R; r++)
         e->sizes[r] = sizeof(float) * (size_t)n_tok * (size_t)e->widths[r * JOIN_WIDTHS_COUNT + col];
-    int err = comm_allgatherv(e->comm, local, e->sizes[e->rank], e->gathered, e->sizes);
+    int err = comm_allgatherv(e->comm, local, e->sizes[e->tp_rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
     const float *src = e->gathered;
     int64_t off = 0;
@@ -44,7 +44,7 @@ static void gather_rows(struct engine *e, const float *local, int64_t n_tok, enu
 
 static bool joins_by_gather(const struct engine *e)
 {
-    return e->join == PLAN_JOIN_GATHER && e->n_ranks > 1;
+    return e->join == PLAN_JOIN_GATHER && e->tp_size > 1;
 }
 
 /* out[t] (n_embd, complete on every rank) = W . in[t], where `in` is this
@@ -206,7 +206,7 @@ static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs,
     const int K = hp->n_expert_used;
     int n_pairs = 0;
     for (int x = 0; x < hp->n_expert; x++) {
-        const int c = moe_copy_index(p, x, e->rank), nc = p->n_copies[x];
+        const int c = moe_copy_index(p, x, e->tp_rank), nc = p->n_copies[x];
         if (c < 0) continue;
         int n = 0, dealt = (int)(e->moe_stats.steps % (uint64_t)nc);
         for (int64_t t = 0; t < n_tok; t++)
@@ -238,7 +238,7 @@ static void join_experts(struct engine *e, int il, int64_t n_tok)
     const struct model_hparams *hp = &e->m->hp;
     const struct moe_placement *p = &e->moe_place[il];
     const int64_t E = hp->n_embd;
-    const int K = hp->n_expert_used, R = e->n_ranks;
+    const int K = hp->n_expert_used, R = e->tp_size;
     int64_t count[MOE_RANKS_MAX] = { 0 }, cursor[MOE_RANKS_MAX];
     for (int x = 0; x < hp->n_expert; x++) {
         int dealt = (int)(e->moe_stats.steps % (uint64_t)p->n_copies[x]);
@@ -249,7 +249,7 @@ static void join_experts(struct engine *e, int il, int64_t n_tok)
         e->sizes[r] = sizeof(float) * (size_t)count[r] * (size_t)E;
         cursor[r] = at;
     }
-    int err = comm_allgatherv(e->comm, e->part, e->sizes[e->rank], e->gathered, e->sizes);
+    int err = comm_allgatherv(e->comm, e->part, e->sizes[e->tp_rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
     for (int x = 0; x < hp->n_expert; x++) {
         int dealt = (int)(e->moe_stats.steps % (uint64_t)p->n_copies[x]);
@@ -317,16 +317,36 @@ void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
     ops_linear(e, &e->output, 0, e->xn, n, out);
 }
 
+#define PIPELINE_TAG 7901
+
 void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok)
 {
     TT_ASSERT(n_tok <= e->n_batch);
     const struct model_weight *w = &e->m->token_embd;
     const struct tt_type_traits *tr = tt_type_get(w->type);
+    const size_t x_bytes = sizeof(float) * (size_t)n_tok * (size_t)w->ne[0];
+    const bool first_stage = !e->pipeline || e->rank == 0;
     for (int t = 0; t < n_tok; t++) {
         const int s = toks[t].seq;
         e->tok_seq[t] = s;
         e->tok_pos[t] = e->seq_pos[s]++; /* later tokens of s sit after this one */
-        tr->to_float(shard_embd_row(e, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
+        if (first_stage) tr->to_float(shard_embd_row(e, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
+    }
+    if (!first_stage) { /* a pipeline stage continues the previous stage's stream */
+        int err = comm_recv(e->comm, e->x, x_bytes, e->rank - 1, PIPELINE_TAG);
+        TT_ASSERT(err == 0 && "pipeline receive failed: a rank is gone");
+    }
+    if (e->pipeline) {
+        ops_rope_table(e, n_tok, e->rope_cs);
+        for (int il = e->slice.layers.begin; il < e->slice.layers.end; il++) {
+            attention_block(e, il, n_tok);
+            ffn_block(e, il, n_tok);
+        }
+        if (e->rank + 1 < e->n_ranks) {
+            int err = comm_send(e->comm, e->x, x_bytes, e->rank + 1, PIPELINE_TAG);
+            TT_ASSERT(err == 0 && "pipeline send failed: a rank is gone");
+        }
+        return;
     }
     int il = 0;
     if (e->accel.ctx && e->accel.n_layers_accel > 0) {

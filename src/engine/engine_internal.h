@@ -90,6 +90,8 @@ struct engine {
     int rank, n_ranks;
     enum comm_wire wire;
     struct plan_rank slice;  /* what this rank holds */
+    bool pipeline;           /* stages of whole layers (plan_pipeline) */
+    int tp_size, tp_rank;    /* the tensor-parallel group: all ranks, or just this one in a pipeline */
     enum plan_join join;
     int32_t *widths;         /* [n_ranks][JOIN_WIDTHS_COUNT] every rank's slice sizes */
     float *full;             /* [B][max row] a gathered activation (whole rows) */

@@ -73,7 +73,7 @@ static int setup_slots(struct engine *e)
         const struct moe_placement *p = &e->moe_place[il];
         int s = 0, err = 0;
         for (int x = 0; x < hp->n_expert && !err; x++)
-            if (moe_copy_index(p, x, e->rank) >= 0) err = load_slot(e, il, s++, x);
+            if (moe_copy_index(p, x, e->tp_rank) >= 0) err = load_slot(e, il, s++, x);
         if (err) return err;
     }
     return 0;
@@ -83,7 +83,7 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
 {
     const struct model_hparams *hp = &e->m->hp;
     if (hp->n_expert == 0) return 0;
-    const int R = e->n_ranks, X = hp->n_expert;
+    const int R = e->tp_size, X = hp->n_expert;
     const int replicas = opts->moe_replicas < 0 ? 0 : opts->moe_replicas ? opts->moe_replicas : MOE_REPLICAS_DEFAULT;
     e->moe_slots = R == 1 ? X : TT_MIN(X, (X + R - 1) / R + replicas);
     e->moe_every = opts->moe_every < 0 ? 0 : opts->moe_every ? opts->moe_every : MOE_EVERY_DEFAULT;
@@ -147,9 +147,9 @@ static bool propose_layer(const struct engine *e, int il, struct moe_placement *
 bool moe_rebalance_wanted(const struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (hp->n_expert == 0 || e->n_ranks == 1) return false;
+    if (hp->n_expert == 0 || e->tp_size == 1) return false;
     struct moe_placement next;
-    if (moe_placement_init(&next, hp->n_expert, e->n_ranks, e->moe_slots)) return false;
+    if (moe_placement_init(&next, hp->n_expert, e->tp_size, e->moe_slots)) return false;
     bool want = false;
     for (int il = 0; il < hp->n_layer && !want; il++) want = propose_layer(e, il, &next);
     moe_placement_free(&next);
@@ -163,13 +163,13 @@ static int rebalance_layer(struct engine *e, int il, struct moe_placement *next)
     const int X = e->m->hp.n_expert, S = e->moe_slots;
     int32_t *slot_of = e->moe_slot_of + (size_t)il * X, *slot_x = e->moe_slot_expert + (size_t)il * S;
     for (int s = 0; s < S; s++) /* free the slots of experts that leave */
-        if (slot_x[s] >= 0 && moe_copy_index(next, slot_x[s], e->rank) < 0) {
+        if (slot_x[s] >= 0 && moe_copy_index(next, slot_x[s], e->tp_rank) < 0) {
             slot_of[slot_x[s]] = -1;
             slot_x[s] = -1;
         }
     int n_new = 0;
     for (int x = 0, s = 0; x < X; x++) {
-        if (moe_copy_index(next, x, e->rank) < 0 || slot_of[x] >= 0) continue;
+        if (moe_copy_index(next, x, e->tp_rank) < 0 || slot_of[x] >= 0) continue;
         while (s < S && slot_x[s] >= 0) s++;
         TT_ASSERT(s < S);
         int err = load_slot(e, il, s, x);
@@ -183,9 +183,9 @@ static int rebalance_layer(struct engine *e, int il, struct moe_placement *next)
 int moe_rebalance(struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (hp->n_expert == 0 || e->n_ranks == 1) return 0;
+    if (hp->n_expert == 0 || e->tp_size == 1) return 0;
     struct moe_placement next;
-    int err = moe_placement_init(&next, hp->n_expert, e->n_ranks, e->moe_slots);
+    int err = moe_placement_init(&next, hp->n_expert, e->tp_size, e->moe_slots);
     if (err) return err;
     int moved = 0;
     for (int il = 0; il < hp->n_layer; il++)

@@ -173,7 +173,7 @@ static void build_layer(struct shard_builder *b, int il)
     view(b, &el->w_up, &l->w_up, ff, full(E));
     view(b, &el->w_down, &l->w_down, er, gather ? full(hp->n_ff) : ff);
     view(b, &el->gate_inp, &l->gate_inp, full(hp->n_expert), full(E));
-    if (e->n_ranks == 1) { /* several ranks: expert slots, see engine_moe.c */
+    if (e->tp_size == 1) { /* experts split over a group: slots, see engine_moe.c */
         view_experts(b, &el->gate_exps, &l->gate_exps, fe, full(E), xs);
         view_experts(b, &el->up_exps, &l->up_exps, fe, full(E), xs);
         view_experts(b, &el->down_exps, &l->down_exps, full(E), fe, xs);
@@ -195,7 +195,7 @@ static void build_all(struct shard_builder *b)
 {
     struct engine *e = b->e;
     b->used = 0;
-    for (int il = 0; il < e->m->hp.n_layer; il++) build_layer(b, il);
+    for (int il = e->slice.layers.begin; il < e->slice.layers.end; il++) build_layer(b, il);
     view(b, &e->output, &e->m->output, (struct range){ e->slice.vocab.begin, e->slice.vocab.end },
          full(e->m->hp.n_embd));
     e->output_norm = vec(b, &e->m->output_norm, 0);

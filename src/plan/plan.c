@@ -116,6 +116,7 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
     }
     p->n_ranks = n_ranks;
     p->join = join;
+    for (int r = 0; r < n_ranks; r++) p->ranks[r].layers = (struct plan_range){ 0, hp->n_layer };
     assign(p, hp->n_head, a->head_unit, weights, offsetof(struct plan_rank, head));
     assign(p, hp->n_embd, 1, weights, offsetof(struct plan_rank, embd));
     assign(p, hp->n_expert, 1, weights, offsetof(struct plan_rank, expert));
@@ -133,6 +134,40 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
         }
     }
     plan_check(p, hp, align);
+    return p;
+}
+
+struct plan *plan_pipeline(const struct model_hparams *hp, int n_ranks, const double *weights)
+{
+    if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX) {
+        tt_error_set(TT_EINVAL, "rank count %d outside [1, %d]", n_ranks, PLAN_RANKS_MAX);
+        return NULL;
+    }
+    for (int r = 0; weights && r < n_ranks; r++)
+        if (!(weights[r] > 0) || !isfinite(weights[r])) {
+            tt_error_set(TT_EINVAL, "capacity of rank %d must be a positive number", r);
+            return NULL;
+        }
+    struct plan *p = calloc(1, sizeof(*p) + sizeof(struct plan_rank) * (size_t)n_ranks);
+    if (!p) {
+        tt_error_set(TT_ENOMEM, "out of memory");
+        return NULL;
+    }
+    p->n_ranks = n_ranks;
+    p->pipeline = true;
+    assign(p, hp->n_layer, 1, weights, offsetof(struct plan_rank, layers));
+    for (int r = 0; r < n_ranks; r++) {
+        struct plan_rank *pr = &p->ranks[r];
+        pr->head = (struct plan_range){ 0, hp->n_head };
+        pr->kv = (struct plan_range){ 0, hp->n_head_kv };
+        pr->ff = (struct plan_range){ 0, hp->n_ff };
+        pr->ff_exp = (struct plan_range){ 0, hp->n_expert ? hp->n_ff_exp : 0 };
+        pr->shexp = (struct plan_range){ 0, hp->n_ff_shexp };
+        pr->embd = (struct plan_range){ 0, hp->n_embd };
+        pr->expert = (struct plan_range){ 0, hp->n_expert };
+        pr->vocab = r == n_ranks - 1 ? (struct plan_range){ 0, hp->n_vocab } : (struct plan_range){ 0, 0 };
+        pr->weight = weights ? weights[r] : 1.0;
+    }
     return p;
 }
 

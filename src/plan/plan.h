@@ -58,6 +58,7 @@ struct plan_range {
 enum plan_join { PLAN_JOIN_GATHER, PLAN_JOIN_SUM, PLAN_JOIN_COUNT };
 
 struct plan_rank {
+    struct plan_range layers; /* layers held (pipeline stages; all layers in tensor parallel) */
     struct plan_range head;  /* query heads */
     struct plan_range embd;  /* output rows of the attention-output and FFN-down projections (GATHER) */
     struct plan_range expert; /* experts placed here (MoE) */
@@ -72,6 +73,7 @@ struct plan_rank {
 struct plan {
     int n_ranks;
     enum plan_join join;
+    bool pipeline;           /* stages of whole layers, rank order = stage order */
     struct plan_rank ranks[]; /* n_ranks entries */
 };
 
@@ -83,6 +85,11 @@ void plan_align_for_model(const struct model *m, struct plan_align *a);
  * n_ranks is out of [1, PLAN_RANKS_MAX] or a weight is not positive. */
 struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *a,
                                   int n_ranks, const double *weights, enum plan_join join);
+/* Pipeline parallelism: contiguous layer ranges per rank, proportional to
+ * weights (NULL: even); every rank holds whole layers; the last stage holds
+ * the output projection. A stage with no layers only passes activations on.
+ * Returns a malloc'd plan or NULL (TT_EINVAL detail). */
+struct plan *plan_pipeline(const struct model_hparams *hp, int n_ranks, const double *weights);
 /* Parse --split: "even", "auto" (weights = NULL for the caller to fill), or
  * "2,1,1" (exactly n_ranks positive numbers). Returns 0 or TT_EINVAL. */
 int plan_parse_split(const char *s, int n_ranks, double *weights, bool *is_auto);

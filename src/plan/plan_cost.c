@@ -1,0 +1,1342 @@
+/*
+ * plan_cost.c: the cost model and the planner (see plan_cost.h for the
+ * contract, docs/PLANNER.md for the formulas with worked examples).
+ *
+ * The model, in one paragraph. A rank's time for one layer and n tokens is
+ *     max(bytes / (read_gbs * bw_efficiency), flops / gflops)
+ *     + attention_flops / attn_gflops + overhead
+ * where bytes are the weights of its slice (experts: those the tokens touch)
+ * plus the KV cache it reads, flops are 2 per weight and token, and the
+ * attention products (query-key dots, softmax, value sums) run at their own
+ * speed: on CPUs they are vector loops, far slower than matrix products. A
+ * tensor-parallel group takes the slowest member's
+ * time plus its joins: per layer 4 all-gathers (gather join) or 2
+ * all-reduces (sum join); a collective of k ranks costs
+ *     steps * latency + (k-1)/k * bytes / bandwidth
+ * with steps = ceil(log2 k) for small blocks (< 64 KiB per rank) and k-1 for
+ * large ones, over the group's slowest link (largest latency, smallest
+ * bandwidth). A pipeline adds its stages' times and one activation send per
+ * stage boundary: a single stream gets no speedup from it, only memory.
+ * Stages get contiguous layers: for one stream the split that minimizes the
+ * sum of stage times under the memory limits (exact, by dynamic programming
+ * over layers); for several streams the one that minimizes the slowest stage
+ * (micro-batches keep the stages busy).
+ *
+ * Invariants (plan_cost.h) are asserted in choose() and check_candidate().
+ * Nothing here reads a clock, a file or a global: the same inputs give the
+ * same bytes out.
+ */
+#include "plan_cost.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GIB 1073741824.0
+#define PLAN_CTX_DEFAULT 4096  /* as ENGINE_CTX_DEFAULT */
+#define PLAN_BATCH_DEFAULT 256 /* as ENGINE_BATCH_DEFAULT */
+#define PLAN_PROMPT_DEFAULT 512
+#define PLAN_MOE_SPARE_SLOTS 2       /* engine_opts.moe_replicas default: hot-expert copies */
+#define PLAN_SMALL_BLOCK_BYTES 65536 /* below: latency-bound collectives (log2 k steps) */
+#define PLAN_CAND_BYTES 4096         /* sampling candidates a rank sends per token */
+#define PLAN_CHUNK_SAMPLES 64        /* prompt chunks evaluated one by one at most */
+#define PLAN_PARTITIONS_MAX 16
+#define PLAN_LATENCY_BREAK 1.5 /* links this much slower than the last start a new level */
+
+/* ================================================================
+ * The model: bytes and weights per layer and part
+ * ================================================================ */
+
+static enum plan_part part_of(const struct model_layer *l, const struct model_weight *w)
+{
+    if (w == &l->wq || w == &l->bq) return PLAN_PART_Q;
+    if (w == &l->wk || w == &l->wv || w == &l->bk || w == &l->bv) return PLAN_PART_KV;
+    if (w == &l->wo) return PLAN_PART_O;
+    if (w == &l->w_gate || w == &l->w_up) return PLAN_PART_UP;
+    if (w == &l->w_down) return PLAN_PART_DOWN;
+    if (w == &l->gate_inp) return PLAN_PART_ROUTER;
+    if (w == &l->gate_exps || w == &l->up_exps) return PLAN_PART_EXP_UP;
+    if (w == &l->down_exps) return PLAN_PART_EXP_DOWN;
+    if (w == &l->gate_shexp || w == &l->up_shexp) return PLAN_PART_SH_UP;
+    if (w == &l->down_shexp) return PLAN_PART_SH_DOWN;
+    return PLAN_PART_NORM; /* norms, q/k norms, the shared-expert gate: on every rank */
+}
+
+/* The type `tutti gen` stores a tensor in. This mirrors model_gen.c's
+ * pick_type and use_more_bits (llama-quantize's *_M choices); the test
+ * shape_matches_file compares the two on generated files, so a change there
+ * that is not made here fails `make test`. */
+static bool use_more_bits(int il, int n_layer)
+{
+    return il < n_layer / 8 || il >= 7 * n_layer / 8 || (il - n_layer / 8) % 3 == 2;
+}
+
+static uint32_t mix_type(enum tt_type base, bool mix, const struct model_hparams *hp,
+                         const char *name, int il, int64_t ne0)
+{
+    uint32_t t = (uint32_t)base;
+    const bool v_or_down = strstr(name, "attn_v") || strstr(name, "ffn_down");
+    if (mix && !strcmp(name, "output.weight"))
+        t = TT_TYPE_Q6_K;
+    else if (mix && v_or_down && use_more_bits(il, hp->n_layer))
+        t = TT_TYPE_Q6_K;
+    else if (mix && hp->n_expert >= 8 && (strstr(name, "attn_k.") || strstr(name, "attn_v.")))
+        t = TT_TYPE_Q8_0;
+    const struct tt_type_traits *tr = tt_type_get(t);
+    if (ne0 % tr->block_size == 0) return t;
+    return ne0 % QK8_0 == 0 && tr->is_quantized ? TT_TYPE_Q8_0 : TT_TYPE_F16;
+}
+
+/* Input columns one quantized activation block covers for a weight type. */
+static int32_t act_block(uint32_t type)
+{
+    const struct tt_type_traits *tr = tt_type_get(type);
+    return tr ? tt_type_get(tr->vec_dot_type)->block_size : 1;
+}
+
+struct visit {
+    struct plan_model *pm;
+    const struct model_layer *l;
+    int il;
+    bool from_file; /* types and presence from the bound model, else from the mix */
+    enum tt_type base;
+    bool mix;
+    int32_t wo_block; /* largest activation blocks seen (alignment of the sum join) */
+    int32_t down_block, dexp_block, dsh_block;
+};
+
+static void visit_weight(void *ctx, struct model_weight *w, const char *name, bool required,
+                         bool vector, int64_t ne0, int64_t ne1, int64_t ne2)
+{
+    struct visit *v = ctx;
+    uint32_t type;
+    if (v->from_file) {
+        if (!w->data) return;
+        type = w->type;
+    } else {
+        if (!required) return;
+        type = vector || strstr(name, "ffn_gate_inp")
+                   ? TT_TYPE_F32
+                   : mix_type(v->base, v->mix, &v->pm->hp, name, v->il, ne0);
+    }
+    const enum plan_part p = part_of(v->l, w);
+    const uint64_t elems = (uint64_t)ne0 * (uint64_t)ne1 * (uint64_t)ne2;
+    uint64_t bytes = v->from_file
+                         ? w->row_bytes * (uint64_t)ne1 * (uint64_t)ne2
+                         : tt_row_size((enum tt_type)type, ne0) * (uint64_t)ne1 * (uint64_t)ne2;
+    struct plan_layer_cost *lc = &v->pm->layers[v->il];
+    const bool expert = p == PLAN_PART_EXP_UP || p == PLAN_PART_EXP_DOWN;
+    lc->bytes[p] += expert ? bytes / (uint64_t)ne2 : bytes;
+    lc->elems[p] += expert ? elems / (uint64_t)ne2 : elems;
+    if (w == &v->l->wo) v->wo_block = TT_MAX(v->wo_block, act_block(type));
+    if (w == &v->l->w_down) v->down_block = TT_MAX(v->down_block, act_block(type));
+    if (w == &v->l->down_exps) v->dexp_block = TT_MAX(v->dexp_block, act_block(type));
+    if (w == &v->l->down_shexp) v->dsh_block = TT_MAX(v->dsh_block, act_block(type));
+}
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+static int model_layers(struct plan_model *pm, struct visit *v, const struct model *m)
+{
+    const struct model_hparams *hp = &pm->hp;
+    pm->layers = calloc((size_t)hp->n_layer, sizeof(*pm->layers));
+    if (!pm->layers) return tt_error_set(TT_ENOMEM, "out of memory for the layer costs");
+    struct model_layer dummy;
+    memset(&dummy, 0, sizeof(dummy));
+    v->pm = pm;
+    v->wo_block = v->down_block = v->dexp_block = v->dsh_block = 1;
+    for (int il = 0; il < hp->n_layer; il++) {
+        struct model_layer *l = m ? &m->layers[il] : &dummy;
+        v->l = l;
+        v->il = il;
+        model_visit_layer(hp, il, l, visit_weight, v);
+    }
+    pm->align.head_unit = (int32_t)(v->wo_block / gcd64(v->wo_block, hp->head_dim));
+    pm->align.ff_unit = v->down_block;
+    pm->align.ff_exp_unit = v->dexp_block;
+    pm->align.shexp_unit = v->dsh_block;
+    pm->kv_elem_bytes = 2;
+    return 0;
+}
+
+int plan_model_from_model(struct plan_model *pm, const struct model *m)
+{
+    memset(pm, 0, sizeof(*pm));
+    pm->hp = m->hp;
+    struct visit v = {.from_file = true};
+    int err = model_layers(pm, &v, m);
+    if (err) return err;
+    plan_align_for_model(m, &pm->align);
+    const struct model_weight *e = &m->token_embd, *o = &m->output;
+    pm->embd_bytes = e->row_bytes * (uint64_t)e->ne[1];
+    pm->embd_row_bytes = e->row_bytes;
+    pm->output_bytes = o->row_bytes * (uint64_t)o->ne[1];
+    pm->output_elems = (uint64_t)o->ne[0] * (uint64_t)o->ne[1];
+    pm->output_norm_bytes = m->output_norm.row_bytes;
+    pm->file_bytes = m->file.size_bytes ? m->file.size_bytes : m->weight_bytes;
+    return 0;
+}
+
+static int check_shape(const struct model_hparams *hp)
+{
+    if (hp->arch < 0 || hp->arch >= MODEL_ARCH_COUNT)
+        return tt_error_set(TT_EINVAL, "unknown architecture");
+    if (hp->n_layer < 1 || hp->n_layer > MODEL_LAYERS_MAX || hp->n_embd < 1 ||
+        hp->n_embd > MODEL_DIM_MAX || hp->n_vocab < 1 || hp->n_vocab > MODEL_VOCAB_MAX)
+        return tt_error_set(TT_EINVAL,
+                            "layers, width and vocabulary must be in [1, %d], [1, %d], [1, %d]",
+                            MODEL_LAYERS_MAX, MODEL_DIM_MAX, MODEL_VOCAB_MAX);
+    if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->head_dim < 1 ||
+        (int64_t)hp->n_head * hp->head_dim > MODEL_DIM_MAX)
+        return tt_error_set(TT_EINVAL,
+                            "heads: %d query heads must be a multiple of %d KV heads, "
+                            "head size %d",
+                            hp->n_head, hp->n_head_kv, hp->head_dim);
+    const bool moe =
+        hp->arch == MODEL_ARCH_QWEN2MOE || hp->arch == MODEL_ARCH_QWEN3MOE || hp->n_expert;
+    if (moe &&
+        (hp->n_expert < 1 || hp->n_expert > MODEL_EXPERTS_MAX || hp->n_expert_used < 1 ||
+         hp->n_expert_used > hp->n_expert || hp->n_ff_exp < 1 || hp->n_ff_exp > MODEL_DIM_MAX))
+        return tt_error_set(TT_EINVAL,
+                            "experts: need 1 <= used (%d) <= experts (%d) <= %d and an "
+                            "expert width",
+                            hp->n_expert_used, hp->n_expert, MODEL_EXPERTS_MAX);
+    if (!moe && (hp->n_ff < 1 || hp->n_ff > MODEL_DIM_MAX))
+        return tt_error_set(TT_EINVAL, "a dense model needs an FFN width in [1, %d]",
+                            MODEL_DIM_MAX);
+    if (hp->n_ff_shexp < 0 || hp->n_ff_shexp > MODEL_DIM_MAX)
+        return tt_error_set(TT_EINVAL, "shared expert width out of range");
+    return 0;
+}
+
+int plan_model_from_shape(struct plan_model *pm, const struct model_hparams *hp, enum tt_type base,
+                          bool mix_m, bool tied_output)
+{
+    memset(pm, 0, sizeof(*pm));
+    int err = check_shape(hp);
+    if (err) return err;
+    if (!tt_type_is_stored(base))
+        return tt_error_set(TT_EINVAL, "type %d cannot be stored", (int)base);
+    pm->hp = *hp;
+    if (!(hp->arch == MODEL_ARCH_QWEN2MOE || hp->arch == MODEL_ARCH_QWEN3MOE || hp->n_expert))
+        pm->hp.n_expert = pm->hp.n_expert_used = pm->hp.n_ff_exp = pm->hp.n_ff_shexp = 0;
+    struct visit v = {.from_file = false, .base = base, .mix = mix_m};
+    if ((err = model_layers(pm, &v, NULL))) return err;
+    const int last = hp->n_layer - 1;
+    const uint32_t te = mix_type(base, mix_m, hp, "token_embd.weight", 0, hp->n_embd);
+    const uint32_t to =
+        tied_output ? te : mix_type(base, mix_m, hp, "output.weight", last, hp->n_embd);
+    pm->embd_row_bytes = tt_row_size((enum tt_type)te, hp->n_embd);
+    pm->embd_bytes = pm->embd_row_bytes * (uint64_t)hp->n_vocab;
+    pm->output_bytes = tt_row_size((enum tt_type)to, hp->n_embd) * (uint64_t)hp->n_vocab;
+    pm->output_elems = (uint64_t)hp->n_embd * (uint64_t)hp->n_vocab;
+    pm->output_norm_bytes = 4 * (uint64_t)hp->n_embd;
+    pm->file_bytes = pm->embd_bytes + (tied_output ? 0 : pm->output_bytes) + pm->output_norm_bytes;
+    for (int il = 0; il < hp->n_layer; il++)
+        for (int p = 0; p < PLAN_PART_COUNT; p++) {
+            const bool expert = p == PLAN_PART_EXP_UP || p == PLAN_PART_EXP_DOWN;
+            pm->file_bytes += pm->layers[il].bytes[p] * (expert ? (uint64_t)pm->hp.n_expert : 1);
+        }
+    return 0;
+}
+
+void plan_model_free(struct plan_model *pm)
+{
+    free(pm->layers);
+    pm->layers = NULL;
+}
+
+uint64_t plan_model_bytes_per_token(const struct plan_model *pm)
+{
+    uint64_t total = pm->output_bytes + pm->output_norm_bytes + pm->embd_row_bytes;
+    for (int il = 0; il < pm->hp.n_layer; il++) {
+        const struct plan_layer_cost *lc = &pm->layers[il];
+        for (int p = 0; p < PLAN_PART_COUNT; p++)
+            if (p != PLAN_PART_EXP_UP && p != PLAN_PART_EXP_DOWN) total += lc->bytes[p];
+        total += (lc->bytes[PLAN_PART_EXP_UP] + lc->bytes[PLAN_PART_EXP_DOWN]) *
+                 (uint64_t)pm->hp.n_expert_used;
+    }
+    return total;
+}
+
+/* ================================================================
+ * Costs: links, collectives, one rank's layer, memory
+ * ================================================================ */
+
+/* A group's slowest link: the largest latency and the smallest bandwidth. */
+struct net {
+    int k;
+    double lat_s, bw_bps;
+};
+
+static struct net pairs_net(const struct plan_cluster *c, const int32_t *a, int ka,
+                            const int32_t *b, int kb)
+{
+    struct net n = {2, 0.0, INFINITY};
+    for (int i = 0; i < ka; i++)
+        for (int j = 0; j < kb; j++) {
+            if (a[i] == b[j]) continue;
+            const struct plan_link *l = &c->links[a[i]][b[j]];
+            n.lat_s = fmax(n.lat_s, l->latency_us * 1e-6);
+            n.bw_bps = fmin(n.bw_bps, l->bandwidth_gbs * 1e9);
+        }
+    if (isinf(n.bw_bps)) n.k = 1; /* one rank: nothing to cross */
+    return n;
+}
+
+static struct net group_net(const struct plan_cluster *c, const int32_t *ranks, int k)
+{
+    struct net n = pairs_net(c, ranks, k, ranks, k);
+    n.k = k;
+    return n;
+}
+
+static double coll_steps(int k, double block_bytes)
+{
+    return block_bytes < PLAN_SMALL_BLOCK_BYTES ? ceil(log2((double)k)) : (double)(k - 1);
+}
+
+/* All-gather of total_bytes (each rank contributes its part). */
+static double allgather_s(const struct net *n, double total_bytes)
+{
+    if (n->k <= 1) return 0.0;
+    const double k = n->k;
+    return coll_steps(n->k, total_bytes / k) * n->lat_s + (k - 1) / k * total_bytes / n->bw_bps;
+}
+
+/* comm_allreduce_sum of `bytes` per rank (F32 wire), as comm.h describes it:
+ * reduce-scatter + all-gather from 64 KiB when that moves fewer bytes,
+ * else every rank gathers every contribution. */
+static double allreduce_s(const struct net *n, double bytes)
+{
+    if (n->k <= 1) return 0.0;
+    const double k = n->k;
+    if (bytes >= PLAN_SMALL_BLOCK_BYTES && n->k > 2)
+        return 2.0 * coll_steps(n->k, bytes / k) * n->lat_s + 2.0 * (k - 1) / k * bytes / n->bw_bps;
+    return coll_steps(n->k, bytes) * n->lat_s + (k - 1) * bytes / n->bw_bps;
+}
+
+static double send_s(const struct net *n, double bytes)
+{
+    return n->k <= 1 ? 0.0 : n->lat_s + bytes / n->bw_bps;
+}
+
+/* Expected experts of one token on the busiest of k equally likely ranks
+ * (K balls into k bins): sum over m of P(max > m), with P(max <= m) =
+ * K!/k^K [x^K] (sum_{j<=m} x^j/j!)^k. Beyond 16 experts, a normal bound. */
+static double expected_max_load(int K, int k)
+{
+    if (K <= 1 || k <= 1) return K < 0 ? 0.0 : (double)K;
+    if (K > 16) return fmin(K, (double)K / k + sqrt(2.0 * K / k * log((double)k)));
+    double a[17], pw[17], tmp[17], e = 0.0;
+    const double scale = exp(lgamma(K + 1.0) - K * log((double)k));
+    for (int m = 0; m < K; m++) {
+        for (int j = 0; j <= K; j++) {
+            a[j] = j <= m ? exp(-lgamma(j + 1.0)) : 0.0;
+            pw[j] = j == 0;
+        }
+        for (int r = 0; r < k; r++) {
+            for (int j = 0; j <= K; j++) {
+                tmp[j] = 0.0;
+                for (int i = 0; i <= j; i++)
+                    tmp[j] += pw[i] * a[j - i];
+            }
+            memcpy(pw, tmp, sizeof(pw));
+        }
+        e += 1.0 - fmin(1.0, scale * pw[K]);
+    }
+    return e;
+}
+
+/* The part of every tensor one rank of a group holds and reads. */
+struct share {
+    double f[PLAN_PART_COUNT]; /* fraction of each part (experts: see expert_work) */
+    double q_heads, kv_heads;
+    double experts, expert_frac;
+    double vocab_frac;
+    double bw;    /* bytes/s this rank reads at in this layout (host_read_gbs shared) */
+    double flops; /* FLOP/s of its matrix products in this layout (host_gflops shared) */
+    double attn;  /* FLOP/s of its attention in this layout */
+    int k;        /* group size */
+};
+
+static double frac(struct plan_range r, int32_t n)
+{
+    return n > 0 ? (double)(r.end - r.begin) / (double)n : 0.0;
+}
+
+static void share_of(const struct plan_model *pm, const struct plan_rank *s, enum plan_join join,
+                     int k, struct share *sh)
+{
+    const struct model_hparams *hp = &pm->hp;
+    const bool gather = join == PLAN_JOIN_GATHER;
+    const double heads = frac(s->head, hp->n_head), embd = frac(s->embd, hp->n_embd);
+    const double ff = frac(s->ff, hp->n_ff), shx = frac(s->shexp, hp->n_ff_shexp);
+    memset(sh, 0, sizeof(*sh));
+    sh->f[PLAN_PART_NORM] = sh->f[PLAN_PART_ROUTER] = 1.0;
+    sh->f[PLAN_PART_Q] = heads;
+    sh->f[PLAN_PART_KV] = frac(s->kv, hp->n_head_kv);
+    sh->f[PLAN_PART_O] = gather ? embd : heads;
+    sh->f[PLAN_PART_UP] = ff;
+    sh->f[PLAN_PART_DOWN] = gather ? embd : ff;
+    sh->f[PLAN_PART_SH_UP] = shx;
+    sh->f[PLAN_PART_SH_DOWN] = gather ? embd : shx;
+    sh->q_heads = s->head.end - s->head.begin;
+    sh->kv_heads = s->kv.end - s->kv.begin;
+    sh->experts = s->expert.end - s->expert.begin;
+    sh->expert_frac = frac(s->expert, hp->n_expert);
+    sh->vocab_frac = frac(s->vocab, hp->n_vocab);
+    sh->k = k;
+}
+
+/* Experts of one layer a rank reads for n tokens, and the (token, expert)
+ * pairs it computes. One token on several ranks: the busiest rank gets
+ * emax (expected_max_load) of the token's experts, in proportion to its
+ * share; several tokens: each expert is read once if any token picks it. */
+static void expert_work(const struct model_hparams *hp, const struct share *sh, double n_tok,
+                        double emax, double *touched, double *pairs)
+{
+    *touched = *pairs = 0.0;
+    if (!hp->n_expert || sh->experts == 0) return;
+    const double X = hp->n_expert, K = hp->n_expert_used;
+    if (n_tok == 1.0 && sh->k > 1) {
+        *touched = *pairs = emax * sh->expert_frac * fmin(sh->k, X);
+        return;
+    }
+    *touched = sh->experts * (1.0 - pow(1.0 - K / X, n_tok));
+    *pairs = n_tok * K * sh->expert_frac;
+}
+
+static double eff_bw(const struct plan_hw_rank *h)
+{
+    return h->read_gbs * h->bw_efficiency * 1e9;
+}
+
+/* Tokens of one forward pass: how many, the KV positions they read, and
+ * their query-key pairs (attention products). */
+struct tok_work {
+    double n_tok, kv_positions, attn_pairs;
+};
+
+static double rank_layer_s(const struct plan_model *pm, int il, const struct share *sh,
+                           const struct plan_hw_rank *hw, const struct tok_work *tw, double emax)
+{
+    const struct plan_layer_cost *lc = &pm->layers[il];
+    const struct model_hparams *hp = &pm->hp;
+    double bytes = 0.0, elems = 0.0, touched, pairs;
+    for (int p = 0; p < PLAN_PART_COUNT; p++) {
+        bytes += (double)lc->bytes[p] * sh->f[p];
+        elems += (double)lc->elems[p] * sh->f[p];
+    }
+    expert_work(hp, sh, tw->n_tok, emax, &touched, &pairs);
+    bytes += touched * (double)(lc->bytes[PLAN_PART_EXP_UP] + lc->bytes[PLAN_PART_EXP_DOWN]);
+    const double flops =
+        2.0 * tw->n_tok * elems +
+        2.0 * pairs * (double)(lc->elems[PLAN_PART_EXP_UP] + lc->elems[PLAN_PART_EXP_DOWN]);
+    const double attn = 4.0 * sh->q_heads * hp->head_dim * tw->attn_pairs;
+    bytes += tw->kv_positions * 2.0 * sh->kv_heads * hp->head_dim * pm->kv_elem_bytes;
+    return fmax(bytes / sh->bw, flops / sh->flops) + attn / sh->attn + hw->overhead_us * 1e-6;
+}
+
+/* The joins of one layer in a tensor-parallel group (engine_forward.c):
+ * gather: attention outputs and embd rows, FFN hidden and embd rows (MoE:
+ * the experts' outputs; shared expert: hidden and rows); sum: one
+ * all-reduce per block. */
+static double layer_comm_s(const struct model_hparams *hp, const struct net *n, enum plan_join join,
+                           double n_tok)
+{
+    if (n->k <= 1) return 0.0;
+    const double E = 4.0 * hp->n_embd * n_tok;
+    const bool g = join == PLAN_JOIN_GATHER;
+    double t = g ? allgather_s(n, 4.0 * hp->n_head * hp->head_dim * n_tok) + allgather_s(n, E)
+                 : allreduce_s(n, E);
+    if (!hp->n_expert)
+        return t +
+               (g ? allgather_s(n, 4.0 * hp->n_ff * n_tok) + allgather_s(n, E) : allreduce_s(n, E));
+    t += g ? allgather_s(n, E * hp->n_expert_used) : allreduce_s(n, E);
+    if (hp->n_ff_shexp)
+        t += g ? allgather_s(n, 4.0 * hp->n_ff_shexp * n_tok) + allgather_s(n, E)
+               : allreduce_s(n, E);
+    return t;
+}
+
+/* Weights and KV cache one rank holds for one layer. Several ranks: its
+ * slices, its experts plus the spare slots for hot copies. */
+static void rank_layer_mem(const struct plan_model *pm, int il, const struct share *sh,
+                           const struct plan_workload *w, double *weights, double *kv)
+{
+    const struct plan_layer_cost *lc = &pm->layers[il];
+    const struct model_hparams *hp = &pm->hp;
+    double b = 0.0;
+    for (int p = 0; p < PLAN_PART_COUNT; p++)
+        b += (double)lc->bytes[p] * sh->f[p];
+    if (hp->n_expert) {
+        const double slots =
+            sh->k > 1 ? fmin(hp->n_expert, sh->experts + PLAN_MOE_SPARE_SLOTS) : hp->n_expert;
+        b += slots * (double)(lc->bytes[PLAN_PART_EXP_UP] + lc->bytes[PLAN_PART_EXP_DOWN]);
+    }
+    *weights = b;
+    *kv = (double)w->n_streams * w->n_ctx * 2.0 * sh->kv_heads * hp->head_dim * pm->kv_elem_bytes;
+}
+
+/* Activation buffers, about as engine.c allocates them for n_batch tokens. */
+static double rank_scratch_bytes(const struct plan_model *pm, const struct share *sh,
+                                 const struct plan_workload *w)
+{
+    const struct model_hparams *hp = &pm->hp;
+    const double E = hp->n_embd, hd = hp->head_dim;
+    const double ff = TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
+    const double in_max = fmax(fmax(E, (double)hp->n_head * hd), ff);
+    const double row_max = fmax(in_max, (double)hp->n_expert_used * E);
+    const double floats = 3 * E + 2 * sh->q_heads * hd + 2 * sh->kv_heads * hd + 2 * ff +
+                          sh->vocab_frac * hp->n_vocab + (sh->k > 1 ? 3 * row_max : 0) + 4 * in_max;
+    return 4.0 * w->n_batch * floats;
+}
+
+/* The output matrix share of one rank (the last stage's group). */
+static double rank_output_bytes(const struct plan_model *pm, const struct share *sh)
+{
+    return (double)pm->output_bytes * sh->vocab_frac + (double)pm->output_norm_bytes;
+}
+
+/* ================================================================
+ * One candidate: slices, layer split, predictions
+ * ================================================================ */
+
+struct search {
+    const struct plan_model *pm;
+    const struct plan_cluster *c;
+    const struct plan_workload *w;
+    double emax[PLAN_CLUSTER_RANKS_MAX + 1]; /* expected_max_load by group size */
+    /* the candidate being evaluated: */
+    int32_t ids[PLAN_CLUSTER_RANKS_MAX];     /* cluster rank of each candidate rank */
+    struct share sh[PLAN_CLUSTER_RANKS_MAX]; /* per candidate rank */
+    struct net net[PLAN_CLUSTER_RANKS_MAX];  /* per stage: its group's links */
+    struct net hop[PLAN_CLUSTER_RANKS_MAX];  /* per stage: the link to the next stage */
+    double *cost, *mem;                      /* [stage][layer]: decode time, memory fraction */
+    double *dp;                              /* [stage + 1][layer + 1] */
+    int32_t *arg;
+    struct plan_result *res;
+};
+
+/* The ranks of a group run at once: those on one host with a shared memory
+ * bandwidth (host_read_gbs) or shared cores (host_gflops) split them in
+ * proportion to their own figures. Stages of a pipeline take turns and do
+ * not compete. */
+static void group_speeds(struct search *s, const struct plan_stage *g)
+{
+    for (int i = g->rank_begin; i < g->rank_end; i++) {
+        const struct plan_hw_rank *h = &s->c->ranks[s->ids[i]];
+        double bw = 0.0, fl = 0.0;
+        for (int j = g->rank_begin; j < g->rank_end; j++)
+            if (plan_cluster_same_host(s->c, s->ids[i], s->ids[j])) {
+                bw += s->c->ranks[s->ids[j]].read_gbs;
+                fl += s->c->ranks[s->ids[j]].gflops;
+            }
+        const double fb = h->host_read_gbs > 0 ? fmin(1.0, h->host_read_gbs / bw) : 1.0;
+        const double ff = h->host_gflops > 0 ? fmin(1.0, h->host_gflops / fl) : 1.0;
+        s->sh[i].bw = eff_bw(h) * fb;
+        s->sh[i].flops = h->gflops * 1e9 * ff;
+        s->sh[i].attn = h->attn_gflops * 1e9 * ff;
+    }
+}
+
+static int make_slices(struct search *s, struct plan_candidate *cd)
+{
+    for (int st = 0; st < cd->n_stages; st++) {
+        const struct plan_stage *g = &cd->stages[st];
+        const int k = g->rank_end - g->rank_begin;
+        double wts[PLAN_CLUSTER_RANKS_MAX];
+        for (int i = 0; i < k; i++)
+            wts[i] = eff_bw(&s->c->ranks[s->ids[g->rank_begin + i]]);
+        struct plan *p = plan_tensor_parallel(&s->pm->hp, &s->pm->align, k, wts, cd->join);
+        if (!p) return TT_ENOMEM;
+        for (int i = 0; i < k; i++) {
+            struct plan_cand_rank *cr = &cd->ranks[g->rank_begin + i];
+            cr->slice = p->ranks[i];
+            cr->stage = st;
+            share_of(s->pm, &cr->slice, cd->join, k, &s->sh[g->rank_begin + i]);
+        }
+        free(p);
+        group_speeds(s, g);
+        s->net[st] = group_net(s->c, s->ids + g->rank_begin, k);
+        if (st > 0) {
+            const struct plan_stage *f = &cd->stages[st - 1];
+            s->hop[st - 1] = pairs_net(s->c, s->ids + f->rank_begin, f->rank_end - f->rank_begin,
+                                       s->ids + g->rank_begin, k);
+        }
+    }
+    return 0;
+}
+
+/* Memory one rank of stage st may give to layers: its free memory less
+ * buffers and (last stage) the output matrix. */
+static double layer_budget(const struct search *s, const struct plan_candidate *cd, int st, int i)
+{
+    const struct plan_hw_rank *hw = &s->c->ranks[s->ids[i]];
+    double b = hw->mem_avail_gib * GIB - rank_scratch_bytes(s->pm, &s->sh[i], s->w);
+    if (st == cd->n_stages - 1) b -= rank_output_bytes(s->pm, &s->sh[i]);
+    return b;
+}
+
+/* cost[st][l]: layer l's decode time on stage st (slowest rank and joins);
+ * mem[st][l]: the largest fraction of a rank's budget it takes there. */
+static void layer_costs(struct search *s, const struct plan_candidate *cd,
+                        const struct tok_work *tw)
+{
+    const int L = s->pm->hp.n_layer;
+    for (int st = 0; st < cd->n_stages; st++) {
+        const struct plan_stage *g = &cd->stages[st];
+        const int k = g->rank_end - g->rank_begin;
+        double budget[PLAN_CLUSTER_RANKS_MAX];
+        for (int i = g->rank_begin; i < g->rank_end; i++)
+            budget[i] = layer_budget(s, cd, st, i);
+        const double comm = layer_comm_s(&s->pm->hp, &s->net[st], cd->join, tw->n_tok);
+        for (int l = 0; l < L; l++) {
+            double t = 0.0, f = 0.0, wb, kv;
+            for (int i = g->rank_begin; i < g->rank_end; i++) {
+                t = fmax(
+                    t, rank_layer_s(s->pm, l, &s->sh[i], &s->c->ranks[s->ids[i]], tw, s->emax[k]));
+                rank_layer_mem(s->pm, l, &s->sh[i], s->w, &wb, &kv);
+                f = fmax(f, budget[i] > 0 ? (wb + kv) / budget[i] : 1e30);
+            }
+            s->cost[(size_t)st * L + l] = t + comm;
+            s->mem[(size_t)st * L + l] = f;
+        }
+    }
+}
+
+/* Contiguous layers for S stages, each at least one, minimizing the sum of
+ * stage times; with `limit`, no stage over its memory. Dynamic programming:
+ * dp[st][j] = best time of layers [0, j) on stages [0, st), over the split
+ * points i of a sliding window (a deque keeps its minimum). Returns false
+ * when nothing fits. */
+static bool split_min_sum(struct search *s, int S, bool limit, int32_t *ends)
+{
+    const int L = s->pm->hp.n_layer;
+    double *dp = s->dp, pc[MODEL_LAYERS_MAX + 1], pm[MODEL_LAYERS_MAX + 1];
+    int32_t *arg = s->arg, dq[MODEL_LAYERS_MAX + 1];
+    for (int j = 0; j <= L; j++)
+        dp[j] = j ? INFINITY : 0.0;
+    for (int st = 1; st <= S; st++) {
+        const double *cost = s->cost + (size_t)(st - 1) * L, *mem = s->mem + (size_t)(st - 1) * L;
+        const double *prev = dp + (size_t)(st - 1) * (L + 1);
+        double *cur = dp + (size_t)st * (L + 1);
+        pc[0] = pm[0] = 0.0;
+        for (int l = 0; l < L; l++) {
+            pc[l + 1] = pc[l] + cost[l];
+            pm[l + 1] = pm[l] + mem[l];
+        }
+        int head = 0, tail = 0;
+        cur[0] = INFINITY;
+        for (int j = 1; j <= L; j++) {
+            const int i = j - 1;
+            if (isfinite(prev[i])) {
+                while (tail > head && prev[dq[tail - 1]] - pc[dq[tail - 1]] >= prev[i] - pc[i])
+                    tail--;
+                dq[tail++] = i;
+            }
+            while (limit && tail > head && pm[j] - pm[dq[head]] > 1.0)
+                head++;
+            cur[j] = tail > head ? pc[j] + prev[dq[head]] - pc[dq[head]] : INFINITY;
+            arg[(size_t)st * (L + 1) + j] = tail > head ? dq[head] : -1;
+        }
+    }
+    if (!isfinite(dp[(size_t)S * (L + 1) + L])) return false;
+    for (int st = S, j = L; st >= 1; st--) {
+        ends[st - 1] = j;
+        j = arg[(size_t)st * (L + 1) + j];
+    }
+    return true;
+}
+
+/* Whether every stage can stay within time T: each takes as many layers as
+ * it can (leaving one for each later stage). */
+static bool greedy_fits(const struct search *s, int S, bool limit, double T, int32_t *ends)
+{
+    const int L = s->pm->hp.n_layer;
+    int j = 0;
+    for (int st = 0; st < S; st++) {
+        const double *cost = s->cost + (size_t)st * L, *mem = s->mem + (size_t)st * L;
+        double c = 0.0, m = 0.0;
+        int e = j;
+        while (e < L - (S - 1 - st) && c + cost[e] <= T && (!limit || m + mem[e] <= 1.0)) {
+            c += cost[e];
+            m += mem[e];
+            e++;
+        }
+        if (e == j || (st == S - 1 && e < L)) return false;
+        ends[st] = e;
+        j = e;
+    }
+    return true;
+}
+
+/* Contiguous layers minimizing the slowest stage (several streams keep
+ * every stage busy), by bisection on the stage time. */
+static bool split_min_max(const struct search *s, int S, bool limit, int32_t *ends)
+{
+    const int L = s->pm->hp.n_layer;
+    double lo = 0.0, hi = 0.0;
+    for (int st = 0; st < S; st++) {
+        double sum = 0.0;
+        for (int l = 0; l < L; l++)
+            sum += s->cost[(size_t)st * L + l];
+        hi = fmax(hi, sum);
+    }
+    if (!greedy_fits(s, S, limit, hi, ends)) return false;
+    for (int it = 0; it < 60; it++) {
+        const double mid = 0.5 * (lo + hi);
+        if (greedy_fits(s, S, limit, mid, ends))
+            hi = mid;
+        else
+            lo = mid;
+    }
+    return greedy_fits(s, S, limit, hi, ends);
+}
+
+static void set_ends(struct plan_candidate *cd, const int32_t *ends)
+{
+    for (int st = 0; st < cd->n_stages; st++) {
+        cd->stages[st].layer_begin = st ? ends[st - 1] : 0;
+        cd->stages[st].layer_end = ends[st];
+    }
+}
+
+static bool has_rank0(const struct search *s, const struct plan_stage *g)
+{
+    for (int i = g->rank_begin; i < g->rank_end; i++)
+        if (s->ids[i] == 0) return true;
+    return false;
+}
+
+/* The output projection and sampling on the last stage, and rank 0 driving
+ * the step: its broadcast into the first stage, the token back. */
+static double ends_s(const struct search *s, const struct plan_candidate *cd, double n_logits,
+                     double *comm)
+{
+    const struct plan_stage *f = &cd->stages[0], *g = &cd->stages[cd->n_stages - 1];
+    const int k0 = f->rank_end - f->rank_begin, k = g->rank_end - g->rank_begin;
+    const int32_t zero = 0;
+    double t = 0.0, c = 0.0;
+    for (int i = g->rank_begin; i < g->rank_end; i++) {
+        const double flops = 2.0 * n_logits * (double)s->pm->output_elems * s->sh[i].vocab_frac;
+        t = fmax(t,
+                 fmax(rank_output_bytes(s->pm, &s->sh[i]) / s->sh[i].bw, flops / s->sh[i].flops));
+    }
+    if (k0 > 1) c += 2.0 * coll_steps(k0, 0) * s->net[0].lat_s;
+    if (k > 1) {
+        const struct net *n = &s->net[cd->n_stages - 1];
+        c += coll_steps(k, 0) * n->lat_s + k * PLAN_CAND_BYTES * n_logits / n->bw_bps;
+    }
+    if (!has_rank0(s, f)) {
+        struct net n = pairs_net(s->c, &zero, 1, s->ids + f->rank_begin, k0);
+        c += send_s(&n, 64);
+    }
+    if (!has_rank0(s, g)) {
+        struct net n = pairs_net(s->c, &zero, 1, s->ids + g->rank_begin, k);
+        c += send_s(&n, 64);
+    }
+    *comm += c;
+    return t + c;
+}
+
+/* One decode round: M micro-batches of m tokens through the stages. A
+ * micro-batch's trip is the sum of the stages and sends; the busiest stage
+ * must also serve all M of them. */
+static double decode_round(struct search *s, struct plan_candidate *cd, double m, int M,
+                           double *comm)
+{
+    const int L = s->pm->hp.n_layer;
+    const double E4 = 4.0 * s->pm->hp.n_embd * m;
+    double sum = 0.0, worst = 0.0;
+    *comm = 0.0;
+    for (int st = 0; st < cd->n_stages; st++) {
+        struct plan_stage *g = &cd->stages[st];
+        double t = 0.0;
+        for (int l = g->layer_begin; l < g->layer_end; l++)
+            t += s->cost[(size_t)st * L + l];
+        *comm +=
+            (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, m);
+        if (st == cd->n_stages - 1)
+            t += ends_s(s, cd, m, comm);
+        else {
+            const double snd = send_s(&s->hop[st], E4);
+            t += snd;
+            *comm += snd;
+        }
+        g->decode_s = t;
+        sum += t;
+        worst = fmax(worst, t);
+    }
+    return fmax(sum, M * worst);
+}
+
+/* One prompt chunk of t tokens starting at position p0 through every stage;
+ * adds wgt times each stage's part to its prefill_s. */
+static double chunk_s(struct search *s, struct plan_candidate *cd, double t, double p0, double wgt)
+{
+    const struct tok_work tw = {t, p0 + t, t * p0 + t * (t + 1) / 2};
+    double sum = 0.0;
+    for (int st = 0; st < cd->n_stages; st++) {
+        struct plan_stage *g = &cd->stages[st];
+        const int k = g->rank_end - g->rank_begin;
+        double x = 0.0;
+        for (int l = g->layer_begin; l < g->layer_end; l++) {
+            double worst = 0.0;
+            for (int i = g->rank_begin; i < g->rank_end; i++)
+                worst = fmax(worst, rank_layer_s(s->pm, l, &s->sh[i], &s->c->ranks[s->ids[i]], &tw,
+                                                 s->emax[k]));
+            x += worst;
+        }
+        x += (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, t);
+        if (st < cd->n_stages - 1) x += send_s(&s->hop[st], 4.0 * s->pm->hp.n_embd * t);
+        g->prefill_s += wgt * x;
+        sum += x;
+    }
+    return sum;
+}
+
+/* TTFT: the prompt in chunks of n_batch tokens, stage after stage (a stage
+ * does not start the next chunk early), then the first token's logits.
+ * Beyond PLAN_CHUNK_SAMPLES full chunks, evenly spaced ones stand for the
+ * rest. */
+static double prefill_total(struct search *s, struct plan_candidate *cd)
+{
+    const int64_t P = s->w->prompt_tokens, nb = s->w->n_batch, F = P / nb, rem = P % nb;
+    const int64_t n_samp = TT_MIN(F, PLAN_CHUNK_SAMPLES);
+    double total = 0.0, comm = 0.0;
+    for (int st = 0; st < cd->n_stages; st++)
+        cd->stages[st].prefill_s = 0.0;
+    for (int64_t i = 0; i < n_samp; i++) {
+        const int64_t c =
+            F <= PLAN_CHUNK_SAMPLES ? i : (int64_t)(((double)i + 0.5) * (double)F / (double)n_samp);
+        const double wgt = (double)F / (double)n_samp;
+        total += wgt * chunk_s(s, cd, (double)nb, (double)(c * nb), wgt);
+    }
+    if (rem) total += chunk_s(s, cd, (double)rem, (double)(F * nb), 1.0);
+    const double out = ends_s(s, cd, 1.0, &comm);
+    cd->stages[cd->n_stages - 1].prefill_s += out;
+    return total + out;
+}
+
+/* Exact memory of every rank under the split; fits and short_rank. One rank
+ * holding the whole model maps the whole file, as the engine does. */
+static void rank_memory(struct search *s, struct plan_candidate *cd)
+{
+    double worst = 0.0;
+    cd->fits = true;
+    cd->short_rank = -1;
+    for (int st = 0; st < cd->n_stages; st++) {
+        const struct plan_stage *g = &cd->stages[st];
+        for (int i = g->rank_begin; i < g->rank_end; i++) {
+            struct plan_cand_rank *cr = &cd->ranks[i];
+            double wsum = 0.0, kvsum = 0.0, wb, kv;
+            for (int l = g->layer_begin; l < g->layer_end; l++) {
+                rank_layer_mem(s->pm, l, &s->sh[i], s->w, &wb, &kv);
+                wsum += wb;
+                kvsum += kv;
+            }
+            if (st == cd->n_stages - 1) wsum += rank_output_bytes(s->pm, &s->sh[i]);
+            if (cd->n_ranks == 1) wsum = (double)s->pm->file_bytes;
+            cr->weight_bytes = (uint64_t)wsum;
+            cr->kv_bytes = (uint64_t)kvsum;
+            cr->mem_bytes = (uint64_t)(wsum + kvsum + rank_scratch_bytes(s->pm, &s->sh[i], s->w));
+            const double need = (double)cr->mem_bytes / (s->c->ranks[cr->rank].mem_avail_gib * GIB);
+            if (need > 1.0) cd->fits = false;
+            if (need > worst) {
+                worst = need;
+                cd->short_rank = cr->rank;
+            }
+        }
+    }
+    if (cd->fits) cd->short_rank = -1;
+}
+
+/* Invariant 4 of plan_cost.h. */
+static void check_candidate(const struct plan_candidate *cd, const struct plan_model *pm)
+{
+    bool seen[PLAN_CLUSTER_RANKS_MAX] = {false};
+    TT_ASSERT(cd->n_stages >= 1 && cd->n_ranks >= cd->n_stages &&
+              cd->n_ranks <= PLAN_CLUSTER_RANKS_MAX);
+    for (int st = 0, at = 0, r = 0; st < cd->n_stages; st++) {
+        const struct plan_stage *g = &cd->stages[st];
+        TT_ASSERT(g->layer_begin == at && g->layer_end > g->layer_begin);
+        TT_ASSERT(g->rank_begin == r && g->rank_end > g->rank_begin);
+        at = g->layer_end;
+        r = g->rank_end;
+        TT_ASSERT(st < cd->n_stages - 1 || (at == pm->hp.n_layer && r == cd->n_ranks));
+    }
+    for (int i = 0; i < cd->n_ranks; i++) {
+        TT_ASSERT(!seen[cd->ranks[i].rank]);
+        seen[cd->ranks[i].rank] = true;
+    }
+}
+
+/* Split the layers of a pipeline: within memory if possible, else
+ * regardless (the candidate is then reported as not fitting). Of the split
+ * with the least total time (one stream) and the one with the fastest
+ * slowest stage (several streams), the faster round wins; on a tie, the
+ * second, which is the balanced one (equal ranks get equal layers). */
+static void split_layers(struct search *s, struct plan_candidate *cd, double m, int M,
+                         int32_t *ends)
+{
+    const int S = cd->n_stages;
+    if (S == 1) {
+        ends[0] = s->pm->hp.n_layer;
+        return;
+    }
+    bool limit = split_min_sum(s, S, true, ends);
+    if (!limit) split_min_sum(s, S, false, ends);
+    int32_t alt[PLAN_CLUSTER_RANKS_MAX];
+    if (!split_min_max(s, S, limit, alt)) return;
+    double comm, a, b;
+    set_ends(cd, ends);
+    a = decode_round(s, cd, m, M, &comm);
+    set_ends(cd, alt);
+    b = decode_round(s, cd, m, M, &comm);
+    if (b <= a * (1.0 + 1e-9)) memcpy(ends, alt, sizeof(int32_t) * (size_t)S);
+}
+
+static int evaluate(struct search *s, struct plan_candidate *cd)
+{
+    for (int i = 0; i < cd->n_ranks; i++)
+        s->ids[i] = cd->ranks[i].rank;
+    int err = make_slices(s, cd);
+    if (err) return err;
+    const int S = cd->n_stages, n = s->w->n_streams;
+    const int M = S > 1 ? TT_MIN(n, S) : 1;
+    const double m = ceil((double)n / M), ctx = s->w->prompt_tokens;
+    const struct tok_work tw = {m, m * ctx, m * ctx};
+    layer_costs(s, cd, &tw);
+    int32_t ends[PLAN_CLUSTER_RANKS_MAX];
+    split_layers(s, cd, m, M, ends);
+    set_ends(cd, ends);
+    check_candidate(cd, s->pm);
+    rank_memory(s, cd);
+    cd->decode_step_s = decode_round(s, cd, m, M, &cd->comm_s);
+    cd->decode_tok_s = n / cd->decode_step_s;
+    cd->ttft_s = prefill_total(s, cd);
+    return 0;
+}
+
+/* ================================================================
+ * The search: candidates and the choice
+ * ================================================================ */
+
+static bool same_layout(const struct plan_candidate *a, const struct plan_candidate *b)
+{
+    if (a->layout != b->layout || a->join != b->join || a->n_stages != b->n_stages ||
+        a->n_ranks != b->n_ranks)
+        return false;
+    for (int st = 0; st < a->n_stages; st++)
+        if (a->stages[st].rank_end != b->stages[st].rank_end) return false;
+    for (int i = 0; i < a->n_ranks; i++)
+        if (a->ranks[i].rank != b->ranks[i].rank) return false;
+    return true;
+}
+
+/* Add (and predict) a layout of n_stages stages of stage_sizes[st] ranks,
+ * ranks listed stage after stage, unless it is there already. Beyond
+ * PLAN_CANDIDATES_MAX, later candidates are dropped. */
+static int add_candidate(struct search *s, enum plan_layout layout, enum plan_join join,
+                         const int32_t *ranks, const int *stage_sizes, int n_stages)
+{
+    struct plan_result *res = s->res;
+    if (res->n_cands == PLAN_CANDIDATES_MAX || n_stages > s->pm->hp.n_layer) return 0;
+    struct plan_candidate *cd = &res->cands[res->n_cands];
+    memset(cd, 0, sizeof(*cd));
+    cd->layout = layout;
+    cd->join = join;
+    cd->n_stages = n_stages;
+    for (int st = 0, at = 0; st < n_stages; st++) {
+        cd->stages[st].rank_begin = at;
+        cd->stages[st].rank_end = at += stage_sizes[st];
+        cd->n_ranks = at;
+    }
+    for (int i = 0; i < cd->n_ranks; i++)
+        cd->ranks[i].rank = ranks[i];
+    for (int j = 0; j < res->n_cands; j++)
+        if (same_layout(&res->cands[j], cd)) return 0;
+    int err = evaluate(s, cd);
+    if (!err) res->n_cands++;
+    return err;
+}
+
+/* Sort rank ids by a key, largest first, lower rank first on ties. */
+static void sort_by(int32_t *ids, int n, const double *key)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && (key[ids[j]] > key[ids[j - 1]] ||
+                                  (key[ids[j]] == key[ids[j - 1]] && ids[j] < ids[j - 1]));
+             j--) {
+            int32_t t = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = t;
+        }
+}
+
+static void sort_ids(int32_t *ids, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && ids[j] < ids[j - 1]; j--) {
+            int32_t t = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = t;
+        }
+}
+
+/* Every rank alone; ranks identical to a lower one (figures, link to rank
+ * 0) are left out. */
+static int single_candidates(struct search *s)
+{
+    const struct plan_cluster *c = s->c;
+    const int one = 1;
+    for (int r = 0; r < c->n_ranks; r++) {
+        bool dup = false;
+        for (int q = 1; q < r && !dup; q++) {
+            const struct plan_hw_rank *a = &c->ranks[r], *b = &c->ranks[q];
+            dup = a->read_gbs == b->read_gbs && a->bw_efficiency == b->bw_efficiency &&
+                  a->gflops == b->gflops && a->attn_gflops == b->attn_gflops &&
+                  a->mem_avail_gib == b->mem_avail_gib && a->overhead_us == b->overhead_us &&
+                  c->links[0][r].latency_us == c->links[0][q].latency_us &&
+                  c->links[0][r].bandwidth_gbs == c->links[0][q].bandwidth_gbs;
+        }
+        const int32_t id = r;
+        int err = dup ? 0 : add_candidate(s, PLAN_LAYOUT_SINGLE, PLAN_JOIN_GATHER, &id, &one, 1);
+        if (err) return err;
+    }
+    return 0;
+}
+
+/* Tensor parallelism over the j first members of `members` (ordered by a
+ * key), j = 2..n, both joins. */
+static int tp_candidates(struct search *s, const int32_t *members, int n)
+{
+    for (int j = 2; j <= n; j++) {
+        int32_t ids[PLAN_CLUSTER_RANKS_MAX];
+        memcpy(ids, members, sizeof(int32_t) * (size_t)j);
+        sort_ids(ids, j);
+        for (int join = 0; join < PLAN_JOIN_COUNT; join++) {
+            int err = add_candidate(s, PLAN_LAYOUT_TP, (enum plan_join)join, ids, &j, 1);
+            if (err) return err;
+        }
+    }
+    return 0;
+}
+
+/* Groups of ranks joined (transitively) by links of latency <= t_us, or by
+ * host. group_of[r] numbers the groups in order of their lowest rank. */
+static int partition(const struct plan_cluster *c, double t_us, bool by_host, int *group_of)
+{
+    const int n = c->n_ranks;
+    for (int r = 0; r < n; r++)
+        group_of[r] = r;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (int a = 0; a < n; a++)
+            for (int b = a + 1; b < n; b++) {
+                const bool joined =
+                    by_host ? plan_cluster_same_host(c, a, b) : c->links[a][b].latency_us <= t_us;
+                if (!joined || group_of[a] == group_of[b]) continue;
+                const int lo = TT_MIN(group_of[a], group_of[b]),
+                          hi = TT_MAX(group_of[a], group_of[b]);
+                for (int r = 0; r < n; r++)
+                    if (group_of[r] == hi) group_of[r] = lo;
+                changed = true;
+            }
+    }
+    int n_groups = 0, label[PLAN_CLUSTER_RANKS_MAX];
+    for (int r = 0; r < n; r++)
+        label[r] = -1;
+    for (int r = 0; r < n; r++) {
+        if (label[group_of[r]] < 0) label[group_of[r]] = n_groups++;
+        group_of[r] = label[group_of[r]];
+    }
+    return n_groups;
+}
+
+/* Link levels: latencies where the next one is PLAN_LATENCY_BREAK times
+ * slower, and the largest; ranks linked at or below a level form groups. */
+static int link_levels(const struct plan_cluster *c, double *levels, int max)
+{
+    static const int pairs_max = PLAN_CLUSTER_RANKS_MAX * (PLAN_CLUSTER_RANKS_MAX - 1) / 2;
+    double lat[PLAN_CLUSTER_RANKS_MAX * (PLAN_CLUSTER_RANKS_MAX - 1) / 2];
+    int n = 0, n_levels = 0;
+    for (int a = 0; a < c->n_ranks; a++)
+        for (int b = a + 1; b < c->n_ranks && n < pairs_max; b++)
+            lat[n++] = c->links[a][b].latency_us;
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && lat[j] < lat[j - 1]; j--) {
+            double t = lat[j];
+            lat[j] = lat[j - 1];
+            lat[j - 1] = t;
+        }
+    for (int i = 0; i < n; i++) {
+        if (i < n - 1 && lat[i + 1] <= PLAN_LATENCY_BREAK * lat[i]) continue;
+        if (n_levels == max) n_levels--; /* keep the largest */
+        levels[n_levels++] = lat[i];
+    }
+    return n_levels;
+}
+
+/* Pipelines over the j first groups of `order` (j = 2..n_groups), stages in
+ * order of their lowest rank: PP when every group is one rank, else hybrid
+ * (TP inside each group), both joins. */
+static int pipeline_candidates(struct search *s, const int *group_of, const int *order,
+                               int n_groups)
+{
+    for (int j = 2; j <= n_groups; j++) {
+        int32_t ids[PLAN_CLUSTER_RANKS_MAX];
+        int sizes[PLAN_CLUSTER_RANKS_MAX], n_ids = 0, n_st = 0;
+        bool single = true;
+        for (int g = 0; g < n_groups; g++) { /* groups in rank order */
+            bool chosen = false;
+            for (int q = 0; q < j; q++)
+                chosen |= order[q] == g;
+            if (!chosen) continue;
+            sizes[n_st] = 0;
+            for (int r = 0; r < s->c->n_ranks; r++)
+                if (group_of[r] == g) {
+                    ids[n_ids++] = r;
+                    sizes[n_st]++;
+                }
+            single &= sizes[n_st++] == 1;
+        }
+        for (int join = 0; join < (single ? 1 : PLAN_JOIN_COUNT); join++) {
+            int err = add_candidate(s, single ? PLAN_LAYOUT_PP : PLAN_LAYOUT_HYBRID,
+                                    (enum plan_join)join, ids, sizes, n_st);
+            if (err) return err;
+        }
+    }
+    return 0;
+}
+
+/* The candidates of one grouping: TP inside each group (its fastest or
+ * largest members), pipelines over its fastest or largest groups. */
+static int partition_candidates(struct search *s, const int *group_of, int n_groups,
+                                const double *keys[2])
+{
+    const struct plan_cluster *c = s->c;
+    for (int g = 0; g < n_groups; g++) {
+        int32_t members[PLAN_CLUSTER_RANKS_MAX];
+        int n = 0;
+        for (int r = 0; r < c->n_ranks; r++)
+            if (group_of[r] == g) members[n++] = r;
+        for (int k = 0; k < 2; k++) {
+            sort_by(members, n, keys[k]);
+            int err = tp_candidates(s, members, n);
+            if (err) return err;
+        }
+    }
+    for (int k = 0; k < 2 && n_groups > 1; k++) {
+        double gkey[PLAN_CLUSTER_RANKS_MAX] = {0};
+        int32_t order[PLAN_CLUSTER_RANKS_MAX];
+        int ord[PLAN_CLUSTER_RANKS_MAX];
+        for (int r = 0; r < c->n_ranks; r++)
+            gkey[group_of[r]] += keys[k][r];
+        for (int g = 0; g < n_groups; g++)
+            order[g] = g;
+        sort_by(order, n_groups, gkey);
+        for (int g = 0; g < n_groups; g++)
+            ord[g] = order[g];
+        int err = pipeline_candidates(s, group_of, ord, n_groups);
+        if (err) return err;
+    }
+    return 0;
+}
+
+static int enumerate(struct search *s)
+{
+    const struct plan_cluster *c = s->c;
+    double speed[PLAN_CLUSTER_RANKS_MAX], memory[PLAN_CLUSTER_RANKS_MAX],
+        levels[PLAN_PARTITIONS_MAX];
+    for (int r = 0; r < c->n_ranks; r++) {
+        speed[r] = eff_bw(&c->ranks[r]);
+        memory[r] = c->ranks[r].mem_avail_gib;
+    }
+    const double *keys[2] = {speed, memory};
+    int err = single_candidates(s);
+    const int n_levels = link_levels(c, levels, PLAN_PARTITIONS_MAX - 2);
+    int parts[PLAN_PARTITIONS_MAX][PLAN_CLUSTER_RANKS_MAX], n_groups[PLAN_PARTITIONS_MAX],
+        n_parts = 0;
+    for (int p = -2; p < n_levels && !err; p++) { /* -2: one rank each, -1: by host, then levels */
+        int *g = parts[n_parts];
+        n_groups[n_parts] = partition(c, p == -2 ? -1.0 : p >= 0 ? levels[p] : 0.0, p == -1, g);
+        bool dup = false;
+        for (int q = 0; q < n_parts && !dup; q++)
+            dup = !memcmp(parts[q], g, sizeof(int) * (size_t)c->n_ranks);
+        if (dup) continue;
+        err = partition_candidates(s, g, n_groups[n_parts], keys);
+        n_parts++;
+    }
+    return err;
+}
+
+static int cmp_rel(double a, double b)
+{
+    if (fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b))) return 0;
+    return a > b ? 1 : -1;
+}
+
+/* Whether a is strictly better than b: the objective, the other figure,
+ * fewer ranks, the exact join. Equal candidates keep their order. */
+static bool better(const struct plan_candidate *a, const struct plan_candidate *b,
+                   enum plan_objective o)
+{
+    const int d = cmp_rel(a->decode_tok_s, b->decode_tok_s), t = cmp_rel(b->ttft_s, a->ttft_s);
+    const int first = o == PLAN_OBJECTIVE_DECODE ? d : t,
+              second = o == PLAN_OBJECTIVE_DECODE ? t : d;
+    if (first) return first > 0;
+    if (second) return second > 0;
+    if (a->n_ranks != b->n_ranks) return a->n_ranks < b->n_ranks;
+    return a->join == PLAN_JOIN_GATHER && b->join == PLAN_JOIN_SUM;
+}
+
+static void choose(struct plan_result *res, const struct plan_workload *w)
+{
+    const uint32_t all = (1u << PLAN_LAYOUT_COUNT) - 1, mask = w->layouts ? w->layouts : all;
+    res->chosen = res->best_single = -1;
+    for (int i = 0; i < res->n_cands; i++) {
+        const struct plan_candidate *cd = &res->cands[i];
+        if (!cd->fits) continue;
+        if (cd->layout == PLAN_LAYOUT_SINGLE &&
+            (res->best_single < 0 || better(cd, &res->cands[res->best_single], w->objective)))
+            res->best_single = i;
+        if ((mask & (1u << cd->layout)) &&
+            (res->chosen < 0 || better(cd, &res->cands[res->chosen], w->objective)))
+            res->chosen = i;
+    }
+    const struct plan_candidate *ch = res->chosen >= 0 ? &res->cands[res->chosen] : NULL;
+    const struct plan_candidate *one = res->best_single >= 0 ? &res->cands[res->best_single] : NULL;
+    if (!ch)
+        res->verdict = PLAN_VERDICT_NO_FIT;
+    else if (ch->layout == PLAN_LAYOUT_SINGLE)
+        res->verdict = PLAN_VERDICT_SINGLE;
+    else if (!one)
+        res->verdict = PLAN_VERDICT_MEMORY;
+    else if (better(one, ch, w->objective))
+        res->verdict = PLAN_VERDICT_SLOWER;
+    else
+        res->verdict = PLAN_VERDICT_FASTER;
+    /* invariants 1 and 2 */
+    TT_ASSERT(!ch || ch->fits);
+    TT_ASSERT(!(mask & (1u << PLAN_LAYOUT_SINGLE)) || !one || !better(one, ch, w->objective));
+}
+
+static int check_workload(const struct plan_workload *w)
+{
+    if (w->prompt_tokens < 1 || w->prompt_tokens > (1 << 24) || w->n_ctx < w->prompt_tokens ||
+        w->n_ctx > (1 << 24))
+        return tt_error_set(TT_EINVAL, "workload: need 1 <= prompt (%d) <= context (%d) <= %d",
+                            w->prompt_tokens, w->n_ctx, 1 << 24);
+    if (w->n_batch < 1 || w->n_batch > (1 << 20) || w->n_streams < 1 || w->n_streams > 4096)
+        return tt_error_set(TT_EINVAL,
+                            "workload: batch %d must be in [1, %d], streams %d in [1, 4096]",
+                            w->n_batch, 1 << 20, w->n_streams);
+    if ((unsigned)w->objective >= PLAN_OBJECTIVE_COUNT || w->layouts >= (1u << PLAN_LAYOUT_COUNT))
+        return tt_error_set(TT_EINVAL, "workload: unknown objective or layout");
+    return 0;
+}
+
+int plan_search(struct plan_result *res, const struct plan_model *pm, const struct plan_cluster *c,
+                const struct plan_workload *w)
+{
+    memset(res, 0, sizeof(*res));
+    res->chosen = res->best_single = -1;
+    int err = check_workload(w);
+    if (!err) err = plan_cluster_check(c);
+    if (err) return err;
+    const size_t L = (size_t)pm->hp.n_layer, S = (size_t)c->n_ranks;
+    struct search *s = calloc(1, sizeof(*s));
+    res->cands = calloc(PLAN_CANDIDATES_MAX, sizeof(*res->cands));
+    if (s) {
+        s->cost = malloc(sizeof(double) * S * L);
+        s->mem = malloc(sizeof(double) * S * L);
+        s->dp = malloc(sizeof(double) * (S + 1) * (L + 1));
+        s->arg = malloc(sizeof(int32_t) * (S + 1) * (L + 1));
+    }
+    if (!s || !res->cands || !s->cost || !s->mem || !s->dp || !s->arg) {
+        err = tt_error_set(TT_ENOMEM, "out of memory for the planner");
+        goto fail_alloc;
+    }
+    *s = (struct search){.pm = pm,
+                         .c = c,
+                         .w = w,
+                         .res = res,
+                         .cost = s->cost,
+                         .mem = s->mem,
+                         .dp = s->dp,
+                         .arg = s->arg};
+    for (int k = 1; k <= c->n_ranks; k++)
+        s->emax[k] = expected_max_load(pm->hp.n_expert_used, TT_MIN(k, TT_MAX(pm->hp.n_expert, 1)));
+    err = enumerate(s);
+    if (!err) choose(res, w);
+fail_alloc:
+    if (s) {
+        free(s->arg);
+        free(s->dp);
+        free(s->mem);
+        free(s->cost);
+    }
+    free(s);
+    if (err) plan_result_free(res);
+    return err;
+}
+
+void plan_result_free(struct plan_result *res)
+{
+    free(res->cands);
+    res->cands = NULL;
+    res->n_cands = 0;
+    res->chosen = res->best_single = -1;
+}
+
+const char *plan_layout_name(enum plan_layout layout)
+{
+    static const char *const names[PLAN_LAYOUT_COUNT] = {"single", "tp", "pp", "hybrid"};
+    return (unsigned)layout < PLAN_LAYOUT_COUNT ? names[layout] : "unknown";
+}
+
+int plan_parse_layouts(const char *s, uint32_t *mask)
+{
+    *mask = 0;
+    if (!strcmp(s, "auto")) return 0;
+    const char *p = s;
+    while (*p) {
+        const size_t n = strcspn(p, ",");
+        int found = -1;
+        for (int l = 0; l < PLAN_LAYOUT_COUNT && found < 0; l++)
+            if (strlen(plan_layout_name((enum plan_layout)l)) == n &&
+                !strncmp(p, plan_layout_name((enum plan_layout)l), n))
+                found = l;
+        if (found < 0)
+            return tt_error_set(TT_EINVAL,
+                                "unknown layout in '%s' (auto, or a comma list of single, tp, pp, "
+                                "hybrid)",
+                                s);
+        *mask |= 1u << found;
+        p += n + (p[n] == ',');
+    }
+    return *mask ? 0 : tt_error_set(TT_EINVAL, "no layout in '%s'", s);
+}
+
+void plan_workload_default(struct plan_workload *w)
+{
+    *w = (struct plan_workload){.prompt_tokens = PLAN_PROMPT_DEFAULT,
+                                .n_ctx = PLAN_CTX_DEFAULT,
+                                .n_batch = PLAN_BATCH_DEFAULT,
+                                .n_streams = 1,
+                                .objective = PLAN_OBJECTIVE_DECODE,
+                                .layouts = 0};
+}

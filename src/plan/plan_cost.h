@@ -1,0 +1,226 @@
+/*
+ * plan_cost: how fast a model would run on a cluster, for every way of
+ * splitting it, and which way to choose. Part of the plan module (pure: no
+ * I/O, no globals, no clock); `tutti plan` prints it, docs/PLANNER.md gives
+ * the formulas and tests/test_plan_cost.c checks it over many shapes.
+ *
+ * Three inputs:
+ *  - the model, reduced to bytes and multiply-adds per layer and per part
+ *    (how each part splits under tensor parallelism), from a GGUF file or
+ *    from a shape and a quantization mix (plan_model_from_shape), so a user
+ *    can plan for a model without having it;
+ *  - the cluster: per rank its memory read bandwidth, compute speed, memory
+ *    and a fixed cost per layer; per pair of ranks the link latency and
+ *    bandwidth; which ranks share a host (from `tutti topo --json` or a
+ *    hand-written description, parsed by plan_cluster_parse in
+ *    plan_cluster.c, the one file that sees the JSON library);
+ *  - the workload: prompt length, context, sequences decoded together.
+ *
+ * Candidates (plan_search): every single rank; tensor parallelism (TP) over
+ * groups of ranks; pipeline parallelism (PP) over ranks, layers split into
+ * contiguous stages sized by speed and memory; hybrids, TP inside groups of
+ * closely linked ranks and PP across the groups; the fastest ranks of each,
+ * the slower ones left out; both TP joins (gather: exact, 4 all-gathers per
+ * layer; sum: 2 all-reduces). Each is predicted (decode tok/s, TTFT, memory
+ * per rank) and the best that fits is chosen.
+ *
+ * Invariants of a result (asserted):
+ *  1. A chosen layout fits: every rank's predicted memory <= its free memory.
+ *  2. With no layout restriction, the chosen layout is never predicted slower
+ *     (by the objective) than the best single rank that holds the model.
+ *  3. Results depend only on the inputs (deterministic, ties broken by
+ *     candidate order: fewer ranks first, exact join first).
+ *  4. A candidate's stages cover the layers [0, n_layer) in order, each
+ *     stage at least one layer; its ranks are distinct.
+ */
+#ifndef TT_PLAN_COST_H
+#define TT_PLAN_COST_H
+
+#include "plan.h"
+
+/* ---- the model as the cost model sees it ---- */
+
+/* Parts of a layer, by how tensor parallelism splits them. */
+enum plan_part {
+    PLAN_PART_NORM,     /* vectors every rank holds: norms, q/k norms, shared-expert gate */
+    PLAN_PART_Q,        /* wq, bq: split by query heads */
+    PLAN_PART_KV,       /* wk, wv, bk, bv: split by KV heads (straddling heads on both ranks) */
+    PLAN_PART_O,        /* wo: embd rows (gather join) or head columns (sum join) */
+    PLAN_PART_UP,       /* w_gate, w_up: split by FFN columns */
+    PLAN_PART_DOWN,     /* w_down: embd rows (gather) or FFN columns (sum) */
+    PLAN_PART_ROUTER,   /* gate_inp: every rank */
+    PLAN_PART_EXP_UP,   /* gate_exps + up_exps of ONE expert (all experts / n_expert) */
+    PLAN_PART_EXP_DOWN, /* down_exps of one expert */
+    PLAN_PART_SH_UP,    /* gate_shexp, up_shexp: split by shared-expert columns */
+    PLAN_PART_SH_DOWN,  /* down_shexp: embd rows (gather) or columns (sum) */
+    PLAN_PART_COUNT
+};
+
+struct plan_layer_cost {
+    uint64_t bytes[PLAN_PART_COUNT]; /* stored bytes */
+    uint64_t elems[PLAN_PART_COUNT]; /* weights (one multiply-add each per token) */
+};
+
+struct plan_model {
+    struct model_hparams hp;
+    struct plan_align align;        /* column alignment of the sum join */
+    struct plan_layer_cost *layers; /* [hp.n_layer], owned */
+    uint64_t embd_bytes;            /* token_embd, whole */
+    uint64_t embd_row_bytes;        /* one row of it (read per token) */
+    uint64_t output_bytes;          /* output matrix (= token_embd when tied) */
+    uint64_t output_elems;
+    uint64_t output_norm_bytes;
+    uint64_t file_bytes;    /* what one rank maps: the whole file (or all tensors) */
+    uint32_t kv_elem_bytes; /* bytes of one KV cache element (2: F16, the default) */
+};
+
+/* From a loaded model: its tensors' real types and sizes. Errors: TT_ENOMEM. */
+int plan_model_from_model(struct plan_model *pm, const struct model *m);
+/* From a shape and a type mix, without a file: the tensors and types `tutti
+ * gen` would write (model_visit_layer and model_gen's *_M mix), so the bytes
+ * equal those of the generated file's tensors. hp must be complete (head_dim,
+ * n_ff_exp, ...). Errors: TT_EINVAL (with detail) for a shape the
+ * architecture cannot have, TT_ENOMEM. */
+int plan_model_from_shape(struct plan_model *pm, const struct model_hparams *hp, enum tt_type base,
+                          bool mix_m, bool tied_output);
+void plan_model_free(struct plan_model *pm);
+/* Weight bytes read to decode one token (used experts only), as
+ * model_bytes_per_token. */
+uint64_t plan_model_bytes_per_token(const struct plan_model *pm);
+
+/* ---- the cluster ---- */
+
+#define PLAN_CLUSTER_RANKS_MAX 64
+#define PLAN_CLUSTER_JSON_MAX (1 << 20) /* bytes of a cluster description */
+#define PLAN_HOST_MAX 64
+#define PLAN_NAME_MAX 128
+
+struct plan_hw_rank {
+    char host[PLAN_HOST_MAX];
+    char device[PLAN_NAME_MAX]; /* free text, may be empty */
+    double read_gbs;            /* memory read bandwidth, GB/s (1e9 bytes) */
+    double bw_efficiency;       /* fraction of read_gbs a decode step reaches, (0, 1] */
+    double gflops;              /* matrix-product speed on quantized weights, GFLOP/s */
+    double attn_gflops;         /* attention products over the KV cache, GFLOP/s */
+    double host_read_gbs;       /* bandwidth the ranks of its host share; 0: its own memory */
+    double host_gflops;         /* compute the ranks of its host share; 0: its own cores */
+    double mem_avail_gib;       /* memory tutti may use, GiB */
+    double mem_total_gib;       /* informative */
+    double overhead_us;         /* fixed cost per layer and step (launches, syncs), >= 0 */
+};
+
+struct plan_link {
+    double latency_us;    /* one-way latency of a small message */
+    double bandwidth_gbs; /* GB/s of large messages */
+};
+
+struct plan_cluster {
+    char name[PLAN_NAME_MAX];
+    int n_ranks;
+    struct plan_hw_rank ranks[PLAN_CLUSTER_RANKS_MAX];
+    struct plan_link links[PLAN_CLUSTER_RANKS_MAX][PLAN_CLUSTER_RANKS_MAX]; /* symmetric */
+};
+
+/* Parse a cluster description (JSON, docs/PLANNER.md; `tutti topo --json`
+ * output is one). Fills *c (memory the caller owns, ~100 KiB). Errors:
+ * TT_EFORMAT with a detail naming the field ("ranks[2].read_gbs: must be a
+ * number > 0") or the JSON syntax error's line and column; TT_ERANGE for
+ * too many ranks or too long a text. Never crashes on any input. */
+int plan_cluster_parse(struct plan_cluster *c, const char *text, size_t len);
+/* Check a cluster built in code: TT_EINVAL with detail if a figure is out
+ * of range. plan_cluster_parse ends with it. */
+int plan_cluster_check(const struct plan_cluster *c);
+/* Whether two ranks share a host. */
+bool plan_cluster_same_host(const struct plan_cluster *c, int a, int b);
+
+/* ---- the workload ---- */
+
+enum plan_objective {
+    PLAN_OBJECTIVE_DECODE, /* highest decode tok/s, then lowest TTFT */
+    PLAN_OBJECTIVE_TTFT,   /* lowest TTFT, then highest decode tok/s */
+    PLAN_OBJECTIVE_COUNT
+};
+
+enum plan_layout {
+    PLAN_LAYOUT_SINGLE, /* one rank holds everything */
+    PLAN_LAYOUT_TP,     /* one tensor-parallel group */
+    PLAN_LAYOUT_PP,     /* pipeline stages of one rank each */
+    PLAN_LAYOUT_HYBRID, /* pipeline stages of tensor-parallel groups */
+    PLAN_LAYOUT_COUNT
+};
+
+struct plan_workload {
+    int32_t prompt_tokens; /* prompt length for TTFT; decode attends over it too (>= 1) */
+    int32_t n_ctx;         /* KV cache positions per sequence (memory), >= prompt_tokens */
+    int32_t n_batch;       /* prompt tokens per forward pass (ENGINE_BATCH_DEFAULT) */
+    int32_t n_streams;     /* sequences decoded together; 1 = single stream */
+    enum plan_objective objective;
+    uint32_t layouts; /* mask of 1u << enum plan_layout to consider; 0 = all (auto) */
+};
+
+/* ---- candidates and the choice ---- */
+
+struct plan_stage {
+    int32_t layer_begin, layer_end; /* layers [begin, end) */
+    int32_t rank_begin, rank_end;   /* its ranks: candidate ranks[rank_begin, rank_end) */
+    double decode_s;                /* its part of a decode step (compute and TP joins) */
+    double prefill_s;               /* its part of the prompt */
+};
+
+struct plan_cand_rank {
+    int32_t rank; /* cluster rank */
+    int32_t stage;
+    struct plan_rank slice; /* heads, kv, embd, ff, experts, vocab of its TP group */
+    uint64_t weight_bytes;  /* weights it holds */
+    uint64_t kv_bytes;      /* its KV cache */
+    uint64_t mem_bytes;     /* weights + KV cache + buffers */
+};
+
+struct plan_candidate {
+    enum plan_layout layout;
+    enum plan_join join; /* TP and hybrid */
+    int32_t n_stages, n_ranks;
+    struct plan_stage stages[PLAN_CLUSTER_RANKS_MAX];
+    struct plan_cand_rank ranks[PLAN_CLUSTER_RANKS_MAX];
+    bool fits;            /* every rank's memory suffices */
+    int32_t short_rank;   /* !fits: the rank most short of memory */
+    double decode_step_s; /* one decode round: every stream advances one token */
+    double decode_tok_s;  /* tokens per second, all streams together */
+    double ttft_s;        /* prompt in, first token out (one stream) */
+    double comm_s;        /* of decode_step_s: collectives and stage-to-stage sends */
+};
+
+enum plan_verdict {
+    PLAN_VERDICT_FASTER, /* several ranks beat the best single rank */
+    PLAN_VERDICT_SINGLE, /* one rank is best: the cluster brings no speed */
+    PLAN_VERDICT_MEMORY, /* no rank holds the model alone: the cluster is used for memory */
+    PLAN_VERDICT_NO_FIT, /* no layout fits */
+    PLAN_VERDICT_SLOWER, /* a forced layout (workload.layouts) is slower than the best single rank
+                          */
+    PLAN_VERDICT_COUNT
+};
+
+#define PLAN_CANDIDATES_MAX 512
+
+struct plan_result {
+    int n_cands;
+    struct plan_candidate *cands; /* [n_cands], owned */
+    int chosen;                   /* index into cands, -1 if nothing fits */
+    int best_single;              /* fastest single rank that fits, -1 if none */
+    enum plan_verdict verdict;
+};
+
+/* Predict every candidate layout and choose. The cluster must pass
+ * plan_cluster_check. Errors: TT_EINVAL (bad workload or cluster, with
+ * detail), TT_ENOMEM. On success the caller frees with plan_result_free. */
+int plan_search(struct plan_result *res, const struct plan_model *pm, const struct plan_cluster *c,
+                const struct plan_workload *w);
+void plan_result_free(struct plan_result *res);
+
+const char *plan_layout_name(enum plan_layout layout);
+/* Parse "auto", "single", "tp", "pp", "hybrid" into a layout mask. */
+int plan_parse_layouts(const char *s, uint32_t *mask);
+/* Default workload: 512-token prompt, ENGINE-sized context and batch, one stream. */
+void plan_workload_default(struct plan_workload *w);
+
+#endif

@@ -9,7 +9,10 @@
 #     >= 77 of 80 positions;
 #   - stories260K's three greedy 100-token continuations, token for token;
 #     the synthetic models' greedy continuations up to the first step whose
-#     golden top-1/top-2 margin is under 0.05 (as tests/test_engine.c);
+#     golden top-1/top-2 margin is under GPU_MARGIN = 0.1 (the CPU test uses
+#     0.05: the GPU sums floats in another order by design, and re-quantizing
+#     activations to Q8 turns last-bit differences into quantization steps,
+#     so near-ties a little above 0.05 can flip);
 #   - --gpu-layers splits (2 of 5 layers, 1 of 4) give the all-GPU tokens;
 #   - compute-sanitizer memcheck on short runs, where it is installed.
 T=${TUTTI:-build/tutti}
@@ -74,9 +77,9 @@ for j, w in enumerate(want):
     row = sorted(lg[j * V:(j + 1) * V], reverse=True)
     if j >= len(got): print("only %d tokens" % len(got)); sys.exit(1)
     if got[j] != w:
-        if row[0] - row[1] < 0.05: print("differs at low-margin step %d (fine)" % j); sys.exit(0)
+        if row[0] - row[1] < 0.1: print("differs at low-margin step %d (fine)" % j); sys.exit(0)
         print("step %d: got %d want %d (margin %.3f)" % (j, got[j], w, row[0] - row[1])); sys.exit(1)
-    if row[0] - row[1] < 0.05: print("equal up to low-margin step %d" % j); sys.exit(0)
+    if row[0] - row[1] < 0.1: print("equal up to low-margin step %d" % j); sys.exit(0)
 print("all %d equal" % len(want))
 EOF
 }

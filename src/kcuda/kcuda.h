@@ -58,7 +58,7 @@ enum kcuda_type {
 
 /* Longest head the attention kernels take, and the most key splits. */
 #define KCUDA_HEAD_DIM_MAX 256
-#define KCUDA_ATTN_SPLIT_MAX 16
+#define KCUDA_ATTN_SPLIT_MAX 32
 /* Up to this many tokens a product streams the weights once per 8 tokens
  * (matrix-vector kernels: exact integer dots, as the CPU); above it
  * kcuda_linear uses the tensor cores on F16 operands. */

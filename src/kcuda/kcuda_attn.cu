@@ -8,7 +8,7 @@
  * Attention is split over keys ("flash decoding"): block (s, g, t) takes
  * the query heads of token t that share KV head g (grouped-query attention:
  * each key and value is read once for the group) over part s of the
- * positions 0..pos[t] (parts of at least 32 keys, so short prefixes use
+ * positions 0..pos[t] (parts of at least 16 keys, so short prefixes use
  * fewer parts), walks it in tiles of ATT_TILE keys with an online softmax,
  * and leaves its maximum, its sum of exponentials and its unnormalized
  * output; the last part to finish (an atomic ticket per token and KV head)
@@ -21,7 +21,7 @@
 
 #define ATT_THREADS 128
 #define ATT_TILE ATT_THREADS
-#define ATT_MIN_PART 32
+#define ATT_MIN_PART 16
 
 
 template <typename T> __device__ __forceinline__ float ld_kv(const T *p);
@@ -126,35 +126,111 @@ size_t kcuda_attn_part_floats(const struct kcuda_attn_shape *s, int64_t n_tok, i
     return (size_t)n_tok * (size_t)s->n_head * (size_t)n_split * (size_t)(s->head_dim + 2);
 }
 
-/* Key row j of the block's KV head dotted with the G queries in shared memory. */
+/* d[r] += the 16 bytes `raw` of a key row (elements i..) dotted with query r. */
+template <typename T>
+__device__ __forceinline__ void att_dot16(uint4 raw, const float *qs, int hd, int i, int G, float *d)
+{
+    constexpr int V = 16 / sizeof(T);
+    float kf[V];
+    const uint32_t wd[4] = { raw.x, raw.y, raw.z, raw.w };
+    if (sizeof(T) == 2) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            kf[2 * e] = __half2float(__ushort_as_half((unsigned short)(wd[e] & 0xFFFFu)));
+            kf[(2 * e + 1) % V] = __half2float(__ushort_as_half((unsigned short)(wd[e] >> 16)));
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < V; e++) kf[e] = __uint_as_float(wd[e % 4]);
+    }
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) {
+        if (r < G) {
+#pragma unroll
+            for (int e = 0; e < V; e++) d[r] += kf[e] * qs[r * hd + i + e];
+        }
+    }
+}
+
+/* Key row kr of the block's KV head dotted with the G queries in shared
+ * memory; four 16-byte loads in flight at a time. */
 template <typename T>
 __device__ __forceinline__ void att_key_dots(const T *kr, const float *qs, int hd, int G, float *d)
 {
 #pragma unroll
     for (int r = 0; r < ATT_GROUP_MAX; r++) d[r] = 0.0f;
     constexpr int V = 16 / sizeof(T);
-    for (int i = 0; i < hd; i += V) {
-        const uint4 raw = *(const uint4 *)(kr + i);
-        float kf[V];
-        if (sizeof(T) == 2) {
-            const __half2 *h = (const __half2 *)&raw;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < hd; i += 4 * V) {
+        const uint4 r0 = *(const uint4 *)(kr + i);
+        const uint4 r1 = i + V < hd ? *(const uint4 *)(kr + i + V) : zero;
+        const uint4 r2 = i + 2 * V < hd ? *(const uint4 *)(kr + i + 2 * V) : zero;
+        const uint4 r3 = i + 3 * V < hd ? *(const uint4 *)(kr + i + 3 * V) : zero;
+        att_dot16<T>(r0, qs, hd, i, G, d);
+        if (i + V < hd) att_dot16<T>(r1, qs, hd, i + V, G, d);
+        if (i + 2 * V < hd) att_dot16<T>(r2, qs, hd, i + 2 * V, G, d);
+        if (i + 3 * V < hd) att_dot16<T>(r3, qs, hd, i + 3 * V, G, d);
+    }
+}
+
+/* The join of all parts of the G query heads of (t, group), by the block
+ * that finished last: thread p < n_split reads part p's maximum and sum, the
+ * block reduces them, and thread d sums dimension d over the parts (four
+ * parts' loads in flight). */
+__device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int tid, int lane, int warp)
+{
+    __shared__ float fac[ATT_GROUP_MAX][KCUDA_ATTN_SPLIT_MAX];
+    __shared__ float wred[ATT_THREADS / 32][ATT_GROUP_MAX];
+    const int G = a.G, hd = a.hd, S = a.n_split;
+    const size_t ps = (size_t)hd + 2;
+    const float *pb = a.part + ((size_t)t * a.H + h0) * S * ps; /* head r, part p at pb + (r*S + p)*ps */
+    float mp[ATT_GROUP_MAX], lp[ATT_GROUP_MAX], mx[ATT_GROUP_MAX], l[ATT_GROUP_MAX];
 #pragma unroll
-            for (int e = 0; e < V / 2; e++) {
-                const float2 f = __half22float2(h[e]);
-                kf[2 * e] = f.x, kf[2 * e + 1] = f.y;
-            }
-        } else {
-            const float *f = (const float *)&raw;
+    for (int r = 0; r < ATT_GROUP_MAX; r++) {
+        const bool on = r < G && tid < S;
+        mp[r] = on ? __ldcg(pb + ((size_t)r * S + tid) * ps + hd) : -INFINITY;
+        lp[r] = on ? __ldcg(pb + ((size_t)r * S + tid) * ps + hd + 1) : 0.0f;
+        const float w = kc_warp_max(mp[r]);
+        if (lane == 0) wred[warp][r] = w;
+    }
+    __syncthreads();
 #pragma unroll
-            for (int e = 0; e < V; e++) kf[e] = f[e];
-        }
+    for (int r = 0; r < ATT_GROUP_MAX; r++) {
+        mx[r] = fmaxf(fmaxf(wred[0][r], wred[1][r]), fmaxf(wred[2][r], wred[3][r]));
+        const float f = mp[r] == -INFINITY ? 0.0f : expf(mp[r] - mx[r]);
+        if (r < G && tid < S) fac[r][tid] = f;
+        lp[r] *= f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) {
+        const float w = kc_warp_sum(lp[r]);
+        if (lane == 0) wred[warp][r] = w;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) l[r] = (wred[0][r] + wred[1][r]) + (wred[2][r] + wred[3][r]);
+    float o0[ATT_GROUP_MAX], o1[ATT_GROUP_MAX];
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) o0[r] = o1[r] = 0.0f;
+    const int d0 = tid < hd ? tid : 0, d1 = tid + ATT_THREADS < hd ? tid + ATT_THREADS : 0;
+#pragma unroll 4
+    for (int p = 0; p < S; p++) {
 #pragma unroll
         for (int r = 0; r < ATT_GROUP_MAX; r++) {
             if (r < G) {
-#pragma unroll
-                for (int e = 0; e < V; e++) d[r] += kf[e] * qs[r * hd + i + e];
+                const float *pr = pb + ((size_t)r * S + p) * ps;
+                o0[r] += fac[r][p] * __ldcg(pr + d0);
+                o1[r] += fac[r][p] * __ldcg(pr + d1);
             }
         }
+    }
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) {
+        if (r >= G) continue;
+        float *out = a.out + ((size_t)t * a.H + h0 + r) * hd;
+        if (tid < hd) out[tid] = o0[r] / l[r];
+        if (tid + ATT_THREADS < hd) out[tid + ATT_THREADS] = o1[r] / l[r];
     }
 }
 
@@ -228,7 +304,27 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
                 acc1[r] *= c_sh[r];
             }
         }
-        for (int j = 0; j < nt; j++) {
+        int j = 0;
+        for (; j + 4 <= nt; j += 4) { /* four value rows in flight */
+            float v0[4], v1[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const T *vr = vb + (size_t)(tile + j + u) * kvd;
+                v0[u] = tid < hd ? ld_kv<T>(vr + tid) : 0.0f;
+                v1[u] = tid + ATT_THREADS < hd ? ld_kv<T>(vr + tid + ATT_THREADS) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int r = 0; r < ATT_GROUP_MAX; r++) {
+                    if (r < G) {
+                        acc0[r] += sc[r][j + u] * v0[u];
+                        acc1[r] += sc[r][j + u] * v1[u];
+                    }
+                }
+            }
+        }
+        for (; j < nt; j++) {
             const T *vr = vb + (size_t)(tile + j) * kvd;
             const float v0 = tid < hd ? ld_kv<T>(vr + tid) : 0.0f;
             const float v1 = tid + ATT_THREADS < hd ? ld_kv<T>(vr + tid + ATT_THREADS) : 0.0f;
@@ -243,7 +339,9 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
         __syncthreads(); /* sc is rewritten by the next tile */
     }
     const size_t ps = (size_t)hd + 2;
-    for (int r = 0; r < G; r++) {
+#pragma unroll
+    for (int r = 0; r < ATT_GROUP_MAX; r++) {
+        if (r >= G) continue;
         float *part = a.part + (((size_t)t * a.H + h0 + r) * a.n_split + s) * ps;
         if (tid < hd) part[tid] = acc0[r];
         if (tid + ATT_THREADS < hd) part[tid + ATT_THREADS] = acc1[r];
@@ -260,23 +358,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int r = 0; r < G; r++) {
-        const float *part = a.part + ((size_t)t * a.H + h0 + r) * a.n_split * ps;
-        float m = -INFINITY;
-        for (int p = 0; p < a.n_split; p++) m = fmaxf(m, __ldcg(part + p * ps + hd));
-        float l = 0.0f, o0 = 0.0f, o1 = 0.0f;
-        for (int p = 0; p < a.n_split; p++) {
-            const float mp = __ldcg(part + p * ps + hd);
-            if (mp == -INFINITY) continue;
-            const float f = expf(mp - m);
-            l += __ldcg(part + p * ps + hd + 1) * f;
-            if (tid < hd) o0 += __ldcg(part + p * ps + tid) * f;
-            if (tid + ATT_THREADS < hd) o1 += __ldcg(part + p * ps + tid + ATT_THREADS) * f;
-        }
-        float *out = a.out + ((size_t)t * a.H + h0 + r) * hd;
-        if (tid < hd) out[tid] = o0 / l;
-        if (tid + ATT_THREADS < hd) out[tid + ATT_THREADS] = o1 / l;
-    }
+    att_join(a, t, h0, tid, lane, warp);
 }
 
 int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,

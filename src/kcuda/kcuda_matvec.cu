@@ -594,7 +594,7 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
         return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
                             w->type, (long long)w->n_in);
     a->n_items = (int)(w->n_in / item_elems(kind));
-    const int W = a->n_items > 512 ? 4 : a->n_items > 128 ? 2 : 1;
+    const int W = a->n_items >= 256 ? 4 : a->n_items >= 128 ? 2 : 1;
     const dim3 block(32 * W, 4 / W);
     const mv_kernel kern = pick(kind, nt, pair);
     /* enough blocks to fill every multiprocessor once; they stride over the rows */

@@ -52,10 +52,15 @@ __global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__rest
     if (do_norm) {
         __shared__ double part[NC_THREADS / 32];
         double s = 0.0;
-        for (int i = threadIdx.x; i < n; i += NC_THREADS) {
-            const float v = xr[i];
-            s += (double)__fmul_rn(v, v);
+        int i = threadIdx.x;
+        for (; i + 7 * NC_THREADS < n; i += 8 * NC_THREADS) { /* 8 loads in flight */
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = xr[i + u * NC_THREADS];
+#pragma unroll
+            for (int u = 0; u < 8; u++) s += (double)__fmul_rn(v[u], v[u]);
         }
+        for (; i < n; i += NC_THREADS) s += (double)__fmul_rn(xr[i], xr[i]);
         s = kc_warp_sum_d(s);
         if (lane == 0) part[warp] = s;
         __syncthreads();

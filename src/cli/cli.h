@@ -22,6 +22,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_topo(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 /* The process's communicator (one rank unless launched by mpirun),
  * started by main() before a command runs and ended after. */

@@ -24,7 +24,6 @@
 #define GIB 1073741824.0
 #define PATH_MAX_DESC 512
 
-int cmd_plan(int argc, char **argv);
 
 static const char plan_help[] =
     "usage: tutti plan (-m MODEL | --shape NAME | --arch A --n-embd N ...) [--cluster FILE.json]\n"

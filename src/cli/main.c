@@ -22,6 +22,7 @@ static const struct command commands[] = {
     { "chat", cmd_chat, "interactive multi-turn chat in the terminal", true },
     { "serve", cmd_serve, "OpenAI-compatible HTTP API", true },
     { "topo", cmd_topo, "ranks, hosts, cores, memory, and measured link latency/bandwidth", true },
+    { "plan", cmd_plan, "how a model would be split over a cluster, and its predicted speed", false },
 };
 
 static void usage(FILE *fp)

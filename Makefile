@@ -57,10 +57,21 @@ endif
 ifneq ($(MPI),1)
   LIB_SRC := $(filter-out src/comm/comm_mpi.c, $(LIB_SRC))
 endif
-# CUDA: engine_cuda.c and src/kcuda/*.cu only in CUDA builds; else the stub.
-CUDA ?= 0
+# CUDA: on when nvcc is found (in PATH or /usr/local/cuda/bin); CUDA=0 turns it
+# off. nvcc compiles src/kcuda/*.cu; engine_cuda.c replaces engine_nocuda.c;
+# TT_HAVE_CUDA tells the tests. Hopper machine code plus PTX for newer GPUs.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA ?= $(if $(NVCC),1,0)
 ifeq ($(CUDA),1)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  CU_SRC := $(wildcard src/kcuda/*.cu)
+  CU_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
   LIB_SRC := $(filter-out src/engine/engine_nocuda.c, $(LIB_SRC))
+  CFLAGS += -DTT_HAVE_CUDA -I$(CUDA_HOME)/include
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
+  NVFLAGS := -O3 -std=c++17 -Isrc -gencode arch=compute_90a,code=sm_90a \
+             -gencode arch=compute_80,code=compute_80 \
+             -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-Werror
 else
   LIB_SRC := $(filter-out src/engine/engine_cuda.c, $(LIB_SRC))
 endif
@@ -74,13 +85,13 @@ ifeq ($(MPI),1)
   TEST_BIN += $(BUILD)/tests/mpi_comm_driver
 endif
 
-.PHONY: all test tests-bin bench bench-kcpu run deps deps-test clean format test-neon
+.PHONY: test-gpu all test tests-bin bench bench-kcpu run deps deps-test clean format test-neon
 
 all: $(BUILD)/tutti
 
-$(BUILD)/libtutti.a: $(LIB_OBJ) Makefile
+$(BUILD)/libtutti.a: $(LIB_OBJ) $(CU_OBJ) Makefile
 	@rm -f $@
-	ar rcs $@ $(LIB_OBJ)
+	ar rcs $@ $(LIB_OBJ) $(CU_OBJ)
 
 # libedit: line editing and history for `tutti chat`; only the tutti binary links it.
 CLI_LIBS := -ledit
@@ -96,6 +107,15 @@ $(BUILD)/src/%_avx512.o: src/%_avx512.c
 	$(CC) $(CFLAGS) $(FLAGS_avx512) -MMD -MP -c $< -o $@
 
 $(BUILD)/src/comm/comm_mpi.o: CFLAGS += $(MPI_CFLAGS)
+
+$(BUILD)/src/kcuda/%.o: src/kcuda/%.cu $(wildcard src/kcuda/*.h src/kcuda/*.cuh) src/base/base.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+# On a machine with an NVIDIA GPU: the kernels against the CPU reference, and
+# every model against its goldens through the CLI on the GPU.
+test-gpu: all $(BUILD)/tests/test_kcuda
+	@$(BUILD)/tests/test_kcuda; TUTTI=$(BUILD)/tutti sh tests/gpu_test.sh
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

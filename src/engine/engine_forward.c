@@ -104,9 +104,26 @@ static void head_norm(float *x, const float *w, int64_t n_rows, int hd, float ep
     for (int64_t r = 0; r < n_rows; r++) ops_rmsnorm(x + r * hd, w, x + r * hd, hd, eps);
 }
 
-static void swiglu(float *a, const float *b, int64_t n)
+struct swiglu_job {
+    float *a;
+    const float *b;
+    int64_t n;
+};
+
+static void swiglu_run(void *p, int ith, int nth)
 {
-    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+    struct swiglu_job *j = p;
+    int64_t i0, i1;
+    tt_split_range(j->n, ith, nth, 64, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) j->a[i] = j->a[i] / (1.0f + expf(-j->a[i])) * j->b[i];
+}
+
+/* a = silu(a) * b over n elements, spread over the pool (expf is the cost). */
+static void swiglu(struct engine *e, float *a, const float *b, int64_t n)
+{
+    struct swiglu_job j = { a, b, n };
+    if (n < 4096) swiglu_run(&j, 0, 1);
+    else tt_pool_run(e->pool, swiglu_run, &j);
 }
 
 static void store_kv(struct engine *e, int il, int n_tok)
@@ -154,7 +171,7 @@ static void swiglu_ffn(struct engine *e, const struct engine_weight *gate,
     const struct engine_weight *ws[] = { gate, up };
     float *outs[] = { e->ffn_a, e->ffn_b };
     linear_multi(e, ws, 2, expert, in, n_tok, outs);
-    swiglu(e->ffn_a, e->ffn_b, n_tok * gate->n_out);
+    swiglu(e, e->ffn_a, e->ffn_b, n_tok * gate->n_out);
     if (col == JOIN_WIDTHS_COUNT) ops_linear(e, down, expert, e->ffn_a, n_tok, out);
     else project_join(e, down, e->ffn_a, n_tok, col, full_ff, out);
 }

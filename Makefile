@@ -68,7 +68,7 @@ ifeq ($(CUDA),1)
   CU_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
   LIB_SRC := $(filter-out src/engine/engine_nocuda.c, $(LIB_SRC))
   CFLAGS += -DTT_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++ -ldl -lrt
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++ -ldl -lrt
   NVFLAGS := -O3 -std=c++17 -Isrc -gencode arch=compute_90a,code=sm_90a \
              -gencode arch=compute_80,code=compute_80 \
              -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-Werror

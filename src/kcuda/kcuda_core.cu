@@ -9,9 +9,32 @@
  */
 #include "kcuda_impl.cuh"
 
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+struct kcuda_blas_api kcuda_blas;
+
+static int load_blas(void)
+{
+    if (kcuda_blas.create) return 0;
+    static const char *const names[] = { "libcublas.so.13", "libcublas.so.12", "libcublas.so",
+                                         "/usr/local/cuda/lib64/libcublas.so" };
+    void *h = NULL;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && !h; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) return tt_error_set(TT_EUNSUPPORTED, "cannot load cuBLAS (libcublas.so): %s", dlerror());
+    struct kcuda_blas_api api;
+    api.create = (decltype(api.create))dlsym(h, "cublasCreate_v2");
+    api.destroy = (decltype(api.destroy))dlsym(h, "cublasDestroy_v2");
+    api.set_stream = (decltype(api.set_stream))dlsym(h, "cublasSetStream_v2");
+    api.gemm_ex = (decltype(api.gemm_ex))dlsym(h, "cublasGemmEx");
+    api.status_string = (decltype(api.status_string))dlsym(h, "cublasGetStatusString");
+    if (!api.create || !api.destroy || !api.set_stream || !api.gemm_ex || !api.status_string)
+        return tt_error_set(TT_EUNSUPPORTED, "the cuBLAS library found lacks the functions tutti uses");
+    kcuda_blas = api;
+    return 0;
+}
 
 int kcuda_fail_cuda(cudaError_t err, const char *call, const char *file, int line)
 {
@@ -24,7 +47,8 @@ int kcuda_fail_cuda(cudaError_t err, const char *call, const char *file, int lin
 int kcuda_fail_blas(cublasStatus_t st, const char *call, const char *file, int line)
 {
     const int code = st == CUBLAS_STATUS_ALLOC_FAILED ? TT_ENOMEM : TT_EDEVICE;
-    return tt_error_set(code, "%s:%d: %s failed: %s", file, line, call, cublasGetStatusString(st));
+    return tt_error_set(code, "%s:%d: %s failed: %s", file, line, call,
+                        kcuda_blas.status_string ? kcuda_blas.status_string(st) : "cuBLAS error");
 }
 
 int kcuda_device_count(void)
@@ -65,9 +89,10 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
         err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);
         goto fail;
     }
+    if ((err = load_blas())) goto fail;
     {
-        cublasStatus_t st = cublasCreate(&k->blas);
-        if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetStream(k->blas, k->stream);
+        cublasStatus_t st = kcuda_blas.create(&k->blas);
+        if (st == CUBLAS_STATUS_SUCCESS) st = kcuda_blas.set_stream(k->blas, k->stream);
         if (st != CUBLAS_STATUS_SUCCESS) {
             err = kcuda_fail_blas(st, "cublasCreate/cublasSetStream", __FILE__, __LINE__);
             goto fail;
@@ -91,7 +116,7 @@ void kcuda_destroy(struct kcuda *k)
     if (k->prof_e0) cudaEventDestroy(k->prof_e0);
     if (k->prof_e1) cudaEventDestroy(k->prof_e1);
     if (k->scratch) cudaFree(k->scratch);
-    if (k->blas) cublasDestroy(k->blas);
+    if (k->blas) kcuda_blas.destroy(k->blas);
     if (k->stream) cudaStreamDestroy(k->stream);
     free(k);
 }

@@ -41,7 +41,7 @@ static int gemm(struct kcuda *k, const struct kcuda_weight *w, const void *d_act
         if (w->row_stride % elem || act_stride % elem)
             return tt_error_set(TT_EINVAL, "misaligned rows for a batch product");
         KC_PROF_BEGIN(k);
-        KC_CHECK_BLAS(cublasGemmEx(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, &alpha, w->data,
+        KC_CHECK_BLAS(kcuda_blas.gemm_ex(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, kk, &alpha, w->data,
                                    in_type, (int)(w->row_stride / elem), d_act, in_type,
                                    (int)(act_stride / elem), &beta, d_out, CUDA_R_32F, (int)ldo,
                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -56,7 +56,7 @@ static int gemm(struct kcuda *k, const struct kcuda_weight *w, const void *d_act
         int err = kcuda_dequant_f16(k, w->type, w->data, w->row_stride, r0, rows, kk, scratch);
         if (err) return err;
         KC_PROF_BEGIN(k);
-        KC_CHECK_BLAS(cublasGemmEx(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, kk, &alpha,
+        KC_CHECK_BLAS(kcuda_blas.gemm_ex(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, kk, &alpha,
                                    scratch, CUDA_R_16F, kk, act_f16, CUDA_R_16F, kk, &beta,
                                    d_out + r0, CUDA_R_32F, (int)ldo, CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));

@@ -49,6 +49,21 @@ struct kcuda_graph {
 int kcuda_fail_cuda(cudaError_t err, const char *call, const char *file, int line);
 int kcuda_fail_blas(cublasStatus_t st, const char *call, const char *file, int line);
 
+/* cuBLAS, loaded with dlopen when the first context is created (a GPU is
+ * there), not linked: linking maps hundreds of MB of library into every
+ * tutti process, CPU-only runs included. */
+struct kcuda_blas_api {
+    decltype(&cublasCreate_v2) create;
+    decltype(&cublasDestroy_v2) destroy;
+    decltype(&cublasSetStream_v2) set_stream;
+    cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                              const void *, const void *, cudaDataType, int, const void *,
+                              cudaDataType, int, const void *, void *, cudaDataType, int,
+                              cublasComputeType_t, cublasGemmAlgo_t);
+    decltype(&cublasGetStatusString) status_string;
+};
+extern struct kcuda_blas_api kcuda_blas;
+
 /* Check a CUDA runtime call; on failure return the TT_E* code from the
  * enclosing function. */
 #define KC_CHECK(call)                                                              \

@@ -67,6 +67,7 @@ static const char bench_help[] =
     "      --json           one JSON object instead of the table\n";
 
 struct bench_result {
+    int n_prompt, n_gen;
     double ttft_ms, prefill_tok_s, decode_tok_s;
     double comm_ms_per_token, comm_bytes_per_token; /* rank 0, decode */
 };
@@ -134,6 +135,42 @@ static void print_moe_stats(const struct engine *e, bool json)
     free(loads);
 }
 
+/* The results: one JSON object, or a table for people. */
+static void print_report(const struct cli_model_opts *mo, const struct model *mp,
+                         const struct engine *e, const struct bench_result *bp, double bw,
+                         uint64_t bpt, double frac, bool json)
+{
+    const struct model m = *mp;
+    const struct bench_result best = *bp;
+    const int nt = engine_n_threads(e);
+    const int n_prompt = bp->n_prompt, n_gen = bp->n_gen;
+    if (json) {
+        printf("{\"model\":");
+        cli_json_str(stdout, mo->model_path, strlen(mo->model_path));
+        printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
+               "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
+               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d,\"comm_ms_per_token\":%.4f,"
+               "\"comm_bytes_per_token\":%.0f}\n",
+               nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, best.ttft_ms,
+               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
+               best.comm_ms_per_token, best.comm_bytes_per_token);
+    } else {
+        printf("model            %s (%s, %d layers, %.2f GiB)\n", mo->model_path,
+               model_arch_name(m.hp.arch), m.hp.n_layer, (double)m.weight_bytes / (1 << 30));
+        printf("threads / isa    %d / %s\n", nt, kcpu_isa_name(kcpu_get()->isa));
+        printf("TTFT             %.1f ms (%d-token prompt)\n", best.ttft_ms, n_prompt);
+        printf("prefill          %.1f tok/s\n", best.prefill_tok_s);
+        printf("decode           %.2f tok/s (%d tokens)\n", best.decode_tok_s, n_gen);
+        printf("bytes/token      %.1f MiB of weights\n", (double)bpt / (1 << 20));
+        printf("read bandwidth   %.1f GB/s measured\n", bw);
+        if (engine_n_ranks(e) > 1)
+            printf("communication    %.3f ms and %.0f bytes per token (rank 0, decode)\n",
+                   best.comm_ms_per_token, best.comm_bytes_per_token);
+        printf("roofline         %.2f tok/s; decode reaches %.0f%% of it\n",
+               bw * 1e9 / (double)bpt, 100.0 * frac);
+    }
+}
+
 int cmd_bench(int argc, char **argv)
 {
     struct cli_model_opts mo = { 0 };
@@ -169,7 +206,7 @@ int cmd_bench(int argc, char **argv)
     }
     const int nt = engine_n_threads(e);
     double bw = cli_measure_read_bw(nt);
-    struct bench_result best = { 0 }, r;
+    struct bench_result best = { .n_prompt = n_prompt, .n_gen = n_gen }, r;
     for (int i = 0; i < repeat; i++) {
         bench_once(e, n_prompt, n_gen, &r);
         if (i == 0 || r.ttft_ms < best.ttft_ms) best.ttft_ms = r.ttft_ms;
@@ -184,31 +221,7 @@ int cmd_bench(int argc, char **argv)
     if (moe_stats && m.hp.n_expert) print_moe_stats(e, json);
     engine_stop_workers(e);
     const double frac = bw > 0 ? best.decode_tok_s * (double)bpt / (bw * 1e9) : 0.0;
-    if (json) {
-        printf("{\"model\":");
-        cli_json_str(stdout, mo.model_path, strlen(mo.model_path));
-        printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
-               "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
-               "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d,\"comm_ms_per_token\":%.4f,"
-               "\"comm_bytes_per_token\":%.0f}\n",
-               nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, best.ttft_ms,
-               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
-               best.comm_ms_per_token, best.comm_bytes_per_token);
-    } else {
-        printf("model            %s (%s, %d layers, %.2f GiB)\n", mo.model_path,
-               model_arch_name(m.hp.arch), m.hp.n_layer, (double)m.weight_bytes / (1 << 30));
-        printf("threads / isa    %d / %s\n", nt, kcpu_isa_name(kcpu_get()->isa));
-        printf("TTFT             %.1f ms (%d-token prompt)\n", best.ttft_ms, n_prompt);
-        printf("prefill          %.1f tok/s\n", best.prefill_tok_s);
-        printf("decode           %.2f tok/s (%d tokens)\n", best.decode_tok_s, n_gen);
-        printf("bytes/token      %.1f MiB of weights\n", (double)bpt / (1 << 20));
-        printf("read bandwidth   %.1f GB/s measured\n", bw);
-        if (engine_n_ranks(e) > 1)
-            printf("communication    %.3f ms and %.0f bytes per token (rank 0, decode)\n",
-                   best.comm_ms_per_token, best.comm_bytes_per_token);
-        printf("roofline         %.2f tok/s; decode reaches %.0f%% of it\n",
-               bw * 1e9 / (double)bpt, 100.0 * frac);
-    }
+    print_report(&mo, &m, e, &best, bw, bpt, frac, json);
     engine_destroy(e);
     model_free(&m);
     free(mo.plan);

@@ -140,8 +140,6 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
                          const struct engine *e, const struct bench_result *bp, double bw,
                          uint64_t bpt, double frac, bool json)
 {
-    const struct model m = *mp;
-    const struct bench_result best = *bp;
     const int nt = engine_n_threads(e);
     const int n_prompt = bp->n_prompt, n_gen = bp->n_gen;
     if (json) {
@@ -151,21 +149,21 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
                "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
                "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d,\"comm_ms_per_token\":%.4f,"
                "\"comm_bytes_per_token\":%.0f}\n",
-               nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, best.ttft_ms,
-               best.prefill_tok_s, best.decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
-               best.comm_ms_per_token, best.comm_bytes_per_token);
+               nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, bp->ttft_ms,
+               bp->prefill_tok_s, bp->decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
+               bp->comm_ms_per_token, bp->comm_bytes_per_token);
     } else {
         printf("model            %s (%s, %d layers, %.2f GiB)\n", mo->model_path,
-               model_arch_name(m.hp.arch), m.hp.n_layer, (double)m.weight_bytes / (1 << 30));
+               model_arch_name(mp->hp.arch), mp->hp.n_layer, (double)mp->weight_bytes / (1 << 30));
         printf("threads / isa    %d / %s\n", nt, kcpu_isa_name(kcpu_get()->isa));
-        printf("TTFT             %.1f ms (%d-token prompt)\n", best.ttft_ms, n_prompt);
-        printf("prefill          %.1f tok/s\n", best.prefill_tok_s);
-        printf("decode           %.2f tok/s (%d tokens)\n", best.decode_tok_s, n_gen);
+        printf("TTFT             %.1f ms (%d-token prompt)\n", bp->ttft_ms, n_prompt);
+        printf("prefill          %.1f tok/s\n", bp->prefill_tok_s);
+        printf("decode           %.2f tok/s (%d tokens)\n", bp->decode_tok_s, n_gen);
         printf("bytes/token      %.1f MiB of weights\n", (double)bpt / (1 << 20));
         printf("read bandwidth   %.1f GB/s measured\n", bw);
         if (engine_n_ranks(e) > 1)
             printf("communication    %.3f ms and %.0f bytes per token (rank 0, decode)\n",
-                   best.comm_ms_per_token, best.comm_bytes_per_token);
+                   bp->comm_ms_per_token, bp->comm_bytes_per_token);
         printf("roofline         %.2f tok/s; decode reaches %.0f%% of it\n",
                bw * 1e9 / (double)bpt, 100.0 * frac);
     }

@@ -1,7 +1,8 @@
 /*
  * cmd_topo.c: `tutti topo`, what the cluster is, measured. Under mpirun every
- * rank reports its host, cores, instruction set, memory and memory read
- * bandwidth; then every pair of ranks measures its point-to-point latency
+ * rank reports its host, cores, instruction set, memory, memory read
+ * bandwidth and Q4_K matrix-vector speed (the decode kernel, on a matrix
+ * larger than the caches); then every pair of ranks measures its point-to-point latency
  * (ping-pong of 8 bytes) and bandwidth (4 MiB messages), one pair at a time
  * so pairs do not compete. Which ranks share a host comes from the host names
  * the communicator exchanged at start; nothing is configured.
@@ -22,7 +23,66 @@ struct topo_rank {
     int32_t isa;
     double mem_total_gib, mem_avail_gib;
     double read_gbs;
+    double matvec_gbs;   /* Q4_K weights streamed per second by the decode kernel */
 };
+
+#define TOPO_MV_ROWS 32768 /* 75 MB of Q4_K: larger than the caches */
+#define TOPO_MV_COLS 4096
+#define TOPO_MV_REPS 10
+
+struct matvec_job {
+    const struct kcpu_ops *ops;
+    const uint8_t *w;
+    size_t row_bytes;
+    const void *act;
+    size_t act_bytes;
+    float *out;
+};
+
+static void matvec_run(void *p, int ith, int nth)
+{
+    struct matvec_job *j = p;
+    int64_t r0, r1;
+    tt_split_range(TOPO_MV_ROWS, ith, nth, 16, &r0, &r1);
+    j->ops->matmul[TT_TYPE_Q4_K](TOPO_MV_COLS, j->w, j->row_bytes, r0, r1, j->act, j->act_bytes, 1, j->out,
+                                 TOPO_MV_ROWS);
+}
+
+/* GB/s of Q4_K weights through the decode kernel with n_threads threads. */
+static double measure_matvec(int n_threads)
+{
+    const struct kcpu_ops *ops = kcpu_get();
+    const size_t rb = tt_row_size(TT_TYPE_Q4_K, TOPO_MV_COLS), ab = tt_row_size(TT_TYPE_Q8_K, TOPO_MV_COLS);
+    uint8_t *w = tt_alloc(rb * TOPO_MV_ROWS);
+    float *x = tt_alloc(sizeof(float) * TOPO_MV_COLS), *out = tt_alloc(sizeof(float) * TOPO_MV_ROWS);
+    void *act = tt_alloc(ab);
+    struct tt_pool *pool = tt_pool_create(n_threads);
+    double best = 0.0;
+    if (w && x && out && act && pool) {
+        uint64_t st = 88172645463325252ull;
+        for (int i = 0; i < TOPO_MV_COLS; i++) {
+            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+            x[i] = (float)(st % 2000) / 1000.0f - 1.0f;
+        }
+        /* the speed does not depend on the values: one quantized row, copied */
+        tt_type_get(TT_TYPE_Q4_K)->from_float(x, w, TOPO_MV_COLS);
+        for (int r = 1; r < TOPO_MV_ROWS; r++) memcpy(w + (size_t)r * rb, w, rb);
+        ops->quantize_act[TT_TYPE_Q8_K](x, act, TOPO_MV_COLS);
+        struct matvec_job j = { ops, w, rb, act, ab, out };
+        for (int rep = 0; rep < TOPO_MV_REPS; rep++) {
+            double t0 = tt_now_s();
+            tt_pool_run(pool, matvec_run, &j);
+            double gbs = (double)(rb * TOPO_MV_ROWS) / (tt_now_s() - t0) / 1e9;
+            best = gbs > best ? gbs : best;
+        }
+    }
+    tt_pool_destroy(pool);
+    tt_free(act);
+    tt_free(out);
+    tt_free(x);
+    tt_free(w);
+    return best;
+}
 
 static void meminfo(double *total, double *avail)
 {
@@ -93,6 +153,7 @@ int cmd_topo(int argc, char **argv)
     snprintf(mine.host, sizeof(mine.host), "%s", comm_host(c, me));
     meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
     mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
+    mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores);
     struct topo_rank *all = calloc((size_t)n, sizeof(*all));
     double *lat = calloc((size_t)n * n, sizeof(double)), *bw = calloc((size_t)n * n, sizeof(double));
     uint8_t *buf = tt_alloc(TOPO_BW_BYTES);
@@ -117,8 +178,9 @@ int cmd_topo(int argc, char **argv)
                 printf("%s{\"rank\":%d,\"host\":", r ? "," : "", r);
                 cli_json_str(stdout, all[r].host, strlen(all[r].host));
                 printf(",\"cores\":%d,\"isa\":\"%s\",\"mem_total_gib\":%.2f,\"mem_avail_gib\":%.2f,"
-                       "\"read_gbs\":%.2f}", all[r].cores, kcpu_isa_name((enum kcpu_isa)all[r].isa),
-                       all[r].mem_total_gib, all[r].mem_avail_gib, all[r].read_gbs);
+                       "\"read_gbs\":%.2f,\"matvec_gbs\":%.2f}", all[r].cores,
+                       kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib,
+                       all[r].mem_avail_gib, all[r].read_gbs, all[r].matvec_gbs);
             }
             printf("],\"links\":[");
             for (int a = 0, k = 0; a < n; a++)
@@ -128,11 +190,11 @@ int cmd_topo(int argc, char **argv)
                            lat[a * n + b], bw[a * n + b]);
             printf("]}\n");
         } else {
-            printf("rank  host                 cores  isa      memory (free) GiB  read GB/s\n");
+            printf("rank  host                 cores  isa      memory (free) GiB  read GB/s  Q4_K matvec GB/s\n");
             for (int r = 0; r < n; r++)
-                printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f\n", r, all[r].host, all[r].cores,
-                       kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib,
-                       all[r].mem_avail_gib, all[r].read_gbs);
+                printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f  %16.1f\n", r, all[r].host,
+                       all[r].cores, kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib,
+                       all[r].mem_avail_gib, all[r].read_gbs, all[r].matvec_gbs);
             if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s\n");
             for (int a = 0; a < n; a++)
                 for (int b = a + 1; b < n; b++)

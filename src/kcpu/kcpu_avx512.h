@@ -29,7 +29,7 @@
  * 8 for Q4_K, 8-9 for Q6_K), quantized products use the
  * tiled GEMM kernels (weights repacked on the fly, used for many tokens);
  * below it, the row kernels that stream each weight row once. */
-#define KCPU_AVX512_GEMM_MIN_TOK 8
+#define KCPU_AVX512_GEMM_MIN_TOK 12
 
 /* Row kernels (kcpu_kq_avx512.c, kcpu_avx512.c). */
 void kcpu_avx512_rows_q4_K(KCPU_MATMUL_ARGS);

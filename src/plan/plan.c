@@ -94,12 +94,9 @@ static void assign(struct plan *p, int64_t n, int64_t unit, const double *w, siz
     }
 }
 
-struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *align,
-                                  int n_ranks, const double *weights, enum plan_join join)
+/* A zeroed plan for n_ranks after checking the count and the capacities. */
+static struct plan *plan_alloc(int n_ranks, const double *weights)
 {
-    /* Gathering joins read whole rows: no column alignment is needed. */
-    static const struct plan_align unaligned = { 1, 1, 1, 1 };
-    const struct plan_align *a = join == PLAN_JOIN_SUM ? align : &unaligned;
     if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX) {
         tt_error_set(TT_EINVAL, "rank count %d outside [1, %d]", n_ranks, PLAN_RANKS_MAX);
         return NULL;
@@ -110,10 +107,18 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
             return NULL;
         }
     struct plan *p = calloc(1, sizeof(*p) + sizeof(struct plan_rank) * (size_t)n_ranks);
-    if (!p) {
-        tt_error_set(TT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!p) tt_error_set(TT_ENOMEM, "out of memory");
+    return p;
+}
+
+struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct plan_align *align,
+                                  int n_ranks, const double *weights, enum plan_join join)
+{
+    /* Gathering joins read whole rows: no column alignment is needed. */
+    static const struct plan_align unaligned = { 1, 1, 1, 1 };
+    const struct plan_align *a = join == PLAN_JOIN_SUM ? align : &unaligned;
+    struct plan *p = plan_alloc(n_ranks, weights);
+    if (!p) return NULL;
     p->n_ranks = n_ranks;
     p->join = join;
     for (int r = 0; r < n_ranks; r++) p->ranks[r].layers = (struct plan_range){ 0, hp->n_layer };
@@ -139,20 +144,8 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
 
 struct plan *plan_pipeline(const struct model_hparams *hp, int n_ranks, const double *weights)
 {
-    if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX) {
-        tt_error_set(TT_EINVAL, "rank count %d outside [1, %d]", n_ranks, PLAN_RANKS_MAX);
-        return NULL;
-    }
-    for (int r = 0; weights && r < n_ranks; r++)
-        if (!(weights[r] > 0) || !isfinite(weights[r])) {
-            tt_error_set(TT_EINVAL, "capacity of rank %d must be a positive number", r);
-            return NULL;
-        }
-    struct plan *p = calloc(1, sizeof(*p) + sizeof(struct plan_rank) * (size_t)n_ranks);
-    if (!p) {
-        tt_error_set(TT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    struct plan *p = plan_alloc(n_ranks, weights);
+    if (!p) return NULL;
     p->n_ranks = n_ranks;
     p->pipeline = true;
     assign(p, hp->n_layer, 1, weights, offsetof(struct plan_rank, layers));

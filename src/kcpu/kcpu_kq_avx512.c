@@ -12,7 +12,7 @@
  *   Q4_K/Q5_K activation is put in the weights' level order (below) into a
  *   16 KB stack buffer, a chunk of K at a time.
  * - Scales of four consecutive blocks are unpacked together, and so are their
- *   d, dmin and d_act products and (Q4_K/Q5_K) their min terms.
+ *   d, dmin and d_act products.
  *
  * Per 256-weight block and (row, token), exactly as the reference sums:
  * 1. vpdpbusd (u8 levels x s8 activations) into zeroed accumulators gives
@@ -22,9 +22,7 @@
  * 2. vpmaddwd / vpdpwssd multiply the packed sums by the sub-block scales,
  *    laid out to match the packing, giving the exact int32 sum_j sc_j * dot_j
  *    spread over lanes;
- * 3. min / offset terms come from the Q8_K bsums in int32 (vpmaddwd); for
- *    Q4_K / Q5_K once per group of four blocks, from bsums summed in pairs
- *    once per call (act_bsum32), one 128-bit lane per block;
+ * 3. min / offset terms come from the Q8_K bsums in int32 (vpmaddwd);
  * 4. the int32 lanes are converted to float and scaled by d * d_act once per
  *    block. Only the float summation order differs from the reference.
  *
@@ -53,8 +51,6 @@
 /* Per-token stride of the d_act pair arrays (two floats per block, up to 64
  * blocks per pass). */
 #define Q45K_DY_STRIDE 128
-/* Per-token stride of the bsum pair sums (8 int16 per block, up to 64 blocks). */
-#define Q45K_BS_STRIDE 512
 #ifndef KQ_HINT
 #define KQ_HINT _MM_HINT_T1
 #endif
@@ -122,27 +118,13 @@ static void act_dy_pairs(const uint8_t *a, int64_t nblk, float *dst)
     for (int64_t b = nblk; b % 4; b++) dst[2 * b] = dst[2 * b + 1] = 0.0f;
 }
 
-/* The Q8_K bsums of nblk blocks summed in pairs: 8 int16 per block, the sums
- * over the 32-element sub-blocks the Q4_K/Q5_K mins apply to (|sum| <= 4096),
- * zero-filled to a multiple of four blocks, so one zmm load gives a group's. */
-static void act_bsum32(const uint8_t *a, int64_t nblk, int16_t *dst)
-{
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = 0; b < nblk; b++, a += sizeof(struct block_q8_K)) {
-        const __m256i s = _mm256_madd_epi16(_mm256_loadu_si256((const void *)(a + Q8K_BSUMS)), ones);
-        const __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        _mm_storeu_si128((void *)(dst + 8 * b), p);
-    }
-    for (int64_t b = nblk; b % 4; b++) _mm_storeu_si128((void *)(dst + 8 * b), _mm_setzero_si128());
-}
-
 /* Scale vectors of block j for dot_scaled, from U = q4k_scales_x4(...).
  * With the activation in Q4_K level order (see act_q4k_order), p0 covers
  * sub-blocks 0 (lanes 0-7) and 2 (8-15), p1 sub-blocks 1 and 3, so
  * packs(p0, p1) holds sb0, sb1 in 128-bit lanes 0, 1 and sb2, sb3 in lanes
  * 2, 3, four words each; sc01 matches that, sc23 likewise for sub-blocks
- * 4..7. (The mins are applied per group of four blocks in q45k_group.) */
-KCPU_INLINE void q4k_scale_vectors(__m512i U, int j, __m512i *sc01, __m512i *sc23)
+ * 4..7. m16 is m0, m0, m1, m1, ..., m7, m7 for vpmaddwd with the 16 bsums. */
+KCPU_INLINE void q4k_scale_vectors(__m512i U, int j, __m512i *sc01, __m512i *sc23, __m256i *m16)
 {
     const __m512i u4 = _mm512_permutexvar_epi32(
         _mm512_add_epi32(_mm512_set1_epi32(4 * j),
@@ -157,6 +139,10 @@ KCPU_INLINE void q4k_scale_vectors(__m512i U, int j, __m512i *sc01, __m512i *sc2
 #undef PAIR
     *sc01 = _mm512_shuffle_epi8(u4, i01);
     *sc23 = _mm512_shuffle_epi8(u4, i23);
+    *m16 = _mm256_shuffle_epi8(
+        _mm512_castsi512_si256(u4),
+        _mm256_setr_epi8(8, z, 8, z, 9, z, 9, z, 10, z, 10, z, 11, z, 11, z, 12, z, 12, z, 13, z,
+                         13, z, 14, z, 14, z, 15, z, 15, z));
 }
 
 /* acc += f[0] * isum (16 lanes), accm += f[1] * imin (8 lanes); both summed
@@ -222,13 +208,12 @@ static void act_q4k_order(const uint8_t *a, int64_t nblk, uint8_t *dst)
 
 /* One row x NT tokens over nb blocks: acc[t] += this row's dot with token
  * t. aq: the activation qs in level order (token t at aq + t * aq_stride);
- * dy / bs: the d_act pairs and bsum pair sums of the chunk (token t at
- * t * Q45K_DY_STRIDE). Blocks go in groups of four: their scales are
- * unpacked together, their d, dmin and d_act multiplied together, and their
- * min terms computed together (128-bit lane j: block j). */
+ * a: the Q8_K rows themselves (for d and bsums). Blocks go in groups of
+ * four: their scales are unpacked together, their d, dmin and d_act
+ * multiplied together. */
 KCPU_INLINE void q45k_group(const int HAS_QH, const int NT, const int g, const uint8_t *x,
-                            const uint8_t *aq, size_t aq_stride, const float *dy, const int16_t *bs,
-                            __m512 acc[4], __m512 accm[4])
+                            const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
+                            size_t arb, __m512 acc[4], __m256 accm[4])
 {
     const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
     const __m256 neg_min = _mm256_castsi256_ps(_mm256_set1_epi64x((long long)0x8000000000000000ull));
@@ -239,20 +224,10 @@ KCPU_INLINE void q45k_group(const int HAS_QH, const int NT, const int g, const u
         _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(
             _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), R))),
         neg_min);
-    /* m0..m7 of block j as words in lane j */
-    const char z = -1;
-    const __m512i M = _mm512_shuffle_epi8(
-        U, _mm512_broadcast_i32x4(_mm_setr_epi8(8, z, 9, z, 10, z, 11, z, 12, z, 13, z, 14, z, 15, z)));
-    const __m512i perm_min = _mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7);
     float DDt[4][8] __attribute__((aligned(32)));
     KCPU_UNROLL
-    for (int t = 0; t < NT; t++) {
-        const __m256 f = _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE));
-        _mm256_store_ps(DDt[t], f);
-        const __m512i imin = _mm512_madd_epi16(M, _mm512_loadu_si512((const void *)(bs + t * Q45K_BS_STRIDE)));
-        accm[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin),
-                                  _mm512_permutexvar_ps(perm_min, _mm512_castps256_ps512(f)), accm[t]);
-    }
+    for (int t = 0; t < NT; t++)
+        _mm256_store_ps(DDt[t], _mm256_mul_ps(DD, _mm256_loadu_ps(dy + t * Q45K_DY_STRIDE)));
     /* keep DDt in memory: the FMAs below broadcast from it for free,
      * where broadcasts from a register would cost shuffles */
     __asm__ volatile("" ::: "memory");
@@ -264,43 +239,48 @@ KCPU_INLINE void q45k_group(const int HAS_QH, const int NT, const int g, const u
         _mm_prefetch((const char *)xb + KQ_PF * bsz + 64, KQ_HINT);
         _mm_prefetch((const char *)xb + KQ_PF * bsz + 128, KQ_HINT);
         __m512i L[4], sc01, sc23;
+        __m256i m16;
         q45k_levels(xb, HAS_QH, L);
-        q4k_scale_vectors(U, j, &sc01, &sc23);
+        q4k_scale_vectors(U, j, &sc01, &sc23, &m16);
         KCPU_UNROLL
         for (int t = 0; t < NT; t++) {
+            const uint8_t *ab = a + t * arb + j * sizeof(struct block_q8_K);
             const __m512i isum = dot_scaled(L, aq + t * aq_stride + j * QK_K, sc01, sc23);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(DDt[t][2 * j]), acc[t]);
+            const __m256i imin = _mm256_madd_epi16(
+                m16, _mm256_loadu_si256((const void *)(ab + Q8K_BSUMS)));
+            add_block(&acc[t], &accm[t], isum, imin, &DDt[t][2 * j]);
         }
     }
 }
 
 /* Whole groups of four blocks with g known to the compiler, then the rest. */
 KCPU_INLINE void q45k_row(const int HAS_QH, const int NT, int64_t nb, const uint8_t *x,
-                          const uint8_t *aq, size_t aq_stride, const float *dy, const int16_t *bs,
-                          __m512 acc[4], __m512 accm[4])
+                          const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
+                          size_t arb, __m512 acc[4], __m256 accm[4])
 {
     const size_t bsz = HAS_QH ? sizeof(struct block_q5_K) : sizeof(struct block_q4_K);
     int64_t b = 0;
-    for (; b + 4 <= nb; b += 4, x += 4 * bsz, aq += 4 * QK_K, dy += 8, bs += 32)
-        q45k_group(HAS_QH, NT, 4, x, aq, aq_stride, dy, bs, acc, accm);
-    if (b < nb) q45k_group(HAS_QH, NT, (int)(nb - b), x, aq, aq_stride, dy, bs, acc, accm);
+    for (; b + 4 <= nb; b += 4, x += 4 * bsz, a += 4 * sizeof(struct block_q8_K), aq += 4 * QK_K, dy += 8)
+        q45k_group(HAS_QH, NT, 4, x, aq, aq_stride, dy, a, arb, acc, accm);
+    if (b < nb) q45k_group(HAS_QH, NT, (int)(nb - b), x, aq, aq_stride, dy, a, arb, acc, accm);
 }
 
 /* out[t * ldo] = (ADD ? out : 0) + the row's dots over nb blocks. */
 KCPU_INLINE void q45k_tile(const int HAS_QH, const int NT, int64_t nb, const uint8_t *w,
-                           const uint8_t *aq, size_t aq_stride, const float *dy, const int16_t *bs,
-                           float *out, int64_t ldo, int add)
+                           const uint8_t *aq, size_t aq_stride, const float *dy, const uint8_t *a,
+                           size_t arb, float *out, int64_t ldo, int add)
 {
-    __m512 acc[4], accm[4];
+    __m512 acc[4];
+    __m256 accm[4];
     KCPU_UNROLL
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
-        accm[t] = _mm512_setzero_ps();
+        accm[t] = _mm256_setzero_ps();
     }
-    q45k_row(HAS_QH, NT, nb, w, aq, aq_stride, dy, bs, acc, accm);
+    q45k_row(HAS_QH, NT, nb, w, aq, aq_stride, dy, a, arb, acc, accm);
     KCPU_UNROLL
     for (int t = 0; t < NT; t++) {
-        const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], accm[t]));
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], _mm512_zextps256_ps512(accm[t])));
         out[t * ldo] = add ? out[t * ldo] + v : v;
     }
 }
@@ -317,7 +297,6 @@ static void rows_q45k(const int HAS_QH, KCPU_MATMUL_ARGS)
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
     uint8_t buf[Q45K_BUF] __attribute__((aligned(64)));
     float dy[4 * Q45K_DY_STRIDE];
-    int16_t bs[4 * Q45K_BS_STRIDE] __attribute__((aligned(64)));
     for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
         const int nt = (int)TT_MIN(4, n_tok - t0);
         const int64_t kch = nt == 1 ? 64 : nt == 2 ? 32 : 16;
@@ -330,15 +309,14 @@ static void rows_q45k(const int HAS_QH, KCPU_MATMUL_ARGS)
             for (int t = 0; t < nt; t++) {
                 act_q4k_order(ac + t * act_row_bytes, cb, buf + t * stride);
                 act_dy_pairs(ac + t * act_row_bytes, cb, dy + t * Q45K_DY_STRIDE);
-                act_bsum32(ac + t * act_row_bytes, cb, bs + t * Q45K_BS_STRIDE);
             }
             for (int64_t r = r0; r < r1; r++) {
                 const uint8_t *wr = wb + r * w_row_bytes + c0 * bsz;
                 const int add = c0 > 0;
-                if (nt == 1) q45k_tile(HAS_QH, 1, cb, wr, buf, stride, dy, bs, ot + r, ldo, add);
-                else if (nt == 2) q45k_tile(HAS_QH, 2, cb, wr, buf, stride, dy, bs, ot + r, ldo, add);
-                else if (nt == 3) q45k_tile(HAS_QH, 3, cb, wr, buf, stride, dy, bs, ot + r, ldo, add);
-                else q45k_tile(HAS_QH, 4, cb, wr, buf, stride, dy, bs, ot + r, ldo, add);
+                if (nt == 1) q45k_tile(HAS_QH, 1, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 2) q45k_tile(HAS_QH, 2, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else if (nt == 3) q45k_tile(HAS_QH, 3, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
+                else q45k_tile(HAS_QH, 4, cb, wr, buf, stride, dy, ac, act_row_bytes, ot + r, ldo, add);
             }
         }
     }
@@ -443,7 +421,7 @@ KCPU_INLINE void q6k_tile(const int NT, int64_t nb, const uint8_t *x, const floa
 /* Q6_K rows: like rows_q45k, without reordering the activation (Q6_K levels
  * come out in element order); only the d_act pairs are prepared, 64 blocks
  * at a time. */
-__attribute__((aligned(64))) static void rows_q6k(KCPU_MATMUL_ARGS)
+static void rows_q6k(KCPU_MATMUL_ARGS)
 {
     const int64_t nb = n / QK_K, kch = 64;
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;

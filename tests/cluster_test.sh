@@ -134,3 +134,9 @@ timeout 300 $MPIRUN 3 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a t
     --json -t 1 --plan pp --split 1,3,1 > "$tmp/many" 2>"$tmp/err"
 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
 [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass pipeline_uneven_stages || fail pipeline_uneven_stages "$(head -c 300 "$tmp/err")"
+# --plan auto: the cluster is measured, the planner picks a layout over all ranks.
+"$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+timeout 300 $MPIRUN 2 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 16 --temp 0 --ignore-eos \
+    --json -t 1 --plan auto > "$tmp/many" 2>"$tmp/err"
+[ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q "plan auto" "$tmp/err" && pass plan_auto ||
+    fail plan_auto "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"

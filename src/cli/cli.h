@@ -90,6 +90,10 @@ int32_t *cli_tokenize(const struct tok_vocab *v, const char *text, size_t len, b
  * bytes replaced by U+FFFD). */
 void cli_json_str(FILE *fp, const char *s, size_t len);
 
+/* Collective: measure the cluster as `tutti topo` does; rank 0 gets the
+ * JSON text (malloc'd), the others NULL. */
+char *cli_topo_json(int threads);
+
 /* Measured memory read bandwidth in GB/s using n_threads (bench.c). */
 double cli_measure_read_bw(int n_threads);
 

@@ -3,6 +3,7 @@
  * JSON string output. Shared by every subcommand.
  */
 #include "cli.h"
+#include "../plan/plan_cost.h"
 #include "../tok/tok.h"
 
 #include <errno.h>
@@ -102,8 +103,9 @@ const char cli_model_opts_help[] =
     "      --split S        under mpirun: how to share the work between ranks: even (default),\n"
     "                       auto (by each rank's measured memory bandwidth), or weights \"2,1,1\"\n"
     "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n"
-    "      --plan P         under mpirun: tp (tensor parallel, default) or pp (pipeline: each\n"
-    "                       rank a stage of whole layers, sized by --split)\n"
+    "      --plan P         under mpirun: tp (tensor parallel, default), pp (pipeline: each\n"
+    "                       rank a stage of whole layers, sized by --split), or auto (measure\n"
+    "                       the cluster and take the layout the planner predicts fastest)\n"
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
@@ -127,8 +129,8 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
     else if (!strcmp(a, "--plan")) {
         o->plan_mode = cli_value(argc, argv, i);
-        if (strcmp(o->plan_mode, "tp") && strcmp(o->plan_mode, "pp"))
-            cli_die(0, "--plan must be tp or pp, got '%s'", o->plan_mode);
+        if (strcmp(o->plan_mode, "tp") && strcmp(o->plan_mode, "pp") && strcmp(o->plan_mode, "auto"))
+            cli_die(0, "--plan must be tp, pp or auto, got '%s'", o->plan_mode);
     }
     else if (!strcmp(a, "--weights-from")) {
         cli_parse_int(a, cli_value(argc, argv, i), 0, 0); /* only rank 0 serves weights */
@@ -227,6 +229,55 @@ static void load_cluster_model(struct cli_model_opts *o, struct model *m)
     free(has);
 }
 
+/* --plan auto: measure the cluster (as `tutti topo`), let the planner predict
+ * every layout that uses all ranks (tensor parallel with either join, or a
+ * pipeline), and take the fastest; rank 0 decides and tells the others.
+ * Hybrid layouts and layouts that leave ranks out are not run yet: when the
+ * planner prefers one of those, it says so. */
+static void plan_auto(struct cli_model_opts *o, const struct model *m)
+{
+    const int n = comm_size(the_comm);
+    char *json = cli_topo_json(o->engine.n_threads);
+    int32_t choice[2] = { PLAN_LAYOUT_TP, PLAN_JOIN_GATHER };
+    if (comm_rank(the_comm) == 0) {
+        struct plan_cluster *cl = malloc(sizeof(*cl));
+        struct plan_model pm;
+        struct plan_workload w;
+        struct plan_result res = { 0 };
+        plan_workload_default(&w);
+        int err = cl ? plan_cluster_parse(cl, json, strlen(json)) : TT_ENOMEM;
+        if (!err) err = plan_model_from_model(&pm, m);
+        if (!err && (err = plan_search(&res, &pm, cl, &w))) plan_model_free(&pm);
+        if (err) cli_die(err, "--plan auto");
+        int best = -1;
+        for (int i = 0; i < res.n_cands; i++) {
+            const struct plan_candidate *c = &res.cands[i];
+            bool usable = c->fits && c->n_ranks == n && (c->layout == PLAN_LAYOUT_TP || c->layout == PLAN_LAYOUT_PP);
+            if (usable && (best < 0 || c->decode_tok_s > res.cands[best].decode_tok_s)) best = i;
+        }
+        if (best >= 0) {
+            choice[0] = res.cands[best].layout;
+            choice[1] = res.cands[best].join;
+            fprintf(stderr, "tutti: --plan auto: %s%s over %d ranks, predicted %.2f tok/s, TTFT %.0f ms\n",
+                    plan_layout_name(res.cands[best].layout),
+                    res.cands[best].layout == PLAN_LAYOUT_TP ? (res.cands[best].join == PLAN_JOIN_SUM ? " (sum)" : " (gather)") : "",
+                    n, res.cands[best].decode_tok_s, res.cands[best].ttft_s * 1e3);
+            if (res.chosen >= 0 && res.chosen != best)
+                fprintf(stderr, "tutti: the planner's best layout, %s on %d rank(s), %.2f tok/s, is not "
+                        "run yet; using every rank as above\n", plan_layout_name(res.cands[res.chosen].layout),
+                        res.cands[res.chosen].n_ranks, res.cands[res.chosen].decode_tok_s);
+        }
+        plan_result_free(&res);
+        plan_model_free(&pm);
+        free(cl);
+        free(json);
+    }
+    int err = comm_bcast(the_comm, choice, sizeof(choice), 0);
+    if (err) cli_die(err, "--plan auto");
+    o->plan_mode = choice[0] == PLAN_LAYOUT_PP ? "pp" : "tp";
+    o->engine.join = (enum plan_join)choice[1];
+}
+
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
 {
     if (comm_size(the_comm) > 1) load_cluster_model(o, m);
@@ -247,6 +298,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     }
     struct plan_align a;
     plan_align_for_model(m, &a);
+    if (o->plan_mode && !strcmp(o->plan_mode, "auto")) plan_auto(o, m);
     if (o->plan_mode && !strcmp(o->plan_mode, "pp")) o->plan = plan_pipeline(&m->hp, n, w);
     else o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join);
     if (!o->plan) cli_die(TT_EINVAL, "planning");

@@ -133,6 +133,90 @@ static const char topo_help[] =
     "memory and read bandwidth; per pair of ranks the latency and bandwidth of\n"
     "their link, and whether they share a host. Works on one rank too.\n";
 
+struct topo {
+    int n;
+    struct topo_rank *all; /* [n] */
+    double *lat, *bw;      /* [n][n], rank 0 */
+};
+
+/* Collective: every rank describes itself, every pair measures its link. */
+static void topo_measure(struct topo *t, int threads)
+{
+    struct comm *c = cli_comm();
+    const int n = comm_size(c), me = comm_rank(c);
+    struct topo_rank mine = { .cores = tt_cpu_count(), .isa = kcpu_get()->isa };
+    snprintf(mine.host, sizeof(mine.host), "%s", comm_host(c, me));
+    meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
+    mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
+    mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores);
+    t->n = n;
+    t->all = calloc((size_t)n, sizeof(*t->all));
+    t->lat = calloc((size_t)n * n, sizeof(double));
+    t->bw = calloc((size_t)n * n, sizeof(double));
+    uint8_t *buf = tt_alloc(TOPO_BW_BYTES);
+    if (!t->all || !t->lat || !t->bw || !buf) cli_die(TT_ENOMEM, "topo");
+    int err = comm_allgather(c, &mine, sizeof(mine), t->all);
+    if (err) cli_die(err, "exchanging rank descriptions");
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++) {
+            double l = 0, g = 0;
+            measure_pair(c, a, b, buf, &l, &g);
+            double lg[2] = { l, g }; /* rank a's figures to rank 0 */
+            if (a != 0 && me == a) err = comm_send(c, lg, sizeof(lg), 0, TOPO_TAG);
+            if (a != 0 && me == 0) err = comm_recv(c, lg, sizeof(lg), a, TOPO_TAG);
+            if (err) cli_die(err, "collecting link figures");
+            t->lat[a * n + b] = t->lat[b * n + a] = lg[0];
+            t->bw[a * n + b] = t->bw[b * n + a] = lg[1];
+        }
+    tt_free(buf);
+}
+
+static void topo_free(struct topo *t)
+{
+    free(t->all);
+    free(t->lat);
+    free(t->bw);
+}
+
+/* The cluster as JSON (the format `tutti plan --cluster` reads). */
+static void topo_json(FILE *fp, const struct topo *t)
+{
+    const int n = t->n;
+    const struct topo_rank *all = t->all;
+    fprintf(fp, "{\"ranks\":[");
+    for (int r = 0; r < n; r++) {
+        fprintf(fp, "%s{\"rank\":%d,\"host\":", r ? "," : "", r);
+        cli_json_str(fp, all[r].host, strlen(all[r].host));
+        fprintf(fp, ",\"cores\":%d,\"isa\":\"%s\",\"mem_total_gib\":%.2f,\"mem_avail_gib\":%.2f,"
+                "\"read_gbs\":%.2f,\"matvec_gbs\":%.2f}", all[r].cores,
+                kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
+                all[r].read_gbs, all[r].matvec_gbs);
+    }
+    fprintf(fp, "],\"links\":[");
+    for (int a = 0, k = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++, k++)
+            fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.3f}",
+                    k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
+                    t->lat[a * n + b], t->bw[a * n + b]);
+    fprintf(fp, "]}\n");
+}
+
+char *cli_topo_json(int threads)
+{
+    struct topo t;
+    topo_measure(&t, threads);
+    char *text = NULL;
+    size_t len = 0;
+    if (comm_rank(cli_comm()) == 0) {
+        FILE *fp = open_memstream(&text, &len);
+        if (!fp) cli_die(TT_ENOMEM, "topo");
+        topo_json(fp, &t);
+        fclose(fp);
+    }
+    topo_free(&t);
+    return text;
+}
+
 int cmd_topo(int argc, char **argv)
 {
     bool json = false;
@@ -147,64 +231,23 @@ int cmd_topo(int argc, char **argv)
             threads = (int)cli_parse_int(argv[i], cli_value(argc, argv, &i), 1, 512);
         else cli_die(0, "unknown option '%s' (see tutti topo --help)", argv[i]);
     }
-    struct comm *c = cli_comm();
-    const int n = comm_size(c), me = comm_rank(c);
-    struct topo_rank mine = { .cores = tt_cpu_count(), .isa = kcpu_get()->isa };
-    snprintf(mine.host, sizeof(mine.host), "%s", comm_host(c, me));
-    meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
-    mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
-    mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores);
-    struct topo_rank *all = calloc((size_t)n, sizeof(*all));
-    double *lat = calloc((size_t)n * n, sizeof(double)), *bw = calloc((size_t)n * n, sizeof(double));
-    uint8_t *buf = tt_alloc(TOPO_BW_BYTES);
-    if (!all || !lat || !bw || !buf) cli_die(TT_ENOMEM, "topo");
-    int err = comm_allgather(c, &mine, sizeof(mine), all);
-    if (err) cli_die(err, "exchanging rank descriptions");
-    for (int a = 0; a < n; a++)
-        for (int b = a + 1; b < n; b++) {
-            double l = 0, g = 0;
-            measure_pair(c, a, b, buf, &l, &g);
-            double lg[2] = { l, g }; /* rank a's figures to rank 0 */
-            if (a != 0 && me == a) err = comm_send(c, lg, sizeof(lg), 0, TOPO_TAG);
-            if (a != 0 && me == 0) err = comm_recv(c, lg, sizeof(lg), a, TOPO_TAG);
-            if (err) cli_die(err, "collecting link figures");
-            lat[a * n + b] = lat[b * n + a] = lg[0];
-            bw[a * n + b] = bw[b * n + a] = lg[1];
-        }
-    if (me == 0) {
-        if (json) {
-            printf("{\"ranks\":[");
-            for (int r = 0; r < n; r++) {
-                printf("%s{\"rank\":%d,\"host\":", r ? "," : "", r);
-                cli_json_str(stdout, all[r].host, strlen(all[r].host));
-                printf(",\"cores\":%d,\"isa\":\"%s\",\"mem_total_gib\":%.2f,\"mem_avail_gib\":%.2f,"
-                       "\"read_gbs\":%.2f,\"matvec_gbs\":%.2f}", all[r].cores,
-                       kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib,
-                       all[r].mem_avail_gib, all[r].read_gbs, all[r].matvec_gbs);
-            }
-            printf("],\"links\":[");
-            for (int a = 0, k = 0; a < n; a++)
-                for (int b = a + 1; b < n; b++, k++)
-                    printf("%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.3f}",
-                           k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
-                           lat[a * n + b], bw[a * n + b]);
-            printf("]}\n");
-        } else {
-            printf("rank  host                 cores  isa      memory (free) GiB  read GB/s  Q4_K matvec GB/s\n");
-            for (int r = 0; r < n; r++)
-                printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f  %16.1f\n", r, all[r].host,
-                       all[r].cores, kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib,
-                       all[r].mem_avail_gib, all[r].read_gbs, all[r].matvec_gbs);
-            if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s\n");
-            for (int a = 0; a < n; a++)
-                for (int b = a + 1; b < n; b++)
-                    printf("%2d-%-2d   %-9s  %10.2f  %14.3f\n", a, b,
-                           strcmp(all[a].host, all[b].host) ? "no" : "yes", lat[a * n + b], bw[a * n + b]);
-        }
+    struct topo t;
+    topo_measure(&t, threads);
+    const int n = t.n;
+    const struct topo_rank *all = t.all;
+    if (comm_rank(cli_comm()) == 0 && json) topo_json(stdout, &t);
+    else if (comm_rank(cli_comm()) == 0) {
+        printf("rank  host                 cores  isa      memory (free) GiB  read GB/s  Q4_K matvec GB/s\n");
+        for (int r = 0; r < n; r++)
+            printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f  %16.1f\n", r, all[r].host, all[r].cores,
+                   kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
+                   all[r].read_gbs, all[r].matvec_gbs);
+        if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s\n");
+        for (int a = 0; a < n; a++)
+            for (int b = a + 1; b < n; b++)
+                printf("%2d-%-2d   %-9s  %10.2f  %14.3f\n", a, b, strcmp(all[a].host, all[b].host) ? "no" : "yes",
+                       t.lat[a * n + b], t.bw[a * n + b]);
     }
-    tt_free(buf);
-    free(bw);
-    free(lat);
-    free(all);
+    topo_free(&t);
     return 0;
 }

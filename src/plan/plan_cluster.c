@@ -141,6 +141,12 @@ static int parse_rank_figures(json_t *o, const char *where, struct plan_hw_rank 
 {
     int err = num_field(o, "read_gbs", where, 0, true, 1e6, true, 0, &r->read_gbs);
     if (!err) err = num_field(o, "bw_efficiency", where, 0, true, 1, false, 1, &r->bw_efficiency);
+    /* `tutti topo` measures the decode kernel's speed (matvec_gbs): without an
+     * explicit bw_efficiency, the share of read_gbs it reaches is that. */
+    double matvec = 0;
+    if (!err) err = num_field(o, "matvec_gbs", where, 0, false, 1e6, false, 0, &matvec);
+    if (!err && matvec > 0 && !json_object_get(o, "bw_efficiency") && r->read_gbs > 0)
+        r->bw_efficiency = matvec / r->read_gbs > 1.0 ? 1.0 : matvec / r->read_gbs < 0.05 ? 0.05 : matvec / r->read_gbs;
     if (!err) err = num_field(o, "mem_avail_gib", where, 0, true, 1e6, true, 0, &r->mem_avail_gib);
     if (!err)
         err = num_field(o, "mem_total_gib", where, 0, true, 1e6, false, r->mem_avail_gib,
@@ -168,7 +174,7 @@ static int parse_rank_entry(struct plan_cluster *c, json_t *o, size_t i)
         "host",          "hosts",         "count",       "device",        "read_gbs",
         "bw_efficiency", "gflops",        "attn_gflops", "host_read_gbs", "host_gflops",
         "mem_avail_gib", "mem_total_gib", "overhead_us", "rank",          "cores",
-        "isa",           "comment",       NULL};
+        "isa",           "comment",       "matvec_gbs",  NULL};
     char where[48];
     snprintf(where, sizeof(where), "ranks[%zu]", i);
     if (!json_is_object(o)) return jfail(where, "must be an object");

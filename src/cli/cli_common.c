@@ -299,6 +299,9 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     struct plan_align a;
     plan_align_for_model(m, &a);
     if (o->plan_mode && !strcmp(o->plan_mode, "auto")) plan_auto(o, m);
+    if (o->engine.wire != COMM_WIRE_F32 && o->engine.join == PLAN_JOIN_GATHER && comm_rank(the_comm) == 0)
+        tt_warn("--comm-type %s applies to --tp-join sum; the gathering join sends exact f32",
+                comm_wire_name(o->engine.wire));
     if (o->plan_mode && !strcmp(o->plan_mode, "pp")) o->plan = plan_pipeline(&m->hp, n, w);
     else o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join);
     if (!o->plan) cli_die(TT_EINVAL, "planning");

@@ -15,6 +15,7 @@
 #define TOPO_PINGS 200
 #define TOPO_BW_BYTES (4u << 20)
 #define TOPO_BW_REPS 8
+#define TOPO_PROBE_BYTES (256u << 10)
 #define TOPO_TAG 7801
 
 struct topo_rank {
@@ -116,12 +117,29 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
             }
         }
         *lat_us = (tt_now_s() - t0) / TOPO_PINGS / 2 * 1e6;
+        /* bandwidth: a 256 KiB probe sizes the measurement to ~0.2 s, so a
+         * throttled link does not take minutes; `a` decides, `b` is told */
+        int64_t plan[2] = { TOPO_PROBE_BYTES, 1 };
         t0 = tt_now_s();
-        for (int i = 0; i < TOPO_BW_REPS && !err; i++)
-            err = me == a ? comm_send(c, buf, TOPO_BW_BYTES, peer, TOPO_TAG)
-                          : comm_recv(c, buf, TOPO_BW_BYTES, peer, TOPO_TAG);
+        if (!err) err = me == a ? comm_send(c, buf, TOPO_PROBE_BYTES, peer, TOPO_TAG)
+                                : comm_recv(c, buf, TOPO_PROBE_BYTES, peer, TOPO_TAG);
         if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
-        *gbs = (double)TOPO_BW_BYTES * TOPO_BW_REPS / (tt_now_s() - t0) / 1e9;
+        if (me == a) {
+            const double target = (double)TOPO_PROBE_BYTES / (tt_now_s() - t0) * 0.2;
+            plan[0] = target >= TOPO_BW_BYTES ? TOPO_BW_BYTES : TOPO_PROBE_BYTES;
+            plan[1] = (int64_t)(target / (double)plan[0]);
+            plan[1] = plan[1] < 1 ? 1 : plan[1] > TOPO_BW_REPS ? TOPO_BW_REPS : plan[1];
+        }
+        if (!err) err = me == a ? comm_send(c, plan, sizeof(plan), peer, TOPO_TAG)
+                                : comm_recv(c, plan, sizeof(plan), peer, TOPO_TAG);
+        if (!err && (plan[0] < 1 || plan[0] > TOPO_BW_BYTES || plan[1] < 1 || plan[1] > TOPO_BW_REPS))
+            err = tt_error_set(TT_ECOMM, "bad measurement plan from rank %d", peer);
+        t0 = tt_now_s();
+        for (int64_t i = 0; i < plan[1] && !err; i++)
+            err = me == a ? comm_send(c, buf, (size_t)plan[0], peer, TOPO_TAG)
+                          : comm_recv(c, buf, (size_t)plan[0], peer, TOPO_TAG);
+        if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
+        *gbs = (double)plan[0] * (double)plan[1] / (tt_now_s() - t0) / 1e9;
     }
     if (err) cli_die(err, "measuring the link %d-%d", a, b);
     if ((err = comm_barrier(c))) cli_die(err, "barrier");

@@ -40,3 +40,25 @@ f="$S/models/synth-llama.q8_0.gguf"
 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
 run3 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --plan pp > "$tmp/many" 2>"$tmp/err"
 [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass pipeline_tcp || fail pipeline_tcp "$(head -c 300 "$tmp/err")"
+# One deliberately slow link (tbf, 8 Mbit/s, on tt-ns3): --plan auto measures
+# it and avoids tensor parallelism over it, and the run is faster than forced TP.
+if tc qdisc add dev tt-v3 root tbf rate 8mbit burst 32kbit latency 400ms 2>/dev/null &&
+   ip netns exec tt-ns3 tc qdisc add dev tt-p3 root tbf rate 8mbit burst 32kbit latency 400ms 2>/dev/null; then
+    f="$S/models/synth-llama.q8_0.gguf"
+    for mode in auto tp; do
+        run3 "$T" run -m "$f" -p "Once upon a time" -n 32 --temp 0 --ignore-eos --json -t 1 --plan $mode \
+            > "$tmp/slow_$mode" 2>"$tmp/slow_err_$mode"
+    done
+    auto=$(sed -n 's/.*"decode_tok_s":\([0-9.]*\).*/\1/p' "$tmp/slow_auto")
+    tp=$(sed -n 's/.*"decode_tok_s":\([0-9.]*\).*/\1/p' "$tmp/slow_tp")
+    chosen=$(grep -o "plan auto: [a-z]*" "$tmp/slow_err_auto" | head -1)
+    echo "  slow link: --plan auto ($chosen) $auto tok/s, --plan tp $tp tok/s"
+    if [ -n "$auto" ] && [ -n "$tp" ] && ! echo "$chosen" | grep -q "auto: tp" &&
+       awk -v a="$auto" -v t="$tp" 'BEGIN { exit !(a > t) }'; then
+        pass slow_link_auto_avoids_tp
+    else
+        fail slow_link_auto_avoids_tp "$chosen auto $auto tp $tp $(head -c 300 "$tmp/slow_err_auto")"
+    fi
+else
+    skip slow_link_auto_avoids_tp "tc/tbf not available"
+fi

@@ -58,6 +58,10 @@ extern const char cli_model_opts_help[];
  * --min-p, --repeat-penalty, --repeat-last-n, --seed); true if consumed. */
 bool cli_sampler_opt(int argc, char **argv, int *i, struct sampler_opts *so);
 extern const char cli_sampler_opts_help[];
+/* A model-shape option of `gen` and `plan` (--n-embd, --n-layer, --n-head,
+ * --n-head-kv, --head-dim, --n-ff, --vocab, --n-expert, --n-expert-used,
+ * --n-ff-exp, --n-ff-shexp) with value v into hp; false if a is none. */
+bool cli_shape_opt(const char *a, const char *v, struct model_hparams *hp);
 /* Load the model (dies with a clear message on error) and touch its pages
  * with a progress bar, so the first token does not pay for page faults. */
 void cli_load_model(const char *path, struct model *m);

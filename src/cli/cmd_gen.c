@@ -32,28 +32,14 @@ static const char gen_help[] =
     "  -t, --threads N    worker threads (default: all cores)\n"
     "  -o, --out FILE     output file (required)\n";
 
-static void parse_shape(const char *a, const char *v, struct model_hparams *hp, bool *ok)
+/* gen's own shape options beyond the shared ones. */
+static bool gen_shape_opt(const char *a, const char *v, struct model_hparams *hp)
 {
-    *ok = true;
-#define INT(flag, field, lo, hi) if (!strcmp(a, flag)) { hp->field = (int32_t)cli_parse_int(a, v, lo, hi); return; }
-    INT("--n-embd", n_embd, 1, MODEL_DIM_MAX);
-    INT("--n-layer", n_layer, 1, MODEL_LAYERS_MAX);
-    INT("--n-head", n_head, 1, 4096);
-    INT("--n-head-kv", n_head_kv, 1, 4096);
-    INT("--head-dim", head_dim, 2, 4096);
-    INT("--n-ff", n_ff, 1, MODEL_DIM_MAX);
-    INT("--vocab", n_vocab, 1, MODEL_VOCAB_MAX);
-    INT("--ctx", n_ctx_train, 1, 1 << 24);
-    INT("--n-expert", n_expert, 0, MODEL_EXPERTS_MAX);
-    INT("--n-expert-used", n_expert_used, 1, MODEL_EXPERTS_MAX);
-    INT("--n-ff-exp", n_ff_exp, 1, MODEL_DIM_MAX);
-    INT("--n-ff-shexp", n_ff_shexp, 0, MODEL_DIM_MAX);
-#undef INT
-    if (!strcmp(a, "--rope-base")) {
-        hp->rope_base = (float)cli_parse_float(a, v, 1, 1e12);
-        return;
-    }
-    *ok = false;
+    if (cli_shape_opt(a, v, hp)) return true;
+    if (!strcmp(a, "--ctx")) hp->n_ctx_train = (int32_t)cli_parse_int(a, v, 1, 1 << 24);
+    else if (!strcmp(a, "--rope-base")) hp->rope_base = (float)cli_parse_float(a, v, 1, 1e12);
+    else return false;
+    return true;
 }
 
 static void gen_progress(void *ctx, double done, double total)
@@ -70,15 +56,13 @@ int cmd_gen(int argc, char **argv)
     const char *out = NULL, *type = "q4_k_m", *arch = "llama", *vocab_from = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        bool ok;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(gen_help, stdout);
             return 0;
         }
         if (!strcmp(a, "--tied")) { o.tied_output = true; continue; }
         const char *v = cli_value(argc, argv, &i);
-        parse_shape(a, v, hp, &ok);
-        if (ok) continue;
+        if (gen_shape_opt(a, v, hp)) continue;
         if (!strcmp(a, "--arch")) arch = v;
         else if (!strcmp(a, "--type")) type = v;
         else if (!strcmp(a, "--vocab-from")) vocab_from = v;

@@ -78,28 +78,6 @@ struct plan_opts {
     struct plan_workload w;
 };
 
-static bool parse_shape_opt(const char *a, const char *v, struct model_hparams *hp)
-{
-#define INT(flag, field, lo, hi)                                                                   \
-    if (!strcmp(a, flag)) {                                                                        \
-        hp->field = (int32_t)cli_parse_int(a, v, lo, hi);                                          \
-        return true;                                                                               \
-    }
-    INT("--n-embd", n_embd, 1, MODEL_DIM_MAX);
-    INT("--n-layer", n_layer, 1, MODEL_LAYERS_MAX);
-    INT("--n-head", n_head, 1, 4096);
-    INT("--n-head-kv", n_head_kv, 1, 4096);
-    INT("--head-dim", head_dim, 2, 4096);
-    INT("--n-ff", n_ff, 1, MODEL_DIM_MAX);
-    INT("--vocab", n_vocab, 1, MODEL_VOCAB_MAX);
-    INT("--n-expert", n_expert, 0, MODEL_EXPERTS_MAX);
-    INT("--n-expert-used", n_expert_used, 1, MODEL_EXPERTS_MAX);
-    INT("--n-ff-exp", n_ff_exp, 1, MODEL_DIM_MAX);
-    INT("--n-ff-shexp", n_ff_shexp, 0, MODEL_DIM_MAX);
-#undef INT
-    return false;
-}
-
 static void parse_args(int argc, char **argv, struct plan_opts *o)
 {
     for (int i = 1; i < argc; i++) {
@@ -117,7 +95,7 @@ static void parse_args(int argc, char **argv, struct plan_opts *o)
             continue;
         }
         const char *v = cli_value(argc, argv, &i);
-        if (parse_shape_opt(a, v, &o->hp)) continue;
+        if (cli_shape_opt(a, v, &o->hp)) continue;
         if (!strcmp(a, "-m") || !strcmp(a, "--model"))
             o->model_path = v;
         else if (!strcmp(a, "--cluster"))

@@ -168,6 +168,8 @@ int sampler_init(struct sampler *s, const struct sampler_opts *o, int n_vocab);
 void sampler_free(struct sampler *s);
 /* Pick the next token from logits[n_vocab] (not modified). */
 int32_t sampler_sample(struct sampler *s, const float *logits);
+/* qsort order of candidates: higher logit first, then lower id. */
+int sampler_cand_cmp(const void *a, const void *b);
 /* Pick from candidates (ids and raw logits, any order; modified). `n_vocab`
  * candidates means the full distribution. Used by distributed sampling. */
 int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n);

@@ -93,13 +93,6 @@ static int gather_logits(struct engine *e, int rows, float *out)
     return err;
 }
 
-static int cmp_logit_desc(const void *a, const void *b)
-{
-    const struct sampler_cand *x = a, *y = b;
-    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
-    return x->id - y->id;
-}
-
 /* Candidates of one row of this rank's logits slice: the k best, then the
  * history tokens it owns (for the repetition penalty), padded with id -1. */
 static void local_candidates(const struct engine *e, const float *logits, int k,
@@ -112,7 +105,7 @@ static void local_candidates(const struct engine *e, const float *logits, int k,
         struct sampler_cand x = { v0 + i, logits[i] };
         if (n < k) {
             c[n++] = x;
-            if (n == k) qsort(c, (size_t)n, sizeof(*c), cmp_logit_desc);
+            if (n == k) qsort(c, (size_t)n, sizeof(*c), sampler_cand_cmp);
         } else if (x.logit > c[k - 1].logit) { /* insert, keep sorted */
             int j = k - 1;
             while (j > 0 && c[j - 1].logit < x.logit) {

@@ -209,10 +209,17 @@ static void route(struct engine *e, int64_t n_tok)
     }
 }
 
+/* The copy the first routed token of expert x goes to in this step; later
+ * tokens go to the following copies in turn. Rotating with the step spreads
+ * decode (one token per step) over the copies too. */
+static int deal_start(const struct engine *e, const struct moe_placement *p, int x)
+{
+    return (int)(e->moe_stats.steps % (uint64_t)p->n_copies[x]);
+}
+
 /* The experts held here, each on its share of the tokens routed to it, in
  * expert order; the tokens of an expert with c copies are dealt to the copies
- * in turn, starting at a copy that rotates with the step (so that decode,
- * one token per step, spreads over the copies too). Outputs in pair order (expert, token) into `pairs` [n][n_embd];
+ * in turn from deal_start(). Outputs in pair order (expert, token) into `pairs` [n][n_embd];
  * with `acc`, also weighted and added into e->ffn_out. */
 static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs, bool acc)
 {
@@ -225,7 +232,7 @@ static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs,
     for (int x = 0; x < hp->n_expert; x++) {
         const int c = moe_copy_index(p, x, e->tp_rank), nc = p->n_copies[x];
         if (c < 0) continue;
-        int n = 0, dealt = (int)(e->moe_stats.steps % (uint64_t)nc);
+        int n = 0, dealt = deal_start(e, p, x);
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++)
                 if (e->sel[t * K + k] == x && dealt++ % nc == c) {
@@ -258,7 +265,7 @@ static void join_experts(struct engine *e, int il, int64_t n_tok)
     const int K = hp->n_expert_used, R = e->tp_size;
     int64_t count[MOE_RANKS_MAX] = { 0 }, cursor[MOE_RANKS_MAX];
     for (int x = 0; x < hp->n_expert; x++) {
-        int dealt = (int)(e->moe_stats.steps % (uint64_t)p->n_copies[x]);
+        int dealt = deal_start(e, p, x);
         for (int64_t i = 0; i < n_tok * K; i++)
             if (e->sel[i] == x) count[p->copies[(size_t)x * R + dealt++ % p->n_copies[x]]]++;
     }
@@ -269,7 +276,7 @@ static void join_experts(struct engine *e, int il, int64_t n_tok)
     int err = comm_allgatherv(e->comm, e->part, e->sizes[e->tp_rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
     for (int x = 0; x < hp->n_expert; x++) {
-        int dealt = (int)(e->moe_stats.steps % (uint64_t)p->n_copies[x]);
+        int dealt = deal_start(e, p, x);
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++) {
                 if (e->sel[t * K + k] != x) continue;

@@ -61,7 +61,7 @@ static uint64_t next_random(uint64_t *state)
     return *state = x;
 }
 
-static int cmp_cand_desc(const void *a, const void *b)
+int sampler_cand_cmp(const void *a, const void *b)
 {
     const struct sampler_cand *x = a, *y = b;
     if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
@@ -103,7 +103,7 @@ int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n)
                 best = i;
         return c[best].id;
     }
-    qsort(c, (size_t)n, sizeof(*c), cmp_cand_desc);
+    qsort(c, (size_t)n, sizeof(*c), sampler_cand_cmp);
     int keep = n;
     if (s->opts.top_k > 0 && s->opts.top_k < keep) keep = s->opts.top_k;
     const float inv_t = 1.0f / s->opts.temperature, top = c[0].logit;

@@ -54,13 +54,13 @@ void plan_split_units(int64_t n, int64_t unit, int n_ranks, const double *weight
 
 /* Activation block of a weight type: how many input columns one quantized
  * activation block covers. */
-static int32_t act_block(uint32_t type)
+int32_t plan_act_block(uint32_t type)
 {
     const struct tt_type_traits *tr = tt_type_get(type);
     return tr ? tt_type_get(tr->vec_dot_type)->block_size : 1;
 }
 
-static int32_t lcm_units(int32_t block, int32_t width)
+int32_t plan_units_per_block(int32_t block, int32_t width)
 {
     /* smallest count of `width`-sized items whose total is a multiple of block */
     return (int32_t)(block / gcd64(block, width));
@@ -72,12 +72,12 @@ void plan_align_for_model(const struct model *m, struct plan_align *a)
     int32_t wo = 1, down = 1, dexp = 1, dsh = 1;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *l = &m->layers[il];
-        wo = TT_MAX(wo, act_block(l->wo.type));
-        if (l->w_down.data) down = TT_MAX(down, act_block(l->w_down.type));
-        if (l->down_exps.data) dexp = TT_MAX(dexp, act_block(l->down_exps.type));
-        if (l->down_shexp.data) dsh = TT_MAX(dsh, act_block(l->down_shexp.type));
+        wo = TT_MAX(wo, plan_act_block(l->wo.type));
+        if (l->w_down.data) down = TT_MAX(down, plan_act_block(l->w_down.type));
+        if (l->down_exps.data) dexp = TT_MAX(dexp, plan_act_block(l->down_exps.type));
+        if (l->down_shexp.data) dsh = TT_MAX(dsh, plan_act_block(l->down_shexp.type));
     }
-    a->head_unit = lcm_units(wo, hp->head_dim);
+    a->head_unit = plan_units_per_block(wo, hp->head_dim);
     a->ff_unit = down;
     a->ff_exp_unit = dexp;
     a->shexp_unit = dsh;

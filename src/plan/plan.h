@@ -77,6 +77,11 @@ struct plan {
     struct plan_rank ranks[]; /* n_ranks entries */
 };
 
+/* Elements of one activation block of a weight type (the block of its
+ * vec_dot type: 256 for K-quants, 32 for Q4_0/Q8_0, 1 for float types). */
+int32_t plan_act_block(uint32_t type);
+/* Smallest count of `width`-sized items whose total is a multiple of block. */
+int32_t plan_units_per_block(int32_t block, int32_t width);
 /* Alignment units for a loaded model (max over layers of the relevant blocks). */
 void plan_align_for_model(const struct model *m, struct plan_align *a);
 

@@ -89,13 +89,6 @@ static uint32_t mix_type(enum tt_type base, bool mix, const struct model_hparams
     return ne0 % QK8_0 == 0 && tr->is_quantized ? TT_TYPE_Q8_0 : TT_TYPE_F16;
 }
 
-/* Input columns one quantized activation block covers for a weight type. */
-static int32_t act_block(uint32_t type)
-{
-    const struct tt_type_traits *tr = tt_type_get(type);
-    return tr ? tt_type_get(tr->vec_dot_type)->block_size : 1;
-}
-
 struct visit {
     struct plan_model *pm;
     const struct model_layer *l;
@@ -130,20 +123,10 @@ static void visit_weight(void *ctx, struct model_weight *w, const char *name, bo
     const bool expert = p == PLAN_PART_EXP_UP || p == PLAN_PART_EXP_DOWN;
     lc->bytes[p] += expert ? bytes / (uint64_t)ne2 : bytes;
     lc->elems[p] += expert ? elems / (uint64_t)ne2 : elems;
-    if (w == &v->l->wo) v->wo_block = TT_MAX(v->wo_block, act_block(type));
-    if (w == &v->l->w_down) v->down_block = TT_MAX(v->down_block, act_block(type));
-    if (w == &v->l->down_exps) v->dexp_block = TT_MAX(v->dexp_block, act_block(type));
-    if (w == &v->l->down_shexp) v->dsh_block = TT_MAX(v->dsh_block, act_block(type));
-}
-
-static int64_t gcd64(int64_t a, int64_t b)
-{
-    while (b) {
-        int64_t t = a % b;
-        a = b;
-        b = t;
-    }
-    return a;
+    if (w == &v->l->wo) v->wo_block = TT_MAX(v->wo_block, plan_act_block(type));
+    if (w == &v->l->w_down) v->down_block = TT_MAX(v->down_block, plan_act_block(type));
+    if (w == &v->l->down_exps) v->dexp_block = TT_MAX(v->dexp_block, plan_act_block(type));
+    if (w == &v->l->down_shexp) v->dsh_block = TT_MAX(v->dsh_block, plan_act_block(type));
 }
 
 static int model_layers(struct plan_model *pm, struct visit *v, const struct model *m)
@@ -161,7 +144,7 @@ static int model_layers(struct plan_model *pm, struct visit *v, const struct mod
         v->il = il;
         model_visit_layer(hp, il, l, visit_weight, v);
     }
-    pm->align.head_unit = (int32_t)(v->wo_block / gcd64(v->wo_block, hp->head_dim));
+    pm->align.head_unit = plan_units_per_block(v->wo_block, hp->head_dim);
     pm->align.ff_unit = v->down_block;
     pm->align.ff_exp_unit = v->dexp_block;
     pm->align.shexp_unit = v->dsh_block;

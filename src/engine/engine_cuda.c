@@ -23,11 +23,19 @@
  *   2. Buffers and their addresses are fixed after set-up (graphs rely on it).
  *   3. Every failure returns a TT_E* code with a detail, logged here because
  *      the engine turns accelerator failures into an assertion.
- * Several ranks are not supported yet (TT_EUNSUPPORTED; the engine then
- * stays on the CPU when the layer count was automatic).
+ *
+ * Several ranks (tensor parallel, the `sum` join): see "GPU ranks" below.
+ * Each rank uploads only its own slices (the engine's views), computes its
+ * heads and FFN columns, and the partial products of the attention output
+ * and FFN down projections are summed over the ranks before they are added
+ * to x: with NCCL in the stream when every rank has a GPU of its own (rank
+ * -> device local_rank % device_count; the decode graph captures the
+ * all-reduce), else through pinned host memory and the engine's comm (ranks
+ * sharing a GPU; no decode graph then).
  */
 #include "engine_internal.h"
 #include "../kcuda/kcuda.h"
+#include "../comm/comm_nccl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +114,12 @@ struct cuda_accel {
     float *prof_x;           /* [B][E] the batch's input rows, or NULL */
     int prof_decode_steps;
     bool prof_batch_done;
+    /* GPU ranks (several ranks; see "GPU ranks" below) */
+    int device;              /* CUDA device of this rank */
+    int mem_share;           /* ranks sharing that device: each plans with 1/mem_share of it */
+    bool use_nccl;           /* every rank has a GPU of its own: join with NCCL */
+    struct comm_nccl *nccl;  /* the NCCL communicator, or NULL: host-staged joins */
+    float *h_join;           /* [B][E] pinned staging of a host-staged join */
 };
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -224,7 +238,7 @@ static int place_layer(struct placer *p, struct engine *e, int il)
 static int place_output(struct placer *p, struct engine *e)
 {
     int err = place_weight(p, &p->c->output, &e->output, 1);
-    if (!err) err = place_vec(p, &p->c->output_norm, e->m->output_norm.data, e->m->hp.n_embd);
+    if (!err) err = place_vec(p, &p->c->output_norm, e->output_norm, e->m->hp.n_embd);
     return err;
 }
 
@@ -375,6 +389,38 @@ static bool pairable_rows(const struct kcuda_weight *a, const struct kcuda_weigh
     return a->data && b->data && a->type == b->type && a->n_in == b->n_in && a->row_stride == b->row_stride;
 }
 
+/* ---- GPU ranks: joining partial products ---- */
+
+/* Sum d_buf[0..n) over the ranks in place: NCCL on the stream, or through
+ * pinned host memory and the engine's comm (e->wire), which leaves the same
+ * bits on every rank as the CPU's sum join does. */
+static int join_sum(struct cuda_accel *c, struct engine *e, float *d_buf, int64_t n)
+{
+    if (c->nccl) return comm_nccl_allreduce_sum(c->nccl, d_buf, n, kcuda_stream(c->k));
+    const size_t bytes = (size_t)n * 4;
+    int err = kcuda_download(c->k, c->h_join, d_buf, bytes);
+    if (!err) err = kcuda_sync(c->k);
+    if (!err) err = comm_allreduce_sum(e->comm, c->h_join, n, e->wire);
+    if (!err) err = kcuda_upload(c->k, d_buf, c->h_join, bytes);
+    return err;
+}
+
+/* x += W . act for the output projections (attention wo, FFN down). One rank
+ * adds its product into x directly; on several ranks W holds this rank's
+ * input columns, so the partial products land in ffn_out (free at both
+ * points), are summed over the ranks and then added, as engine_forward.c's
+ * project_join does for the `sum` join. */
+static int project_add(struct cuda_accel *c, struct engine *e, const struct act_set *s,
+                       const struct kcuda_weight *w, int64_t n_tok)
+{
+    const int64_t E = e->m->hp.n_embd;
+    if (e->tp_size == 1) return lin(c, s, w, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
+    int err = lin(c, s, w, NULL, n_tok, c->ffn_out, E, NULL, KCUDA_OUT_STORE);
+    if (!err) err = join_sum(c, e, c->ffn_out, n_tok * E);
+    if (!err) err = kcuda_add(c->k, c->x, c->ffn_out, n_tok * E);
+    return err;
+}
+
 static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
@@ -404,7 +450,7 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
         err = kcuda_attention(c->k, &c->shape, n_tok, attn_splits(e, n_tok), c->q, g->k_cache,
                               g->v_cache, c->pos, c->seq, c->part, c->att_count, c->attn);
     if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
-    if (!err) err = lin(c, &s, &g->wo, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
+    if (!err) err = project_add(c, e, &s, &g->wo, n_tok);
     return err;
 }
 
@@ -431,7 +477,7 @@ static int dense_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, NULL, ws, 2);
     if (!err) err = swiglu_pair(c, &s, &g->w_gate, &g->w_up, n_tok, c->ffn_a, c->ffn_b);
     if (!err) err = acts_prepare(c, &s, c->ffn_a, ff, n_tok, ff, NULL, 0.0f, NULL, wd, 1);
-    if (!err) err = lin(c, &s, &g->w_down, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
+    if (!err) err = project_add(c, e, &s, &g->w_down, n_tok);
     return err;
 }
 
@@ -630,6 +676,8 @@ static void cuda_destroy(void *ctx)
     kcuda_host_free(c->h_pos);
     kcuda_host_free(c->h_seq);
     kcuda_host_free(c->h_logits);
+    kcuda_host_free(c->h_join);
+    comm_nccl_free(c->nccl);
     kcuda_destroy(c->k);
     free(c->layers);
     free(c->prof_x);
@@ -640,7 +688,11 @@ static void cuda_destroy(void *ctx)
 static const char *unsupported(const struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (e->n_ranks > 1) return "GPU layers with several ranks are not supported yet";
+    if (e->n_ranks > 1 && e->join != PLAN_JOIN_SUM)
+        return "GPU ranks join partial sums: run with --tp-join sum (the gathering join stays on the CPU)";
+    if (e->n_ranks > 1 && hp->n_expert) return "MoE models on several GPU ranks are not supported yet";
+    if (e->n_ranks > 1 && (e->n_head_local == 0 || e->n_kv_local == 0 || e->slice.ff.end <= e->slice.ff.begin))
+        return "a GPU rank without attention heads or FFN columns (use fewer ranks)";
     if (hp->head_dim > KCUDA_HEAD_DIM_MAX) return "heads longer than 256";
     if (hp->n_expert > 1024 || hp->n_expert_used > 32) return "more than 1024 experts or 32 per token";
     if (e->n_batch > 65535) return "batches over 65535 tokens";
@@ -666,6 +718,7 @@ static int choose_layers(struct cuda_accel *c, struct engine *e, int n_req, uint
     *out_bytes = p.used - before;
     size_t fr = 0, tot = 0;
     int err = kcuda_mem_info(c->k, &fr, &tot);
+    if (c->mem_share > 1) fr = TT_MIN(fr, tot / (size_t)c->mem_share); /* GPU ranks sharing the device */
     const uint64_t kvb = 2 * kv_layer_bytes(e);
     const uint64_t avail = fr > fixed + GPU_MARGIN_BYTES ? fr - fixed - GPU_MARGIN_BYTES : 0;
     uint64_t used = 0;
@@ -729,18 +782,138 @@ static void fill_shape(struct cuda_accel *c, const struct engine *e)
     };
 }
 
+/* ---- GPU ranks: set-up ----
+ * Two collectives keep the ranks in step, so that their joins pair up:
+ * ranks_agree() before any device work (all ranks take GPU layers or none
+ * does; which device; NCCL or host-staged), ranks_finish() after each rank's
+ * own set-up (all succeed or all fail; the same number of device layers). */
+
+struct rank_place {
+    int device;    /* CUDA device of this rank: local rank % devices */
+    int mem_share; /* ranks of this host on that device */
+    bool use_nccl;
+};
+
+/* What a rank tells the others before any device work. */
+struct rank_gpu_info {
+    int32_t ok;      /* it can run GPU layers */
+    int32_t own_gpu; /* its host has at most one rank per GPU */
+    int32_t nccl_ok; /* it loaded NCCL (and TT_NCCL does not forbid it) */
+};
+
+static int ranks_agree(struct engine *e, const char *why, int n_dev, struct rank_place *out)
+{
+    const int R = e->n_ranks;
+    int local = 0, on_host = 0;
+    for (int r = 0; r < R; r++) {
+        if (strcmp(comm_host(e->comm, r), comm_host(e->comm, e->rank))) continue;
+        local += r < e->rank;
+        on_host++;
+    }
+    const char *env = getenv("TT_NCCL");
+    struct rank_gpu_info mine = { !why && n_dev > 0, n_dev > 0 && on_host <= n_dev, 0 };
+    if (mine.ok && mine.own_gpu && !(env && !atoi(env))) {
+        mine.nccl_ok = comm_nccl_load() == 0;
+        if (!mine.nccl_ok) tt_warn("GPU rank %d joins through the host: %s", e->rank, tt_error_detail());
+        tt_error_clear();
+    }
+    struct rank_gpu_info *all = calloc((size_t)R, sizeof(*all));
+    if (!all) return tt_error_set(TT_ENOMEM, "out of host memory");
+    int err = comm_allgather(e->comm, &mine, sizeof(mine), all);
+    int bad = -1;
+    bool nccl = true;
+    for (int r = 0; r < R && !err; r++) {
+        if (!all[r].ok && bad < 0) bad = r;
+        nccl = nccl && all[r].own_gpu && all[r].nccl_ok;
+    }
+    free(all);
+    if (err) return err;
+    if (bad >= 0) {
+        err = why ? tt_error_set(TT_EUNSUPPORTED, "%s; run with --gpu-layers 0", why)
+              : n_dev <= 0 ? tt_error_set(TT_EUNSUPPORTED, "no CUDA GPU found")
+                           : tt_error_set(TT_EUNSUPPORTED, "rank %d cannot run GPU layers, so no rank does", bad);
+        if (e->rank == 0 && n_dev > 0) tt_warn("GPU: layers stay on the CPU: %s", tt_error_detail());
+        return err;
+    }
+    *out = (struct rank_place){ .device = local % n_dev, .use_nccl = nccl };
+    for (int l = 0; l < on_host; l++) out->mem_share += l % n_dev == out->device;
+    return 0;
+}
+
+/* The joins' means: NCCL (falling back to the host when any rank fails to
+ * set it up), or pinned host staging, which cannot be captured in a graph. */
+static int ranks_join_setup(struct cuda_accel *c, struct engine *e)
+{
+    int err = 0;
+    if (c->use_nccl) {
+        err = comm_nccl_init(&c->nccl, e->comm);
+        int32_t ok = err == 0, all_ok = 0;
+        if (err) tt_warn("GPU rank %d: %s", e->rank, tt_error_detail());
+        tt_error_clear();
+        int32_t *all = calloc((size_t)e->n_ranks, sizeof(int32_t));
+        if (!all) return tt_error_set(TT_ENOMEM, "out of host memory");
+        err = comm_allgather(e->comm, &ok, sizeof(ok), all);
+        all_ok = !err;
+        for (int r = 0; r < e->n_ranks && all_ok; r++) all_ok = all[r];
+        free(all);
+        if (err) return err;
+        if (all_ok) return 0;
+        comm_nccl_free(c->nccl);
+        c->nccl = NULL;
+        c->use_nccl = false;
+        if (e->rank == 0) tt_warn("GPU: NCCL could not be set up on every rank; joining through the host");
+    }
+    c->graph_off = true;
+    return kcuda_host_alloc((void **)&c->h_join, (size_t)c->B * (size_t)e->m->hp.n_embd * 4);
+}
+
+static int ranks_finish(struct cuda_accel *c, struct engine *e, int err)
+{
+    const int R = e->n_ranks;
+    int32_t mine[2] = { err, c->n_layers };
+    int32_t *all = calloc((size_t)R * 2, sizeof(int32_t));
+    if (!all) return err ? err : tt_error_set(TT_ENOMEM, "out of host memory");
+    int cerr = comm_allgather(e->comm, mine, sizeof(mine), all);
+    int bad = -1, n_min = c->n_layers;
+    for (int r = 0; r < R && !cerr; r++) {
+        if (all[2 * r] && bad < 0) bad = r;
+        n_min = TT_MIN(n_min, all[2 * r + 1]);
+    }
+    free(all);
+    if (err || cerr) return err ? err : cerr;
+    if (bad >= 0) return tt_error_set(TT_EDEVICE, "GPU rank %d failed to set up (its message says why)", bad);
+    if (n_min < c->n_layers) { /* the joins of every device layer pair up with the other ranks' */
+        c->n_layers = n_min;
+        c->has_output = false;
+    }
+    err = ranks_join_setup(c, e);
+    if (!err && e->rank == 0)
+        tt_info("GPU ranks: %d, %d layers each, joins %s%s", R, c->n_layers,
+                c->nccl ? "with NCCL" : "through the host", c->mem_share > 1 ? " (ranks share a GPU)" : "");
+    return err;
+}
+
 int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out)
 {
     memset(out, 0, sizeof(*out));
     const struct model_hparams *hp = &e->m->hp;
     const char *why = unsupported(e);
+    const int n_dev = kcuda_device_count();
+    struct rank_place place = { 0, 1, false };
+    if (e->n_ranks > 1) { /* collective: every rank reaches ranks_finish below */
+        int err = ranks_agree(e, why, n_dev, &place);
+        if (err) return err;
+    }
     if (why) return tt_error_set(TT_EUNSUPPORTED, "%s; run with --gpu-layers 0", why);
-    if (kcuda_device_count() <= 0) return tt_error_set(TT_EUNSUPPORTED, "no CUDA GPU found");
+    if (n_dev <= 0) return tt_error_set(TT_EUNSUPPORTED, "no CUDA GPU found");
     struct cuda_accel *c = calloc(1, sizeof(*c));
     if (!c || !(c->layers = calloc((size_t)hp->n_layer, sizeof(*c->layers)))) {
         free(c);
         return tt_error_set(TT_ENOMEM, "out of host memory");
     }
+    c->device = place.device;
+    c->mem_share = place.mem_share;
+    c->use_nccl = place.use_nccl;
     c->B = e->n_batch;
     c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
@@ -750,12 +923,13 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     fill_shape(c, e);
     uint64_t w_bytes = 0, out_bytes = 0;
     const size_t buf_bytes = layout_bufs(c, e, NULL), scratch = scratch_bytes(e, c->B);
-    int err = kcuda_create(&c->k, 0, scratch);
+    int err = kcuda_create(&c->k, c->device, scratch);
     if (!err) err = choose_layers(c, e, n_gpu_layers, buf_bytes + 2 * (uint64_t)hp->n_embd * 4, &w_bytes, &out_bytes);
     if (!err && c->n_layers == 0)
         err = tt_error_set(TT_EUNSUPPORTED, "not even one layer fits in the GPU's free memory");
     if (!err) err = alloc_all(c, e, w_bytes + (c->has_output ? out_bytes : 0), buf_bytes);
     if (!err) err = upload_all(c, e, w_bytes + (c->has_output ? out_bytes : 0));
+    if (e->n_ranks > 1) err = ranks_finish(c, e, err);
     if (err) {
         cuda_destroy(c);
         return err;

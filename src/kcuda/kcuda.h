@@ -84,6 +84,9 @@ int kcuda_device_count(void);
 int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes);
 void kcuda_destroy(struct kcuda *k); /* NULL is fine; frees the scratch, not user buffers */
 const char *kcuda_device_name(const struct kcuda *k);
+/* The context's stream as a cudaStream_t, for libraries that queue work on
+ * it (NCCL in comm_nccl.c). */
+void *kcuda_stream(struct kcuda *k);
 int kcuda_mem_info(struct kcuda *k, size_t *free_bytes, size_t *total_bytes);
 
 /* Device memory: *ptr = NULL on failure, with a TT_ENOMEM detail that says

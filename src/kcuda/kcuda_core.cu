@@ -123,6 +123,8 @@ void kcuda_destroy(struct kcuda *k)
 
 const char *kcuda_device_name(const struct kcuda *k) { return k->name; }
 
+void *kcuda_stream(struct kcuda *k) { return (void *)k->stream; }
+
 int kcuda_mem_info(struct kcuda *k, size_t *free_bytes, size_t *total_bytes)
 {
     (void)k;

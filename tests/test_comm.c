@@ -466,6 +466,54 @@ static void spmd_stats(struct comm *c)
     RCHECK(b == (p > 1 ? 2 * (uint64_t)(p - 1) * (4000 + comm_wire_bytes(COMM_WIRE_Q8, 1000)) : 0));
 }
 
+/* comm_split: colors rank % 2 (rank 3 of 4 stays out), keys reversing the
+ * order; the parts work on their own and beside the parent. */
+static void spmd_split(struct comm *c)
+{
+    const int p = comm_size(c), me = comm_rank(c);
+    const int color = p == 4 && me == 3 ? COMM_COLOR_NONE : me % 2;
+    struct comm *s = NULL;
+    RCHECK_RC(comm_split(c, -2, 0, &s), TT_EINVAL);
+    RCHECK(s == NULL);
+    RCHECK_RC(comm_split(c, color, -me, &s), TT_OK);
+    if (color == COMM_COLOR_NONE) {
+        RCHECK(s == NULL);
+    } else if (s) {
+        int members = 0, below = 0; /* same color; of them, higher ranks come first */
+        for (int r = 0; r < p; r++)
+            if (r % 2 == color && !(p == 4 && r == 3)) {
+                members++;
+                below += r > me;
+            }
+        RCHECK(comm_size(s) == members);
+        RCHECK(comm_rank(s) == below);
+        RCHECK(!strcmp(comm_host(s, comm_rank(s)), comm_host(c, me)));
+        RCHECK(!strcmp(comm_backend_name(s), comm_backend_name(c)));
+        float x[3] = { (float)me, 1.0f, 2.0f };
+        RCHECK_RC(comm_allreduce_sum(s, x, 3, COMM_WIRE_F32), TT_OK);
+        float want = 0.0f;
+        for (int r = 0; r < p; r++)
+            if (r % 2 == color && !(p == 4 && r == 3)) want += (float)r;
+        RCHECK(x[0] == want && x[1] == (float)members);
+        if (members > 1) { /* a message around the part, tag shared with the parent */
+            int tok = me, got = -1, sr = comm_rank(s), n = comm_size(s);
+            RCHECK_RC(comm_send(s, &tok, sizeof(tok), (sr + 1) % n, 3), TT_OK);
+            RCHECK_RC(comm_recv(s, &got, sizeof(got), (sr + n - 1) % n, 3), TT_OK);
+            RCHECK(got % 2 == color && got != me);
+        }
+    }
+    /* the parent still works, and so does a second split of it */
+    float y = 1.0f;
+    RCHECK_RC(comm_allreduce_sum(c, &y, 1, COMM_WIRE_F32), TT_OK);
+    RCHECK(y == (float)p);
+    struct comm *all = NULL;
+    RCHECK_RC(comm_split(c, 0, me, &all), TT_OK);
+    RCHECK(all && comm_size(all) == p && comm_rank(all) == me);
+    if (all) RCHECK_RC(comm_barrier(all), TT_OK);
+    comm_free(all);
+    comm_free(s);
+}
+
 struct spmd_case {
     const char *name;
     void (*fn)(struct comm *c);
@@ -486,6 +534,7 @@ static const struct spmd_case spmd_cases[] = {
     { "recv_mismatch", spmd_recv_mismatch },
     { "invalid", spmd_invalid },
     { "stats", spmd_stats },
+    { "split", spmd_split },
 };
 
 /* Run one check on this rank; its number of failures. */
@@ -568,6 +617,7 @@ GROUP_CASE(send_recv)
 GROUP_CASE(recv_mismatch)
 GROUP_CASE(invalid)
 GROUP_CASE(stats)
+GROUP_CASE(split)
 
 static void test_init(void)
 {
@@ -757,6 +807,7 @@ static const struct test_case cases[] = {
     { "recv_mismatch", test_recv_mismatch },
     { "invalid", test_invalid },
     { "stats", test_stats },
+    { "split", test_split },
     { "local_disagree", test_local_disagree },
     { "local_rank_leaves", test_local_rank_leaves },
     { "local_timeout", test_local_timeout },

@@ -248,6 +248,62 @@ void comm_abort(struct comm *c, int code)
     c->ops->abort(c, code);
 }
 
+/* The members of `color` in the new order, (key, old rank), from every
+ * rank's (color, key) pair; returns their count. */
+static int split_members(const int32_t *pairs, int n, int color, int *members)
+{
+    int k = 0;
+    for (int r = 0; r < n; r++) {
+        if (pairs[2 * r] != color) continue;
+        int at = k++;
+        while (at > 0 && pairs[2 * members[at - 1] + 1] > pairs[2 * r + 1]) {
+            members[at] = members[at - 1];
+            at--;
+        }
+        members[at] = r;
+    }
+    return k;
+}
+
+int comm_split(struct comm *c, int color, int key, struct comm **out)
+{
+    TT_ASSERT(c && out);
+    *out = NULL;
+    if (color < COMM_COLOR_NONE)
+        return tt_error_set(TT_EINVAL, "comm_split: color %d is negative (COMM_COLOR_NONE is %d)",
+                            color, COMM_COLOR_NONE);
+    const size_t n = (size_t)c->size;
+    int32_t mine[2] = { color, key }, *pairs = tt_alloc(n * sizeof(mine));
+    int *members = tt_alloc(n * sizeof(int));
+    struct comm *sub = color >= 0 ? calloc(1, sizeof(*sub)) : NULL;
+    int rc = TT_OK;
+    if (!pairs || !members || (color >= 0 && !sub)) {
+        rc = tt_error_set(TT_ENOMEM, "comm_split: out of memory");
+        goto fail;
+    }
+    if ((rc = comm_allgather(c, mine, sizeof(mine), pairs))) goto fail;
+    if (sub) {
+        sub->size = split_members(pairs, c->size, color, members);
+        for (int i = 0; i < sub->size; i++)
+            if (members[i] == c->rank) sub->rank = i;
+        sub->algo = c->algo;
+    }
+    if ((rc = c->ops->split(c, color, key, members, sub))) goto fail;
+    if (sub && (rc = comm_common_alloc(sub))) goto fail;
+    for (int i = 0; sub && i < sub->size; i++)
+        memcpy(sub->hosts[i], c->hosts[members[i]], COMM_HOST_MAX);
+    tt_free(members);
+    tt_free(pairs);
+    *out = sub;
+    return TT_OK;
+fail:
+    if (sub && sub->ops) comm_free(sub);
+    else free(sub);
+    tt_free(members);
+    tt_free(pairs);
+    return rc;
+}
+
 int comm_rank(const struct comm *c) { return c->rank; }
 int comm_size(const struct comm *c) { return c->size; }
 const char *comm_backend_name(const struct comm *c) { return c->ops->name; }

@@ -137,6 +137,18 @@ void comm_free(struct comm *c);
  * return TT_ECOMM) and it returns; free c as usual. */
 void comm_abort(struct comm *c, int code);
 
+/* Split c into disjoint communicators, as MPI_Comm_split: the ranks that
+ * pass the same color >= 0 form one, ranked by (key, rank in c); a rank that
+ * passes COMM_COLOR_NONE gets none (*out = NULL). A collective over c: every
+ * rank calls it, in the same order as c's other collectives. The new
+ * communicator has its own traffic (its collectives and messages never
+ * match c's), the same backend, c's all-reduce algorithm and the members'
+ * host names; it is freed with comm_free, by all its members together, and
+ * may outlive c. Errors: TT_EINVAL (color < COMM_COLOR_NONE), TT_ENOMEM,
+ * TT_ECOMM; on error *out is NULL. */
+#define COMM_COLOR_NONE (-1)
+int comm_split(struct comm *c, int color, int key, struct comm **out);
+
 int comm_rank(const struct comm *c);
 int comm_size(const struct comm *c);
 const char *comm_backend_name(const struct comm *c); /* "local" or "mpi" */

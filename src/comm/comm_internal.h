@@ -30,6 +30,12 @@ struct comm_ops {
                      const size_t *recv_bytes);
     int (*send)(struct comm *c, const void *buf, size_t bytes, int dst, int tag);
     int (*recv)(struct comm *c, void *buf, size_t bytes, int src, int tag);
+    /* Collective over c (comm_split): fill out->ops and out->impl for the
+     * ranks of `color`; comm.c has set out->rank and out->size from the
+     * ranks' (color, key) pairs, and members[0..out->size) lists their
+     * ranks in c in the new order. Ranks with color COMM_COLOR_NONE take
+     * part with out == NULL. */
+    int (*split)(struct comm *c, int color, int key, const int *members, struct comm *out);
     /* Release impl; MPI_Finalize for the last MPI communicator. */
     void (*close)(struct comm *c);
     /* End every rank (MPI), or mark the group down (local). */

@@ -384,6 +384,37 @@ static void local_abort(struct comm *c, int code)
     pthread_mutex_unlock(&g->mu);
 }
 
+static const struct comm_ops local_ops;
+static int group_create(struct local_group **out, int n);
+
+/* The first member of each color creates its group, with a reference for
+ * every member; an all-gather over c hands its address to the others. */
+static int local_split(struct comm *c, int color, int key, const int *members, struct comm *out)
+{
+    (void)key;
+    struct local_group *g = NULL;
+    int rc = TT_OK;
+    if (out && members[0] == c->rank && (rc = group_create(&g, out->size)) == TT_OK)
+        g->refs = out->size;
+    uintptr_t mine = (uintptr_t)g, *all = calloc((size_t)c->size, sizeof(*all));
+    if (!all) rc = tt_error_set(TT_ENOMEM, "comm_split: out of memory");
+    struct local_post p = { .op = LOCAL_ALLGATHER, .bytes = sizeof(mine), .send = &mine,
+                            .recv = all ? all : NULL };
+    /* a first rank whose group failed still enters the collective, giving NULL */
+    int rc2 = all ? local_collective(c, &p) : TT_ENOMEM;
+    if (rc == TT_OK) rc = rc2;
+    if (rc == TT_OK && out && !(g = (struct local_group *)all[members[0]]))
+        rc = tt_error_set(TT_ENOMEM, "comm_split: the first rank of color %d could not create "
+                          "its group", color);
+    free(all);
+    if (rc) return rc;
+    if (out) {
+        out->ops = &local_ops;
+        out->impl = g;
+    }
+    return TT_OK;
+}
+
 static const struct comm_ops local_ops = {
     .name = "local",
     .barrier = local_barrier,
@@ -394,6 +425,7 @@ static const struct comm_ops local_ops = {
     .alltoallv = local_alltoallv,
     .send = local_send,
     .recv = local_recv,
+    .split = local_split,
     .close = local_close,
     .abort = local_abort,
 };

@@ -3,7 +3,8 @@
  * with MPI=1 (the Makefile defines TT_HAVE_MPI and compiles this file with
  * mpicc's flags; without it the file is empty).
  *
- * Each communicator holds three duplicates of MPI_COMM_WORLD: `user` carries
+ * Each communicator holds three duplicates of MPI_COMM_WORLD (or, made by
+ * comm_split, of its part of MPI_Comm_split's result): `user` carries
  * the API's point-to-point messages, `coll` the collectives and the
  * point-to-point messages that large collectives are built from, so user
  * tags can never match internal traffic; `leave` only comm_free's barrier.
@@ -351,6 +352,8 @@ static void mpi_abort(struct comm *c, int code)
     MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
 }
 
+static int mpi_split(struct comm *c, int color, int key, const int *members, struct comm *out);
+
 static const struct comm_ops mpi_ops = {
     .name = "mpi",
     .barrier = mpi_barrier,
@@ -361,6 +364,7 @@ static const struct comm_ops mpi_ops = {
     .alltoallv = mpi_alltoallv,
     .send = mpi_send,
     .recv = mpi_recv,
+    .split = mpi_split,
     .close = mpi_close,
     .abort = mpi_abort,
 };
@@ -398,23 +402,24 @@ static int mpi_start(int *argc, char ***argv)
     return TT_OK;
 }
 
-static int dup_world(MPI_Comm *out)
+static int dup_comm(MPI_Comm base, MPI_Comm *out)
 {
-    MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, out));
+    MPI_TRY(MPI_Comm_dup(base, out));
     MPI_TRY(MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN));
     return TT_OK;
 }
 
-int comm_mpi_open(struct comm *c, int *argc, char ***argv)
+/* Duplicate `base` (not consumed) into a new impl for c: the three
+ * communicators, c->rank and c->size, the per-rank arrays. */
+static int impl_open(struct comm *c, MPI_Comm base)
 {
-    int rc = mpi_start(argc, argv);
-    if (rc) return rc;
-    mpi_users++;
+    int rc = TT_OK;
     struct mpi_impl *m = calloc(1, sizeof(*m));
-    if (!m) goto fail_nomem;
+    if (!m) return tt_error_set(TT_ENOMEM, "comm: out of memory");
     m->user = m->coll = m->leave = MPI_COMM_NULL;
     m->chunk = chunk_from_env();
-    if ((rc = dup_world(&m->user)) || (rc = dup_world(&m->coll)) || (rc = dup_world(&m->leave)))
+    if ((rc = dup_comm(base, &m->user)) || (rc = dup_comm(base, &m->coll)) ||
+        (rc = dup_comm(base, &m->leave)))
         goto fail_impl;
     MPI_TRY_GOTO(rc, fail_impl, MPI_Comm_rank(m->coll, &c->rank));
     MPI_TRY_GOTO(rc, fail_impl, MPI_Comm_size(m->coll, &c->size));
@@ -430,14 +435,37 @@ int comm_mpi_open(struct comm *c, int *argc, char ***argv)
     }
     c->ops = &mpi_ops;
     c->impl = m;
+    mpi_users++;
     return TT_OK;
 fail_impl:
     impl_free(m);
+    return rc;
+}
+
+int comm_mpi_open(struct comm *c, int *argc, char ***argv)
+{
+    int rc = mpi_start(argc, argv);
+    if (rc) return rc;
+    mpi_users++; /* held while opening, so a failure can finalize */
+    rc = impl_open(c, MPI_COMM_WORLD);
     mpi_release();
     return rc;
-fail_nomem:
-    mpi_release();
-    return tt_error_set(TT_ENOMEM, "comm: out of memory");
+}
+
+/* MPI_Comm_split of the collectives' communicator; the result is
+ * duplicated like MPI_COMM_WORLD (impl_open) and then freed. MPI ranks the
+ * members by (key, rank in c) as comm.c does; asserted. */
+static int mpi_split(struct comm *c, int color, int key, const int *members, struct comm *out)
+{
+    MPI_Comm part = MPI_COMM_NULL;
+    MPI_TRY(MPI_Comm_split(impl(c)->coll, color >= 0 ? color : MPI_UNDEFINED, key, &part));
+    if (!out) return TT_OK;
+    const int want_rank = out->rank, want_size = out->size;
+    int rc = impl_open(out, part);
+    if (MPI_Comm_free(&part) != MPI_SUCCESS) tt_warn("comm: MPI_Comm_free failed");
+    TT_ASSERT(rc || (out->rank == want_rank && out->size == want_size));
+    (void)members;
+    return rc;
 }
 
 #else

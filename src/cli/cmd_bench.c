@@ -6,8 +6,12 @@
  *     bw_fraction = decode_tok_s * weight_bytes_per_token / read_bandwidth.
  * The bandwidth is measured in the same process right before the model runs,
  * so a noisy shared machine affects both sides of the ratio alike.
+ * When layers run on GPUs, NVML meters the energy of the GPUs of rank 0's
+ * host that the job uses (kcuda_nvml.h): average power and joules per token
+ * of the prefill and of the decode (no GPU or no NVML: no energy fields).
  */
 #include "cli.h"
+#include "kcuda/kcuda_nvml.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -70,9 +74,42 @@ struct bench_result {
     int n_prompt, n_gen;
     double ttft_ms, prefill_tok_s, decode_tok_s;
     double comm_ms_per_token, comm_bytes_per_token; /* rank 0, decode */
+    /* GPU energy (energy_gpus > 0): joules and seconds of each phase */
+    int energy_gpus;
+    const char *energy_source;
+    double prefill_j, prefill_s, decode_j, decode_s;
 };
 
-static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_result *r)
+/* Joules so far on the meter, or -1 when there is none (or it failed). */
+static double energy_now(struct kcuda_energy *meter)
+{
+    double j = -1.0;
+    if (meter->n_dev && kcuda_energy_read(meter, &j)) {
+        tt_warn("GPU energy: %s", tt_error_detail());
+        tt_error_clear();
+        return -1.0;
+    }
+    return j;
+}
+
+/* GPUs of rank 0's host this job runs on: one per rank there, at most the
+ * GPUs NVML sees (ranks sharing a GPU meter it once). */
+static void energy_open(struct kcuda_energy *meter, const struct engine *e)
+{
+    memset(meter, 0, sizeof(*meter));
+    if (engine_n_gpu_layers(e) == 0) return;
+    const struct comm *c = cli_comm();
+    int on_host = 0;
+    for (int r = 0; r < comm_size(c); r++) on_host += !strcmp(comm_host(c, r), comm_host(c, 0));
+    if (kcuda_energy_open(meter, on_host)) {
+        tt_info("no GPU energy figures: %s", tt_error_detail());
+        tt_error_clear();
+        kcuda_energy_close(meter);
+    }
+}
+
+static void bench_once(struct engine *e, int n_prompt, int n_gen, struct kcuda_energy *meter,
+                       struct bench_result *r)
 {
     const struct model *m = engine_model(e);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_prompt);
@@ -80,9 +117,11 @@ static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_r
     if (!ids || !logits) cli_die(TT_ENOMEM, "bench buffers");
     for (int i = 0; i < n_prompt; i++) ids[i] = (int32_t)(3 + (i * 7919) % (m->hp.n_vocab - 3));
     engine_truncate(e, 0);
+    const double j0 = energy_now(meter);
     double t0 = tt_now_s();
     int err = engine_eval(e, ids, n_prompt, ENGINE_LOGITS_LAST, logits);
     double t1 = tt_now_s();
+    const double j1 = energy_now(meter);
     if (err) cli_die(err, "prompt evaluation failed");
     r->ttft_ms = (t1 - t0) * 1e3;
     r->prefill_tok_s = n_prompt / (t1 - t0);
@@ -93,7 +132,12 @@ static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_r
     comm_stats(c, &comm_s0, &comm_b0);
     for (int i = 0; i < n_gen && !err; i++) err = engine_eval(e, &tok, 1, ENGINE_LOGITS_LAST, logits);
     if (err) cli_die(err, "decode failed");
-    r->decode_tok_s = n_gen / (tt_now_s() - t1);
+    const double t2 = tt_now_s(), j2 = energy_now(meter);
+    r->decode_tok_s = n_gen / (t2 - t1);
+    r->energy_gpus = j0 >= 0 && j1 >= 0 && j2 >= 0 ? meter->n_dev : 0;
+    r->energy_source = meter->n_dev ? kcuda_energy_source(meter) : "";
+    r->prefill_j = j1 - j0, r->prefill_s = t1 - t0;
+    r->decode_j = j2 - j1, r->decode_s = t2 - t1;
     double comm_s1 = 0;
     uint64_t comm_b1 = 0;
     comm_stats(c, &comm_s1, &comm_b1);
@@ -148,10 +192,16 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
         printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
                "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
                "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d,\"comm_ms_per_token\":%.4f,"
-               "\"comm_bytes_per_token\":%.0f}\n",
+               "\"comm_bytes_per_token\":%.0f",
                nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, bp->ttft_ms,
                bp->prefill_tok_s, bp->decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
                bp->comm_ms_per_token, bp->comm_bytes_per_token);
+        if (bp->energy_gpus)
+            printf(",\"gpus_metered\":%d,\"energy_source\":\"%s\",\"prefill_power_w\":%.1f,"
+                   "\"prefill_j_per_token\":%.5f,\"decode_power_w\":%.1f,\"decode_j_per_token\":%.5f",
+                   bp->energy_gpus, bp->energy_source, bp->prefill_j / bp->prefill_s, bp->prefill_j / n_prompt,
+                   bp->decode_j / bp->decode_s, bp->decode_j / n_gen);
+        printf("}\n");
     } else {
         printf("model            %s (%s, %d layers, %.2f GiB)\n", mo->model_path,
                model_arch_name(mp->hp.arch), mp->hp.n_layer, (double)mp->weight_bytes / (1 << 30));
@@ -166,6 +216,10 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
                    bp->comm_ms_per_token, bp->comm_bytes_per_token);
         printf("roofline         %.2f tok/s; decode reaches %.0f%% of it\n",
                bw * 1e9 / (double)bpt, 100.0 * frac);
+        if (bp->energy_gpus)
+            printf("GPU energy       prefill %.0f W, %.4f J/token; decode %.0f W, %.3f J/token (%d GPU%s, NVML %s)\n",
+                   bp->prefill_j / bp->prefill_s, bp->prefill_j / n_prompt, bp->decode_j / bp->decode_s,
+                   bp->decode_j / n_gen, bp->energy_gpus, bp->energy_gpus > 1 ? "s" : "", bp->energy_source);
     }
 }
 
@@ -205,16 +259,25 @@ int cmd_bench(int argc, char **argv)
     const int nt = engine_n_threads(e);
     double bw = cli_measure_read_bw(nt);
     struct bench_result best = { .n_prompt = n_prompt, .n_gen = n_gen }, r;
+    struct kcuda_energy meter;
+    energy_open(&meter, e);
     for (int i = 0; i < repeat; i++) {
-        bench_once(e, n_prompt, n_gen, &r);
+        bench_once(e, n_prompt, n_gen, &meter, &r);
         if (i == 0 || r.ttft_ms < best.ttft_ms) best.ttft_ms = r.ttft_ms;
-        if (r.prefill_tok_s > best.prefill_tok_s) best.prefill_tok_s = r.prefill_tok_s;
+        if (r.prefill_tok_s > best.prefill_tok_s) { /* energy of the repetition reported */
+            best.prefill_tok_s = r.prefill_tok_s;
+            best.prefill_j = r.prefill_j, best.prefill_s = r.prefill_s;
+        }
         if (r.decode_tok_s > best.decode_tok_s) {
             best.decode_tok_s = r.decode_tok_s;
             best.comm_ms_per_token = r.comm_ms_per_token;
             best.comm_bytes_per_token = r.comm_bytes_per_token;
+            best.decode_j = r.decode_j, best.decode_s = r.decode_s;
         }
+        best.energy_gpus = i == 0 || best.energy_gpus ? r.energy_gpus : 0;
+        best.energy_source = r.energy_source;
     }
+    kcuda_energy_close(&meter);
     const uint64_t bpt = model_bytes_per_token(&m);
     if (moe_stats && m.hp.n_expert) print_moe_stats(e, json);
     engine_stop_workers(e);

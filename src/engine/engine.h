@@ -134,6 +134,8 @@ int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);
 int engine_n_ctx(const struct engine *e);
 int engine_n_threads(const struct engine *e);
+/* Layers this rank runs on a GPU (0: CPU only). */
+int engine_n_gpu_layers(const struct engine *e);
 /* Forget positions >= n_past (0 clears the sequence). */
 void engine_truncate(struct engine *e, int n_past);
 const struct model *engine_model(const struct engine *e);

@@ -159,3 +159,130 @@ else
     done
     [ -z "$bad" ] && pass memcheck || fail memcheck "$bad"
 fi
+
+# ==== GPU ranks under mpirun (tensor parallel, --tp-join sum) ====
+# Two ranks share this machine's GPU(s): with one GPU both ranks use it and
+# join their partial sums through the host (NCCL refuses two ranks on one
+# GPU); with two or more, each rank takes its own GPU and joins with NCCL.
+#   - ranks_greedy_stories: stories260K's three greedy 100-token
+#     continuations on 2 GPU ranks equal the 1-rank GPU run, token for token;
+#   - ranks_greedy_synthetic: the dense synthetic models' 48-token greedy
+#     runs on 2 ranks equal the 1-rank GPU run up to the first step whose
+#     golden top-1/top-2 margin is under 0.1 (the sum join adds partial sums
+#     in another order, as the GPU does: rounding-level differences);
+#   - ranks_logits: logits on 2 ranks against the goldens, the same bounds
+#     as the 1-rank case above;
+#   - ranks_gpu_layers_split: 2 of 5 layers on the GPU ranks, the rest on
+#     their CPUs, gives the all-GPU 2-rank tokens;
+#   - ranks_join_kind: the log says how the ranks join (host or NCCL);
+#   - ranks_killed: a GPU rank killed (SIGKILL, 2 s in) ends the job with a non-zero
+#     status and an error within 20 s, no hang;
+#   - nccl_one_rank: test_comm_nccl (NCCL with 1 rank; with 2+ GPUs also 2).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+R2="timeout 300 mpirun --oversubscribe -np 2"
+RK="--gpu-layers 999 --tp-join sum"
+ranks_cases="ranks_greedy_stories ranks_greedy_synthetic ranks_logits ranks_gpu_layers_split ranks_join_kind ranks_killed"
+ranks_ok=1
+if ! command -v mpirun >/dev/null; then
+    for c in $ranks_cases; do skip "$c" "mpirun not installed"; done; ranks_ok=0
+elif ! $R2 "$T" run -m "$stories" -p hi -n 1 --temp 0 --json $RK >"$tmp/out" 2>"$tmp/err" ||
+     ! grep -q '"ranks":2' "$tmp/out"; then
+    for c in $ranks_cases; do skip "$c" "no MPI in this build or mpirun failed: $(head -c 200 "$tmp/err")"; done; ranks_ok=0
+fi
+
+# ranks_check GOT2 GOT1 [GOLDEN_TOKENS GOLDEN_LOGITS]: equal, or first differing
+# at a low-margin step of the golden that the 1-rank run still followed
+ranks_check() {
+    python3 - "$@" <<'PYEOF'
+import struct, sys
+rd = lambda f: [int(x) for x in open(f).read().replace("\n", ",").split(",") if x.strip()]
+a, b = rd(sys.argv[1]), rd(sys.argv[2])
+j = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), None)
+if j is None and len(a) == len(b): print("all %d equal" % len(a)); sys.exit(0)
+if j is None: print("lengths %d vs %d" % (len(a), len(b))); sys.exit(1)
+if len(sys.argv) > 4:
+    want = rd(sys.argv[3]); raw = open(sys.argv[4], "rb").read(); V = 512
+    lg = struct.unpack("<%df" % (len(raw) // 4), raw)
+    if j < len(want) and b[:j + 1] == want[:j + 1]:
+        row = sorted(lg[j * V:(j + 1) * V], reverse=True)
+        if row[0] - row[1] < 0.1: print("differs at low-margin step %d (fine)" % j); sys.exit(0)
+print("step %d: %d vs %d" % (j, a[j], b[j])); sys.exit(1)
+PYEOF
+}
+
+if [ $ranks_ok = 1 ]; then
+    bad=""; n=0
+    for i in 1 2 3; do
+        g="$S/golden/stories260K.greedy$i"
+        [ -f "$g.prompt.txt" ] || continue
+        "$T" run -m "$stories" -f "$g.prompt.txt" -n 100 --temp 0 --ignore-eos --json --gpu-layers 999 >"$tmp/one" 2>"$tmp/err" &&
+        $R2 "$T" run -m "$stories" -f "$g.prompt.txt" -n 100 --temp 0 --ignore-eos --json $RK >"$tmp/two" 2>>"$tmp/err" ||
+            { bad="$bad greedy$i: $(head -c 200 "$tmp/err")"; continue; }
+        [ "$(tokens "$tmp/two")" = "$(tokens "$tmp/one")" ] || bad="$bad greedy$i: $(tokens "$tmp/two") vs $(tokens "$tmp/one")"
+        n=$((n + 1))
+    done
+    if [ $n -eq 0 ]; then skip ranks_greedy_stories "goldens missing"; elif [ -z "$bad" ]; then pass ranks_greedy_stories; else fail ranks_greedy_stories "$bad"; fi
+
+    bad=""; n=0
+    for m in "$S"/models/synth-llama.*.gguf "$S"/models/synth-qwen2.*.gguf "$S"/models/synth-qwen3.*.gguf; do
+        [ -f "$m" ] || continue
+        name=$(basename "$m" .gguf); g="$S/golden/$name.greedy"
+        [ -f "$g.prompt.txt" ] || continue
+        "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json --gpu-layers 999 >"$tmp/one" 2>"$tmp/err" &&
+        $R2 "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json $RK >"$tmp/two" 2>>"$tmp/err" ||
+            { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
+        tokens "$tmp/one" >"$tmp/t1"; tokens "$tmp/two" >"$tmp/t2"
+        st=$(ranks_check "$tmp/t2" "$tmp/t1" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
+        [ -n "$VERBOSE" ] && echo "    $name, 2 ranks: $st"
+        n=$((n + 1))
+    done
+    if [ $n -eq 0 ]; then skip ranks_greedy_synthetic "goldens missing"; elif [ -z "$bad" ]; then pass ranks_greedy_synthetic; else fail ranks_greedy_synthetic "$bad"; fi
+
+    bad=""; n=0
+    for m in "$stories" "$S"/models/synth-llama.*.gguf "$S"/models/synth-qwen2.*.gguf "$S"/models/synth-qwen3.*.gguf; do
+        [ -f "$m" ] || continue
+        name=$(basename "$m" .gguf); g="$S/golden/$name"
+        [ -f "$g.logits.tokens.txt" ] && [ -f "$g.logits.f32" ] || continue
+        flt=0; case $name in stories260K|*.f16) flt=1 ;; esac
+        rm -f "$tmp/l.f32"
+        $R2 "$T" logits -m "$m" --tokens "$(ids "$g.logits.tokens.txt")" --out "$tmp/l.f32" $RK >/dev/null 2>"$tmp/err" ||
+            { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
+        st=$(compare "$tmp/l.f32" "$g.logits.f32" $flt) || bad="$bad $name ($st)"
+        [ -n "$VERBOSE" ] && echo "    $name, 2 ranks: $st"
+        n=$((n + 1))
+    done
+    if [ $n -eq 0 ]; then skip ranks_logits "no goldens in $S"; elif [ -z "$bad" ]; then pass ranks_logits; else fail ranks_logits "$bad"; fi
+
+    $R2 "$T" run -m "$stories" -p "Once upon a time" -n 40 --temp 0 --ignore-eos --json $RK >"$tmp/a" 2>"$tmp/err" &&
+    $R2 "$T" run -m "$stories" -p "Once upon a time" -n 40 --temp 0 --ignore-eos --json --gpu-layers 2 --tp-join sum >"$tmp/b" 2>>"$tmp/err" &&
+    [ "$(tokens "$tmp/a")" = "$(tokens "$tmp/b")" ] && pass ranks_gpu_layers_split ||
+        fail ranks_gpu_layers_split "$(tokens "$tmp/b") vs $(tokens "$tmp/a") $(head -c 200 "$tmp/err")"
+
+    TT_LOG_LEVEL=2 $R2 "$T" run -m "$stories" -p hi -n 2 --temp 0 $RK >/dev/null 2>"$tmp/err"
+    kind=$(grep -o "GPU ranks: .*" "$tmp/err" | head -1)
+    [ -n "$kind" ] && pass ranks_join_kind && echo "    GPU ranks: $kind" || fail ranks_join_kind "$(head -c 300 "$tmp/err")"
+
+    # rank 1 kills itself (SIGKILL) 2 s after its start, during a long generation
+    cat >"$tmp/die.sh" <<'SHEOF'
+#!/bin/sh
+[ "${OMPI_COMM_WORLD_RANK:-0}" = 1 ] && ( sleep 2; kill -9 $$ ) &
+exec "$@"
+SHEOF
+    start=$(date +%s)
+    $R2 sh "$tmp/die.sh" "$T" run -m "$stories" -p "Once upon a time" --ctx 4096 -n 4000 --temp 0 --ignore-eos $RK \
+        >/dev/null 2>"$tmp/err"
+    rc=$?; took=$(( $(date +%s) - start ))
+    if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le 20 ] && grep -q -i -e "signal 9" -e "killed" -e "exited" -e "aborted" "$tmp/err"; then
+        pass ranks_killed; echo "    job ended after ${took}s: $(grep -i -m1 -e "signal 9" -e "killed" "$tmp/err")"
+    else
+        fail ranks_killed "exit $rc after ${took}s: $(head -c 300 "$tmp/err")"
+    fi
+fi
+
+tn="$(dirname "$T")/tests/test_comm_nccl"
+if [ -x "$tn" ]; then
+    "$tn" | sed "s|^\([A-Z]*\) test_comm_nccl/|\1 $P/nccl_|"
+else
+    skip nccl_one_rank "$tn not built (make $(dirname "$T")/tests/test_comm_nccl)"
+fi

@@ -6,9 +6,9 @@
  * bytes as the reference (the goldens depend on activation rounding);
  * every weight type's matrix product must agree with the reference within a
  * tight relative tolerance, on shapes that exercise row tails (r0, r1 not
- * multiples of any row block), token tails (n_tok = 1, 2, 3, 5, 8, 17, ...),
- * short and long rows, padded row strides, and must write nothing outside
- * its [r0, r1) x [0, n_tok) window; the attention helpers likewise. A table
+ * multiples of any row block), every batch size 1..16 and token tails
+ * (n_tok = 17, 33, 128), short and long rows, padded row strides, and must
+ * write nothing outside its [r0, r1) x [0, n_tok) window; the attention helpers likewise. A table
  * the CPU cannot run, or that this build lacks, is skipped with the reason.
  */
 #include "kcpu/kcpu.h"
@@ -344,6 +344,16 @@ static void run_matmul(const char *variant)
         for (size_t j = 0; j < TT_ARRAY_LEN(shapes); j++) {
             CHECK_EQ_INT(check_matmul(ops, wt, shapes[j], false), 0);
             if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, shapes[j], true), 0);
+        }
+        /* Every batch size of batched decode and of short prompt chunks,
+         * 1..16 (row-kernel passes of up to four tokens, the few-token tiles
+         * and their token tails), on rows of 18 chunks of 256 (longer than
+         * one 16-chunk piece of the few-token tiles), row tails at both
+         * ends, padded rows on odd sizes. */
+        for (int64_t nt = 1; nt <= 16; nt++) {
+            const struct shape batch = { 4608, 37, 3, 36, nt, (int)(nt % 2) * 16 };
+            CHECK_EQ_INT(check_matmul(ops, wt, batch, false), 0);
+            if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, batch, true), 0);
         }
         if (tr->block_size == 32) {
             for (size_t j = 0; j < TT_ARRAY_LEN(small); j++) {

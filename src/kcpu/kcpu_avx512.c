@@ -525,20 +525,20 @@ static void rows_q4_0(KCPU_MATMUL_ARGS)
 
 /* ---- dispatch: few tokens stream rows, many tokens use tiles ---- */
 
-#define MATMUL_DISPATCH(name, rows_fn, gemm_fn)                                                     \
+#define MATMUL_DISPATCH(name, rows_fn, gemm_fn, min_tok)                                           \
     static void name(KCPU_MATMUL_ARGS)                                                             \
     {                                                                                              \
-        if (n_tok >= KCPU_AVX512_GEMM_MIN_TOK)                                                     \
+        if (n_tok >= (min_tok))                                                                    \
             gemm_fn(n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);               \
         else                                                                                       \
             rows_fn(n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);               \
     }
 
-MATMUL_DISPATCH(matmul_q4_0, rows_q4_0, kcpu_avx512_gemm_q4_0)
-MATMUL_DISPATCH(matmul_q8_0, rows_q8_0, kcpu_avx512_gemm_q8_0)
-MATMUL_DISPATCH(matmul_q4_K, kcpu_avx512_rows_q4_K, kcpu_avx512_gemm_q4_K)
-MATMUL_DISPATCH(matmul_q5_K, kcpu_avx512_rows_q5_K, kcpu_avx512_gemm_q5_K)
-MATMUL_DISPATCH(matmul_q6_K, kcpu_avx512_rows_q6_K, kcpu_avx512_gemm_q6_K)
+MATMUL_DISPATCH(matmul_q4_0, rows_q4_0, kcpu_avx512_gemm_q4_0, KCPU_AVX512_GEMM_MIN_TOK)
+MATMUL_DISPATCH(matmul_q8_0, rows_q8_0, kcpu_avx512_gemm_q8_0, KCPU_AVX512_GEMM_MIN_TOK)
+MATMUL_DISPATCH(matmul_q4_K, kcpu_avx512_rows_q4_K, kcpu_avx512_gemm_q4_K, KCPU_AVX512_GEMM_MIN_TOK_Q45K)
+MATMUL_DISPATCH(matmul_q5_K, kcpu_avx512_rows_q5_K, kcpu_avx512_gemm_q5_K, KCPU_AVX512_GEMM_MIN_TOK_Q45K)
+MATMUL_DISPATCH(matmul_q6_K, kcpu_avx512_rows_q6_K, kcpu_avx512_gemm_q6_K, KCPU_AVX512_GEMM_MIN_TOK_Q6K)
 
 /* ---- attention helpers ---- */
 

@@ -34,7 +34,9 @@
  * prepared once (copied, flipped, sums taken) into a stack buffer, then each
  * 16-row group of the panel is repacked and run against all the slab's
  * tokens, 12 (or 4, or 1) tokens per register tile, adding into `out`
- * (zeroed first; a panel's rows x slab's tokens stay in L2).
+ * (zeroed first; a panel's rows x slab's tokens stay in L2). Up to FEW_TOK
+ * tokens (batched decode) take another order, gemm_few below: the weights
+ * are then read once per call, in the order they lie in memory.
  *
  * Stack use is bounded (about 40 KB); nothing is allocated.
  */
@@ -43,6 +45,7 @@
 #include <string.h>
 
 #define SLAB_TOK 128
+#define FEW_TOK 16 /* up to this many tokens: gemm_few */
 #define PANEL_ROWS 512
 #define CHUNK 256
 
@@ -460,21 +463,58 @@ KCPU_INLINE void run_tokens(const int FAM, const struct wtile *wt, const struct 
     if (t < nt) RUN_TILE(1);
 }
 
-/* ---- the driver ---- */
+/* ---- the drivers ---- */
 
 enum gtype { G_Q4_K, G_Q5_K, G_Q6_K, G_Q8_0, G_Q4_0 };
 
+/* The shape of a weight type in this file's terms. */
+struct gshape {
+    int fam;              /* enum gfam */
+    size_t bsz;           /* bytes per block */
+    int blocks_per_chunk; /* blocks per 256-element chunk */
+    int64_t nchunks;      /* chunks per row */
+};
+
+KCPU_INLINE struct gshape gemm_shape(const int GT, int64_t n)
+{
+    struct gshape g;
+    g.fam = GT == G_Q6_K ? FAM_Q6K : (GT == G_Q8_0 || GT == G_Q4_0) ? FAM_Q80 : FAM_Q45K;
+    g.bsz = GT == G_Q4_K   ? sizeof(struct block_q4_K)
+            : GT == G_Q5_K ? sizeof(struct block_q5_K)
+            : GT == G_Q6_K ? sizeof(struct block_q6_K)
+            : GT == G_Q8_0 ? sizeof(struct block_q8_0)
+                           : sizeof(struct block_q4_0);
+    g.blocks_per_chunk = g.fam == FAM_Q80 ? 8 : 1;
+    const int64_t nblocks = g.fam == FAM_Q80 ? n / QK8_0 : n / QK_K;
+    g.nchunks = (nblocks + g.blocks_per_chunk - 1) / g.blocks_per_chunk;
+    return g;
+}
+
+/* Repack chunk c (blocks nblk of it) of the 16 rows at x (rows past the
+ * mask m read zero_block), as the type needs. */
+KCPU_INLINE void repack_chunk(const int GT, const uint8_t *const x[16], int nblk, struct wtile *wt,
+                              const uint8_t *x0, size_t w_row_bytes, __mmask16 m)
+{
+    if (GT == G_Q4_K) repack_q45k(0, x, wt);
+    else if (GT == G_Q5_K) repack_q45k(1, x, wt);
+    else if (GT == G_Q6_K) repack_q6k(x, wt, x0, w_row_bytes, m);
+    else repack_q80(GT == G_Q4_0, x, nblk, wt, x0, w_row_bytes, m);
+}
+
+KCPU_INLINE void prep_chunk(const int FAM, const uint8_t *a, size_t arb, int64_t c, int nblk,
+                            int64_t nt, struct aprep *p)
+{
+    if (FAM == FAM_Q80) prep_q80(a, arb, c, nblk, nt, p);
+    else prep_q8k(FAM == FAM_Q6K, a, arb, c, nt, p);
+}
+
 KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
 {
-    const int FAM = GT == G_Q6_K ? FAM_Q6K : (GT == G_Q8_0 || GT == G_Q4_0) ? FAM_Q80 : FAM_Q45K;
-    const size_t bsz = GT == G_Q4_K   ? sizeof(struct block_q4_K)
-                       : GT == G_Q5_K ? sizeof(struct block_q5_K)
-                       : GT == G_Q6_K ? sizeof(struct block_q6_K)
-                       : GT == G_Q8_0 ? sizeof(struct block_q8_0)
-                                      : sizeof(struct block_q4_0);
-    const int blocks_per_chunk = FAM == FAM_Q80 ? 8 : 1;
-    const int64_t nblocks = FAM == FAM_Q80 ? n / QK8_0 : n / QK_K;
-    const int64_t nchunks = (nblocks + blocks_per_chunk - 1) / blocks_per_chunk;
+    const struct gshape g = gemm_shape(GT, n);
+    const int FAM = g.fam;
+    const size_t bsz = g.bsz;
+    const int blocks_per_chunk = g.blocks_per_chunk;
+    const int64_t nblocks = FAM == FAM_Q80 ? n / QK8_0 : n / QK_K, nchunks = g.nchunks;
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
     struct aprep prep[SLAB_TOK];
     struct wtile wt;
@@ -486,9 +526,7 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
             for (int64_t t = 0; t < nt; t++) memset(out + (t0 + t) * ldo + p0, 0, (size_t)(p1 - p0) * sizeof(float));
             for (int64_t c = 0; c < nchunks; c++) {
                 const int nblk = (int)TT_MIN(blocks_per_chunk, nblocks - c * blocks_per_chunk);
-                const uint8_t *at = ab + t0 * act_row_bytes;
-                if (FAM == FAM_Q80) prep_q80(at, act_row_bytes, c, nblk, nt, prep);
-                else prep_q8k(FAM == FAM_Q6K, at, act_row_bytes, c, nt, prep);
+                prep_chunk(FAM, ab + t0 * act_row_bytes, act_row_bytes, c, nblk, nt, prep);
                 for (int64_t rg = p0; rg < p1; rg += 16) {
                     const int nr = (int)TT_MIN(16, p1 - rg);
                     const __mmask16 m = (__mmask16)((1u << nr) - 1);
@@ -505,11 +543,7 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
                                 _mm_prefetch(nx + o, _MM_HINT_T0);
                         }
                     }
-                    const uint8_t *x0 = wb + rg * w_row_bytes + coff;
-                    if (GT == G_Q4_K) repack_q45k(0, x, &wt);
-                    else if (GT == G_Q5_K) repack_q45k(1, x, &wt);
-                    else if (GT == G_Q6_K) repack_q6k(x, &wt, x0, w_row_bytes, m);
-                    else repack_q80(GT == G_Q4_0, x, nblk, &wt, x0, w_row_bytes, m);
+                    repack_chunk(GT, x, nblk, &wt, wb + rg * w_row_bytes + coff, w_row_bytes, m);
                     run_tokens(FAM, &wt, prep, nt, out + t0 * ldo + rg, ldo, m);
                 }
             }
@@ -517,27 +551,71 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
     }
 }
 
-void kcpu_avx512_gemm_q4_K(KCPU_MATMUL_ARGS)
+/* Few tokens (batched decode, n_tok <= FEW_TOK): the weights stream from
+ * memory once per call, so they are read in the order they lie: each
+ * 16-row group runs through a piece of FEW_CHUNKS chunks of its rows
+ * (sixteen sequential streams, prefetched FEW_PF chunks ahead) before the
+ * next group starts; the activation of the whole piece is prepared once,
+ * before the rows. The many-token driver above goes chunk by chunk over a
+ * panel of rows instead (the weights of a panel stay in L2 for the slab's
+ * tokens), which leaves small batches waiting on memory. */
+#define FEW_CHUNKS 16
+#define FEW_PF 4
+
+KCPU_INLINE void gemm_few(const int GT, KCPU_MATMUL_ARGS)
 {
-    gemm(G_Q4_K, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
+    const struct gshape g = gemm_shape(GT, n);
+    const int64_t nblocks = g.fam == FAM_Q80 ? n / QK8_0 : n / QK_K;
+    const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
+    struct aprep prep[FEW_CHUNKS][FEW_TOK];
+    struct wtile wt;
+    TT_ASSERT(n_tok <= FEW_TOK);
+    for (int64_t t = 0; t < n_tok; t++) memset(out + t * ldo + r0, 0, (size_t)(r1 - r0) * sizeof(float));
+    for (int64_t c0 = 0; c0 < g.nchunks; c0 += FEW_CHUNKS) {
+        const int nc = (int)TT_MIN(FEW_CHUNKS, g.nchunks - c0);
+        for (int c = 0; c < nc; c++) {
+            const int nblk = (int)TT_MIN(g.blocks_per_chunk, nblocks - (c0 + c) * g.blocks_per_chunk);
+            prep_chunk(g.fam, ab, act_row_bytes, c0 + c, nblk, n_tok, prep[c]);
+        }
+        for (int64_t rg = r0; rg < r1; rg += 16) {
+            const int nr = (int)TT_MIN(16, r1 - rg);
+            const __mmask16 m = (__mmask16)((1u << nr) - 1);
+            for (int c = 0; c < nc; c++) {
+                const int64_t cc = c0 + c;
+                const int nblk = (int)TT_MIN(g.blocks_per_chunk, nblocks - cc * g.blocks_per_chunk);
+                const size_t coff = (size_t)cc * g.blocks_per_chunk * g.bsz;
+                const uint8_t *x[16];
+                KCPU_UNROLL
+                for (int i = 0; i < 16; i++)
+                    x[i] = i < nr ? wb + (rg + i) * w_row_bytes + coff : zero_block;
+                /* FEW_PF chunks ahead in this group's rows, or the start of
+                 * the next group's once this piece of the rows runs out */
+                const int64_t pr = c + FEW_PF < nc ? rg : rg + 16;
+                const int64_t pc = c + FEW_PF < nc ? cc + FEW_PF : c0 + c + FEW_PF - nc;
+                const int npr = (int)TT_MIN(16, r1 - pr);
+                for (int i = 0; i < npr; i++) {
+                    const char *px = (const char *)(wb + (pr + i) * w_row_bytes) + (size_t)pc * g.blocks_per_chunk * g.bsz;
+                    for (size_t o = 0; o < (size_t)g.blocks_per_chunk * g.bsz; o += 64)
+                        _mm_prefetch(px + o, _MM_HINT_T0);
+                }
+                repack_chunk(GT, x, nblk, &wt, wb + rg * w_row_bytes + coff, w_row_bytes, m);
+                run_tokens(g.fam, &wt, prep[c], n_tok, out + rg, ldo, m);
+            }
+        }
+    }
 }
 
-void kcpu_avx512_gemm_q5_K(KCPU_MATMUL_ARGS)
-{
-    gemm(G_Q5_K, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
-}
+#define GEMM_ENTRY(name, GT)                                                                       \
+    void name(KCPU_MATMUL_ARGS)                                                                    \
+    {                                                                                              \
+        if (n_tok <= FEW_TOK)                                                                      \
+            gemm_few(GT, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);          \
+        else                                                                                       \
+            gemm(GT, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);              \
+    }
 
-void kcpu_avx512_gemm_q6_K(KCPU_MATMUL_ARGS)
-{
-    gemm(G_Q6_K, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
-}
-
-void kcpu_avx512_gemm_q8_0(KCPU_MATMUL_ARGS)
-{
-    gemm(G_Q8_0, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
-}
-
-void kcpu_avx512_gemm_q4_0(KCPU_MATMUL_ARGS)
-{
-    gemm(G_Q4_0, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);
-}
+GEMM_ENTRY(kcpu_avx512_gemm_q4_K, G_Q4_K)
+GEMM_ENTRY(kcpu_avx512_gemm_q5_K, G_Q5_K)
+GEMM_ENTRY(kcpu_avx512_gemm_q6_K, G_Q6_K)
+GEMM_ENTRY(kcpu_avx512_gemm_q8_0, G_Q8_0)
+GEMM_ENTRY(kcpu_avx512_gemm_q4_0, G_Q4_0)

@@ -77,11 +77,83 @@ static void test_balance_random(void)
     }
 }
 
+/* Balancing twice with the same loads moves nothing; balancing after a small
+ * change of loads moves few copies. */
+static void test_balance_stable(void)
+{
+    const int X = 128, R = 4, slots = X / R + 4;
+    uint64_t load[128];
+    for (int x = 0; x < X; x++) load[x] = x < 8 ? 1000 : x < 16 ? 300 : 20 + (uint64_t)(x * 7 % 13);
+    struct moe_placement p, q;
+    CHECK_EQ_INT(moe_placement_init(&p, X, R, slots), 0);
+    CHECK_EQ_INT(moe_placement_init(&q, X, R, slots), 0);
+    moe_balance(&p, load);
+    moe_placement_copy(&q, &p);
+    moe_balance(&q, load);
+    int moved = 0;
+    for (int x = 0; x < X; x++)
+        for (int c = 0; c < q.n_copies[x]; c++)
+            moved += moe_copy_index(&p, x, q.copies[(size_t)x * R + c]) < 0;
+    CHECK_EQ_INT(moved, 0);
+    for (int x = 16; x < X; x += 5) load[x] += 9; /* drift of the cold experts */
+    moe_balance(&q, load);
+    moved = 0;
+    for (int x = 0; x < X; x++)
+        for (int c = 0; c < q.n_copies[x]; c++)
+            moved += moe_copy_index(&p, x, q.copies[(size_t)x * R + c]) < 0;
+    if (moved > 8) fprintf(stderr, "  %d copies moved after a small drift\n", moved);
+    CHECK(moved <= 8);
+    CHECK(moe_imbalance(&q, load) <= 1.15);
+    moe_placement_free(&q);
+    moe_placement_free(&p);
+}
+
+/* Dealing one decode step: every pair goes to a rank holding its expert,
+ * and 8 hot experts with two copies each on 4 ranks give each rank two. */
+static void test_deal_decode(void)
+{
+    const int X = 32, R = 4, slots = X / R + 4;
+    uint64_t load[32] = { 0 };
+    for (int x = 0; x < 8; x++) load[x] = 100; /* experts 0..7 on rank 0 in the static layout */
+    struct moe_placement p;
+    struct moe_dealer d;
+    CHECK_EQ_INT(moe_placement_init(&p, X, R, slots), 0);
+    CHECK_EQ_INT(moe_dealer_init(&d, X, R), 0);
+    const int32_t sel[8] = { 3, 0, 7, 1, 6, 2, 5, 4 };
+    int16_t rank[8];
+    int per_rank[4] = { 0 };
+    moe_deal(&d, &p, sel, 8, rank);
+    for (int i = 0; i < 8; i++) CHECK_EQ_INT(rank[i], 0); /* static: all on rank 0 */
+    moe_balance(&p, load);
+    moe_deal(&d, &p, sel, 8, rank);
+    for (int i = 0; i < 8; i++) {
+        CHECK(moe_copy_index(&p, sel[i], rank[i]) >= 0);
+        per_rank[rank[i]]++;
+    }
+    for (int r = 0; r < R; r++) CHECK_EQ_INT(per_rank[r], 2);
+    /* a prompt batch: 64 tokens on the same 8 experts split over the copies;
+     * the greedy dealing is within 20% of the ideal (all copies busy, tokens
+     * evenly split: 512 / R + 4 copies each); static placement costs 576 */
+    int32_t many[512];
+    int16_t many_rank[512];
+    for (int i = 0; i < 512; i++) many[i] = sel[i % 8];
+    moe_deal(&d, &p, many, 512, many_rank);
+    int64_t max = 0;
+    for (int r = 0; r < R; r++) max = d.rank_cost[r] > max ? d.rank_cost[r] : max;
+    const int64_t ideal = 512 / R + 4 * MOE_DEAL_COPY_COST;
+    if (max > ideal * 6 / 5) fprintf(stderr, "  prompt batch: most loaded rank costs %lld\n", (long long)max);
+    CHECK(max <= ideal * 6 / 5);
+    moe_dealer_free(&d);
+    moe_placement_free(&p);
+}
+
 static const struct test_case tests[] = {
     { "stats_window", test_stats_window },
     { "static_and_invariants", test_static_and_invariants },
     { "balance_skewed", test_balance_skewed },
     { "balance_random", test_balance_random },
+    { "balance_stable", test_balance_stable },
+    { "deal_decode", test_deal_decode },
 };
 
 TEST_MAIN(tests)

@@ -209,18 +209,10 @@ static void route(struct engine *e, int64_t n_tok)
     }
 }
 
-/* The copy the first routed token of expert x goes to in this step; later
- * tokens go to the following copies in turn. Rotating with the step spreads
- * decode (one token per step) over the copies too. */
-static int deal_start(const struct engine *e, const struct moe_placement *p, int x)
-{
-    return (int)(e->moe_stats.steps % (uint64_t)p->n_copies[x]);
-}
-
-/* The experts held here, each on its share of the tokens routed to it, in
- * expert order; the tokens of an expert with c copies are dealt to the copies
- * in turn from deal_start(). Outputs in pair order (expert, token) into `pairs` [n][n_embd];
- * with `acc`, also weighted and added into e->ffn_out. */
+/* The experts held here, each on the tokens dealt to this rank (moe_deal:
+ * e->moe_pair_rank), in expert order. Outputs in pair order (expert, token)
+ * into `pairs` [n][n_embd]; with `acc`, also weighted and added into
+ * e->ffn_out. */
 static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs, bool acc)
 {
     const struct model_hparams *hp = &e->m->hp;
@@ -230,12 +222,11 @@ static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs,
     const int K = hp->n_expert_used;
     int n_pairs = 0;
     for (int x = 0; x < hp->n_expert; x++) {
-        const int c = moe_copy_index(p, x, e->tp_rank), nc = p->n_copies[x];
-        if (c < 0) continue;
-        int n = 0, dealt = deal_start(e, p, x);
+        if (moe_copy_index(p, x, e->tp_rank) < 0) continue;
+        int n = 0;
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++)
-                if (e->sel[t * K + k] == x && dealt++ % nc == c) {
+                if (e->sel[t * K + k] == x && e->moe_pair_rank[t * K + k] == e->tp_rank) {
                     e->gather[n] = (int32_t)(t * K + k);
                     memcpy(e->xg + n * E, e->xn + t * E, sizeof(float) * (size_t)E);
                     n++;
@@ -260,15 +251,10 @@ static void local_experts(struct engine *e, int il, int64_t n_tok, float *pairs,
 static void join_experts(struct engine *e, int il, int64_t n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
-    const struct moe_placement *p = &e->moe_place[il];
     const int64_t E = hp->n_embd;
     const int K = hp->n_expert_used, R = e->tp_size;
     int64_t count[MOE_RANKS_MAX] = { 0 }, cursor[MOE_RANKS_MAX];
-    for (int x = 0; x < hp->n_expert; x++) {
-        int dealt = deal_start(e, p, x);
-        for (int64_t i = 0; i < n_tok * K; i++)
-            if (e->sel[i] == x) count[p->copies[(size_t)x * R + dealt++ % p->n_copies[x]]]++;
-    }
+    for (int64_t i = 0; i < n_tok * K; i++) count[e->moe_pair_rank[i]]++;
     for (int r = 0, at = 0; r < R; at += (int)count[r], r++) {
         e->sizes[r] = sizeof(float) * (size_t)count[r] * (size_t)E;
         cursor[r] = at;
@@ -276,11 +262,10 @@ static void join_experts(struct engine *e, int il, int64_t n_tok)
     int err = comm_allgatherv(e->comm, e->part, e->sizes[e->tp_rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
     for (int x = 0; x < hp->n_expert; x++) {
-        int dealt = deal_start(e, p, x);
         for (int64_t t = 0; t < n_tok; t++)
             for (int k = 0; k < K; k++) {
                 if (e->sel[t * K + k] != x) continue;
-                const int r = p->copies[(size_t)x * R + dealt++ % p->n_copies[x]];
+                const int r = e->moe_pair_rank[t * K + k];
                 const float *y = e->gathered + (size_t)cursor[r]++ * E, w = e->sel_w[t * K + k];
                 for (int64_t d = 0; d < E; d++) e->ffn_out[t * E + d] += w * y[d];
             }
@@ -297,6 +282,7 @@ static void moe_ffn(struct engine *e, int il, int64_t n_tok)
     ops_linear(e, &l->gate_inp, 0, e->xn, n_tok, e->router);
     route(e, n_tok);
     moe_record(e, il, n_tok);
+    moe_deal_layer(e, il, n_tok);
     memset(e->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
     if (joins_by_gather(e)) {
         local_experts(e, il, n_tok, e->part, false);

@@ -129,6 +129,9 @@ struct engine {
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
     uint8_t *k_cache;     /* [n_seq][n_layer][n_ctx][n_kv_local*head_dim] of kv_type */
+    struct moe_dealer moe_dealer;    /* this step's pairs to copies (moe_deal) */
+    int16_t *moe_pair_rank;          /* [B][n_expert_used] rank computing each pair */
+    double moe_dealt_max, moe_dealt_mean; /* sums over layer steps of the dealt rank costs */
     uint8_t *v_cache;
 
     /* The batch being computed: sequence and position of each token. */
@@ -176,6 +179,8 @@ void moe_record(struct engine *e, int il, int64_t n_tok);
 int moe_rebalance(struct engine *e);
 /* Largest imbalance over layers under the current placement. */
 double moe_max_imbalance(const struct engine *e);
+/* Deal this layer's routed pairs (e->sel) to expert copies: e->moe_pair_rank. */
+void moe_deal_layer(struct engine *e, int il, int64_t n_tok);
 /* Would a rebalance now move some layer to a clearly better placement? */
 bool moe_rebalance_wanted(const struct engine *e);
 

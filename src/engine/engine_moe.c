@@ -93,7 +93,10 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
     e->moe_place = calloc((size_t)hp->n_layer, sizeof(*e->moe_place));
     e->moe_slot_of = malloc(sizeof(int32_t) * (size_t)hp->n_layer * X);
     e->moe_slot_expert = malloc(sizeof(int32_t) * (size_t)hp->n_layer * e->moe_slots);
-    if (!e->moe_place || !e->moe_slot_of || !e->moe_slot_expert)
+    e->moe_pair_rank = malloc(sizeof(int16_t) * (size_t)e->n_batch * hp->n_expert_used);
+    if (!err) err = moe_dealer_init(&e->moe_dealer, X, R);
+    if (err) return err;
+    if (!e->moe_place || !e->moe_slot_of || !e->moe_slot_expert || !e->moe_pair_rank)
         return tt_error_set(TT_ENOMEM, "out of memory for the expert placement");
     for (int il = 0; il < hp->n_layer && !err; il++)
         err = moe_placement_init(&e->moe_place[il], X, R, e->moe_slots);
@@ -106,10 +109,15 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
 
 void moe_teardown(struct engine *e)
 {
+    if (e->moe_dealt_mean > 0)
+        tt_debug("rank %d: MoE work per step, most loaded rank / mean: %.3f", e->rank,
+                 e->moe_dealt_max / e->moe_dealt_mean);
     for (int il = 0; e->moe_place && il < e->m->hp.n_layer; il++) moe_placement_free(&e->moe_place[il]);
     free(e->moe_place);
     free(e->moe_slot_of);
     free(e->moe_slot_expert);
+    free(e->moe_pair_rank);
+    moe_dealer_free(&e->moe_dealer);
     tt_free(e->moe_buf);
     moe_stats_free(&e->moe_stats);
 }
@@ -118,6 +126,18 @@ void moe_record(struct engine *e, int il, int64_t n_tok)
 {
     const int K = e->m->hp.n_expert_used;
     for (int64_t i = 0; i < n_tok * K; i++) moe_stats_add(&e->moe_stats, il, e->sel[i], 1);
+}
+
+void moe_deal_layer(struct engine *e, int il, int64_t n_tok)
+{
+    moe_deal(&e->moe_dealer, &e->moe_place[il], e->sel, n_tok * e->m->hp.n_expert_used, e->moe_pair_rank);
+    int64_t max = 0, sum = 0;
+    for (int r = 0; r < e->tp_size; r++) {
+        max = TT_MAX(max, e->moe_dealer.rank_cost[r]);
+        sum += e->moe_dealer.rank_cost[r];
+    }
+    e->moe_dealt_max += (double)max;
+    e->moe_dealt_mean += (double)sum / e->tp_size;
 }
 
 double moe_max_imbalance(const struct engine *e)

@@ -7,12 +7,18 @@
  *     copies: copies live on distinct ranks);
  *  2. packing: copies sorted by load per copy, largest first, each placed on
  *     the least loaded rank that has a free slot and no copy of that expert
- *     (ties: lower rank).
+ *     (ties: lower rank), except that a rank which held that expert before
+ *     is kept when its load is within MOE_KEEP_SLACK of the mean rank load
+ *     of the least loaded one (a rebalance moves few experts); this packing
+ *     is used unless its imbalance exceeds the packing from scratch's by
+ *     more than the fraction MOE_KEEP_TOLERANCE;
+ *  3. the old placement stays when the new one is not better.
  * Invariants: 1 <= n_copies[x] <= R; copies of x are distinct ranks; no rank
  * holds more than S experts; every expert is held somewhere.
  */
 #include "moe.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,37 +139,43 @@ static int cmp_share_desc(const void *a, const void *b)
     return x->expert - y->expert;
 }
 
-void moe_balance(struct moe_placement *p, const uint64_t *load)
+/* The rank for one copy of x of load `share` in packing: the least loaded
+ * rank with a free slot and no copy of x yet (ties: lower rank), or a rank
+ * that held x before (`old`) when it is nearly as good, so that a new
+ * placement keeps most copies where they are; -1 when none has room. */
+static int pack_rank(const struct moe_placement *p, const struct moe_placement *old, int x,
+                     const double *rank_load, const int *used, double slack)
+{
+    int best = -1, kept = -1;
+    for (int r = 0; r < p->n_ranks; r++) {
+        if (used[r] >= p->slots || moe_copy_index(p, x, r) >= 0) continue;
+        if (best < 0 || rank_load[r] < rank_load[best]) best = r;
+        if (moe_copy_index(old, x, r) >= 0 && (kept < 0 || rank_load[r] < rank_load[kept])) kept = r;
+    }
+    return kept >= 0 && slack >= 0 && rank_load[kept] <= rank_load[best] + slack ? kept : best;
+}
+
+/* Packing: p->n_copies[x] copies of each expert placed by pack_rank. */
+static void pack(struct moe_placement *p, const struct moe_placement *old, const uint64_t *load,
+                 double slack_share)
 {
     const int X = p->n_expert, R = p->n_ranks;
-    int spare = p->slots * R - X;
-    for (int x = 0; x < X; x++) p->n_copies[x] = 1;
-    for (; spare > 0; spare--) { /* 1. replicate the largest load per copy */
-        int best = -1;
-        for (int x = 0; x < X; x++)
-            if (p->n_copies[x] < R && (best < 0 || (double)load[x] / p->n_copies[x] >
-                                                       (double)load[best] / p->n_copies[best]))
-                best = x;
-        if (best < 0 || load[best] == 0) break;
-        p->n_copies[best]++;
-    }
     int n_items = 0;
+    double total = 0.0;
     struct copy_item *items = malloc(sizeof(*items) * (size_t)X * R);
     double *rank_load = calloc((size_t)R, sizeof(double));
     int *used = calloc((size_t)R, sizeof(int));
     TT_ASSERT(items && rank_load && used);
-    for (int x = 0; x < X; x++)
+    for (int x = 0; x < X; x++) {
+        total += (double)load[x];
         for (int c = 0; c < p->n_copies[x]; c++)
             items[n_items++] = (struct copy_item){ x, (double)load[x] / p->n_copies[x] };
+    }
     qsort(items, (size_t)n_items, sizeof(*items), cmp_share_desc);
     memset(p->n_copies, 0, sizeof(int16_t) * (size_t)X);
-    for (int i = 0; i < n_items; i++) { /* 2. pack onto the least loaded rank */
+    for (int i = 0; i < n_items; i++) {
         const int x = items[i].expert;
-        int best = -1;
-        for (int r = 0; r < R; r++)
-            if (used[r] < p->slots && moe_copy_index(p, x, r) < 0 &&
-                (best < 0 || rank_load[r] < rank_load[best]))
-                best = r;
+        const int best = pack_rank(p, old, x, rank_load, used, slack_share * total / R);
         if (best < 0) { /* only ranks holding x have room: keep fewer copies */
             TT_ASSERT(p->n_copies[x] > 0);
             continue;
@@ -175,6 +187,35 @@ void moe_balance(struct moe_placement *p, const uint64_t *load)
     free(used);
     free(rank_load);
     free(items);
+}
+
+void moe_balance(struct moe_placement *p, const uint64_t *load)
+{
+    const int X = p->n_expert, R = p->n_ranks;
+    struct moe_placement old, fresh;
+    int err = moe_placement_init(&old, X, R, p->slots);
+    if (!err) err = moe_placement_init(&fresh, X, R, p->slots);
+    TT_ASSERT(err == 0);
+    moe_placement_copy(&old, p);
+    int spare = p->slots * R - X;
+    for (int x = 0; x < X; x++) p->n_copies[x] = 1;
+    for (; spare > 0; spare--) { /* 1. replicate the largest load per copy */
+        int best = -1;
+        for (int x = 0; x < X; x++)
+            if (p->n_copies[x] < R && (best < 0 || (double)load[x] / p->n_copies[x] >
+                                                       (double)load[best] / p->n_copies[best]))
+                best = x;
+        if (best < 0 || load[best] == 0) break;
+        p->n_copies[best]++;
+    }
+    moe_placement_copy(&fresh, p);
+    pack(p, &old, load, MOE_KEEP_SLACK); /* 2. packing, keeping copies in place */
+    pack(&fresh, &old, load, -1.0);      /*    and packing from scratch */
+    const double im_keep = moe_imbalance(p, load), im_fresh = moe_imbalance(&fresh, load);
+    if (im_keep > im_fresh * (1.0 + MOE_KEEP_TOLERANCE)) moe_placement_copy(p, &fresh);
+    if (moe_imbalance(p, load) > moe_imbalance(&old, load)) moe_placement_copy(p, &old);
+    moe_placement_free(&fresh);
+    moe_placement_free(&old);
     moe_placement_check(p);
 }
 
@@ -191,4 +232,89 @@ void moe_placement_check(const struct moe_placement *p)
         }
     }
     for (int r = 0; r < p->n_ranks; r++) TT_ASSERT(used[r] <= p->slots);
+}
+
+int moe_dealer_init(struct moe_dealer *d, int n_expert, int n_ranks)
+{
+    memset(d, 0, sizeof(*d));
+    if (n_expert < 1 || n_ranks < 1 || n_ranks > MOE_RANKS_MAX)
+        return tt_error_set(TT_EINVAL, "expert dealing: bad sizes (%d experts, %d ranks)", n_expert, n_ranks);
+    d->n_expert = n_expert;
+    d->n_ranks = n_ranks;
+    d->count = calloc((size_t)n_expert, sizeof(int32_t));
+    d->quota = calloc((size_t)n_expert * n_ranks, sizeof(int32_t));
+    d->order = calloc((size_t)n_expert, sizeof(int64_t));
+    d->rank_cost = calloc((size_t)n_ranks, sizeof(int64_t));
+    if (!d->count || !d->quota || !d->order || !d->rank_cost) {
+        moe_dealer_free(d);
+        return tt_error_set(TT_ENOMEM, "out of memory for expert dealing");
+    }
+    return 0;
+}
+
+void moe_dealer_free(struct moe_dealer *d)
+{
+    free(d->count);
+    free(d->quota);
+    free(d->order);
+    free(d->rank_cost);
+    memset(d, 0, sizeof(*d));
+}
+
+static int cmp_i64_desc(const void *a, const void *b)
+{
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Spread the count[x] pairs of replicated expert x over its copies, one
+ * pair at a time onto the copy whose rank's cost after taking it is least. */
+static void deal_expert(struct moe_dealer *d, const struct moe_placement *p, int x)
+{
+    const int R = p->n_ranks, nc = p->n_copies[x];
+    int32_t *quota = d->quota + (size_t)x * R;
+    for (int i = 0; i < d->count[x]; i++) {
+        int best = 0;
+        int64_t best_cost = INT64_MAX;
+        for (int c = 0; c < nc; c++) {
+            const int64_t cost = d->rank_cost[p->copies[(size_t)x * R + c]] + 1 +
+                                 (quota[c] ? 0 : MOE_DEAL_COPY_COST);
+            if (cost < best_cost) {
+                best = c;
+                best_cost = cost;
+            }
+        }
+        d->rank_cost[p->copies[(size_t)x * R + best]] = best_cost;
+        quota[best]++;
+    }
+}
+
+void moe_deal(struct moe_dealer *d, const struct moe_placement *p, const int32_t *sel,
+              int64_t n_pairs, int16_t *pair_rank)
+{
+    const int X = p->n_expert, R = p->n_ranks;
+    TT_ASSERT(d->n_expert == X && d->n_ranks == R);
+    memset(d->count, 0, sizeof(int32_t) * (size_t)X);
+    memset(d->rank_cost, 0, sizeof(int64_t) * (size_t)R);
+    for (int64_t i = 0; i < n_pairs; i++) d->count[sel[i]]++;
+    int n_order = 0;
+    for (int x = 0; x < X; x++) {
+        if (!d->count[x]) continue;
+        memset(d->quota + (size_t)x * R, 0, sizeof(int32_t) * (size_t)R);
+        if (p->n_copies[x] == 1) {
+            d->quota[(size_t)x * R] = d->count[x];
+            d->rank_cost[p->copies[(size_t)x * R]] += MOE_DEAL_COPY_COST + d->count[x];
+        } else { /* key: pairs descending, then expert ascending */
+            d->order[n_order++] = ((int64_t)d->count[x] << 32) | (int64_t)(X - 1 - x);
+        }
+    }
+    qsort(d->order, (size_t)n_order, sizeof(int64_t), cmp_i64_desc);
+    for (int i = 0; i < n_order; i++) deal_expert(d, p, X - 1 - (int)(d->order[i] & 0xffffffff));
+    for (int64_t i = 0; i < n_pairs; i++) {
+        int32_t *quota = d->quota + (size_t)sel[i] * R;
+        int c = 0;
+        while (quota[c] == 0) c++;
+        quota[c]--;
+        pair_rank[i] = p->copies[(size_t)sel[i] * R + c];
+    }
 }

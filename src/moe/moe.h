@@ -10,8 +10,17 @@
  * Placement: each expert has 1..n_ranks copies on distinct ranks; a rank has
  * `slots` places per layer. moe_balance() chooses copies and places them
  * (greedy replication, then bin packing; the EPLB approach) so the most
- * loaded rank's work is small; the tokens of an expert with c copies are
- * dealt to its copies in turn. All functions here are pure.
+ * loaded rank's work is small over the window.
+ *
+ * Dealing: within one step, moe_deal() gives each (token, expert) pair of
+ * the step to one copy of its expert so that this step's most loaded rank
+ * has little work: a placement balanced over the window is not balanced per
+ * step when the copies of several hot experts are all chosen on the same
+ * rank at once (a decode step has only n_expert_used pairs). The cost of a
+ * rank in a step is, per expert copy it computes, MOE_DEAL_COPY_COST (reading
+ * the expert's weights) plus one per token. Every rank deals the same pairs
+ * the same way (the routing is the same everywhere). All functions here are
+ * pure.
  */
 #ifndef TT_MOE_H
 #define TT_MOE_H
@@ -58,10 +67,39 @@ void moe_place_static(struct moe_placement *p);
 void moe_rank_loads(const struct moe_placement *p, const uint64_t *load, double *rank_load);
 /* max rank load / mean rank load (1 = perfect; 1 when there is no load). */
 double moe_imbalance(const struct moe_placement *p, const uint64_t *load);
-/* Choose copies and their ranks for these loads; p's sizes are kept. */
+/* Packing keeps a copy on the rank that held it when that rank's load is
+ * within this fraction of the mean rank load of the best rank's. */
+#define MOE_KEEP_SLACK 0.02
+/* ... unless that makes the imbalance worse than packing from scratch by
+ * more than this fraction. */
+#define MOE_KEEP_TOLERANCE 0.03
+/* Choose copies and their ranks for these loads, starting from p (copies
+ * stay where they are when nearly as good); p's sizes are kept. */
 void moe_balance(struct moe_placement *p, const uint64_t *load);
 /* Does `rank` hold expert x; its index among the copies or -1. */
 int moe_copy_index(const struct moe_placement *p, int x, int rank);
+/* Cost of computing one expert copy in a step, in tokens: reading the
+ * weights once costs about as much as this many tokens of products. */
+#define MOE_DEAL_COPY_COST 8
+
+struct moe_dealer {
+    int n_expert, n_ranks;
+    int32_t *count;     /* [n_expert] pairs per expert this step */
+    int32_t *quota;     /* [n_expert][n_ranks] pairs per copy */
+    int64_t *order;     /* [n_expert] replicated experts, by pairs descending */
+    int64_t *rank_cost; /* [n_ranks] */
+};
+
+int moe_dealer_init(struct moe_dealer *d, int n_expert, int n_ranks);
+void moe_dealer_free(struct moe_dealer *d);
+/* pair_rank[i] = the rank that computes pair i (expert sel[i], 0 <= sel[i] <
+ * n_expert) of this step's n_pairs. Pairs of an expert go to its copies in
+ * pair order: the first quota to the first chosen copy, and so on. Experts
+ * with one copy go to it; then replicated experts, most pairs first, spread
+ * each pair onto the copy whose rank would cost least (ties: lower copy). */
+void moe_deal(struct moe_dealer *d, const struct moe_placement *p, const int32_t *sel,
+              int64_t n_pairs, int16_t *pair_rank);
+
 /* Assert the invariants (copies on distinct ranks, slots respected). */
 void moe_placement_check(const struct moe_placement *p);
 

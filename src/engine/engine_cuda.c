@@ -409,13 +409,15 @@ static int join_sum(struct cuda_accel *c, struct engine *e, float *d_buf, int64_
  * adds its product into x directly; on several ranks W holds this rank's
  * input columns, so the partial products land in ffn_out (free at both
  * points), are summed over the ranks and then added, as engine_forward.c's
- * project_join does for the `sum` join. */
+ * project_join does for the `sum` join. A rank without columns of W (block
+ * alignment can leave a small model's heads all on one rank) adds zeros. */
 static int project_add(struct cuda_accel *c, struct engine *e, const struct act_set *s,
                        const struct kcuda_weight *w, int64_t n_tok)
 {
     const int64_t E = e->m->hp.n_embd;
     if (e->tp_size == 1) return lin(c, s, w, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
-    int err = lin(c, s, w, NULL, n_tok, c->ffn_out, E, NULL, KCUDA_OUT_STORE);
+    int err = w->data ? lin(c, s, w, NULL, n_tok, c->ffn_out, E, NULL, KCUDA_OUT_STORE)
+                      : kcuda_memset(c->k, c->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
     if (!err) err = join_sum(c, e, c->ffn_out, n_tok * E);
     if (!err) err = kcuda_add(c->k, c->x, c->ffn_out, n_tok * E);
     return err;
@@ -429,6 +431,7 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const int64_t qd = (int64_t)e->n_head_local * hd, kvd = (int64_t)e->n_kv_local * hd;
     struct act_set s;
     const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
+    if (e->n_head_local == 0) return project_add(c, e, NULL, &g->wo, n_tok); /* GPU ranks: no heads here */
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
     int fused = 0; /* q, k (and v) in one launch when they share a type */
     if (!err && n_tok <= 8 && g->wq.data && pairable_rows(&g->wq, &g->wk)) {
@@ -691,8 +694,6 @@ static const char *unsupported(const struct engine *e)
     if (e->n_ranks > 1 && e->join != PLAN_JOIN_SUM)
         return "GPU ranks join partial sums: run with --tp-join sum (the gathering join stays on the CPU)";
     if (e->n_ranks > 1 && hp->n_expert) return "MoE models on several GPU ranks are not supported yet";
-    if (e->n_ranks > 1 && (e->n_head_local == 0 || e->n_kv_local == 0 || e->slice.ff.end <= e->slice.ff.begin))
-        return "a GPU rank without attention heads or FFN columns (use fewer ranks)";
     if (hp->head_dim > KCUDA_HEAD_DIM_MAX) return "heads longer than 256";
     if (hp->n_expert > 1024 || hp->n_expert_used > 32) return "more than 1024 experts or 32 per token";
     if (e->n_batch > 65535) return "batches over 65535 tokens";

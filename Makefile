@@ -113,8 +113,9 @@ $(BUILD)/src/kcuda/%.o: src/kcuda/%.cu $(wildcard src/kcuda/*.h src/kcuda/*.cuh)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 # On a machine with an NVIDIA GPU: the kernels against the CPU reference, and
-# every model against its goldens through the CLI on the GPU.
-test-gpu: all $(BUILD)/tests/test_kcuda
+# every model against its goldens through the CLI on the GPU; GPU ranks under
+# mpirun and the NCCL backend (tests/gpu_test.sh runs test_comm_nccl).
+test-gpu: all $(BUILD)/tests/test_kcuda $(BUILD)/tests/test_comm_nccl
 	@$(BUILD)/tests/test_kcuda; TUTTI=$(BUILD)/tutti sh tests/gpu_test.sh
 
 $(BUILD)/%.o: %.c

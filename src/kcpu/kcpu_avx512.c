@@ -536,9 +536,9 @@ static void rows_q4_0(KCPU_MATMUL_ARGS)
 
 MATMUL_DISPATCH(matmul_q4_0, rows_q4_0, kcpu_avx512_gemm_q4_0, KCPU_AVX512_GEMM_MIN_TOK)
 MATMUL_DISPATCH(matmul_q8_0, rows_q8_0, kcpu_avx512_gemm_q8_0, KCPU_AVX512_GEMM_MIN_TOK)
-MATMUL_DISPATCH(matmul_q4_K, kcpu_avx512_rows_q4_K, kcpu_avx512_gemm_q4_K, KCPU_AVX512_GEMM_MIN_TOK_Q45K)
-MATMUL_DISPATCH(matmul_q5_K, kcpu_avx512_rows_q5_K, kcpu_avx512_gemm_q5_K, KCPU_AVX512_GEMM_MIN_TOK_Q45K)
-MATMUL_DISPATCH(matmul_q6_K, kcpu_avx512_rows_q6_K, kcpu_avx512_gemm_q6_K, KCPU_AVX512_GEMM_MIN_TOK_Q6K)
+MATMUL_DISPATCH(matmul_q4_K, kcpu_avx512_rows_q4_K, kcpu_avx512_gemm_q4_K, KCPU_AVX512_GEMM_MIN_TOK_KQ)
+MATMUL_DISPATCH(matmul_q5_K, kcpu_avx512_rows_q5_K, kcpu_avx512_gemm_q5_K, KCPU_AVX512_GEMM_MIN_TOK_KQ)
+MATMUL_DISPATCH(matmul_q6_K, kcpu_avx512_rows_q6_K, kcpu_avx512_gemm_q6_K, KCPU_AVX512_GEMM_MIN_TOK_KQ)
 
 /* ---- attention helpers ---- */
 

@@ -29,13 +29,13 @@
  * tiled kernels (weights repacked on the fly, every repacked block used for
  * all tokens); below, the row kernels that stream each weight row once with
  * up to four tokens per pass. Measured on Zen 4 (one thread, an 8B-shaped
- * 14336 x 4096 matrix, CPU time): the tiled Q4_K product overtakes the rows
- * from 5 tokens (1.00 vs 1.12 ms per token at 5, 0.69 vs 0.90 at 8); Q6_K's
- * costlier repack only from 8 (1.00 vs 1.09 at 8, 1.20 vs 1.15 at 7). Q4_0
- * and Q8_0 keep the crossover measured before the few-token tiles. */
+ * 14336 x 4096 matrix, CPU time per token): the few-token tiles overtake the
+ * rows from 5 tokens, Q4_K 1.00 vs 1.12 ms at 5 and 0.69 vs 0.90 at 8, Q6_K
+ * 1.22 vs 1.45 at 5 and 0.80 vs 1.09 at 8 (at 4 the rows win: Q6_K 1.10 vs
+ * 1.44). Q4_0 and Q8_0 keep the crossover measured before the few-token
+ * tiles existed. */
 #define KCPU_AVX512_GEMM_MIN_TOK 12
-#define KCPU_AVX512_GEMM_MIN_TOK_Q45K 5
-#define KCPU_AVX512_GEMM_MIN_TOK_Q6K 8
+#define KCPU_AVX512_GEMM_MIN_TOK_KQ 5
 
 /* Row kernels (kcpu_kq_avx512.c, kcpu_avx512.c). */
 void kcpu_avx512_rows_q4_K(KCPU_MATMUL_ARGS);

@@ -22,10 +22,14 @@
  * - Q4_K/Q5_K mins: -dmin * sum_j m_j * (bsum of sub-block j), four vpdpwssd
  *   per chunk and token on pairs (m_2i, m_2i+1) x (S_2i, S_2i+1), where the
  *   sub-block sums S_j of the activation are prepared once per chunk.
- * - Q6_K (levels 0..63, value = level - 32), Q4_0 (level - 8) and Q8_0
- *   (signed) use signed weights and activations offset by +128 (sign bit
- *   flipped when the activation chunk is prepared), so
- *   sum (a + 128) w = sum a w + 128 sum w, and the surplus depends on the
+ * - Q6_K (levels 0..63, value = level - 32) keeps its levels unsigned, like
+ *   Q4_K: sum (l - 32) a = sum l a - 32 * bsum over each 16-element
+ *   sub-block, and the integer sum of sub-block j starts at -32 * bsum_j of
+ *   the token (prepared with the activation chunk) instead of at zero, so the
+ *   offset costs nothing per token and nothing at repack.
+ * - Q4_0 (level - 8) and Q8_0 (signed) use signed weights and activations
+ *   offset by +128 (sign bit flipped when the activation chunk is prepared),
+ *   so sum (a + 128) w = sum a w + 128 sum w, and the surplus depends on the
  *   row alone: it is folded into a per-row constant at repack time and costs
  *   nothing per token.
  *
@@ -58,17 +62,18 @@ enum gfam { FAM_Q45K, FAM_Q6K, FAM_Q80 }; /* FAM_Q80: Q8_0 and Q4_0 */
 struct wtile {
     __m512i w[64];  /* step vectors */
     __m512 sd[16];  /* per sub-block float scale of each row */
-    __m512 cw[8];   /* FAM_Q80: per block constant; FAM_Q6K: cw[0] chunk constant */
+    __m512 cw[8];   /* FAM_Q80: per block constant */
     __m512i mp[4];  /* FAM_Q45K: (m_2i, m_2i+1) int16 pairs */
     __m512 cm;      /* FAM_Q45K: -dmin */
 };
 
 /* Activation chunk of one token, prepared once per chunk. */
 struct aprep {
-    int8_t qs[CHUNK]; /* FAM_Q45K: as is; others: sign bit flipped (a + 128) */
+    int8_t qs[CHUNK]; /* FAM_Q45K, FAM_Q6K: as is; FAM_Q80: sign bit flipped (a + 128) */
     float d[8];       /* d_act (FAM_Q80: of each of the 8 blocks) */
     int32_t pairs[4]; /* FAM_Q45K: sub-block sums (S_2i, S_2i+1) as int16 pairs */
     int32_t pad[4];
+    int32_t off[16];  /* FAM_Q6K: -32 * bsum of each 16-element sub-block */
 };
 
 /* In-register transpose of a 16x16 dword matrix: r[i] lane j -> r[j] lane i. */
@@ -209,7 +214,7 @@ KCPU_INLINE void repack_q45k(const int HAS_QH, const uint8_t *const x[16], struc
     }
 }
 
-/* Q6_K: signed levels (level - 32); cw[0] = -128 * d * sum_j sc_j * sum(w in j). */
+/* Q6_K: unsigned levels 0..63 (the -32 comes with the activation). */
 KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const uint8_t *x0,
                             size_t wrb, __mmask16 valid)
 {
@@ -221,41 +226,34 @@ KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const 
                            _mm512_set1_epi32((int)wrb)),
         (const int *)(x0 + 206), 1); /* scales[14..15], d: d is the high half */
     const __m512 d = f16_lo(_mm512_srli_epi32(dv, 16));
-    __m512i sc[16];
     KCPU_UNROLL
     for (int j = 0; j < 16; j++) {
-        sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(H[j / 4], 24 - 8 * (j % 4)), 24);
-        wt->sd[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(sc[j]), d);
+        const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(H[j / 4], 24 - 8 * (j % 4)), 24);
+        wt->sd[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), d);
     }
     __m512i TL[32], TH[16];
     load_t16(x, 0, TL);
     load_t16(x, 64, TL + 16);
     load_t16(x, 128, TH);
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x03);
-    const __m512i b32 = _mm512_set1_epi8(32);
-    __m512i wsum = _mm512_setzero_si512();
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     KCPU_UNROLL
     for (int h = 0; h < 2; h++) {
         KCPU_UNROLL
         for (int q = 0; q < 4; q++) {
-            __m512i part = _mm512_setzero_si512(); /* sum of w over sub-blocks 8h+2q, +1 */
-            __m512i part2 = _mm512_setzero_si512();
             KCPU_UNROLL
             for (int c = 0; c < 8; c++) {
                 const __m512i l = TL[16 * h + 8 * (q & 1) + c];
                 const __m512i nib = _mm512_and_si512(q >> 1 ? _mm512_srli_epi16(l, 4) : l, m4);
-                const __m512i top = _mm512_and_si512(_mm512_srli_epi16(TH[8 * h + c], 2 * q), m3);
-                const __m512i v = _mm512_sub_epi8(_mm512_or_si512(nib, _mm512_slli_epi16(top, 4)), b32);
-                wt->w[32 * h + 8 * q + c] = v;
-                if (c < 4) part = _mm512_add_epi32(part, sum4_s8(v));
-                else part2 = _mm512_add_epi32(part2, sum4_s8(v));
+                /* bits 2q, 2q+1 of qh to bits 4, 5 */
+                const __m512i th = TH[8 * h + c];
+                const __m512i top = q == 0   ? _mm512_slli_epi16(th, 4)
+                                    : q == 1 ? _mm512_slli_epi16(th, 2)
+                                    : q == 2 ? th
+                                             : _mm512_srli_epi16(th, 2);
+                wt->w[32 * h + 8 * q + c] = _mm512_or_si512(nib, _mm512_and_si512(top, m30));
             }
-            const int j = 8 * h + 2 * q; /* sub-blocks j (c < 4) and j + 1 */
-            wsum = _mm512_add_epi32(wsum, _mm512_mullo_epi32(part, sc[j]));
-            wsum = _mm512_add_epi32(wsum, _mm512_mullo_epi32(part2, sc[j + 1]));
         }
     }
-    wt->cw[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(wsum), _mm512_mul_ps(d, _mm512_set1_ps(-128.0f)));
 }
 
 /* Q8_0 (IS_Q4 0) / Q4_0 (1): 8 blocks per chunk, x[i] -> first block of the
@@ -328,20 +326,18 @@ KCPU_INLINE void repack_q80(const int IS_Q4, const uint8_t *const x[16], int nbl
 
 /* ---- activation preparation, per chunk, for the slab's tokens ---- */
 
-static void prep_q8k(const int FLIP, const uint8_t *a, size_t arb, int64_t c, int64_t nt,
-                     struct aprep *p)
+static void prep_q8k(const uint8_t *a, size_t arb, int64_t c, int64_t nt, struct aprep *p)
 {
-    const __m512i flip = _mm512_set1_epi8(FLIP ? (char)0x80 : 0);
     for (int64_t t = 0; t < nt; t++) {
         const uint8_t *blk = a + t * arb + c * sizeof(struct block_q8_K);
-        for (int i = 0; i < 4; i++)
-            _mm512_storeu_si512((void *)(p[t].qs + 64 * i),
-                                _mm512_xor_si512(_mm512_loadu_si512((const void *)(blk + 4 + 64 * i)), flip));
+        memcpy(p[t].qs, blk + 4, CHUNK);
         memcpy(&p[t].d[0], blk, 4);
         /* S_j = bsums[2j] + bsums[2j + 1], as int16 pairs (S_2i, S_2i+1) */
         const __m256i bs = _mm256_loadu_si256((const void *)(blk + 260));
         const __m256i s = _mm256_madd_epi16(bs, _mm256_set1_epi16(1));
         _mm_storeu_si128((__m128i *)p[t].pairs, _mm256_cvtepi32_epi16(s));
+        _mm512_storeu_si512((void *)p[t].off, _mm512_mullo_epi32(_mm512_cvtepi16_epi32(bs),
+                                                                 _mm512_set1_epi32(-32)));
     }
 }
 
@@ -368,11 +364,12 @@ KCPU_INLINE void tile_k(const int FAM, const int T, const struct wtile *wt, cons
     const int NSUB = FAM == FAM_Q6K ? 16 : 8, S = 64 / NSUB;
     __m512 blk[12];
     KCPU_UNROLL
-    for (int t = 0; t < T; t++) blk[t] = FAM == FAM_Q6K ? wt->cw[0] : _mm512_setzero_ps();
+    for (int t = 0; t < T; t++) blk[t] = _mm512_setzero_ps();
     for (int j = 0; j < NSUB; j++) {
         __m512i sub[12];
         KCPU_UNROLL
-        for (int t = 0; t < T; t++) sub[t] = _mm512_setzero_si512();
+        for (int t = 0; t < T; t++)
+            sub[t] = FAM == FAM_Q6K ? _mm512_set1_epi32(p[t].off[j]) : _mm512_setzero_si512();
         KCPU_UNROLL
         for (int s = 0; s < S; s++) {
             const __m512i w = wt->w[j * S + s];
@@ -380,10 +377,7 @@ KCPU_INLINE void tile_k(const int FAM, const int T, const struct wtile *wt, cons
             for (int t = 0; t < T; t++) {
                 int32_t av;
                 __builtin_memcpy(&av, p[t].qs + 4 * (j * S + s), 4);
-                if (FAM == FAM_Q6K)
-                    sub[t] = _mm512_dpbusd_epi32(sub[t], _mm512_set1_epi32(av), w);
-                else
-                    sub[t] = _mm512_dpbusd_epi32(sub[t], w, _mm512_set1_epi32(av));
+                sub[t] = _mm512_dpbusd_epi32(sub[t], w, _mm512_set1_epi32(av));
             }
         }
         KCPU_UNROLL
@@ -505,7 +499,7 @@ KCPU_INLINE void prep_chunk(const int FAM, const uint8_t *a, size_t arb, int64_t
                             int64_t nt, struct aprep *p)
 {
     if (FAM == FAM_Q80) prep_q80(a, arb, c, nblk, nt, p);
-    else prep_q8k(FAM == FAM_Q6K, a, arb, c, nt, p);
+    else prep_q8k(a, arb, c, nt, p);
 }
 
 KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
@@ -560,7 +554,9 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
  * panel of rows instead (the weights of a panel stay in L2 for the slab's
  * tokens), which leaves small batches waiting on memory. */
 #define FEW_CHUNKS 16
+#ifndef FEW_PF
 #define FEW_PF 4
+#endif
 
 KCPU_INLINE void gemm_few(const int GT, KCPU_MATMUL_ARGS)
 {

@@ -858,7 +858,12 @@ static int ranks_join_setup(struct cuda_accel *c, struct engine *e)
         for (int r = 0; r < e->n_ranks && all_ok; r++) all_ok = all[r];
         free(all);
         if (err) return err;
-        if (all_ok) return 0;
+        /* one all-reduce now, outside any graph capture: NCCL connects its
+         * peers on first use, which a capture cannot contain */
+        if (all_ok) {
+            err = comm_nccl_allreduce_sum(c->nccl, c->ffn_out, e->m->hp.n_embd, kcuda_stream(c->k));
+            return err ? err : kcuda_sync(c->k);
+        }
         comm_nccl_free(c->nccl);
         c->nccl = NULL;
         c->use_nccl = false;

@@ -49,7 +49,8 @@ struct cli_model_opts {
     struct plan *plan;     /* built by cli_load_model for several ranks */
     bool gpu_layers_set;   /* --gpu-layers given (else: auto) */
     bool weights_from_0;   /* --weights-from 0: ranks without the file get theirs from rank 0 */
-    const char *plan_mode; /* --plan: tp (default) or pp */
+    const char *plan_mode; /* --plan: tp (default), pp, hybrid[:S] or auto */
+    const char *cluster_path; /* --cluster: --plan auto plans for this description, not a measurement */
 };
 /* Try to parse argv[*i] as a shared model option; returns true if consumed. */
 bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o);
@@ -65,6 +66,10 @@ bool cli_shape_opt(const char *a, const char *v, struct model_hparams *hp);
 /* Load the model (dies with a clear message on error) and touch its pages
  * with a progress bar, so the first token does not pay for page faults. */
 void cli_load_model(const char *path, struct model *m);
+/* Read and parse a cluster description (JSON, docs/PLANNER.md); dies with
+ * the parser's message naming the field on error. */
+struct plan_cluster;
+void cli_load_cluster(const char *path, struct plan_cluster *c);
 /* Load the model and, on several ranks, build the plan from --split and
  * point o->engine at the communicator and the plan. */
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m);

@@ -104,8 +104,12 @@ const char cli_model_opts_help[] =
     "                       auto (by each rank's measured memory bandwidth), or weights \"2,1,1\"\n"
     "      --comm-type T    activations on the wire: f32 (default, exact), f16 or q8\n"
     "      --plan P         under mpirun: tp (tensor parallel, default), pp (pipeline: each\n"
-    "                       rank a stage of whole layers, sized by --split), or auto (measure\n"
-    "                       the cluster and take the layout the planner predicts fastest)\n"
+    "                       rank a stage of whole layers, sized by --split), hybrid (a stage\n"
+    "                       per host, tensor parallel inside it; hybrid:S = S stages of\n"
+    "                       consecutive ranks), or auto (measure the cluster and run the layout\n"
+    "                       the planner predicts fastest, leaving slow ranks idle if it helps)\n"
+    "      --cluster FILE   with --plan auto: plan for this cluster description (JSON, as\n"
+    "                       `tutti topo --json` prints) instead of measuring the cluster\n"
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
@@ -127,10 +131,13 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
     else if (!strcmp(a, "-b") || !strcmp(a, "--batch"))
         o->engine.n_batch = (int)cli_parse_int(a, cli_value(argc, argv, i), 1, 65536);
     else if (!strcmp(a, "--split")) o->split = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--cluster")) o->cluster_path = cli_value(argc, argv, i);
     else if (!strcmp(a, "--plan")) {
         o->plan_mode = cli_value(argc, argv, i);
-        if (strcmp(o->plan_mode, "tp") && strcmp(o->plan_mode, "pp") && strcmp(o->plan_mode, "auto"))
-            cli_die(0, "--plan must be tp, pp or auto, got '%s'", o->plan_mode);
+        if (strcmp(o->plan_mode, "tp") && strcmp(o->plan_mode, "pp") && strcmp(o->plan_mode, "auto") &&
+            strcmp(o->plan_mode, "hybrid") && strncmp(o->plan_mode, "hybrid:", 7))
+            cli_die(0, "--plan must be tp, pp, hybrid, hybrid:S or auto, got '%s'", o->plan_mode);
+        if (!strncmp(o->plan_mode, "hybrid:", 7)) cli_parse_int("--plan hybrid:S", o->plan_mode + 7, 1, PLAN_RANKS_MAX);
     }
     else if (!strcmp(a, "--weights-from")) {
         cli_parse_int(a, cli_value(argc, argv, i), 0, 0); /* only rank 0 serves weights */
@@ -229,53 +236,121 @@ static void load_cluster_model(struct cli_model_opts *o, struct model *m)
     free(has);
 }
 
-/* --plan auto: measure the cluster (as `tutti topo`), let the planner predict
- * every layout that uses all ranks (tensor parallel with either join, or a
- * pipeline), and take the fastest; rank 0 decides and tells the others.
- * Hybrid layouts and layouts that leave ranks out are not run yet: when the
- * planner prefers one of those, it says so. */
-static void plan_auto(struct cli_model_opts *o, const struct model *m)
+void cli_load_cluster(const char *path, struct plan_cluster *c)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) cli_die(0, "cannot open the cluster description '%s': %s", path, strerror(errno));
+    char *text = malloc(PLAN_CLUSTER_JSON_MAX + 1);
+    if (!text) cli_die(TT_ENOMEM, "reading '%s'", path);
+    const size_t n = fread(text, 1, PLAN_CLUSTER_JSON_MAX + 1, fp);
+    const bool bad = ferror(fp);
+    fclose(fp);
+    if (bad) cli_die(TT_EIO, "cannot read '%s'", path);
+    int err = plan_cluster_parse(c, text, n);
+    free(text);
+    if (err) cli_die(err, "'%s'", path);
+    if (!c->name[0]) snprintf(c->name, sizeof(c->name), "%s", path);
+}
+
+/* Ranks the layout leaves out, as "1,3" (or "none"). */
+static void idle_list(const struct plan *p, char *out, size_t cap)
+{
+    size_t at = 0;
+    out[0] = 0;
+    for (int r = 0; r < p->n_ranks && at + 12 < cap; r++)
+        if (p->ranks[r].stage == PLAN_STAGE_IDLE) at += (size_t)snprintf(out + at, cap - at, "%s%d", at ? "," : "", r);
+    if (!at) snprintf(out, cap, "none");
+}
+
+/* Rank 0's account of the planner's choice, on stderr. */
+static void plan_auto_report(const struct plan_result *res, const struct plan *p)
+{
+    const struct plan_candidate *c = &res->cands[res->chosen];
+    char idle[256];
+    idle_list(p, idle, sizeof(idle));
+    fprintf(stderr, "tutti: --plan auto: %s%s, %d stage(s) over %d of %d ranks (idle: %s), predicted "
+            "%.2f tok/s, TTFT %.0f ms\n", plan_layout_name(c->layout),
+            c->layout == PLAN_LAYOUT_TP || c->layout == PLAN_LAYOUT_HYBRID
+                ? (c->join == PLAN_JOIN_SUM ? " (sum)" : " (gather)") : "",
+            c->n_stages, c->n_ranks, p->n_ranks, idle, c->decode_tok_s, c->ttft_s * 1e3);
+    const struct plan_candidate *one = res->best_single >= 0 ? &res->cands[res->best_single] : NULL;
+    if (res->verdict == PLAN_VERDICT_SINGLE)
+        fprintf(stderr, "tutti: --plan auto: the cluster cannot beat one rank (rank %d alone is "
+                "predicted fastest); the other ranks stay idle\n", c->ranks[0].rank);
+    else if (res->verdict == PLAN_VERDICT_MEMORY)
+        fprintf(stderr, "tutti: --plan auto: no rank holds the model alone; the cluster is used for "
+                "its memory\n");
+    else if (one)
+        fprintf(stderr, "tutti: --plan auto: %.2fx the best single rank (rank %d, %.2f tok/s)\n",
+                c->decode_tok_s / one->decode_tok_s, one->ranks[0].rank, one->decode_tok_s);
+}
+
+/* --plan auto: measure the cluster (as `tutti topo`), let the planner
+ * predict every layout (one rank, tensor parallel with either join,
+ * pipeline, hybrid; all ranks or the fastest ones), and run its choice;
+ * ranks it leaves out stay idle. Rank 0 decides and broadcasts the plan. */
+static struct plan *plan_auto(struct cli_model_opts *o, const struct model *m)
 {
     const int n = comm_size(the_comm);
-    char *json = cli_topo_json(o->engine.n_threads);
-    int32_t choice[2] = { PLAN_LAYOUT_TP, PLAN_JOIN_GATHER };
+    char *json = o->cluster_path ? NULL : cli_topo_json(o->engine.n_threads);
+    const size_t bytes = sizeof(struct plan) + sizeof(struct plan_rank) * (size_t)n;
+    struct plan *p = NULL;
     if (comm_rank(the_comm) == 0) {
         struct plan_cluster *cl = malloc(sizeof(*cl));
         struct plan_model pm;
         struct plan_workload w;
         struct plan_result res = { 0 };
         plan_workload_default(&w);
-        int err = cl ? plan_cluster_parse(cl, json, strlen(json)) : TT_ENOMEM;
+        const int ctx = o->engine.n_ctx > 0 ? o->engine.n_ctx : TT_MIN(m->hp.n_ctx_train, ENGINE_CTX_DEFAULT);
+        w.n_ctx = TT_MAX(ctx, w.prompt_tokens); /* as the engine will size its cache */
+        if (!cl) cli_die(TT_ENOMEM, "--plan auto");
+        int err = 0;
+        if (o->cluster_path) cli_load_cluster(o->cluster_path, cl);
+        else err = plan_cluster_parse(cl, json, strlen(json));
+        if (!err && cl->n_ranks != n)
+            cli_die(0, "--plan auto: the cluster description has %d ranks, this job %d", cl->n_ranks, n);
         if (!err) err = plan_model_from_model(&pm, m);
         if (!err && (err = plan_search(&res, &pm, cl, &w))) plan_model_free(&pm);
         if (err) cli_die(err, "--plan auto");
-        int best = -1;
-        for (int i = 0; i < res.n_cands; i++) {
-            const struct plan_candidate *c = &res.cands[i];
-            bool usable = c->fits && c->n_ranks == n && (c->layout == PLAN_LAYOUT_TP || c->layout == PLAN_LAYOUT_PP);
-            if (usable && (best < 0 || c->decode_tok_s > res.cands[best].decode_tok_s)) best = i;
-        }
-        if (best >= 0) {
-            choice[0] = res.cands[best].layout;
-            choice[1] = res.cands[best].join;
-            fprintf(stderr, "tutti: --plan auto: %s%s over %d ranks, predicted %.2f tok/s, TTFT %.0f ms\n",
-                    plan_layout_name(res.cands[best].layout),
-                    res.cands[best].layout == PLAN_LAYOUT_TP ? (res.cands[best].join == PLAN_JOIN_SUM ? " (sum)" : " (gather)") : "",
-                    n, res.cands[best].decode_tok_s, res.cands[best].ttft_s * 1e3);
-            if (res.chosen >= 0 && res.chosen != best)
-                fprintf(stderr, "tutti: the planner's best layout, %s on %d rank(s), %.2f tok/s, is not "
-                        "run yet; using every rank as above\n", plan_layout_name(res.cands[res.chosen].layout),
-                        res.cands[res.chosen].n_ranks, res.cands[res.chosen].decode_tok_s);
-        }
+        if (res.chosen < 0) cli_die(0, "--plan auto: no layout fits this cluster's memory");
+        if (!(p = plan_from_candidate(&pm, &res.cands[res.chosen], n))) cli_die(TT_EINVAL, "--plan auto");
+        plan_auto_report(&res, p);
         plan_result_free(&res);
         plan_model_free(&pm);
         free(cl);
-        free(json);
+    } else if (!(p = malloc(bytes))) {
+        cli_die(TT_ENOMEM, "--plan auto");
     }
-    int err = comm_bcast(the_comm, choice, sizeof(choice), 0);
+    free(json);
+    int err = comm_bcast(the_comm, p, bytes, 0);
     if (err) cli_die(err, "--plan auto");
-    o->plan_mode = choice[0] == PLAN_LAYOUT_PP ? "pp" : "tp";
-    o->engine.join = (enum plan_join)choice[1];
+    o->engine.join = p->join;
+    return p;
+}
+
+/* --plan hybrid: a stage per host (in order of their first rank), or
+ * hybrid:S, S stages of consecutive ranks; tensor parallel inside. */
+static struct plan *plan_hybrid(const struct cli_model_opts *o, const struct model *m,
+                                const struct plan_align *a, const double *w, int n)
+{
+    int32_t *stage_of = malloc(sizeof(int32_t) * (size_t)n);
+    if (!stage_of) cli_die(TT_ENOMEM, "planning");
+    int n_stages = 0;
+    if (o->plan_mode[6] == ':') {
+        n_stages = (int)strtol(o->plan_mode + 7, NULL, 10);
+        if (n_stages > n) cli_die(0, "--plan %s: more stages than the %d ranks", o->plan_mode, n);
+        for (int r = 0; r < n; r++) stage_of[r] = (int32_t)((int64_t)r * n_stages / n);
+    } else {
+        for (int r = 0; r < n; r++) {
+            stage_of[r] = -1;
+            for (int q = 0; q < r && stage_of[r] < 0; q++)
+                if (!strcmp(comm_host(the_comm, q), comm_host(the_comm, r))) stage_of[r] = stage_of[q];
+            if (stage_of[r] < 0) stage_of[r] = n_stages++;
+        }
+    }
+    struct plan *p = plan_staged(&m->hp, a, n, stage_of, n_stages, NULL, w, o->engine.join);
+    free(stage_of);
+    return p;
 }
 
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
@@ -298,12 +373,14 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     }
     struct plan_align a;
     plan_align_for_model(m, &a);
-    if (o->plan_mode && !strcmp(o->plan_mode, "auto")) plan_auto(o, m);
+    const char *mode = o->plan_mode ? o->plan_mode : "tp";
+    if (!strcmp(mode, "auto")) o->plan = plan_auto(o, m);
     if (o->engine.wire != COMM_WIRE_F32 && o->engine.join == PLAN_JOIN_GATHER && comm_rank(the_comm) == 0)
         tt_warn("--comm-type %s applies to --tp-join sum; the gathering join sends exact f32",
                 comm_wire_name(o->engine.wire));
-    if (o->plan_mode && !strcmp(o->plan_mode, "pp")) o->plan = plan_pipeline(&m->hp, n, w);
-    else o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join);
+    if (!strcmp(mode, "pp")) o->plan = plan_pipeline(&m->hp, n, w);
+    else if (!strncmp(mode, "hybrid", 6)) o->plan = plan_hybrid(o, m, &a, w, n);
+    else if (!strcmp(mode, "tp")) o->plan = plan_tensor_parallel(&m->hp, &a, n, w, o->engine.join);
     if (!o->plan) cli_die(TT_EINVAL, "planning");
     o->engine.plan = o->plan;
     free(w);

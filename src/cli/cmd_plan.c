@@ -221,22 +221,6 @@ static void load_model(const struct plan_opts *o, struct plan_model *pm, char *d
 
 /* ---- the cluster ---- */
 
-static void load_cluster(const char *path, struct plan_cluster *c)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) cli_die(0, "cannot open the cluster description '%s': %s", path, strerror(errno));
-    char *text = malloc(PLAN_CLUSTER_JSON_MAX + 1);
-    if (!text) cli_die(TT_ENOMEM, "reading '%s'", path);
-    const size_t n = fread(text, 1, PLAN_CLUSTER_JSON_MAX + 1, fp);
-    const bool bad = ferror(fp);
-    fclose(fp);
-    if (bad) cli_die(TT_EIO, "cannot read '%s'", path);
-    int err = plan_cluster_parse(c, text, n);
-    free(text);
-    if (err) cli_die(err, "'%s'", path);
-    if (!c->name[0]) snprintf(c->name, sizeof(c->name), "%s", path);
-}
-
 struct gemm_job {
     const struct kcpu_ops *ops;
     const uint8_t *w;   /* [rows][n] Q4_K */
@@ -814,7 +798,7 @@ int cmd_plan(int argc, char **argv)
     struct plan_cluster *c = calloc(1, sizeof(*c));
     if (!c) cli_die(TT_ENOMEM, "planning");
     if (o.cluster_path)
-        load_cluster(o.cluster_path, c);
+        cli_load_cluster(o.cluster_path, c);
     else
         this_machine(o.threads, &pm.hp, c);
     struct plan_result res;

@@ -26,7 +26,8 @@ static int alloc_buffers(struct engine *e)
     size_t ff = (size_t)TT_MAX(hp->n_ff, TT_MAX(hp->n_ff_exp, hp->n_ff_shexp));
     size_t in_max = TT_MAX(TT_MAX(E, (size_t)hp->n_head * HD), ff);
     e->kv_row_bytes = tt_row_size(e->kv_type, (int64_t)TT_MAX(kvd, 1));
-    size_t kv_bytes = (size_t)e->n_seq * (size_t)hp->n_layer * (size_t)e->n_ctx * e->kv_row_bytes;
+    const size_t n_kv_layers = (size_t)(e->slice.layers.end - e->slice.layers.begin); /* the stage's */
+    size_t kv_bytes = (size_t)e->n_seq * TT_MAX(n_kv_layers, 1) * (size_t)e->n_ctx * e->kv_row_bytes;
     e->k_cache = tt_alloc(kv_bytes);
     e->v_cache = tt_alloc(kv_bytes);
     e->x = tt_alloc(B * E * 4);
@@ -78,6 +79,57 @@ static int alloc_buffers(struct engine *e)
     return 0;
 }
 
+/* This rank's stage group: its size and rank, the stage leaders around it,
+ * every member's widths (for gathering slices into whole rows), and the
+ * group's communicator: the whole comm when the group is every rank, a part
+ * of it (comm_split, collective: decided from the plan, so every rank
+ * calls it or none) when stages have several ranks, else none. */
+static int take_group(struct engine *e, const struct plan *p)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    int lead[PLAN_RANKS_MAX], size[PLAN_RANKS_MAX] = { 0 };
+    bool split = false;
+    for (int r = e->n_ranks - 1; r >= 0; r--) {
+        const int st = p->ranks[r].stage;
+        if (st < 0) continue;
+        lead[st] = r;
+        size[st]++;
+    }
+    for (int st = 0; st < p->n_stages; st++) split |= size[st] > 1 && size[st] < e->n_ranks;
+    e->stage = e->slice.stage;
+    e->n_stages = p->n_stages;
+    e->prev_leader = e->stage > 0 ? lead[e->stage - 1] : -1;
+    e->next_leader = e->stage >= 0 && e->stage + 1 < p->n_stages ? lead[e->stage + 1] : -1;
+    e->tp_size = 0;
+    e->tp_rank = 0;
+    e->widths = calloc((size_t)e->n_ranks * JOIN_WIDTHS_COUNT, sizeof(int32_t));
+    if (!e->widths) return tt_error_set(TT_ENOMEM, "out of memory");
+    for (int r = 0; r < e->n_ranks; r++) {
+        const struct plan_rank *pr = &p->ranks[r];
+        if (e->stage < 0 ? r != e->rank : pr->stage != e->stage) continue;
+        if (r == e->rank) e->tp_rank = e->tp_size;
+        int32_t *w = e->widths + (size_t)e->tp_size++ * JOIN_WIDTHS_COUNT;
+        w[JOIN_HEADS] = (pr->head.end - pr->head.begin) * hp->head_dim;
+        w[JOIN_FF] = pr->ff.end - pr->ff.begin;
+        w[JOIN_SHEXP] = pr->shexp.end - pr->shexp.begin;
+        w[JOIN_EMBD] = pr->embd.end - pr->embd.begin;
+        w[JOIN_EXPERT_BEGIN] = pr->expert.begin;
+        w[JOIN_EXPERT_END] = pr->expert.end;
+    }
+    if (e->tp_size == e->n_ranks) e->tp_comm = e->comm;
+    if (!split) return 0;
+    int err = comm_split(e->comm, e->stage >= 0 ? e->stage : COMM_COLOR_NONE, e->rank, &e->tp_comm);
+    if (err) return err;
+    e->tp_comm_owned = e->tp_comm != NULL;
+    if (e->tp_comm && e->tp_size == 1) { /* a stage of one rank needs no group */
+        comm_free(e->tp_comm);
+        e->tp_comm = NULL;
+        e->tp_comm_owned = false;
+    }
+    TT_ASSERT(!e->tp_comm || (comm_size(e->tp_comm) == e->tp_size && comm_rank(e->tp_comm) == e->tp_rank));
+    return 0;
+}
+
 /* This rank's part of the plan (an even split when none is given). */
 static int take_slice(struct engine *e, const struct engine_opts *opts)
 {
@@ -99,29 +151,12 @@ static int take_slice(struct engine *e, const struct engine_opts *opts)
     e->slice = p->ranks[e->rank];
     e->join = p->join;
     e->pipeline = p->pipeline;
-    e->tp_size = p->pipeline ? 1 : e->n_ranks;
-    e->tp_rank = p->pipeline ? 0 : e->rank;
-    /* every rank's widths, for gathering slices into whole rows */
-    e->widths = calloc((size_t)e->n_ranks * JOIN_WIDTHS_COUNT, sizeof(int32_t));
-    if (!e->widths) {
-        free(own);
-        return tt_error_set(TT_ENOMEM, "out of memory");
-    }
-    for (int r = 0; r < e->n_ranks; r++) {
-        const struct plan_rank *pr = &p->ranks[r];
-        int32_t *w = e->widths + (size_t)r * JOIN_WIDTHS_COUNT;
-        w[JOIN_HEADS] = (pr->head.end - pr->head.begin) * hp->head_dim;
-        w[JOIN_FF] = pr->ff.end - pr->ff.begin;
-        w[JOIN_SHEXP] = pr->shexp.end - pr->shexp.begin;
-        w[JOIN_EMBD] = pr->embd.end - pr->embd.begin;
-        w[JOIN_EXPERT_BEGIN] = pr->expert.begin;
-        w[JOIN_EXPERT_END] = pr->expert.end;
-    }
+    int err = take_group(e, p);
     free(own);
     e->n_head_local = e->slice.head.end - e->slice.head.begin;
     e->n_kv_local = e->slice.kv.end - e->slice.kv.begin;
     e->n_vocab_local = e->slice.vocab.end - e->slice.vocab.begin;
-    return 0;
+    return err;
 }
 
 int engine_create(struct engine **out, const struct model *m, const struct engine_opts *opts)
@@ -155,7 +190,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
     if (!err) err = shard_exchange(e);
     if (!err && !(e->pool = tt_pool_create(e->n_threads)))
         err = tt_error_set(TT_ENOMEM, "cannot start %d threads", e->n_threads);
-    if (!err && opts->n_gpu_layers != 0 && !e->pipeline) {
+    if (!err && opts->n_gpu_layers != 0 && !e->pipeline) { /* collective (engine_cuda.c) */
         int aerr = engine_accel_cuda_create(e, opts->n_gpu_layers, &e->accel);
         if (aerr == TT_EUNSUPPORTED && opts->n_gpu_layers < 0) tt_error_clear(); /* auto: CPU is fine */
         else if (aerr) err = aerr;
@@ -175,6 +210,7 @@ void engine_destroy(struct engine *e)
     tt_pool_destroy(e->pool);
     moe_teardown(e);
     shard_free(e);
+    if (e->tp_comm_owned) comm_free(e->tp_comm);
     void *bufs[] = { e->k_cache, e->v_cache, e->x,      e->xn,      e->q,      e->k,
                      e->v,       e->attn,    e->ffn_a,  e->ffn_b,   e->ffn_out, e->rope_cs,
                      e->scores,  e->q_half,  e->router, e->sel,     e->sel_w,   e->gather,
@@ -205,7 +241,7 @@ const struct model *engine_model(const struct engine *e) { return e->m; }
 
 uint64_t engine_memory_bytes(const struct engine *e)
 {
-    const struct model_hparams *hp = &e->m->hp;
-    return 2ull * (uint64_t)e->n_seq * (uint64_t)hp->n_layer * (uint64_t)e->n_ctx * e->kv_row_bytes +
+    const uint64_t n_kv_layers = (uint64_t)(e->slice.layers.end - e->slice.layers.begin);
+    return 2ull * (uint64_t)e->n_seq * n_kv_layers * (uint64_t)e->n_ctx * e->kv_row_bytes +
            (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes + e->shard_bytes;
 }

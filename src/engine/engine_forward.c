@@ -16,7 +16,7 @@
 void forward_allreduce(struct engine *e, float *x, int64_t n)
 {
     if (e->tp_size == 1) return;
-    int err = comm_allreduce_sum(e->comm, x, n, e->wire);
+    int err = comm_allreduce_sum(e->tp_comm, x, n, e->wire);
     TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone"); /* see engine_worker_run */
 }
 
@@ -28,7 +28,7 @@ static void gather_rows(struct engine *e, const float *local, int64_t n_tok, enu
     const int R = e->tp_size;
     for (int r = 0; r < R; r++)
         e->sizes[r] = sizeof(float) * (size_t)n_tok * (size_t)e->widths[r * JOIN_WIDTHS_COUNT + col];
-    int err = comm_allgatherv(e->comm, local, e->sizes[e->tp_rank], e->gathered, e->sizes);
+    int err = comm_allgatherv(e->tp_comm, local, e->sizes[e->tp_rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
     const float *src = e->gathered;
     int64_t off = 0;
@@ -259,7 +259,7 @@ static void join_experts(struct engine *e, int il, int64_t n_tok)
         e->sizes[r] = sizeof(float) * (size_t)count[r] * (size_t)E;
         cursor[r] = at;
     }
-    int err = comm_allgatherv(e->comm, e->part, e->sizes[e->tp_rank], e->gathered, e->sizes);
+    int err = comm_allgatherv(e->tp_comm, e->part, e->sizes[e->tp_rank], e->gathered, e->sizes);
     TT_ASSERT(err == 0 && "all-gather failed: a rank is gone");
     for (int x = 0; x < hp->n_expert; x++) {
         for (int64_t t = 0; t < n_tok; t++)
@@ -322,6 +322,7 @@ void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
     }
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd;
+    if (e->n_vocab_local == 0) return; /* not in the last stage: no output rows here */
     for (int i = 0; i < n; i++)
         ops_rmsnorm(e->x + rows[i] * E, e->output_norm, e->xn + i * E, E, hp->rms_eps);
     ops_linear(e, &e->output, 0, e->xn, n, out);
@@ -329,44 +330,56 @@ void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
 
 #define PIPELINE_TAG 7901
 
+/* The residual stream from the previous stage: its first rank sends it to
+ * this stage's first rank, which passes it to the others of its group. */
+static void stage_receive(struct engine *e, size_t bytes)
+{
+    int err = 0;
+    if (e->tp_rank == 0) err = comm_recv(e->comm, e->x, bytes, e->prev_leader, PIPELINE_TAG);
+    if (!err && e->tp_size > 1) err = comm_bcast(e->tp_comm, e->x, bytes, 0);
+    TT_ASSERT(err == 0 && "pipeline receive failed: a rank is gone");
+}
+
+/* Every rank of a group holds the same stream after the joins: the first
+ * sends it on. */
+static void stage_send(struct engine *e, size_t bytes)
+{
+    if (e->next_leader < 0 || e->tp_rank != 0) return;
+    int err = comm_send(e->comm, e->x, bytes, e->next_leader, PIPELINE_TAG);
+    TT_ASSERT(err == 0 && "pipeline send failed: a rank is gone");
+}
+
+/* Layers [il0, il1) of a batch whose rope table is not made yet. */
+static void run_layers(struct engine *e, int il0, int il1, int n_tok)
+{
+    if (il0 < il1) ops_rope_table(e, n_tok, e->rope_cs);
+    for (int il = il0; il < il1; il++) {
+        attention_block(e, il, n_tok);
+        ffn_block(e, il, n_tok);
+    }
+}
+
 void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok)
 {
     TT_ASSERT(n_tok <= e->n_batch);
     const struct model_weight *w = &e->m->token_embd;
     const struct tt_type_traits *tr = tt_type_get(w->type);
     const size_t x_bytes = sizeof(float) * (size_t)n_tok * (size_t)w->ne[0];
-    const bool first_stage = !e->pipeline || e->rank == 0;
+    const bool first_stage = e->stage == 0;
     for (int t = 0; t < n_tok; t++) {
         const int s = toks[t].seq;
         e->tok_seq[t] = s;
         e->tok_pos[t] = e->seq_pos[s]++; /* later tokens of s sit after this one */
         if (first_stage) tr->to_float(shard_embd_row(e, toks[t].id), e->x + (size_t)t * w->ne[0], w->ne[0]);
     }
-    if (!first_stage) { /* a pipeline stage continues the previous stage's stream */
-        int err = comm_recv(e->comm, e->x, x_bytes, e->rank - 1, PIPELINE_TAG);
-        TT_ASSERT(err == 0 && "pipeline receive failed: a rank is gone");
-    }
-    if (e->pipeline) {
-        ops_rope_table(e, n_tok, e->rope_cs);
-        for (int il = e->slice.layers.begin; il < e->slice.layers.end; il++) {
-            attention_block(e, il, n_tok);
-            ffn_block(e, il, n_tok);
-        }
-        if (e->rank + 1 < e->n_ranks) {
-            int err = comm_send(e->comm, e->x, x_bytes, e->rank + 1, PIPELINE_TAG);
-            TT_ASSERT(err == 0 && "pipeline send failed: a rank is gone");
-        }
-        return;
-    }
-    int il = 0;
-    if (e->accel.ctx && e->accel.n_layers_accel > 0) {
+    if (e->stage == PLAN_STAGE_IDLE) return; /* an idle rank only keeps the positions */
+    if (!first_stage) stage_receive(e, x_bytes);
+    int il = e->slice.layers.begin;
+    if (e->accel.ctx && e->accel.n_layers_accel > 0) { /* one rank holding every layer */
         il = e->accel.n_layers_accel;
         int err = e->accel.run_layers(e->accel.ctx, e, 0, il, n_tok);
         TT_ASSERT(err == 0 && "accelerator failed running layers");
     }
-    if (il < e->m->hp.n_layer) ops_rope_table(e, n_tok, e->rope_cs);
-    for (; il < e->m->hp.n_layer; il++) {
-        attention_block(e, il, n_tok);
-        ffn_block(e, il, n_tok);
-    }
+    run_layers(e, il, e->slice.layers.end, n_tok);
+    stage_send(e, x_bytes);
 }

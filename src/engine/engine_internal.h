@@ -90,8 +90,12 @@ struct engine {
     int rank, n_ranks;
     enum comm_wire wire;
     struct plan_rank slice;  /* what this rank holds */
-    bool pipeline;           /* stages of whole layers (plan_pipeline) */
-    int tp_size, tp_rank;    /* the tensor-parallel group: all ranks, or just this one in a pipeline */
+    bool pipeline;           /* stages of whole layers (plan_pipeline, plan_staged) */
+    int stage, n_stages;     /* this rank's pipeline stage, or PLAN_STAGE_IDLE (holds nothing) */
+    int prev_leader, next_leader; /* first rank of the previous / next stage, -1: none */
+    int tp_size, tp_rank;    /* the tensor-parallel group: the ranks of this rank's stage */
+    struct comm *tp_comm;    /* its communicator: comm, a part of it (comm_split), or NULL */
+    bool tp_comm_owned;
     enum plan_join join;
     int32_t *widths;         /* [n_ranks][JOIN_WIDTHS_COUNT] every rank's slice sizes */
     float *full;             /* [B][max row] a gathered activation (whole rows) */
@@ -128,7 +132,7 @@ struct engine {
     struct engine_accel accel;   /* ctx NULL: CPU only */
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
-    uint8_t *k_cache;     /* [n_seq][n_layer][n_ctx][n_kv_local*head_dim] of kv_type */
+    uint8_t *k_cache;     /* [n_seq][stage layers][n_ctx][n_kv_local*head_dim] of kv_type */
     struct moe_dealer moe_dealer;    /* this step's pairs to copies (moe_deal) */
     int16_t *moe_pair_rank;          /* [B][n_expert_used] rank computing each pair */
     double moe_dealt_max, moe_dealt_mean; /* sums over layer steps of the dealt rank costs */
@@ -197,10 +201,13 @@ const void *shard_embd_row(struct engine *e, int32_t id);
  * each chunk checked with its XXH64; rank 0 serves every such rank. */
 int shard_exchange(struct engine *e);
 
-/* Byte offset of (sequence, layer, position) in k_cache / v_cache. */
+/* Byte offset of (sequence, layer, position) in k_cache / v_cache, which
+ * hold the layers of this rank's stage (slice.layers) only. */
 static inline size_t kv_offset(const struct engine *e, int seq, int il, int pos)
 {
-    return (((size_t)seq * (size_t)e->m->hp.n_layer + (size_t)il) * (size_t)e->n_ctx + (size_t)pos) *
+    const int32_t l0 = e->slice.layers.begin, n_l = e->slice.layers.end - l0; /* cached here */
+    TT_ASSERT(il >= l0 && il < l0 + n_l);
+    return (((size_t)seq * (size_t)n_l + (size_t)(il - l0)) * (size_t)e->n_ctx + (size_t)pos) *
            e->kv_row_bytes;
 }
 

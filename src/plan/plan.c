@@ -121,6 +121,7 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
     if (!p) return NULL;
     p->n_ranks = n_ranks;
     p->join = join;
+    p->n_stages = 1;
     for (int r = 0; r < n_ranks; r++) p->ranks[r].layers = (struct plan_range){ 0, hp->n_layer };
     assign(p, hp->n_head, a->head_unit, weights, offsetof(struct plan_rank, head));
     assign(p, hp->n_embd, 1, weights, offsetof(struct plan_rank, embd));
@@ -142,26 +143,79 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
     return p;
 }
 
-struct plan *plan_pipeline(const struct model_hparams *hp, int n_ranks, const double *weights)
+/* Validate the arguments of plan_staged. */
+static int check_stages(const struct model_hparams *hp, int n_ranks, const int32_t *stage_of,
+                        int n_stages, const int32_t *layer_ends)
 {
+    if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX || n_stages < 1 || n_stages > n_ranks)
+        return tt_error_set(TT_EINVAL, "%d stages over %d ranks: need 1 <= stages <= ranks <= %d",
+                            n_stages, n_ranks, PLAN_RANKS_MAX);
+    int32_t count[PLAN_RANKS_MAX] = { 0 };
+    for (int r = 0; r < n_ranks; r++) {
+        if (stage_of[r] != PLAN_STAGE_IDLE && (stage_of[r] < 0 || stage_of[r] >= n_stages))
+            return tt_error_set(TT_EINVAL, "rank %d: stage %d outside [0, %d)", r, stage_of[r], n_stages);
+        if (stage_of[r] >= 0) count[stage_of[r]]++;
+    }
+    for (int st = 0; st < n_stages; st++) {
+        if (!count[st]) return tt_error_set(TT_EINVAL, "stage %d has no rank", st);
+        if (layer_ends && (layer_ends[st] < (st ? layer_ends[st - 1] : 0) ||
+                           (st == n_stages - 1 && layer_ends[st] != hp->n_layer)))
+            return tt_error_set(TT_EINVAL, "stage layer ends must rise to %d layers", hp->n_layer);
+    }
+    return 0;
+}
+
+struct plan *plan_staged(const struct model_hparams *hp, const struct plan_align *a, int n_ranks,
+                         const int32_t *stage_of, int n_stages, const int32_t *layer_ends,
+                         const double *weights, enum plan_join join)
+{
+    if (check_stages(hp, n_ranks, stage_of, n_stages, layer_ends)) return NULL;
     struct plan *p = plan_alloc(n_ranks, weights);
     if (!p) return NULL;
     p->n_ranks = n_ranks;
-    p->pipeline = true;
-    assign(p, hp->n_layer, 1, weights, offsetof(struct plan_rank, layers));
-    for (int r = 0; r < n_ranks; r++) {
-        struct plan_rank *pr = &p->ranks[r];
-        pr->head = (struct plan_range){ 0, hp->n_head };
-        pr->kv = (struct plan_range){ 0, hp->n_head_kv };
-        pr->ff = (struct plan_range){ 0, hp->n_ff };
-        pr->ff_exp = (struct plan_range){ 0, hp->n_expert ? hp->n_ff_exp : 0 };
-        pr->shexp = (struct plan_range){ 0, hp->n_ff_shexp };
-        pr->embd = (struct plan_range){ 0, hp->n_embd };
-        pr->expert = (struct plan_range){ 0, hp->n_expert };
-        pr->vocab = r == n_ranks - 1 ? (struct plan_range){ 0, hp->n_vocab } : (struct plan_range){ 0, 0 };
-        pr->weight = weights ? weights[r] : 1.0;
+    p->join = join;
+    p->n_stages = n_stages;
+    p->pipeline = n_stages > 1;
+    double stage_w[PLAN_RANKS_MAX] = { 0 };
+    int64_t starts[PLAN_RANKS_MAX + 1];
+    for (int r = 0; r < n_ranks; r++)
+        if (stage_of[r] >= 0) stage_w[stage_of[r]] += weights ? weights[r] : 1.0;
+    plan_split_units(hp->n_layer, 1, n_stages, stage_w, starts);
+    for (int st = 0; st < n_stages && layer_ends; st++) starts[st + 1] = layer_ends[st];
+    for (int r = 0; r < n_ranks; r++)
+        p->ranks[r] = (struct plan_rank){ .stage = PLAN_STAGE_IDLE, .weight = weights ? weights[r] : 1.0 };
+    for (int st = 0; st < n_stages; st++) {
+        int members[PLAN_RANKS_MAX], k = 0;
+        double w[PLAN_RANKS_MAX];
+        for (int r = 0; r < n_ranks; r++)
+            if (stage_of[r] == st) {
+                w[k] = weights ? weights[r] : 1.0;
+                members[k++] = r;
+            }
+        struct plan *g = plan_tensor_parallel(hp, a, k, w, join);
+        if (!g) {
+            free(p);
+            return NULL;
+        }
+        for (int i = 0; i < k; i++) {
+            struct plan_rank *pr = &p->ranks[members[i]];
+            *pr = g->ranks[i];
+            pr->stage = st;
+            pr->layers = (struct plan_range){ (int32_t)starts[st], (int32_t)starts[st + 1] };
+            if (st < n_stages - 1) pr->vocab = (struct plan_range){ 0, 0 };
+        }
+        free(g);
     }
+    plan_check(p, hp, a);
     return p;
+}
+
+struct plan *plan_pipeline(const struct model_hparams *hp, int n_ranks, const double *weights)
+{
+    int32_t stage_of[PLAN_RANKS_MAX];
+    for (int r = 0; r < n_ranks && r < PLAN_RANKS_MAX; r++) stage_of[r] = r;
+    static const struct plan_align unaligned = { 1, 1, 1, 1 };
+    return plan_staged(hp, &unaligned, n_ranks, stage_of, n_ranks, NULL, weights, PLAN_JOIN_GATHER);
 }
 
 int plan_parse_split(const char *s, int n_ranks, double *weights, bool *is_auto)
@@ -191,10 +245,12 @@ int plan_parse_split(const char *s, int n_ranks, double *weights, bool *is_auto)
     return 0;
 }
 
-static void check_cover(const struct plan *p, size_t off, int32_t n, int32_t unit)
+/* Stage st's ranks, in rank order, cover [0, n) of one dimension. */
+static void check_cover(const struct plan *p, int st, size_t off, int32_t n, int32_t unit)
 {
     int32_t at = 0;
     for (int r = 0; r < p->n_ranks; r++) {
+        if (p->ranks[r].stage != st) continue;
         const struct plan_range *rg = (const struct plan_range *)((const char *)&p->ranks[r] + off);
         TT_ASSERT(rg->begin == at && rg->end >= rg->begin);
         TT_ASSERT(rg->end == n || rg->end % unit == 0);
@@ -203,20 +259,45 @@ static void check_cover(const struct plan *p, size_t off, int32_t n, int32_t uni
     TT_ASSERT(at == n);
 }
 
+static bool range_empty(struct plan_range r) { return r.begin == r.end; }
+
 void plan_check(const struct plan *p, const struct model_hparams *hp, const struct plan_align *align)
 {
     static const struct plan_align unaligned = { 1, 1, 1, 1 };
     const struct plan_align *a = p->join == PLAN_JOIN_SUM ? align : &unaligned;
-    check_cover(p, offsetof(struct plan_rank, embd), hp->n_embd, 1);
-    check_cover(p, offsetof(struct plan_rank, expert), hp->n_expert, 1);
-    check_cover(p, offsetof(struct plan_rank, head), hp->n_head, a->head_unit);
-    check_cover(p, offsetof(struct plan_rank, ff), hp->n_ff, a->ff_unit);
-    check_cover(p, offsetof(struct plan_rank, ff_exp), hp->n_expert ? hp->n_ff_exp : 0, a->ff_exp_unit);
-    check_cover(p, offsetof(struct plan_rank, shexp), hp->n_ff_shexp, a->shexp_unit);
-    check_cover(p, offsetof(struct plan_rank, vocab), hp->n_vocab, 1);
+    TT_ASSERT(p->n_stages >= 1 && p->n_stages <= p->n_ranks && p->pipeline == (p->n_stages > 1));
+    int32_t layer_at = 0;
+    for (int st = 0; st < p->n_stages; st++) {
+        int first = -1;
+        for (int r = 0; r < p->n_ranks; r++) {
+            if (p->ranks[r].stage != st) continue;
+            if (first < 0) first = r;
+            TT_ASSERT(p->ranks[r].layers.begin == p->ranks[first].layers.begin &&
+                      p->ranks[r].layers.end == p->ranks[first].layers.end);
+            if (st < p->n_stages - 1) TT_ASSERT(range_empty(p->ranks[r].vocab));
+        }
+        TT_ASSERT(first >= 0 && p->ranks[first].layers.begin == layer_at);
+        layer_at = p->ranks[first].layers.end;
+        TT_ASSERT(layer_at >= p->ranks[first].layers.begin);
+        check_cover(p, st, offsetof(struct plan_rank, embd), hp->n_embd, 1);
+        check_cover(p, st, offsetof(struct plan_rank, expert), hp->n_expert, 1);
+        check_cover(p, st, offsetof(struct plan_rank, head), hp->n_head, a->head_unit);
+        check_cover(p, st, offsetof(struct plan_rank, ff), hp->n_ff, a->ff_unit);
+        check_cover(p, st, offsetof(struct plan_rank, ff_exp), hp->n_expert ? hp->n_ff_exp : 0,
+                    a->ff_exp_unit);
+        check_cover(p, st, offsetof(struct plan_rank, shexp), hp->n_ff_shexp, a->shexp_unit);
+        if (st == p->n_stages - 1)
+            check_cover(p, st, offsetof(struct plan_rank, vocab), hp->n_vocab, 1);
+    }
+    TT_ASSERT(layer_at == hp->n_layer);
     const int32_t group = hp->n_head / hp->n_head_kv;
     for (int r = 0; r < p->n_ranks; r++) {
         const struct plan_rank *pr = &p->ranks[r];
+        TT_ASSERT(pr->stage == PLAN_STAGE_IDLE || (pr->stage >= 0 && pr->stage < p->n_stages));
+        if (pr->stage == PLAN_STAGE_IDLE)
+            TT_ASSERT(range_empty(pr->layers) && range_empty(pr->head) && range_empty(pr->embd) &&
+                      range_empty(pr->ff) && range_empty(pr->expert) && range_empty(pr->vocab) &&
+                      range_empty(pr->kv) && range_empty(pr->ff_exp) && range_empty(pr->shexp));
         if (pr->head.end == pr->head.begin) {
             TT_ASSERT(pr->kv.begin == pr->kv.end);
             continue;

@@ -29,9 +29,20 @@
  * outputs are gathered and added in expert order on every rank, so MoE layers
  * are exact too.
  *
+ * Stages (pipeline and hybrid layouts): the layers are cut into contiguous
+ * ranges, one per stage; each stage is a tensor-parallel group of one or
+ * more ranks (any ranks, in rank order within the stage), split among
+ * themselves as above; only the last stage holds the output rows. A rank
+ * may be idle (PLAN_STAGE_IDLE): it holds nothing and only follows the
+ * steps, so a layout can leave slow ranks out.
+ *
  * Invariants of a plan (plan_check asserts them):
- *  1. For each dimension the ranges of consecutive ranks are adjacent and
- *     cover [0, n) exactly; empty ranges are allowed.
+ *  1. Within each stage, for each dimension the ranges of its ranks (in
+ *     rank order) are adjacent and cover [0, n) exactly; empty ranges are
+ *     allowed. Vocabulary: the last stage covers it, the others hold none.
+ *     Idle ranks hold empty ranges. Stage st's layers follow stage st-1's,
+ *     all ranks of a stage hold the same layers, and the stages cover
+ *     [0, n_layer); every stage has a rank.
  *  2. With PLAN_JOIN_SUM, every column split point is a multiple of its
  *     alignment unit (or n).
  *  3. kv range = the KV heads of the rank's query heads.
@@ -68,12 +79,16 @@ struct plan_rank {
     struct plan_range shexp; /* shared expert columns */
     struct plan_range vocab; /* output rows */
     double weight;           /* relative capacity used */
+    int32_t stage;           /* pipeline stage (0 first), or PLAN_STAGE_IDLE */
 };
+
+#define PLAN_STAGE_IDLE (-1)
 
 struct plan {
     int n_ranks;
     enum plan_join join;
-    bool pipeline;           /* stages of whole layers, rank order = stage order */
+    bool pipeline;           /* n_stages > 1: stages of whole layers */
+    int n_stages;            /* 1: tensor parallel over the ranks that are not idle */
     struct plan_rank ranks[]; /* n_ranks entries */
 };
 
@@ -95,6 +110,16 @@ struct plan *plan_tensor_parallel(const struct model_hparams *hp, const struct p
  * the output projection. A stage with no layers only passes activations on.
  * Returns a malloc'd plan or NULL (TT_EINVAL detail). */
 struct plan *plan_pipeline(const struct model_hparams *hp, int n_ranks, const double *weights);
+/* Stages of tensor-parallel groups (hybrid; also pipelines and layouts
+ * leaving ranks out): rank r belongs to stage stage_of[r] in [0, n_stages),
+ * or is idle (PLAN_STAGE_IDLE); each stage needs a rank. Layers go to the
+ * stages in proportion to the sum of their ranks' weights (layer_ends,
+ * when not NULL, gives stage st's end instead: increasing, the last
+ * n_layer), the stage's dimensions to its ranks in proportion to their
+ * weights (NULL: even). Returns a malloc'd plan or NULL (TT_EINVAL detail). */
+struct plan *plan_staged(const struct model_hparams *hp, const struct plan_align *a, int n_ranks,
+                         const int32_t *stage_of, int n_stages, const int32_t *layer_ends,
+                         const double *weights, enum plan_join join);
 /* Parse --split: "even", "auto" (weights = NULL for the caller to fill), or
  * "2,1,1" (exactly n_ranks positive numbers). Returns 0 or TT_EINVAL. */
 int plan_parse_split(const char *s, int n_ranks, double *weights, bool *is_auto);

@@ -1285,6 +1285,41 @@ void plan_result_free(struct plan_result *res)
     res->chosen = res->best_single = -1;
 }
 
+struct plan *plan_from_candidate(const struct plan_model *pm, const struct plan_candidate *cd,
+                                 int n_ranks)
+{
+    if (n_ranks < 1 || n_ranks > PLAN_RANKS_MAX) {
+        tt_error_set(TT_EINVAL, "rank count %d outside [1, %d]", n_ranks, PLAN_RANKS_MAX);
+        return NULL;
+    }
+    int32_t *stage_of = malloc(sizeof(int32_t) * (size_t)n_ranks), ends[PLAN_CLUSTER_RANKS_MAX];
+    double *weights = malloc(sizeof(double) * (size_t)n_ranks);
+    struct plan *p = NULL;
+    if (!stage_of || !weights) {
+        tt_error_set(TT_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int r = 0; r < n_ranks; r++) {
+        stage_of[r] = PLAN_STAGE_IDLE;
+        weights[r] = 1.0;
+    }
+    for (int i = 0; i < cd->n_ranks; i++) {
+        const struct plan_cand_rank *cr = &cd->ranks[i];
+        if (cr->rank < 0 || cr->rank >= n_ranks) {
+            tt_error_set(TT_EINVAL, "the layout uses rank %d of a %d-rank cluster", cr->rank, n_ranks);
+            goto done;
+        }
+        stage_of[cr->rank] = cr->stage;
+        weights[cr->rank] = cr->slice.weight > 0 ? cr->slice.weight : 1.0;
+    }
+    for (int st = 0; st < cd->n_stages; st++) ends[st] = cd->stages[st].layer_end;
+    p = plan_staged(&pm->hp, &pm->align, n_ranks, stage_of, cd->n_stages, ends, weights, cd->join);
+done:
+    free(weights);
+    free(stage_of);
+    return p;
+}
+
 const char *plan_layout_name(enum plan_layout layout)
 {
     static const char *const names[PLAN_LAYOUT_COUNT] = {"single", "tp", "pp", "hybrid"};

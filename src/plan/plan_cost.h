@@ -217,6 +217,13 @@ int plan_search(struct plan_result *res, const struct plan_model *pm, const stru
                 const struct plan_workload *w);
 void plan_result_free(struct plan_result *res);
 
+/* The engine's plan (plan.h) for running candidate cd on a cluster of
+ * n_ranks ranks (cd's rank ids must be below it): cd's ranks in its stages,
+ * with its layers and TP splits; every other rank idle. Returns a malloc'd
+ * plan, or NULL (TT_EINVAL, TT_ENOMEM detail). */
+struct plan *plan_from_candidate(const struct plan_model *pm, const struct plan_candidate *cd,
+                                 int n_ranks);
+
 const char *plan_layout_name(enum plan_layout layout);
 /* Parse "auto", "single", "tp", "pp", "hybrid" into a layout mask. */
 int plan_parse_layouts(const char *s, uint32_t *mask);

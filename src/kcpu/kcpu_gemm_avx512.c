@@ -529,12 +529,13 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
                     KCPU_UNROLL
                     for (int i = 0; i < 16; i++)
                         x[i] = i < nr ? wb + (rg + i) * w_row_bytes + coff : zero_block;
-                    /* the next group's rows of this chunk, while this one computes */
+                    /* the next group's rows of this chunk, while this one computes,
+                     * into L2 (T1 measured 6-9% faster than T0 at 64 tokens) */
                     if (rg + 16 < p1) {
                         for (int i = 0; i < 16 && rg + 16 + i < p1; i++) {
                             const char *nx = (const char *)(wb + (rg + 16 + i) * w_row_bytes + coff);
                             for (size_t o = 0; o < (size_t)blocks_per_chunk * bsz; o += 64)
-                                _mm_prefetch(nx + o, _MM_HINT_T0);
+                                _mm_prefetch(nx + o, _MM_HINT_T1);
                         }
                     }
                     repack_chunk(GT, x, nblk, &wt, wb + rg * w_row_bytes + coff, w_row_bytes, m);

@@ -64,6 +64,12 @@ struct engine_opts {
     int moe_replicas;
     int moe_every;
     double moe_threshold;
+    /* Live moves: new expert copies come from the model file on a helper
+     * thread, or over the communicator from the rank holding the expert
+     * (always when a rank has no file; forced by moe_move_over_comm),
+     * moe_move_bytes per step (default 64 MiB). */
+    bool moe_move_over_comm;
+    int64_t moe_move_bytes;
     /* Refuse (TT_ENOMEM, saying how much is needed) when this rank's weights,
      * KV cache and buffers would exceed this many bytes; 0 = no limit. */
     uint64_t mem_limit_bytes;
@@ -127,9 +133,12 @@ void engine_seq_truncate(struct engine *e, int seq, int n_past);
 #define ENGINE_MOE_WINDOW 64
 int engine_moe_loads(const struct engine *e, int layer, uint64_t *loads /* [n_expert] */,
                      double *imbalance);
-/* Rank 0: re-place experts now (all ranks, at this step boundary). */
+/* Rank 0: re-place experts now (all ranks, at this step boundary; the copies
+ * are moved before it returns). */
 int engine_moe_rebalance(struct engine *e);
 int engine_rank(const struct engine *e);
+/* Is an expert move (from live balancing) in progress on this rank? */
+bool engine_moe_moving(const struct engine *e);
 int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);
 int engine_n_ctx(const struct engine *e);

@@ -183,7 +183,10 @@ static int execute(struct engine *e, const struct step *st, const struct step_io
     const int nv = e->m->hp.n_vocab, n = st->n;
     const int32_t *hist = io->hist;
     int err = 0, n_next = 0;
-    if (e->m->hp.n_expert) moe_stats_step(&e->moe_stats); /* one window slot per step */
+    if (e->m->hp.n_expert) {
+        moe_move_progress(e);          /* a live expert move advances at step boundaries */
+        moe_stats_step(&e->moe_stats); /* one window slot per step */
+    }
     for (int c = 0; c < n && !err; c += e->n_batch) {
         const int nb = TT_MIN(e->n_batch, n - c);
         forward_batch(e, io->toks + c, nb);
@@ -201,6 +204,8 @@ static int execute(struct engine *e, const struct step *st, const struct step_io
     }
     return err;
 }
+
+static int send_control(struct engine *e, const struct step *st);
 
 /* Rank 0: validate, broadcast and execute a DECODE step. */
 static int run_decode(struct engine *e, const struct engine_tok *toks, int n, enum engine_logits mode,
@@ -243,10 +248,13 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
     }
     struct step_io io = { toks, e->step_buf + 3 * n, logits, samplers, next };
     if ((err = execute(e, &st, &io))) return err;
-    /* live expert balancing: checked every moe_every steps */
+    /* live expert balancing: checked every moe_every steps, moved in the background */
     if (e->moe_every && e->tp_size > 1 && ++e->moe_steps % (uint64_t)e->moe_every == 0 &&
-        moe_rebalance_wanted(e))
-        err = engine_moe_rebalance(e);
+        moe_rebalance_wanted(e)) {
+        struct step rb = { .op = STEP_REBALANCE, .n = 1 };
+        err = send_control(e, &rb);
+        if (!err) err = moe_rebalance(e, true);
+    }
     return err;
 }
 
@@ -299,10 +307,12 @@ void engine_truncate(struct engine *e, int n_past) { engine_seq_truncate(e, 0, n
 int engine_moe_rebalance(struct engine *e)
 {
     if (e->m->hp.n_expert == 0 || e->tp_size == 1) return 0;
-    struct step st = { .op = STEP_REBALANCE };
+    struct step st = { .op = STEP_REBALANCE, .n = 0 };
     int err = send_control(e, &st);
-    return err ? err : moe_rebalance(e);
+    return err ? err : moe_rebalance(e, false);
 }
+
+bool engine_moe_moving(const struct engine *e) { return moe_moving(e); }
 
 void engine_stop_workers(struct engine *e)
 {
@@ -353,7 +363,7 @@ static int worker_step(struct engine *e, const struct step *st, bool *stop)
         e->seq_pos[st->seq] = st->n;
         return 0;
     case STEP_STOP: *stop = true; return 0;
-    case STEP_REBALANCE: return moe_rebalance(e);
+    case STEP_REBALANCE: return moe_rebalance(e, st->n == 1);
     default: return TT_ECOMM;
     }
 }

@@ -129,13 +129,17 @@ struct engine {
     int moe_every;                   /* rebalance check period in steps (0: never) */
     double moe_threshold;            /* rebalance when imbalance exceeds this */
     uint64_t moe_steps;
+    struct moe_dealer moe_dealer;    /* this step's pairs to copies (moe_deal) */
+    int16_t *moe_pair_rank;          /* [B][n_expert_used] rank computing each pair */
+    double moe_dealt_max, moe_dealt_mean; /* sums over layer steps of the dealt rank costs */
+    int moe_phys_slots;              /* slots per layer incl. room for arriving copies */
+    struct moe_move *moe_move;       /* an expert move in progress, or NULL */
+    bool moe_from_ranks;             /* new copies come over the communicator, not the file */
+    int64_t moe_move_bytes;          /* over the communicator: bytes moved per step */
     struct engine_accel accel;   /* ctx NULL: CPU only */
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
     uint8_t *k_cache;     /* [n_seq][stage layers][n_ctx][n_kv_local*head_dim] of kv_type */
-    struct moe_dealer moe_dealer;    /* this step's pairs to copies (moe_deal) */
-    int16_t *moe_pair_rank;          /* [B][n_expert_used] rank computing each pair */
-    double moe_dealt_max, moe_dealt_mean; /* sums over layer steps of the dealt rank costs */
     uint8_t *v_cache;
 
     /* The batch being computed: sequence and position of each token. */
@@ -179,12 +183,19 @@ int moe_setup(struct engine *e, const struct engine_opts *opts);
 void moe_teardown(struct engine *e);
 /* Record the routing of the current batch (e->sel) in the statistics. */
 void moe_record(struct engine *e, int il, int64_t n_tok);
-/* All ranks: re-place experts from the statistics, copy the new ones in. */
-int moe_rebalance(struct engine *e);
-/* Largest imbalance over layers under the current placement. */
-double moe_max_imbalance(const struct engine *e);
 /* Deal this layer's routed pairs (e->sel) to expert copies: e->moe_pair_rank. */
 void moe_deal_layer(struct engine *e, int il, int64_t n_tok);
+/* All ranks: choose new placements from the statistics and start moving
+ * the new copies in; `background`: decoding goes on and the switch comes at
+ * a later step boundary (moe_move_progress), else the move completes now.
+ * Ignored while a move is in progress. */
+int moe_rebalance(struct engine *e, bool background);
+/* All ranks, at each step boundary: advance a move in progress; switch to
+ * the new placement when every rank has its copies. */
+void moe_move_progress(struct engine *e);
+bool moe_moving(const struct engine *e);
+/* Largest imbalance over layers under the current placement. */
+double moe_max_imbalance(const struct engine *e);
 /* Would a rebalance now move some layer to a clearly better placement? */
 bool moe_rebalance_wanted(const struct engine *e);
 

@@ -2,34 +2,71 @@
  * engine_moe.c: where the experts of MoE layers live on this rank, their
  * load statistics, and live rebalancing.
  *
- * Slots: on several ranks each layer has `moe_slots` expert slots per rank
- * (its share of the experts plus spare slots for hot copies); the expert
- * matrices of a slot are copied from the model file into this rank's slot
- * storage, and the layer's gate/up/down_exps views index slots. On one rank
- * the views are the file's expert stacks and slot = expert.
+ * Slots: on several ranks each layer has `moe_slots` places per rank for
+ * experts in the placement (its share plus spare places for hot copies) and
+ * as many again, so that new copies can arrive while the old ones are still
+ * in use (any new placement fits); the layer's gate/up/down_exps views index
+ * physical slots (moe_phys_slots per layer). The second half is allocated
+ * but only touched by moves. On one rank the views are the file's expert
+ * stacks and slot = expert.
  *
- * Rebalancing happens at a step boundary on every rank at once (a step from
- * rank 0). All ranks hold the same statistics (routing is computed on every
- * rank), so they compute the same placement without exchanging it. Experts
- * that stay keep their slot; only new copies are copied in, from the local
- * model file. Results do not change: a token's expert output is computed in
- * full by whichever copy it is dealt to, and outputs are added in expert
- * order (engine_forward.c).
+ * Rebalancing (a REBALANCE step from rank 0, at a step boundary): every rank
+ * holds the same statistics (routing is computed everywhere), so every rank
+ * computes the same next placement and the same list of copy jobs (layer,
+ * expert, source rank, destination rank) without exchanging them. A layer
+ * moves only if every rank has free physical slots for its new copies.
+ * While the move is in progress decoding goes on with the old placement:
+ *  - every rank has the model file: a helper thread on each rank reads its
+ *    new copies from the file into free slots; at each step boundary the
+ *    ranks all-reduce a done flag and switch together once all are done;
+ *  - some rank has no file (--weights-from 0): at each step boundary the
+ *    ranks walk the common job list for up to moe_move_bytes, the rank
+ *    holding the expert sending it to the one receiving (one sender and one
+ *    receiver per job, all ranks in the same order: no deadlock); after the
+ *    last job they switch.
+ * A switch only rewrites slot tables and placements (no copying), so no step
+ * waits for more than one step's share of a move. Results do not change: a
+ * token's expert output is computed in full by whichever copy it is dealt
+ * to, and outputs are added in expert order (engine_forward.c).
+ * A forced rebalance (engine_moe_rebalance) completes its move at once.
  */
 #include "engine_internal.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MOE_REPLICAS_DEFAULT 2
 #define MOE_EVERY_DEFAULT 16
 #define MOE_THRESHOLD_DEFAULT 1.1
+#define MOE_MOVE_BYTES_DEFAULT (64ll << 20)
+#define MOE_MOVE_TAG 7907
+
+/* One new copy: expert x of layer il, sent by rank src (or read from the
+ * file) to rank dst, into dst's physical slot `slot` (known on dst only). */
+struct moe_job {
+    int il, x, src, dst, slot;
+};
+
+/* A move in progress (engine_moe.c's top comment). */
+struct moe_move {
+    struct moe_placement *next; /* [n_layer] the placement after the switch */
+    bool *moving;               /* [n_layer] */
+    struct moe_job *jobs;       /* all ranks' new copies, in (layer, dst, expert) order */
+    int n_jobs, cursor;         /* comm: jobs done */
+    uint64_t steps;             /* step boundaries seen */
+    bool threaded;              /* file reads on a helper thread */
+    pthread_t thread;
+    atomic_int done;            /* helper: finished (1) */
+    int err;                    /* helper's error */
+};
 
 /* Bytes of one expert of a stacked expert weight. */
 static size_t expert_bytes(const struct model_weight *w) { return w->row_bytes * (size_t)w->ne[1]; }
 
-/* Copy expert x of layer il into slot s (several ranks). */
-static int load_slot(struct engine *e, int il, int s, int x)
+/* Read expert x of layer il from the model file into slot s's storage. */
+static int read_slot(struct engine *e, int il, int s, int x)
 {
     const struct model_layer *ml = &e->m->layers[il];
     struct engine_layer *l = &e->layers[il];
@@ -40,9 +77,13 @@ static int load_slot(struct engine *e, int il, int s, int x)
                              (uint8_t *)dst[i]->data + (size_t)s * dst[i]->expert_stride);
         if (err) return err;
     }
-    e->moe_slot_expert[(size_t)il * e->moe_slots + s] = x;
-    e->moe_slot_of[(size_t)il * e->m->hp.n_expert + x] = s;
     return 0;
+}
+
+static void assign_slot(struct engine *e, int il, int s, int x)
+{
+    e->moe_slot_expert[(size_t)il * e->moe_phys_slots + s] = x;
+    e->moe_slot_of[(size_t)il * e->m->hp.n_expert + x] = s;
 }
 
 /* Slot storage and views for several ranks; fills the static placement. */
@@ -53,7 +94,7 @@ static int setup_slots(struct engine *e)
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *ml = &e->m->layers[il];
         total += (expert_bytes(&ml->gate_exps) + expert_bytes(&ml->up_exps) +
-                  expert_bytes(&ml->down_exps)) * (size_t)e->moe_slots;
+                  expert_bytes(&ml->down_exps)) * (size_t)e->moe_phys_slots;
     }
     e->moe_buf = tt_alloc(total);
     if (!e->moe_buf)
@@ -68,12 +109,15 @@ static int setup_slots(struct engine *e)
         for (int i = 0; i < 3; i++) {
             *dst[i] = (struct engine_weight){ at, src[i]->type, src[i]->ne[0], src[i]->ne[1],
                                               src[i]->row_bytes, expert_bytes(src[i]) };
-            at += expert_bytes(src[i]) * (size_t)e->moe_slots;
+            at += expert_bytes(src[i]) * (size_t)e->moe_phys_slots;
         }
         const struct moe_placement *p = &e->moe_place[il];
         int s = 0, err = 0;
         for (int x = 0; x < hp->n_expert && !err; x++)
-            if (moe_copy_index(p, x, e->tp_rank) >= 0) err = load_slot(e, il, s++, x);
+            if (moe_copy_index(p, x, e->tp_rank) >= 0) {
+                err = read_slot(e, il, s, x);
+                assign_slot(e, il, s++, x);
+            }
         if (err) return err;
     }
     return 0;
@@ -86,13 +130,16 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
     const int R = e->tp_size, X = hp->n_expert;
     const int replicas = opts->moe_replicas < 0 ? 0 : opts->moe_replicas ? opts->moe_replicas : MOE_REPLICAS_DEFAULT;
     e->moe_slots = R == 1 ? X : TT_MIN(X, (X + R - 1) / R + replicas);
+    e->moe_phys_slots = R == 1 ? X : 2 * e->moe_slots; /* room for a whole new placement */
+    e->moe_move_bytes = opts->moe_move_bytes > 0 ? opts->moe_move_bytes : MOE_MOVE_BYTES_DEFAULT;
+    e->moe_from_ranks = opts->moe_move_over_comm;
     e->moe_every = opts->moe_every < 0 ? 0 : opts->moe_every ? opts->moe_every : MOE_EVERY_DEFAULT;
     e->moe_threshold = opts->moe_threshold > 0 ? opts->moe_threshold : MOE_THRESHOLD_DEFAULT;
     int err = moe_stats_init(&e->moe_stats, hp->n_layer, X, ENGINE_MOE_WINDOW);
     if (err) return err;
     e->moe_place = calloc((size_t)hp->n_layer, sizeof(*e->moe_place));
     e->moe_slot_of = malloc(sizeof(int32_t) * (size_t)hp->n_layer * X);
-    e->moe_slot_expert = malloc(sizeof(int32_t) * (size_t)hp->n_layer * e->moe_slots);
+    e->moe_slot_expert = malloc(sizeof(int32_t) * (size_t)hp->n_layer * e->moe_phys_slots);
     e->moe_pair_rank = malloc(sizeof(int16_t) * (size_t)e->n_batch * hp->n_expert_used);
     if (!err) err = moe_dealer_init(&e->moe_dealer, X, R);
     if (err) return err;
@@ -102,13 +149,16 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
         err = moe_placement_init(&e->moe_place[il], X, R, e->moe_slots);
     if (err) return err;
     for (size_t i = 0; i < (size_t)hp->n_layer * X; i++) e->moe_slot_of[i] = R == 1 ? (int32_t)(i % X) : -1;
-    for (size_t i = 0; i < (size_t)hp->n_layer * e->moe_slots; i++)
+    for (size_t i = 0; i < (size_t)hp->n_layer * e->moe_phys_slots; i++)
         e->moe_slot_expert[i] = R == 1 ? (int32_t)(i % X) : -1;
     return R == 1 ? 0 : setup_slots(e);
 }
 
+static void move_free(struct engine *e);
+
 void moe_teardown(struct engine *e)
 {
+    move_free(e);
     if (e->moe_dealt_mean > 0)
         tt_debug("rank %d: MoE work per step, most loaded rank / mean: %.3f", e->rank,
                  e->moe_dealt_max / e->moe_dealt_mean);
@@ -167,7 +217,7 @@ static bool propose_layer(const struct engine *e, int il, struct moe_placement *
 bool moe_rebalance_wanted(const struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (hp->n_expert == 0 || e->tp_size == 1) return false;
+    if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline || e->moe_move) return false;
     struct moe_placement next;
     if (moe_placement_init(&next, hp->n_expert, e->tp_size, e->moe_slots)) return false;
     bool want = false;
@@ -176,43 +226,206 @@ bool moe_rebalance_wanted(const struct engine *e)
     return want;
 }
 
-/* Move layer il to `next` (from propose_layer); experts that stay keep
- * their slots, only new copies are read in. */
-static int rebalance_layer(struct engine *e, int il, struct moe_placement *next)
+/* Does moving layer il from its placement to `next` fit: every rank has a
+ * free physical slot for each of its new copies (the old copies stay in use
+ * until the switch)? The same answer on every rank. */
+static bool move_fits(const struct engine *e, int il, const struct moe_placement *next)
 {
-    const int X = e->m->hp.n_expert, S = e->moe_slots;
-    int32_t *slot_of = e->moe_slot_of + (size_t)il * X, *slot_x = e->moe_slot_expert + (size_t)il * S;
-    for (int s = 0; s < S; s++) /* free the slots of experts that leave */
-        if (slot_x[s] >= 0 && moe_copy_index(next, slot_x[s], e->tp_rank) < 0) {
-            slot_of[slot_x[s]] = -1;
-            slot_x[s] = -1;
+    const struct moe_placement *now = &e->moe_place[il];
+    for (int r = 0; r < e->tp_size; r++) {
+        int in_use = 0, incoming = 0;
+        for (int x = 0; x < now->n_expert; x++) {
+            const bool held = moe_copy_index(now, x, r) >= 0;
+            in_use += held;
+            incoming += !held && moe_copy_index(next, x, r) >= 0;
         }
-    int n_new = 0;
-    for (int x = 0, s = 0; x < X; x++) {
-        if (moe_copy_index(next, x, e->tp_rank) < 0 || slot_of[x] >= 0) continue;
-        while (s < S && slot_x[s] >= 0) s++;
-        TT_ASSERT(s < S);
-        int err = load_slot(e, il, s, x);
-        TT_ASSERT(err == 0 && "the model file can no longer be read");
-        n_new++;
+        if (in_use + incoming > e->moe_phys_slots) {
+            tt_debug("layer %d: rank %d would need %d slots of %d", il, r, in_use + incoming, e->moe_phys_slots);
+            return false;
+        }
     }
-    moe_placement_copy(&e->moe_place[il], next);
-    return n_new;
+    return true;
 }
 
-int moe_rebalance(struct engine *e)
+/* A free physical slot of layer il on this rank, reserved (-2). */
+static int reserve_slot(struct engine *e, int il)
+{
+    int32_t *slot_x = e->moe_slot_expert + (size_t)il * e->moe_phys_slots;
+    for (int s = 0; s < e->moe_phys_slots; s++)
+        if (slot_x[s] == -1) {
+            slot_x[s] = -2;
+            return s;
+        }
+    TT_ASSERT(!"no free expert slot: move_fits was violated");
+    return -1;
+}
+
+/* The copy jobs of layer il's move to `next`, appended to m->jobs; slots on
+ * this rank reserved for the copies it receives. */
+static void plan_jobs(struct engine *e, struct moe_move *m, int il, const struct moe_placement *next)
+{
+    const struct moe_placement *now = &e->moe_place[il];
+    for (int r = 0; r < e->tp_size; r++)
+        for (int x = 0; x < now->n_expert; x++) {
+            if (moe_copy_index(now, x, r) >= 0 || moe_copy_index(next, x, r) < 0) continue;
+            struct moe_job j = { il, x, now->copies[(size_t)x * now->n_ranks], r, -1 };
+            if (r == e->tp_rank) j.slot = reserve_slot(e, il);
+            m->jobs[m->n_jobs++] = j;
+        }
+}
+
+/* Read this rank's new copies from the model file into their slots. */
+static int read_jobs(struct engine *e, const struct moe_move *m)
+{
+    int err = 0;
+    for (int i = 0; i < m->n_jobs && !err; i++)
+        if (m->jobs[i].dst == e->tp_rank) err = read_slot(e, m->jobs[i].il, m->jobs[i].slot, m->jobs[i].x);
+    return err;
+}
+
+static void *move_thread(void *arg)
+{
+    struct engine *e = arg;
+    e->moe_move->err = read_jobs(e, e->moe_move);
+    atomic_store_explicit(&e->moe_move->done, 1, memory_order_release);
+    return NULL;
+}
+
+static void move_free(struct engine *e)
+{
+    struct moe_move *m = e->moe_move;
+    if (!m) return;
+    if (m->threaded) pthread_join(m->thread, NULL);
+    for (int il = 0; m->next && il < e->m->hp.n_layer; il++) moe_placement_free(&m->next[il]);
+    free(m->next);
+    free(m->moving);
+    free(m->jobs);
+    free(m);
+    e->moe_move = NULL;
+}
+
+/* Allocate a move with room for every layer's jobs. */
+static int move_alloc(struct engine *e, struct moe_move **out)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (hp->n_expert == 0 || e->tp_size == 1) return 0;
-    struct moe_placement next;
-    int err = moe_placement_init(&next, hp->n_expert, e->tp_size, e->moe_slots);
-    if (err) return err;
+    struct moe_move *m = calloc(1, sizeof(*m));
+    *out = m;
+    if (!m) return tt_error_set(TT_ENOMEM, "out of memory for an expert move");
+    m->next = calloc((size_t)hp->n_layer, sizeof(*m->next));
+    m->moving = calloc((size_t)hp->n_layer, sizeof(bool));
+    m->jobs = malloc(sizeof(*m->jobs) * (size_t)hp->n_layer * e->tp_size * e->moe_phys_slots);
+    if (!m->next || !m->moving || !m->jobs) return tt_error_set(TT_ENOMEM, "out of memory for an expert move");
+    int err = 0;
+    for (int il = 0; il < hp->n_layer && !err; il++)
+        err = moe_placement_init(&m->next[il], hp->n_expert, e->tp_size, e->moe_slots);
+    return err;
+}
+
+/* Every rank at once: the moved layers take their new placements. Slots of
+ * copies that leave are freed; received copies take their reserved slots. */
+static void move_switch(struct engine *e)
+{
+    struct moe_move *m = e->moe_move;
+    const int X = e->m->hp.n_expert, S = e->moe_phys_slots;
     int moved = 0;
+    for (int il = 0; il < e->m->hp.n_layer; il++) {
+        if (!m->moving[il]) continue;
+        int32_t *slot_of = e->moe_slot_of + (size_t)il * X, *slot_x = e->moe_slot_expert + (size_t)il * S;
+        for (int s = 0; s < S; s++)
+            if (slot_x[s] >= 0 && moe_copy_index(&m->next[il], slot_x[s], e->tp_rank) < 0) {
+                slot_of[slot_x[s]] = -1;
+                slot_x[s] = -1;
+            }
+        moe_placement_copy(&e->moe_place[il], &m->next[il]);
+    }
+    for (int i = 0; i < m->n_jobs; i++)
+        if (m->jobs[i].dst == e->tp_rank) {
+            assign_slot(e, m->jobs[i].il, m->jobs[i].slot, m->jobs[i].x);
+            moved++;
+        }
+    tt_debug("rank %d: expert move switched after %llu steps: %d copies received here, max imbalance now %.3f",
+             e->rank, (unsigned long long)m->steps, moved, moe_max_imbalance(e));
+    move_free(e);
+}
+
+/* Comm: the jobs from the cursor on, up to `budget` bytes (at least one job;
+ * all with budget < 0). */
+static int move_transfer(struct engine *e, int64_t budget)
+{
+    struct moe_move *m = e->moe_move;
+    int64_t sent = 0;
+    while (m->cursor < m->n_jobs && (budget < 0 || sent < budget)) {
+        const struct moe_job *j = &m->jobs[m->cursor++];
+        struct engine_layer *l = &e->layers[j->il];
+        const struct engine_weight *w[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
+        for (int i = 0; i < 3; i++) {
+            const size_t bytes = w[i]->expert_stride;
+            int err = 0;
+            if (j->src == e->tp_rank) {
+                const int s = e->moe_slot_of[(size_t)j->il * e->m->hp.n_expert + j->x];
+                TT_ASSERT(s >= 0);
+                err = comm_send(e->comm, (uint8_t *)w[i]->data + (size_t)s * bytes, bytes, j->dst, MOE_MOVE_TAG);
+            } else if (j->dst == e->tp_rank) {
+                err = comm_recv(e->comm, (uint8_t *)w[i]->data + (size_t)j->slot * bytes, bytes, j->src, MOE_MOVE_TAG);
+            }
+            if (err) return err;
+            sent += (int64_t)bytes;
+        }
+    }
+    return 0;
+}
+
+void moe_move_progress(struct engine *e)
+{
+    struct moe_move *m = e->moe_move;
+    if (!m) return;
+    m->steps++;
+    if (!m->threaded) {
+        int err = move_transfer(e, e->moe_move_bytes);
+        TT_ASSERT(err == 0 && "expert transfer failed: a rank is gone");
+        if (m->cursor == m->n_jobs) move_switch(e);
+        return;
+    }
+    float done = (float)atomic_load_explicit(&m->done, memory_order_acquire);
+    int err = comm_allreduce_sum(e->comm, &done, 1, COMM_WIRE_F32);
+    TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone");
+    if (done < (float)e->tp_size) return;
+    pthread_join(m->thread, NULL);
+    m->threaded = false;
+    TT_ASSERT(m->err == 0 && "the model file can no longer be read");
+    move_switch(e);
+}
+
+bool moe_moving(const struct engine *e) { return e->moe_move != NULL; }
+
+int moe_rebalance(struct engine *e, bool background)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline || e->moe_move) return 0;
+    struct moe_move *m;
+    int err = move_alloc(e, &m);
+    e->moe_move = m;
+    if (err) {
+        move_free(e);
+        return err;
+    }
+    int n_layers = 0;
     for (int il = 0; il < hp->n_layer; il++)
-        if (propose_layer(e, il, &next)) moved += rebalance_layer(e, il, &next);
-    moe_placement_free(&next);
-    tt_debug("rank %d: rebalanced experts, %d copies loaded, max imbalance now %.3f", e->rank, moved,
-             moe_max_imbalance(e));
+        if (propose_layer(e, il, &m->next[il]) && move_fits(e, il, &m->next[il])) {
+            m->moving[il] = true;
+            plan_jobs(e, m, il, &m->next[il]);
+            n_layers++;
+        }
+    tt_debug("rank %d: expert move of %d layers, %d copies (%s)", e->rank, n_layers, m->n_jobs,
+             e->moe_from_ranks ? "over the communicator" : "from the file");
+    if (!e->moe_from_ranks && background && pthread_create(&m->thread, NULL, move_thread, e) == 0) {
+        m->threaded = true;
+        return 0;
+    }
+    if (e->moe_from_ranks && background) return 0; /* moe_move_progress moves a share per step */
+    err = e->moe_from_ranks ? move_transfer(e, -1) : read_jobs(e, m);
+    TT_ASSERT(err == 0 && "expert copies could not be read or received");
+    move_switch(e);
     return 0;
 }
 

@@ -327,8 +327,8 @@ int shard_exchange(struct engine *e)
     } else if (!err && mine) {
         err = fetch_remote(e);
     }
-    for (int r = 0; r < R; r++) /* live rebalancing reads the file: off when a rank has none */
-        if (remote[r]) e->moe_every = 0;
+    for (int r = 0; r < R; r++) /* a rank without the file: expert moves go over the comm */
+        if (remote[r]) e->moe_from_ranks = true;
     free(remote);
     return err;
 }

@@ -5,13 +5,15 @@
  *  1. replication: every expert gets one copy; the S*R - X spare slots go,
  *     one at a time, to the expert with the largest load per copy (at most R
  *     copies: copies live on distinct ranks);
- *  2. packing: copies sorted by load per copy, largest first, each placed on
- *     the least loaded rank that has a free slot and no copy of that expert
- *     (ties: lower rank), except that a rank which held that expert before
- *     is kept when its load is within MOE_KEEP_SLACK of the mean rank load
- *     of the least loaded one (a rebalance moves few experts); this packing
- *     is used unless its imbalance exceeds the packing from scratch's by
- *     more than the fraction MOE_KEEP_TOLERANCE;
+ *  2. packing: copies sorted by load per copy, largest first, each left on
+ *     a rank that held that expert before if that rank's load stays within
+ *     (1 + MOE_KEEP_SLACK) of the mean (so a rebalance moves few experts),
+ *     else put on the least loaded rank that has a free slot and no copy of
+ *     that expert (ties: lower rank). Loaded copies come first, so the cold
+ *     experts that stay cannot take the slots the hot copies need. A second candidate packs from scratch (second pass only)
+ *     and renames ranks to keep the most copies in place; of the two, the
+ *     one moving fewer copies is taken unless its imbalance exceeds the
+ *     other's by more than the fraction MOE_KEEP_TOLERANCE;
  *  3. the old placement stays when the new one is not better.
  * Invariants: 1 <= n_copies[x] <= R; copies of x are distinct ranks; no rank
  * holds more than S experts; every expert is held somewhere.
@@ -139,25 +141,28 @@ static int cmp_share_desc(const void *a, const void *b)
     return x->expert - y->expert;
 }
 
-/* The rank for one copy of x of load `share` in packing: the least loaded
- * rank with a free slot and no copy of x yet (ties: lower rank), or a rank
- * that held x before (`old`) when it is nearly as good, so that a new
- * placement keeps most copies where they are; -1 when none has room. */
+/* The least loaded rank with a free slot and no copy of x yet (ties: lower
+ * rank), among those that held x before (`old`) when `only_old`; with
+ * `cap` >= 0, only ranks whose load stays within it. -1 when none. */
 static int pack_rank(const struct moe_placement *p, const struct moe_placement *old, int x,
-                     const double *rank_load, const int *used, double slack)
+                     const double *rank_load, const int *used, bool only_old, double share, double cap)
 {
-    int best = -1, kept = -1;
+    int best = -1;
     for (int r = 0; r < p->n_ranks; r++) {
         if (used[r] >= p->slots || moe_copy_index(p, x, r) >= 0) continue;
+        if (only_old && moe_copy_index(old, x, r) < 0) continue;
+        if (cap >= 0 && rank_load[r] + share > cap) continue;
         if (best < 0 || rank_load[r] < rank_load[best]) best = r;
-        if (moe_copy_index(old, x, r) >= 0 && (kept < 0 || rank_load[r] < rank_load[kept])) kept = r;
     }
-    return kept >= 0 && slack >= 0 && rank_load[kept] <= rank_load[best] + slack ? kept : best;
+    return best;
 }
 
-/* Packing: p->n_copies[x] copies of each expert placed by pack_rank. */
+/* Packing: p->n_copies[x] copies of each expert, largest load per copy
+ * first, each on the least loaded rank that can take it; with keep_slack >=
+ * 0, on a rank that held it before if that rank stays within (1 +
+ * keep_slack) of the mean load. */
 static void pack(struct moe_placement *p, const struct moe_placement *old, const uint64_t *load,
-                 double slack_share)
+                 double keep_slack)
 {
     const int X = p->n_expert, R = p->n_ranks;
     int n_items = 0;
@@ -175,7 +180,10 @@ static void pack(struct moe_placement *p, const struct moe_placement *old, const
     memset(p->n_copies, 0, sizeof(int16_t) * (size_t)X);
     for (int i = 0; i < n_items; i++) {
         const int x = items[i].expert;
-        const int best = pack_rank(p, old, x, rank_load, used, slack_share * total / R);
+        int best = -1;
+        if (keep_slack >= 0) /* stay on a rank that held x while it is within the cap */
+            best = pack_rank(p, old, x, rank_load, used, true, items[i].share, (1.0 + keep_slack) * total / R);
+        if (best < 0) best = pack_rank(p, old, x, rank_load, used, false, 0.0, -1.0);
         if (best < 0) { /* only ranks holding x have room: keep fewer copies */
             TT_ASSERT(p->n_copies[x] > 0);
             continue;
@@ -187,6 +195,45 @@ static void pack(struct moe_placement *p, const struct moe_placement *old, const
     free(used);
     free(rank_load);
     free(items);
+}
+
+int moe_moved_copies(const struct moe_placement *from, const struct moe_placement *to)
+{
+    int moved = 0;
+    for (int x = 0; x < to->n_expert; x++)
+        for (int c = 0; c < to->n_copies[x]; c++)
+            moved += moe_copy_index(from, x, to->copies[(size_t)x * to->n_ranks + c]) < 0;
+    return moved;
+}
+
+/* Rename p's ranks (which changes no rank's load) so that as many copies as
+ * possible stay where `old` has them: greedy matching of new to old ranks by
+ * the number of experts they share, largest first (up to MOE_RELABEL_RANKS). */
+#define MOE_RELABEL_RANKS 64
+static void relabel(struct moe_placement *p, const struct moe_placement *old)
+{
+    const int R = p->n_ranks, X = p->n_expert;
+    if (R > MOE_RELABEL_RANKS) return;
+    int shared[MOE_RELABEL_RANKS][MOE_RELABEL_RANKS] = { { 0 } }, to[MOE_RELABEL_RANKS];
+    bool new_done[MOE_RELABEL_RANKS] = { false }, old_done[MOE_RELABEL_RANKS] = { false };
+    for (int x = 0; x < X; x++)
+        for (int c = 0; c < p->n_copies[x]; c++)
+            for (int d = 0; d < old->n_copies[x]; d++)
+                shared[p->copies[(size_t)x * R + c]][old->copies[(size_t)x * R + d]]++;
+    for (int n = 0; n < R; n++) {
+        int bn = -1, bo = -1;
+        for (int a = 0; a < R; a++)
+            for (int b = 0; b < R && !new_done[a]; b++)
+                if (!old_done[b] && (bn < 0 || shared[a][b] > shared[bn][bo])) {
+                    bn = a;
+                    bo = b;
+                }
+        new_done[bn] = old_done[bo] = true;
+        to[bn] = bo;
+    }
+    for (int x = 0; x < X; x++)
+        for (int c = 0; c < p->n_copies[x]; c++)
+            p->copies[(size_t)x * R + c] = (int16_t)to[p->copies[(size_t)x * R + c]];
 }
 
 void moe_balance(struct moe_placement *p, const uint64_t *load)
@@ -210,9 +257,15 @@ void moe_balance(struct moe_placement *p, const uint64_t *load)
     }
     moe_placement_copy(&fresh, p);
     pack(p, &old, load, MOE_KEEP_SLACK); /* 2. packing, keeping copies in place */
-    pack(&fresh, &old, load, -1.0);      /*    and packing from scratch */
+    pack(&fresh, &old, load, -1.0);      /*    and packing from scratch, ranks renamed */
+    relabel(&fresh, &old);
+    /* 3. of the two, the one moving fewer copies unless clearly less balanced */
     const double im_keep = moe_imbalance(p, load), im_fresh = moe_imbalance(&fresh, load);
-    if (im_keep > im_fresh * (1.0 + MOE_KEEP_TOLERANCE)) moe_placement_copy(p, &fresh);
+    const double im_best = im_keep < im_fresh ? im_keep : im_fresh;
+    const bool keep_ok = im_keep <= im_best * (1.0 + MOE_KEEP_TOLERANCE);
+    const bool fresh_ok = im_fresh <= im_best * (1.0 + MOE_KEEP_TOLERANCE);
+    if (!keep_ok || (fresh_ok && moe_moved_copies(&old, &fresh) < moe_moved_copies(&old, p)))
+        moe_placement_copy(p, &fresh);
     if (moe_imbalance(p, load) > moe_imbalance(&old, load)) moe_placement_copy(p, &old);
     moe_placement_free(&fresh);
     moe_placement_free(&old);

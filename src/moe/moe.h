@@ -67,15 +67,17 @@ void moe_place_static(struct moe_placement *p);
 void moe_rank_loads(const struct moe_placement *p, const uint64_t *load, double *rank_load);
 /* max rank load / mean rank load (1 = perfect; 1 when there is no load). */
 double moe_imbalance(const struct moe_placement *p, const uint64_t *load);
-/* Packing keeps a copy on the rank that held it when that rank's load is
- * within this fraction of the mean rank load of the best rank's. */
-#define MOE_KEEP_SLACK 0.02
-/* ... unless that makes the imbalance worse than packing from scratch by
- * more than this fraction. */
-#define MOE_KEEP_TOLERANCE 0.03
+/* Packing keeps copies on the ranks that held them while such a rank's
+ * load stays within this fraction above the mean rank load... */
+#define MOE_KEEP_SLACK 0.05
+/* ... or packs from scratch, whichever moves fewer copies unless its
+ * imbalance is worse than the other's by more than this fraction. */
+#define MOE_KEEP_TOLERANCE 0.05
 /* Choose copies and their ranks for these loads, starting from p (copies
  * stay where they are when nearly as good); p's sizes are kept. */
 void moe_balance(struct moe_placement *p, const uint64_t *load);
+/* Copies in `to` on ranks that do not hold that expert in `from`. */
+int moe_moved_copies(const struct moe_placement *from, const struct moe_placement *to);
 /* Does `rank` hold expert x; its index among the copies or -1. */
 int moe_copy_index(const struct moe_placement *p, int x, int rank);
 /* Cost of computing one expert copy in a step, in tokens: reading the

@@ -1,0 +1,161 @@
+/*
+ * test_moe_live.c: live expert moves while generating. A generated MoE model
+ * with a skewed router runs on 4 ranks (comm_local threads) with live
+ * balancing every 4 steps; the greedy tokens must be those of one rank, a
+ * move must be in flight while decode steps go on (generation does not stop
+ * for it), and the placement it switches to must be balanced. Both ways of
+ * moving are covered: new copies read from the file on a helper thread, and
+ * copies sent over the communicator by the rank holding the expert, a share
+ * per step.
+ */
+#include "test.h"
+
+#include "comm/comm.h"
+#include "engine/engine.h"
+#include "model/model.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define LIVE_STEPS 48
+#define LIVE_RANKS 4
+
+struct live_rank {
+    const struct model *m;
+    struct comm *comm;
+    bool over_comm;
+    int64_t move_bytes;
+    int32_t tokens[LIVE_STEPS];
+    int steps_moving;   /* decode steps that ran with a move in flight */
+    int switches;       /* moves seen to finish */
+    double imbalance;   /* largest layer imbalance at the end */
+    int err;
+};
+
+static const int32_t prompt[] = { 1, 403, 407, 261, 378, 300, 301, 302, 303, 325, 371, 396 };
+
+static double max_imbalance(struct engine *e)
+{
+    const struct model_hparams *hp = &engine_model(e)->hp;
+    uint64_t loads[256];
+    double worst = 0.0, im;
+    for (int il = 0; il < hp->n_layer; il++)
+        if (engine_moe_loads(e, il, loads, &im) == 0 && im > worst) worst = im;
+    return worst;
+}
+
+/* Rank 0: greedy decoding, watching for moves in flight. */
+static void lead(struct engine *e, struct live_rank *r)
+{
+    struct sampler_opts so;
+    sampler_opts_default(&so);
+    so.temperature = 0;
+    struct sampler s;
+    sampler_init(&s, &so, engine_model(e)->hp.n_vocab);
+    int32_t tok;
+    r->err = engine_eval_sample(e, prompt, (int)(sizeof(prompt) / sizeof(prompt[0])), &s, &tok);
+    bool was_moving = false;
+    for (int i = 0; i < LIVE_STEPS && !r->err; i++) {
+        r->tokens[i] = tok;
+        const bool moving = engine_moe_moving(e);
+        r->steps_moving += moving && was_moving; /* a whole step ran during the move */
+        r->switches += was_moving && !moving;
+        was_moving = moving;
+        if (i + 1 < LIVE_STEPS) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
+    }
+    r->imbalance = max_imbalance(e);
+    sampler_free(&s);
+}
+
+static void *rank_main(void *p)
+{
+    struct live_rank *r = p;
+    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .moe_every = r->comm ? 4 : -1,
+                             .moe_threshold = 1.05, .moe_move_over_comm = r->over_comm,
+                             .moe_move_bytes = r->move_bytes };
+    struct engine *e;
+    if ((r->err = engine_create(&e, r->m, &o))) return NULL;
+    if (engine_rank(e) != 0) r->err = engine_worker_run(e);
+    else {
+        lead(e, r);
+        engine_stop_workers(e);
+    }
+    engine_destroy(e);
+    return NULL;
+}
+
+/* n ranks (1: no comm); rank 0's results in *out. */
+static int run_ranks(const struct model *m, int n, bool over_comm, int64_t move_bytes, struct live_rank *out)
+{
+    struct comm *comms[LIVE_RANKS] = { NULL };
+    struct live_rank ranks[LIVE_RANKS];
+    pthread_t th[LIVE_RANKS];
+    if (n > 1 && comm_local_group(comms, n)) return -1;
+    for (int i = 0; i < n; i++) {
+        ranks[i] = (struct live_rank){ .m = m, .comm = comms[i], .over_comm = over_comm, .move_bytes = move_bytes };
+        pthread_create(&th[i], NULL, rank_main, &ranks[i]);
+    }
+    int err = 0;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        if (ranks[i].err) err = ranks[i].err;
+        if (comms[i]) comm_free(comms[i]);
+    }
+    *out = ranks[0];
+    return err;
+}
+
+static int make_model(char *path, struct model *m)
+{
+    int fd = mkstemp(path);
+    if (fd < 0) return -1;
+    close(fd);
+    struct model_gen_opts g = { .seed = 3, .base_type = TT_TYPE_Q8_0, .router_skew = 0.12f, .n_threads = 2 };
+    g.hp = (struct model_hparams){ .arch = MODEL_ARCH_QWEN3MOE, .n_vocab = 512, .n_embd = 256,
+                                   .n_layer = 2, .n_head = 4, .n_head_kv = 2, .head_dim = 64,
+                                   .n_ff = 512, .n_ctx_train = 512, .n_rot = 64, .rope_base = 1e6f,
+                                   .rms_eps = 1e-6f, .n_expert = 32, .n_expert_used = 4, .n_ff_exp = 128 };
+    if (model_gen(&g, path)) return -1;
+    return model_load(m, path);
+}
+
+static void check_live(bool over_comm, int64_t move_bytes)
+{
+    char path[] = "/tmp/tt_test_live_XXXXXX";
+    struct model m;
+    if (make_model(path, &m)) {
+        TEST_SKIP("cannot make the test model in /tmp");
+        return;
+    }
+    struct live_rank one, four;
+    CHECK_EQ_INT(run_ranks(&m, 1, false, 0, &one), 0);
+    CHECK_EQ_INT(run_ranks(&m, LIVE_RANKS, over_comm, move_bytes, &four), 0);
+    int same = 0;
+    while (same < LIVE_STEPS && four.tokens[same] == one.tokens[same]) same++;
+    if (same < LIVE_STEPS || four.steps_moving < 1 || four.switches < 1 || four.imbalance > 1.3 ||
+        getenv("TT_TEST_VERBOSE"))
+        fprintf(stderr, "  %s: tokens same for %d/%d steps, %d steps ran during moves, %d moves "
+                "finished, imbalance at the end %.3f\n", over_comm ? "over the comm" : "from the file",
+                same, LIVE_STEPS, four.steps_moving, four.switches, four.imbalance);
+    CHECK_EQ_INT(same, LIVE_STEPS);
+    CHECK(four.steps_moving >= 1);
+    CHECK(four.switches >= 1);
+    CHECK(four.imbalance <= 1.3);
+    model_free(&m);
+    unlink(path);
+}
+
+/* Copies read from the file on a helper thread; switch when all ranks are done. */
+static void test_live_move_from_file(void) { check_live(false, 0); }
+
+/* Copies sent by the ranks holding the experts, 256 KiB per step: a move
+ * spans several steps (each expert is ~104 KiB). */
+static void test_live_move_over_comm(void) { check_live(true, 256 << 10); }
+
+static const struct test_case tests[] = {
+    { "live_move_from_file", test_live_move_from_file },
+    { "live_move_over_comm", test_live_move_over_comm },
+};
+
+TEST_MAIN(tests)

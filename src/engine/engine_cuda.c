@@ -694,6 +694,7 @@ static const char *unsupported(const struct engine *e)
     if (e->n_ranks > 1 && e->join != PLAN_JOIN_SUM)
         return "GPU ranks join partial sums: run with --tp-join sum (the gathering join stays on the CPU)";
     if (e->n_ranks > 1 && hp->n_expert) return "MoE models on several GPU ranks are not supported yet";
+    if (e->tp_size != e->n_ranks) return "GPU layers in layouts with stages or idle ranks are not supported yet";
     if (hp->head_dim > KCUDA_HEAD_DIM_MAX) return "heads longer than 256";
     if (hp->n_expert > 1024 || hp->n_expert_used > 32) return "more than 1024 experts or 32 per token";
     if (e->n_batch > 65535) return "batches over 65535 tokens";

@@ -31,7 +31,8 @@
  * to x: with NCCL in the stream when every rank has a GPU of its own (rank
  * -> device local_rank % device_count; the decode graph captures the
  * all-reduce), else through pinned host memory and the engine's comm (ranks
- * sharing a GPU; no decode graph then).
+ * sharing a GPU, or TT_NCCL=0; no decode graph then). MoE models, and
+ * layouts with pipeline stages or idle ranks, keep several ranks on the CPU.
  */
 #include "engine_internal.h"
 #include "../kcuda/kcuda.h"

@@ -1,8 +1,10 @@
 #!/bin/sh
 # cluster_test.sh: tutti under mpirun on this machine (loopback / shared
 # memory): greedy tokens on 2, 3 and 4 ranks equal the 1-rank tokens, logits
-# agree, uneven --split works, a bad --split is refused, and a killed rank ends
-# the job with an error instead of a hang. Skips when MPI is not built in.
+# agree, uneven --split works, a bad --split is refused, a killed rank ends
+# the job with an error instead of a hang; pipeline, hybrid (TP groups as
+# pipeline stages) and --plan auto layouts that leave ranks idle give the
+# 1-rank tokens too. Skips when MPI is not built in.
 T=${TUTTI:-build/tutti}
 S=${TT_SHARED:-../shared}
 tmp=$(mktemp -d)
@@ -140,3 +142,32 @@ timeout 300 $MPIRUN 2 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a t
     --json -t 1 --plan auto > "$tmp/many" 2>"$tmp/err"
 [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q "plan auto" "$tmp/err" && pass plan_auto ||
     fail plan_auto "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+# Hybrid (--plan hybrid:2): 4 ranks = 2 pipeline stages x 2 tensor-parallel ranks
+# (sub-communicators, comm_split); 3 stages over 4 ranks mixes group sizes.
+for m in stories260K synth-llama.q4_k_m synth-qwen3.f16 synth-qwen3moe.q8_0; do
+    f="$S/models/$m.gguf"
+    "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+    for pl in hybrid:2 hybrid:3; do
+        timeout 300 $MPIRUN 4 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 \
+            --plan $pl > "$tmp/many" 2>"$tmp/err"
+        [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass "hybrid_${m}_${pl#hybrid:}stages_np4" ||
+            fail "hybrid_${m}_${pl#hybrid:}stages_np4" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+    done
+done
+# --plan auto on described clusters (--cluster): a slow rank is left out (rank 1
+# idle; rank 0 idle while it still drives the steps), and two hosts with little
+# memory each get a hybrid layout. Same tokens as 1 rank.
+D=$(dirname "$0")
+f="$S/models/stories260K.gguf"
+"$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --ctx 512 > "$tmp/one" 2>/dev/null
+for c in slow-rank1:2:"single.*idle: 1" slow-rank0:2:"single.*idle: 0" two-hosts:4:"hybrid.*2 stage"; do
+    name=${c%%:*} rest=${c#*:}
+    np=${rest%%:*} want=${rest#*:}
+    timeout 300 $MPIRUN $np "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --ctx 512 \
+        --plan auto --cluster "$D/clusters/$name.json" > "$tmp/many" 2>"$tmp/err"
+    if [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q "plan auto: $want" "$tmp/err"; then
+        pass "plan_auto_$name"
+    else
+        fail "plan_auto_$name" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+    fi
+done

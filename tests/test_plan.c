@@ -1,6 +1,7 @@
 /*
- * test_plan.c: the tensor-parallel planner, exhaustively over model shapes,
- * rank counts and capacity weights. Every plan is checked for complete,
+ * test_plan.c: the tensor-parallel and staged (pipeline, hybrid, idle
+ * ranks) splits, exhaustively over model shapes, rank counts, stage
+ * assignments and capacity weights. Every plan is checked for complete,
  * ordered coverage, block-aligned column splits, proportionality to the
  * weights within one unit, and KV ranges that match the query heads.
  */
@@ -122,7 +123,91 @@ static void test_exhaustive(void)
     CHECK(n_plans > 1000);
 }
 
+/* Stages: 2 stages x 2 ranks over 7 layers; a TP stage's ranks need not be
+ * consecutive; idle ranks hold nothing; only the last stage has output rows. */
+static void test_staged_examples(void)
+{
+    struct model_hparams hp = shape(8, 4, 64, 768, 512);
+    hp.n_layer = 7;
+    struct plan_align a = { 1, 32, 32, 32 };
+    const int32_t two_by_two[4] = { 0, 0, 1, 1 };
+    struct plan *p = plan_staged(&hp, &a, 4, two_by_two, 2, NULL, NULL, PLAN_JOIN_GATHER);
+    CHECK(p != NULL);
+    if (!p) return;
+    CHECK(p->pipeline && p->n_stages == 2);
+    CHECK(p->ranks[0].layers.begin == 0 && p->ranks[0].layers.end == 4); /* 7 = 4 + 3, larger first */
+    CHECK(p->ranks[1].layers.end == 4 && p->ranks[2].layers.begin == 4 && p->ranks[3].layers.end == 7);
+    CHECK(p->ranks[0].head.end == 4 && p->ranks[1].head.begin == 4 && p->ranks[2].head.end == 4);
+    CHECK(p->ranks[0].vocab.end == 0 && p->ranks[1].vocab.end == 0);
+    CHECK(p->ranks[2].vocab.begin == 0 && p->ranks[2].vocab.end == 256 && p->ranks[3].vocab.end == 512);
+    free(p);
+    /* stage 0 = ranks 1 and 3 (weights 3:1), stage 1 = rank 0, rank 2 idle; fixed layer ends */
+    const int32_t mixed[4] = { 1, 0, PLAN_STAGE_IDLE, 0 }, ends[2] = { 2, 7 };
+    const double w[4] = { 1, 3, 5, 1 };
+    p = plan_staged(&hp, &a, 4, mixed, 2, ends, w, PLAN_JOIN_SUM);
+    CHECK(p != NULL);
+    if (!p) return;
+    CHECK(p->ranks[1].layers.end == 2 && p->ranks[0].layers.begin == 2 && p->ranks[0].layers.end == 7);
+    CHECK(p->ranks[1].head.begin == 0 && p->ranks[1].head.end == 6 && p->ranks[3].head.begin == 6);
+    CHECK(p->ranks[0].head.end == 8 && p->ranks[0].vocab.end == 512);
+    CHECK(p->ranks[2].stage == PLAN_STAGE_IDLE && p->ranks[2].layers.end == 0 && p->ranks[2].head.end == 0 &&
+          p->ranks[2].vocab.end == 0);
+    free(p);
+    /* a pipeline is stages of one rank each */
+    p = plan_pipeline(&hp, 3, NULL);
+    CHECK(p && p->n_stages == 3 && p->ranks[2].stage == 2 && p->ranks[1].vocab.end == 0);
+    free(p);
+    /* errors: an empty stage, a stage out of range, layer ends that do not reach n_layer */
+    const int32_t empty[3] = { 0, 0, 2 }, out[2] = { 0, 3 }, bad_ends[2] = { 4, 6 };
+    CHECK(plan_staged(&hp, &a, 3, empty, 3, NULL, NULL, PLAN_JOIN_GATHER) == NULL);
+    CHECK(plan_staged(&hp, &a, 2, out, 2, NULL, NULL, PLAN_JOIN_GATHER) == NULL);
+    CHECK(plan_staged(&hp, &a, 4, two_by_two, 2, bad_ends, NULL, PLAN_JOIN_GATHER) == NULL);
+}
+
+/* Random stage assignments (idle ranks included) over shapes: invariants,
+ * and layers in proportion to the stages' summed weights. */
+static void test_staged_exhaustive(void)
+{
+    uint64_t seed = 777;
+    long n_plans = 0;
+    for (int layers = 1; layers <= 40; layers += 3)
+        for (int ranks = 1; ranks <= 9; ranks++)
+            for (int rep = 0; rep < 12; rep++) {
+                struct model_hparams hp = shape(8 + 4 * (rep % 3), 4, 64, 512 + 256 * rep, 300 + rep);
+                hp.n_layer = layers;
+                struct plan_align a = { 1 + rep % 2, 32, 32, 32 };
+                int32_t stage_of[9];
+                double w[9], stage_w[9] = { 0 }, total = 0;
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                const int n_stages = 1 + (int)((seed >> 33) % (uint64_t)TT_MIN(ranks, layers));
+                for (int r = 0; r < ranks; r++) {
+                    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                    /* the first n_stages ranks seed the stages; the others land anywhere or idle */
+                    stage_of[r] = r < n_stages ? r : (int32_t)((seed >> 35) % (uint64_t)(n_stages + 1)) - 1;
+                    w[r] = 0.5 + (double)((seed >> 20) & 1023) / 512.0;
+                    if (stage_of[r] >= 0) stage_w[stage_of[r]] += w[r], total += w[r];
+                }
+                struct plan *p = plan_staged(&hp, &a, ranks, stage_of, n_stages, NULL, w,
+                                             (enum plan_join)(rep % 2));
+                CHECK(p != NULL);
+                if (!p) continue;
+                plan_check(p, &hp, &a);
+                for (int r = 0; r < ranks; r++) {
+                    CHECK(p->ranks[r].stage == stage_of[r]);
+                    if (stage_of[r] < 0) continue;
+                    const double want = layers * stage_w[stage_of[r]] / total;
+                    const double got = p->ranks[r].layers.end - p->ranks[r].layers.begin;
+                    CHECK(fabs(got - want) <= 1.0 + 1e-9);
+                }
+                free(p);
+                n_plans++;
+            }
+    CHECK(n_plans > 1000);
+}
+
 static const struct test_case tests[] = {
+    { "staged_examples", test_staged_examples },
+    { "staged_exhaustive", test_staged_exhaustive },
     { "even_examples", test_even_examples },
     { "weighted", test_weighted },
     { "parse_split", test_parse_split },

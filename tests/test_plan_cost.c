@@ -92,6 +92,33 @@ static double rank_bw(const struct plan_cluster *c, int r)
     return c->ranks[r].read_gbs * c->ranks[r].bw_efficiency * 1e9;
 }
 
+/* The engine's plan of a candidate (plan_from_candidate) holds what the
+ * candidate predicts: each rank its stage's layers and its slice; the rest
+ * idle. */
+static void check_engine_plan(const struct plan_candidate *cd, const struct plan_model *pm, int n)
+{
+    struct plan *p = plan_from_candidate(pm, cd, n);
+    CHECK(p != NULL);
+    if (!p) return;
+    CHECK(p->n_stages == cd->n_stages && p->n_ranks == n && p->join == cd->join);
+    int used = 0;
+    for (int k = 0; k < cd->n_ranks; k++) {
+        const struct plan_cand_rank *cr = &cd->ranks[k];
+        const struct plan_rank *pr = &p->ranks[cr->rank];
+        const struct plan_stage *st = &cd->stages[cr->stage];
+        CHECK(pr->stage == cr->stage && pr->layers.begin == st->layer_begin &&
+              pr->layers.end == st->layer_end);
+        CHECK(pr->head.begin == cr->slice.head.begin && pr->head.end == cr->slice.head.end &&
+              pr->ff.begin == cr->slice.ff.begin && pr->ff.end == cr->slice.ff.end &&
+              pr->embd.end == cr->slice.embd.end && pr->expert.end == cr->slice.expert.end);
+        if (cr->stage == cd->n_stages - 1)
+            CHECK(pr->vocab.begin == cr->slice.vocab.begin && pr->vocab.end == cr->slice.vocab.end);
+    }
+    for (int r = 0; r < n; r++) used += p->ranks[r].stage != PLAN_STAGE_IDLE;
+    CHECK(used == cd->n_ranks);
+    free(p);
+}
+
 /* The properties every result must have. */
 static void check_result(const struct plan_result *res, const struct plan_model *pm,
                          const struct plan_cluster *c, const struct plan_workload *w)
@@ -111,6 +138,7 @@ static void check_result(const struct plan_result *res, const struct plan_model 
               isfinite(cd->ttft_s));
         if (w->n_streams == 1) CHECK(cd->decode_tok_s <= bw / bpt * (1 + 1e-9));
         CHECK(cd->stages[cd->n_stages - 1].layer_end == pm->hp.n_layer);
+        check_engine_plan(cd, pm, c->n_ranks);
     }
     if (res->chosen >= 0) CHECK(res->cands[res->chosen].fits);
     if (res->best_single >= 0 && res->chosen >= 0) {

@@ -615,9 +615,9 @@ static void print_verdict(const struct plan_result *res, const struct plan_model
                ? (ch->join == PLAN_JOIN_GATHER ? ", gather join" : ", sum join (--tp-join sum)")
                : "",
            ch->decode_tok_s, ch->ttft_s * 1e3);
-    if (ch->layout == PLAN_LAYOUT_PP || ch->layout == PLAN_LAYOUT_HYBRID)
-        printf("        (pipeline stages are a prediction: the engine runs tensor parallelism "
-               "today)\n");
+    if (ch->n_ranks < c->n_ranks)
+        printf("        ranks left out: %d of %d (under mpirun, --plan auto runs this layout with "
+               "them idle)\n", c->n_ranks - ch->n_ranks, c->n_ranks);
     switch (res->verdict) {
     case PLAN_VERDICT_FASTER:
         printf("        %.2fx the best single rank (rank %d: %.2f tok/s, TTFT %.0f ms)\n",

@@ -2,7 +2,9 @@
 # netns_test.sh: tutti across three network namespaces (tests/netns_cluster.sh):
 # ranks on distinct network stacks and host names, talking over TCP only
 # (Open MPI's tcp transport restricted to the test subnet). Greedy tokens on 3
-# such hosts equal those of 1 rank, and `tutti topo` sees 3 hosts. Needs root
+# such hosts equal those of 1 rank (tensor parallel, pipeline), and on 2 hosts
+# of 2 ranks (hybrid: a stage per host, TP inside), and `tutti topo` sees 3
+# hosts. Needs root
 # (namespaces); skips, saying so, otherwise.
 T=${TUTTI:-build/tutti}
 S=${TT_SHARED:-../shared}
@@ -40,6 +42,28 @@ f="$S/models/synth-llama.q8_0.gguf"
 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
 run3 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --plan pp > "$tmp/many" 2>"$tmp/err"
 [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass pipeline_tcp || fail pipeline_tcp "$(head -c 300 "$tmp/err")"
+# Hybrid across hosts: 2 ranks in each of 2 namespaces; --plan hybrid makes a
+# pipeline stage per host with tensor parallelism inside it (its own
+# sub-communicator), and the stream crosses between the hosts' first ranks.
+printf "tt-ns1 slots=2\ntt-ns2 slots=2\n" > "$tmp/hosts22"
+run22() {
+    timeout 300 mpirun --hostfile "$tmp/hosts22" -np 4 --mca plm_rsh_agent "$D/netns_cluster.sh agent" \
+        --mca oob_tcp_if_include 10.77.0.0/24 --mca btl self,tcp --mca btl_tcp_if_include 10.77.0.0/24 "$@"
+}
+for m in stories260K synth-llama.q4_k_m; do
+    f="$S/models/$m.gguf"
+    "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --ctx 512 > "$tmp/one" 2>/dev/null
+    run22 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --ctx 512 --plan hybrid \
+        > "$tmp/many" 2>"$tmp/err"
+    [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q '"ranks":4' "$tmp/many" && pass "hybrid_2x2_$m" ||
+        fail "hybrid_2x2_$m" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+done
+f="$S/models/stories260K.gguf"
+"$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --ctx 512 > "$tmp/one" 2>/dev/null
+run22 "$T" run -m "$f" -p "Once upon a time" -n 16 --temp 0 --ignore-eos --json -t 1 --ctx 512 --plan auto \
+    --cluster "$D/clusters/two-hosts.json" > "$tmp/many" 2>"$tmp/err"
+[ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q "plan auto: hybrid" "$tmp/err" && pass plan_auto_hybrid_2x2 ||
+    fail plan_auto_hybrid_2x2 "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
 # One deliberately slow link (tbf, 8 Mbit/s, on tt-ns3): --plan auto measures
 # it and avoids tensor parallelism over it, and the run is faster than forced TP.
 if tc qdisc add dev tt-v3 root tbf rate 8mbit burst 32kbit latency 400ms 2>/dev/null &&

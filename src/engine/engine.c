@@ -79,6 +79,26 @@ static int alloc_buffers(struct engine *e)
     return 0;
 }
 
+/* The ranks that take part in the steps (engine_internal.h: step_comm):
+ * all, or rank 0 and those the plan gives layers (comm_split, collective). */
+static int split_steps(struct engine *e, const struct plan *p)
+{
+    bool any = false;
+    e->outside = calloc((size_t)e->n_ranks, 1);
+    if (!e->outside) return tt_error_set(TT_ENOMEM, "out of memory");
+    for (int r = 1; r < e->n_ranks; r++) any |= (e->outside[r] = p->ranks[r].stage == PLAN_STAGE_IDLE);
+    e->step_comm = e->comm;
+    e->step_rank = e->rank;
+    e->step_size = e->n_ranks;
+    if (!any) return 0;
+    int err = comm_split(e->comm, e->outside[e->rank] ? COMM_COLOR_NONE : 0, e->rank, &e->step_comm);
+    if (err) return err;
+    e->step_comm_owned = e->step_comm != NULL;
+    e->step_rank = e->step_comm ? comm_rank(e->step_comm) : 0;
+    e->step_size = e->step_comm ? comm_size(e->step_comm) : 1;
+    return 0;
+}
+
 /* This rank's stage group: its size and rank, the stage leaders around it,
  * every member's widths (for gathering slices into whole rows), and the
  * group's communicator: the whole comm when the group is every rank, a part
@@ -117,8 +137,9 @@ static int take_group(struct engine *e, const struct plan *p)
         w[JOIN_EXPERT_END] = pr->expert.end;
     }
     if (e->tp_size == e->n_ranks) e->tp_comm = e->comm;
-    if (!split) return 0;
-    int err = comm_split(e->comm, e->stage >= 0 ? e->stage : COMM_COLOR_NONE, e->rank, &e->tp_comm);
+    int err = split_steps(e, p);
+    if (err || !split) return err;
+    err = comm_split(e->comm, e->stage >= 0 ? e->stage : COMM_COLOR_NONE, e->rank, &e->tp_comm);
     if (err) return err;
     e->tp_comm_owned = e->tp_comm != NULL;
     if (e->tp_comm && e->tp_size == 1) { /* a stage of one rank needs no group */
@@ -211,6 +232,8 @@ void engine_destroy(struct engine *e)
     moe_teardown(e);
     shard_free(e);
     if (e->tp_comm_owned) comm_free(e->tp_comm);
+    if (e->step_comm_owned) comm_free(e->step_comm);
+    free(e->outside);
     void *bufs[] = { e->k_cache, e->v_cache, e->x,      e->xn,      e->q,      e->k,
                      e->v,       e->attn,    e->ffn_a,  e->ffn_b,   e->ffn_out, e->rope_cs,
                      e->scores,  e->q_half,  e->router, e->sel,     e->sel_w,   e->gather,

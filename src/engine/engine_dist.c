@@ -6,6 +6,10 @@
  * engine_worker_run() and execute the same step, so all ranks run the
  * forward pass in lockstep:
  *
+ * Ranks a plan leaves out (idle, not rank 0) take no part: they wait in
+ * engine_worker_run() for one stop message; the others' step traffic runs
+ * on e->step_comm.
+ *
  *   rank 0                           ranks > 0
  *   bcast(step header) ------------> op, n tokens, logits mode, k, payload size
  *   bcast(payload) ----------------> (id, seq, sample) per token, then for each
@@ -67,7 +71,7 @@ static int check_batch(const struct engine *e, const struct engine_tok *toks, in
  * vocabulary slice and interleave them into [rows][n_vocab]. */
 static int gather_logits(struct engine *e, int rows, float *out)
 {
-    const int nv = e->m->hp.n_vocab, R = e->n_ranks;
+    const int nv = e->m->hp.n_vocab, R = e->step_size;
     if (R == 1) {
         if (out) memcpy(out, e->logits_local, sizeof(float) * (size_t)rows * (size_t)nv);
         return 0;
@@ -77,9 +81,9 @@ static int gather_logits(struct engine *e, int rows, float *out)
     float *all = malloc(sizeof(float) * (size_t)rows * (size_t)nv);
     int err = sizes && counts && all ? 0 : tt_error_set(TT_ENOMEM, "out of memory gathering logits");
     int32_t mine = e->n_vocab_local; /* sizes are exchanged, so any plan works */
-    if (!err) err = comm_allgather(e->comm, &mine, sizeof(mine), counts);
+    if (!err) err = comm_allgather(e->step_comm, &mine, sizeof(mine), counts);
     for (int r = 0; !err && r < R; r++) sizes[r] = sizeof(float) * (size_t)rows * (size_t)counts[r];
-    if (!err) err = comm_allgatherv(e->comm, e->logits_local, sizes[e->rank], all, sizes);
+    if (!err) err = comm_allgatherv(e->step_comm, e->logits_local, sizes[e->step_rank], all, sizes);
     if (!err && out) {
         const float *src = all;
         for (int r = 0, col = 0; r < R; col += counts[r], src += (size_t)rows * counts[r], r++)
@@ -147,7 +151,7 @@ static int step_reserve(struct engine *e, int64_t words, int n)
 static int sample_rows(struct engine *e, const struct step *st, const struct engine_tok *toks,
                        int nr, const int32_t **hist, const struct step_io *io, int *n_next)
 {
-    const int nvl = e->n_vocab_local, R = e->n_ranks;
+    const int nvl = e->n_vocab_local, R = e->step_size;
     forward_logits(e, e->rows, nr, e->logits_local);
     if (R == 1) {
         for (int i = 0; i < nr; i++) {
@@ -163,7 +167,7 @@ static int sample_rows(struct engine *e, const struct step *st, const struct eng
                          mine + (size_t)i * ENGINE_CAND_SLOTS);
         *hist += 1 + n_hist;
     }
-    int err = comm_gather(e->comm, mine, sizeof(*mine) * (size_t)nr * ENGINE_CAND_SLOTS, e->cand, 0);
+    int err = comm_gather(e->step_comm, mine, sizeof(*mine) * (size_t)nr * ENGINE_CAND_SLOTS, e->cand, 0);
     for (int i = 0; !err && e->rank == 0 && i < nr; i++) {
         struct sampler *s = io->samplers[toks[e->rows[i]].seq];
         int m = 0;
@@ -241,9 +245,9 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
         if (toks[i].sample)
             greedy &= samplers[toks[i].seq]->opts.temperature <= 0 && samplers[toks[i].seq]->opts.repeat_penalty == 1.0f;
     if (greedy) st.k = 1;
-    if (e->n_ranks > 1) {
-        err = comm_bcast(e->comm, &st, sizeof(st), 0);
-        if (!err) err = comm_bcast(e->comm, e->step_buf, sizeof(int32_t) * (size_t)words, 0);
+    if (e->step_size > 1) {
+        err = comm_bcast(e->step_comm, &st, sizeof(st), 0);
+        if (!err) err = comm_bcast(e->step_comm, e->step_buf, sizeof(int32_t) * (size_t)words, 0);
         if (err) return err;
     }
     struct step_io io = { toks, e->step_buf + 3 * n, logits, samplers, next };
@@ -292,7 +296,7 @@ int engine_decode(struct engine *e, const struct engine_tok *toks, int n,
 static int send_control(struct engine *e, const struct step *st)
 {
     TT_ASSERT(e->rank == 0);
-    return e->n_ranks > 1 ? comm_bcast(e->comm, (void *)st, sizeof(*st), 0) : 0;
+    return e->step_size > 1 ? comm_bcast(e->step_comm, (void *)st, sizeof(*st), 0) : 0;
 }
 
 void engine_seq_truncate(struct engine *e, int seq, int n_past)
@@ -314,10 +318,16 @@ int engine_moe_rebalance(struct engine *e)
 
 bool engine_moe_moving(const struct engine *e) { return moe_moving(e); }
 
+#define STOP_TAG 7902
+
 void engine_stop_workers(struct engine *e)
 {
     struct step st = { .op = STEP_STOP };
-    if (e->rank == 0) send_control(e, &st);
+    if (e->rank != 0) return;
+    send_control(e, &st);
+    for (int r = 1; r < e->n_ranks; r++) /* idle ranks outside the steps */
+        if (e->outside[r] && comm_send(e->comm, &st, sizeof(st), r, STOP_TAG))
+            tt_warn("rank %d did not get the stop message: %s", r, tt_error_detail());
 }
 
 /* A worker's check of a DECODE step's payload: the tokens, and histories
@@ -352,7 +362,7 @@ static int worker_step(struct engine *e, const struct step *st, bool *stop)
             st->k < 1 || st->k > ENGINE_CAND_MAX)
             return TT_ECOMM;
         int err = step_reserve(e, st->n_payload, st->n);
-        if (!err) err = comm_bcast(e->comm, e->step_buf, sizeof(int32_t) * (size_t)st->n_payload, 0);
+        if (!err) err = comm_bcast(e->step_comm, e->step_buf, sizeof(int32_t) * (size_t)st->n_payload, 0);
         if (!err) err = worker_accept(e, st);
         if (err) return err;
         struct step_io io = { e->step_toks, e->step_buf + 3 * st->n, NULL, NULL, NULL };
@@ -373,9 +383,14 @@ int engine_worker_run(struct engine *e)
     TT_ASSERT(e->rank != 0);
     bool stop = false;
     int err = 0;
+    if (e->outside[e->rank]) { /* left out by the plan: nothing to do until the end */
+        struct step st;
+        err = comm_recv(e->comm, &st, sizeof(st), 0, STOP_TAG);
+        return err ? err : st.op == STEP_STOP ? 0 : TT_ECOMM;
+    }
     while (!err && !stop) {
         struct step st;
-        if ((err = comm_bcast(e->comm, &st, sizeof(st), 0))) break;
+        if ((err = comm_bcast(e->step_comm, &st, sizeof(st), 0))) break;
         tt_error_clear();
         if ((err = worker_step(e, &st, &stop)) == TT_ECOMM && !tt_error_detail()[0])
             tt_error_set(TT_ECOMM, "rank %d: malformed step from rank 0 (op %d, n %d)", e->rank, st.op, st.n);

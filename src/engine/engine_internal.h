@@ -96,6 +96,14 @@ struct engine {
     int tp_size, tp_rank;    /* the tensor-parallel group: the ranks of this rank's stage */
     struct comm *tp_comm;    /* its communicator: comm, a part of it (comm_split), or NULL */
     bool tp_comm_owned;
+    /* The steps' broadcasts, logits and candidate gathers run among rank 0
+     * and the ranks holding layers: comm, or its part when a layout leaves
+     * ranks out; an idle rank outside it (NULL here) only waits for the stop
+     * message. outside[r]: rank r is such a rank. */
+    struct comm *step_comm;
+    bool step_comm_owned;
+    int step_rank, step_size;
+    uint8_t *outside;        /* [n_ranks] */
     enum plan_join join;
     int32_t *widths;         /* [n_ranks][JOIN_WIDTHS_COUNT] every rank's slice sizes */
     float *full;             /* [B][max row] a gathered activation (whole rows) */

@@ -1,36 +1,58 @@
 #!/bin/bash
-# device_moe_bench.sh: MoE expert balancing on the 16-core device machine.
-# Generates a Qwen3-30B-A3B-shaped model (n_embd 2048, 128 experts, top-8,
-# expert ff 768, 32 heads / 4 KV heads, head dim 128; LAYERS layers) with a
-# skewed router, then runs 4 ranks x 4 threads with static expert placement
-# (--moe-every -1) and with live balancing, printing decode tok/s and the
-# per-layer imbalance (bench --moe-stats) for both. Build as
-# tools/device_cluster_bench.sh does (run that first, or let this build).
+# device_moe_bench.sh: MoE expert balancing on the 16-core device machine, in
+# one call of about 4 minutes (carry .deps). Builds tutti (CPU only), makes a
+# Qwen3-30B-A3B-shaped model (n_embd 2048, 128 experts, top-8, expert ff 768,
+# 32 heads / 4 KV heads, head dim 128; LAYERS layers, default 48) with a
+# skewed router, then runs 4 ranks x 4 threads on disjoint cores, alternating
+# static expert placement (--moe-every 8 --moe-threshold 1000: imbalance
+# checked and logged, never acted on) with live balancing (--moe-every 8
+# --moe-threshold 1.05 --moe-replicas 4), ROUNDS times. For each run: decode
+# tok/s, the imbalance every 8 steps (max and mean over layers, rank 0's debug
+# log), the moves and the per-step work ratio of the most loaded rank
+# (moe_deal's cost). Everything also goes to $OUT.
 set -u
 OUT=${OUT:-/tmp}
-root=$PWD/.deps/root
-export PATH=$PATH:$root/usr/bin LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$root/usr/lib/x86_64-linux-gnu
-[ -x build/tutti ] || make -j"$(nproc)" MPI=1 EXTRA_CFLAGS="-I$root/usr/include" \
-    LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" build/tutti > "$OUT/build.log" 2>&1 || exit 1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-M=/tmp/qwen3-30b-a3b-skew.gguf
 LAYERS=${LAYERS:-48}
-[ -f "$M" ] || build/tutti gen --arch qwen3moe --n-embd 2048 --n-layer "$LAYERS" --n-head 32 --n-head-kv 4 \
-    --head-dim 128 --n-ff 6144 --n-expert 128 --n-expert-used 8 --n-ff-exp 768 --vocab 151936 \
-    --router-skew 0.01 --type q4_k_m -t "$(nproc)" -o "$M" || exit 1
-ls -la "$M"
+ROUNDS=${ROUNDS:-2}
+GEN=${GEN:-128}
+exec > >(tee "$OUT/summary.txt") 2>&1
+root=$PWD/.deps/root
+if ls .deps/*.deb >/dev/null 2>&1; then # the libraries Ubuntu lacks (see device_cluster_bench.sh)
+    mkdir -p "$root"
+    for d in .deps/*.deb; do
+        case "$(basename "$d")" in # the machine's own Open MPI stays
+        *openmpi*|*pmix*|*hwloc*|*ucx*|*fabric*|*psm*|*ibverbs*|*libnl*|*libevent*|*rdmacm*|*pciaccess*|*libxml2*|*icu*|*ltdl*|*numa*|*munge*)
+            command -v mpicc >/dev/null && continue ;;
+        esac
+        dpkg -x "$d" "$root" 2>/dev/null
+    done
+fi
+export PATH=$PATH:$root/usr/bin LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$root/usr/lib/x86_64-linux-gnu
+make -j"$(nproc)" CUDA=0 MPI=1 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
+    build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+echo "built at ${SECONDS}s"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+M=/tmp/qwen3-30b-a3b-skew-${LAYERS}l.gguf
+[ -f "$M" ] || timeout 240 build/tutti gen --arch qwen3moe --n-embd 2048 --n-layer "$LAYERS" --n-head 32 \
+    --n-head-kv 4 --head-dim 128 --n-ff 6144 --n-expert 128 --n-expert-used 8 --n-ff-exp 768 --vocab 151936 \
+    --router-skew 0.01 --type q4_k_m -t "$(nproc)" -o "$M" > /dev/null || exit 1
+echo "model made at ${SECONDS}s: $(du -h "$M" | cut -f1)"
 cat > /tmp/pin.sh <<'PIN'
 #!/bin/sh
 r=${OMPI_COMM_WORLD_RANK:-0}
 exec taskset -c $((r * 4))-$((r * 4 + 3)) "$@"
 PIN
 chmod +x /tmp/pin.sh
-for mode in static balanced; do
-    extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4"
-    [ $mode = static ] && extra="--moe-every -1"
-    mpirun --bind-to none -np 4 /tmp/pin.sh build/tutti bench -m "$M" -p 64 -n 96 -r 1 -t 4 --moe-stats \
-        $extra > "$OUT/moe_$mode.txt" 2> "$OUT/moe_${mode}_stats.txt"
-    echo "== $mode"; grep -E "decode|TTFT" "$OUT/moe_$mode.txt"
-    awk 'NR>1 {s+=$NF; if ($NF>m) m=$NF; n++} END {printf "imbalance: mean %.3f max %.3f over %d layers\n", s/n, m, n}' "$OUT/moe_${mode}_stats.txt"
+for round in $(seq "$ROUNDS"); do
+    for mode in static balanced; do
+        extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4"
+        [ $mode = static ] && extra="--moe-every 8 --moe-threshold 1000"
+        f=$OUT/moe_${mode}_$round
+        TT_LOG_LEVEL=3 timeout 120 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh build/tutti bench \
+            -m "$M" -p 64 -n "$GEN" -r 1 -t 4 $extra > "$f.txt" 2> "$f.log"
+        echo "== round $round, $mode (at ${SECONDS}s)"
+        grep -E "decode|TTFT" "$f.txt"
+        grep "rank 0:" "$f.log" | grep -E "imbalance max|move|MoE work" | sed 's/^tutti: debug: rank 0: //' |
+            awk '/imbalance max/ {n++; if (n % 2 == 1 || /moving/) print; next} {print}'
+    done
 done
-taskset -c 0-15 build/tutti bench -m "$M" -p 64 -n 96 -r 1 -t 16 | grep -E "decode|TTFT"

@@ -217,7 +217,15 @@ static bool propose_layer(const struct engine *e, int il, struct moe_placement *
 bool moe_rebalance_wanted(const struct engine *e)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline || e->moe_move) return false;
+    if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline) return false;
+    if (tt_log_get_level() >= TT_LOG_DEBUG) { /* the imbalance over time, for benchmarks */
+        double sum = 0.0;
+        for (int il = 0; il < hp->n_layer; il++)
+            sum += moe_imbalance(&e->moe_place[il], moe_stats_layer(&e->moe_stats, il));
+        tt_debug("rank %d: step %llu: imbalance max %.3f mean %.3f%s", e->rank, (unsigned long long)e->moe_stats.steps,
+                 moe_max_imbalance(e), sum / hp->n_layer, e->moe_move ? " (moving)" : "");
+    }
+    if (e->moe_move) return false;
     struct moe_placement next;
     if (moe_placement_init(&next, hp->n_expert, e->tp_size, e->moe_slots)) return false;
     bool want = false;

@@ -1,12 +1,24 @@
 #!/bin/bash
-# device_cluster_bench.sh: the cluster benchmark of the tensor-parallel issue,
-# for a 16-core machine (the device machine): builds tutti there, generates a
-# full 32-layer Llama-3-8B-shaped Q4_K_M model, and measures decode tok/s and
-# TTFT (512-token prompt) for 1 rank x 4/8/16 threads and 2/4 ranks x 4
-# threads on disjoint cores, over shared memory and over TCP. Prints the
-# distribution efficiency table. If the machine lacks build dependencies,
-# Debian packages extracted from .deps/*.deb are used (see tools/ comments in
-# the README). Output also goes to $OUT (when set).
+# device_cluster_bench.sh: the cluster benchmark of the tensor-parallel and
+# planner issues, for a 16-core machine (the device machine): builds tutti
+# there (CPU only), generates a Llama-3-8B-shaped Q4_K_M model (LAYERS, default
+# 32), and measures decode tok/s and TTFT (512-token prompt) for 1 rank x
+# 4/8/16 threads and 2/4 ranks x 4 threads on disjoint cores, over shared
+# memory and over TCP; the 1x8 and 2x4-shm pair REPS times (default 3),
+# alternating, for the 2-rank efficiency. Beside each measured row it prints
+# the planner's prediction:
+#   - one rank: `tutti plan -m M -t T --json` on the same cores (it measures
+#     the machine: read bandwidth, matrix-vector efficiency, compute,
+#     attention, per-layer overhead) just before the benchmark;
+#   - N ranks: a cluster description built from the 4-thread rank's measured
+#     figures, the 16-thread figures as the host's shared bandwidth and
+#     compute (host_read_gbs, host_gflops), and the links that `tutti topo
+#     --json` measures under the same mpirun; predicted: tensor parallelism
+#     over all ranks with the gathering join (what `bench` runs).
+# Every measurement and description is kept in $OUT, so predictions can be
+# recomputed offline with `tutti plan --cluster` when the cost model changes
+# (tools/... python at the end shows how). If the machine lacks build
+# dependencies, Debian packages extracted from .deps/*.deb are used.
 set -u
 OUT=${OUT:-/tmp}
 log() { echo "$@" | tee -a "$OUT/summary.txt"; }
@@ -29,7 +41,7 @@ if ! command -v mpicc >/dev/null || ! mpicc --showme:version >/dev/null 2>&1; th
     export OPAL_PREFIX=$root/usr
 fi
 command -v mpicc; mpirun --version 2>&1 | head -1; nproc; gcc --version | head -1
-make -j"$(nproc)" MPI=1 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
+make -j"$(nproc)" MPI=1 CUDA=0 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
     build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 M=${MODEL:-/tmp/llama3-8b-q4_k_m.gguf}
@@ -38,6 +50,7 @@ LAYERS=${LAYERS:-32}
     --n-ff 14336 --vocab 128256 --type q4_k_m -t "$(nproc)" -o "$M" || exit 1
 P=${PROMPT:-512}
 N=${GEN:-32}
+REPS=${REPS:-3}
 bench() { # name, then the command
     name=$1; shift
     "$@" -m "$M" -p "$P" -n "$N" -r 1 --json 2>"$OUT/err_$name.txt" | tail -1 > "$OUT/$name.json"
@@ -50,28 +63,83 @@ r=${OMPI_COMM_WORLD_RANK:-0}
 exec taskset -c $((r * 4))-$((r * 4 + 3)) "$@"
 PIN
 chmod +x /tmp/pin.sh
-bench r1t4 taskset -c 0-3 build/tutti bench -t 4
-bench r1t8 taskset -c 0-7 build/tutti bench -t 8
-bench r1t16 taskset -c 0-15 build/tutti bench -t 16
-for n in 2 4; do
-    bench "r${n}t4_shm" mpirun --bind-to none -np $n /tmp/pin.sh build/tutti bench -t 4
-    bench "r${n}t4_tcp" mpirun --bind-to none --mca btl self,tcp -np $n /tmp/pin.sh build/tutti bench -t 4
+for t in 4 8 16; do # the machine as the planner measures it, then the benchmark
+    taskset -c 0-$((t - 1)) build/tutti plan -m "$M" -t $t --prompt "$P" --json > "$OUT/plan_r1t$t.json" 2>/dev/null
+    bench "r1t$t" taskset -c 0-$((t - 1)) build/tutti bench -t $t
 done
-python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
-import json, sys, os
-out = sys.argv[1]
-def get(n):
-    try: return json.load(open(os.path.join(out, n + ".json")))
+for i in $(seq 2 "$REPS"); do # more rounds of the efficiency pair, alternating
+    bench "r1t8_$i" taskset -c 0-7 build/tutti bench -t 8
+    bench "r2t4_shm_$i" mpirun --bind-to none -np 2 /tmp/pin.sh build/tutti bench -t 4
+done
+for n in 2 4; do
+    for net in shm tcp; do
+        btl=""
+        [ $net = tcp ] && btl="--mca btl self,tcp"
+        mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti topo -t 4 --json > "$OUT/topo_r${n}_$net.json" 2>/dev/null
+        bench "r${n}t4_$net" mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti bench -t 4
+    done
+done
+python3 - "$OUT" "$M" "$P" <<'PY' | tee -a "$OUT/summary.txt"
+import json, os, subprocess, sys
+out, model, prompt = sys.argv[1], sys.argv[2], sys.argv[3]
+def load(n):
+    try: return json.load(open(os.path.join(out, n)))
     except Exception: return None
-base = get("r1t4")
-print("\n| layout | decode tok/s | TTFT ms (512) | speedup | distribution efficiency | comm ms/token | bytes/token |")
-print("|---|---|---|---|---|---|---|")
-for name, ref in [("r1t4", None), ("r1t8", None), ("r1t16", None), ("r2t4_shm", "r1t8"), ("r2t4_tcp", "r1t8"), ("r4t4_shm", "r1t16"), ("r4t4_tcp", "r1t16")]:
-    r = get(name)
-    if not r or not base: print(f"| {name} | failed | | | | | |"); continue
-    sp = r["decode_tok_s"] / base["decode_tok_s"]
-    eff = ""
-    if ref and get(ref):
-        eff = "%.2f" % (sp / (get(ref)["decode_tok_s"] / base["decode_tok_s"]))
-    print(f"| {name} | {r['decode_tok_s']:.2f} | {r['ttft_ms']:.0f} | {sp:.2f} | {eff} | {r.get('comm_ms_per_token',0):.3f} | {r.get('comm_bytes_per_token',0):.0f} |")
+def rank_fig(plan):
+    return plan["cluster"]["ranks"][0]
+def predict_multi(n, net):
+    """TP gather over n ranks of 4 threads: the 4-thread rank's figures, the
+    16-thread ones as the host's shared budget, the links topo measured."""
+    p4, p16, topo = load("plan_r1t4.json"), load("plan_r1t16.json"), load(f"topo_r{n}_{net}.json")
+    if not (p4 and p16 and topo): return None
+    r4, r16 = rank_fig(p4), rank_fig(p16)
+    ranks = []
+    for r in range(n):
+        d = {k: r4[k] for k in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib", "overhead_us")}
+        d.update(host="dev", host_read_gbs=r16["read_gbs"], host_gflops=r16["gflops"])
+        ranks.append(d)
+    links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01),
+              "bandwidth_gbs": l["bandwidth_gbs"]} for l in topo["links"]]
+    desc = {"name": f"{n} ranks x 4 threads, {net}", "ranks": ranks, "links": links}
+    path = os.path.join(out, f"cluster_r{n}_{net}.json")
+    json.dump(desc, open(path, "w"), indent=1)
+    res = subprocess.run(["build/tutti", "plan", "-m", model, "--cluster", path, "--prompt", prompt, "--json"],
+                         capture_output=True, text=True)
+    try: cands = json.loads(res.stdout)["candidates"]
+    except Exception: return None
+    for c in cands:
+        if c["layout"] == "tp" and c["join"] == "gather" and sum(len(s["ranks"]) for s in c["stages"]) == n:
+            return c
+    return None
+def predict_single(t):
+    p = load(f"plan_r1t{t}.json")
+    return p["candidates"][p["chosen"]] if p else None
+def err(pred, meas): return f"{(pred - meas) / meas * 100:+.0f}%"
+rows = [("r1t4", "1 rank x 4 threads", lambda: predict_single(4)),
+        ("r1t8", "1 rank x 8 threads", lambda: predict_single(8)),
+        ("r1t16", "1 rank x 16 threads", lambda: predict_single(16)),
+        ("r2t4_shm", "2 ranks x 4 threads, shm", lambda: predict_multi(2, "shm")),
+        ("r2t4_tcp", "2 ranks x 4 threads, tcp", lambda: predict_multi(2, "tcp")),
+        ("r4t4_shm", "4 ranks x 4 threads, shm", lambda: predict_multi(4, "shm")),
+        ("r4t4_tcp", "4 ranks x 4 threads, tcp", lambda: predict_multi(4, "tcp"))]
+print("\n| layout | predicted tok/s | measured tok/s | error | predicted TTFT ms | measured TTFT ms | error | comm ms/token predicted / measured |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for name, label, pred in rows:
+    m, p = load(name + ".json"), pred()
+    if not m: print(f"| {label} | | failed | | | | | |"); continue
+    if not p: print(f"| {label} | ? | {m['decode_tok_s']:.2f} | | ? | {m['ttft_ms']:.0f} | | |"); continue
+    print(f"| {label} | {p['decode_tok_s']:.2f} | {m['decode_tok_s']:.2f} | {err(p['decode_tok_s'], m['decode_tok_s'])} | "
+          f"{p['ttft_ms']:.0f} | {m['ttft_ms']:.0f} | {err(p['ttft_ms'], m['ttft_ms'])} | "
+          f"{p.get('comm_ms', 0):.2f} / {m.get('comm_ms_per_token', 0):.2f} |")
+base = load("r1t4.json")
+print("\nSpeedups over 1x4 and distribution efficiency (N ranks x 4 threads against 1 rank x 4N threads):")
+for name, ref in [("r2t4_shm", "r1t8"), ("r2t4_tcp", "r1t8"), ("r4t4_shm", "r1t16"), ("r4t4_tcp", "r1t16")]:
+    r, f = load(name + ".json"), load(ref + ".json")
+    if r and f and base: print(f"  {name}: {r['decode_tok_s'] / base['decode_tok_s']:.2f}x, efficiency {r['decode_tok_s'] / f['decode_tok_s']:.2f}")
+effs = []
+for i in ["", "_2", "_3", "_4", "_5"]:
+    r, f = load("r2t4_shm" + i + ".json"), load("r1t8" + i + ".json")
+    if r and f: effs.append(r["decode_tok_s"] / f["decode_tok_s"])
+if effs: print("  2x4 shm efficiency per round (alternating with 1x8): " + ", ".join(f"{e:.2f}" for e in effs) +
+               f"; mean {sum(effs) / len(effs):.2f}")
 PY

@@ -229,6 +229,7 @@ struct gemm_job {
     int64_t n, rows, n_tok;
     float *out; /* [n_tok][rows] */
     int reps;
+    enum tt_type type; /* of w */
 };
 
 static void gemm_run(void *p, int ith, int nth)
@@ -237,63 +238,85 @@ static void gemm_run(void *p, int ith, int nth)
     int64_t r0, r1;
     tt_split_range(j->rows, ith, nth, 16, &r0, &r1);
     for (int k = 0; k < j->reps && r1 > r0; k++)
-        j->ops->matmul[TT_TYPE_Q4_K](j->n, j->w, j->w_row, r0, r1, j->act, j->act_row, j->n_tok,
-                                     j->out, j->rows);
+        j->ops->matmul[j->type](j->n, j->w, j->w_row, r0, r1, j->act, j->act_row, j->n_tok,
+                                j->out, j->rows);
 }
 
-static void empty_job(void *p, int ith, int nth) {}
 
-/* Matrix-product speed on Q4_K weights (GFLOP/s, prefill-sized tiles) and
- * the cost of one parallel job (seconds): this machine, now. */
-static void measure_compute(int n_threads, double *gflops, double *job_s)
+/* Matrix-product speed (GFLOP/s) on weights of `type` in prompt-sized
+ * batches: the engine's batch of 256 tokens against 2048 rows of 4096
+ * columns (several MiB: past the private caches, as a layer's matrices). */
+static double measure_gemm(struct tt_pool *pool, enum tt_type type)
 {
-    const int64_t n = 4096, rows = 1024, n_tok = 64;
+    const int64_t n = 4096, rows = 2048, n_tok = 256;
     const struct kcpu_ops *ops = kcpu_get();
-    const enum tt_type at = tt_type_get(TT_TYPE_Q4_K)->vec_dot_type;
-    struct gemm_job j = {
-        ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, rows, n_tok, NULL, 1};
+    const struct tt_type_traits *tr = tt_type_get(type);
+    const enum tt_type at = tr->vec_dot_type;
+    struct gemm_job j = { ops, NULL, NULL, tt_row_size(type, n), tt_row_size(at, n), n, rows, n_tok,
+                          NULL, 1, type };
     uint8_t *w = tt_alloc(j.w_row * rows), *act = tt_alloc(j.act_row * n_tok);
     float *x = tt_alloc(sizeof(float) * n);
-    struct tt_pool *pool = tt_pool_create(n_threads);
     j.out = tt_alloc(sizeof(float) * rows * n_tok);
-    *gflops = *job_s = 0.0;
-    if (w && act && x && pool && j.out) {
+    double gflops = 0.0, t = 0.0;
+    if (w && act && x && j.out) {
         uint64_t rng = 1;
         for (int64_t r = 0; r < rows + n_tok; r++) {
             for (int64_t i = 0; i < n; i++)
                 x[i] = (float)((rng = rng * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
             if (r < rows)
-                tt_type_get(TT_TYPE_Q4_K)->from_float(x, w + r * j.w_row, n);
+                tr->from_float(x, w + r * j.w_row, n);
             else
                 ops->quantize_act[at](x, act + (r - rows) * j.act_row, n);
         }
         j.w = w;
         j.act = act;
-        double t = 0.0;
         for (j.reps = 1;; j.reps *= 2) {
             const double t0 = tt_now_s();
             tt_pool_run(pool, gemm_run, &j);
-            if ((t = tt_now_s() - t0) >= 0.2) break;
+            if ((t = tt_now_s() - t0) >= 0.15) break;
         }
-        *gflops = 2.0 * (double)(rows * n * n_tok) * j.reps / t / 1e9;
-        double calls[201]; /* the median call: a busy machine delays some calls a lot */
-        for (int k = 0; k < 201; k++) {
-            const double t0 = tt_now_s();
-            tt_pool_run(pool, empty_job, NULL);
-            calls[k] = tt_now_s() - t0;
-            for (int i = k; i > 0 && calls[i] < calls[i - 1]; i--) {
-                const double x = calls[i];
-                calls[i] = calls[i - 1];
-                calls[i - 1] = x;
-            }
-        }
-        *job_s = calls[100];
+        gflops = 2.0 * (double)(rows * n * n_tok) * j.reps / t / 1e9;
     }
-    tt_pool_destroy(pool);
     tt_free(j.out);
     tt_free(x);
     tt_free(act);
     tt_free(w);
+    return gflops;
+}
+
+static void empty_job(void *p, int ith, int nth) {}
+
+/* The cost of one parallel job (seconds): the median of 201 empty jobs (a
+ * busy machine delays some calls a lot). */
+static double measure_job(struct tt_pool *pool)
+{
+    double calls[201];
+    for (int k = 0; k < 201; k++) {
+        const double t0 = tt_now_s();
+        tt_pool_run(pool, empty_job, NULL);
+        calls[k] = tt_now_s() - t0;
+        for (int i = k; i > 0 && calls[i] < calls[i - 1]; i--) {
+            const double x = calls[i];
+            calls[i] = calls[i - 1];
+            calls[i - 1] = x;
+        }
+    }
+    return calls[100];
+}
+
+/* Prompt matrix-product speed for this model's weights: the K-quant kernels
+ * measured, mixed by the model's multiply-adds in Q6_K (output matrix, some
+ * attn_v/ffn_down in *_M mixes) and in Q4_K (everything else taken as
+ * Q4_K): the harmonic mean, as the time adds. */
+static double model_gflops(struct tt_pool *pool, const struct plan_model *pm)
+{
+    uint64_t q6 = pm->elems_by_type[TT_TYPE_Q6_K], all = 0;
+    for (int t = 0; t < TT_TYPE_COUNT; t++) all += pm->elems_by_type[t];
+    const double g4 = measure_gemm(pool, TT_TYPE_Q4_K);
+    const double f6 = all ? (double)q6 / (double)all : 0.0;
+    if (!(f6 > 0)) return g4;
+    const double g6 = measure_gemm(pool, TT_TYPE_Q6_K);
+    return g4 > 0 && g6 > 0 ? 1.0 / ((1.0 - f6) / g4 + f6 / g6) : 0.0;
 }
 
 /* Attention as the engine runs it on an F16 cache (engine_ops.c): per head,
@@ -364,7 +387,7 @@ static double measure_matvec(struct tt_pool *pool)
     const struct kcpu_ops *ops = kcpu_get();
     const enum tt_type at = tt_type_get(TT_TYPE_Q4_K)->vec_dot_type;
     struct gemm_job j = {ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, 0,
-                         1,   NULL, 1};
+                         1,   NULL, 1,    TT_TYPE_Q4_K};
     j.rows = (512ll << 20) / (int64_t)j.w_row;
     uint8_t *w = tt_alloc(j.w_row * (size_t)j.rows), *act = tt_alloc(j.act_row);
     float *x = tt_alloc(sizeof(float) * n);
@@ -398,8 +421,9 @@ static double measure_matvec(struct tt_pool *pool)
  * overhead: the cost of one
  * parallel job times the jobs a decode step runs per layer (engine_ops.c:
  * q/k/v, attention, output, gate/up, down; MoE: router and two per expert). */
-static void this_machine(int threads, const struct model_hparams *hp, struct plan_cluster *c)
+static void this_machine(int threads, const struct plan_model *pm, struct plan_cluster *c)
 {
+    const struct model_hparams *hp = &pm->hp;
     memset(c, 0, sizeof(*c));
     struct plan_hw_rank *r = &c->ranks[0];
     const int n_threads = threads ? threads : tt_cpu_count();
@@ -421,10 +445,10 @@ static void this_machine(int threads, const struct model_hparams *hp, struct pla
     if (!(r->mem_avail_gib > 0))
         cli_die(0, "cannot read this machine's free memory; use --cluster FILE");
     r->read_gbs = cli_measure_read_bw(n_threads);
-    double job_s;
-    measure_compute(n_threads, &r->gflops, &job_s);
     struct tt_pool *pool = tt_pool_create(n_threads);
     if (!pool) cli_die(TT_ENOMEM, "measuring this machine");
+    r->gflops = model_gflops(pool, pm);
+    const double job_s = measure_job(pool);
     const double matvec = measure_matvec(pool);
     r->attn_gflops = measure_attention(pool, n_threads);
     tt_pool_destroy(pool);
@@ -800,7 +824,7 @@ int cmd_plan(int argc, char **argv)
     if (o.cluster_path)
         cli_load_cluster(o.cluster_path, c);
     else
-        this_machine(o.threads, &pm.hp, c);
+        this_machine(o.threads, &pm, c);
     struct plan_result res;
     int err = plan_search(&res, &pm, c, &o.w);
     if (err) cli_die(err, "planning");

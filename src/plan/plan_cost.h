@@ -72,6 +72,9 @@ struct plan_model {
     uint64_t output_norm_bytes;
     uint64_t file_bytes;    /* what one rank maps: the whole file (or all tensors) */
     uint32_t kv_elem_bytes; /* bytes of one KV cache element (2: F16, the default) */
+    /* Weights (multiply-adds per token) stored in each type, over the layers
+     * (all experts) and the output matrix: which kernels a prompt runs. */
+    uint64_t elems_by_type[TT_TYPE_COUNT];
 };
 
 /* From a loaded model: its tensors' real types and sizes. Errors: TT_ENOMEM. */

@@ -351,7 +351,7 @@ static void run_matmul(const char *variant)
          * one 16-chunk piece of the few-token tiles), row tails at both
          * ends, padded rows on odd sizes. */
         for (int64_t nt = 1; nt <= 16; nt++) {
-            const struct shape batch = { 4608, 37, 3, 36, nt, (int)(nt % 2) * 16 };
+            const struct shape batch = { 4608, 23, 3, 22, nt, (int)(nt % 2) * 16 };
             CHECK_EQ_INT(check_matmul(ops, wt, batch, false), 0);
             if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, batch, true), 0);
         }

@@ -79,6 +79,8 @@ for n in 2 4; do
         bench "r${n}t4_$net" mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti bench -t 4
     done
 done
+# a pipeline of 2 stages (shared memory): predicted as such from the same description
+bench r2t4_pp_shm mpirun --bind-to none -np 2 /tmp/pin.sh build/tutti bench -t 4 --plan pp
 python3 - "$OUT" "$M" "$P" <<'PY' | tee -a "$OUT/summary.txt"
 import json, os, subprocess, sys
 out, model, prompt = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -87,7 +89,7 @@ def load(n):
     except Exception: return None
 def rank_fig(plan):
     return plan["cluster"]["ranks"][0]
-def predict_multi(n, net):
+def predict_multi(n, net, layout="tp"):
     """TP gather over n ranks of 4 threads: the 4-thread rank's figures, the
     16-thread ones as the host's shared budget, the links topo measured."""
     p4, p16, topo = load("plan_r1t4.json"), load("plan_r1t16.json"), load(f"topo_r{n}_{net}.json")
@@ -108,7 +110,8 @@ def predict_multi(n, net):
     try: cands = json.loads(res.stdout)["candidates"]
     except Exception: return None
     for c in cands:
-        if c["layout"] == "tp" and c["join"] == "gather" and sum(len(s["ranks"]) for s in c["stages"]) == n:
+        if c["layout"] == layout and (layout != "tp" or c["join"] == "gather") and \
+           sum(len(s["ranks"]) for s in c["stages"]) == n:
             return c
     return None
 def predict_single(t):
@@ -121,7 +124,8 @@ rows = [("r1t4", "1 rank x 4 threads", lambda: predict_single(4)),
         ("r2t4_shm", "2 ranks x 4 threads, shm", lambda: predict_multi(2, "shm")),
         ("r2t4_tcp", "2 ranks x 4 threads, tcp", lambda: predict_multi(2, "tcp")),
         ("r4t4_shm", "4 ranks x 4 threads, shm", lambda: predict_multi(4, "shm")),
-        ("r4t4_tcp", "4 ranks x 4 threads, tcp", lambda: predict_multi(4, "tcp"))]
+        ("r4t4_tcp", "4 ranks x 4 threads, tcp", lambda: predict_multi(4, "tcp")),
+        ("r2t4_pp_shm", "2 ranks x 4 threads, shm, pipeline", lambda: predict_multi(2, "shm", "pp"))]
 print("\n| layout | predicted tok/s | measured tok/s | error | predicted TTFT ms | measured TTFT ms | error | comm ms/token predicted / measured |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, label, pred in rows:

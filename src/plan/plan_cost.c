@@ -699,40 +699,34 @@ static void set_ends(struct plan_candidate *cd, const int32_t *ends)
     }
 }
 
-static bool has_rank0(const struct search *s, const struct plan_stage *g)
-{
-    for (int i = g->rank_begin; i < g->rank_end; i++)
-        if (s->ids[i] == 0) return true;
-    return false;
-}
-
 /* The output projection and sampling on the last stage, and rank 0 driving
- * the step: its broadcast into the first stage, the token back. */
+ * the step (engine_dist.c): two broadcasts of the step to every rank that
+ * takes part (the candidate's ranks and rank 0; ranks left out do not), one
+ * right after the other, so their latencies overlap (one tree's worth), and
+ * the gather of every such rank's sampling candidates (PLAN_CAND_BYTES per
+ * token, whether it holds output rows or not) to rank 0. */
 static double ends_s(const struct search *s, const struct plan_candidate *cd, double n_logits,
                      double *comm)
 {
-    const struct plan_stage *f = &cd->stages[0], *g = &cd->stages[cd->n_stages - 1];
-    const int k0 = f->rank_end - f->rank_begin, k = g->rank_end - g->rank_begin;
-    const int32_t zero = 0;
-    double t = 0.0, c = 0.0;
+    const struct plan_stage *g = &cd->stages[cd->n_stages - 1];
+    int32_t step_ranks[PLAN_CLUSTER_RANKS_MAX + 1];
+    int ks = 0;
+    bool has0 = false;
+    double t = 0.0;
     for (int i = g->rank_begin; i < g->rank_end; i++) {
         const double flops = 2.0 * n_logits * (double)s->pm->output_elems * s->sh[i].vocab_frac;
         t = fmax(t,
                  fmax(rank_output_bytes(s->pm, &s->sh[i]) / s->sh[i].bw, flops / s->sh[i].flops));
     }
-    if (k0 > 1) c += 2.0 * coll_steps(k0, 0) * s->net[0].lat_s;
-    if (k > 1) {
-        const struct net *n = &s->net[cd->n_stages - 1];
-        c += coll_steps(k, 0) * n->lat_s + k * PLAN_CAND_BYTES * n_logits / n->bw_bps;
+    for (int i = 0; i < cd->n_ranks; i++) {
+        step_ranks[ks++] = s->ids[i];
+        has0 |= s->ids[i] == 0;
     }
-    if (!has_rank0(s, f)) {
-        struct net n = pairs_net(s->c, &zero, 1, s->ids + f->rank_begin, k0);
-        c += send_s(&n, 64);
-    }
-    if (!has_rank0(s, g)) {
-        struct net n = pairs_net(s->c, &zero, 1, s->ids + g->rank_begin, k);
-        c += send_s(&n, 64);
-    }
+    if (!has0) step_ranks[ks++] = 0;
+    const struct net n = group_net(s->c, step_ranks, ks);
+    const double cand = PLAN_CAND_BYTES * n_logits;
+    const double c = coll_steps(ks, 0) * n.lat_s +
+                     (ks > 1 ? coll_steps(ks, cand) * n.lat_s + (ks - 1) * cand / n.bw_bps : 0.0);
     *comm += c;
     return t + c;
 }

@@ -139,12 +139,31 @@ static int collect_tensors(const struct model_gen_opts *o, struct gen_list *l)
 
 /* ---- metadata ---- */
 
-static int write_hparams(struct gguf_writer *w, const struct model_hparams *hp)
+/* llama.cpp's general.file_type (enum llama_ftype) for a base type and mix:
+ * only a label (its tools print it), the tensors carry their own types. */
+static uint32_t file_type(enum tt_type base, bool mix_m)
 {
+    switch (base) {
+    case TT_TYPE_F32: return 0;
+    case TT_TYPE_F16: return 1;
+    case TT_TYPE_Q4_0: return 2;
+    case TT_TYPE_Q8_0: return 7;
+    case TT_TYPE_Q4_K: return mix_m ? 15 : 14; /* Q4_K_M, Q4_K_S */
+    case TT_TYPE_Q5_K: return mix_m ? 17 : 16; /* Q5_K_M, Q5_K_S */
+    case TT_TYPE_Q6_K: return 18;
+    case TT_TYPE_BF16: return 32;
+    default: return 0;
+    }
+}
+
+static int write_hparams(struct gguf_writer *w, const struct model_gen_opts *o)
+{
+    const struct model_hparams *hp = &o->hp;
     const char *a = model_arch_name(hp->arch);
     char k[128];
     int err = gguf_writer_set_str(w, "general.architecture", a);
     if (!err) err = gguf_writer_set_str(w, "general.name", "tutti random-weight model");
+    if (!err) err = gguf_writer_set_u32(w, "general.file_type", file_type(o->base_type, o->mix_m));
 #define U32(suffix, v) if (!err) { snprintf(k, sizeof(k), "%s." suffix, a); err = gguf_writer_set_u32(w, k, (uint32_t)(v)); }
 #define F32(suffix, v) if (!err) { snprintf(k, sizeof(k), "%s." suffix, a); err = gguf_writer_set_f32(w, k, (v)); }
     U32("context_length", hp->n_ctx_train);
@@ -366,7 +385,7 @@ int model_gen(const struct model_gen_opts *opts, const char *path)
     err = collect_tensors(&o, &l);
     struct gguf_writer *w = err ? NULL : gguf_writer_create();
     if (!err && !w) err = tt_error_set(TT_ENOMEM, "out of memory");
-    if (!err) err = write_hparams(w, &o.hp);
+    if (!err) err = write_hparams(w, &o);
     if (!err) err = o.vocab_from ? gguf_writer_copy_kv(w, o.vocab_from, "tokenizer.")
                                  : write_builtin_vocab(w, o.hp.n_vocab);
     for (int i = 0; i < l.n && !err; i++) {

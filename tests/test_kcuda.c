@@ -282,7 +282,8 @@ static void test_products(void)
         { TT_TYPE_Q4_0, 512, 37 }, { TT_TYPE_Q4_0, 96, 29 },  { TT_TYPE_Q8_0, 512, 37 },
         { TT_TYPE_Q8_0, 96, 29 },  { TT_TYPE_Q4_K, 512, 37 }, { TT_TYPE_Q4_K, 4096, 70 },
         { TT_TYPE_Q5_K, 512, 37 }, { TT_TYPE_Q5_K, 2048, 70 }, { TT_TYPE_Q6_K, 512, 37 },
-        { TT_TYPE_Q6_K, 1792, 70 },
+        { TT_TYPE_Q6_K, 1792, 70 }, { TT_TYPE_Q4_K, 14336, 9 }, { TT_TYPE_Q6_K, 14336, 9 },
+        { TT_TYPE_Q4_K, 768, 21 },  { TT_TYPE_Q6_K, 768, 21 },
     };
     for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i]);
 }
@@ -545,10 +546,12 @@ static void ref_attend(const float *q, const uint8_t *kc, const uint8_t *vc, boo
     free(sc);
 }
 
-static void check_attention(int hd, bool f16, int n_split)
+/* H query heads over KV cache heads; T tokens at the positions below, in
+ * two sequences of CTX positions. */
+static void check_attention(int hd, bool f16, int n_split, int H, int KV)
 {
-    enum { T = 5, H = 4, KV = 2, NS = 2, CTX = 300 };
-    const int32_t pos[T] = { 0, 17, 299, 150, 40 }, seq[T] = { 0, 1, 0, 1, 1 };
+    enum { T = 6, NS = 2, CTX = 600 };
+    const int32_t pos[T] = { 0, 17, 299, 150, 40, 514 }, seq[T] = { 0, 1, 0, 1, 1, 0 };
     const size_t es = f16 ? 2 : 4, cn = (size_t)NS * CTX * KV * hd, qn = (size_t)T * H * hd;
     uint8_t *kc = malloc(cn * es), *vc = malloc(cn * es);
     float *tmp = malloc(4 * cn), *q = malloc(4 * qn), *ref = malloc(4 * qn), *got = malloc(4 * qn);
@@ -574,7 +577,7 @@ static void check_attention(int hd, bool f16, int n_split)
     }
     to_host(got, dout, 4 * qn);
     char what[64];
-    snprintf(what, sizeof(what), "attention hd %d %s, %d parts", hd, f16 ? "f16" : "f32", n_split);
+    snprintf(what, sizeof(what), "attention hd %d %s, %d/%d heads, %d parts", hd, f16 ? "f16" : "f32", H, KV, n_split);
     CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-10);
     kcuda_free(dkc), kcuda_free(dvc), kcuda_free(dq), kcuda_free(dout), kcuda_free(dpart), kcuda_free(dpos), kcuda_free(dseq);
     kcuda_free(dcount);
@@ -584,12 +587,16 @@ static void check_attention(int hd, bool f16, int n_split)
 static void test_attention(void)
 {
     if (!gpu()) return;
-    check_attention(8, true, 1);
-    check_attention(32, true, 5);
-    check_attention(64, false, 3);
-    check_attention(128, true, 16);
-    check_attention(128, false, 16);
-    check_attention(256, true, 2);
+    check_attention(8, true, 1, 4, 2);
+    check_attention(32, true, 5, 4, 2);
+    check_attention(64, false, 3, 4, 2);
+    check_attention(64, true, 3, 2, 2);
+    check_attention(128, true, 16, 4, 2);
+    check_attention(128, false, 16, 4, 2);
+    check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 8, 2);  /* Llama-3 grouping, decode splits */
+    check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 16, 2); /* Qwen3-MoE grouping */
+    check_attention(128, true, 3, 6, 2);                     /* a group the coalesced kernel does not take */
+    check_attention(256, true, 2, 4, 2);
 }
 
 /* ---- the small kernels ---- */

@@ -177,17 +177,18 @@ __device__ __forceinline__ void att_key_dots(const T *kr, const float *qs, int h
  * that finished last: thread p < n_split reads part p's maximum and sum, the
  * block reduces them, and thread d sums dimension d over the parts (four
  * parts' loads in flight). */
-__device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int tid, int lane, int warp)
+__device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int tid, int lane, int warp,
+                                         int n_parts)
 {
     __shared__ float fac[ATT_GROUP_MAX][KCUDA_ATTN_SPLIT_MAX];
     __shared__ float wred[ATT_THREADS / 32][ATT_GROUP_MAX];
-    const int G = a.G, hd = a.hd, S = a.n_split;
+    const int G = a.G, hd = a.hd, S = a.n_split, P = n_parts;
     const size_t ps = (size_t)hd + 2;
     const float *pb = a.part + ((size_t)t * a.H + h0) * S * ps; /* head r, part p at pb + (r*S + p)*ps */
     float mp[ATT_GROUP_MAX], lp[ATT_GROUP_MAX], mx[ATT_GROUP_MAX], l[ATT_GROUP_MAX];
 #pragma unroll
     for (int r = 0; r < ATT_GROUP_MAX; r++) {
-        const bool on = r < G && tid < S;
+        const bool on = r < G && tid < P;
         mp[r] = on ? __ldcg(pb + ((size_t)r * S + tid) * ps + hd) : -INFINITY;
         lp[r] = on ? __ldcg(pb + ((size_t)r * S + tid) * ps + hd + 1) : 0.0f;
         const float w = kc_warp_max(mp[r]);
@@ -198,7 +199,7 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
     for (int r = 0; r < ATT_GROUP_MAX; r++) {
         mx[r] = fmaxf(fmaxf(wred[0][r], wred[1][r]), fmaxf(wred[2][r], wred[3][r]));
         const float f = mp[r] == -INFINITY ? 0.0f : expf(mp[r] - mx[r]);
-        if (r < G && tid < S) fac[r][tid] = f;
+        if (r < G && tid < P) fac[r][tid] = f;
         lp[r] *= f;
     }
     __syncthreads();
@@ -215,7 +216,7 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
     for (int r = 0; r < ATT_GROUP_MAX; r++) o0[r] = o1[r] = 0.0f;
     const int d0 = tid < hd ? tid : 0, d1 = tid + ATT_THREADS < hd ? tid + ATT_THREADS : 0;
 #pragma unroll 4
-    for (int p = 0; p < S; p++) {
+    for (int p = 0; p < P; p++) {
 #pragma unroll
         for (int r = 0; r < ATT_GROUP_MAX; r++) {
             if (r < G) {
@@ -358,7 +359,241 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
     __syncthreads();
     if (!last) return;
     __threadfence();
-    att_join(a, t, h0, tid, lane, warp);
+    att_join(a, t, h0, tid, lane, warp, a.n_split);
+}
+
+/* ---- attention with coalesced key rows (F16 cache, head_dim 8*LPR, G a power of two) ----
+ *
+ * Block (part s, KV head g, token t) as k_attn, but each key row is read by
+ * LPR lanes at once (16 bytes = 8 dimensions each), so a warp reads 32/LPR
+ * whole rows per load and every thread has AV_ROUNDS key loads and as many
+ * value loads in flight before any arithmetic. Queries live in registers
+ * (8 dimensions of each of the G heads per thread); a key's score is the
+ * lanes' partial dots summed with shuffles. Tiles of AV_ROUNDS * 4 * (32 /
+ * LPR) keys go through the same online softmax as k_attn; at the end the
+ * key slots' partial outputs are summed (shuffles, then shared memory) and
+ * written as one part. Parts hold at least one tile, and only parts that
+ * hold keys run and take a join ticket, so short prefixes join few parts;
+ * the last part joins them with many loads in flight (av_join): the old
+ * join, one L2 round trip per part and head, took most of a decode step's
+ * attention (ncu, H200, 8B shape at 515 positions: 23 us -> 12 us).
+ */
+#define AV_ROUNDS 4
+
+__device__ __forceinline__ void av_widen(uint4 raw, float f[8])
+{
+    const __half2 *h = (const __half2 *)&raw;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 v = __half22float2(h[e]);
+        f[2 * e] = v.x;
+        f[2 * e + 1] = v.y;
+    }
+}
+
+/* The join for k_attn_vec: warp r % 4 weighs head r's parts (one lane per
+ * part: maximum, factors, sum), then each thread sums output elements
+ * (head, dimension) over the parts with AV_JOIN_BATCH parts' loads in
+ * flight, so the join costs a few L2 round trips, not one per part. */
+#define AV_JOIN_BATCH 8
+template <int HD, int G>
+__device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n_parts)
+{
+    __shared__ float fac[G][KCUDA_ATTN_SPLIT_MAX];
+    __shared__ float l_sum[G];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, S = a.n_split, P = n_parts;
+    const size_t ps = (size_t)HD + 2;
+    const float *pb = a.part + ((size_t)t * a.H + h0) * S * ps; /* head r, part p at pb + (r*S + p)*ps */
+    for (int r = warp; r < G; r += ATT_THREADS / 32) {
+        const float *pr = pb + ((size_t)r * S + lane) * ps;
+        const float m = lane < P ? __ldcg(pr + HD) : -INFINITY, l = lane < P ? __ldcg(pr + HD + 1) : 0.0f;
+        const float mx = kc_warp_max(m);
+        const float f = m == -INFINITY ? 0.0f : expf(m - mx);
+        const float sum = kc_warp_sum(l * f);
+        fac[r][lane] = f;
+        if (lane == 0) l_sum[r] = sum;
+    }
+    __syncthreads();
+    for (int i = tid; i < G * HD; i += ATT_THREADS) {
+        const int r = i / HD, d = i % HD;
+        const float *pr = pb + (size_t)r * S * ps + d;
+        float o = 0.0f;
+        for (int p0 = 0; p0 < P; p0 += AV_JOIN_BATCH) {
+            float v[AV_JOIN_BATCH];
+#pragma unroll
+            for (int u = 0; u < AV_JOIN_BATCH; u++) v[u] = p0 + u < P ? __ldcg(pr + (size_t)(p0 + u) * ps) : 0.0f;
+#pragma unroll
+            for (int u = 0; u < AV_JOIN_BATCH; u++)
+                if (p0 + u < P) o += fac[r][p0 + u] * v[u];
+        }
+        a.out[((size_t)t * a.H + h0 + r) * HD + d] = o / l_sum[r];
+    }
+}
+
+template <int LPR, int G>
+__global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
+{
+    constexpr int HD = 8 * LPR, KPW = 32 / LPR, KPR = KPW * (ATT_THREADS / 32), TILE = KPR * AV_ROUNDS;
+    __shared__ float sc[G][TILE];
+    __shared__ float m_sh[G], l_sh[G], c_sh[G];
+    __shared__ float red[ATT_THREADS / 32][G][HD];
+    __shared__ int last;
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, c = lane % LPR, slot = warp * KPW + lane / LPR;
+    const int len = a.pos[t] + 1;
+    int chunk = (len + a.n_split - 1) / a.n_split;
+    chunk = chunk < TILE ? TILE : (chunk + TILE - 1) / TILE * TILE;
+    const int n_parts = (len + chunk - 1) / chunk;
+    if (s >= n_parts) return; /* holds no keys: neither writes a part nor takes a ticket */
+    const int j0 = s * chunk, j1 = min(len, j0 + chunk);
+    const int h0 = (a.kv_begin + g) * a.group - a.head_begin;
+    float qf[G][8];
+#pragma unroll
+    for (int r = 0; r < G; r++) {
+        const float4 *qp = (const float4 *)(a.q + ((size_t)t * a.H + h0 + r) * HD + 8 * c);
+        const float4 x0 = qp[0], x1 = qp[1];
+        const float v[8] = { x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w };
+#pragma unroll
+        for (int e = 0; e < 8; e++) qf[r][e] = __half2float(__float2half_rn(v[e])) * a.scale;
+    }
+    if (tid < G) m_sh[tid] = -INFINITY, l_sh[tid] = 0.0f;
+    const size_t kvd = (size_t)a.KV * HD;
+    const __half *kb = (const __half *)a.kc + (size_t)a.seq[t] * a.n_ctx * kvd + (size_t)g * HD + 8 * c;
+    const __half *vb = (const __half *)a.vc + (size_t)a.seq[t] * a.n_ctx * kvd + (size_t)g * HD + 8 * c;
+    float acc[G][8];
+#pragma unroll
+    for (int r = 0; r < G; r++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[r][e] = 0.0f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int tile = j0; tile < j1; tile += TILE) {
+        uint4 kr[AV_ROUNDS], vr[AV_ROUNDS];
+#pragma unroll
+        for (int u = 0; u < AV_ROUNDS; u++) {
+            const int j = tile + u * KPR + slot;
+            kr[u] = j < j1 ? *(const uint4 *)(kb + (size_t)j * kvd) : zero;
+            vr[u] = j < j1 ? *(const uint4 *)(vb + (size_t)j * kvd) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < AV_ROUNDS; u++) {
+            float kf[8];
+            av_widen(kr[u], kf);
+            const int j = tile + u * KPR + slot;
+#pragma unroll
+            for (int r = 0; r < G; r++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) d += kf[e] * qf[r][e];
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                if (c == 0) sc[r][u * KPR + slot] = j < j1 ? d : -INFINITY;
+            }
+        }
+        __syncthreads();
+        for (int r = warp; r < G; r += ATT_THREADS / 32) { /* online softmax of head r */
+            float mx = -INFINITY;
+            for (int j = lane; j < TILE; j += 32) mx = fmaxf(mx, sc[r][j]);
+            mx = kc_warp_max(mx);
+            const float m_new = fmaxf(m_sh[r], mx);
+            float sum = 0.0f;
+            for (int j = lane; j < TILE; j += 32) {
+                const float p = expf(sc[r][j] - m_new);
+                sc[r][j] = p;
+                sum += p;
+            }
+            sum = kc_warp_sum(sum);
+            if (lane == 0) {
+                const float corr = expf(m_sh[r] - m_new);
+                c_sh[r] = corr;
+                l_sh[r] = l_sh[r] * corr + sum;
+                m_sh[r] = m_new;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < G; r++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[r][e] *= c_sh[r];
+#pragma unroll
+        for (int u = 0; u < AV_ROUNDS; u++) {
+            float vf[8];
+            av_widen(vr[u], vf);
+#pragma unroll
+            for (int r = 0; r < G; r++) {
+                const float p = sc[r][u * KPR + slot];
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[r][e] += p * vf[e];
+            }
+        }
+        __syncthreads(); /* sc is rewritten by the next tile */
+    }
+    /* sum the key slots: lanes of one warp with the same columns, then the warps */
+#pragma unroll
+    for (int r = 0; r < G; r++)
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+#pragma unroll
+            for (int o = LPR; o < 32; o <<= 1) acc[r][e] += __shfl_xor_sync(0xffffffffu, acc[r][e], o);
+    if (lane < LPR) {
+#pragma unroll
+        for (int r = 0; r < G; r++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) red[warp][r][8 * c + e] = acc[r][e];
+    }
+    __syncthreads();
+    const size_t ps = (size_t)HD + 2;
+    for (int i = tid; i < G * HD; i += ATT_THREADS) {
+        const int r = i / HD, d = i % HD;
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_THREADS / 32; w++) v += red[w][r][d];
+        a.part[(((size_t)t * a.H + h0 + r) * a.n_split + s) * ps + d] = v;
+    }
+    if (tid < G) {
+        float *part = a.part + (((size_t)t * a.H + h0 + tid) * a.n_split + s) * ps;
+        part[HD] = m_sh[tid], part[HD + 1] = l_sh[tid];
+    }
+    /* the last part of (t, g) to finish joins all parts */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int *cnt = a.count + (size_t)t * a.KV + g;
+        last = atomicAdd(cnt, 1) == n_parts - 1;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    av_join<HD, G>(a, t, h0, n_parts);
+}
+
+typedef void (*attn_kernel)(const attn_args);
+
+template <int LPR>
+static attn_kernel pick_vec_g(int G)
+{
+    switch (G) {
+    case 1: return k_attn_vec<LPR, 1>;
+    case 2: return k_attn_vec<LPR, 2>;
+    case 4: return k_attn_vec<LPR, 4>;
+    case 8: return k_attn_vec<LPR, 8>;
+    default: return NULL;
+    }
+}
+
+/* The coalesced kernel for this shape, or NULL (then k_attn). */
+static attn_kernel pick_vec(int hd, int G, int kv_type)
+{
+    if (kv_type != KCUDA_F16) return NULL;
+    switch (hd) {
+    case 32: return pick_vec_g<4>(G);
+    case 64: return pick_vec_g<8>(G);
+    case 128: return pick_vec_g<16>(G);
+    case 256: return pick_vec_g<32>(G);
+    default: return NULL;
+    }
 }
 
 int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
@@ -379,7 +614,8 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
                     part, d_out, count };
     const dim3 grid((unsigned)n_split, (unsigned)s->n_head_kv, (unsigned)n_tok);
-    void (*kern)(const attn_args) = s->kv_type == KCUDA_F16 ? k_attn<__half, true> : k_attn<float, false>;
+    attn_kernel kern = pick_vec(s->head_dim, G, s->kv_type);
+    if (!kern) kern = s->kv_type == KCUDA_F16 ? k_attn<__half, true> : k_attn<float, false>;
     KC_PROF_BEGIN(k);
     KC_LAUNCH(k, kern, grid, dim3(ATT_THREADS), a);
     KC_PROF_END(k, "attention");

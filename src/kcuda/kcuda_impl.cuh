@@ -38,6 +38,7 @@ struct kcuda {
     void *scratch; /* kcuda_linear's batch path */
     size_t scratch_bytes;
     bool pdl;                  /* programmatic dependent launch (sm_90) */
+    bool mv_stage;             /* decode K-quant products stage activations in shared memory (TT_GPU_MV_STAGE) */
     int n_sm;                  /* multiprocessors */
 };
 
@@ -98,15 +99,16 @@ __device__ __forceinline__ void kc_pdl_trigger()
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-/* Launch on the context's stream, with PDL when the context allows it. */
+/* Launch on the context's stream, with PDL when the context allows it and
+ * `smem` bytes of dynamic shared memory. */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t kc_launch(struct kcuda *k, void (*kern)(KArgs...), dim3 grid, dim3 block,
-                                    Args... args)
+static inline cudaError_t kc_launch_smem(struct kcuda *k, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                                         size_t smem, Args... args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = k->stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -115,7 +117,9 @@ static inline cudaError_t kc_launch(struct kcuda *k, void (*kern)(KArgs...), dim
     cfg.numAttrs = k->pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kern, ((KArgs)args)...);
 }
-#define KC_LAUNCH(k, kern, grid, block, ...) KC_CHECK(kc_launch((k), kern, (grid), (block), __VA_ARGS__))
+#define KC_LAUNCH(k, kern, grid, block, ...) KC_CHECK(kc_launch_smem((k), kern, (grid), (block), 0, __VA_ARGS__))
+#define KC_LAUNCH_SMEM(k, kern, grid, block, smem, ...) \
+    KC_CHECK(kc_launch_smem((k), kern, (grid), (block), (smem), __VA_ARGS__))
 
 /* Profiling brackets around a kernel launch (kcuda_profile). */
 void kc_prof_end(struct kcuda *k, const char *name);

@@ -66,6 +66,15 @@ if "$T" gen --arch qwen3moe --n-embd 256 --n-layer 2 --n-head 4 --n-head-kv 2 --
         -t 1 --moe-every 4 --moe-threshold 1.05 > "$tmp/many" 2>"$tmp/err"
     [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass moe_live_rebalance_np4 ||
         fail moe_live_rebalance_np4 "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+    # MoE live moves over the communicator: ranks 1-3 have no model file
+    # (--weights-from 0), so new expert copies come from the ranks holding
+    # them while decoding goes on; same tokens, and a move must have switched.
+    WF_FILE="$tmp/skew.gguf" TT_LOG_LEVEL=3 timeout 300 $MPIRUN 4 -x WF_FILE -x TT_LOG_LEVEL bash \
+        "$(dirname "$0")/rank_file_wrap.sh" "$T" run -m "$tmp/skew.gguf" -p "Once upon a time" -n 32 --temp 0 \
+        --ignore-eos --json -t 1 --moe-every 4 --moe-threshold 1.05 --weights-from 0 > "$tmp/many" 2>"$tmp/err"
+    [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && grep -q "over the communicator" "$tmp/err" &&
+        grep -q "expert move switched" "$tmp/err" && pass moe_live_move_over_comm_np4 ||
+        fail moe_live_move_over_comm_np4 "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(grep -v debug "$tmp/err" | head -c 300)"
 else
     fail moe_live_rebalance_np4 "gen failed"
 fi

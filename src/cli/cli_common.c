@@ -374,6 +374,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     struct plan_align a;
     plan_align_for_model(m, &a);
     const char *mode = o->plan_mode ? o->plan_mode : "tp";
+    if (o->cluster_path && strcmp(mode, "auto")) cli_die(0, "--cluster goes with --plan auto");
     if (!strcmp(mode, "auto")) o->plan = plan_auto(o, m);
     if (o->engine.wire != COMM_WIRE_F32 && o->engine.join == PLAN_JOIN_GATHER && comm_rank(the_comm) == 0)
         tt_warn("--comm-type %s applies to --tp-join sum; the gathering join sends exact f32",

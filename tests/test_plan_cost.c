@@ -517,6 +517,44 @@ static void test_shared_host_bandwidth(void)
     plan_model_free(&pm);
 }
 
+/* Jitter stretches tensor-parallel groups by E[max of k normals] (their
+ * compute, not their joins) and leaves single ranks alone. */
+static void test_jitter(void)
+{
+    struct plan_model pm;
+    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0),
+                     TT_TYPE_Q4_K, true))
+        return;
+    struct plan_cluster *c = malloc(sizeof(*c));
+    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){0, 1000},
+                    (struct plan_link){0, 1000});
+    struct plan_workload w = workload(512, 1);
+    struct plan_result a, b;
+    CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
+    for (int r = 0; r < 4; r++) c->ranks[r].jitter = 0.1;
+    CHECK_EQ_INT(plan_search(&b, &pm, c, &w), 0);
+    check_result(&b, &pm, c, &w);
+    const int t2a = find_layout(&a, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 2),
+              t2b = find_layout(&b, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 2),
+              t4b = find_layout(&b, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 4),
+              t4a = find_layout(&a, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 4);
+    CHECK(t2a >= 0 && t2b >= 0 && t4a >= 0 && t4b >= 0);
+    if (t2a >= 0 && t2b >= 0 && t4a >= 0 && t4b >= 0) {
+        const double r2 = a.cands[t2a].decode_tok_s / b.cands[t2b].decode_tok_s;
+        const double r4 = a.cands[t4a].decode_tok_s / b.cands[t4b].decode_tok_s;
+        CHECK(r2 > 1.03 && r2 < 1.0565); /* (1 + 0.1 * 0.5642) on the compute part */
+        CHECK(r4 > r2 && r4 < 1.1030);
+    }
+    CHECK(fabs(a.cands[a.best_single].decode_tok_s - b.cands[b.best_single].decode_tok_s) <
+          1e-9 * a.cands[a.best_single].decode_tok_s);
+    plan_result_free(&a);
+    plan_result_free(&b);
+    c->ranks[1].jitter = -1;
+    CHECK_EQ_INT(plan_cluster_check(c), TT_EINVAL);
+    free(c);
+    plan_model_free(&pm);
+}
+
 /* The founding document's case: three M4 Max, Llama 3.3 70B Q4_K_M. Over
  * RDMA tensor parallelism wins (but stays under the bandwidth limit); over
  * TCP at 300 us the cluster cannot beat one machine. */
@@ -931,6 +969,7 @@ static const struct test_case cases[] = {
     {"many_shapes", test_many_shapes},
     {"deterministic", test_deterministic},
     {"uneven_stages", test_uneven_stages},
+    {"jitter", test_jitter},
     {"monotone_links", test_monotone_links},
     {"monotone_ranks", test_monotone_ranks},
     {"shared_host_bandwidth", test_shared_host_bandwidth},

@@ -15,13 +15,22 @@
 #     compute (host_read_gbs, host_gflops), and the links that `tutti topo
 #     --json` measures under the same mpirun; predicted: tensor parallelism
 #     over all ranks with the gathering join (what `bench` runs).
-# Every measurement and description is kept in $OUT, so predictions can be
-# recomputed offline with `tutti plan --cluster` when the cost model changes
-# (tools/... python at the end shows how). If the machine lacks build
+# Every measurement and description is kept ($OUT/results.tsv), so the
+# predictions can be recomputed offline with `tutti plan --cluster` when the
+# cost model changes: split the file into NAME.json files in a folder and run
+# the python part of this script on it. If the machine lacks build
 # dependencies, Debian packages extracted from .deps/*.deb are used.
 set -u
 OUT=${OUT:-/tmp}
+# Every measurement goes to $W (one file each) and, as one line "name<TAB>json",
+# to $OUT/results.tsv at once, so that a run cut short still brings back what
+# it measured in one file (the device tool returns few files).
+W=${WORK:-/tmp/cluster_bench}
+mkdir -p "$W"
 log() { echo "$@" | tee -a "$OUT/summary.txt"; }
+keep() { printf '%s\t%s\n' "$1" "$(tr -d '\n' < "$W/$1.json")" >> "$OUT/results.tsv"; }
+DEADLINE=${DEADLINE:-0} # seconds of this script after which the remaining runs are skipped (0: none)
+late() { [ "$DEADLINE" -gt 0 ] && [ "$SECONDS" -ge "$DEADLINE" ] && { log "skipped (deadline): $1"; return 0; }; return 1; }
 root=$PWD/.deps/root
 if ls .deps/*.deb >/dev/null 2>&1; then
     mkdir -p "$root"
@@ -41,20 +50,29 @@ if ! command -v mpicc >/dev/null || ! mpicc --showme:version >/dev/null 2>&1; th
     export OPAL_PREFIX=$root/usr
 fi
 command -v mpicc; mpirun --version 2>&1 | head -1; nproc; gcc --version | head -1
-make -j"$(nproc)" MPI=1 CUDA=0 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
-    build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+# TUTTI_BIN: a CPU-only tutti built elsewhere (it saves the build) if it runs here
+if [ -n "${TUTTI_BIN:-}" ] && "$TUTTI_BIN" --help > /dev/null 2>&1; then
+    mkdir -p build && cp "$TUTTI_BIN" build/tutti
+else
+    make -j"$(nproc)" MPI=1 CUDA=0 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
+        build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+fi
+log "tutti ready at $SECONDS s"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 M=${MODEL:-/tmp/llama3-8b-q4_k_m.gguf}
 LAYERS=${LAYERS:-32}
 [ -f "$M" ] || build/tutti gen --arch llama --n-embd 4096 --n-layer "$LAYERS" --n-head 32 --n-head-kv 8 \
     --n-ff 14336 --vocab 128256 --type q4_k_m -t "$(nproc)" -o "$M" || exit 1
+log "model ready at $SECONDS s"
 P=${PROMPT:-512}
 N=${GEN:-32}
 REPS=${REPS:-3}
 bench() { # name, then the command
     name=$1; shift
-    "$@" -m "$M" -p "$P" -n "$N" -r 1 --json 2>"$OUT/err_$name.txt" | tail -1 > "$OUT/$name.json"
-    log "$name: $(cat "$OUT/$name.json")"
+    late "$name" && return
+    "$@" -m "$M" -p "$P" -n "$N" -r 1 --json 2>"$W/err_$name.txt" | tail -1 > "$W/$name.json"
+    log "$name ($SECONDS s): $(cat "$W/$name.json") $(tail -c 300 "$W/err_$name.txt" | grep -i error)"
+    keep "$name"
 }
 # rank r of N on cores 4r..4r+3
 cat > /tmp/pin.sh <<'PIN'
@@ -64,7 +82,8 @@ exec taskset -c $((r * 4))-$((r * 4 + 3)) "$@"
 PIN
 chmod +x /tmp/pin.sh
 for t in 4 8 16; do # the machine as the planner measures it, then the benchmark
-    taskset -c 0-$((t - 1)) build/tutti plan -m "$M" -t $t --prompt "$P" --json > "$OUT/plan_r1t$t.json" 2>/dev/null
+    taskset -c 0-$((t - 1)) build/tutti plan -m "$M" -t $t --prompt "$P" --json > "$W/plan_r1t$t.json" 2>/dev/null
+    keep "plan_r1t$t"
     bench "r1t$t" taskset -c 0-$((t - 1)) build/tutti bench -t $t
 done
 for i in $(seq 2 "$REPS"); do # more rounds of the efficiency pair, alternating
@@ -75,13 +94,15 @@ for n in 2 4; do
     for net in shm tcp; do
         btl=""
         [ $net = tcp ] && btl="--mca btl self,tcp"
-        mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti topo -t 4 --json > "$OUT/topo_r${n}_$net.json" 2>/dev/null
+        late "topo_r${n}_$net" && continue
+        mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti topo -t 4 --json > "$W/topo_r${n}_$net.json" 2>/dev/null
+        keep "topo_r${n}_$net"
         bench "r${n}t4_$net" mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti bench -t 4
     done
 done
 # a pipeline of 2 stages (shared memory): predicted as such from the same description
 bench r2t4_pp_shm mpirun --bind-to none -np 2 /tmp/pin.sh build/tutti bench -t 4 --plan pp
-python3 - "$OUT" "$M" "$P" <<'PY' | tee -a "$OUT/summary.txt"
+python3 - "$W" "$M" "$P" <<'PY' | tee -a "$OUT/summary.txt"
 import json, os, subprocess, sys
 out, model, prompt = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(n):
@@ -97,7 +118,8 @@ def predict_multi(n, net, layout="tp"):
     r4, r16 = rank_fig(p4), rank_fig(p16)
     ranks = []
     for r in range(n):
-        d = {k: r4[k] for k in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib", "overhead_us")}
+        d = {k: r4[k] for k in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib", "overhead_us",
+                                "jitter") if k in r4}
         d.update(host="dev", host_read_gbs=r16["read_gbs"], host_gflops=r16["gflops"])
         ranks.append(d)
     links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01),

@@ -58,7 +58,7 @@ def predict(link):
     topo = load(f"topo_{link}.json")
     if not topo: return None
     ranks = [dict({k: r1[k] for k in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
-                                        "overhead_us")}, host=f"tt-ns{i + 1}") for i in range(2)]
+                                        "overhead_us", "jitter") if k in r1}, host=f"tt-ns{i + 1}") for i in range(2)]
     links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01), "bandwidth_gbs": l["bandwidth_gbs"]}
              for l in topo["links"]]
     path = os.path.join(out, f"cluster_{link}.json")

@@ -415,6 +415,50 @@ static double measure_matvec(struct tt_pool *pool)
     return best;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The spread of a rank's time between two joins: 64 runs of one decode-sized
+ * stretch of work (a matrix-vector product over 8 MiB of Q4_K, about a
+ * quarter of an 8B layer), as a relative standard deviation estimated from
+ * the 16th and 84th percentiles (robust to a single preemption). */
+static double measure_jitter(struct tt_pool *pool)
+{
+    const int64_t n = 4096;
+    const struct kcpu_ops *ops = kcpu_get();
+    const enum tt_type at = tt_type_get(TT_TYPE_Q4_K)->vec_dot_type;
+    struct gemm_job j = {ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, 0,
+                         1,   NULL, 1,    TT_TYPE_Q4_K};
+    j.rows = (8ll << 20) / (int64_t)j.w_row;
+    uint8_t *w = tt_alloc(j.w_row * (size_t)j.rows), *act = tt_alloc(j.act_row);
+    float *x = tt_alloc(sizeof(float) * n);
+    j.out = tt_alloc(sizeof(float) * (size_t)j.rows);
+    double t[64], jitter = 0.0;
+    if (w && act && x && j.out) {
+        for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 11) * 0.1f - 0.5f;
+        tt_type_get(TT_TYPE_Q4_K)->from_float(x, w, n);
+        for (int64_t r = 1; r < j.rows; r++) memcpy(w + r * j.w_row, w, j.w_row);
+        ops->quantize_act[at](x, act, n);
+        j.w = w;
+        j.act = act;
+        for (int k = -4; k < 64; k++) {
+            const double t0 = tt_now_s();
+            tt_pool_run(pool, gemm_run, &j);
+            if (k >= 0) t[k] = tt_now_s() - t0;
+        }
+        qsort(t, 64, sizeof(double), cmp_double);
+        jitter = (t[53] - t[10]) / 2.0 / t[32];
+    }
+    tt_free(j.out);
+    tt_free(x);
+    tt_free(act);
+    tt_free(w);
+    return jitter;
+}
+
 /* This machine as a one-rank cluster: measured read bandwidth and, as a
  * fraction of it, the bandwidth of a matrix-vector product; matrix-product
  * and attention speed; free memory from /proc/meminfo; a per-layer
@@ -450,6 +494,7 @@ static void this_machine(int threads, const struct plan_model *pm, struct plan_c
     r->gflops = model_gflops(pool, pm);
     const double job_s = measure_job(pool);
     const double matvec = measure_matvec(pool);
+    r->jitter = measure_jitter(pool);
     r->attn_gflops = measure_attention(pool, n_threads);
     tt_pool_destroy(pool);
     if (!(r->read_gbs > 0) || !(r->gflops > 0) || !(matvec > 0) || !(r->attn_gflops > 0))
@@ -766,6 +811,7 @@ static json_t *cluster_json(const struct plan_cluster *c)
                               "attn_gflops", h->attn_gflops, "mem_total_gib", h->mem_total_gib,
                               "mem_avail_gib", h->mem_avail_gib, "overhead_us", h->overhead_us);
         if (o && h->device[0]) json_object_set_new(o, "device", json_string(h->device));
+        if (o && h->jitter > 0) json_object_set_new(o, "jitter", json_real(h->jitter));
         if (o && h->host_read_gbs > 0)
             json_object_set_new(o, "host_read_gbs", json_real(h->host_read_gbs));
         if (o && h->host_gflops > 0)

@@ -434,6 +434,16 @@ static double rank_layer_s(const struct plan_model *pm, int il, const struct sha
     return fmax(bytes / sh->bw, flops / sh->flops) + attn / sh->attn + hw->overhead_us * 1e-6;
 }
 
+/* Expected largest of k independent standard normal values (k >= 1):
+ * tabulated to 8, then the asymptote sqrt(2 ln k) less its known bias. */
+static double normal_max(int k)
+{
+    static const double e[9] = {0, 0, 0.5642, 0.8463, 1.0294, 1.1630, 1.2672, 1.3522, 1.4236};
+    if (k <= 8) return e[k < 0 ? 0 : k];
+    const double l = sqrt(2.0 * log((double)k));
+    return l - (log(log((double)k)) + log(4.0 * M_PI)) / (2.0 * l);
+}
+
 /* The joins of one layer in a tensor-parallel group (engine_forward.c):
  * gather: attention outputs and embd rows, FFN hidden and embd rows (MoE:
  * the experts' outputs; shared expert: hidden and rows); sum: one
@@ -515,6 +525,18 @@ struct search {
     struct plan_result *res;
 };
 
+/* A group of k ranks meets at every join: each stretch of work between two
+ * joins lasts as long as its slowest member's. Members whose time spreads
+ * by `jitter` (relative standard deviation) stretch the group's time by the
+ * expected maximum of k such spreads. */
+static double straggle(const struct search *s, const struct plan_stage *g)
+{
+    const int k = g->rank_end - g->rank_begin;
+    double j = 0.0;
+    for (int i = g->rank_begin; i < g->rank_end; i++) j = fmax(j, s->c->ranks[s->ids[i]].jitter);
+    return 1.0 + j * normal_max(k);
+}
+
 /* The ranks of a group run at once: those on one host with a shared memory
  * bandwidth (host_read_gbs) or shared cores (host_gflops) split them in
  * proportion to their own figures. Stages of a pipeline take turns and do
@@ -588,6 +610,7 @@ static void layer_costs(struct search *s, const struct plan_candidate *cd,
         for (int i = g->rank_begin; i < g->rank_end; i++)
             budget[i] = layer_budget(s, cd, st, i);
         const double comm = layer_comm_s(&s->pm->hp, &s->net[st], cd->join, tw->n_tok);
+        const double stretch = straggle(s, g);
         for (int l = 0; l < L; l++) {
             double t = 0.0, f = 0.0, wb, kv;
             for (int i = g->rank_begin; i < g->rank_end; i++) {
@@ -596,7 +619,7 @@ static void layer_costs(struct search *s, const struct plan_candidate *cd,
                 rank_layer_mem(s->pm, l, &s->sh[i], s->w, &wb, &kv);
                 f = fmax(f, budget[i] > 0 ? (wb + kv) / budget[i] : 1e30);
             }
-            s->cost[(size_t)st * L + l] = t + comm;
+            s->cost[(size_t)st * L + l] = t * stretch + comm;
             s->mem[(size_t)st * L + l] = f;
         }
     }
@@ -777,7 +800,7 @@ static double chunk_s(struct search *s, struct plan_candidate *cd, double t, dou
             for (int i = g->rank_begin; i < g->rank_end; i++)
                 worst = fmax(worst, rank_layer_s(s->pm, l, &s->sh[i], &s->c->ranks[s->ids[i]], &tw,
                                                  s->emax[k]));
-            x += worst;
+            x += worst * straggle(s, g);
         }
         x += (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, t);
         if (st < cd->n_stages - 1) x += send_s(&s->hop[st], 4.0 * s->pm->hp.n_embd * t);

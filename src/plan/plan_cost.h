@@ -110,6 +110,7 @@ struct plan_hw_rank {
     double mem_avail_gib;       /* memory tutti may use, GiB */
     double mem_total_gib;       /* informative */
     double overhead_us;         /* fixed cost per layer and step (launches, syncs), >= 0 */
+    double jitter;              /* relative spread (std. dev.) of its time between two joins, >= 0 */
 };
 
 struct plan_link {

@@ -6,7 +6,7 @@
  * for it), and the placement it switches to must be balanced. Both ways of
  * moving are covered: new copies read from the file on a helper thread, and
  * copies sent over the communicator by the rank holding the expert, a share
- * per step.
+ * per step; and a forced rebalance while a move is in flight.
  */
 #include "test.h"
 
@@ -30,6 +30,8 @@ struct live_rank {
     int steps_moving;   /* decode steps that ran with a move in flight */
     int switches;       /* moves seen to finish */
     double imbalance;   /* largest layer imbalance at the end */
+    bool force;         /* force a rebalance while a move is in flight */
+    int forced;         /* 1: forced, 2: and no move was in flight after it */
     int err;
 };
 
@@ -62,6 +64,11 @@ static void lead(struct engine *e, struct live_rank *r)
         r->steps_moving += moving && was_moving; /* a whole step ran during the move */
         r->switches += was_moving && !moving;
         was_moving = moving;
+        if (r->force && moving && r->steps_moving >= 1 && !r->forced) {
+            r->err = engine_moe_rebalance(e); /* completes the move in flight, then its own */
+            r->forced = engine_moe_moving(e) ? 1 : 2;
+            was_moving = false;
+        }
         if (i + 1 < LIVE_STEPS) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
     }
     r->imbalance = max_imbalance(e);
@@ -86,14 +93,16 @@ static void *rank_main(void *p)
 }
 
 /* n ranks (1: no comm); rank 0's results in *out. */
-static int run_ranks(const struct model *m, int n, bool over_comm, int64_t move_bytes, struct live_rank *out)
+static int run_ranks(const struct model *m, int n, bool over_comm, int64_t move_bytes, bool force,
+                     struct live_rank *out)
 {
     struct comm *comms[LIVE_RANKS] = { NULL };
     struct live_rank ranks[LIVE_RANKS];
     pthread_t th[LIVE_RANKS];
     if (n > 1 && comm_local_group(comms, n)) return -1;
     for (int i = 0; i < n; i++) {
-        ranks[i] = (struct live_rank){ .m = m, .comm = comms[i], .over_comm = over_comm, .move_bytes = move_bytes };
+        ranks[i] = (struct live_rank){ .m = m, .comm = comms[i], .over_comm = over_comm, .move_bytes = move_bytes,
+                                       .force = force };
         pthread_create(&th[i], NULL, rank_main, &ranks[i]);
     }
     int err = 0;
@@ -120,7 +129,7 @@ static int make_model(char *path, struct model *m)
     return model_load(m, path);
 }
 
-static void check_live(bool over_comm, int64_t move_bytes)
+static void check_live(bool over_comm, int64_t move_bytes, bool force)
 {
     char path[] = "/tmp/tt_test_live_XXXXXX";
     struct model m;
@@ -129,8 +138,8 @@ static void check_live(bool over_comm, int64_t move_bytes)
         return;
     }
     struct live_rank one, four;
-    CHECK_EQ_INT(run_ranks(&m, 1, false, 0, &one), 0);
-    CHECK_EQ_INT(run_ranks(&m, LIVE_RANKS, over_comm, move_bytes, &four), 0);
+    CHECK_EQ_INT(run_ranks(&m, 1, false, 0, false, &one), 0);
+    CHECK_EQ_INT(run_ranks(&m, LIVE_RANKS, over_comm, move_bytes, force, &four), 0);
     int same = 0;
     while (same < LIVE_STEPS && four.tokens[same] == one.tokens[same]) same++;
     if (same < LIVE_STEPS || four.steps_moving < 1 || four.switches < 1 || four.imbalance > 1.3 ||
@@ -142,20 +151,25 @@ static void check_live(bool over_comm, int64_t move_bytes)
     CHECK(four.steps_moving >= 1);
     CHECK(four.switches >= 1);
     CHECK(four.imbalance <= 1.3);
+    if (force) CHECK_EQ_INT(four.forced, 2);
     model_free(&m);
     unlink(path);
 }
 
 /* Copies read from the file on a helper thread; switch when all ranks are done. */
-static void test_live_move_from_file(void) { check_live(false, 0); }
+static void test_live_move_from_file(void) { check_live(false, 0, false); }
 
 /* Copies sent by the ranks holding the experts, 256 KiB per step: a move
  * spans several steps (each expert is ~104 KiB). */
-static void test_live_move_over_comm(void) { check_live(true, 256 << 10); }
+static void test_live_move_over_comm(void) { check_live(true, 256 << 10, false); }
+
+/* A forced rebalance while a move is in flight completes that move first. */
+static void test_forced_during_move(void) { check_live(true, 64 << 10, true); }
 
 static const struct test_case tests[] = {
     { "live_move_from_file", test_live_move_from_file },
     { "live_move_over_comm", test_live_move_over_comm },
+    { "forced_rebalance_during_move", test_forced_during_move },
 };
 
 TEST_MAIN(tests)

@@ -195,8 +195,9 @@ void moe_record(struct engine *e, int il, int64_t n_tok);
 void moe_deal_layer(struct engine *e, int il, int64_t n_tok);
 /* All ranks: choose new placements from the statistics and start moving
  * the new copies in; `background`: decoding goes on and the switch comes at
- * a later step boundary (moe_move_progress), else the move completes now.
- * Ignored while a move is in progress. */
+ * a later step boundary (moe_move_progress), else the move completes now
+ * (after the one in flight, if any). A background rebalance is ignored while
+ * a move is in flight. */
 int moe_rebalance(struct engine *e, bool background);
 /* All ranks, at each step boundary: advance a move in progress; switch to
  * the new placement when every rank has its copies. */

@@ -387,6 +387,23 @@ static int move_transfer(struct engine *e, int64_t budget)
     return 0;
 }
 
+/* Complete the move in flight now (every rank at the same step boundary):
+ * wait for the helper, or move the remaining jobs; then switch. */
+static void move_finish(struct engine *e)
+{
+    struct moe_move *m = e->moe_move;
+    int err = 0;
+    if (m->threaded) {
+        pthread_join(m->thread, NULL);
+        m->threaded = false;
+        err = m->err;
+    } else if (e->moe_from_ranks) {
+        err = move_transfer(e, -1);
+    }
+    TT_ASSERT(err == 0 && "expert copies could not be read or received");
+    move_switch(e);
+}
+
 void moe_move_progress(struct engine *e)
 {
     struct moe_move *m = e->moe_move;
@@ -401,11 +418,7 @@ void moe_move_progress(struct engine *e)
     float done = (float)atomic_load_explicit(&m->done, memory_order_acquire);
     int err = comm_allreduce_sum(e->comm, &done, 1, COMM_WIRE_F32);
     TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone");
-    if (done < (float)e->tp_size) return;
-    pthread_join(m->thread, NULL);
-    m->threaded = false;
-    TT_ASSERT(m->err == 0 && "the model file can no longer be read");
-    move_switch(e);
+    if (done == (float)e->tp_size) move_finish(e);
 }
 
 bool moe_moving(const struct engine *e) { return e->moe_move != NULL; }
@@ -413,7 +426,11 @@ bool moe_moving(const struct engine *e) { return e->moe_move != NULL; }
 int moe_rebalance(struct engine *e, bool background)
 {
     const struct model_hparams *hp = &e->m->hp;
-    if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline || e->moe_move) return 0;
+    if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline) return 0;
+    if (e->moe_move) {
+        if (background) return 0;
+        move_finish(e); /* a forced rebalance completes the move in flight first */
+    }
     struct moe_move *m;
     int err = move_alloc(e, &m);
     e->moe_move = m;
@@ -428,6 +445,10 @@ int moe_rebalance(struct engine *e, bool background)
             plan_jobs(e, m, il, &m->next[il]);
             n_layers++;
         }
+    if (n_layers == 0) { /* nothing worth moving */
+        move_free(e);
+        return 0;
+    }
     tt_debug("rank %d: expert move of %d layers, %d copies (%s)", e->rank, n_layers, m->n_jobs,
              e->moe_from_ranks ? "over the communicator" : "from the file");
     if (!e->moe_from_ranks && background && pthread_create(&m->thread, NULL, move_thread, e) == 0) {
@@ -435,9 +456,11 @@ int moe_rebalance(struct engine *e, bool background)
         return 0;
     }
     if (e->moe_from_ranks && background) return 0; /* moe_move_progress moves a share per step */
-    err = e->moe_from_ranks ? move_transfer(e, -1) : read_jobs(e, m);
-    TT_ASSERT(err == 0 && "expert copies could not be read or received");
-    move_switch(e);
+    if (!e->moe_from_ranks) {
+        err = read_jobs(e, m);
+        TT_ASSERT(err == 0 && "the model file can no longer be read");
+    }
+    move_finish(e);
     return 0;
 }
 

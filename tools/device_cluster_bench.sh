@@ -86,10 +86,6 @@ for t in 4 8 16; do # the machine as the planner measures it, then the benchmark
     keep "plan_r1t$t"
     bench "r1t$t" taskset -c 0-$((t - 1)) build/tutti bench -t $t
 done
-for i in $(seq 2 "$REPS"); do # more rounds of the efficiency pair, alternating
-    bench "r1t8_$i" taskset -c 0-7 build/tutti bench -t 8
-    bench "r2t4_shm_$i" mpirun --bind-to none -np 2 /tmp/pin.sh build/tutti bench -t 4
-done
 for n in 2 4; do
     for net in shm tcp; do
         btl=""
@@ -99,6 +95,10 @@ for n in 2 4; do
         keep "topo_r${n}_$net"
         bench "r${n}t4_$net" mpirun --bind-to none $btl -np $n /tmp/pin.sh build/tutti bench -t 4
     done
+done
+for i in $(seq 2 "$REPS"); do # more rounds of the efficiency pair, alternating
+    bench "r1t8_$i" taskset -c 0-7 build/tutti bench -t 8
+    bench "r2t4_shm_$i" mpirun --bind-to none -np 2 /tmp/pin.sh build/tutti bench -t 4
 done
 # a pipeline of 2 stages (shared memory): predicted as such from the same description
 bench r2t4_pp_shm mpirun --bind-to none -np 2 /tmp/pin.sh build/tutti bench -t 4 --plan pp

@@ -13,8 +13,7 @@
  * Rebalancing (a REBALANCE step from rank 0, at a step boundary): every rank
  * holds the same statistics (routing is computed everywhere), so every rank
  * computes the same next placement and the same list of copy jobs (layer,
- * expert, source rank, destination rank) without exchanging them. A layer
- * moves only if every rank has free physical slots for its new copies.
+ * expert, source rank, destination rank) without exchanging them.
  * While the move is in progress decoding goes on with the old placement:
  *  - every rank has the model file: a helper thread on each rank reads its
  *    new copies from the file into free slots; at each step boundary the
@@ -180,7 +179,8 @@ void moe_record(struct engine *e, int il, int64_t n_tok)
 
 void moe_deal_layer(struct engine *e, int il, int64_t n_tok)
 {
-    moe_deal(&e->moe_dealer, &e->moe_place[il], e->sel, n_tok * e->m->hp.n_expert_used, e->moe_pair_rank);
+    moe_deal(&e->moe_dealer, &e->moe_place[il], e->sel, n_tok * e->m->hp.n_expert_used,
+             e->moe_pair_rank);
     int64_t max = 0, sum = 0;
     for (int r = 0; r < e->tp_size; r++) {
         max = TT_MAX(max, e->moe_dealer.rank_cost[r]);
@@ -222,8 +222,9 @@ bool moe_rebalance_wanted(const struct engine *e)
         double sum = 0.0;
         for (int il = 0; il < hp->n_layer; il++)
             sum += moe_imbalance(&e->moe_place[il], moe_stats_layer(&e->moe_stats, il));
-        tt_debug("rank %d: step %llu: imbalance max %.3f mean %.3f%s", e->rank, (unsigned long long)e->moe_stats.steps,
-                 moe_max_imbalance(e), sum / hp->n_layer, e->moe_move ? " (moving)" : "");
+        tt_debug("rank %d: step %llu: imbalance max %.3f mean %.3f%s", e->rank,
+                 (unsigned long long)e->moe_stats.steps, moe_max_imbalance(e), sum / hp->n_layer,
+                 e->moe_move ? " (moving)" : "");
     }
     if (e->moe_move) return false;
     struct moe_placement next;
@@ -232,27 +233,6 @@ bool moe_rebalance_wanted(const struct engine *e)
     for (int il = 0; il < hp->n_layer && !want; il++) want = propose_layer(e, il, &next);
     moe_placement_free(&next);
     return want;
-}
-
-/* Does moving layer il from its placement to `next` fit: every rank has a
- * free physical slot for each of its new copies (the old copies stay in use
- * until the switch)? The same answer on every rank. */
-static bool move_fits(const struct engine *e, int il, const struct moe_placement *next)
-{
-    const struct moe_placement *now = &e->moe_place[il];
-    for (int r = 0; r < e->tp_size; r++) {
-        int in_use = 0, incoming = 0;
-        for (int x = 0; x < now->n_expert; x++) {
-            const bool held = moe_copy_index(now, x, r) >= 0;
-            in_use += held;
-            incoming += !held && moe_copy_index(next, x, r) >= 0;
-        }
-        if (in_use + incoming > e->moe_phys_slots) {
-            tt_debug("layer %d: rank %d would need %d slots of %d", il, r, in_use + incoming, e->moe_phys_slots);
-            return false;
-        }
-    }
-    return true;
 }
 
 /* A free physical slot of layer il on this rank, reserved (-2). */
@@ -264,13 +244,14 @@ static int reserve_slot(struct engine *e, int il)
             slot_x[s] = -2;
             return s;
         }
-    TT_ASSERT(!"no free expert slot: move_fits was violated");
+    TT_ASSERT(!"no free expert slot (there are twice the placement's slots)");
     return -1;
 }
 
 /* The copy jobs of layer il's move to `next`, appended to m->jobs; slots on
  * this rank reserved for the copies it receives. */
-static void plan_jobs(struct engine *e, struct moe_move *m, int il, const struct moe_placement *next)
+static void plan_jobs(struct engine *e, struct moe_move *m, int il,
+                      const struct moe_placement *next)
 {
     const struct moe_placement *now = &e->moe_place[il];
     for (int r = 0; r < e->tp_size; r++)
@@ -287,7 +268,8 @@ static int read_jobs(struct engine *e, const struct moe_move *m)
 {
     int err = 0;
     for (int i = 0; i < m->n_jobs && !err; i++)
-        if (m->jobs[i].dst == e->tp_rank) err = read_slot(e, m->jobs[i].il, m->jobs[i].slot, m->jobs[i].x);
+        if (m->jobs[i].dst == e->tp_rank)
+            err = read_slot(e, m->jobs[i].il, m->jobs[i].slot, m->jobs[i].x);
     return err;
 }
 
@@ -326,7 +308,8 @@ static int move_alloc(struct engine *e, struct moe_move **out)
     m->next = calloc((size_t)hp->n_layer, sizeof(*m->next));
     m->moving = calloc((size_t)hp->n_layer, sizeof(bool));
     m->jobs = malloc(sizeof(*m->jobs) * (size_t)hp->n_layer * e->tp_size * e->moe_phys_slots);
-    if (!m->next || !m->moving || !m->jobs) return tt_error_set(TT_ENOMEM, "out of memory for an expert move");
+    if (!m->next || !m->moving || !m->jobs)
+        return tt_error_set(TT_ENOMEM, "out of memory for an expert move");
     int err = 0;
     for (int il = 0; il < hp->n_layer && !err; il++)
         err = moe_placement_init(&m->next[il], hp->n_expert, e->tp_size, e->moe_slots);
@@ -342,7 +325,8 @@ static void move_switch(struct engine *e)
     int moved = 0;
     for (int il = 0; il < e->m->hp.n_layer; il++) {
         if (!m->moving[il]) continue;
-        int32_t *slot_of = e->moe_slot_of + (size_t)il * X, *slot_x = e->moe_slot_expert + (size_t)il * S;
+        int32_t *slot_of = e->moe_slot_of + (size_t)il * X;
+        int32_t *slot_x = e->moe_slot_expert + (size_t)il * S;
         for (int s = 0; s < S; s++)
             if (slot_x[s] >= 0 && moe_copy_index(&m->next[il], slot_x[s], e->tp_rank) < 0) {
                 slot_of[slot_x[s]] = -1;
@@ -355,7 +339,8 @@ static void move_switch(struct engine *e)
             assign_slot(e, m->jobs[i].il, m->jobs[i].slot, m->jobs[i].x);
             moved++;
         }
-    tt_debug("rank %d: expert move switched after %llu steps: %d copies received here, max imbalance now %.3f",
+    tt_debug("rank %d: expert move switched after %llu steps: %d copies received here, "
+             "max imbalance now %.3f",
              e->rank, (unsigned long long)m->steps, moved, moe_max_imbalance(e));
     move_free(e);
 }
@@ -376,9 +361,11 @@ static int move_transfer(struct engine *e, int64_t budget)
             if (j->src == e->tp_rank) {
                 const int s = e->moe_slot_of[(size_t)j->il * e->m->hp.n_expert + j->x];
                 TT_ASSERT(s >= 0);
-                err = comm_send(e->comm, (uint8_t *)w[i]->data + (size_t)s * bytes, bytes, j->dst, MOE_MOVE_TAG);
+                err = comm_send(e->comm, (uint8_t *)w[i]->data + (size_t)s * bytes, bytes, j->dst,
+                                MOE_MOVE_TAG);
             } else if (j->dst == e->tp_rank) {
-                err = comm_recv(e->comm, (uint8_t *)w[i]->data + (size_t)j->slot * bytes, bytes, j->src, MOE_MOVE_TAG);
+                err = comm_recv(e->comm, (uint8_t *)w[i]->data + (size_t)j->slot * bytes, bytes,
+                                j->src, MOE_MOVE_TAG);
             }
             if (err) return err;
             sent += (int64_t)bytes;
@@ -440,7 +427,7 @@ int moe_rebalance(struct engine *e, bool background)
     }
     int n_layers = 0;
     for (int il = 0; il < hp->n_layer; il++)
-        if (propose_layer(e, il, &m->next[il]) && move_fits(e, il, &m->next[il])) {
+        if (propose_layer(e, il, &m->next[il])) {
             m->moving[il] = true;
             plan_jobs(e, m, il, &m->next[il]);
             n_layers++;

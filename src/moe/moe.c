@@ -10,10 +10,11 @@
  *     (1 + MOE_KEEP_SLACK) of the mean (so a rebalance moves few experts),
  *     else put on the least loaded rank that has a free slot and no copy of
  *     that expert (ties: lower rank). Loaded copies come first, so the cold
- *     experts that stay cannot take the slots the hot copies need. A second candidate packs from scratch (second pass only)
- *     and renames ranks to keep the most copies in place; of the two, the
- *     one moving fewer copies is taken unless its imbalance exceeds the
- *     other's by more than the fraction MOE_KEEP_TOLERANCE;
+ *     experts that stay cannot take the slots the hot copies need. A second
+ *     candidate packs from scratch (least loaded rank only) and renames
+ *     ranks to keep the most copies in place; of the two, the one moving
+ *     fewer copies is taken unless its imbalance exceeds the other's by
+ *     more than the fraction MOE_KEEP_TOLERANCE;
  *  3. the old placement stays when the new one is not better.
  * Invariants: 1 <= n_copies[x] <= R; copies of x are distinct ranks; no rank
  * holds more than S experts; every expert is held somewhere.
@@ -145,7 +146,8 @@ static int cmp_share_desc(const void *a, const void *b)
  * rank), among those that held x before (`old`) when `only_old`; with
  * `cap` >= 0, only ranks whose load stays within it. -1 when none. */
 static int pack_rank(const struct moe_placement *p, const struct moe_placement *old, int x,
-                     const double *rank_load, const int *used, bool only_old, double share, double cap)
+                     const double *rank_load, const int *used, bool only_old, double share,
+                     double cap)
 {
     int best = -1;
     for (int r = 0; r < p->n_ranks; r++) {
@@ -182,7 +184,8 @@ static void pack(struct moe_placement *p, const struct moe_placement *old, const
         const int x = items[i].expert;
         int best = -1;
         if (keep_slack >= 0) /* stay on a rank that held x while it is within the cap */
-            best = pack_rank(p, old, x, rank_load, used, true, items[i].share, (1.0 + keep_slack) * total / R);
+            best = pack_rank(p, old, x, rank_load, used, true, items[i].share,
+                             (1.0 + keep_slack) * total / R);
         if (best < 0) best = pack_rank(p, old, x, rank_load, used, false, 0.0, -1.0);
         if (best < 0) { /* only ranks holding x have room: keep fewer copies */
             TT_ASSERT(p->n_copies[x] > 0);
@@ -291,7 +294,8 @@ int moe_dealer_init(struct moe_dealer *d, int n_expert, int n_ranks)
 {
     memset(d, 0, sizeof(*d));
     if (n_expert < 1 || n_ranks < 1 || n_ranks > MOE_RANKS_MAX)
-        return tt_error_set(TT_EINVAL, "expert dealing: bad sizes (%d experts, %d ranks)", n_expert, n_ranks);
+        return tt_error_set(TT_EINVAL, "expert dealing: bad sizes (%d experts, %d ranks)", n_expert,
+                            n_ranks);
     d->n_expert = n_expert;
     d->n_ranks = n_ranks;
     d->count = calloc((size_t)n_expert, sizeof(int32_t));

@@ -13,6 +13,7 @@
 #include "../moe/moe.h"
 
 #define ENGINE_MATMULS_MAX 4 /* products fused into one parallel job */
+#define ENGINE_MOE_TASKS_MAX 64 /* expert products in one job (they share act buffers) */
 #define ENGINE_HIST_MAX SAMPLER_HISTORY_MAX /* repetition-penalty window in a step */
 #define ENGINE_CAND_SLOTS (ENGINE_CAND_MAX + ENGINE_HIST_MAX) /* candidates per rank */
 
@@ -244,7 +245,7 @@ void ops_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps)
 /* Convert n_tok rows of x (length n_in, stride ld) to `type`, in parallel. */
 void ops_convert(struct engine *e, const float *x, int64_t ld, int64_t n_tok, int64_t n_in,
                  enum tt_type type, uint8_t *dst, size_t dst_row_bytes);
-/* Run up to ENGINE_MATMULS_MAX products in one parallel job. */
+/* Run up to ENGINE_MOE_TASKS_MAX products in one parallel job. */
 void ops_matmul(struct engine *e, const struct matmul_task *tasks, int n_tasks);
 /* y[t] = W . x[t] for t < n_tok (converts x itself). */
 void ops_linear(struct engine *e, const struct engine_weight *w, int64_t expert, const float *x,

@@ -77,7 +77,7 @@ static void matmul_run(void *p, int ith, int nth)
 
 void ops_matmul(struct engine *e, const struct matmul_task *tasks, int n_tasks)
 {
-    TT_ASSERT(n_tasks > 0 && n_tasks <= ENGINE_MATMULS_MAX);
+    TT_ASSERT(n_tasks > 0 && n_tasks <= ENGINE_MOE_TASKS_MAX);
     struct matmul_job j = { e->ops, tasks, n_tasks };
     tt_pool_run(e->pool, matmul_run, &j);
 }

@@ -136,9 +136,9 @@ int engine_moe_loads(const struct engine *e, int layer, uint64_t *loads /* [n_ex
 /* Rank 0: re-place experts now (all ranks, at this step boundary; the copies
  * are moved before it returns). */
 int engine_moe_rebalance(struct engine *e);
-int engine_rank(const struct engine *e);
 /* Is an expert move (from live balancing) in progress on this rank? */
 bool engine_moe_moving(const struct engine *e);
+int engine_rank(const struct engine *e);
 int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);
 int engine_n_ctx(const struct engine *e);

@@ -9,11 +9,16 @@
 # --moe-threshold 1.05 --moe-replicas 4), ROUNDS times. For each run: decode
 # tok/s, the imbalance every 8 steps (max and mean over layers, rank 0's debug
 # log), the moves and the per-step work ratio of the most loaded rank
-# (moe_deal's cost). Everything also goes to $OUT.
+# (moe_deal's cost). Everything also goes to $OUT. MODES picks the runs of a
+# round (default "static balanced"); also: "calm" (balancing at threshold 1.3:
+# the first big move, few later ones, to tell the moves' cost from the
+# placement's gain) and "static_sum" / "balanced_sum" (--tp-join sum: two
+# all-reduces per layer instead of five all-gathers, fewer synchronizations).
 set -u
 OUT=${OUT:-/tmp}
 LAYERS=${LAYERS:-48}
 ROUNDS=${ROUNDS:-2}
+MODES=${MODES:-static balanced}
 GEN=${GEN:-128}
 exec > >(tee "$OUT/summary.txt") 2>&1
 root=$PWD/.deps/root
@@ -44,9 +49,15 @@ exec taskset -c $((r * 4))-$((r * 4 + 3)) "$@"
 PIN
 chmod +x /tmp/pin.sh
 for round in $(seq "$ROUNDS"); do
-    for mode in static balanced; do
-        extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4"
-        [ $mode = static ] && extra="--moe-every 8 --moe-threshold 1000"
+    for mode in $MODES; do
+        case $mode in
+        static) extra="--moe-every 8 --moe-threshold 1000" ;;
+        balanced) extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4" ;;
+        calm) extra="--moe-every 8 --moe-threshold 1.3 --moe-replicas 4" ;;
+        static_sum) extra="--moe-every 8 --moe-threshold 1000 --tp-join sum" ;;
+        balanced_sum) extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4 --tp-join sum" ;;
+        *) echo "unknown mode $mode"; exit 1 ;;
+        esac
         f=$OUT/moe_${mode}_$round
         TT_LOG_LEVEL=3 timeout 120 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh build/tutti bench \
             -m "$M" -p 64 -n "$GEN" -r 1 -t 4 $extra > "$f.txt" 2> "$f.log"

@@ -48,6 +48,7 @@ struct cli_model_opts {
     const char *split;     /* --split: even (default), auto, or per-rank weights */
     struct plan *plan;     /* built by cli_load_model for several ranks */
     bool gpu_layers_set;   /* --gpu-layers given (else: auto) */
+    bool tp_join_set;      /* --tp-join given (else: gather, or sum when every rank has a GPU) */
     bool weights_from_0;   /* --weights-from 0: ranks without the file get theirs from rank 0 */
     const char *plan_mode; /* --plan: tp (default), pp, hybrid[:S] or auto */
     const char *cluster_path; /* --cluster: --plan auto plans for this description, not a measurement */

@@ -111,7 +111,9 @@ const char cli_model_opts_help[] =
     "      --cluster FILE   with --plan auto: plan for this cluster description (JSON, as\n"
     "                       `tutti topo --json` prints) instead of measuring the cluster\n"
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
-    "                       or sum (2 all-reduces per layer, rounding-level differences)\n"
+    "                       or sum (2 all-reduces per layer, rounding-level differences; the\n"
+    "                       default for dense models when every rank has a GPU, since GPU\n"
+    "                       ranks join by sum)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
     "      --weights-from 0 ranks without the model file receive their slices from rank 0\n"
     "                       (checksummed), so only rank 0 needs the file\n"
@@ -152,6 +154,7 @@ bool cli_model_opt(int argc, char **argv, int *i, struct cli_model_opts *o)
         o->engine.moe_threshold = cli_parse_float(a, cli_value(argc, argv, i), 1.0, 1000.0);
     else if (!strcmp(a, "--tp-join")) {
         const char *v = cli_value(argc, argv, i);
+        o->tp_join_set = true;
         if (!strcmp(v, "gather")) o->engine.join = PLAN_JOIN_GATHER;
         else if (!strcmp(v, "sum")) o->engine.join = PLAN_JOIN_SUM;
         else cli_die(0, "--tp-join must be gather or sum, got '%s'", v);
@@ -353,6 +356,26 @@ static struct plan *plan_hybrid(const struct cli_model_opts *o, const struct mod
     return p;
 }
 
+/* GPU ranks join by sum (engine_cuda.c): when every rank has a GPU, the GPUs
+ * are not disabled and --tp-join was not given, a dense model gets that join
+ * instead of the CPU's exact gather. Collective. */
+static void join_for_gpus(struct cli_model_opts *o, const struct model *m)
+{
+    const int n = comm_size(the_comm);
+    if (o->tp_join_set || o->engine.n_gpu_layers == 0 || m->hp.n_expert > 0) return;
+    int32_t mine = engine_gpu_count(), *all = malloc(sizeof(int32_t) * (size_t)n);
+    if (!all) cli_die(TT_ENOMEM, "planning");
+    int err = comm_allgather(the_comm, &mine, sizeof(mine), all);
+    if (err) cli_die(err, "exchanging GPU counts");
+    bool every = true;
+    for (int r = 0; r < n; r++) every = every && all[r] > 0;
+    free(all);
+    if (!every) return;
+    o->engine.join = PLAN_JOIN_SUM;
+    if (comm_rank(the_comm) == 0)
+        tt_info("every rank has a GPU: tensor-parallel joins by sum (--tp-join gather keeps the exact CPU join)");
+}
+
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
 {
     if (comm_size(the_comm) > 1) load_cluster_model(o, m);
@@ -361,6 +384,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     if (!o->gpu_layers_set) o->engine.n_gpu_layers = -1;
     const int n = comm_size(the_comm);
     if (n == 1) return;
+    join_for_gpus(o, m);
     double *w = malloc(sizeof(double) * (size_t)n);
     bool is_auto = false;
     if (!w) cli_die(TT_ENOMEM, "planning");

@@ -143,6 +143,8 @@ int engine_n_ranks(const struct engine *e);
 int engine_n_past(const struct engine *e);
 int engine_n_ctx(const struct engine *e);
 int engine_n_threads(const struct engine *e);
+/* CUDA GPUs this process can use (0 in a build without CUDA). */
+int engine_gpu_count(void);
 /* Layers this rank runs on a GPU (0: CPU only). */
 int engine_n_gpu_layers(const struct engine *e);
 /* Forget positions >= n_past (0 clears the sequence). */

@@ -901,6 +901,8 @@ static int ranks_finish(struct cuda_accel *c, struct engine *e, int err)
     return err;
 }
 
+int engine_gpu_count(void) { return TT_MAX(kcuda_device_count(), 0); }
+
 int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out)
 {
     memset(out, 0, sizeof(*out));

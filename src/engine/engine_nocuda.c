@@ -5,6 +5,8 @@
  */
 #include "engine_internal.h"
 
+int engine_gpu_count(void) { return 0; }
+
 int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out)
 {
     (void)e;

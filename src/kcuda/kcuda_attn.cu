@@ -235,6 +235,35 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
     }
 }
 
+/* One tile of the online softmax: warp w takes heads w, w + warps, ...; the
+ * n scores of head r in sc[r] become exp(score - running max), and the head's
+ * running max m, sum l and the factor c that rescales what was accumulated
+ * before this tile are updated. */
+template <int W>
+__device__ __forceinline__ void att_online_softmax(float (*sc)[W], int G, int n, int warp, int lane,
+                                                   float *m_sh, float *l_sh, float *c_sh)
+{
+    for (int r = warp; r < G; r += ATT_THREADS / 32) {
+        float mx = -INFINITY;
+        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, sc[r][j]);
+        mx = kc_warp_max(mx);
+        const float m_new = fmaxf(m_sh[r], mx);
+        float sum = 0.0f;
+        for (int j = lane; j < n; j += 32) {
+            const float p = expf(sc[r][j] - m_new);
+            sc[r][j] = p;
+            sum += p;
+        }
+        sum = kc_warp_sum(sum);
+        if (lane == 0) {
+            const float corr = expf(m_sh[r] - m_new);
+            c_sh[r] = corr;
+            l_sh[r] = l_sh[r] * corr + sum;
+            m_sh[r] = m_new;
+        }
+    }
+}
+
 /* Block (part s, KV head g, token t): the G query heads sharing KV head g,
  * over part s of the keys 0..pos[t] in tiles of ATT_THREADS keys: thread j
  * scores key j against every query head; each warp turns a head's scores
@@ -278,25 +307,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
                 if (r < G) sc[r][tid] = d[r] * a.scale;
         }
         __syncthreads();
-        for (int r = warp; r < G; r += ATT_THREADS / 32) { /* online softmax of head r */
-            float mx = -INFINITY;
-            for (int j = lane; j < nt; j += 32) mx = fmaxf(mx, sc[r][j]);
-            mx = kc_warp_max(mx);
-            const float m_new = fmaxf(m_sh[r], mx);
-            float sum = 0.0f;
-            for (int j = lane; j < nt; j += 32) {
-                const float p = expf(sc[r][j] - m_new);
-                sc[r][j] = p;
-                sum += p;
-            }
-            sum = kc_warp_sum(sum);
-            if (lane == 0) {
-                const float corr = expf(m_sh[r] - m_new);
-                c_sh[r] = corr;
-                l_sh[r] = l_sh[r] * corr + sum;
-                m_sh[r] = m_new;
-            }
-        }
+        att_online_softmax<ATT_TILE>(sc, G, nt, warp, lane, m_sh, l_sh, c_sh);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < ATT_GROUP_MAX; r++) {
@@ -492,25 +503,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
             }
         }
         __syncthreads();
-        for (int r = warp; r < G; r += ATT_THREADS / 32) { /* online softmax of head r */
-            float mx = -INFINITY;
-            for (int j = lane; j < TILE; j += 32) mx = fmaxf(mx, sc[r][j]);
-            mx = kc_warp_max(mx);
-            const float m_new = fmaxf(m_sh[r], mx);
-            float sum = 0.0f;
-            for (int j = lane; j < TILE; j += 32) {
-                const float p = expf(sc[r][j] - m_new);
-                sc[r][j] = p;
-                sum += p;
-            }
-            sum = kc_warp_sum(sum);
-            if (lane == 0) {
-                const float corr = expf(m_sh[r] - m_new);
-                c_sh[r] = corr;
-                l_sh[r] = l_sh[r] * corr + sum;
-                m_sh[r] = m_new;
-            }
-        }
+        att_online_softmax<TILE>(sc, G, TILE, warp, lane, m_sh, l_sh, c_sh);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < G; r++)

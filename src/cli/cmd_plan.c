@@ -387,39 +387,66 @@ static double measure_attention(struct tt_pool *pool, int n_threads)
     return gflops;
 }
 
-/* GB/s of weights a matrix-vector product (one token, Q4_K, 512 MiB, more
- * than any cache) reads: what decode reaches, against the plain read. */
-static double measure_matvec(struct tt_pool *pool)
+/* A one-token Q4_K matrix-vector product over about `bytes` of weights (one
+ * row repeated), ready to be timed. */
+struct q4k_product {
+    struct gemm_job j;
+    uint8_t *w, *act;
+    float *x;
+};
+
+static void q4k_product_free(struct q4k_product *p)
+{
+    tt_free(p->j.out);
+    tt_free(p->x);
+    tt_free(p->act);
+    tt_free(p->w);
+}
+
+static bool q4k_product_init(struct q4k_product *p, int64_t bytes)
 {
     const int64_t n = 4096;
     const struct kcpu_ops *ops = kcpu_get();
     const enum tt_type at = tt_type_get(TT_TYPE_Q4_K)->vec_dot_type;
-    struct gemm_job j = {ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, 0,
-                         1,   NULL, 1,    TT_TYPE_Q4_K};
-    j.rows = (512ll << 20) / (int64_t)j.w_row;
-    uint8_t *w = tt_alloc(j.w_row * (size_t)j.rows), *act = tt_alloc(j.act_row);
-    float *x = tt_alloc(sizeof(float) * n);
-    j.out = tt_alloc(sizeof(float) * (size_t)j.rows);
-    double best = 0.0;
-    if (w && act && x && j.out) {
-        for (int64_t i = 0; i < n; i++)
-            x[i] = (float)(i % 13) * 0.1f - 0.6f;
-        tt_type_get(TT_TYPE_Q4_K)->from_float(x, w, n);
-        for (int64_t r = 1; r < j.rows; r++)
-            memcpy(w + r * j.w_row, w, j.w_row);
-        ops->quantize_act[at](x, act, n);
-        j.w = w;
-        j.act = act;
-        for (int k = 0; k < 4; k++) {
-            const double t0 = tt_now_s();
-            tt_pool_run(pool, gemm_run, &j);
-            best = fmax(best, (double)(j.w_row * (size_t)j.rows) / (tt_now_s() - t0) / 1e9);
-        }
+    memset(p, 0, sizeof(*p));
+    p->j = (struct gemm_job){ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, 0,
+                             1,   NULL, 1,    TT_TYPE_Q4_K};
+    p->j.rows = bytes / (int64_t)p->j.w_row;
+    p->w = tt_alloc(p->j.w_row * (size_t)p->j.rows);
+    p->act = tt_alloc(p->j.act_row);
+    p->x = tt_alloc(sizeof(float) * n);
+    p->j.out = tt_alloc(sizeof(float) * (size_t)p->j.rows);
+    if (!p->w || !p->act || !p->x || !p->j.out) {
+        q4k_product_free(p);
+        return false;
     }
-    tt_free(j.out);
-    tt_free(x);
-    tt_free(act);
-    tt_free(w);
+    for (int64_t i = 0; i < n; i++) p->x[i] = (float)(i % 13) * 0.1f - 0.6f;
+    tt_type_get(TT_TYPE_Q4_K)->from_float(p->x, p->w, n);
+    for (int64_t r = 1; r < p->j.rows; r++) memcpy(p->w + r * p->j.w_row, p->w, p->j.w_row);
+    ops->quantize_act[at](p->x, p->act, n);
+    p->j.w = p->w;
+    p->j.act = p->act;
+    return true;
+}
+
+/* Seconds one run of the product takes. */
+static double q4k_product_time(struct q4k_product *p, struct tt_pool *pool)
+{
+    const double t0 = tt_now_s();
+    tt_pool_run(pool, gemm_run, &p->j);
+    return tt_now_s() - t0;
+}
+
+/* GB/s of weights a matrix-vector product (one token, Q4_K, 512 MiB, more
+ * than any cache) reads: what decode reaches, against the plain read. */
+static double measure_matvec(struct tt_pool *pool)
+{
+    struct q4k_product p;
+    double best = 0.0;
+    if (!q4k_product_init(&p, 512ll << 20)) return 0.0;
+    for (int k = 0; k < 4; k++)
+        best = fmax(best, (double)(p.j.w_row * (size_t)p.j.rows) / q4k_product_time(&p, pool) / 1e9);
+    q4k_product_free(&p);
     return best;
 }
 
@@ -435,36 +462,16 @@ static int cmp_double(const void *a, const void *b)
  * the 16th and 84th percentiles (robust to a single preemption). */
 static double measure_jitter(struct tt_pool *pool)
 {
-    const int64_t n = 4096;
-    const struct kcpu_ops *ops = kcpu_get();
-    const enum tt_type at = tt_type_get(TT_TYPE_Q4_K)->vec_dot_type;
-    struct gemm_job j = {ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, 0,
-                         1,   NULL, 1,    TT_TYPE_Q4_K};
-    j.rows = (8ll << 20) / (int64_t)j.w_row;
-    uint8_t *w = tt_alloc(j.w_row * (size_t)j.rows), *act = tt_alloc(j.act_row);
-    float *x = tt_alloc(sizeof(float) * n);
-    j.out = tt_alloc(sizeof(float) * (size_t)j.rows);
-    double t[64], jitter = 0.0;
-    if (w && act && x && j.out) {
-        for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 11) * 0.1f - 0.5f;
-        tt_type_get(TT_TYPE_Q4_K)->from_float(x, w, n);
-        for (int64_t r = 1; r < j.rows; r++) memcpy(w + r * j.w_row, w, j.w_row);
-        ops->quantize_act[at](x, act, n);
-        j.w = w;
-        j.act = act;
-        for (int k = -4; k < 64; k++) {
-            const double t0 = tt_now_s();
-            tt_pool_run(pool, gemm_run, &j);
-            if (k >= 0) t[k] = tt_now_s() - t0;
-        }
-        qsort(t, 64, sizeof(double), cmp_double);
-        jitter = (t[53] - t[10]) / 2.0 / t[32];
+    struct q4k_product p;
+    double t[64];
+    if (!q4k_product_init(&p, 8ll << 20)) return 0.0;
+    for (int k = -4; k < 64; k++) {
+        const double dt = q4k_product_time(&p, pool);
+        if (k >= 0) t[k] = dt;
     }
-    tt_free(j.out);
-    tt_free(x);
-    tt_free(act);
-    tt_free(w);
-    return jitter;
+    q4k_product_free(&p);
+    qsort(t, 64, sizeof(double), cmp_double);
+    return (t[53] - t[10]) / 2.0 / t[32];
 }
 
 /* This machine as a one-rank cluster: measured read bandwidth and, as a

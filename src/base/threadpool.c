@@ -8,7 +8,11 @@
  *  3. The owner runs share 0 itself and waits until n_done == n_threads - 1.
  * Workers spin on the generation counter for a short while (decode issues a
  * job every few microseconds) and then sleep on a condition variable, so an
- * idle pool costs no CPU.
+ * idle pool costs no CPU. Past POOL_SPIN_PURE iterations every spinning
+ * thread (workers and the owner waiting for them) yields the core now and
+ * then: when other programs share the cores, a pure spin would hold the CPU
+ * that the thread it waits for needs, and every job would wait a whole
+ * scheduler slice for a descheduled thread.
  */
 #include "base.h"
 
@@ -18,6 +22,8 @@
 #include <stdlib.h>
 
 #define POOL_SPIN_ITERS 200000
+#define POOL_SPIN_PURE 1024   /* spins before the first yield (~40 us of pause) */
+#define POOL_YIELD_EVERY 16   /* after that, one sched_yield per this many spins */
 #define POOL_THREADS_MAX 512
 
 struct tt_pool {
@@ -32,6 +38,15 @@ struct tt_pool {
     pthread_mutex_t mutex;
     pthread_cond_t wake;
 };
+
+/* One iteration of a wait loop that has spun `spins` times so far. */
+static inline void spin_once(unsigned spins)
+{
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+    if (spins > POOL_SPIN_PURE && spins % POOL_YIELD_EVERY == 0) sched_yield();
+}
 
 struct worker_arg {
     struct tt_pool *pool;
@@ -50,9 +65,7 @@ static void *worker_main(void *p)
         while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen &&
                !atomic_load(&pool->stop)) {
             if (++spins < POOL_SPIN_ITERS) {
-#if defined(__x86_64__)
-                __builtin_ia32_pause();
-#endif
+                spin_once(spins);
                 continue;
             }
             pthread_mutex_lock(&pool->mutex);
@@ -136,11 +149,8 @@ void tt_pool_run(struct tt_pool *pool, tt_pool_job job, void *ctx)
         pthread_mutex_unlock(&pool->mutex);
     }
     job(ctx, 0, pool->n_threads);
-    while (atomic_load_explicit(&pool->n_done, memory_order_acquire) < pool->n_threads - 1) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
-    }
+    unsigned spins = 0;
+    while (atomic_load_explicit(&pool->n_done, memory_order_acquire) < pool->n_threads - 1) spin_once(++spins);
 }
 
 void tt_split_range(int64_t n, int ith, int nth, int64_t align, int64_t *begin, int64_t *end)

@@ -35,6 +35,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define MOE_REPLICAS_DEFAULT 2
 #define MOE_EVERY_DEFAULT 16
@@ -316,8 +318,25 @@ static int move_alloc(struct engine *e, struct moe_move **out)
     return err;
 }
 
+/* Give the memory of slot s of layer il back to the system (the whole pages
+ * inside each of its three matrices; they read as zeros until a new copy
+ * fills the slot), so that resident memory follows the live placement rather
+ * than every slot ever used. */
+static void release_slot(struct engine *e, int il, int s)
+{
+    const struct engine_layer *l = &e->layers[il];
+    const struct engine_weight *w[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < 3; i++) {
+        const uintptr_t b = (uintptr_t)w[i]->data + (size_t)s * w[i]->expert_stride;
+        const uintptr_t lo = (b + page - 1) & ~(page - 1), hi = (b + w[i]->expert_stride) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advice: failure only costs memory */
+    }
+}
+
 /* Every rank at once: the moved layers take their new placements. Slots of
- * copies that leave are freed; received copies take their reserved slots. */
+ * copies that leave are freed (and their memory released); received copies
+ * take their reserved slots. */
 static void move_switch(struct engine *e)
 {
     struct moe_move *m = e->moe_move;
@@ -331,6 +350,7 @@ static void move_switch(struct engine *e)
             if (slot_x[s] >= 0 && moe_copy_index(&m->next[il], slot_x[s], e->tp_rank) < 0) {
                 slot_of[slot_x[s]] = -1;
                 slot_x[s] = -1;
+                release_slot(e, il, s);
             }
         moe_placement_copy(&e->moe_place[il], &m->next[il]);
     }

@@ -16,6 +16,7 @@
 #include "test.h"
 
 #include "engine/engine.h"
+#include "test_moe_stats.h"
 
 #include <unistd.h>
 
@@ -340,17 +341,6 @@ static void multi_seq_lead(struct engine *e, struct tp_rank *r)
     for (int q = 0; q < 3; q++) sampler_free(&s[q]);
 }
 
-/* Largest imbalance over the layers, from the statistics the engine exposes. */
-static double max_imbalance(struct engine *e)
-{
-    const struct model_hparams *hp = &engine_model(e)->hp;
-    uint64_t loads[256];
-    double worst = 0.0, im;
-    for (int il = 0; il < hp->n_layer; il++)
-        if (engine_moe_loads(e, il, loads, &im) == 0 && im > worst) worst = im;
-    return worst;
-}
-
 /* Rank 0: greedy decoding with a forced rebalance half way. */
 static void balance_lead(struct engine *e, struct tp_rank *r)
 {
@@ -363,9 +353,9 @@ static void balance_lead(struct engine *e, struct tp_rank *r)
     r->err = engine_eval_sample(e, r->ids, r->n_ids, &s, &tok);
     for (int i = 0; i < TP_GREEDY && !r->err; i++) {
         if (i == TP_GREEDY / 2) {
-            r->imbalance[0] = max_imbalance(e);
+            r->imbalance[0] = test_moe_max_imbalance(e);
             r->err = engine_moe_rebalance(e);
-            r->imbalance[1] = max_imbalance(e);
+            r->imbalance[1] = test_moe_max_imbalance(e);
         }
         r->greedy[i] = tok;
         if (!r->err && i + 1 < TP_GREEDY) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);

@@ -13,6 +13,7 @@
 
 #include "comm/comm.h"
 #include "engine/engine.h"
+#include "test_moe_stats.h"
 #include "model/model.h"
 
 #include <pthread.h>
@@ -38,16 +39,6 @@ struct live_rank {
 
 static const int32_t prompt[] = { 1, 403, 407, 261, 378, 300, 301, 302, 303, 325, 371, 396 };
 
-static double max_imbalance(struct engine *e)
-{
-    const struct model_hparams *hp = &engine_model(e)->hp;
-    uint64_t loads[256];
-    double worst = 0.0, im;
-    for (int il = 0; il < hp->n_layer; il++)
-        if (engine_moe_loads(e, il, loads, &im) == 0 && im > worst) worst = im;
-    return worst;
-}
-
 /* Rank 0: greedy decoding, watching for moves in flight. */
 static void lead(struct engine *e, struct live_rank *r)
 {
@@ -72,7 +63,7 @@ static void lead(struct engine *e, struct live_rank *r)
         }
         if (i + 1 < LIVE_STEPS) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
     }
-    r->imbalance = max_imbalance(e);
+    r->imbalance = test_moe_max_imbalance(e);
     sampler_free(&s);
 }
 

@@ -113,6 +113,24 @@ if "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n
 else
     fail rss "gen failed"
 fi
+# --mem-limit counts a rank's MoE expert slots: a limit just above the rank's
+# other needs is refused naming the slots; static placement (--moe-every -1,
+# no room for moves) needs half of them.
+f="$S/models/synth-qwen3moe.q8_0.gguf"
+if [ -f "$f" ]; then
+    timeout 120 $MPIRUN 2 "$T" run -m "$f" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit 1 > /dev/null 2>"$tmp/err"
+    base=$(sed -n 's/.* needs \([0-9]*\) MiB.*/\1/p' "$tmp/err" | head -1)
+    timeout 120 $MPIRUN 2 "$T" run -m "$f" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit $((base + 1)) > /dev/null 2>"$tmp/err"
+    rc=$?
+    if [ -n "$base" ] && [ $rc -ne 0 ] && grep -q "expert slots" "$tmp/err"; then pass mem_limit_counts_expert_slots
+    else fail mem_limit_counts_expert_slots "base '$base' MiB, status $rc: $(head -c 300 "$tmp/err")"; fi
+    need=$(sed -n 's/.* needs \([0-9]*\) MiB.*expert slots \([0-9]*\) MiB.*/\1 \2/p' "$tmp/err" | head -1)
+    static=$(( ${need% *} - ${need#* } / 2 + 1 ))
+    timeout 120 $MPIRUN 2 "$T" run -m "$f" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit $static --moe-every -1 \
+        > /dev/null 2>"$tmp/err" && pass mem_limit_static_experts_fit || fail mem_limit_static_experts_fit "limit $static MiB: $(head -c 300 "$tmp/err")"
+else
+    skip mem_limit_counts_expert_slots "$f missing"; skip mem_limit_static_experts_fit "$f missing"
+fi
 # --weights-from 0: ranks 1 and 2 have no model file; same tokens as 1 rank.
 W="$(dirname "$0")/rank_file_wrap.sh"
 for m in synth-llama.q4_k_m synth-mixtral.q4_k_m; do

@@ -97,6 +97,17 @@ static int setup_slots(struct engine *e)
         total += (expert_bytes(&ml->gate_exps) + expert_bytes(&ml->up_exps) +
                   expert_bytes(&ml->down_exps)) * (size_t)e->moe_phys_slots;
     }
+    /* --mem-limit: the live placement's slots; with balancing on, both halves
+     * (a move fills the second while the first serves). */
+    const size_t resident = e->moe_every > 0 ? total : total / 2;
+    if (e->mem_limit && e->shard_bytes + e->buffers_bytes + resident > e->mem_limit)
+        return tt_error_set(TT_ENOMEM, "rank %d needs %.0f MiB (its weights %.0f MiB, expert slots %.0f MiB%s, "
+                            "KV cache and buffers %.0f MiB) but its memory limit is %.0f MiB; use more "
+                            "ranks, fewer --moe-replicas or --moe-every -1", e->rank,
+                            (double)(e->shard_bytes + e->buffers_bytes + resident) / 1048576.0,
+                            (double)e->shard_bytes / 1048576.0, (double)resident / 1048576.0,
+                            e->moe_every > 0 ? " with room for a move" : "",
+                            (double)e->buffers_bytes / 1048576.0, (double)e->mem_limit / 1048576.0);
     e->moe_buf = tt_alloc(total);
     if (!e->moe_buf)
         return tt_error_set(TT_ENOMEM, "cannot allocate %.1f MiB for expert slots",

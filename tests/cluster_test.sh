@@ -125,9 +125,14 @@ if [ -f "$f" ]; then
     if [ -n "$base" ] && [ $rc -ne 0 ] && grep -q "expert slots" "$tmp/err"; then pass mem_limit_counts_expert_slots
     else fail mem_limit_counts_expert_slots "base '$base' MiB, status $rc: $(head -c 300 "$tmp/err")"; fi
     need=$(sed -n 's/.* needs \([0-9]*\) MiB.*expert slots \([0-9]*\) MiB.*/\1 \2/p' "$tmp/err" | head -1)
-    static=$(( ${need% *} - ${need#* } / 2 + 1 ))
-    timeout 120 $MPIRUN 2 "$T" run -m "$f" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit $static --moe-every -1 \
-        > /dev/null 2>"$tmp/err" && pass mem_limit_static_experts_fit || fail mem_limit_static_experts_fit "limit $static MiB: $(head -c 300 "$tmp/err")"
+    if [ -n "$need" ]; then
+        static=$(( ${need% *} - ${need#* } / 2 + 1 ))
+        timeout 120 $MPIRUN 2 "$T" run -m "$f" -p hi -n 4 --temp 0 -t 1 --ctx 256 --mem-limit $static --moe-every -1 \
+            > /dev/null 2>"$tmp/err" && pass mem_limit_static_experts_fit ||
+            fail mem_limit_static_experts_fit "limit $static MiB: $(head -c 300 "$tmp/err")"
+    else
+        fail mem_limit_static_experts_fit "no expert-slot figure in the refusal above"
+    fi
 else
     skip mem_limit_counts_expert_slots "$f missing"; skip mem_limit_static_experts_fit "$f missing"
 fi

@@ -312,30 +312,12 @@ static void test_dequant(void)
 
 /* ---- MoE ---- */
 
-/* The CPU engine's router (engine_forward.c route()), for one token. */
+/* The CPU engine's router (moe_route_token), for one token. */
 static void ref_route(const float *logits, int X, int Kx, bool norm, int32_t *sel, float *w)
 {
-    float p[64], mx = -INFINITY;
-    for (int i = 0; i < X; i++) mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0.0;
-    for (int i = 0; i < X; i++) sum += (p[i] = expf(logits[i] - mx));
-    for (int i = 0; i < X; i++) p[i] = (float)(p[i] / sum);
-    float wsum = 0.0f;
-    for (int k = 0; k < Kx; k++) {
-        int best = -1;
-        for (int i = 0; i < X; i++) {
-            bool taken = false;
-            for (int j = 0; j < k; j++) taken |= sel[j] == i;
-            if (!taken && (best < 0 || p[i] > p[best])) best = i;
-        }
-        sel[k] = best;
-        w[k] = p[best];
-        wsum += w[k];
-    }
-    if (norm) {
-        wsum = wsum < 6.103515625e-5f ? 6.103515625e-5f : wsum;
-        for (int k = 0; k < Kx; k++) w[k] /= wsum;
-    }
+    float p[64];
+    memcpy(p, logits, sizeof(float) * (size_t)X);
+    moe_route_token(p, X, Kx, norm, sel, w);
 }
 
 static void test_moe(void)

@@ -176,37 +176,13 @@ static void swiglu_ffn(struct engine *e, const struct engine_weight *gate,
     else project_join(e, down, e->ffn_a, n_tok, col, full_ff, out);
 }
 
-/* Router: softmax over all experts, keep the top n_expert_used by
- * probability (ties to the lower id), optionally renormalized. */
+/* Router of every token of the batch (moe_route_token). */
 static void route(struct engine *e, int64_t n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
     const int X = hp->n_expert, K = hp->n_expert_used;
-    for (int64_t t = 0; t < n_tok; t++) {
-        float *p = e->router + t * X;
-        float mx = -INFINITY;
-        for (int i = 0; i < X; i++) mx = p[i] > mx ? p[i] : mx;
-        double sum = 0.0;
-        for (int i = 0; i < X; i++) sum += (p[i] = expf(p[i] - mx));
-        for (int i = 0; i < X; i++) p[i] = (float)(p[i] / sum);
-        int32_t *sel = e->sel + t * K;
-        float *w = e->sel_w + t * K, wsum = 0.0f;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int i = 0; i < X; i++) {
-                bool taken = false;
-                for (int j = 0; j < k; j++) taken |= sel[j] == i;
-                if (!taken && (best < 0 || p[i] > p[best])) best = i;
-            }
-            sel[k] = best;
-            w[k] = p[best];
-            wsum += w[k];
-        }
-        if (hp->expert_norm) {
-            wsum = wsum < 6.103515625e-5f ? 6.103515625e-5f : wsum;
-            for (int k = 0; k < K; k++) w[k] /= wsum;
-        }
-    }
+    for (int64_t t = 0; t < n_tok; t++)
+        moe_route_token(e->router + t * X, X, K, hp->expert_norm, e->sel + t * K, e->sel_w + t * K);
 }
 
 /* Append the pairs of expert x dealt to this rank, in token order, from row

@@ -21,9 +21,36 @@
  */
 #include "moe.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+void moe_route_token(float *p, int n_expert, int n_used, bool renorm, int32_t *sel, float *w)
+{
+    const int X = n_expert;
+    float mx = -INFINITY;
+    for (int i = 0; i < X; i++) mx = p[i] > mx ? p[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < X; i++) sum += (p[i] = expf(p[i] - mx));
+    for (int i = 0; i < X; i++) p[i] = (float)(p[i] / sum);
+    float wsum = 0.0f;
+    for (int k = 0; k < n_used; k++) {
+        int best = -1;
+        for (int i = 0; i < X; i++) {
+            bool taken = false;
+            for (int j = 0; j < k; j++) taken |= sel[j] == i;
+            if (!taken && (best < 0 || p[i] > p[best])) best = i;
+        }
+        sel[k] = best;
+        w[k] = p[best];
+        wsum += w[k];
+    }
+    if (renorm) {
+        wsum = wsum < 6.103515625e-5f ? 6.103515625e-5f : wsum;
+        for (int k = 0; k < n_used; k++) w[k] /= wsum;
+    }
+}
 
 int moe_stats_init(struct moe_stats *s, int n_layer, int n_expert, int window)
 {

@@ -27,6 +27,12 @@
 
 #include "../base/base.h"
 
+/* The router of one token: the n_expert logits in p become softmax
+ * probabilities (in place); sel/w get the n_used most probable experts (ties
+ * to the lower id) and their probabilities, renormalized to sum 1 when
+ * `renorm` (qwen3moe, Mixtral), as the reference engine does. */
+void moe_route_token(float *p, int n_expert, int n_used, bool renorm, int32_t *sel, float *w);
+
 #define MOE_WINDOW_MAX 4096
 #define MOE_RANKS_MAX 4096
 

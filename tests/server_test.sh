@@ -293,18 +293,23 @@ for i in 1 2 3 4 5; do
 done
 ok queue_full_503 "$n200 answered, $n503 refused" [ $n200 -ge 1 -a $n503 -ge 1 -a $((n200 + n503)) -eq 5 ]
 
+# Poll /metrics (up to 5 s) until N requests ended cancelled and none runs;
+# leaves i < 50 when that happened and the last metrics in $tmp/metrics.
+wait_cancelled() {
+    i=0
+    while [ $i -lt 50 ]; do
+        curl -s -H "$K" "$url/metrics" > "$tmp/metrics"
+        grep -q "tutti_requests_finished_total{reason=\"cancelled\"} $1" "$tmp/metrics" &&
+            grep -q '^tutti_requests_running 0' "$tmp/metrics" && break
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
 # A client that disconnects mid-stream frees its sequence at once: the
 # answer stops early (cancelled), and the only sequence serves the next one.
 curl -s -N -H "$K" --max-time 0.5 "$url/v1/completions" \
     -d '{"prompt":"Once upon a time","max_tokens":4000,"ignore_eos":true,"stream":true}' > "$tmp/cut" 2>/dev/null
-i=0
-while [ $i -lt 50 ]; do
-    curl -s -H "$K" "$url/metrics" > "$tmp/metrics"
-    grep -q 'tutti_requests_finished_total{reason="cancelled"} 1' "$tmp/metrics" &&
-        grep -q '^tutti_requests_running 0' "$tmp/metrics" && break
-    sleep 0.1
-    i=$((i + 1))
-done
+wait_cancelled 1
 ok disconnect_cancels "after 5 s: $(grep -E 'cancelled|^tutti_requests_running' "$tmp/metrics" | tr '\n' ' ') got data: $(head -c 60 "$tmp/cut")" \
     [ $i -lt 50 -a -s "$tmp/cut" ]
 code=$(post /v1/completions '{"prompt":"hi","max_tokens":4}' -H "$K")
@@ -312,14 +317,7 @@ ok disconnect_slot_free "status $code" [ "$code" = 200 ]
 # The same for a client waiting for a whole (non-streamed) answer.
 curl -s -H "$K" --max-time 0.5 "$url/v1/completions" \
     -d '{"prompt":"Once upon a time","max_tokens":4000,"ignore_eos":true}' > /dev/null 2>&1
-i=0
-while [ $i -lt 50 ]; do
-    curl -s -H "$K" "$url/metrics" > "$tmp/metrics"
-    grep -q 'tutti_requests_finished_total{reason="cancelled"} 2' "$tmp/metrics" &&
-        grep -q '^tutti_requests_running 0' "$tmp/metrics" && break
-    sleep 0.1
-    i=$((i + 1))
-done
+wait_cancelled 2
 ok disconnect_cancels_blocking "$(grep -E 'cancelled|^tutti_requests_running' "$tmp/metrics" | tr '\n' ' ')" [ $i -lt 50 ]
 
 # SIGTERM during a stream: the stream still ends properly, the server exits 0.

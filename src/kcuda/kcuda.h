@@ -9,7 +9,9 @@
  *                    also for stacked experts picked on the device
  *   kcuda_gemm.cu    matrix-matrix products for prompt batches: cuBLAS on dequantized F16 tiles
  *   kcuda_attn.cu    RoPE, per-head RMSNorm, KV-cache store, attention split over keys
- *   kcuda_misc.cu    SwiGLU, bias, MoE routing and weighted joins, reductions
+ *   kcuda_misc.cu    SwiGLU, bias, row gathers, reductions
+ *   kcuda_moe.cu     MoE routing (alone or fused with the router product), slot
+ *                    plans, grouped expert products on tensor cores, weighted joins
  *
  * Numerics follow the CPU engine (engine_ops.c), which follows llama.cpp:
  * activations are converted to the weight type's vec_dot type before a
@@ -70,6 +72,11 @@ enum kcuda_type {
 #define KCUDA_MOE_TILE 8
 /* Size of one tile record: expert id, slot count, KCUDA_MOE_TILE slots. */
 #define KCUDA_MOE_TILE_INTS (2 + KCUDA_MOE_TILE)
+/* Slots per group in kcuda_moe_group / kcuda_moe_gemm (prompt batches), and
+ * the size of a group record: expert id, first index into the slot order,
+ * slot count, unused. */
+#define KCUDA_MOE_GROUP 32
+#define KCUDA_MOE_GROUP_INTS 4
 
 struct kcuda;       /* one device, one stream, one cuBLAS handle */
 struct kcuda_graph; /* a captured sequence of kernels */
@@ -258,6 +265,11 @@ int kcuda_add(struct kcuda *k, float *d_y, const float *d_x, int64_t n);
 /* Gather rows: out[i] = x[rows[i]] (n floats each). */
 int kcuda_gather_rows(struct kcuda *k, const float *d_x, const int32_t *d_rows, int64_t n_rows,
                       int64_t n, float *d_out);
+/* out[0] = sum of x[0..n) (in double, deterministic). */
+int kcuda_sum_f32(struct kcuda *k, const float *d_x, int64_t n, float *d_out);
+
+/* ---- mixture of experts (kcuda_moe.cu) ---- */
+
 /* Router: for each token, softmax over n_expert logits, the top n_used by
  * probability (ties to the lower id) into sel[t][n_used] and their
  * probabilities into w (renormalized to sum 1 when `norm`, the sum clamped
@@ -266,6 +278,14 @@ int kcuda_gather_rows(struct kcuda *k, const float *d_x, const int32_t *d_rows, 
  * write (saves a launch per layer in decode). */
 int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n_expert,
                     int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles);
+/* The router's product and kcuda_moe_route in one launch: logits[t] =
+ * W . x[t] (W: n_expert F32 rows of n_in, n_in a multiple of 4; x rows n_in
+ * floats apart) into d_logits [n_tok][n_expert], then the routing as above.
+ * d_count: n_tok ints, zeroed once before the first call (the kernel leaves
+ * them at zero). TT_EUNSUPPORTED for other weight types. */
+int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float *d_x, int64_t n_tok,
+                     int n_used, bool norm, float *d_logits, int *d_count, int32_t *d_sel, float *d_w,
+                     int32_t *d_tiles);
 /* Group n_slots slots (token t's k-th choice is slot t*n_used + k) by
  * expert into the tile records kcuda_matvec_experts reads: with tile_tok = 1
  * one tile per slot, in slot order (n_slots records); otherwise up to
@@ -280,8 +300,27 @@ int kcuda_moe_plan(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int n
 int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t *d_sel,
                    const float *d_w, int64_t n_tok, int n_used, int64_t n, const float *d_ysh,
                    const float *d_gate_sh, const float *d_xn);
-/* out[0] = sum of x[0..n) (in double, deterministic). */
-int kcuda_sum_f32(struct kcuda *k, const float *d_x, int64_t n, float *d_out);
+/* Group n_slots slots by expert for kcuda_moe_gemm: d_order [n_slots]
+ * receives the slot ids sorted by expert (in no fixed order within an
+ * expert), d_groups kcuda_moe_max_groups records of KCUDA_MOE_GROUP_INTS
+ * ints: expert, first index into d_order, count <= KCUDA_MOE_GROUP; the
+ * unused ones have expert -1. */
+int kcuda_moe_max_groups(int64_t n_slots, int n_expert);
+int kcuda_moe_group(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int n_expert, int32_t *d_order,
+                    int32_t *d_groups);
+/* Grouped expert products on the tensor cores: for every slot s of every
+ * group, out[s * ldo + r] = W_expert[r] . act[s / act_div] (KCUDA_OUT_STORE)
+ * or silu(W . a) * (W2 . a) (KCUDA_OUT_SWIGLU; w2 of W's type and shape),
+ * r < n_out. W holds n_expert stacked experts; act rows are F16, act_ld
+ * elements apart (kcuda_act_to_f16 of the rows the CPU would use), n_in and
+ * act_ld multiples of 8. Products use F16 weights and F32 sums, as
+ * kcuda_linear's batch path. Q4_K, Q6_K and F16 weights are read as
+ * stored; other types are expanded to F16 in the context's scratch, as many
+ * experts at a time as it holds (TT_ENOMEM if not even one fits). */
+int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                   int n_expert, const int32_t *d_groups, int max_groups, const int32_t *d_order,
+                   const void *d_act_f16, int64_t act_ld, int act_div, float *d_out, int64_t ldo,
+                   enum kcuda_out_mode mode);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,633 @@
+/*
+ * kcuda_moe.cu: the mixture-of-experts steps on the device: the router
+ * (softmax and top-k, alone or fused with the router's product), the plans
+ * that group slots by expert, the grouped expert products of prompt batches
+ * on the tensor cores, and the ordered join of the experts' outputs.
+ *
+ * A slot is one (token, choice) pair: token t's k-th expert is slot
+ * t * n_used + k. Decode runs the experts through kcuda_matvec_experts with
+ * one slot per tile record (the router writes them); prompt batches above
+ * KCUDA_MATVEC_TOK_MAX tokens sort the slots by expert on the device
+ * (kcuda_moe_group: a counting sort in one block) and run one grouped
+ * product per weight (kcuda_moe_gemm): each block takes 64 rows of one
+ * expert's weight and up to KCUDA_MOE_GROUP slots of that expert, expands
+ * the weights to F16 in shared memory as it goes (Q4_K and Q6_K read
+ * directly; other types are first expanded into the context's scratch by
+ * kcuda_dequant_f16, a chunk of experts at a time), and multiplies on the
+ * tensor cores (WMMA, F16 operands, F32 sums) against the slots' activation
+ * rows, which were rounded as the CPU rounds them (Q8_0/Q8_K) and widened to
+ * F16. So batch expert products carry the same F16 rounding as
+ * kcuda_linear's batch path, and no scratch at all for Q4_K/Q6_K weights.
+ *
+ * Invariants:
+ *   1. Where the CPU engine's float operations have a fixed order (the
+ *      router's selection and renormalization, the expert join), the kernels
+ *      repeat that order with explicitly rounded operations (__fmul_rn,
+ *      __fadd_rn) so the compiler cannot fuse them into FMAs.
+ *   2. Each slot's product is computed whole by one block, with a fixed
+ *      summation order that does not depend on the other slots of its
+ *      group, so the order of slots within a group (atomics in the sort)
+ *      never changes results.
+ *   3. The fused router's per-token counters are zero between launches: the
+ *      last block of a token resets its counter.
+ */
+#include "kcuda_impl.cuh"
+
+#include <mma.h>
+
+#define MOE_EXPERTS_MAX 1024
+#define MOE_USED_MAX 32
+
+/* ---- routing ---- */
+
+/* One warp: softmax over a token's X logits into p (shared memory), then
+ * n_used rounds of "largest probability not yet taken, lowest id on ties",
+ * as moe_route_token (moe module); the probabilities renormalized when
+ * `norm`, the sum clamped as llama.cpp does. With `tiles`, the one-slot
+ * tile record of each choice (kcuda_moe_plan with tile_tok 1). The logits
+ * are read through L2 (another block may have written them). */
+__device__ void moe_route_warp(const float *row, int X, int K, int norm, float *p, int32_t *s,
+                               float *w, int32_t *tiles, int slot0)
+{
+    const int lane = threadIdx.x & 31;
+    float mx = -INFINITY;
+    for (int i = lane; i < X; i += 32) mx = fmaxf(mx, __ldcg(row + i));
+    mx = kc_warp_max(mx);
+    double sum = 0.0;
+    for (int i = lane; i < X; i += 32) {
+        const float e = expf(__ldcg(row + i) - mx);
+        p[i] = e;
+        sum += (double)e;
+    }
+    sum = kc_warp_sum_d(sum);
+    for (int i = lane; i < X; i += 32) p[i] = (float)((double)p[i] / sum);
+    __syncwarp();
+    float wsum = 0.0f;
+    for (int k = 0; k < K; k++) {
+        float best = -1.0f;
+        int at = X;
+        for (int i = lane; i < X; i += 32)
+            if (p[i] > best) best = p[i], at = i;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float b2 = __shfl_xor_sync(0xffffffffu, best, o);
+            const int a2 = __shfl_xor_sync(0xffffffffu, at, o);
+            if (b2 > best || (b2 == best && a2 < at)) best = b2, at = a2;
+        }
+        if (lane == 0) {
+            s[k] = at;
+            w[k] = best;
+            p[at] = -1.0f; /* taken: probabilities are >= 0 */
+        }
+        wsum = __fadd_rn(wsum, best);
+        __syncwarp();
+    }
+    if (norm && lane == 0) {
+        wsum = wsum < 6.103515625e-5f ? 6.103515625e-5f : wsum;
+        for (int k = 0; k < K; k++) w[k] /= wsum;
+    }
+    __syncwarp();
+    if (tiles && lane < K) {
+        int32_t *r = tiles + (size_t)(slot0 + lane) * KCUDA_MOE_TILE_INTS;
+        r[0] = s[lane];
+        r[1] = 1;
+        r[2] = slot0 + lane;
+    }
+}
+
+/* One warp per token. */
+__global__ void k_moe_route(const float *logits, int X, int K, int norm, int32_t *sel, float *wout,
+                            int32_t *tiles)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    __shared__ float p[MOE_EXPERTS_MAX];
+    const int t = blockIdx.x;
+    moe_route_warp(logits + (size_t)t * X, X, K, norm, p, sel + (size_t)t * K, wout + (size_t)t * K, tiles,
+                   t * K);
+}
+
+static int route_check(int n_expert, int n_used)
+{
+    if (n_expert < 1 || n_expert > MOE_EXPERTS_MAX || n_used < 1 || n_used > n_expert || n_used > MOE_USED_MAX)
+        return tt_error_set(TT_EUNSUPPORTED, "%d of %d experts: the GPU router takes up to %d of %d", n_used,
+                            n_expert, MOE_USED_MAX, MOE_EXPERTS_MAX);
+    return 0;
+}
+
+int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n_expert,
+                    int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles)
+{
+    if (n_tok <= 0) return 0;
+    int err = route_check(n_expert, n_used);
+    if (err) return err;
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_moe_route, dim3((unsigned)n_tok), dim3(32), d_logits, n_expert, n_used, (int)norm, d_sel, d_w,
+              d_tiles);
+    KC_PROF_END(k, "moe_route");
+    return 0;
+}
+
+/* The router's product and the routing in one launch. Block (rows, token):
+ * each warp computes one logit (F32 weights, float4 loads); the last block
+ * of a token to finish (a ticket in count[t]) routes it. */
+#define RT_WARPS 8
+__global__ void __launch_bounds__(RT_WARPS * 32)
+    k_moe_router(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
+                 int norm, float *logits, int *count, int32_t *sel, float *wout, int32_t *tiles)
+{
+    kc_pdl_trigger();
+    __shared__ float p[MOE_EXPERTS_MAX];
+    __shared__ int last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = blockIdx.y;
+    const int r = blockIdx.x * RT_WARPS + warp;
+    const float *wr = w + (size_t)(r < X ? r : 0) * ldw;
+    float4 wv[4]; /* the first weights in flight before the previous kernel ends */
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int i = 4 * (lane + 32 * u);
+        wv[u] = i < n_in ? __ldg((const float4 *)(wr + i)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    kc_pdl_wait();
+    if (r < X) {
+        const float *xr = x + (size_t)t * n_in;
+        float s = 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int i = 4 * (lane + 32 * u);
+            if (i < n_in) {
+                const float4 a = *(const float4 *)(xr + i);
+                s += wv[u].x * a.x + wv[u].y * a.y + wv[u].z * a.z + wv[u].w * a.w;
+            }
+        }
+        for (int i = 4 * (lane + 128); i < n_in; i += 4 * 32) {
+            const float4 b = __ldg((const float4 *)(wr + i)), a = *(const float4 *)(xr + i);
+            s += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
+        }
+        s = kc_warp_sum(s);
+        if (lane == 0) logits[(size_t)t * X + r] = s;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&count[t], 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    if (threadIdx.x == 0) count[t] = 0;
+    __threadfence();
+    if (warp == 0)
+        moe_route_warp(logits + (size_t)t * X, X, K, norm, p, sel + (size_t)t * K, wout + (size_t)t * K, tiles,
+                       t * K);
+}
+
+int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float *d_x, int64_t n_tok,
+                     int n_used, bool norm, float *d_logits, int *d_count, int32_t *d_sel, float *d_w,
+                     int32_t *d_tiles)
+{
+    if (n_tok <= 0) return 0;
+    const int X = (int)w->n_out;
+    int err = route_check(X, n_used);
+    if (err) return err;
+    if (w->type != KCUDA_F32 || w->n_in % 4 || w->row_stride % 16 || (uintptr_t)w->data % 16 || n_tok > 65535)
+        return tt_error_set(TT_EUNSUPPORTED, "fused router: needs F32 rows of a multiple of 4 inputs");
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_moe_router, dim3(kc_blocks(X, RT_WARPS), (unsigned)n_tok), dim3(RT_WARPS * 32),
+              (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm,
+              d_logits, d_count, d_sel, d_w, d_tiles);
+    KC_PROF_END(k, "moe_router");
+    return 0;
+}
+
+/* ---- plans: slots grouped by expert ---- */
+
+int kcuda_moe_max_tiles(int64_t n_slots, int n_expert)
+{
+    const int64_t used = n_slots < n_expert ? n_slots : n_expert;
+    return (int)((n_slots + KCUDA_MOE_TILE - 1) / KCUDA_MOE_TILE + used);
+}
+
+/* One block: each thread owns experts e = tid, tid + blockDim.x, ...; it
+ * counts its slots, a serial prefix over experts gives each expert its first
+ * tile, then each thread writes its experts' tiles (slots in ascending
+ * order). Unused records get expert -1. With tile_tok = 1 every slot is its
+ * own tile, in slot order. */
+__global__ void k_moe_plan(const int32_t *sel, int n_slots, int X, int tile_tok, int max_tiles,
+                           int32_t *tiles)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    __shared__ int first[MOE_EXPERTS_MAX + 1];
+    if (tile_tok == 1) {
+        for (int s = threadIdx.x; s < max_tiles; s += blockDim.x) {
+            int32_t *r = tiles + (size_t)s * KCUDA_MOE_TILE_INTS;
+            r[0] = s < n_slots ? sel[s] : -1;
+            r[1] = 1;
+            r[2] = s;
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < X; e += blockDim.x) {
+        int c = 0;
+        for (int s = 0; s < n_slots; s++) c += sel[s] == e;
+        first[e + 1] = (c + tile_tok - 1) / tile_tok;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        first[0] = 0;
+        for (int e = 0; e < X; e++) first[e + 1] += first[e];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < X; e += blockDim.x) {
+        int tile = first[e], n = 0;
+        for (int s = 0; s < n_slots; s++) {
+            if (sel[s] != e) continue;
+            int32_t *r = tiles + (size_t)tile * KCUDA_MOE_TILE_INTS;
+            r[2 + n++] = s;
+            r[0] = e;
+            r[1] = n;
+            if (n == tile_tok) tile++, n = 0;
+        }
+    }
+    for (int t = first[X] + threadIdx.x; t < max_tiles; t += blockDim.x)
+        tiles[(size_t)t * KCUDA_MOE_TILE_INTS] = -1;
+}
+
+int kcuda_moe_plan(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int n_expert,
+                   int tile_tok, int32_t *d_tiles)
+{
+    if (n_slots <= 0) return 0;
+    if (n_expert > MOE_EXPERTS_MAX) return tt_error_set(TT_EUNSUPPORTED, "%d experts", n_expert);
+    const int max_tiles = tile_tok == 1 ? (int)n_slots : kcuda_moe_max_tiles(n_slots, n_expert);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_moe_plan, dim3(1), dim3(256), d_sel, (int)n_slots, n_expert, tile_tok == 1 ? 1 : KCUDA_MOE_TILE,
+              max_tiles, d_tiles);
+    KC_PROF_END(k, "moe_plan");
+    return 0;
+}
+
+int kcuda_moe_max_groups(int64_t n_slots, int n_expert)
+{
+    const int64_t used = n_slots < n_expert ? n_slots : n_expert;
+    return (int)((n_slots + KCUDA_MOE_GROUP - 1) / KCUDA_MOE_GROUP + used);
+}
+
+/* One block, a counting sort: slots per expert (shared atomics), a serial
+ * prefix over the experts (at most MOE_EXPERTS_MAX), then each slot takes
+ * its place in its expert's run of `order` and each expert writes its
+ * group records. */
+__global__ void k_moe_group(const int32_t *sel, int n_slots, int X, int max_groups, int32_t *order,
+                            int4 *groups)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    __shared__ int cnt[MOE_EXPERTS_MAX], off[MOE_EXPERTS_MAX + 1], gfirst[MOE_EXPERTS_MAX + 1];
+    for (int e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int s = threadIdx.x; s < n_slots; s += blockDim.x) atomicAdd(&cnt[sel[s]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        off[0] = gfirst[0] = 0;
+        for (int e = 0; e < X; e++) {
+            off[e + 1] = off[e] + cnt[e];
+            gfirst[e + 1] = gfirst[e] + (cnt[e] + KCUDA_MOE_GROUP - 1) / KCUDA_MOE_GROUP;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int s = threadIdx.x; s < n_slots; s += blockDim.x) {
+        const int e = sel[s];
+        order[off[e] + atomicAdd(&cnt[e], 1)] = s;
+    }
+    for (int e = threadIdx.x; e < X; e += blockDim.x) {
+        const int n = off[e + 1] - off[e];
+        for (int g = 0; g * KCUDA_MOE_GROUP < n; g++)
+            groups[gfirst[e] + g] = make_int4(e, off[e] + g * KCUDA_MOE_GROUP, min(KCUDA_MOE_GROUP, n - g * KCUDA_MOE_GROUP), 0);
+    }
+    for (int g = gfirst[X] + threadIdx.x; g < max_groups; g += blockDim.x) groups[g] = make_int4(-1, 0, 0, 0);
+}
+
+int kcuda_moe_group(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int n_expert, int32_t *d_order,
+                    int32_t *d_groups)
+{
+    if (n_slots <= 0) return 0;
+    if (n_expert < 1 || n_expert > MOE_EXPERTS_MAX || n_slots > INT32_MAX / 2)
+        return tt_error_set(TT_EUNSUPPORTED, "%d experts, %lld slots", n_expert, (long long)n_slots);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_moe_group, dim3(1), dim3(1024), d_sel, (int)n_slots, n_expert,
+              kcuda_moe_max_groups(n_slots, n_expert), d_order, (int4 *)d_groups);
+    KC_PROF_END(k, "moe_group");
+    return 0;
+}
+
+/* ---- the join ---- */
+
+/* Block (token, 256 dimensions): thread 0 sorts the token's slots by
+ * expert id into shared memory (n_used is small); the shared expert's gate
+ * is a dot product each block computes for itself. */
+__global__ void k_moe_join(float *x, const float *y, const int32_t *sel, const float *w, int K,
+                           int n, const float *ysh, const float *gate_sh, const float *xn)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    __shared__ int order[MOE_USED_MAX];
+    __shared__ float part[8];
+    const int64_t t = blockIdx.x;
+    if (threadIdx.x == 0) {
+        for (int a = 0; a < K; a++) order[a] = a;
+        for (int a = 1; a < K; a++) /* insertion sort by expert id */
+            for (int b = a; b > 0 && sel[t * K + order[b - 1]] > sel[t * K + order[b]]; b--) {
+                const int tmp = order[b];
+                order[b] = order[b - 1];
+                order[b - 1] = tmp;
+            }
+    }
+    float gs = 0.0f;
+    if (ysh) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) s += gate_sh[i] * xn[t * n + i];
+        s = kc_warp_sum(s);
+        if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    }
+    __syncthreads();
+    if (ysh) {
+        float s = 0.0f;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) s += part[i];
+        gs = 1.0f / (1.0f + expf(-s));
+    }
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float acc = 0.0f;
+    for (int a = 0; a < K; a++) {
+        const int64_t slot = t * K + order[a];
+        acc = __fadd_rn(acc, __fmul_rn(w[slot], y[slot * n + i]));
+    }
+    if (ysh) acc = __fadd_rn(acc, __fmul_rn(gs, ysh[t * n + i]));
+    x[t * n + i] = __fadd_rn(x[t * n + i], acc);
+}
+
+int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t *d_sel,
+                   const float *d_w, int64_t n_tok, int n_used, int64_t n, const float *d_ysh,
+                   const float *d_gate_sh, const float *d_xn)
+{
+    if (n_tok <= 0) return 0;
+    if (n_used > MOE_USED_MAX) return tt_error_set(TT_EUNSUPPORTED, "%d experts per token", n_used);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_moe_join, dim3((unsigned)n_tok, kc_blocks(n, 256)), dim3(256), d_x, d_y, d_sel, d_w, n_used,
+              (int)n, d_ysh, d_gate_sh, d_xn);
+    KC_PROF_END(k, "moe_join");
+    return 0;
+}
+
+/* ---- grouped expert products on the tensor cores ---- */
+
+#define MG_BM 64                   /* weight rows per block */
+#define MG_BN KCUDA_MOE_GROUP      /* slots per block */
+#define MG_BK 64                   /* inputs per step */
+#define MG_LD (MG_BK + 8)          /* shared row pitch in halves (rows 16 bytes apart in banks) */
+#define MG_LDC (MG_BM + 4)         /* shared result pitch in floats */
+#define MG_THREADS 128             /* 4 warps, each 16 rows x 32 slots */
+static_assert(MG_BN == 32, "the warp tiling below takes 32 slots");
+
+enum mg_src { MG_F16, MG_Q4_K, MG_Q6_K };
+
+struct mg_args {
+    const uint8_t *w, *w2;         /* expert 0's first row (w2: up, SwiGLU) */
+    size_t row_stride, expert_stride;
+    int n_in, n_out;
+    int e0, e1;                    /* experts [e0, e1) are handled; w points at expert e0 */
+    const int4 *groups;
+    const int32_t *order;
+    const __half *act;             /* F16 rows act_ld apart; slot s reads row s / act_div */
+    int64_t act_ld;
+    int act_div;
+    float *out;                    /* slot s: out + s * ldo */
+    int64_t ldo;
+    int mode;
+};
+
+__device__ __forceinline__ uint32_t mg_byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFFu; }
+
+/* Eight weights j0..j0+7 of a row (j0 a multiple of 8) as F16, with the
+ * same float operations as kcuda_dequant_f16, so both paths give the same
+ * operands. */
+template <int SRC>
+__device__ __forceinline__ uint4 mg_weights8(const uint8_t *row, int j0)
+{
+    float y[8];
+    if (SRC == MG_Q4_K) {
+        const uint8_t *b = row + (size_t)(j0 >> 8) * 144;
+        const int e = j0 & 255, g = e >> 6, hi = (e & 63) >= 32, l0 = e & 31, j = 2 * g + hi;
+        const uint4 hdr = __ldg((const uint4 *)b);
+        const uint2 q = __ldg((const uint2 *)(b + 16 + 32 * g + l0));
+        int sc, m;
+        if (j < 4) {
+            sc = (int)(mg_byte(hdr.y, j) & 63), m = (int)(mg_byte(hdr.z, j) & 63);
+        } else {
+            sc = (int)((mg_byte(hdr.w, j - 4) & 0xF) | ((mg_byte(hdr.y, j - 4) >> 6) << 4));
+            m = (int)((mg_byte(hdr.w, j - 4) >> 4) | ((mg_byte(hdr.z, j - 4) >> 6) << 4));
+        }
+        const __half2 dd = *(const __half2 *)&hdr.x;
+        const float d1 = __low2float(dd) * (float)sc, m1 = __high2float(dd) * (float)m;
+        const uint32_t qw[2] = { q.x, q.y };
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t byte = mg_byte(qw[i >> 2], i & 3);
+            y[i] = __fsub_rn(__fmul_rn(d1, (float)(hi ? byte >> 4 : byte & 15)), m1);
+        }
+    } else { /* Q6_K: 210-byte blocks, 2-byte aligned */
+        const uint8_t *b = row + (size_t)(j0 >> 8) * 210;
+        const int e = j0 & 255, h = e >> 7, r = e & 127, l0 = r & 31, qu = r >> 5;
+        uint32_t l[2], hb[2];
+        kc_load8_a2(b + 64 * h + l0 + (qu & 1) * 32, l[0], l[1]);
+        kc_load8_a2(b + 128 + 32 * h + l0, hb[0], hb[1]);
+        const float ds = __half2float(*(const __half *)(b + 208)) * (float)(int8_t)b[192 + (e >> 4)];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t lb = mg_byte(l[i >> 2], i & 3), hv = mg_byte(hb[i >> 2], i & 3);
+            const int nib = qu >= 2 ? (int)(lb >> 4) : (int)(lb & 15);
+            y[i] = __fmul_rn(ds, (float)((nib | (int)(((hv >> (2 * qu)) & 3) << 4)) - 32));
+        }
+    }
+    union { __half2 h[4]; uint4 u; } pk;
+#pragma unroll
+    for (int i = 0; i < 4; i++) pk.h[i] = __floats2half2_rn(y[2 * i], y[2 * i + 1]);
+    return pk.u;
+}
+
+/* One step's weights: MG_BM rows x MG_BK inputs, 8 per thread per pass. */
+template <int SRC>
+__device__ __forceinline__ void mg_load_w(const mg_args &a, const uint8_t *w, int row0, int k0, __half *ws)
+{
+    for (int u = threadIdx.x; u < MG_BM * (MG_BK / 8); u += MG_THREADS) {
+        const int r = u / (MG_BK / 8), c = u % (MG_BK / 8), row = row0 + r, j0 = k0 + 8 * c;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row < a.n_out && j0 < a.n_in) {
+            const uint8_t *wr = w + (size_t)row * a.row_stride;
+            v = SRC == MG_F16 ? __ldg((const uint4 *)(wr + 2 * (size_t)j0)) : mg_weights8<SRC>(wr, j0);
+        }
+        *(uint4 *)(ws + r * MG_LD + 8 * c) = v;
+    }
+}
+
+/* Block (64 rows, one group): out[slot][row] (mode) W_expert[row] . act[slot / act_div]. */
+template <int SRC, bool PAIR>
+__global__ void __launch_bounds__(MG_THREADS) k_moe_gemm(const mg_args a)
+{
+    using namespace nvcuda;
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int4 grp = a.groups[blockIdx.y];
+    if (grp.x < a.e0 || grp.x >= a.e1) return; /* the whole block leaves */
+    const int row0 = blockIdx.x * MG_BM, n = grp.z, warp = threadIdx.x >> 5;
+    const size_t ex_off = (size_t)(grp.x - a.e0) * a.expert_stride;
+    const uint8_t *w = a.w + ex_off, *w2 = PAIR ? a.w2 + ex_off : NULL;
+    constexpr int IN_BYTES = ((PAIR ? 2 : 1) * MG_BM + MG_BN) * MG_LD * 2;
+    constexpr int OUT_BYTES = (PAIR ? 2 : 1) * MG_BN * MG_LDC * 4;
+    __shared__ __align__(128) uint8_t sm[IN_BYTES > OUT_BYTES ? IN_BYTES : OUT_BYTES];
+    __half *ws = (__half *)sm, *ws2 = ws + MG_BM * MG_LD, *as = ws + (PAIR ? 2 : 1) * MG_BM * MG_LD;
+    /* this thread's activation rows: slots c4 = tid / 8 + 16 i, 16-byte chunk tid % 8 */
+    const __half *arow[MG_BN * (MG_BK / 8) / MG_THREADS];
+#pragma unroll
+    for (int i = 0; i < MG_BN * (MG_BK / 8) / MG_THREADS; i++) {
+        const int j = threadIdx.x / 8 + 16 * i;
+        arow[i] = j < n ? a.act + (size_t)(a.order[grp.y + j] / a.act_div) * a.act_ld : NULL;
+    }
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2], acc2[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        wmma::fill_fragment(acc[j], 0.0f);
+        if (PAIR) wmma::fill_fragment(acc2[j], 0.0f);
+    }
+    for (int k0 = 0; k0 < a.n_in; k0 += MG_BK) {
+        __syncthreads(); /* the previous step's operands are used */
+        mg_load_w<SRC>(a, w, row0, k0, ws);
+        if (PAIR) mg_load_w<SRC>(a, w2, row0, k0, ws2);
+#pragma unroll
+        for (int i = 0; i < MG_BN * (MG_BK / 8) / MG_THREADS; i++) {
+            const int c = threadIdx.x % 8, j0 = k0 + 8 * c;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (arow[i] && j0 < a.n_in) v = *(const uint4 *)(arow[i] + j0);
+            *(uint4 *)(as + (threadIdx.x / 8 + 16 * i) * MG_LD + 8 * c) = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MG_BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa, fa2;
+            wmma::load_matrix_sync(fa, ws + 16 * warp * MG_LD + kk, MG_LD);
+            if (PAIR) wmma::load_matrix_sync(fa2, ws2 + 16 * warp * MG_LD + kk, MG_LD);
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
+                wmma::load_matrix_sync(fb, as + 16 * j * MG_LD + kk, MG_LD);
+                wmma::mma_sync(acc[j], fa, fb, acc[j]);
+                if (PAIR) wmma::mma_sync(acc2[j], fa2, fb, acc2[j]);
+            }
+        }
+    }
+    __syncthreads(); /* the operands' memory now takes the results: cs[slot][row] */
+    float *cs = (float *)sm, *cs2 = cs + MG_BN * MG_LDC;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        wmma::store_matrix_sync(cs + 16 * j * MG_LDC + 16 * warp, acc[j], MG_LDC, wmma::mem_col_major);
+        if (PAIR) wmma::store_matrix_sync(cs2 + 16 * j * MG_LDC + 16 * warp, acc2[j], MG_LDC, wmma::mem_col_major);
+    }
+    __syncthreads();
+    for (int u = threadIdx.x; u < MG_BN * MG_BM; u += MG_THREADS) {
+        const int j = u / MG_BM, r = u % MG_BM;
+        if (j >= n || row0 + r >= a.n_out) continue;
+        const float v = cs[j * MG_LDC + r];
+        float *o = a.out + (size_t)a.order[grp.y + j] * (size_t)a.ldo + row0 + r;
+        if (PAIR) *o = v / (1.0f + expf(-v)) * cs2[j * MG_LDC + r];
+        else *o = v;
+    }
+}
+
+typedef void (*mg_kernel)(const mg_args);
+
+static mg_kernel mg_pick(int src, bool pair)
+{
+    switch (src) {
+    case MG_Q4_K: return pair ? k_moe_gemm<MG_Q4_K, true> : k_moe_gemm<MG_Q4_K, false>;
+    case MG_Q6_K: return pair ? k_moe_gemm<MG_Q6_K, true> : k_moe_gemm<MG_Q6_K, false>;
+    default: return pair ? k_moe_gemm<MG_F16, true> : k_moe_gemm<MG_F16, false>;
+    }
+}
+
+/* Which source a weight is read from: directly (Q4_K, Q6_K, F16 in GGML's
+ * layout with aligned rows), else F16 expanded into the scratch. */
+static int mg_source(const struct kcuda_weight *w)
+{
+    const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+    if (w->type == KCUDA_Q4_K && a16) return MG_Q4_K;
+    if (w->type == KCUDA_Q6_K && w->row_stride % 2 == 0 && w->expert_stride % 2 == 0) return MG_Q6_K;
+    if (w->type == KCUDA_F16 && a16) return MG_F16;
+    return -1;
+}
+
+int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
+                   int n_expert, const int32_t *d_groups, int max_groups, const int32_t *d_order, const void *d_act_f16,
+                   int64_t act_ld, int act_div, float *d_out, int64_t ldo, enum kcuda_out_mode mode)
+{
+    if (w->n_out == 0 || max_groups <= 0) return 0;
+    const bool pair = mode == KCUDA_OUT_SWIGLU;
+    if ((mode != KCUDA_OUT_STORE && !pair) || max_groups > 65535 || act_div < 1 || w->n_in % 8 || act_ld % 8 ||
+        n_expert < 1 || n_expert > MOE_EXPERTS_MAX)
+        return tt_error_set(TT_EINVAL, "kcuda_moe_gemm: mode %d, %d groups, %lld inputs", (int)mode, max_groups,
+                            (long long)w->n_in);
+    if (pair && (!w2 || w2->type != w->type || w2->n_in != w->n_in || w2->n_out != w->n_out ||
+                 w2->row_stride != w->row_stride || w2->expert_stride != w->expert_stride))
+        return tt_error_set(TT_EINVAL, "SwiGLU product needs gate and up of one type and shape");
+    mg_args a = {};
+    a.n_in = (int)w->n_in;
+    a.n_out = (int)w->n_out;
+    a.groups = (const int4 *)d_groups;
+    a.order = d_order;
+    a.act = (const __half *)d_act_f16;
+    a.act_ld = act_ld;
+    a.act_div = act_div;
+    a.out = d_out;
+    a.ldo = ldo;
+    a.mode = mode;
+    const dim3 grid(kc_blocks(w->n_out, MG_BM), (unsigned)max_groups);
+    const int src = mg_source(w);
+    if (src >= 0) {
+        a.w = (const uint8_t *)w->data;
+        a.w2 = pair ? (const uint8_t *)w2->data : NULL;
+        a.row_stride = w->row_stride;
+        a.expert_stride = w->expert_stride;
+        a.e0 = 0;
+        a.e1 = MOE_EXPERTS_MAX;
+        KC_PROF_BEGIN(k);
+        KC_LAUNCH(k, mg_pick(src, pair), grid, dim3(MG_THREADS), a);
+        KC_PROF_END(k, pair ? "moe_gemm swiglu" : "moe_gemm");
+        return 0;
+    }
+    /* other types: chunks of experts expanded to F16 in the scratch */
+    const size_t f16_expert = (size_t)w->n_out * (size_t)w->n_in * 2, per = f16_expert * (pair ? 2 : 1);
+    const int chunk = (int)TT_MIN(k->scratch_bytes / per, (size_t)n_expert);
+    if (chunk < 1)
+        return tt_error_set(TT_ENOMEM, "GPU scratch of %zu bytes holds no expert of %zu bytes as F16",
+                            k->scratch_bytes, per);
+    uint8_t *s1 = (uint8_t *)k->scratch, *s2 = s1 + (size_t)chunk * f16_expert;
+    a.w = s1;
+    a.w2 = pair ? s2 : NULL;
+    a.row_stride = (size_t)w->n_in * 2;
+    a.expert_stride = f16_expert;
+    for (int e0 = 0; e0 < n_expert; e0 += chunk) {
+        a.e0 = e0;
+        a.e1 = TT_MIN(e0 + chunk, n_expert);
+        for (int e = a.e0; e < a.e1; e++) {
+            const size_t at = (size_t)(e - e0) * f16_expert;
+            int err = kcuda_dequant_f16(k, w->type, (const uint8_t *)w->data + (size_t)e * w->expert_stride,
+                                        w->row_stride, 0, w->n_out, w->n_in, s1 + at);
+            if (!err && pair)
+                err = kcuda_dequant_f16(k, w2->type, (const uint8_t *)w2->data + (size_t)e * w2->expert_stride,
+                                        w2->row_stride, 0, w2->n_out, w2->n_in, s2 + at);
+            if (err) return err;
+        }
+        KC_PROF_BEGIN(k);
+        KC_LAUNCH(k, mg_pick(MG_F16, pair), grid, dim3(MG_THREADS), a);
+        KC_PROF_END(k, pair ? "moe_gemm swiglu (f16 scratch)" : "moe_gemm (f16 scratch)");
+    }
+    return 0;
+}

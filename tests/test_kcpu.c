@@ -253,8 +253,14 @@ struct shape {
     int pad; /* extra bytes between weight rows */
 };
 
-static int check_matmul(const struct kcpu_ops *ops, enum tt_type wt, struct shape s, bool raw)
+/* `layout` KCPU_LAYOUT_TILE16: the weights are packed (kcpu_tile16_pack,
+ * into memory that ends at a guard page) and ops->matmul_tile16 runs on
+ * them from r0 rounded down to a multiple of 16, against the scalar product
+ * of the rows. */
+static int check_matmul(const struct kcpu_ops *ops, enum tt_type wt, struct shape s, bool raw,
+                        enum kcpu_layout layout)
 {
+    if (layout == KCPU_LAYOUT_TILE16) s.r0 = s.r0 / 16 * 16;
     const enum tt_type vt = tt_type_get(wt)->vec_dot_type;
     const size_t wrow = tt_row_size(wt, s.n), arow = tt_row_size(vt, s.n);
     const size_t wstride = wrow + (size_t)s.pad, astride = arow + 8;
@@ -274,7 +280,15 @@ static int check_matmul(const struct kcpu_ops *ops, enum tt_type wt, struct shap
     const float sentinel = -12345.5f;
     for (int64_t i = 0; i < ldo * s.n_tok; i++) want[i] = got[i] = sentinel;
     kcpu_ops_scalar.matmul[wt](s.n, w, wstride, s.r0, s.r1, a, astride, s.n_tok, want, ldo);
-    ops->matmul[wt](s.n, w, wstride, s.r0, s.r1, a, astride, s.n_tok, got, ldo);
+    if (layout == KCPU_LAYOUT_TILE16) {
+        const size_t pbytes = kcpu_tile16_bytes(wt, s.n, s.rows);
+        uint8_t *packed = guarded_alloc(pbytes);
+        kcpu_tile16_pack(wt, s.n, w, wstride, s.rows, 0, (s.rows + 15) / 16, packed);
+        kcpu_matmul_get(ops, layout, wt)(s.n, packed, wrow, s.r0, s.r1, a, astride, s.n_tok, got, ldo);
+        guarded_free(packed, pbytes);
+    } else {
+        ops->matmul[wt](s.n, w, wstride, s.r0, s.r1, a, astride, s.n_tok, got, ldo);
+    }
     int bad = 0;
     for (int64_t t = 0; t < s.n_tok && bad < 3; t++) {
         for (int64_t r = 0; r < ldo && bad < 3; r++) {
@@ -290,9 +304,10 @@ static int check_matmul(const struct kcpu_ops *ops, enum tt_type wt, struct shap
             const double tol = 1e-5 * abs_dot(wt, vt, w + r * wstride, a + t * astride, s.n, wf, af) + 1e-30;
             if (!(fabs((double)g - e) <= tol)) {
                 fprintf(stderr,
-                        "  %s%s n=%lld rows=[%lld,%lld) n_tok=%lld: out[t=%lld][r=%lld] = %.9g, "
+                        "  %s%s%s n=%lld rows=[%lld,%lld) n_tok=%lld: out[t=%lld][r=%lld] = %.9g, "
                         "reference %.9g (tolerance %.3g)\n",
-                        tt_type_name(wt), raw ? " (raw)" : "", (long long)s.n, (long long)s.r0,
+                        tt_type_name(wt), raw ? " (raw)" : "",
+                        layout == KCPU_LAYOUT_TILE16 ? " tile16" : "", (long long)s.n, (long long)s.r0,
                         (long long)s.r1, (long long)s.n_tok, (long long)t, (long long)r, g, e, tol);
                 bad++;
             }
@@ -342,8 +357,8 @@ static void run_matmul(const char *variant)
         CHECK(ops->matmul[wt] != NULL);
         if (!ops->matmul[wt]) continue;
         for (size_t j = 0; j < TT_ARRAY_LEN(shapes); j++) {
-            CHECK_EQ_INT(check_matmul(ops, wt, shapes[j], false), 0);
-            if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, shapes[j], true), 0);
+            CHECK_EQ_INT(check_matmul(ops, wt, shapes[j], false, KCPU_LAYOUT_ROWS), 0);
+            if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, shapes[j], true, KCPU_LAYOUT_ROWS), 0);
         }
         /* Every batch size of batched decode and of short prompt chunks,
          * 1..16 (row-kernel passes of up to four tokens, the few-token tiles
@@ -352,20 +367,58 @@ static void run_matmul(const char *variant)
          * ends, padded rows on odd sizes. */
         for (int64_t nt = 1; nt <= 16; nt++) {
             const struct shape batch = { 4608, 23, 3, 22, nt, (int)(nt % 2) * 16 };
-            CHECK_EQ_INT(check_matmul(ops, wt, batch, false), 0);
-            if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, batch, true), 0);
+            CHECK_EQ_INT(check_matmul(ops, wt, batch, false, KCPU_LAYOUT_ROWS), 0);
+            if (tr->is_quantized) CHECK_EQ_INT(check_matmul(ops, wt, batch, true, KCPU_LAYOUT_ROWS), 0);
         }
         if (tr->block_size == 32) {
             for (size_t j = 0; j < TT_ARRAY_LEN(small); j++) {
-                CHECK_EQ_INT(check_matmul(ops, wt, small[j], false), 0);
-                CHECK_EQ_INT(check_matmul(ops, wt, small[j], true), 0);
+                CHECK_EQ_INT(check_matmul(ops, wt, small[j], false, KCPU_LAYOUT_ROWS), 0);
+                CHECK_EQ_INT(check_matmul(ops, wt, small[j], true, KCPU_LAYOUT_ROWS), 0);
             }
         }
         if (tr->block_size == 1) {
             for (size_t j = 0; j < TT_ARRAY_LEN(tiny); j++)
-                CHECK_EQ_INT(check_matmul(ops, wt, tiny[j], false), 0);
+                CHECK_EQ_INT(check_matmul(ops, wt, tiny[j], false, KCPU_LAYOUT_ROWS), 0);
         }
     }
+}
+
+/* KCPU_LAYOUT_TILE16 products, for every type the table packs: every batch
+ * size 1..16 and the many-token tails, row counts that leave a part group
+ * (padded with zero rows), ranges that start at a group and end anywhere,
+ * rows padded in the source, rows longer than one piece of the few-token
+ * kernel (n = 16640 with one token: 65 chunks). A type the table does not
+ * pack must not be asked for (kcpu_tile16_wanted says no). */
+static void run_matmul_tile16(const char *variant)
+{
+    const char *why;
+    const struct kcpu_ops *ops = find_variant(variant, &why);
+    if (!ops) {
+        TEST_SKIP("%s: %s", variant, why);
+        return;
+    }
+    static const struct shape shapes[] = {
+        { 256, 5, 0, 5, 1, 0 },     { 512, 37, 16, 35, 1, 0 },  { 4096, 21, 0, 20, 1, 0 },
+        { 1024, 19, 2, 19, 3, 32 }, { 768, 70, 5, 67, 8, 0 },   { 1280, 23, 4, 23, 17, 0 },
+        { 256, 50, 16, 47, 33, 0 }, { 256, 3, 0, 2, 128, 0 },   { 16640, 3, 0, 3, 1, 0 },
+        { 16640, 17, 0, 17, 5, 0 }, { 2048, 600, 16, 589, 130, 0 },
+    };
+    int packed = 0;
+    for (int wt = 0; wt < TT_TYPE_COUNT; wt++) {
+        if (!kcpu_tile16_wanted(ops, (enum tt_type)wt)) continue;
+        packed++;
+        for (size_t j = 0; j < TT_ARRAY_LEN(shapes); j++) {
+            CHECK_EQ_INT(check_matmul(ops, (enum tt_type)wt, shapes[j], false, KCPU_LAYOUT_TILE16), 0);
+            CHECK_EQ_INT(check_matmul(ops, (enum tt_type)wt, shapes[j], true, KCPU_LAYOUT_TILE16), 0);
+        }
+        for (int64_t nt = 1; nt <= 16; nt++) {
+            const struct shape batch = { 4608, 23 + nt % 3, 0, 22 + nt % 3, nt, (int)(nt % 2) * 16 };
+            CHECK_EQ_INT(check_matmul(ops, (enum tt_type)wt, batch, false, KCPU_LAYOUT_TILE16), 0);
+            CHECK_EQ_INT(check_matmul(ops, (enum tt_type)wt, batch, true, KCPU_LAYOUT_TILE16), 0);
+        }
+    }
+    if (!packed) TEST_SKIP("%s packs no type (reads rows only)", variant);
+    CHECK(!kcpu_tile16_wanted(&kcpu_ops_scalar, TT_TYPE_Q4_K));
 }
 
 /* ---- attention helpers ---- */
@@ -444,9 +497,11 @@ static void test_dispatch(void)
 #define VARIANT_CASES(v, id)                                               \
     static void test_quantize_##id(void) { run_quantize(v); }             \
     static void test_matmul_##id(void) { run_matmul(v); }                 \
+    static void test_tile16_##id(void) { run_matmul_tile16(v); }          \
     static void test_attention_##id(void) { run_attention(v); }
 #define VARIANT_ENTRIES(v, id)                                                              \
     { v "_quantize", test_quantize_##id }, { v "_matmul", test_matmul_##id },              \
+    { v "_tile16", test_tile16_##id },                                                     \
     { v "_attention", test_attention_##id }
 
 VARIANT_CASES("avx2", avx2)

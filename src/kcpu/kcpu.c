@@ -180,3 +180,46 @@ const struct kcpu_ops *kcpu_get(void)
     __atomic_store_n(&chosen, ops, __ATOMIC_RELEASE);
     return ops;
 }
+
+/* ---- KCPU_LAYOUT_TILE16 (kcpu.h describes it) ---- */
+
+#define TILE16_ROWS 16
+
+bool kcpu_tile16_wanted(const struct kcpu_ops *ops, enum tt_type type)
+{
+    return (unsigned)type < TT_TYPE_COUNT && ops->matmul_tile16[type] != NULL;
+}
+
+size_t kcpu_tile16_bytes(enum tt_type type, int64_t n, int64_t n_rows)
+{
+    const int64_t groups = (n_rows + TILE16_ROWS - 1) / TILE16_ROWS;
+    return (size_t)groups * TILE16_ROWS * tt_row_size(type, n);
+}
+
+void kcpu_tile16_pack(enum tt_type type, int64_t n, const void *src, size_t src_row_bytes,
+                      int64_t n_rows, int64_t g0, int64_t g1, void *dst)
+{
+    const struct tt_type_traits *tr = tt_type_get(type);
+    TT_ASSERT(tr->is_quantized && n % tr->block_size == 0);
+    const size_t bsz = tr->type_size, n_dw = bsz / 4, n_tail = bsz % 4;
+    const size_t row_bytes = tt_row_size(type, n), group_bytes = TILE16_ROWS * row_bytes;
+    const int64_t nb = n / tr->block_size;
+    for (int64_t g = g0; g < g1; g++) {
+        uint8_t *out = (uint8_t *)dst + (size_t)g * group_bytes;
+        for (int i = 0; i < TILE16_ROWS; i++) {
+            const int64_t r = g * TILE16_ROWS + i;
+            const uint8_t *row = r < n_rows ? (const uint8_t *)src + (size_t)r * src_row_bytes : NULL;
+            for (int64_t b = 0; b < nb; b++) {
+                uint8_t *tile = out + (size_t)b * TILE16_ROWS * bsz;
+                const uint8_t *blk = row ? row + (size_t)b * bsz : NULL;
+                for (size_t p = 0; p < n_dw; p++) {
+                    if (blk) memcpy(tile + 64 * p + 4 * (size_t)i, blk + 4 * p, 4);
+                    else memset(tile + 64 * p + 4 * (size_t)i, 0, 4);
+                }
+                uint8_t *tail = tile + 64 * n_dw + n_tail * (size_t)i;
+                if (blk) memcpy(tail, blk + 4 * n_dw, n_tail);
+                else memset(tail, 0, n_tail);
+            }
+        }
+    }
+}

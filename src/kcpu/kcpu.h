@@ -16,6 +16,21 @@
  * tt_type_get(wtype)->vec_dot_type by quantize_act, rows `act_row_bytes`
  * apart. The caller splits [0, n_rows) among threads; kernels do not
  * allocate and keep no state.
+ *
+ * Weight layouts (enum kcpu_layout). KCPU_LAYOUT_ROWS is the file's: rows of
+ * blocks, as above. KCPU_LAYOUT_TILE16 is made once at load by
+ * kcpu_tile16_pack for the tables that have a kernel reading it
+ * (matmul_tile16[type] not NULL; kcpu_tile16_wanted is the one place that
+ * decides): rows go in groups of 16, group g at w + g * 16 * w_row_bytes
+ * (w_row_bytes = tt_row_size(type, n), no padding), and within a group the
+ * 16 rows' block b lies at b * 16 * type_size, stored transposed by dwords:
+ * dword p of row i's block at byte 64 * p + 4 * i, then the type_size % 4
+ * trailing bytes of the 16 rows one row after the other. A last group of
+ * fewer than 16 rows is padded with zero rows. The tiled kernels want
+ * exactly that (16 rows in the 16 lanes of a zmm register), so they load it
+ * instead of transposing the rows on every call; every token count, one
+ * included, reads it in one sequential stream. A TILE16 product takes r0 a
+ * multiple of 16 and any r1 up to the row count.
  */
 #ifndef TT_KCPU_H
 #define TT_KCPU_H
@@ -25,6 +40,8 @@
 enum kcpu_isa { KCPU_ISA_SCALAR, KCPU_ISA_AVX2, KCPU_ISA_AVX512, KCPU_ISA_NEON, KCPU_ISA_COUNT };
 
 typedef void (*kcpu_quantize_fn)(const float *x, void *y, int64_t n);
+enum kcpu_layout { KCPU_LAYOUT_ROWS, KCPU_LAYOUT_TILE16, KCPU_LAYOUT_COUNT };
+
 typedef void (*kcpu_matmul_fn)(int64_t n, const void *w, size_t w_row_bytes, int64_t r0,
                                int64_t r1, const void *act, size_t act_row_bytes, int64_t n_tok,
                                float *out, int64_t ldo);
@@ -35,12 +52,36 @@ struct kcpu_ops {
     kcpu_quantize_fn quantize_act[TT_TYPE_COUNT];
     /* Indexed by the weight type: F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K. */
     kcpu_matmul_fn matmul[TT_TYPE_COUNT];
+    /* The same products on KCPU_LAYOUT_TILE16 weights; NULL where this
+     * table has no such kernel (the weight then stays in rows). */
+    kcpu_matmul_fn matmul_tile16[TT_TYPE_COUNT];
     /* Attention helpers over an F16 or F32 KV cache. */
     float (*dot_f16_f32)(int64_t n, const tt_f16 *a, const float *b);
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     void (*axpy_f16)(int64_t n, float alpha, const tt_f16 *x, float *y); /* y += alpha*x */
     void (*axpy_f32)(int64_t n, float alpha, const float *x, float *y);
 };
+
+/* The product of `ops` for a weight of this type and layout (never NULL for
+ * a layout the weight was packed into with kcpu_tile16_wanted's consent). */
+static inline kcpu_matmul_fn kcpu_matmul_get(const struct kcpu_ops *ops, enum kcpu_layout layout,
+                                             enum tt_type type)
+{
+    return layout == KCPU_LAYOUT_TILE16 ? ops->matmul_tile16[type] : ops->matmul[type];
+}
+
+/* Whether weights of this type should be packed to KCPU_LAYOUT_TILE16 for
+ * `ops`: the one place that decides (a kernel must exist for it). */
+bool kcpu_tile16_wanted(const struct kcpu_ops *ops, enum tt_type type);
+/* Bytes of an n_rows x n matrix of `type` in KCPU_LAYOUT_TILE16 (row groups
+ * padded to 16 rows). */
+size_t kcpu_tile16_bytes(enum tt_type type, int64_t n, int64_t n_rows);
+/* Pack row groups [g0, g1) of the n_rows x n matrix at src (rows
+ * src_row_bytes apart, in the file's layout) into dst, the start of the
+ * whole packed matrix (kcpu_tile16_bytes long). Groups are independent, so
+ * threads may pack disjoint ranges at once. */
+void kcpu_tile16_pack(enum tt_type type, int64_t n, const void *src, size_t src_row_bytes,
+                      int64_t n_rows, int64_t g0, int64_t g1, void *dst);
 
 /* The best table for this CPU; never NULL (scalar at worst). Thread-safe
  * after the first call (call it once at start-up). */

@@ -617,6 +617,11 @@ static void axpy_f32(int64_t n, float alpha, const float *x, float *y)
             [TT_TYPE_Q5_K] = matmul_q5_K,                                                          \
             [TT_TYPE_Q6_K] = matmul_q6_K,                                                          \
         },                                                                                         \
+        .matmul_tile16 = {                                                                         \
+            [TT_TYPE_Q4_K] = kcpu_avx512_tile16_q4_K,                                              \
+            [TT_TYPE_Q5_K] = kcpu_avx512_tile16_q5_K,                                              \
+            [TT_TYPE_Q6_K] = kcpu_avx512_tile16_q6_K,                                              \
+        },                                                                                         \
         .dot_f16_f32 = dot_f16_f32,                                                                \
         .dot_f32 = dot_f32,                                                                        \
         .axpy_f16 = axpy_f16,                                                                      \

@@ -48,6 +48,10 @@ void kcpu_avx512_gemm_q5_K(KCPU_MATMUL_ARGS);
 void kcpu_avx512_gemm_q6_K(KCPU_MATMUL_ARGS);
 void kcpu_avx512_gemm_q8_0(KCPU_MATMUL_ARGS);
 void kcpu_avx512_gemm_q4_0(KCPU_MATMUL_ARGS);
+/* The same on KCPU_LAYOUT_TILE16 weights, every token count (kcpu.h). */
+void kcpu_avx512_tile16_q4_K(KCPU_MATMUL_ARGS);
+void kcpu_avx512_tile16_q5_K(KCPU_MATMUL_ARGS);
+void kcpu_avx512_tile16_q6_K(KCPU_MATMUL_ARGS);
 
 KCPU_INLINE float kcpu_f16(const void *p)
 {

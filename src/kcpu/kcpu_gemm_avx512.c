@@ -42,8 +42,15 @@
  * tokens (batched decode) take another order, gemm_few below: the weights
  * are then read once per call, in the order they lie in memory.
  *
+ * Weights packed once at load (KCPU_LAYOUT_TILE16, kcpu.h; K-quants) are
+ * already the dword transpose the repack starts with: the same drivers then
+ * load each 16-row block with 36 (Q4_K) to 53 (Q6_K) plain vector loads
+ * instead of gathering 16 rows and transposing them (the transposes were
+ * most of the repack's cost), and read the whole matrix as one sequential
+ * stream; that serves every token count, one included.
+ *
  * Stack use is bounded (about 60 KB; gemm_few about 110 KB, its activation
- * piece of FEW_CHUNKS x FEW_TOK chunks); nothing is allocated.
+ * piece of FEW_PREP (chunk, token) pairs); nothing is allocated.
  */
 #include "kcpu_avx512.h"
 
@@ -157,11 +164,10 @@ KCPU_INLINE __m512i sum4_s8(__m512i w)
 
 /* ---- repack, per family ---- */
 
-/* Q4_K (HAS_QH 0) / Q5_K (1): x[i] -> block of row i. */
-KCPU_INLINE void repack_q45k(const int HAS_QH, const uint8_t *const x[16], struct wtile *wt)
+/* Scales of 16 Q4_K/Q5_K blocks: H[d] lane i is dword d (bytes 4d..4d+3:
+ * d and dmin, then the 12 bytes of 6-bit scales and mins) of row i's block. */
+KCPU_INLINE void q45k_scales(const __m512i H[4], struct wtile *wt)
 {
-    __m512i H[4];
-    load_heads16(x, 0, H);
     const __m512i m6 = _mm512_set1_epi8(0x3F), m4 = _mm512_set1_epi8(0x0F);
     const __m512i m30 = _mm512_set1_epi8(0x30);
     const __m512 d = f16_lo(H[0]), dmin = f16_lo(_mm512_srli_epi32(H[0], 16));
@@ -184,7 +190,38 @@ KCPU_INLINE void repack_q45k(const int HAS_QH, const uint8_t *const x[16], struc
     wt->mp[2] = _mm512_shuffle_epi8(m47, lo_pair);
     wt->mp[3] = _mm512_shuffle_epi8(m47, hi_pair);
     wt->cm = _mm512_sub_ps(_mm512_setzero_ps(), dmin);
+}
 
+/* Levels of half `half` (qs dwords 16 * half .. 16 * half + 15) of 16
+ * Q4_K/Q5_K blocks: T[c] lane i is qs dword 16 * half + c of row i; QH[c]
+ * (Q5_K) lane i is qh dword c of row i. */
+KCPU_INLINE void q45k_levels16(const int HAS_QH, int half, const __m512i T[16], const __m512i QH[8],
+                               struct wtile *wt)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    KCPU_UNROLL
+    for (int c = 0; c < 16; c++) {
+        const int g = 2 * half + c / 8, cc = c % 8; /* qs dword 8g + cc */
+        __m512i lo = _mm512_and_si512(T[c], m4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(T[c], 4), m4);
+        if (HAS_QH) {
+            const __m512i b1 = _mm512_set1_epi8(1);
+            const __m512i bl = _mm512_and_si512(_mm512_srli_epi16(QH[cc], 2 * g), b1);
+            const __m512i bh = _mm512_and_si512(_mm512_srli_epi16(QH[cc], 2 * g + 1), b1);
+            lo = _mm512_or_si512(lo, _mm512_slli_epi16(bl, 4));
+            hi = _mm512_or_si512(hi, _mm512_slli_epi16(bh, 4));
+        }
+        wt->w[16 * g + cc] = lo;
+        wt->w[16 * g + 8 + cc] = hi;
+    }
+}
+
+/* Q4_K (HAS_QH 0) / Q5_K (1): x[i] -> block of row i. */
+KCPU_INLINE void repack_q45k(const int HAS_QH, const uint8_t *const x[16], struct wtile *wt)
+{
+    __m512i H[4];
+    load_heads16(x, 0, H);
+    q45k_scales(H, wt);
     const size_t qs = HAS_QH ? 48 : 16;
     __m512i QH[16];
     if (HAS_QH) {
@@ -197,45 +234,53 @@ KCPU_INLINE void repack_q45k(const int HAS_QH, const uint8_t *const x[16], struc
     for (int half = 0; half < 2; half++) {
         __m512i T[16];
         load_t16(x, qs + 64 * half, T);
-        KCPU_UNROLL
-        for (int c = 0; c < 16; c++) {
-            const int g = 2 * half + c / 8, cc = c % 8; /* qs dword 8g + cc */
-            __m512i lo = _mm512_and_si512(T[c], m4);
-            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(T[c], 4), m4);
-            if (HAS_QH) {
-                const __m512i b1 = _mm512_set1_epi8(1);
-                const __m512i bl = _mm512_and_si512(_mm512_srli_epi16(QH[cc], 2 * g), b1);
-                const __m512i bh = _mm512_and_si512(_mm512_srli_epi16(QH[cc], 2 * g + 1), b1);
-                lo = _mm512_or_si512(lo, _mm512_slli_epi16(bl, 4));
-                hi = _mm512_or_si512(hi, _mm512_slli_epi16(bh, 4));
-            }
-            wt->w[16 * g + cc] = lo;
-            wt->w[16 * g + 8 + cc] = hi;
-        }
+        q45k_levels16(HAS_QH, half, T, QH, wt);
     }
 }
 
-/* Q6_K: unsigned levels 0..63 (the -32 comes with the activation). */
-KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const uint8_t *x0,
-                            size_t wrb, __mmask16 valid)
+/* Vector v of a KCPU_LAYOUT_TILE16 block: lane i is dword v of row i. */
+KCPU_INLINE __m512i tile_dw(const uint8_t *t, int v)
 {
-    __m512i H[4];
-    load_heads16(x, 192, H); /* scales, int8 */
-    const __m512i dv = _mm512_mask_i32gather_epi32(
-        _mm512_setzero_si512(), valid,
-        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                           _mm512_set1_epi32((int)wrb)),
-        (const int *)(x0 + 206), 1); /* scales[14..15], d: d is the high half */
-    const __m512 d = f16_lo(_mm512_srli_epi32(dv, 16));
+    return _mm512_loadu_si512((const void *)(t + 64 * v));
+}
+
+/* Q4_K / Q5_K from a KCPU_LAYOUT_TILE16 block t: the same vectors as
+ * repack_q45k, loaded instead of transposed (dwords 0..3 head, Q5_K 4..11
+ * qh, then the qs). */
+KCPU_INLINE void unpack_q45k(const int HAS_QH, const uint8_t *t, struct wtile *wt)
+{
+    __m512i H[4], QH[8], T[16];
+    KCPU_UNROLL
+    for (int d = 0; d < 4; d++) H[d] = tile_dw(t, d);
+    q45k_scales(H, wt);
+    const int qs = HAS_QH ? 12 : 4;
+    if (HAS_QH) {
+        KCPU_UNROLL
+        for (int c = 0; c < 8; c++) QH[c] = tile_dw(t, 4 + c);
+    }
+    KCPU_UNROLL
+    for (int half = 0; half < 2; half++) {
+        KCPU_UNROLL
+        for (int c = 0; c < 16; c++) T[c] = tile_dw(t, qs + 16 * half + c);
+        q45k_levels16(HAS_QH, half, T, QH, wt);
+    }
+}
+
+/* Q6_K scales: H[d] lane i is dword d of row i's int8 scales; d the rows'
+ * d. */
+KCPU_INLINE void q6k_scales(const __m512i H[4], __m512 d, struct wtile *wt)
+{
     KCPU_UNROLL
     for (int j = 0; j < 16; j++) {
         const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(H[j / 4], 24 - 8 * (j % 4)), 24);
         wt->sd[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(sc), d);
     }
-    __m512i TL[32], TH[16];
-    load_t16(x, 0, TL);
-    load_t16(x, 64, TL + 16);
-    load_t16(x, 128, TH);
+}
+
+/* Q6_K levels 0..63 (the -32 comes with the activation): TL[c] lane i is ql
+ * dword c of row i, TH[c] qh dword c. */
+KCPU_INLINE void q6k_levels16(const __m512i TL[32], const __m512i TH[16], struct wtile *wt)
+{
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     KCPU_UNROLL
     for (int h = 0; h < 2; h++) {
@@ -255,6 +300,40 @@ KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const 
             }
         }
     }
+}
+
+/* Q6_K from the 16 rows' blocks x[i]. */
+KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const uint8_t *x0,
+                            size_t wrb, __mmask16 valid)
+{
+    __m512i H[4];
+    load_heads16(x, 192, H); /* scales, int8 */
+    const __m512i dv = _mm512_mask_i32gather_epi32(
+        _mm512_setzero_si512(), valid,
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)wrb)),
+        (const int *)(x0 + 206), 1); /* scales[14..15], d: d is the high half */
+    q6k_scales(H, f16_lo(_mm512_srli_epi32(dv, 16)), wt);
+    __m512i TL[32], TH[16];
+    load_t16(x, 0, TL);
+    load_t16(x, 64, TL + 16);
+    load_t16(x, 128, TH);
+    q6k_levels16(TL, TH, wt);
+}
+
+/* Q6_K from a KCPU_LAYOUT_TILE16 block t: dwords 0..31 ql, 32..47 qh,
+ * 48..51 scales, then the 16 rows' d (2 bytes each) at byte 64 * 52. */
+KCPU_INLINE void unpack_q6k(const uint8_t *t, struct wtile *wt)
+{
+    __m512i H[4], TL[32], TH[16];
+    KCPU_UNROLL
+    for (int d = 0; d < 4; d++) H[d] = tile_dw(t, 48 + d);
+    q6k_scales(H, _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(t + 64 * 52))), wt);
+    KCPU_UNROLL
+    for (int c = 0; c < 32; c++) TL[c] = tile_dw(t, c);
+    KCPU_UNROLL
+    for (int c = 0; c < 16; c++) TH[c] = tile_dw(t, 32 + c);
+    q6k_levels16(TL, TH, wt);
 }
 
 /* Q8_0 (IS_Q4 0) / Q4_0 (1): 8 blocks per chunk, x[i] -> first block of the
@@ -503,11 +582,49 @@ KCPU_INLINE void prep_chunk(const int FAM, const uint8_t *a, size_t arb, int64_t
     else prep_q8k(a, arb, c, nt, p);
 }
 
-KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
+/* The 16-row tile of rows rg .. rg + nr - 1 and chunk c (nblk blocks of it)
+ * into wt: loaded from a KCPU_LAYOUT_TILE16 weight (PACKED; rg a multiple
+ * of 16, K-quants only), or repacked from rows (rows past nr read zero). */
+KCPU_INLINE void load_chunk(const int GT, const int PACKED, const struct gshape *g, const uint8_t *wb,
+                            size_t w_row_bytes, int64_t rg, int nr, int64_t c, int nblk,
+                            struct wtile *wt)
+{
+    const size_t coff = (size_t)c * g->blocks_per_chunk * g->bsz;
+    if (PACKED) {
+        const uint8_t *t = wb + (size_t)rg * w_row_bytes + 16 * coff;
+        if (GT == G_Q4_K) unpack_q45k(0, t, wt);
+        else if (GT == G_Q5_K) unpack_q45k(1, t, wt);
+        else unpack_q6k(t, wt);
+        return;
+    }
+    const uint8_t *x[16];
+    KCPU_UNROLL
+    for (int i = 0; i < 16; i++) x[i] = i < nr ? wb + (rg + i) * w_row_bytes + coff : zero_block;
+    repack_chunk(GT, x, nblk, wt, wb + rg * w_row_bytes + coff, w_row_bytes, (__mmask16)((1u << nr) - 1));
+}
+
+/* Into L2: the tile of rows rg .. min(rg + 16, r1) - 1 and chunk c (one
+ * contiguous span when PACKED, 16 row pieces otherwise). */
+KCPU_INLINE void prefetch_chunk(const int PACKED, const struct gshape *g, const uint8_t *wb,
+                                size_t w_row_bytes, int64_t rg, int64_t r1, int64_t c)
+{
+    const size_t cb = (size_t)g->blocks_per_chunk * g->bsz, coff = (size_t)c * cb;
+    if (PACKED) {
+        const char *t = (const char *)(wb + (size_t)rg * w_row_bytes + 16 * coff);
+        for (size_t o = 0; o < 16 * cb; o += 64) _mm_prefetch(t + o, _MM_HINT_T1);
+        return;
+    }
+    const int npr = (int)TT_MIN(16, r1 - rg);
+    for (int i = 0; i < npr; i++) {
+        const char *x = (const char *)(wb + (rg + i) * w_row_bytes + coff);
+        for (size_t o = 0; o < cb; o += 64) _mm_prefetch(x + o, _MM_HINT_T1);
+    }
+}
+
+KCPU_INLINE void gemm(const int GT, const int PACKED, KCPU_MATMUL_ARGS)
 {
     const struct gshape g = gemm_shape(GT, n);
     const int FAM = g.fam;
-    const size_t bsz = g.bsz;
     const int blocks_per_chunk = g.blocks_per_chunk;
     const int64_t nblocks = FAM == FAM_Q80 ? n / QK8_0 : n / QK_K, nchunks = g.nchunks;
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
@@ -525,21 +642,10 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
                 for (int64_t rg = p0; rg < p1; rg += 16) {
                     const int nr = (int)TT_MIN(16, p1 - rg);
                     const __mmask16 m = (__mmask16)((1u << nr) - 1);
-                    const size_t coff = (size_t)c * blocks_per_chunk * bsz;
-                    const uint8_t *x[16];
-                    KCPU_UNROLL
-                    for (int i = 0; i < 16; i++)
-                        x[i] = i < nr ? wb + (rg + i) * w_row_bytes + coff : zero_block;
                     /* the next group's rows of this chunk, while this one computes,
                      * into L2 (T1 measured 6-9% faster than T0 at 64 tokens) */
-                    if (rg + 16 < p1) {
-                        for (int i = 0; i < 16 && rg + 16 + i < p1; i++) {
-                            const char *nx = (const char *)(wb + (rg + 16 + i) * w_row_bytes + coff);
-                            for (size_t o = 0; o < (size_t)blocks_per_chunk * bsz; o += 64)
-                                _mm_prefetch(nx + o, _MM_HINT_T1);
-                        }
-                    }
-                    repack_chunk(GT, x, nblk, &wt, wb + rg * w_row_bytes + coff, w_row_bytes, m);
+                    if (rg + 16 < p1) prefetch_chunk(PACKED, &g, wb, w_row_bytes, rg + 16, p1, c);
+                    load_chunk(GT, PACKED, &g, wb, w_row_bytes, rg, nr, c, nblk, &wt);
                     run_tokens(FAM, &wt, prep, nt, out + t0 * ldo + rg, ldo, m);
                 }
             }
@@ -549,38 +655,37 @@ KCPU_INLINE void gemm(const int GT, KCPU_MATMUL_ARGS)
 
 /* Few tokens (batched decode, n_tok <= FEW_TOK): the weights stream from
  * memory once per call, so they are read in the order they lie: each
- * 16-row group runs through a piece of FEW_CHUNKS chunks of its rows
- * (sixteen sequential streams, prefetched FEW_PF chunks ahead) before the
- * next group starts; the activation of the whole piece is prepared once,
- * before the rows. The many-token driver above goes chunk by chunk over a
- * panel of rows instead (the weights of a panel stay in L2 for the slab's
- * tokens), which leaves small batches waiting on memory. */
-#define FEW_CHUNKS 16
-/* Prefetch distance (chunks) and hint, measured on Zen 4 (one thread, 8
- * tokens, 14336 x 4096, CPU time): into L2 (T1) beat T0 and NTA, Q4_K 8.3 vs
- * 10.4 cycles per row-block and token, Q6_K 9.9 vs 12.9; distances 2 to 12
+ * 16-row group runs through a piece of FEW_PREP / n_tok chunks of its rows
+ * (sixteen sequential streams, or one for KCPU_LAYOUT_TILE16, prefetched
+ * FEW_PF chunks ahead) before the next group starts; the activation of the
+ * whole piece is prepared once, before the rows. The many-token driver
+ * above goes chunk by chunk over a panel of rows instead (the weights of a
+ * panel stay in L2 for the slab's tokens), which leaves small batches
+ * waiting on memory. */
+#define FEW_PREP 256 /* prepared (chunk, token) pairs of a piece: ~100 KB of stack */
+/* Prefetch distance (chunks), measured on Zen 4 (one thread, 8 tokens,
+ * 14336 x 4096, CPU time): into L2 (T1) beat T0 and NTA, Q4_K 8.3 vs 10.4
+ * cycles per row-block and token, Q6_K 9.9 vs 12.9; distances 2 to 12
  * within 3% of each other. */
-#ifndef FEW_HINT
-#define FEW_HINT _MM_HINT_T1
-#endif
 #ifndef FEW_PF
 #define FEW_PF 4
 #endif
 
-KCPU_INLINE void gemm_few(const int GT, KCPU_MATMUL_ARGS)
+KCPU_INLINE void gemm_few(const int GT, const int PACKED, KCPU_MATMUL_ARGS)
 {
     const struct gshape g = gemm_shape(GT, n);
     const int64_t nblocks = g.fam == FAM_Q80 ? n / QK8_0 : n / QK_K;
     const uint8_t *wb = (const uint8_t *)w, *ab = (const uint8_t *)act;
-    struct aprep prep[FEW_CHUNKS][FEW_TOK];
+    struct aprep prep[FEW_PREP];
     struct wtile wt;
-    TT_ASSERT(n_tok <= FEW_TOK);
+    TT_ASSERT(n_tok >= 1 && n_tok <= FEW_TOK);
+    const int64_t piece = FEW_PREP / n_tok;
     for (int64_t t = 0; t < n_tok; t++) memset(out + t * ldo + r0, 0, (size_t)(r1 - r0) * sizeof(float));
-    for (int64_t c0 = 0; c0 < g.nchunks; c0 += FEW_CHUNKS) {
-        const int nc = (int)TT_MIN(FEW_CHUNKS, g.nchunks - c0);
+    for (int64_t c0 = 0; c0 < g.nchunks; c0 += piece) {
+        const int nc = (int)TT_MIN(piece, g.nchunks - c0);
         for (int c = 0; c < nc; c++) {
             const int nblk = (int)TT_MIN(g.blocks_per_chunk, nblocks - (c0 + c) * g.blocks_per_chunk);
-            prep_chunk(g.fam, ab, act_row_bytes, c0 + c, nblk, n_tok, prep[c]);
+            prep_chunk(g.fam, ab, act_row_bytes, c0 + c, nblk, n_tok, prep + c * n_tok);
         }
         for (int64_t rg = r0; rg < r1; rg += 16) {
             const int nr = (int)TT_MIN(16, r1 - rg);
@@ -588,39 +693,33 @@ KCPU_INLINE void gemm_few(const int GT, KCPU_MATMUL_ARGS)
             for (int c = 0; c < nc; c++) {
                 const int64_t cc = c0 + c;
                 const int nblk = (int)TT_MIN(g.blocks_per_chunk, nblocks - cc * g.blocks_per_chunk);
-                const size_t coff = (size_t)cc * g.blocks_per_chunk * g.bsz;
-                const uint8_t *x[16];
-                KCPU_UNROLL
-                for (int i = 0; i < 16; i++)
-                    x[i] = i < nr ? wb + (rg + i) * w_row_bytes + coff : zero_block;
                 /* FEW_PF chunks ahead in this group's rows, or the start of
                  * the next group's once this piece of the rows runs out */
                 const int64_t pr = c + FEW_PF < nc ? rg : rg + 16;
                 const int64_t pc = c + FEW_PF < nc ? cc + FEW_PF : c0 + c + FEW_PF - nc;
-                const int npr = (int)TT_MIN(16, r1 - pr);
-                for (int i = 0; i < npr; i++) {
-                    const char *px = (const char *)(wb + (pr + i) * w_row_bytes) + (size_t)pc * g.blocks_per_chunk * g.bsz;
-                    for (size_t o = 0; o < (size_t)g.blocks_per_chunk * g.bsz; o += 64)
-                        _mm_prefetch(px + o, FEW_HINT);
-                }
-                repack_chunk(GT, x, nblk, &wt, wb + rg * w_row_bytes + coff, w_row_bytes, m);
-                run_tokens(g.fam, &wt, prep[c], n_tok, out + rg, ldo, m);
+                if (pr < r1 && pc < g.nchunks) prefetch_chunk(PACKED, &g, wb, w_row_bytes, pr, r1, pc);
+                load_chunk(GT, PACKED, &g, wb, w_row_bytes, rg, nr, cc, nblk, &wt);
+                run_tokens(g.fam, &wt, prep + c * n_tok, n_tok, out + rg, ldo, m);
             }
         }
     }
 }
 
-#define GEMM_ENTRY(name, GT)                                                                       \
+#define GEMM_ENTRY(name, GT, PACKED)                                                               \
     void name(KCPU_MATMUL_ARGS)                                                                    \
     {                                                                                              \
+        TT_ASSERT(!(PACKED) || r0 % 16 == 0);                                                      \
         if (n_tok <= FEW_TOK)                                                                      \
-            gemm_few(GT, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);          \
+            gemm_few(GT, PACKED, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);  \
         else                                                                                       \
-            gemm(GT, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);              \
+            gemm(GT, PACKED, n, w, w_row_bytes, r0, r1, act, act_row_bytes, n_tok, out, ldo);      \
     }
 
-GEMM_ENTRY(kcpu_avx512_gemm_q4_K, G_Q4_K)
-GEMM_ENTRY(kcpu_avx512_gemm_q5_K, G_Q5_K)
-GEMM_ENTRY(kcpu_avx512_gemm_q6_K, G_Q6_K)
-GEMM_ENTRY(kcpu_avx512_gemm_q8_0, G_Q8_0)
-GEMM_ENTRY(kcpu_avx512_gemm_q4_0, G_Q4_0)
+GEMM_ENTRY(kcpu_avx512_gemm_q4_K, G_Q4_K, 0)
+GEMM_ENTRY(kcpu_avx512_gemm_q5_K, G_Q5_K, 0)
+GEMM_ENTRY(kcpu_avx512_gemm_q6_K, G_Q6_K, 0)
+GEMM_ENTRY(kcpu_avx512_gemm_q8_0, G_Q8_0, 0)
+GEMM_ENTRY(kcpu_avx512_gemm_q4_0, G_Q4_0, 0)
+GEMM_ENTRY(kcpu_avx512_tile16_q4_K, G_Q4_K, 1)
+GEMM_ENTRY(kcpu_avx512_tile16_q5_K, G_Q5_K, 1)
+GEMM_ENTRY(kcpu_avx512_tile16_q6_K, G_Q6_K, 1)

@@ -71,6 +71,14 @@ void cli_load_model(const char *path, struct model *m);
  * the parser's message naming the field on error. */
 struct plan_cluster;
 void cli_load_cluster(const char *path, struct plan_cluster *c);
+/* This machine's GPU as the planner describes a rank (cmd_plan_gpu.c):
+ * copy bandwidth, one-token product bandwidth, prompt-batch GFLOP/s and
+ * per-layer kernel overhead, timed on the model's FFN shapes, and free
+ * device memory into *r (host name left as it is). False, with *r
+ * untouched, in builds without CUDA, without a device or on an error. */
+struct plan_model;
+struct plan_hw_rank;
+bool cli_gpu_describe(const struct plan_model *pm, struct plan_hw_rank *r);
 /* Load the model and, on several ranks, build the plan from --split and
  * point o->engine at the communicator and the plan. */
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m);

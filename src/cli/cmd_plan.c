@@ -44,7 +44,8 @@ static const char plan_help[] =
     "                     q6_k, q4_k_m, q5_k_m (default q4_k_m)\n"
     "cluster:\n"
     "  --cluster FILE     a cluster description (JSON; see docs/PLANNER.md and docs/clusters/)\n"
-    "                     default: this machine, measured now (-t threads, default all cores)\n"
+    "                     default: this machine, measured now (-t threads, default all cores;\n"
+    "                     its GPU when it has one, as the engine runs there; --cpu: its CPU)\n"
     "workload:\n"
     "  --prompt N         prompt tokens for TTFT; decode attends over them (default 512)\n"
     "  --ctx N            KV cache positions per stream (default 4096)\n"
@@ -73,7 +74,7 @@ static const struct shape_preset {
 struct plan_opts {
     const char *model_path, *cluster_path, *shape, *type, *arch;
     struct model_hparams hp; /* shape options given (0 = not given) */
-    bool tied, json;
+    bool tied, json, cpu;
     int threads;
     struct plan_workload w;
 };
@@ -92,6 +93,10 @@ static void parse_args(int argc, char **argv, struct plan_opts *o)
         }
         if (!strcmp(a, "--tied")) {
             o->tied = true;
+            continue;
+        }
+        if (!strcmp(a, "--cpu")) {
+            o->cpu = true;
             continue;
         }
         const char *v = cli_value(argc, argv, &i);
@@ -480,7 +485,7 @@ static double measure_jitter(struct tt_pool *pool)
  * overhead: the cost of one
  * parallel job times the jobs a decode step runs per layer (engine_ops.c:
  * q/k/v, attention, output, gate/up, down; MoE: router and two per expert). */
-static void this_machine(int threads, const struct plan_model *pm, struct plan_cluster *c)
+static void this_machine(int threads, bool cpu, const struct plan_model *pm, struct plan_cluster *c)
 {
     const struct model_hparams *hp = &pm->hp;
     memset(c, 0, sizeof(*c));
@@ -503,6 +508,11 @@ static void this_machine(int threads, const struct plan_model *pm, struct plan_c
     if (fp) fclose(fp);
     if (!(r->mem_avail_gib > 0))
         cli_die(0, "cannot read this machine's free memory; use --cluster FILE");
+    if (!cpu && cli_gpu_describe(pm, r)) {
+        snprintf(c->name, sizeof(c->name), "this machine's GPU (%.30s, %.50s, measured now)",
+                 r->host, r->device);
+        return;
+    }
     r->read_gbs = cli_measure_read_bw(n_threads);
     struct tt_pool *pool = tt_pool_create(n_threads);
     if (!pool) cli_die(TT_ENOMEM, "measuring this machine");
@@ -885,7 +895,7 @@ int cmd_plan(int argc, char **argv)
     if (o.cluster_path)
         cli_load_cluster(o.cluster_path, c);
     else
-        this_machine(o.threads, &pm, c);
+        this_machine(o.threads, o.cpu, &pm, c);
     struct plan_result res;
     int err = plan_search(&res, &pm, c, &o.w);
     if (err) cli_die(err, "planning");

@@ -107,7 +107,8 @@ static double gemm_gflops(struct gpu_bench *b, const struct kcuda_weight *w)
 static struct kcuda_weight weight_of(const struct gpu_bench *b, enum tt_type type, int64_t n_out,
                                      int64_t n_in)
 {
-    return (struct kcuda_weight){b->w, (int)type, n_in, n_out, tt_row_size(type, n_in), 0};
+    return (struct kcuda_weight){
+        .data = b->w, .type = (int)type, .n_in = n_in, .n_out = n_out, .row_stride = tt_row_size(type, n_in)};
 }
 
 /* The measurements above on the model's FFN shapes (for MoE: the rows a

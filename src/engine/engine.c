@@ -216,6 +216,7 @@ int engine_create(struct engine **out, const struct model *m, const struct engin
         if (aerr == TT_EUNSUPPORTED && opts->n_gpu_layers < 0) tt_error_clear(); /* auto: CPU is fine */
         else if (aerr) err = aerr;
     }
+    if (!err) err = shard_pack(e); /* after the accelerator took its layers */
     if (err) {
         engine_destroy(e);
         return err;
@@ -266,5 +267,5 @@ uint64_t engine_memory_bytes(const struct engine *e)
 {
     const uint64_t n_kv_layers = (uint64_t)(e->slice.layers.end - e->slice.layers.begin);
     return 2ull * (uint64_t)e->n_seq * n_kv_layers * (uint64_t)e->n_ctx * e->kv_row_bytes +
-           (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes + e->shard_bytes;
+           (uint64_t)ENGINE_MATMULS_MAX * e->act_bytes + e->shard_bytes + e->packed_bytes;
 }

@@ -20,12 +20,16 @@
 /* This rank's slice of a weight: rows [0, n_out) of `n_in` columns each; row r
  * of expert x starts at data + x*expert_stride + r*row_stride. For a column
  * slice, data already points at the first column of the slice and
- * row_stride is the full row's size. */
+ * row_stride is the full row's size. layout KCPU_LAYOUT_TILE16 (dense
+ * weights of CPU layers, packed once by shard_pack): data is the packed
+ * matrix and row_stride the unpadded row size, as kcpu.h describes; every
+ * product picks its kernel by (layout, type) with kcpu_matmul_get. */
 struct engine_weight {
     const uint8_t *data; /* NULL: absent */
     uint32_t type;
     int64_t n_in, n_out;
     size_t row_stride, expert_stride;
+    uint32_t layout; /* enum kcpu_layout (last: positional initializers leave it ROWS) */
 };
 
 struct engine_layer {
@@ -115,6 +119,8 @@ struct engine {
     int n_vocab_local;
     uint8_t *shard;          /* copied weight slices (multi-rank), or NULL */
     uint64_t shard_bytes;
+    uint8_t *packed;         /* KCPU_LAYOUT_TILE16 copies of the CPU layers' dense weights, or NULL */
+    uint64_t packed_bytes;
     int fd;                  /* the model file, read with pread on several ranks (-1: map) */
     bool remote;             /* no model file here: weights come from rank 0 */
     struct shard_req { uint64_t offset, size; void *dst; } *reqs; /* deferred remote reads */
@@ -211,6 +217,13 @@ bool moe_rebalance_wanted(const struct engine *e);
 
 /* engine_shard.c */
 int shard_build(struct engine *e);
+/* After the accelerator took its layers: the dense weights the CPU products
+ * read are packed to KCPU_LAYOUT_TILE16 where the kernel table wants it
+ * (kcpu_tile16_wanted), into e->packed, and the mapped pages they came from
+ * are given back. One rank only; experts, GPU layers and slices stay in
+ * rows. Packing is an optimisation: out of memory or past --mem-limit the
+ * weights stay as they are (logged). */
+int shard_pack(struct engine *e);
 void shard_free(struct engine *e);
 /* Bytes [src, src+size) of the model's map into dst: from the map itself on
  * one rank, with pread on several (so the map's pages are never touched). */

@@ -6,7 +6,8 @@
  * streams a disjoint part of the weights, which is what decode speed is made
  * of); attention splits (token, head) pairs; conversions split token rows.
  * Rows are handed out in multiples of ROW_ALIGN so kernels can work on whole
- * row groups.
+ * row groups (KCPU_LAYOUT_TILE16 weights need a thread's rows to start at a
+ * group of 16).
  */
 #include "engine_internal.h"
 
@@ -69,9 +70,9 @@ static void matmul_run(void *p, int ith, int nth)
         int64_t r0, r1;
         tt_split_range(w->n_out, ith, nth, ROW_ALIGN, &r0, &r1);
         if (r0 >= r1) continue;
-        j->ops->matmul[w->type](w->n_in, w->data + (size_t)t->expert * w->expert_stride,
-                                w->row_stride, r0, r1, t->act, t->act_row_bytes, t->n_tok, t->out,
-                                t->ldo);
+        kcpu_matmul_get(j->ops, (enum kcpu_layout)w->layout, (enum tt_type)w->type)(
+            w->n_in, w->data + (size_t)t->expert * w->expert_stride, w->row_stride, r0, r1, t->act,
+            t->act_row_bytes, t->n_tok, t->out, t->ldo);
     }
 }
 

@@ -13,6 +13,14 @@
  * replicated tensors, and nothing else of the file.
  * Column ranges start and end on block boundaries (the plan guarantees it), so
  * a slice of a quantized row is a whole number of blocks, copied as bytes.
+ *
+ * Packing (shard_pack, one rank): where the CPU kernel table reads a packed
+ * layout faster (kcpu_tile16_wanted: the AVX-512 K-quant tiles), the dense
+ * weights of the layers the CPU runs are copied once into that layout and
+ * the mapped pages under them given back (MADV_DONTNEED: they are file
+ * pages, read again from the file if anything touches them), so resident
+ * memory stays about the file's size. Experts (moved between slots by
+ * engine_moe.c) and the layers an accelerator uploaded stay in rows.
  */
 #include "engine_internal.h"
 
@@ -245,6 +253,103 @@ int shard_build(struct engine *e)
     return b.err;
 }
 
+/* ---- packing for the CPU kernels (KCPU_LAYOUT_TILE16) ---- */
+
+struct pack_job {
+    const struct engine_weight *src;
+    uint8_t *dst;
+};
+
+static void pack_run(void *p, int ith, int nth)
+{
+    const struct pack_job *j = p;
+    const struct engine_weight *w = j->src;
+    int64_t g0, g1;
+    tt_split_range((w->n_out + 15) / 16, ith, nth, 1, &g0, &g1);
+    kcpu_tile16_pack((enum tt_type)w->type, w->n_in, w->data, w->row_stride, w->n_out, g0, g1, j->dst);
+}
+
+#define PACK_VIEWS_PER_LAYER 10
+
+/* The views shard_pack may pack: dense products of the CPU layers (and the
+ * output rows when no accelerator computes the logits), whole contiguous
+ * rows of a type the kernel table packs; into ws (room for cap), counted. */
+static int packable_views(struct engine *e, struct engine_weight **ws, int cap)
+{
+    int n = 0;
+    const int il0 = TT_MAX(e->slice.layers.begin, e->accel.ctx ? e->accel.n_layers_accel : 0);
+    for (int il = il0; il < e->slice.layers.end; il++) {
+        struct engine_layer *l = &e->layers[il];
+        struct engine_weight *cand[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up,
+                                         &l->w_down, &l->gate_shexp, &l->up_shexp, &l->down_shexp };
+        for (size_t i = 0; i < TT_ARRAY_LEN(cand) && n < cap; i++) ws[n++] = cand[i];
+    }
+    if (!e->accel.ctx && n < cap) ws[n++] = &e->output;
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        const struct engine_weight *w = ws[i];
+        if (w->data && w->n_out > 0 && w->layout == KCPU_LAYOUT_ROWS &&
+            kcpu_tile16_wanted(e->ops, (enum tt_type)w->type) &&
+            w->row_stride == tt_row_size((enum tt_type)w->type, w->n_in))
+            ws[kept++] = ws[i];
+    }
+    return kept;
+}
+
+/* Give back the whole pages of the map under a packed view (not those of
+ * token_embd, which is read through the map row by row). */
+static void release_mapped(struct engine *e, const struct engine_weight *w)
+{
+    const size_t pg = 4096;
+    const uintptr_t b = (uintptr_t)w->data, end = b + (size_t)w->n_out * w->row_stride;
+    const uintptr_t emb = (uintptr_t)e->m->token_embd.data;
+    if (emb >= b && emb < end) return; /* output tied to the embeddings */
+    const uintptr_t pb = (b + pg - 1) / pg * pg, pe = end / pg * pg;
+    if (pe > pb) madvise((void *)pb, pe - pb, MADV_DONTNEED);
+}
+
+int shard_pack(struct engine *e)
+{
+    if (e->n_ranks != 1 || !e->m->file.owns_map) return 0;
+    const int cap = PACK_VIEWS_PER_LAYER * e->m->hp.n_layer + 1;
+    struct engine_weight **ws = malloc(sizeof(*ws) * (size_t)cap);
+    if (!ws) return tt_error_set(TT_ENOMEM, "out of memory");
+    const int n = packable_views(e, ws, cap);
+    uint64_t total = 0, from = 0;
+    for (int i = 0; i < n; i++) {
+        total += (kcpu_tile16_bytes((enum tt_type)ws[i]->type, ws[i]->n_in, ws[i]->n_out) + TT_ALIGN - 1) /
+                 TT_ALIGN * TT_ALIGN;
+        from += (uint64_t)ws[i]->n_out * ws[i]->row_stride;
+    }
+    if (n == 0) goto done;
+    /* the packed copies replace the mapped pages: only the row padding is new */
+    if (e->mem_limit && e->m->file.size_bytes + e->buffers_bytes + (total - from) > e->mem_limit) {
+        tt_info("weights stay in rows: packing them needs %.1f MiB more than --mem-limit allows",
+                (double)(total - from) / 1048576.0);
+        goto done;
+    }
+    if (!(e->packed = tt_alloc(total))) {
+        tt_info("weights stay in rows: no memory for a packed copy (%.0f MiB)", (double)total / 1048576.0);
+        goto done;
+    }
+    e->packed_bytes = total;
+    uint8_t *at = e->packed;
+    for (int i = 0; i < n; i++) {
+        struct engine_weight *w = ws[i];
+        struct pack_job j = { w, at };
+        tt_pool_run(e->pool, pack_run, &j);
+        release_mapped(e, w);
+        w->data = at;
+        w->layout = KCPU_LAYOUT_TILE16;
+        at += (kcpu_tile16_bytes((enum tt_type)w->type, w->n_in, w->n_out) + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;
+    }
+    tt_debug("packed %d weights for the %s kernels (%.0f MiB)", n, kcpu_isa_name(e->ops->isa),
+             (double)total / 1048576.0);
+done:
+    free(ws);
+    return 0;
+}
+
 /* ---- weights over the network (--weights-from 0) ---- */
 
 #define SHARD_CHUNK_BYTES (16u << 20)
@@ -342,6 +447,8 @@ void shard_free(struct engine *e)
     free(e->layers);
     free(e->embd_row);
     tt_free(e->shard);
+    tt_free(e->packed);
+    e->packed = NULL;
     e->layers = NULL;
     e->shard = NULL;
     e->embd_row = NULL;

@@ -417,6 +417,190 @@ static void test_moe(void)
     free(x0), free(ysh), free(gsh), free(xr);
 }
 
+/* The fused router (product, softmax, top-k in one launch) against the CPU's
+ * dot products and moe_route_token on the device's own logits (so near-ties
+ * cannot flip), twice over the same tickets (they must reset themselves). */
+static void check_router(int X, int n_in, int T, int KX, bool norm)
+{
+    float *w = malloc(sizeof(float) * (size_t)X * n_in), *x = malloc(sizeof(float) * (size_t)T * n_in);
+    float *ref = malloc(sizeof(float) * (size_t)T * X), *got = malloc(sizeof(float) * (size_t)T * X);
+    float wg[8 * 32], wr[32];
+    int32_t sel[8 * 32], sr[32], tiles[8 * 32 * KCUDA_MOE_TILE_INTS];
+    TT_ASSERT(T <= 8 && KX <= 32 && X <= 64);
+    fill(w, (int64_t)X * n_in, 0.1f);
+    fill(x, (int64_t)T * n_in, 1.0f);
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < X; r++) {
+            double d = 0.0;
+            for (int i = 0; i < n_in; i++) d += (double)w[(size_t)r * n_in + i] * x[(size_t)t * n_in + i];
+            ref[t * X + r] = (float)d;
+        }
+    const struct kcuda_weight dw = { .data = dev_from(w, sizeof(float) * (size_t)X * n_in), .type = KCUDA_F32,
+                                     .n_in = n_in, .n_out = X, .row_stride = sizeof(float) * (size_t)n_in };
+    float *dx = dev_from(x, sizeof(float) * (size_t)T * n_in), *dlog = dev(sizeof(float) * (size_t)T * X);
+    float *dwt = dev(sizeof(wg));
+    int32_t *dsel = dev(sizeof(sel)), *dtiles = dev(sizeof(tiles));
+    int *dcount = dev(sizeof(int) * (size_t)T);
+    TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)T) == 0);
+    for (int rep = 0; rep < 2; rep++) {
+        int err = kcuda_moe_router(K, &dw, dx, T, KX, norm, dlog, dcount, dsel, dwt, dtiles);
+        if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+        CHECK_EQ_INT(err, 0);
+        to_host(got, dlog, sizeof(float) * (size_t)T * X);
+        to_host(sel, dsel, sizeof(int32_t) * (size_t)T * KX);
+        to_host(wg, dwt, sizeof(float) * (size_t)T * KX);
+        to_host(tiles, dtiles, sizeof(int32_t) * (size_t)T * KX * KCUDA_MOE_TILE_INTS);
+        CHECK_NMSE("router logits", got, ref, (int64_t)T * X, 1e-10);
+        for (int t = 0; t < T; t++) {
+            ref_route(got + t * X, X, KX, norm, sr, wr);
+            for (int k = 0; k < KX; k++) {
+                const int sl = t * KX + k;
+                CHECK_EQ_INT(sel[sl], sr[k]);
+                CHECK_NEAR(wg[sl], wr[k], 1e-6);
+                CHECK(tiles[sl * KCUDA_MOE_TILE_INTS] == sel[sl] && tiles[sl * KCUDA_MOE_TILE_INTS + 1] == 1 &&
+                      tiles[sl * KCUDA_MOE_TILE_INTS + 2] == sl);
+            }
+        }
+    }
+    kcuda_free((void *)dw.data), kcuda_free(dx), kcuda_free(dlog), kcuda_free(dwt), kcuda_free(dsel);
+    kcuda_free(dtiles), kcuda_free(dcount);
+    free(w), free(x), free(ref), free(got);
+}
+
+/* Slots grouped by expert, then the grouped tensor-core products (gate/up
+ * with SwiGLU, then down) against the CPU's dots: F16 operands, so the batch
+ * products' bound 1e-5. One expert takes more slots than a group holds. */
+static void check_grouped(enum tt_type tg, enum tt_type td, int X, int KX, int T, int E, int FF)
+{
+    const int S = T * KX, mg = kcuda_moe_max_groups(S, X);
+    const enum tt_type vg = tt_type_get(tg)->vec_dot_type, vd = tt_type_get(td)->vec_dot_type;
+    uint8_t *gate = make_weight(tg, E, (int64_t)X * FF, 1.0f), *up = make_weight(tg, E, (int64_t)X * FF, 1.0f);
+    uint8_t *down = make_weight(td, FF, (int64_t)X * E, 1.0f);
+    const size_t rg = tt_row_size(tg, E), rd = tt_row_size(td, FF);
+    struct kcuda_weight dg = { .data = dev_from(gate, rg * X * FF), .type = (int)tg, .n_in = E, .n_out = FF,
+                               .row_stride = rg, .expert_stride = rg * FF };
+    struct kcuda_weight du = dg, dd = { .data = dev_from(down, rd * X * E), .type = (int)td, .n_in = FF,
+                                        .n_out = E, .row_stride = rd, .expert_stride = rd * E };
+    du.data = dev_from(up, rg * X * FF);
+    int32_t *sel = malloc(sizeof(int32_t) * S), *order = malloc(sizeof(int32_t) * S);
+    int32_t *groups = malloc(sizeof(int32_t) * KCUDA_MOE_GROUP_INTS * (size_t)mg);
+    for (int s = 0; s < S; s++) sel[s] = s % 3 == 0 ? 1 : (int)((frand() + 1.0f) * 0.5f * (float)X) % X;
+    float *x = malloc(sizeof(float) * (size_t)T * E), *h = malloc(sizeof(float) * (size_t)S * FF);
+    float *href = malloc(sizeof(float) * (size_t)S * FF), *y = malloc(sizeof(float) * (size_t)S * E);
+    float *yref = malloc(sizeof(float) * (size_t)S * E), g1, u1;
+    fill(x, (int64_t)T * E, 1.0f);
+    const size_t sa = kcuda_act_row_bytes((int)vg, E), sh = kcuda_act_row_bytes((int)vd, FF);
+    int32_t *dsel = dev_from(sel, sizeof(int32_t) * S), *dorder = dev(sizeof(int32_t) * S);
+    int32_t *dgroups = dev(sizeof(int32_t) * KCUDA_MOE_GROUP_INTS * (size_t)mg);
+    float *dx = dev_from(x, sizeof(float) * (size_t)T * E), *dh = dev(sizeof(float) * (size_t)S * FF);
+    float *dy = dev(sizeof(float) * (size_t)S * E);
+    uint8_t *da = dev(sa * (size_t)T), *dha = dev(sh * (size_t)S), *df16 = dev(2 * (size_t)S * (size_t)(E > FF ? E : FF));
+    CHECK_EQ_INT(kcuda_moe_group(K, dsel, S, X, dorder, dgroups), 0);
+    to_host(order, dorder, sizeof(int32_t) * S);
+    to_host(groups, dgroups, sizeof(int32_t) * KCUDA_MOE_GROUP_INTS * (size_t)mg);
+    int seen = 0, prev_e = -1, big = 0; /* groups: consecutive runs of one expert's slots */
+    for (int g = 0; g < mg && groups[g * KCUDA_MOE_GROUP_INTS] >= 0; g++) {
+        const int32_t *r = groups + g * KCUDA_MOE_GROUP_INTS;
+        CHECK(r[0] >= prev_e && r[0] < X && r[1] == seen && r[2] >= 1 && r[2] <= KCUDA_MOE_GROUP);
+        for (int i = 0; i < r[2]; i++) CHECK_EQ_INT(sel[order[r[1] + i]], r[0]);
+        big += r[0] == prev_e;
+        prev_e = r[0], seen += r[2];
+    }
+    CHECK_EQ_INT(seen, S);
+    CHECK(big > 0);
+    CHECK_EQ_INT(kcuda_convert(K, (int)vg, dx, E, T, E, da, sa), 0);
+    CHECK_EQ_INT(kcuda_act_to_f16(K, (int)vg, da, sa, T, E, df16), 0);
+    int err = kcuda_moe_gemm(K, &dg, &du, X, dgroups, mg, dorder, df16, E, KX, dh, FF, KCUDA_OUT_SWIGLU);
+    if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+    CHECK_EQ_INT(err, 0);
+    CHECK_EQ_INT(kcuda_convert(K, (int)vd, dh, FF, S, FF, dha, sh), 0);
+    CHECK_EQ_INT(kcuda_act_to_f16(K, (int)vd, dha, sh, S, FF, df16), 0);
+    err = kcuda_moe_gemm(K, &dd, NULL, X, dgroups, mg, dorder, df16, FF, 1, dy, E, KCUDA_OUT_STORE);
+    if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+    CHECK_EQ_INT(err, 0);
+    to_host(h, dh, sizeof(float) * (size_t)S * FF);
+    to_host(y, dy, sizeof(float) * (size_t)S * E);
+    for (int s = 0; s < S; s++) {
+        const int ex = sel[s];
+        for (int r = 0; r < FF; r++) {
+            ref_products(tg, gate + (size_t)(ex * FF + r) * rg, E, 1, x + (size_t)(s / KX) * E, 1, &g1);
+            ref_products(tg, up + (size_t)(ex * FF + r) * rg, E, 1, x + (size_t)(s / KX) * E, 1, &u1);
+            href[(size_t)s * FF + r] = silu_mul(g1, u1);
+        }
+        ref_products(td, down + (size_t)ex * E * rd, FF, E, h + (size_t)s * FF, 1, yref + (size_t)s * E);
+    }
+    char what[96];
+    snprintf(what, sizeof(what), "grouped gate/up %s %dx%d", tt_type_name(tg), FF, E);
+    CHECK_NMSE(what, h, href, (int64_t)S * FF, 1e-5);
+    snprintf(what, sizeof(what), "grouped down %s %dx%d", tt_type_name(td), E, FF);
+    CHECK_NMSE(what, y, yref, (int64_t)S * E, 1e-5);
+    kcuda_free((void *)dg.data), kcuda_free((void *)du.data), kcuda_free((void *)dd.data), kcuda_free(dsel);
+    kcuda_free(dorder), kcuda_free(dgroups), kcuda_free(dx), kcuda_free(dh), kcuda_free(dy), kcuda_free(da);
+    kcuda_free(dha), kcuda_free(df16);
+    free(gate), free(up), free(down), free(sel), free(order), free(groups), free(x), free(h), free(href);
+    free(y), free(yref);
+}
+
+/* Decode's fused down products and join against kcuda_matvec_experts (one
+ * slot per tile) then kcuda_moe_join, with and without a shared expert. */
+static void check_down_join(enum tt_type td, int X, int KX, int T, int E, int FF)
+{
+    const int S = T * KX;
+    uint8_t *down = make_weight(td, FF, (int64_t)X * E, 1.0f);
+    const size_t rd = tt_row_size(td, FF), sa = kcuda_act_row_bytes(KCUDA_Q8_K, FF);
+    struct kcuda_weight dd = { .data = dev_from(down, rd * X * E), .type = (int)td, .n_in = FF, .n_out = E,
+                               .row_stride = rd, .expert_stride = rd * E };
+    int32_t *sel = malloc(sizeof(int32_t) * S);
+    for (int t = 0; t < T; t++) /* distinct experts per token, not in order */
+        for (int k = 0; k < KX; k++) sel[t * KX + k] = (t * 5 + (KX - 1 - k) * 3) % X;
+    float *h = malloc(sizeof(float) * (size_t)S * FF), *wt = malloc(sizeof(float) * S);
+    float *x0 = malloc(sizeof(float) * (size_t)T * E), *ysh = malloc(sizeof(float) * (size_t)T * E);
+    float *gsh = malloc(sizeof(float) * E), *xn = malloc(sizeof(float) * (size_t)T * E);
+    float *want = malloc(sizeof(float) * (size_t)T * E), *got = malloc(sizeof(float) * (size_t)T * E);
+    fill(h, (int64_t)S * FF, 1.0f), fill(wt, S, 1.0f), fill(x0, (int64_t)T * E, 1.0f);
+    fill(ysh, (int64_t)T * E, 1.0f), fill(gsh, E, 0.1f), fill(xn, (int64_t)T * E, 1.0f);
+    int32_t *dsel = dev_from(sel, sizeof(int32_t) * S), *dtiles = dev(sizeof(int32_t) * KCUDA_MOE_TILE_INTS * S);
+    float *dh = dev_from(h, sizeof(float) * (size_t)S * FF), *dwt = dev_from(wt, sizeof(float) * S);
+    float *dx = dev(sizeof(float) * (size_t)T * E), *dy = dev(sizeof(float) * (size_t)S * E);
+    float *dysh = dev_from(ysh, sizeof(float) * (size_t)T * E), *dgsh = dev_from(gsh, sizeof(float) * E);
+    float *dxn = dev_from(xn, sizeof(float) * (size_t)T * E);
+    uint8_t *da = dev(sa * S);
+    CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dh, FF, S, FF, da, sa), 0);
+    CHECK_EQ_INT(kcuda_moe_plan(K, dsel, S, X, 1, dtiles), 0);
+    for (int sh = 0; sh < 2; sh++) {
+        TT_ASSERT(kcuda_upload(K, dx, x0, sizeof(float) * (size_t)T * E) == 0);
+        CHECK_EQ_INT(kcuda_matvec_experts(K, &dd, NULL, dtiles, S, 1, da, sa, 1, dy, E, KCUDA_OUT_STORE), 0);
+        CHECK_EQ_INT(kcuda_moe_join(K, dx, dy, dsel, dwt, T, KX, E, sh ? dysh : NULL, dgsh, dxn), 0);
+        to_host(want, dx, sizeof(float) * (size_t)T * E);
+        TT_ASSERT(kcuda_upload(K, dx, x0, sizeof(float) * (size_t)T * E) == 0);
+        int err = kcuda_moe_down_join(K, &dd, da, sa, dx, dsel, dwt, T, KX, sh ? dysh : NULL, dgsh, dxn);
+        if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+        CHECK_EQ_INT(err, 0);
+        to_host(got, dx, sizeof(float) * (size_t)T * E);
+        char what[96];
+        snprintf(what, sizeof(what), "down+join %s %dx%d, %d tokens of %d experts%s", tt_type_name(td), E, FF, T,
+                 KX, sh ? ", shared" : "");
+        CHECK_NMSE(what, got, want, (int64_t)T * E, 1e-12);
+    }
+    kcuda_free((void *)dd.data), kcuda_free(dsel), kcuda_free(dtiles), kcuda_free(dh), kcuda_free(dwt);
+    kcuda_free(dx), kcuda_free(dy), kcuda_free(dysh), kcuda_free(dgsh), kcuda_free(dxn), kcuda_free(da);
+    free(down), free(sel), free(h), free(wt), free(x0), free(ysh), free(gsh), free(xn), free(want), free(got);
+}
+
+static void test_moe_fused(void)
+{
+    if (!gpu()) return;
+    check_router(60, 2048, 1, 8, true);
+    check_router(60, 2048, 5, 4, false);
+    check_router(17, 100, 3, 2, true);
+    check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 10, 3, 50, 512, 256);    /* read as stored */
+    check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96);      /* F16 scratch, ragged tiles */
+    check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256);
+    check_down_join(TT_TYPE_Q6_K, 16, 8, 1, 2048, 768);
+    check_down_join(TT_TYPE_Q4_K, 9, 4, 3, 300, 512);
+    check_down_join(TT_TYPE_Q6_K, 40, 2, 5, 64, 2560); /* more items per row than a block's units */
+}
+
 /* ---- RoPE, head norms, KV store ---- */
 
 /* The CPU's angle table (ops_rope_table) and rotation (ops_rope) for one head. */
@@ -749,7 +933,8 @@ static void test_engine_split(void)
 static const struct test_case cases[] = {
     { "convert", test_convert },       { "norm_convert", test_norm_convert },
     { "dequant", test_dequant },       { "products", test_products },
-    { "moe", test_moe },               { "rope", test_rope },
+    { "moe", test_moe },               { "moe_fused", test_moe_fused },
+    { "rope", test_rope },
     { "attention", test_attention },   { "misc", test_misc },
     { "errors", test_errors },         { "engine_models", test_engine_models },
     { "engine_split", test_engine_split }, { "bandwidth", test_bandwidth },

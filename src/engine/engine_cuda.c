@@ -82,7 +82,8 @@ struct cuda_accel {
     struct kcuda_weight output;
     const float *output_norm;
     struct kcuda_attn_shape shape;
-    int B, n_slots_max, max_tiles;
+    int B, n_slots_max, max_tiles, max_groups;
+    bool moe_fused;          /* TT_GPU_MOE_FUSED (default 1): fused router, grouped batch products */
     uint8_t *arena;          /* weights */
     uint64_t arena_bytes, arena_used;
     uint8_t *kv;             /* caches of all device layers */
@@ -97,6 +98,8 @@ struct cuda_accel {
     float *ysh;              /* [B][max(E, n_ff_shexp)] shared expert output (or scratch) */
     float *router, *sel_w;   /* [B][n_expert], [S] */
     int32_t *sel, *tiles;    /* [S], [max_tiles][KCUDA_MOE_TILE_INTS] */
+    int *route_count;        /* [B] fused router tickets (zero between launches) */
+    int32_t *order, *groups; /* [S] slots by expert, [max_groups][KCUDA_MOE_GROUP_INTS] (batches) */
     float *cs;               /* [B][n_rot] */
     int32_t *pos, *seq, *rows; /* [B] */
     float *part;             /* attention parts */
@@ -292,6 +295,9 @@ static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t 
     BUF(c->sel_w, S * 4);
     BUF(c->sel, S * 4);
     BUF(c->tiles, (size_t)c->max_tiles * KCUDA_MOE_TILE_INTS * 4);
+    BUF(c->route_count, B * 4);
+    BUF(c->order, S * 4);
+    BUF(c->groups, (size_t)c->max_groups * KCUDA_MOE_GROUP_INTS * 4);
     BUF(c->cs, B * (size_t)TT_MAX(hp->n_rot, 2) * 4);
     BUF(c->pos, B * 4);
     BUF(c->seq, B * 4);
@@ -485,46 +491,149 @@ static int dense_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     return err;
 }
 
-/* Experts chosen on the device: router, top-k, tiles of slots per expert,
- * gate/up and down of each slot's expert, then the ordered join into x. */
+/* The router's logits, the top-k choices and their weights, and (decode)
+ * the one-slot tile records: one fused launch for F32 router rows and
+ * matrix-vector batches, else the product then kcuda_moe_route. */
+static int moe_route_step(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g,
+                          const struct act_set *s, int n_tok, int tile_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    int32_t *tiles = tile_tok == 1 ? c->tiles : NULL;
+    if (c->moe_fused && g->gate_inp.type == KCUDA_F32 && n_tok <= KCUDA_MATVEC_TOK_MAX && hp->n_embd % 4 == 0)
+        return kcuda_moe_router(c->k, &g->gate_inp, c->xn, n_tok, hp->n_expert_used, hp->expert_norm, c->router,
+                                c->route_count, c->sel, c->sel_w, tiles);
+    int err = lin(c, s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
+    if (!err)
+        err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel,
+                              c->sel_w, tiles);
+    return err;
+}
+
+/* Prompt batches: grouped products on the tensor cores when the expert
+ * weights' activations are Q8 or F16 (the F16 expansion keeps their
+ * rounding) and a conversion slot is free for the F16 rows. */
+static bool moe_grouped(const struct cuda_accel *c, const struct gpu_layer *g, const struct act_set *s,
+                        int n_tok)
+{
+    const int tg = vec_type(g->gate_exps.type), td = vec_type(g->down_exps.type);
+    const bool act_ok = (tg == KCUDA_Q8_K || tg == KCUDA_Q8_0 || tg == KCUDA_F16) &&
+                        (td == KCUDA_Q8_K || td == KCUDA_Q8_0 || td == KCUDA_F16);
+    return c->moe_fused && n_tok > KCUDA_MATVEC_TOK_MAX && act_ok && s->n < GPU_ACT_SLOTS &&
+           pairable(&g->gate_exps, &g->up_exps) && g->gate_exps.n_in % 8 == 0 && g->down_exps.n_in % 8 == 0;
+}
+
+/* Expert products of a prompt batch: slots sorted by expert, gate/up with
+ * SwiGLU into ffn_a [S][fe], down into ffn_out [S][E]; each product's
+ * activations widened to F16 in the last conversion slot. */
+static int moe_experts_grouped(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g,
+                               struct act_set *s, int n_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
+    const int X = hp->n_expert, mg = kcuda_moe_max_groups(S, X);
+    void *f16 = c->act[GPU_ACT_SLOTS - 1];
+    const struct kcuda_weight *wd[] = { &g->down_exps };
+    size_t st = 0;
+    const void *a = act_of(c, s, &g->gate_exps, &st);
+    int err = kcuda_moe_group(c->k, c->sel, S, X, c->order, c->groups);
+    if (!err) err = kcuda_act_to_f16(c->k, vec_type(g->gate_exps.type), a, st, n_tok, E, f16);
+    if (!err)
+        err = kcuda_moe_gemm(c->k, &g->gate_exps, &g->up_exps, X, c->groups, mg, c->order, f16, E,
+                             hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_SWIGLU);
+    if (!err) err = acts_prepare(c, s, c->ffn_a, fe, S, fe, NULL, 0.0f, NULL, wd, 1);
+    a = err ? NULL : act_of(c, s, &g->down_exps, &st);
+    if (!err) err = kcuda_act_to_f16(c->k, vec_type(g->down_exps.type), a, st, S, fe, f16);
+    if (!err)
+        err = kcuda_moe_gemm(c->k, &g->down_exps, NULL, X, c->groups, mg, c->order, f16, fe, 1, c->ffn_out, E,
+                             KCUDA_OUT_STORE);
+    return err;
+}
+
+/* Gate/up of the experts with the matrix-vector kernels: tiles of slots
+ * per expert (one slot each in decode, written by the router), SwiGLU into
+ * ffn_a [S][fe]. */
+static int moe_gate_up_tiled(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g,
+                             const struct act_set *s, int n_tok, int tile_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
+    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, hp->n_expert);
+    int err = tile_tok != 1 ? kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles) : 0;
+    size_t st = 0;
+    const void *a = err ? NULL : act_of(c, s, &g->gate_exps, &st);
+    if (!err && pairable(&g->gate_exps, &g->up_exps))
+        return kcuda_matvec_experts(c->k, &g->gate_exps, &g->up_exps, c->tiles, max_tiles, tile_tok, a, st,
+                                    hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_SWIGLU);
+    if (!err)
+        err = kcuda_matvec_experts(c->k, &g->gate_exps, NULL, c->tiles, max_tiles, tile_tok, a, st,
+                                   hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_STORE);
+    /* up into ffn_out, free until the down products (ffn_b holds the shared expert's) */
+    const void *au = err ? NULL : act_of(c, s, &g->up_exps, &st);
+    if (!err)
+        err = kcuda_matvec_experts(c->k, &g->up_exps, NULL, c->tiles, max_tiles, tile_tok, au, st,
+                                   hp->n_expert_used, c->ffn_out, fe, KCUDA_OUT_STORE);
+    if (!err) err = kcuda_swiglu(c->k, c->ffn_a, c->ffn_out, S, fe, fe);
+    return err;
+}
+
+/* Decode's down products and join in one launch (kcuda_moe_down_join):
+ * GGML Q4_K or Q6_K experts against Q8_K rows, a few tokens. */
+static bool moe_down_join_ok(const struct cuda_accel *c, const struct gpu_layer *g, int n_tok)
+{
+    const struct kcuda_weight *w = &g->down_exps;
+    return c->moe_fused && n_tok <= 8 && (w->type == KCUDA_Q4_K || w->type == KCUDA_Q6_K) &&
+           vec_type(w->type) == KCUDA_Q8_K && w->n_in % 256 == 0;
+}
+
+/* The experts' down products of the ffn_a rows, then the ordered join (and
+ * the shared expert's term, ysh) into x. */
+static int moe_down_tiled(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, struct act_set *s,
+                          int n_tok, int tile_tok)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
+    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, hp->n_expert);
+    const bool shared = g->gate_shexp.data != NULL;
+    const struct kcuda_weight *wd[] = { &g->down_exps };
+    int err = acts_prepare(c, s, c->ffn_a, fe, S, fe, NULL, 0.0f, NULL, wd, 1);
+    size_t st = 0;
+    const void *a = err ? NULL : act_of(c, s, &g->down_exps, &st);
+    if (!err && moe_down_join_ok(c, g, n_tok))
+        return kcuda_moe_down_join(c->k, &g->down_exps, a, st, c->x, c->sel, c->sel_w, n_tok, hp->n_expert_used,
+                                   shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
+    if (!err)
+        err = kcuda_matvec_experts(c->k, &g->down_exps, NULL, c->tiles, max_tiles, tile_tok, a, st, 1, c->ffn_out,
+                                   E, KCUDA_OUT_STORE);
+    if (!err)
+        err = kcuda_moe_join(c->k, c->x, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
+                             shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
+    return err;
+}
+
+/* Experts chosen on the device: router and top-k, the experts' products
+ * (grouped on the tensor cores for prompt batches, else tiled matrix-vector
+ * products), the shared expert, then the ordered join into x. */
 static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
     const struct gpu_layer *g = &c->layers[il];
-    const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
+    const int64_t E = hp->n_embd;
     const int tile_tok = n_tok == 1 ? 1 : KCUDA_MOE_TILE;
-    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, hp->n_expert);
     const bool shared = g->gate_shexp.data != NULL;
     struct act_set s;
     const struct kcuda_weight *ws[] = { &g->gate_inp, &g->gate_exps, &g->up_exps, &g->gate_shexp, &g->up_shexp };
-    const struct kcuda_weight *wd[] = { &g->down_exps }, *wsd[] = { &g->down_shexp };
+    const struct kcuda_weight *wsd[] = { &g->down_shexp };
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
-    if (!err) err = lin(c, &s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
-    if (!err)
-        err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel,
-                              c->sel_w, tile_tok == 1 ? c->tiles : NULL);
-    if (!err && tile_tok != 1) err = kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles);
-    size_t st = 0;
-    const void *a = err ? NULL : act_of(c, &s, &g->gate_exps, &st);
-    if (!err && pairable(&g->gate_exps, &g->up_exps)) {
-        err = kcuda_matvec_experts(c->k, &g->gate_exps, &g->up_exps, c->tiles, max_tiles, tile_tok, a, st,
-                                   hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_SWIGLU);
-    } else if (!err) {
-        err = kcuda_matvec_experts(c->k, &g->gate_exps, NULL, c->tiles, max_tiles, tile_tok, a, st,
-                                   hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_STORE);
-        const void *au = err ? NULL : act_of(c, &s, &g->up_exps, &st);
-        if (!err) err = kcuda_matvec_experts(c->k, &g->up_exps, NULL, c->tiles, max_tiles, tile_tok, au, st,
-                                             hp->n_expert_used, c->ffn_b, fe, KCUDA_OUT_STORE);
-        if (!err) err = kcuda_swiglu(c->k, c->ffn_a, c->ffn_b, S, fe, fe);
-    }
+    if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok);
+    /* the shared expert's gate/up first: it reads this conversion, which the
+     * down products' replaces */
     if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh);
-    if (!err) err = acts_prepare(c, &s, c->ffn_a, fe, S, fe, NULL, 0.0f, NULL, wd, 1);
-    a = err ? NULL : act_of(c, &s, &g->down_exps, &st);
-    if (!err) err = kcuda_matvec_experts(c->k, &g->down_exps, NULL, c->tiles, max_tiles, tile_tok, a, st, 1,
-                                         c->ffn_out, E, KCUDA_OUT_STORE);
+    const bool grouped = !err && moe_grouped(c, g, &s, n_tok);
+    if (!err) err = grouped ? moe_experts_grouped(c, e, g, &s, n_tok) : moe_gate_up_tiled(c, e, g, &s, n_tok, tile_tok);
     const int64_t fs = g->gate_shexp.n_out;
     if (!err && shared) err = acts_prepare(c, &s, c->ffn_b, fs, n_tok, fs, NULL, 0.0f, NULL, wsd, 1);
     if (!err && shared) err = lin(c, &s, &g->down_shexp, NULL, n_tok, c->ysh, E, NULL, KCUDA_OUT_STORE);
+    if (!err && !grouped) return moe_down_tiled(c, e, g, &s, n_tok, tile_tok);
     if (!err)
         err = kcuda_moe_join(c->k, c->x, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
                              shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
@@ -927,6 +1036,8 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->B = e->n_batch;
     c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
+    c->max_groups = hp->n_expert ? kcuda_moe_max_groups(c->n_slots_max, hp->n_expert) : 1;
+    c->moe_fused = !getenv("TT_GPU_MOE_FUSED") || atoi(getenv("TT_GPU_MOE_FUSED"));
     c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
     if (getenv("TT_GPU_PROFILE") && atoi(getenv("TT_GPU_PROFILE")))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);

@@ -300,6 +300,16 @@ int kcuda_moe_plan(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int n
 int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t *d_sel,
                    const float *d_w, int64_t n_tok, int n_used, int64_t n, const float *d_ysh,
                    const float *d_gate_sh, const float *d_xn);
+/* Decode: the experts' down products and kcuda_moe_join in one launch:
+ * x[t] += sum over token t's slots in ascending expert order of w[slot] *
+ * (W_sel[slot] . act[slot]) (+ the shared expert's term as above), where
+ * act rows are Q8_K (act_stride bytes apart) and W holds stacked Q4_K or
+ * Q6_K experts in GGML's layout (n_out = n); the dots are the
+ * matrix-vector kernels'. TT_EUNSUPPORTED for other weights (then
+ * kcuda_matvec_experts and kcuda_moe_join). */
+int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
+                        float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
+                        const float *d_ysh, const float *d_gate_sh, const float *d_xn);
 /* Group n_slots slots by expert for kcuda_moe_gemm: d_order [n_slots]
  * receives the slot ids sorted by expert (in no fixed order within an
  * expert), d_groups kcuda_moe_max_groups records of KCUDA_MOE_GROUP_INTS

@@ -38,6 +38,11 @@
 #define MOE_EXPERTS_MAX 1024
 #define MOE_USED_MAX 32
 
+/* How expert weights are read: F16 rows, or GGML Q4_K / Q6_K blocks. */
+enum mg_src { MG_F16, MG_Q4_K, MG_Q6_K };
+
+__device__ __forceinline__ uint32_t mg_byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFFu; }
+
 /* ---- routing ---- */
 
 /* One warp: softmax over a token's X logits into p (shared memory), then
@@ -378,6 +383,230 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
     return 0;
 }
 
+/* ---- decode: the experts' down products fused with the join ----
+ * Block (rows, token): every (slot, row, 64-weight item) of the block is one
+ * unit; each thread keeps DJ_UNROLL units' loads in flight, writes each
+ * unit's float to shared memory, then each (slot, row) adds its items in
+ * order and each row joins its slots in ascending expert order, as
+ * kcuda_moe_join, into x. The dots are the matrix-vector kernels' (dp4a on
+ * the GGML blocks against Q8_K rows, per-lane float scaling). */
+
+#define DJ_THREADS 256
+#define DJ_UNROLL 4
+#define DJ_UNITS (DJ_THREADS * DJ_UNROLL) /* units per block, at most */
+
+template <int SRC> struct dj_item;
+
+/* Q4_K: block it/4, sub-block pair g = it%4 (32 bytes of nibbles). */
+template <> struct dj_item<MG_Q4_K> {
+    uint4 hdr, q0, q1;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const uint8_t *b = wr + (size_t)(it >> 2) * 144;
+        const int g = it & 3;
+        hdr = __ldg((const uint4 *)b);
+        q0 = __ldg((const uint4 *)(b + 16 + 32 * g));
+        q1 = __ldg((const uint4 *)(b + 32 + 32 * g));
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const int ib = it >> 2, g = it & 3;
+        const int4 *ap = (const int4 *)(ar + 256 * ib + 64 * g);
+        const int4 a0 = ap[0], a1 = ap[1], a2 = ap[2], a3 = ap[3];
+        const int al[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
+        const int ah[8] = { a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w };
+        const uint32_t q[8] = { q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w };
+        int dlo = 0, dhi = 0, slo = 0, shi = 0;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            dlo = __dp4a((int)(q[i] & 0x0F0F0F0Fu), al[i], dlo);
+            dhi = __dp4a((int)((q[i] >> 4) & 0x0F0F0F0Fu), ah[i], dhi);
+            slo = __dp4a(0x01010101, al[i], slo);
+            shi = __dp4a(0x01010101, ah[i], shi);
+        }
+        const int j = 2 * g;
+        int sc0, m0, sc1, m1;
+        if (g < 2) {
+            sc0 = (int)(mg_byte(hdr.y, j) & 63), m0 = (int)(mg_byte(hdr.z, j) & 63);
+            sc1 = (int)(mg_byte(hdr.y, j + 1) & 63), m1 = (int)(mg_byte(hdr.z, j + 1) & 63);
+        } else {
+            sc0 = (int)((mg_byte(hdr.w, j - 4) & 0xF) | ((mg_byte(hdr.y, j - 4) >> 6) << 4));
+            m0 = (int)((mg_byte(hdr.w, j - 4) >> 4) | ((mg_byte(hdr.z, j - 4) >> 6) << 4));
+            sc1 = (int)((mg_byte(hdr.w, j - 3) & 0xF) | ((mg_byte(hdr.y, j - 3) >> 6) << 4));
+            m1 = (int)((mg_byte(hdr.w, j - 3) >> 4) | ((mg_byte(hdr.z, j - 3) >> 6) << 4));
+        }
+        const __half2 dd = *(const __half2 *)&hdr.x;
+        const float dy = ((const float *)(ar + n_in))[ib];
+        return (__low2float(dd) * dy) * (float)(sc0 * dlo + sc1 * dhi) -
+               (__high2float(dd) * dy) * (float)(m0 * slo + m1 * shi);
+    }
+};
+
+/* Q6_K: block it/4, half h = (it%4)/2, j = it%2: elements 128h + 32k + 16j
+ * + [0,16) for k = 0..3 (2-byte aligned blocks: funnel-shift loads). */
+template <> struct dj_item<MG_Q6_K> {
+    uint32_t la[4], lb[4], hb[4], s0, s1;
+    float d;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
+        const uint8_t *b = wr + (size_t)ib * 210;
+        kc_load16_a2(b + 64 * h + 16 * j, la);
+        kc_load16_a2(b + 64 * h + 32 + 16 * j, lb);
+        kc_load16_a2(b + 128 + 32 * h + 16 * j, hb);
+        kc_load8_a2(b + 192 + 8 * h, s0, s1);
+        d = __half2float(*(const __half *)(b + 208));
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
+    {
+        const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
+        const uint8_t *base = ar + 256 * ib + 128 * h + 16 * j;
+        int isum = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int4 a = *(const int4 *)(base + 32 * k);
+            const int av[4] = { a.x, a.y, a.z, a.w };
+            const uint32_t sw = k < 2 ? s0 : s1; /* scale 8h + j + 2k */
+            const int sc = (int)(int8_t)(sw >> (8 * (j + 2 * (k & 1))));
+            int dt = 0, sa = 0;
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                const uint32_t l = (k & 1 ? lb[w] : la[w]) >> (k >= 2 ? 4 : 0);
+                const uint32_t q = (l & 0x0F0F0F0Fu) | (((hb[w] >> (2 * k)) & 0x03030303u) << 4);
+                dt = __dp4a((int)q, av[w], dt);
+                sa = __dp4a(0x01010101, av[w], sa);
+            }
+            isum += sc * (dt - 32 * sa);
+        }
+        const float dy = ((const float *)(ar + n_in))[ib];
+        return (d * dy) * (float)isum;
+    }
+};
+
+struct dj_args {
+    const uint8_t *w;
+    size_t row_stride, expert_stride;
+    int n_in, n_out, n_items, rows; /* rows per block */
+    const uint8_t *act;            /* Q8_K rows of the slots */
+    size_t act_stride;
+    float *x;
+    const int32_t *sel;
+    const float *wt;
+    int K;
+    const float *ysh, *gate_sh, *xn;
+};
+
+template <int SRC>
+__global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
+{
+    kc_pdl_trigger();
+    extern __shared__ float dj_part[]; /* [K][rows][n_items], then ys [K][rows] */
+    __shared__ int order[MOE_USED_MAX];
+    __shared__ float gpart[DJ_THREADS / 32];
+    const int t = blockIdx.y, row0 = blockIdx.x * a.rows, ri = a.rows * a.n_items;
+    const int units = a.K * ri;
+    kc_pdl_wait();
+    const int32_t *sel = a.sel + (size_t)t * a.K;
+    for (int u0 = threadIdx.x; u0 < units; u0 += DJ_UNITS) {
+        dj_item<SRC> it[DJ_UNROLL];
+#pragma unroll
+        for (int i = 0; i < DJ_UNROLL; i++) {
+            const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
+            if (u < units && row0 + r < a.n_out)
+                it[i].load(a.w + (size_t)sel[k] * a.expert_stride + (size_t)(row0 + r) * a.row_stride,
+                           u % a.n_items);
+        }
+#pragma unroll
+        for (int i = 0; i < DJ_UNROLL; i++) {
+            const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
+            if (u >= units) break;
+            dj_part[u] = row0 + r < a.n_out
+                             ? it[i].dot(a.act + (size_t)(t * a.K + k) * a.act_stride, a.n_in, u % a.n_items)
+                             : 0.0f;
+        }
+    }
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < a.K; i++) order[i] = i;
+        for (int i = 1; i < a.K; i++) /* insertion sort by expert id */
+            for (int j = i; j > 0 && sel[order[j - 1]] > sel[order[j]]; j--) {
+                const int tmp = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = tmp;
+            }
+    }
+    if (a.ysh) { /* the shared expert's gate, as kcuda_moe_join */
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < a.n_out; i += DJ_THREADS) s += a.gate_sh[i] * a.xn[(size_t)t * a.n_out + i];
+        s = kc_warp_sum(s);
+        if ((threadIdx.x & 31) == 0) gpart[threadIdx.x >> 5] = s;
+    }
+    __syncthreads();
+    float *ys = dj_part + units;
+    for (int p = threadIdx.x; p < a.K * a.rows; p += DJ_THREADS) {
+        float s = 0.0f;
+        for (int i = 0; i < a.n_items; i++) s += dj_part[p * a.n_items + i];
+        ys[p] = s;
+    }
+    __syncthreads();
+    const int r = threadIdx.x;
+    if (r >= a.rows || row0 + r >= a.n_out) return;
+    float acc = 0.0f;
+    for (int i = 0; i < a.K; i++) {
+        const int k = order[i];
+        acc = __fadd_rn(acc, __fmul_rn(a.wt[(size_t)t * a.K + k], ys[k * a.rows + r]));
+    }
+    const size_t xi = (size_t)t * a.n_out + row0 + r;
+    if (a.ysh) {
+        float s = 0.0f;
+        for (int i = 0; i < DJ_THREADS / 32; i++) s += gpart[i];
+        acc = __fadd_rn(acc, __fmul_rn(1.0f / (1.0f + expf(-s)), a.ysh[xi]));
+    }
+    a.x[xi] = __fadd_rn(a.x[xi], acc);
+}
+
+int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
+                        float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
+                        const float *d_ysh, const float *d_gate_sh, const float *d_xn)
+{
+    if (n_tok <= 0) return 0;
+    const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+    const int src = w->type == KCUDA_Q4_K && a16 ? MG_Q4_K : w->type == KCUDA_Q6_K ? MG_Q6_K : -1;
+    if (src < 0 || w->n_in % 256 || act_stride % 16 || n_used < 1 || n_used > MOE_USED_MAX ||
+        n_tok > 65535)
+        return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: type %d, %lld inputs, %d experts",
+                            w->type, (long long)w->n_in, n_used);
+    dj_args a = {};
+    a.w = (const uint8_t *)w->data;
+    a.row_stride = w->row_stride;
+    a.expert_stride = w->expert_stride;
+    a.n_in = (int)w->n_in;
+    a.n_out = (int)w->n_out;
+    a.n_items = a.n_in / 64;
+    const int per_row = n_used * a.n_items;
+    a.rows = per_row > DJ_UNITS ? 1 : TT_MIN(DJ_UNITS / per_row, DJ_THREADS);
+    a.act = (const uint8_t *)d_act;
+    a.act_stride = act_stride;
+    a.x = d_x;
+    a.sel = d_sel;
+    a.wt = d_w;
+    a.K = n_used;
+    a.ysh = d_ysh;
+    a.gate_sh = d_gate_sh;
+    a.xn = d_xn;
+    const size_t smem = sizeof(float) * (size_t)per_row * a.rows + sizeof(float) * (size_t)n_used * a.rows;
+    if (smem > (48u << 10))
+        return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
+    KC_PROF_BEGIN(k);
+    if (src == MG_Q4_K)
+        KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q4_K>, dim3(kc_blocks(a.n_out, a.rows), (unsigned)n_tok),
+                       dim3(DJ_THREADS), smem, a);
+    else
+        KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q6_K>, dim3(kc_blocks(a.n_out, a.rows), (unsigned)n_tok),
+                       dim3(DJ_THREADS), smem, a);
+    KC_PROF_END(k, "moe_down_join");
+    return 0;
+}
+
 /* ---- grouped expert products on the tensor cores ---- */
 
 #define MG_BM 64                   /* weight rows per block */
@@ -387,8 +616,6 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
 #define MG_LDC (MG_BM + 4)         /* shared result pitch in floats */
 #define MG_THREADS 128             /* 4 warps, each 16 rows x 32 slots */
 static_assert(MG_BN == 32, "the warp tiling below takes 32 slots");
-
-enum mg_src { MG_F16, MG_Q4_K, MG_Q6_K };
 
 struct mg_args {
     const uint8_t *w, *w2;         /* expert 0's first row (w2: up, SwiGLU) */
@@ -404,8 +631,6 @@ struct mg_args {
     int64_t ldo;
     int mode;
 };
-
-__device__ __forceinline__ uint32_t mg_byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFFu; }
 
 /* Eight weights j0..j0+7 of a row (j0 a multiple of 8) as F16, with the
  * same float operations as kcuda_dequant_f16, so both paths give the same

@@ -4,7 +4,8 @@
 # on bridge tt-br (10.77.0.0/24; the bridge itself is 10.77.0.1, where
 # mpirun listens); `agent HOST CMD...` is mpirun's launch agent: it runs CMD
 # inside the namespace named HOST, so ranks talk over real TCP between
-# distinct network stacks. Needs root and iproute2.
+# distinct network stacks (TT_NETNS_PIN=1: each namespace's processes pinned
+# to a core of their own). Needs root and iproute2.
 set -u
 N=${TT_NETNS_N:-3}
 case "${1:-}" in
@@ -39,8 +40,16 @@ agent)
     while [ "${1:-}" != "${1#-}" ]; do shift; done
     host=$1
     shift
+    # TT_NETNS_PIN=1: the namespace's processes on a core of their own
+    # (tt-nsI on core I-1, modulo the cores), so a rank busy-polling in MPI
+    # does not take the core of another namespace's rank
+    pin=""
+    if [ -n "${TT_NETNS_PIN:-}" ]; then
+        i=${host#tt-ns}
+        pin="taskset -c $(((i - 1) % $(nproc)))"
+    fi
     # its own host name too (a UTS namespace), so ranks see distinct hosts
-    exec ip netns exec "$host" unshare --uts /bin/sh -c "hostname $host; $*"
+    exec ip netns exec "$host" $pin unshare --uts /bin/sh -c "hostname $host; $*"
     ;;
 *)
     echo "usage: $0 up|down|agent HOST CMD..." >&2

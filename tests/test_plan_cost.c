@@ -274,11 +274,11 @@ static void random_cluster(struct plan_cluster *c, uint64_t *seed, double model_
 {
     static const int counts[] = {1, 2, 3, 4, 5, 8, 12};
     static const struct plan_link classes[] = {
-        {3, 360}, {10, 6}, {25, 1.15}, {60, 0.117}, {300, 2}};
+        {3, 360, 0}, {10, 6, 0}, {25, 1.15, 0}, {60, 0.117, 0.06}, {300, 2, 0}};
     const int n = counts[rng_next(seed) % TT_ARRAY_LEN(counts)];
     const int per_host = 1 + (int)(rng_next(seed) % 4);
     const struct plan_link intra = {0.5 + (double)(rng_next(seed) % 4),
-                                    20 + (double)(rng_next(seed) % 100)};
+                                    20 + (double)(rng_next(seed) % 100), 0};
     const struct plan_link inter = classes[rng_next(seed) % TT_ARRAY_LEN(classes)];
     const bool mixed = rng_next(seed) % 2;
     memset(c, 0, sizeof(*c));
@@ -383,7 +383,7 @@ static void test_uneven_stages(void)
     c->n_ranks = 2;
     c->ranks[0] = hw("fast", 300, 3000, 0.9 * model_gib);
     c->ranks[1] = hw("slow", 100, 1000, 0.9 * model_gib);
-    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1};
+    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0};
     for (int streams = 1; streams <= 4; streams += 3) {
         struct plan_workload w = workload(256, streams);
         w.n_ctx = 512; /* a small KV cache: weights set the memory */
@@ -434,6 +434,7 @@ static void test_monotone_links(void)
             for (int b = 0; b < fast->n_ranks; b++) {
                 fast->links[a][b].latency_us *= 0.5;
                 fast->links[a][b].bandwidth_gbs *= 2;
+                fast->links[a][b].bandwidth_both_gbs *= 2;
             }
         struct plan_workload w = workload(512, 1);
         struct plan_result rs, rf;
@@ -455,6 +456,48 @@ static void test_monotone_links(void)
     plan_model_free(&pm);
 }
 
+/* A link that carries less per direction when both directions are loaded
+ * slows the collectives (tensor parallelism: every join sends and receives
+ * at once) but not a pipeline's one-way sends. */
+static void test_both_ways_bandwidth(void)
+{
+    struct plan_model pm;
+    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 1024, 8, 16, 4, 2816, 8192, 0, 0, 0, 0),
+                     TT_TYPE_Q4_K, true))
+        return;
+    struct plan_cluster *full = calloc(1, sizeof(*full)), *half = malloc(sizeof(*half));
+    full->n_ranks = 2;
+    full->ranks[0] = hw("a", 20, 100, 8);
+    full->ranks[1] = hw("b", 20, 100, 8);
+    full->links[0][1] = full->links[1][0] = (struct plan_link){2000, 0.01, 0};
+    *half = *full;
+    half->links[0][1].bandwidth_both_gbs = half->links[1][0].bandwidth_both_gbs = 0.005;
+    struct plan_workload w = workload(128, 1);
+    struct plan_result rf, rh;
+    CHECK_EQ_INT(plan_search(&rf, &pm, full, &w), 0);
+    CHECK_EQ_INT(plan_search(&rh, &pm, half, &w), 0);
+    const int layouts[][2] = {{PLAN_LAYOUT_TP, PLAN_JOIN_GATHER}, {PLAN_LAYOUT_TP, PLAN_JOIN_SUM},
+                              {PLAN_LAYOUT_PP, PLAN_JOIN_GATHER}};
+    for (size_t i = 0; i < TT_ARRAY_LEN(layouts); i++) {
+        const int f = find_layout(&rf, layouts[i][0], layouts[i][1], 2);
+        const int h = find_layout(&rh, layouts[i][0], layouts[i][1], 2);
+        CHECK(f >= 0 && h >= 0);
+        if (f < 0 || h < 0) continue;
+        if (layouts[i][0] == PLAN_LAYOUT_TP) {
+            CHECK(rh.cands[h].ttft_s > rf.cands[f].ttft_s * 1.2); /* the prompt's joins: MBs */
+            CHECK(rh.cands[h].decode_tok_s < rf.cands[f].decode_tok_s);
+        } else {
+            CHECK_NEAR(rh.cands[h].ttft_s, rf.cands[f].ttft_s, 1e-12);
+            CHECK_NEAR(rh.cands[h].decode_tok_s, rf.cands[f].decode_tok_s, 1e-9);
+        }
+    }
+    plan_result_free(&rf);
+    plan_result_free(&rh);
+    free(full);
+    free(half);
+    plan_model_free(&pm);
+}
+
 /* A faster rank (more bandwidth and compute) never makes the choice slower. */
 static void test_monotone_ranks(void)
 {
@@ -463,7 +506,7 @@ static void test_monotone_ranks(void)
                      TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    const struct plan_link links[] = {{3, 300}, {10, 6}, {60, 0.117}};
+    const struct plan_link links[] = {{3, 300, 0}, {10, 6, 0}, {60, 0.117, 0}};
     for (size_t li = 0; li < TT_ARRAY_LEN(links); li++)
         for (int n = 2; n <= 6; n += 2) {
             uniform_cluster(c, n, 1, hw("", 100, 1000, 64), links[li], links[li]);
@@ -495,8 +538,8 @@ static void test_shared_host_bandwidth(void)
         return;
     const double bpt = (double)plan_model_bytes_per_token(&pm);
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){1, 5},
-                    (struct plan_link){1, 5});
+    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){1, 5, 0},
+                    (struct plan_link){1, 5, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
@@ -526,8 +569,8 @@ static void test_jitter(void)
                      TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){0, 1000},
-                    (struct plan_link){0, 1000});
+    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){0, 1000, 0},
+                    (struct plan_link){0, 1000, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result a, b;
     CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
@@ -568,8 +611,8 @@ static void test_rdma_vs_tcp(void)
     struct plan_cluster *c = malloc(sizeof(*c));
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
-    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100},
-                    (struct plan_link){10, 6});
+    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100, 0},
+                    (struct plan_link){10, 6, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_FASTER);
     CHECK_EQ_INT(res.cands[res.chosen].layout, PLAN_LAYOUT_TP);
@@ -578,8 +621,8 @@ static void test_rdma_vs_tcp(void)
     CHECK(res.cands[res.best_single].decode_tok_s <= limit1 &&
           res.cands[res.best_single].decode_tok_s > 0.95 * limit1);
     plan_result_free(&res);
-    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100},
-                    (struct plan_link){300, 2});
+    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100, 0},
+                    (struct plan_link){300, 2, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_SINGLE);
     const int tp = find_layout(&res, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 3);
@@ -607,8 +650,8 @@ static void test_memory_only_and_no_fit(void)
     struct plan_cluster *c = malloc(sizeof(*c));
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
-    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.4), (struct plan_link){1, 100},
-                    (struct plan_link){60, 0.117});
+    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.4), (struct plan_link){1, 100, 0},
+                    (struct plan_link){60, 0.117, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     check_result(&res, &pm, c, &w);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_MEMORY);
@@ -618,8 +661,8 @@ static void test_memory_only_and_no_fit(void)
         if (res.cands[i].layout == PLAN_LAYOUT_SINGLE)
             CHECK(!res.cands[i].fits && res.cands[i].short_rank >= 0);
     plan_result_free(&res);
-    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.2), (struct plan_link){1, 100},
-                    (struct plan_link){60, 0.117});
+    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.2), (struct plan_link){1, 100, 0},
+                    (struct plan_link){60, 0.117, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     check_result(&res, &pm, c, &w);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_NO_FIT);
@@ -640,8 +683,8 @@ static void test_pipeline_no_speedup(void)
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
     /* memory-bound even with 8 tokens a step: ample compute */
-    uniform_cluster(c, 4, 1, hw("", 100, 10000, 64), (struct plan_link){1, 100},
-                    (struct plan_link){25, 1.15});
+    uniform_cluster(c, 4, 1, hw("", 100, 10000, 64), (struct plan_link){1, 100, 0},
+                    (struct plan_link){25, 1.15, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
@@ -682,8 +725,8 @@ static void test_moe(void)
                      TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 8, 8, hw("", 4800, 500000, 136), (struct plan_link){3, 360},
-                    (struct plan_link){3, 360});
+    uniform_cluster(c, 8, 8, hw("", 4800, 500000, 136), (struct plan_link){3, 360, 0},
+                    (struct plan_link){3, 360, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
@@ -713,8 +756,8 @@ static void test_workload_and_layouts(void)
                      false))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 2, 1, hw("", 100, 1000, 8), (struct plan_link){1, 100},
-                    (struct plan_link){10, 6});
+    uniform_cluster(c, 2, 1, hw("", 100, 1000, 8), (struct plan_link){1, 100, 0},
+                    (struct plan_link){10, 6, 0});
     struct plan_result res;
     struct plan_workload w = workload(512, 1);
     w.n_ctx = 100; /* shorter than the prompt */
@@ -791,7 +834,8 @@ static void test_parse_topo_output(void)
         "\"b\",\"cores\":4,"
         "\"isa\":\"avx2\",\"mem_total_gib\":15.6,\"mem_avail_gib\":12.0,\"read_gbs\":20.1}],"
         "\"links\":["
-        "{\"a\":0,\"b\":1,\"same_host\":true,\"latency_us\":0.45,\"bandwidth_gbs\":9.8},"
+        "{\"a\":0,\"b\":1,\"same_host\":true,\"latency_us\":0.45,\"bandwidth_gbs\":9.8,"
+        "\"bandwidth_both_gbs\":4.9},"
         "{\"a\":0,\"b\":2,\"same_host\":false,\"latency_us\":31.0,\"bandwidth_gbs\":1.1},"
         "{\"a\":1,\"b\":2,\"same_host\":false,\"latency_us\":30.5,\"bandwidth_gbs\":1.1}]}";
     struct plan_cluster *c = malloc(sizeof(*c));
@@ -801,6 +845,8 @@ static void test_parse_topo_output(void)
     CHECK_NEAR(c->ranks[0].gflops, 800, 1e-9); /* estimated: 8 AVX-512 cores */
     CHECK_NEAR(c->ranks[2].gflops, 200, 1e-9);
     CHECK_NEAR(c->links[2][1].latency_us, 30.5, 1e-12);
+    CHECK_NEAR(c->links[1][0].bandwidth_both_gbs, 4.9, 0);
+    CHECK_NEAR(c->links[0][2].bandwidth_both_gbs, 1.1, 0); /* absent: the one-way figure */
     CHECK_NEAR(c->ranks[1].bw_efficiency, 1.0, 0);
     free(c);
 }
@@ -971,6 +1017,7 @@ static const struct test_case cases[] = {
     {"uneven_stages", test_uneven_stages},
     {"jitter", test_jitter},
     {"monotone_links", test_monotone_links},
+    {"both_ways_bandwidth", test_both_ways_bandwidth},
     {"monotone_ranks", test_monotone_ranks},
     {"shared_host_bandwidth", test_shared_host_bandwidth},
     {"rdma_vs_tcp", test_rdma_vs_tcp},

@@ -1,68 +1,103 @@
 #!/bin/bash
 # netns_plan_bench.sh: the planner's predictions against measurements on a
 # cluster of two network namespaces (tests/netns_cluster.sh: distinct network
-# stacks and host names, TCP between them), one rank of one thread each,
-# first as they are (veth links), then with one link limited by tbf
-# (RATE, default 8mbit). For each: `tutti topo --json` measures the links
-# under the same mpirun, `tutti plan -m M -t 1 --json` the rank (run here,
-# on this machine's cores), and `tutti plan --cluster` predicts every layout;
-# `tutti bench` measures tp (gather), tp (sum join), pp over both ranks and
-# one rank alone. Prints a predicted-vs-measured table. Needs root.
+# stacks and host names, TCP between them), one rank of one thread each.
+#
+# Each link case shapes both directions of the second namespace's veth link
+# with tbf (this kernel has tbf but no netem, so no added delay): a rate, a
+# burst of a few packets and a short queue, as a switched 1 GbE port or a
+# 100 Mbit/s (Wi-Fi-class) link passes traffic, and one slow case. For each
+# case `tutti topo --json` measures the link under the same mpirun, `tutti
+# plan -m M -t 1 --json` the rank (one core, outside the namespaces), and
+# `tutti plan --cluster` predicts every layout; `tutti bench` measures tp
+# (gather join), tp (sum join), pp over both ranks, and one rank alone
+# before each case (the machine's load drifts). PIN=1 (default) pins each
+# namespace's processes to their own core (TT_NETNS_PIN, netns_cluster.sh)
+# and the single rank to the first, so a rank busy-polling in MPI never takes
+# the core of the rank computing. Prints a predicted-vs-measured table and
+# the load average. Needs root.
 #   usage: sudo bash tools/netns_plan_bench.sh [build/tutti]
+#   CASES="veth 1gbit 100mbit 10mbit" ROUNDS=1 REPS=2 PROMPT=128 GEN=32 OUT=dir
 set -u
 T=$(realpath "${1:-build/tutti}")
 D=$(cd "$(dirname "$0")/../tests" && pwd)
-RATE=${RATE:-8mbit}
 P=${PROMPT:-128}
 N=${GEN:-32}
+CASES=${CASES:-veth 1gbit 100mbit 10mbit}
+ROUNDS=${ROUNDS:-1}
+REPS=${REPS:-2} # bench repetitions: the best of them (the first pays for MPI's TCP connections)
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }
+# tbf arguments of each case: rate, bucket (a few full-size packets: tbf
+# splits the veth's 64 KiB GSO packets to fit it), queue (what the link may
+# hold before dropping: a few ms at the rate, as a switch port's buffer)
+shape() {
+    case $1 in
+    veth) echo "" ;;
+    1gbit) echo "rate 1gbit burst 16kb latency 2ms" ;;
+    100mbit) echo "rate 100mbit burst 8kb latency 5ms" ;;
+    10mbit) echo "rate 10mbit burst 4kb latency 20ms" ;;
+    *) echo "bad" ;;
+    esac
+}
+export TT_NETNS_N=2
 trap 'bash "$D/netns_cluster.sh" down' EXIT
 bash "$D/netns_cluster.sh" down
 bash "$D/netns_cluster.sh" up || exit 1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+[ "${PIN:-1}" = 1 ] && export TT_NETNS_PIN=1
 printf "tt-ns1 slots=1\ntt-ns2 slots=1\n" > "$OUT/hosts"
 run2() {
-    timeout 600 mpirun --hostfile "$OUT/hosts" -np 2 --mca plm_rsh_agent "$D/netns_cluster.sh agent" \
+    timeout 900 mpirun --hostfile "$OUT/hosts" -np 2 --mca plm_rsh_agent "$D/netns_cluster.sh agent" \
         --mca oob_tcp_if_include 10.77.0.0/24 --mca btl self,tcp --mca btl_tcp_if_include 10.77.0.0/24 "$@"
 }
+one() { if [ -n "${TT_NETNS_PIN:-}" ]; then taskset -c 0 "$@"; else "$@"; fi; }
 M=${MODEL:-$OUT/model.gguf}
 [ -f "$M" ] || "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n-ff 2816 \
     --vocab 8192 --type q4_k_m -o "$M" > /dev/null 2>&1 || { echo "gen failed"; exit 1; }
 bench() { # name, then the command (runs the benchmark)
     local name=$1; shift
-    "$@" -m "$M" -p "$P" -n "$N" -r 1 --json 2>"$OUT/err_$name.txt" | tail -1 > "$OUT/$name.json"
-    echo "$name: $(cat "$OUT/$name.json")"
+    "$@" -m "$M" -p "$P" -n "$N" -r "$REPS" --json 2>"$OUT/err_$name.txt" | tail -1 > "$OUT/$name.json"
+    echo "$name: $(sed 's/"tokens":\[[^]]*\],//' "$OUT/$name.json" | head -c 200) (load $(cut -d' ' -f1 /proc/loadavg))"
 }
-"$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r1.json" 2>/dev/null
-bench single "$T" bench -t 1
-for link in veth tbf; do
-    if [ $link = tbf ]; then
-        tc qdisc add dev tt-v2 root tbf rate "$RATE" burst 32kbit latency 400ms &&
-            ip netns exec tt-ns2 tc qdisc add dev tt-p2 root tbf rate "$RATE" burst 32kbit latency 400ms ||
-            { echo "tc/tbf not available"; break; }
-    fi
-    run2 "$T" topo -t 1 --json > "$OUT/topo_$link.json" 2>/dev/null
-    bench "tp_$link" run2 "$T" bench -t 1 --plan tp
-    bench "tpsum_$link" run2 "$T" bench -t 1 --plan tp --tp-join sum
-    bench "pp_$link" run2 "$T" bench -t 1 --plan pp
+for r in $(seq 1 "$ROUNDS"); do
+    for link in $CASES; do
+        s=$(shape "$link")
+        [ "$s" = bad ] && { echo "unknown case $link"; continue; }
+        tc qdisc del dev tt-v2 root 2>/dev/null
+        ip netns exec tt-ns2 tc qdisc del dev tt-p2 root 2>/dev/null
+        if [ -n "$s" ]; then
+            tc qdisc add dev tt-v2 root tbf $s && ip netns exec tt-ns2 tc qdisc add dev tt-p2 root tbf $s ||
+                { echo "tc/tbf not available"; continue; }
+        fi
+        k=${link}_$r
+        uptime > "$OUT/load_$k.txt"
+        one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r1_$k.json" 2>/dev/null
+        bench "single_$k" one "$T" bench -t 1
+        run2 "$T" topo -t 1 --json > "$OUT/topo_$k.json" 2>/dev/null
+        bench "tp_$k" run2 "$T" bench -t 1 --plan tp
+        bench "tpsum_$k" run2 "$T" bench -t 1 --plan tp --tp-join sum
+        bench "pp_$k" run2 "$T" bench -t 1 --plan pp
+        uptime >> "$OUT/load_$k.txt"
+    done
 done
-python3 - "$OUT" "$T" "$M" "$P" <<'PY'
+python3 - "$OUT" "$T" "$M" "$P" "$CASES" "$ROUNDS" <<'PY'
 import json, os, subprocess, sys
-out, tutti, model, prompt = sys.argv[1:5]
+out, tutti, model, prompt, cases, rounds = sys.argv[1:7]
 def load(n):
     try: return json.load(open(os.path.join(out, n)))
     except Exception: return None
-r1 = load("plan_r1.json")["cluster"]["ranks"][0]
-def predict(link):
-    topo = load(f"topo_{link}.json")
-    if not topo: return None
-    ranks = [dict({k: r1[k] for k in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
-                                        "overhead_us", "jitter") if k in r1}, host=f"tt-ns{i + 1}") for i in range(2)]
-    links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01), "bandwidth_gbs": l["bandwidth_gbs"]}
-             for l in topo["links"]]
-    path = os.path.join(out, f"cluster_{link}.json")
-    json.dump({"name": f"2 namespaces, {link}", "ranks": ranks, "links": links}, open(path, "w"), indent=1)
+def predict(k):
+    topo, r1 = load(f"topo_{k}.json"), load(f"plan_r1_{k}.json")
+    if not topo or not r1: return None
+    r1 = r1["cluster"]["ranks"][0]
+    ranks = [dict({f: r1[f] for f in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
+                                        "overhead_us", "jitter") if f in r1}, host=f"tt-ns{i + 1}") for i in range(2)]
+    links = [dict({f: l[f] for f in ("a", "b", "bandwidth_gbs", "bandwidth_both_gbs") if f in l},
+                  latency_us=max(l["latency_us"], 0.01)) for l in topo["links"]]
+    path = os.path.join(out, f"cluster_{k}.json")
+    json.dump({"name": f"2 namespaces, {k}", "ranks": ranks, "links": links}, open(path, "w"), indent=1)
     res = subprocess.run([tutti, "plan", "-m", model, "--cluster", path, "--prompt", prompt, "--json"],
                          capture_output=True, text=True)
     return json.loads(res.stdout)["candidates"]
@@ -73,20 +108,24 @@ def pick(cands, layout, join, n):
             return c
     return None
 def err(p, m): return f"{(p - m) / m * 100:+.0f}%"
-print("\n| link | layout | predicted tok/s | measured tok/s | error | predicted TTFT ms | measured TTFT ms | error |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for link in ("veth", "tbf"):
-    cands = predict(link)
-    if cands is None: continue
-    topo = load(f"topo_{link}.json")
-    l = topo["links"][0]
-    desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} GB/s)"
-    for name, layout, join, n in [("single", "single", "gather", 1), (f"tp_{link}", "tp", "gather", 2),
-                                  (f"tpsum_{link}", "tp", "sum", 2), (f"pp_{link}", "pp", "gather", 2)]:
-        m, p = load(name + ".json"), pick(cands, layout, join, n)
-        label = layout + (f" ({join})" if layout == "tp" else "")
-        if not m or not p: print(f"| {desc} | {label} | | failed | | | | |"); continue
-        print(f"| {desc} | {label} | {p['decode_tok_s']:.1f} | {m['decode_tok_s']:.1f} | {err(p['decode_tok_s'], m['decode_tok_s'])} | "
-              f"{p['ttft_ms']:.0f} | {m['ttft_ms']:.0f} | {err(p['ttft_ms'], m['ttft_ms'])} |")
+print("\n| link (measured) | round | load | layout | predicted tok/s | measured tok/s | error | predicted TTFT ms | measured TTFT ms | error |")
+print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+for r in range(1, int(rounds) + 1):
+    for link in cases.split():
+        k = f"{link}_{r}"
+        cands = predict(k)
+        if cands is None: continue
+        l = load(f"topo_{k}.json")["links"][0]
+        desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} / {l.get('bandwidth_both_gbs', 0):.4f} GB/s)"
+        try: loadavg = open(os.path.join(out, f"load_{k}.txt")).read().split("load average:")[1].split(",")[0].strip()
+        except Exception: loadavg = "?"
+        for name, layout, join, n in [("single", "single", "gather", 1), ("tp", "tp", "gather", 2),
+                                      ("tpsum", "tp", "sum", 2), ("pp", "pp", "gather", 2)]:
+            m, p = load(f"{name}_{k}.json"), pick(cands, layout, join, n)
+            label = layout + (f" ({join})" if layout == "tp" else "")
+            if not m or not p: print(f"| {desc} | {r} | {loadavg} | {label} | | failed | | | | |"); continue
+            print(f"| {desc} | {r} | {loadavg} | {label} | {p['decode_tok_s']:.1f} | {m['decode_tok_s']:.1f} | "
+                  f"{err(p['decode_tok_s'], m['decode_tok_s'])} | {p['ttft_ms']:.0f} | {m['ttft_ms']:.0f} | "
+                  f"{err(p['ttft_ms'], m['ttft_ms'])} |")
 PY
 echo "files: $OUT"

@@ -4,8 +4,12 @@
  * bandwidth and Q4_K matrix-vector speed (the decode kernel, on a matrix
  * larger than the caches); then every pair of ranks measures its point-to-point latency
  * (ping-pong of 8 bytes) and bandwidth (4 MiB messages), one pair at a time
- * so pairs do not compete. Which ranks share a host comes from the host names
- * the communicator exchanged at start; nothing is configured.
+ * so pairs do not compete: one way (what a pipeline's sends see), then both
+ * ways at once (what collectives see: every rank sends and receives at the
+ * same time; a shaped or half-duplex link, or TCP acknowledgements queued
+ * behind data, can deliver less per direction then). Which ranks share a
+ * host comes from the host names the communicator exchanged at start;
+ * nothing is configured.
  */
 #include "cli.h"
 
@@ -98,11 +102,36 @@ static void meminfo(double *total, double *avail)
     if (fp) fclose(fp);
 }
 
-/* Ranks a and b measure their link; everyone else waits. Returns (on a) the
- * one-way latency in microseconds and the bandwidth in GB/s. */
-static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat_us, double *gbs)
+/* GB/s per direction while a and b exchange `reps` messages of `bytes` both
+ * ways at once (an all-gather over the pair: each sends its block and
+ * receives the other's). buf holds 3 x TOPO_BW_BYTES. Collective over c:
+ * the pair gets its own communicator, the other ranks none. */
+static double measure_both_ways(struct comm *c, int a, int b, uint8_t *buf, int64_t bytes,
+                                int64_t reps)
 {
     const int me = comm_rank(c);
+    struct comm *pair = NULL;
+    int err = comm_split(c, me == a || me == b ? 0 : COMM_COLOR_NONE, me, &pair);
+    double gbs = 0.0;
+    if (!err && pair) {
+        const double t0 = tt_now_s();
+        for (int64_t i = 0; i < reps && !err; i++)
+            err = comm_allgather(pair, buf, (size_t)bytes, buf + TOPO_BW_BYTES);
+        gbs = (double)bytes * (double)reps / (tt_now_s() - t0) / 1e9;
+        comm_free(pair);
+    }
+    if (err) cli_die(err, "measuring the link %d-%d both ways", a, b);
+    return gbs;
+}
+
+/* Ranks a and b measure their link; everyone else waits. Returns (on a) the
+ * one-way latency in microseconds, the one-way bandwidth and the bandwidth
+ * per direction both ways at once in GB/s. */
+static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat_us, double *gbs,
+                         double *both_gbs)
+{
+    const int me = comm_rank(c);
+    int64_t plan[2] = { TOPO_PROBE_BYTES, 1 }; /* message bytes, messages */
     int err = 0;
     if (me == a || me == b) {
         const int peer = me == a ? b : a;
@@ -119,7 +148,6 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
         *lat_us = (tt_now_s() - t0) / TOPO_PINGS / 2 * 1e6;
         /* bandwidth: a 256 KiB probe sizes the measurement to ~0.2 s, so a
          * throttled link does not take minutes; `a` decides, `b` is told */
-        int64_t plan[2] = { TOPO_PROBE_BYTES, 1 };
         t0 = tt_now_s();
         if (!err) err = me == a ? comm_send(c, buf, TOPO_PROBE_BYTES, peer, TOPO_TAG)
                                 : comm_recv(c, buf, TOPO_PROBE_BYTES, peer, TOPO_TAG);
@@ -140,8 +168,11 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
                           : comm_recv(c, buf, (size_t)plan[0], peer, TOPO_TAG);
         if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
         *gbs = (double)plan[0] * (double)plan[1] / (tt_now_s() - t0) / 1e9;
+        /* both ways: the same bytes each way, half the messages (as long) */
+        plan[1] = plan[1] > 1 ? plan[1] / 2 : 1;
     }
     if (err) cli_die(err, "measuring the link %d-%d", a, b);
+    *both_gbs = measure_both_ways(c, a, b, buf, plan[0], plan[1]);
     if ((err = comm_barrier(c))) cli_die(err, "barrier");
 }
 
@@ -154,7 +185,7 @@ static const char topo_help[] =
 struct topo {
     int n;
     struct topo_rank *all; /* [n] */
-    double *lat, *bw;      /* [n][n], rank 0 */
+    double *lat, *bw, *bw2; /* [n][n], rank 0: latency, one-way and both-ways bandwidth */
 };
 
 /* Collective: every rank describes itself, every pair measures its link. */
@@ -171,20 +202,22 @@ static void topo_measure(struct topo *t, int threads)
     t->all = calloc((size_t)n, sizeof(*t->all));
     t->lat = calloc((size_t)n * n, sizeof(double));
     t->bw = calloc((size_t)n * n, sizeof(double));
-    uint8_t *buf = tt_alloc(TOPO_BW_BYTES);
-    if (!t->all || !t->lat || !t->bw || !buf) cli_die(TT_ENOMEM, "topo");
+    t->bw2 = calloc((size_t)n * n, sizeof(double));
+    uint8_t *buf = tt_alloc(3 * (size_t)TOPO_BW_BYTES); /* send block, then both blocks received */
+    if (!t->all || !t->lat || !t->bw || !t->bw2 || !buf) cli_die(TT_ENOMEM, "topo");
     int err = comm_allgather(c, &mine, sizeof(mine), t->all);
     if (err) cli_die(err, "exchanging rank descriptions");
     for (int a = 0; a < n; a++)
         for (int b = a + 1; b < n; b++) {
-            double l = 0, g = 0;
-            measure_pair(c, a, b, buf, &l, &g);
-            double lg[2] = { l, g }; /* rank a's figures to rank 0 */
+            double l = 0, g = 0, g2 = 0;
+            measure_pair(c, a, b, buf, &l, &g, &g2);
+            double lg[3] = { l, g, g2 }; /* rank a's figures to rank 0 */
             if (a != 0 && me == a) err = comm_send(c, lg, sizeof(lg), 0, TOPO_TAG);
             if (a != 0 && me == 0) err = comm_recv(c, lg, sizeof(lg), a, TOPO_TAG);
             if (err) cli_die(err, "collecting link figures");
             t->lat[a * n + b] = t->lat[b * n + a] = lg[0];
             t->bw[a * n + b] = t->bw[b * n + a] = lg[1];
+            t->bw2[a * n + b] = t->bw2[b * n + a] = lg[2];
         }
     tt_free(buf);
 }
@@ -194,6 +227,7 @@ static void topo_free(struct topo *t)
     free(t->all);
     free(t->lat);
     free(t->bw);
+    free(t->bw2);
 }
 
 /* The cluster as JSON (the format `tutti plan --cluster` reads). */
@@ -213,9 +247,10 @@ static void topo_json(FILE *fp, const struct topo *t)
     fprintf(fp, "],\"links\":[");
     for (int a = 0, k = 0; a < n; a++)
         for (int b = a + 1; b < n; b++, k++)
-            fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.3f}",
+            fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.4f,"
+                    "\"bandwidth_both_gbs\":%.4f}",
                     k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
-                    t->lat[a * n + b], t->bw[a * n + b]);
+                    t->lat[a * n + b], t->bw[a * n + b], t->bw2[a * n + b]);
     fprintf(fp, "]}\n");
 }
 
@@ -260,11 +295,12 @@ int cmd_topo(int argc, char **argv)
             printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f  %16.1f\n", r, all[r].host, all[r].cores,
                    kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
                    all[r].read_gbs, all[r].matvec_gbs);
-        if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s\n");
+        if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s  both ways GB/s\n");
         for (int a = 0; a < n; a++)
             for (int b = a + 1; b < n; b++)
-                printf("%2d-%-2d   %-9s  %10.2f  %14.3f\n", a, b, strcmp(all[a].host, all[b].host) ? "no" : "yes",
-                       t.lat[a * n + b], t.bw[a * n + b]);
+                printf("%2d-%-2d   %-9s  %10.2f  %14.4f  %14.4f\n", a, b,
+                       strcmp(all[a].host, all[b].host) ? "no" : "yes", t.lat[a * n + b], t.bw[a * n + b],
+                       t.bw2[a * n + b]);
     }
     topo_free(&t);
     return 0;

@@ -216,14 +216,20 @@ static int parse_link(json_t *o, const char *where, struct plan_link *l)
     if (!json_is_object(o)) return jfail(where, "must be an object");
     int err = num_field(o, "latency_us", where, 0, false, 1e7, true, 0, &l->latency_us);
     if (!err) err = num_field(o, "bandwidth_gbs", where, 0, true, 1e6, true, 0, &l->bandwidth_gbs);
+    /* a full-duplex link carries its one-way rate each way at once */
+    if (!err)
+        err = num_field(o, "bandwidth_both_gbs", where, 0, true, 1e6, false, l->bandwidth_gbs,
+                        &l->bandwidth_both_gbs);
     return err;
 }
 
 /* "links": per-pair figures (the form `tutti topo --json` prints). */
 static int parse_pairs(struct plan_cluster *c, json_t *links, bool set[][PLAN_CLUSTER_RANKS_MAX])
 {
-    static const char *const known[] = {"a",       "b", "same_host", "latency_us", "bandwidth_gbs",
-                                        "comment", NULL};
+    static const char *const known[] = {"a",          "b",
+                                        "same_host",  "latency_us",
+                                        "bandwidth_gbs", "bandwidth_both_gbs",
+                                        "comment",    NULL};
     json_t *o;
     size_t i;
     if (!json_is_array(links)) return jfail("links", "must be an array");
@@ -263,7 +269,8 @@ static int parse_links(struct plan_cluster *c, json_t *root)
     const char *names[2] = {"link", "host_link"};
     for (int h = 0; h < 2; h++) {
         json_t *o = json_object_get(root, names[h]);
-        static const char *const known[] = {"latency_us", "bandwidth_gbs", "comment", NULL};
+        static const char *const known[] = {"latency_us", "bandwidth_gbs", "bandwidth_both_gbs",
+                                            "comment", NULL};
         if (!o) continue;
         int err = json_is_object(o) ? check_keys(o, names[h], known)
                                     : jfail(names[h], "must be an object");
@@ -367,8 +374,9 @@ int plan_cluster_check(const struct plan_cluster *c)
                                     "host_read_gbs and host_gflops",
                                     r, b, h->host);
             if (!in_range(l->latency_us, 0, false, 1e7) ||
-                !in_range(l->bandwidth_gbs, 0, true, 1e6) || l->latency_us != m->latency_us ||
-                l->bandwidth_gbs != m->bandwidth_gbs)
+                !in_range(l->bandwidth_gbs, 0, true, 1e6) ||
+                !in_range(l->bandwidth_both_gbs, 0, false, 1e6) || l->latency_us != m->latency_us ||
+                l->bandwidth_gbs != m->bandwidth_gbs || l->bandwidth_both_gbs != m->bandwidth_both_gbs)
                 return tt_error_set(TT_EINVAL,
                                     "cluster: the link %d-%d is missing, out of range or "
                                     "not symmetric",

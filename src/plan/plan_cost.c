@@ -259,22 +259,27 @@ uint64_t plan_model_bytes_per_token(const struct plan_model *pm)
  * Costs: links, collectives, one rank's layer, memory
  * ================================================================ */
 
-/* A group's slowest link: the largest latency and the smallest bandwidth. */
+/* A group's slowest link: the largest latency and the smallest bandwidths,
+ * one way (sends, broadcasts and gathers to one rank) and each way while
+ * both carry data (all-gathers and all-reduces: every rank sends and
+ * receives at once). */
 struct net {
     int k;
-    double lat_s, bw_bps;
+    double lat_s, bw_bps, bw2_bps;
 };
 
 static struct net pairs_net(const struct plan_cluster *c, const int32_t *a, int ka,
                             const int32_t *b, int kb)
 {
-    struct net n = {2, 0.0, INFINITY};
+    struct net n = {2, 0.0, INFINITY, INFINITY};
     for (int i = 0; i < ka; i++)
         for (int j = 0; j < kb; j++) {
             if (a[i] == b[j]) continue;
             const struct plan_link *l = &c->links[a[i]][b[j]];
             n.lat_s = fmax(n.lat_s, l->latency_us * 1e-6);
             n.bw_bps = fmin(n.bw_bps, l->bandwidth_gbs * 1e9);
+            n.bw2_bps = fmin(n.bw2_bps, (l->bandwidth_both_gbs > 0 ? l->bandwidth_both_gbs
+                                                                   : l->bandwidth_gbs) * 1e9);
         }
     if (isinf(n.bw_bps)) n.k = 1; /* one rank: nothing to cross */
     return n;
@@ -297,7 +302,7 @@ static double allgather_s(const struct net *n, double total_bytes)
 {
     if (n->k <= 1) return 0.0;
     const double k = n->k;
-    return coll_steps(n->k, total_bytes / k) * n->lat_s + (k - 1) / k * total_bytes / n->bw_bps;
+    return coll_steps(n->k, total_bytes / k) * n->lat_s + (k - 1) / k * total_bytes / n->bw2_bps;
 }
 
 /* comm_allreduce_sum of `bytes` per rank (F32 wire), as comm.h describes it:
@@ -308,8 +313,8 @@ static double allreduce_s(const struct net *n, double bytes)
     if (n->k <= 1) return 0.0;
     const double k = n->k;
     if (bytes >= PLAN_SMALL_BLOCK_BYTES && n->k > 2)
-        return 2.0 * coll_steps(n->k, bytes / k) * n->lat_s + 2.0 * (k - 1) / k * bytes / n->bw_bps;
-    return coll_steps(n->k, bytes) * n->lat_s + (k - 1) * bytes / n->bw_bps;
+        return 2.0 * coll_steps(n->k, bytes / k) * n->lat_s + 2.0 * (k - 1) / k * bytes / n->bw2_bps;
+    return coll_steps(n->k, bytes) * n->lat_s + (k - 1) * bytes / n->bw2_bps;
 }
 
 static double send_s(const struct net *n, double bytes)
@@ -1013,7 +1018,8 @@ static int single_candidates(struct search *s)
                   a->gflops == b->gflops && a->attn_gflops == b->attn_gflops &&
                   a->mem_avail_gib == b->mem_avail_gib && a->overhead_us == b->overhead_us &&
                   c->links[0][r].latency_us == c->links[0][q].latency_us &&
-                  c->links[0][r].bandwidth_gbs == c->links[0][q].bandwidth_gbs;
+                  c->links[0][r].bandwidth_gbs == c->links[0][q].bandwidth_gbs &&
+                  c->links[0][r].bandwidth_both_gbs == c->links[0][q].bandwidth_both_gbs;
         }
         const int32_t id = r;
         int err = dup ? 0 : add_candidate(s, PLAN_LAYOUT_SINGLE, PLAN_JOIN_GATHER, &id, &one, 1);

@@ -114,8 +114,10 @@ struct plan_hw_rank {
 };
 
 struct plan_link {
-    double latency_us;    /* one-way latency of a small message */
-    double bandwidth_gbs; /* GB/s of large messages */
+    double latency_us;         /* one-way latency of a small message */
+    double bandwidth_gbs;      /* GB/s of large messages, one way (pipeline sends) */
+    double bandwidth_both_gbs; /* GB/s each way while both ways carry data (collectives);
+                                * 0: bandwidth_gbs (a full-duplex link) */
 };
 
 struct plan_cluster {

@@ -7,7 +7,9 @@
  * (generation does not stop for it), and the placement must end balanced. Both ways of
  * moving are covered: new copies read from the file on a helper thread, and
  * copies sent over the communicator by the rank holding the expert, a share
- * per step; and a forced rebalance while a move is in flight.
+ * per step; and a forced rebalance while a move is in flight. A model file
+ * that can no longer be read makes a rebalance fail with an error on every
+ * rank (no abort, no hang).
  */
 #include "test.h"
 
@@ -17,7 +19,9 @@
 #include "model/model.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define LIVE_STEPS 48
@@ -34,6 +38,8 @@ struct live_rank {
     double imbalance;   /* largest layer imbalance at the end */
     bool force;         /* force a rebalance while a move is in flight */
     int forced;         /* 1: forced, 2: and no move was in flight after it */
+    const char *break_path; /* rank 0: truncate this file, then force a rebalance */
+    char detail[256];   /* the error's message */
     int err;
 };
 
@@ -67,43 +73,76 @@ static void lead(struct engine *e, struct live_rank *r)
     sampler_free(&s);
 }
 
+/* Rank 0: a few steps, then the model file loses its experts (truncated)
+ * and a forced rebalance must fail: the copies cannot be read. */
+static void lead_broken_file(struct engine *e, struct live_rank *r)
+{
+    int32_t tok;
+    struct sampler_opts so;
+    sampler_opts_default(&so);
+    so.temperature = 0;
+    struct sampler s;
+    sampler_init(&s, &so, engine_model(e)->hp.n_vocab);
+    r->err = engine_eval_sample(e, prompt, (int)(sizeof(prompt) / sizeof(prompt[0])), &s, &tok);
+    for (int i = 0; i < 4 && !r->err; i++) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
+    if (!r->err && truncate(r->break_path, 4096) != 0) r->err = -1;
+    if (!r->err) r->err = engine_moe_rebalance(e);
+    sampler_free(&s);
+}
+
 static void *rank_main(void *p)
 {
     struct live_rank *r = p;
-    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm, .moe_every = r->comm ? 4 : -1,
+    struct engine_opts o = { .n_threads = 1, .n_ctx = 256, .comm = r->comm,
+                             .moe_every = r->comm && !r->break_path ? 4 : -1,
                              .moe_threshold = 1.05, .moe_move_over_comm = r->over_comm,
                              .moe_move_bytes = r->move_bytes };
     struct engine *e;
     if ((r->err = engine_create(&e, r->m, &o))) return NULL;
     if (engine_rank(e) != 0) r->err = engine_worker_run(e);
-    else {
+    else if (r->break_path) {
+        lead_broken_file(e, r);
+        if (!r->err) engine_stop_workers(e); /* else they stopped with the error */
+    } else {
         lead(e, r);
         engine_stop_workers(e);
     }
+    snprintf(r->detail, sizeof(r->detail), "%s", r->err ? tt_error_detail() : "");
     engine_destroy(e);
     return NULL;
+}
+
+/* n ranks (1: no comm) as `like` says (its m, over_comm, move_bytes, force,
+ * break_path); every rank's results in all[0..n). Returns rank 0's error,
+ * else another rank's. */
+static int run_ranks_all(int n, const struct live_rank *like, struct live_rank *all)
+{
+    struct comm *comms[LIVE_RANKS] = { NULL };
+    pthread_t th[LIVE_RANKS];
+    if (n > 1 && comm_local_group(comms, n)) return -1;
+    for (int i = 0; i < n; i++) {
+        all[i] = (struct live_rank){ .m = like->m, .comm = comms[i], .over_comm = like->over_comm,
+                                     .move_bytes = like->move_bytes, .force = like->force,
+                                     .break_path = like->break_path };
+        pthread_create(&th[i], NULL, rank_main, &all[i]);
+    }
+    int err = 0;
+    for (int i = n - 1; i >= 0; i--) {
+        pthread_join(th[i], NULL);
+        if (all[i].err) err = all[i].err;
+        if (comms[i]) comm_free(comms[i]);
+    }
+    return err;
 }
 
 /* n ranks (1: no comm); rank 0's results in *out. */
 static int run_ranks(const struct model *m, int n, bool over_comm, int64_t move_bytes, bool force,
                      struct live_rank *out)
 {
-    struct comm *comms[LIVE_RANKS] = { NULL };
-    struct live_rank ranks[LIVE_RANKS];
-    pthread_t th[LIVE_RANKS];
-    if (n > 1 && comm_local_group(comms, n)) return -1;
-    for (int i = 0; i < n; i++) {
-        ranks[i] = (struct live_rank){ .m = m, .comm = comms[i], .over_comm = over_comm, .move_bytes = move_bytes,
-                                       .force = force };
-        pthread_create(&th[i], NULL, rank_main, &ranks[i]);
-    }
-    int err = 0;
-    for (int i = 0; i < n; i++) {
-        pthread_join(th[i], NULL);
-        if (ranks[i].err) err = ranks[i].err;
-        if (comms[i]) comm_free(comms[i]);
-    }
-    *out = ranks[0];
+    struct live_rank all[LIVE_RANKS];
+    const struct live_rank like = { .m = m, .over_comm = over_comm, .move_bytes = move_bytes, .force = force };
+    int err = run_ranks_all(n, &like, all);
+    *out = all[0];
     return err;
 }
 
@@ -161,10 +200,34 @@ static void test_live_move_over_comm(void) { check_live(true, 256 << 10, false);
 /* A forced rebalance while a move is in flight completes that move first. */
 static void test_forced_during_move(void) { check_live(true, 64 << 10, true); }
 
+/* The model file truncated under running ranks: a forced rebalance cannot
+ * read the new copies; every rank stops with TT_EIO (rank 0's message names
+ * the file), nothing aborts or hangs. */
+static void test_move_read_fails(void)
+{
+    char path[] = "/tmp/tt_test_live_XXXXXX";
+    struct model m;
+    if (make_model(path, &m)) {
+        TEST_SKIP("cannot make the test model in /tmp");
+        return;
+    }
+    struct live_rank all[LIVE_RANKS];
+    const struct live_rank like = { .m = &m, .break_path = path };
+    CHECK(run_ranks_all(LIVE_RANKS, &like, all) != 0);
+    CHECK_EQ_INT(all[0].err, TT_EIO);
+    for (int i = 1; i < LIVE_RANKS; i++) CHECK_EQ_INT(all[i].err, TT_EIO);
+    CHECK(strstr(all[0].detail, "expert") != NULL);
+    if (getenv("TT_TEST_VERBOSE"))
+        for (int i = 0; i < LIVE_RANKS; i++) fprintf(stderr, "  rank %d: %s\n", i, all[i].detail);
+    model_free(&m);
+    unlink(path);
+}
+
 static const struct test_case tests[] = {
     { "live_move_from_file", test_live_move_from_file },
     { "live_move_over_comm", test_live_move_over_comm },
     { "forced_rebalance_during_move", test_forced_during_move },
+    { "move_read_fails", test_move_read_fails },
 };
 
 TEST_MAIN(tests)

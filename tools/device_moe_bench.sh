@@ -1,25 +1,37 @@
 #!/bin/bash
 # device_moe_bench.sh: MoE expert balancing on the 16-core device machine, in
-# one call of about 4 minutes (carry .deps). Builds tutti (CPU only), makes a
+# one call of about 4-5 minutes (carry .deps). Builds tutti (CPU only), makes a
 # Qwen3-30B-A3B-shaped model (n_embd 2048, 128 experts, top-8, expert ff 768,
 # 32 heads / 4 KV heads, head dim 128; LAYERS layers, default 48) with a
-# skewed router, then runs 4 ranks x 4 threads on disjoint cores, alternating
-# static expert placement (--moe-every 8 --moe-threshold 1000: imbalance
-# checked and logged, never acted on) with live balancing (--moe-every 8
-# --moe-threshold 1.05 --moe-replicas 4), ROUNDS times. For each run: decode
-# tok/s, the imbalance every 8 steps (max and mean over layers, rank 0's debug
-# log), the moves and the per-step work ratio of the most loaded rank
-# (moe_deal's cost). Everything also goes to $OUT. MODES picks the runs of a
-# round (default "static balanced"); also: "calm" (balancing at threshold 1.3:
-# the first big move, few later ones, to tell the moves' cost from the
-# placement's gain) and "static_sum" / "balanced_sum" (--tp-join sum: two
-# all-reduces per layer instead of five all-gathers, fewer synchronizations).
+# skewed router, then runs 4 ranks x 4 threads on disjoint cores, for each
+# decode length in GENS (default "128 512") ROUNDS times (default 2; ROUNDS_LONG
+# for lengths over 128, default 1), alternating the MODES of a round:
+#   static:   --moe-every 8 --moe-threshold 1000 (imbalance checked and
+#             logged, never acted on);
+#   balanced: live balancing, --moe-every 8 --moe-threshold 1.05
+#             --moe-replicas REPLICAS (default 8);
+#   wide:     the same with 16 spare slots per rank and layer (every step's 8
+#             experts can then be dealt 2 per rank);
+#   calm:     balancing at threshold 1.3 (few moves);
+#   static_sum / balanced_sum: --tp-join sum (two all-reduces per layer).
+# A short untimed run first grows the machine's memory (it starts small and
+# grows as it is used) so that the first timed run does not pay for it.
+# For each run: decode tok/s, rank 0's communication per token, the moves,
+# the imbalance every 16 steps (max and mean over layers, rank 0's debug
+# log), and every rank's profile per phase (static: before the first switch;
+# moving; balanced: after it): wall ms per step, ms in communication calls
+# (waiting for slower ranks included), compute = the rest, ms reading its
+# share of a move, experts it computed per step against the busiest rank's
+# and the mean, page faults per step. Everything goes to $OUT (summary.txt,
+# logs.txt: the full debug logs).
 set -u
 OUT=${OUT:-/tmp}
 LAYERS=${LAYERS:-48}
 ROUNDS=${ROUNDS:-2}
+ROUNDS_LONG=${ROUNDS_LONG:-1}
 MODES=${MODES:-static balanced}
-GEN=${GEN:-128}
+GENS=${GENS:-128 512}
+REPLICAS=${REPLICAS:-8}
 exec > >(tee "$OUT/summary.txt") 2>&1
 root=$PWD/.deps/root
 if ls .deps/*.deb >/dev/null 2>&1; then # the libraries Ubuntu lacks (see device_cluster_bench.sh)
@@ -35,7 +47,8 @@ fi
 export PATH=$PATH:$root/usr/bin LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$root/usr/lib/x86_64-linux-gnu
 make -j"$(nproc)" CUDA=0 MPI=1 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
     build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-echo "built at ${SECONDS}s"
+echo "built at ${SECONDS}s; $(nproc) cores; THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null);" \
+    "$(lscpu 2>/dev/null | grep -E '^NUMA node\(s\)' | tr -s ' ')"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 M=/tmp/qwen3-30b-a3b-skew-${LAYERS}l.gguf
 [ -f "$M" ] || timeout 240 build/tutti gen --arch qwen3moe --n-embd 2048 --n-layer "$LAYERS" --n-head 32 \
@@ -48,22 +61,37 @@ r=${OMPI_COMM_WORLD_RANK:-0}
 exec taskset -c $((r * 4))-$((r * 4 + 3)) "$@"
 PIN
 chmod +x /tmp/pin.sh
-for round in $(seq "$ROUNDS"); do
-    for mode in $MODES; do
-        case $mode in
-        static) extra="--moe-every 8 --moe-threshold 1000" ;;
-        balanced) extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4" ;;
-        calm) extra="--moe-every 8 --moe-threshold 1.3 --moe-replicas 4" ;;
-        static_sum) extra="--moe-every 8 --moe-threshold 1000 --tp-join sum" ;;
-        balanced_sum) extra="--moe-every 8 --moe-threshold 1.05 --moe-replicas 4 --tp-join sum" ;;
-        *) echo "unknown mode $mode"; exit 1 ;;
-        esac
-        f=$OUT/moe_${mode}_$round
-        TT_LOG_LEVEL=3 timeout 120 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh build/tutti bench \
-            -m "$M" -p 64 -n "$GEN" -r 1 -t 4 $extra > "$f.txt" 2> "$f.log"
-        echo "== round $round, $mode (at ${SECONDS}s)"
-        grep -E "decode|TTFT" "$f.txt"
-        grep "rank 0:" "$f.log" | grep -E "imbalance max|move|MoE work" | sed 's/^tutti: debug: rank 0: //' |
-            awk '/imbalance max/ {n++; if (n % 2 == 1 || /moving/) print; next} {print}'
+mode_args() {
+    case $1 in
+    static) echo "--moe-every 8 --moe-threshold 1000" ;;
+    balanced) echo "--moe-every 8 --moe-threshold 1.05 --moe-replicas $REPLICAS" ;;
+    wide) echo "--moe-every 8 --moe-threshold 1.05 --moe-replicas 16" ;;
+    calm) echo "--moe-every 8 --moe-threshold 1.3 --moe-replicas $REPLICAS" ;;
+    static_sum) echo "--moe-every 8 --moe-threshold 1000 --tp-join sum" ;;
+    balanced_sum) echo "--moe-every 8 --moe-threshold 1.05 --moe-replicas $REPLICAS --tp-join sum" ;;
+    *) return 1 ;;
+    esac
+}
+run() { # mode gen file
+    TT_LOG_LEVEL=3 timeout 240 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh \
+        build/tutti bench -m "$M" -p 64 -n "$2" -r 1 -t 4 $(mode_args "$1") > "$3.txt" 2> "$3.log"
+}
+run wide 8 /tmp/warm
+echo "memory grown at ${SECONDS}s: $(free -g | awk '/Mem:/ {print $2 " GiB total, " $7 " available"}')"
+for gen in $GENS; do
+    rounds=$ROUNDS
+    [ "$gen" -gt 128 ] && rounds=$ROUNDS_LONG
+    for round in $(seq "$rounds"); do
+        for mode in $MODES; do
+            mode_args "$mode" > /dev/null || { echo "unknown mode $mode"; exit 1; }
+            f=/tmp/moe_${mode}_${gen}_$round
+            run "$mode" "$gen" "$f"
+            echo "== $gen tokens, round $round, $mode (at ${SECONDS}s)"
+            grep -E "decode|communication" "$f.txt"
+            grep "rank 0:" "$f.log" | grep -E "imbalance max|move" | sed 's/^tutti: debug: rank 0: //' |
+                awk '/imbalance max/ {n++; if (n % 2 == 1 || /moving/) print; next} {print}'
+            grep -E "profile (static|moving|balanced):" "$f.log" | sed 's/^tutti: debug: //' | sort
+            { echo "==== $f"; cat "$f.txt" "$f.log"; } >> "$OUT/logs.txt"
+        done
     done
 done

@@ -64,10 +64,11 @@ struct engine_opts {
     int moe_replicas;
     int moe_every;
     double moe_threshold;
-    /* Live moves: new expert copies come from the model file on a helper
-     * thread, or over the communicator from the rank holding the expert
-     * (always when a rank has no file; forced by moe_move_over_comm),
-     * moe_move_bytes per step (default 64 MiB). */
+    /* Live moves: new expert copies are read from the model file by each
+     * rank's threads at step boundaries, or come over the communicator from
+     * the rank holding the expert (always when a rank has no file; forced by
+     * moe_move_over_comm), moe_move_bytes per step (default 256 MiB per rank
+     * from the file, 64 MiB over the communicator). */
     bool moe_move_over_comm;
     int64_t moe_move_bytes;
     /* Refuse (TT_ENOMEM, saying how much is needed) when this rank's weights,

@@ -188,7 +188,7 @@ static int execute(struct engine *e, const struct step *st, const struct step_io
     const int32_t *hist = io->hist;
     int err = 0, n_next = 0;
     if (e->m->hp.n_expert) {
-        moe_move_progress(e);          /* a live expert move advances at step boundaries */
+        err = moe_move_progress(e);    /* a live expert move advances at step boundaries */
         moe_stats_step(&e->moe_stats); /* one window slot per step */
     }
     for (int c = 0; c < n && !err; c += e->n_batch) {

@@ -150,7 +150,8 @@ struct engine {
     int moe_phys_slots;              /* slots per layer incl. room for arriving copies */
     struct moe_move *moe_move;       /* an expert move in progress, or NULL */
     bool moe_from_ranks;             /* new copies come over the communicator, not the file */
-    int64_t moe_move_bytes;          /* over the communicator: bytes moved per step */
+    int64_t moe_move_bytes;          /* bytes moved per step (0: the default of the way) */
+    struct moe_prof *moe_prof;       /* several ranks: where the time goes (engine_moe.c) */
     struct engine_accel accel;   /* ctx NULL: CPU only */
     struct engine_weight output; /* vocab rows of this rank */
     size_t kv_row_bytes;  /* one position of one layer's local K (or V) */
@@ -207,8 +208,10 @@ void moe_deal_layer(struct engine *e, int il, int64_t n_tok);
  * a move is in flight. */
 int moe_rebalance(struct engine *e, bool background);
 /* All ranks, at each step boundary: advance a move in progress; switch to
- * the new placement when every rank has its copies. */
-void moe_move_progress(struct engine *e);
+ * the new placement when every rank has its copies. A failed read or
+ * transfer gives the move up (the placement stays) and returns the error
+ * (TT_EIO, TT_ECOMM) on every rank. */
+int moe_move_progress(struct engine *e);
 bool moe_moving(const struct engine *e);
 /* Largest imbalance over layers under the current placement. */
 double moe_max_imbalance(const struct engine *e);

@@ -6,43 +6,61 @@
  * experts in the placement (its share plus spare places for hot copies) and
  * as many again, so that new copies can arrive while the old ones are still
  * in use (any new placement fits); the layer's gate/up/down_exps views index
- * physical slots (moe_phys_slots per layer). The second half is allocated
- * but only touched by moves. On one rank the views are the file's expert
- * stacks and slot = expert.
+ * physical slots (moe_phys_slots per layer). On one rank the views are the
+ * file's expert stacks and slot = expert. The slot storage asks for huge
+ * pages. With live balancing a slot keeps its pages when its copy leaves,
+ * so the next copy to arrive there takes no page faults and no zeroing
+ * (--mem-limit counts both halves anyway); without it (forced moves only)
+ * a slot whose copy leaves gives its pages back.
  *
  * Rebalancing (a REBALANCE step from rank 0, at a step boundary): every rank
  * holds the same statistics (routing is computed everywhere), so every rank
  * computes the same next placement and the same list of copy jobs (layer,
  * expert, source rank, destination rank) without exchanging them.
- * While the move is in progress decoding goes on with the old placement:
- *  - every rank has the model file: a helper thread on each rank reads its
- *    new copies from the file into free slots; at each step boundary the
- *    ranks all-reduce a done flag and switch together once all are done;
- *  - some rank has no file (--weights-from 0): at each step boundary the
- *    ranks walk the common job list for up to moe_move_bytes, the rank
- *    holding the expert sending it to the one receiving (one sender and one
- *    receiver per job, all ranks in the same order: no deadlock); after the
- *    last job they switch.
+ * While the move is in progress decoding goes on with the old placement, and
+ * at each step boundary every rank moves one share of it, at most
+ * moe_move_bytes of its own new copies:
+ *  - every rank has the model file: the rank reads its share from the file
+ *    with all its threads (the pool), between steps. A helper thread beside
+ *    the compute threads was tried first: it preempted spinning workers on
+ *    the rank's cores and made every step of a move slow. Every rank knows
+ *    every rank's jobs, so every rank knows at which boundary the last share
+ *    is read and all switch there; a flag is all-reduced with each share so
+ *    that a failed read stops every rank with an error;
+ *  - some rank has no file (--weights-from 0): the ranks walk the common job
+ *    list for up to moe_move_bytes, the rank holding the expert sending it to
+ *    the one receiving (one sender and one receiver per job, all ranks in the
+ *    same order: no deadlock); after the last job they switch.
  * A switch only rewrites slot tables and placements (no copying), so no step
- * waits for more than one step's share of a move. Results do not change: a
- * token's expert output is computed in full by whichever copy it is dealt
- * to, and outputs are added in expert order (engine_forward.c).
+ * waits for more than one share of a move. Results do not change: a token's
+ * expert output is computed in full by whichever copy it is dealt to, and
+ * outputs are added in expert order (engine_forward.c).
  * A forced rebalance (engine_moe_rebalance) completes its move at once.
+ *
+ * Profile (TT_LOG_LEVEL=3, several ranks): each rank logs, every
+ * MOE_PROF_EVERY single-token steps and per phase at the end (static: no
+ * move yet; moving; balanced: after a switch), its wall time per step, the
+ * part spent in communication calls (waiting for slower ranks included),
+ * the experts it computed per step against the busiest rank's and the mean,
+ * its page faults, and the time its share of the moves took.
  */
 #include "engine_internal.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define MOE_REPLICAS_DEFAULT 2
 #define MOE_EVERY_DEFAULT 16
 #define MOE_THRESHOLD_DEFAULT 1.1
-#define MOE_MOVE_BYTES_DEFAULT (64ll << 20)
+#define MOE_MOVE_BYTES_DEFAULT (64ll << 20)  /* over the communicator, per step */
+#define MOE_READ_BYTES_DEFAULT (256ll << 20) /* from the file, per rank and step */
 #define MOE_MOVE_TAG 7907
+#define MOE_PROF_EVERY 32                    /* single-token steps per profile line */
 
 /* One new copy: expert x of layer il, sent by rank src (or read from the
  * file) to rank dst, into dst's physical slot `slot` (known on dst only). */
@@ -50,18 +68,61 @@ struct moe_job {
     int il, x, src, dst, slot;
 };
 
+/* One contiguous piece of a copy read from the file: one matrix of one
+ * expert. */
+struct moe_piece {
+    const uint8_t *src; /* in the model file's map (read with pread) */
+    size_t bytes;
+    uint8_t *dst;
+};
+
 /* A move in progress (engine_moe.c's top comment). */
 struct moe_move {
     struct moe_placement *next; /* [n_layer] the placement after the switch */
     bool *moving;               /* [n_layer] */
     struct moe_job *jobs;       /* all ranks' new copies, in (layer, dst, expert) order */
-    int n_jobs, cursor;         /* comm: jobs done */
+    int n_jobs, cursor;         /* jobs done: comm, all ranks; file, this rank's */
+    int shares;                 /* file: boundaries at which the busiest rank's jobs are all read */
     uint64_t steps;             /* step boundaries seen */
-    bool threaded;              /* file reads on a helper thread */
-    pthread_t thread;
-    atomic_int done;            /* helper: finished (1) */
-    int err;                    /* helper's error */
+    struct moe_piece *pieces;   /* file: [3 * n_jobs] room for one share */
 };
+
+/* Phases of a run for the profile. */
+enum moe_phase { MOE_PHASE_STATIC, MOE_PHASE_MOVING, MOE_PHASE_BALANCED, MOE_PHASE_COUNT };
+static const char *const moe_phase_names[MOE_PHASE_COUNT] = { "static", "moving", "balanced" };
+
+/* Sums over single-token steps. */
+struct moe_prof_sum {
+    uint64_t steps;
+    double step_s, comm_s, move_s; /* wall, in comm calls, reading/sending this rank's share */
+    double mine, max, mean;        /* experts computed here, by the busiest rank, mean rank */
+    double faults;                 /* page faults of the process */
+};
+
+/* The profile of this rank (engine_moe.c's top comment). */
+struct moe_prof {
+    double t_last, comm_last;      /* at the last step boundary */
+    long faults_last;
+    bool started, switched;
+    int64_t tokens;                /* tokens of the current step (layer 0's dealing) */
+    double mine, max, mean, move_s; /* of the current step */
+    enum moe_phase cur_phase;       /* of the current step */
+    struct moe_prof_sum phase[MOE_PHASE_COUNT], window;
+    int window_moving;              /* steps of the window that ran during a move */
+    uint64_t step;                  /* single-token steps counted */
+};
+
+/* One profile line: means per step of a sum. */
+static void prof_print(const struct engine *e, const char *label, const struct moe_prof_sum *s)
+{
+    if (s->steps == 0) return;
+    const double n = (double)s->steps;
+    tt_debug("rank %d: profile %s: %llu steps, %.2f ms/step, comm %.2f, compute %.2f, move %.2f; "
+             "experts here %.2f, busiest %.2f, mean %.2f; page faults %.0f",
+             e->rank, label, (unsigned long long)s->steps, 1e3 * s->step_s / n, 1e3 * s->comm_s / n,
+             1e3 * (s->step_s - s->comm_s) / n, 1e3 * s->move_s / n, s->mine / n, s->max / n,
+             s->mean / n, s->faults / n);
+}
 
 /* Bytes of one expert of a stacked expert weight. */
 static size_t expert_bytes(const struct model_weight *w) { return w->row_bytes * (size_t)w->ne[1]; }
@@ -85,6 +146,18 @@ static void assign_slot(struct engine *e, int il, int s, int x)
 {
     e->moe_slot_expert[(size_t)il * e->moe_phys_slots + s] = x;
     e->moe_slot_of[(size_t)il * e->m->hp.n_expert + x] = s;
+}
+
+/* Huge pages for the slot storage where the system gives them on advice:
+ * fewer TLB misses while streaming experts, and a copy arriving in a fresh
+ * slot takes one fault per 2 MiB instead of one per 4 KiB. Advice only:
+ * failure costs speed, nothing else. */
+static void advise_huge_pages(struct engine *e, size_t total)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)e->moe_buf + page - 1) & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t)e->moe_buf + total) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
 /* Slot storage and views for several ranks; fills the static placement. */
@@ -112,6 +185,7 @@ static int setup_slots(struct engine *e)
     if (!e->moe_buf)
         return tt_error_set(TT_ENOMEM, "cannot allocate %.1f MiB for expert slots",
                             (double)total / 1048576.0);
+    advise_huge_pages(e, total);
     uint8_t *at = e->moe_buf;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *ml = &e->m->layers[il];
@@ -119,8 +193,9 @@ static int setup_slots(struct engine *e)
         const struct model_weight *src[3] = { &ml->gate_exps, &ml->up_exps, &ml->down_exps };
         struct engine_weight *dst[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
         for (int i = 0; i < 3; i++) {
-            *dst[i] = (struct engine_weight){ at, src[i]->type, src[i]->ne[0], src[i]->ne[1],
-                                              src[i]->row_bytes, expert_bytes(src[i]) };
+            *dst[i] = (struct engine_weight){ .data = at, .type = src[i]->type, .n_in = src[i]->ne[0],
+                                              .n_out = src[i]->ne[1], .row_stride = src[i]->row_bytes,
+                                              .expert_stride = expert_bytes(src[i]) };
             at += expert_bytes(src[i]) * (size_t)e->moe_phys_slots;
         }
         const struct moe_placement *p = &e->moe_place[il];
@@ -143,7 +218,7 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
     const int replicas = opts->moe_replicas < 0 ? 0 : opts->moe_replicas ? opts->moe_replicas : MOE_REPLICAS_DEFAULT;
     e->moe_slots = R == 1 ? X : TT_MIN(X, (X + R - 1) / R + replicas);
     e->moe_phys_slots = R == 1 ? X : 2 * e->moe_slots; /* room for a whole new placement */
-    e->moe_move_bytes = opts->moe_move_bytes > 0 ? opts->moe_move_bytes : MOE_MOVE_BYTES_DEFAULT;
+    e->moe_move_bytes = opts->moe_move_bytes > 0 ? opts->moe_move_bytes : 0;
     e->moe_from_ranks = opts->moe_move_over_comm;
     e->moe_every = opts->moe_every < 0 ? 0 : opts->moe_every ? opts->moe_every : MOE_EVERY_DEFAULT;
     e->moe_threshold = opts->moe_threshold > 0 ? opts->moe_threshold : MOE_THRESHOLD_DEFAULT;
@@ -153,9 +228,11 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
     e->moe_slot_of = malloc(sizeof(int32_t) * (size_t)hp->n_layer * X);
     e->moe_slot_expert = malloc(sizeof(int32_t) * (size_t)hp->n_layer * e->moe_phys_slots);
     e->moe_pair_rank = malloc(sizeof(int16_t) * (size_t)e->n_batch * hp->n_expert_used);
+    e->moe_prof = R > 1 ? calloc(1, sizeof(*e->moe_prof)) : NULL;
     if (!err) err = moe_dealer_init(&e->moe_dealer, X, R);
     if (err) return err;
-    if (!e->moe_place || !e->moe_slot_of || !e->moe_slot_expert || !e->moe_pair_rank)
+    if (!e->moe_place || !e->moe_slot_of || !e->moe_slot_expert || !e->moe_pair_rank ||
+        (R > 1 && !e->moe_prof))
         return tt_error_set(TT_ENOMEM, "out of memory for the expert placement");
     for (int il = 0; il < hp->n_layer && !err; il++)
         err = moe_placement_init(&e->moe_place[il], X, R, e->moe_slots);
@@ -174,6 +251,12 @@ void moe_teardown(struct engine *e)
     if (e->moe_dealt_mean > 0)
         tt_debug("rank %d: MoE work per step, most loaded rank / mean: %.3f", e->rank,
                  e->moe_dealt_max / e->moe_dealt_mean);
+    if (e->moe_prof) {
+        for (int ph = 0; ph < MOE_PHASE_COUNT; ph++)
+            prof_print(e, moe_phase_names[ph], &e->moe_prof->phase[ph]);
+        free(e->moe_prof);
+        e->moe_prof = NULL;
+    }
     for (int il = 0; e->moe_place && il < e->m->hp.n_layer; il++) moe_placement_free(&e->moe_place[il]);
     free(e->moe_place);
     free(e->moe_slot_of);
@@ -192,8 +275,8 @@ void moe_record(struct engine *e, int il, int64_t n_tok)
 
 void moe_deal_layer(struct engine *e, int il, int64_t n_tok)
 {
-    moe_deal(&e->moe_dealer, &e->moe_place[il], e->sel, n_tok * e->m->hp.n_expert_used,
-             e->moe_pair_rank);
+    const int K = e->m->hp.n_expert_used;
+    moe_deal(&e->moe_dealer, &e->moe_place[il], e->sel, n_tok * K, e->moe_pair_rank);
     int64_t max = 0, sum = 0;
     for (int r = 0; r < e->tp_size; r++) {
         max = TT_MAX(max, e->moe_dealer.rank_cost[r]);
@@ -201,6 +284,20 @@ void moe_deal_layer(struct engine *e, int il, int64_t n_tok)
     }
     e->moe_dealt_max += (double)max;
     e->moe_dealt_mean += (double)sum / e->tp_size;
+    struct moe_prof *pf = e->moe_prof;
+    if (!pf) return;
+    if (il == 0) pf->tokens = n_tok;
+    if (n_tok != 1) return;
+    /* One token: its K pairs are K distinct experts, each a whole expert read. */
+    int busiest = 0;
+    for (int r = 0; r < e->tp_size; r++) {
+        int count = 0;
+        for (int k = 0; k < K; k++) count += e->moe_pair_rank[k] == r;
+        busiest = TT_MAX(busiest, count);
+        if (r == e->tp_rank) pf->mine += count;
+    }
+    pf->max += busiest;
+    pf->mean += (double)K / e->tp_size;
 }
 
 double moe_max_imbalance(const struct engine *e)
@@ -276,39 +373,124 @@ static void plan_jobs(struct engine *e, struct moe_move *m, int il,
         }
 }
 
-/* Read this rank's new copies from the model file into their slots. */
-static int read_jobs(struct engine *e, const struct moe_move *m)
+/* Bytes of one copy of an expert of layer il (its three matrices). */
+static int64_t copy_bytes(const struct engine *e, int il)
 {
-    int err = 0;
-    for (int i = 0; i < m->n_jobs && !err; i++)
-        if (m->jobs[i].dst == e->tp_rank)
-            err = read_slot(e, m->jobs[i].il, m->jobs[i].slot, m->jobs[i].x);
-    return err;
+    const struct engine_layer *l = &e->layers[il];
+    return (int64_t)(l->gate_exps.expert_stride + l->up_exps.expert_stride +
+                     l->down_exps.expert_stride);
 }
 
-/* The helper shares the rank's cores with the compute threads (whose pool
- * spins between jobs): at a low priority it would barely run and a move
- * would outlast the benchmark; at normal priority the first move of a
- * 48-layer model switched after 2 steps on the device machine. */
-static void *move_thread(void *arg)
+/* Bytes a rank moves per step boundary. */
+static int64_t move_budget(const struct engine *e)
 {
-    struct engine *e = arg;
-    e->moe_move->err = read_jobs(e, e->moe_move);
-    atomic_store_explicit(&e->moe_move->done, 1, memory_order_release);
-    return NULL;
+    if (e->moe_move_bytes > 0) return e->moe_move_bytes;
+    return e->moe_from_ranks ? MOE_MOVE_BYTES_DEFAULT : MOE_READ_BYTES_DEFAULT;
+}
+
+/* File: rank r's share of the jobs from index `at` on: its jobs (others'
+ * skipped) up to `budget` bytes, at least one (all with budget < 0). Returns
+ * the index after the share; *bytes = the share's bytes (0: none left). */
+static int share_end(const struct engine *e, const struct moe_move *m, int r, int at,
+                     int64_t budget, int64_t *bytes)
+{
+    *bytes = 0;
+    for (; at < m->n_jobs && (budget < 0 || *bytes < budget); at++)
+        if (m->jobs[at].dst == r) *bytes += copy_bytes(e, m->jobs[at].il);
+    return at;
+}
+
+/* File: the boundaries the busiest rank needs to read its jobs (every rank
+ * computes the same number, so all switch at the same boundary). */
+static int count_shares(const struct engine *e, const struct moe_move *m)
+{
+    int most = 0;
+    for (int r = 0; r < e->tp_size; r++) {
+        int n = 0, at = 0;
+        int64_t bytes;
+        while ((at = share_end(e, m, r, at, move_budget(e), &bytes)), bytes > 0) n++;
+        most = TT_MAX(most, n);
+    }
+    return most;
+}
+
+/* A parallel read of pieces from the model file: each thread reads its
+ * range of the pieces' bytes laid end to end. */
+struct read_ctx {
+    struct engine *e;
+    const struct moe_piece *pieces;
+    int n_pieces;
+    int64_t total;
+    atomic_int err;
+    char detail[256]; /* the first failing thread's message */
+};
+
+static void read_pieces_job(void *arg, int ith, int nth)
+{
+    struct read_ctx *c = arg;
+    int64_t begin, end, at = 0;
+    tt_split_range(c->total, ith, nth, 4096, &begin, &end);
+    for (int i = 0; i < c->n_pieces && at < end; at += (int64_t)c->pieces[i++].bytes) {
+        const struct moe_piece *p = &c->pieces[i];
+        const int64_t lo = TT_MAX(begin, at), hi = TT_MIN(end, at + (int64_t)p->bytes);
+        if (lo >= hi) continue;
+        int err = shard_read(c->e, p->src + (lo - at), (size_t)(hi - lo), p->dst + (lo - at));
+        int none = 0;
+        if (err && atomic_compare_exchange_strong(&c->err, &none, err))
+            snprintf(c->detail, sizeof(c->detail), "%s", tt_error_detail());
+        if (err) return;
+    }
+}
+
+/* File: read this rank's jobs among jobs [from, to) into their slots, with
+ * all the rank's threads. */
+static int read_share(struct engine *e, struct moe_move *m, int from, int to)
+{
+    int n = 0;
+    int64_t total = 0;
+    for (int i = from; i < to; i++) {
+        const struct moe_job *j = &m->jobs[i];
+        if (j->dst != e->tp_rank) continue;
+        const struct model_layer *ml = &e->m->layers[j->il];
+        const struct engine_layer *l = &e->layers[j->il];
+        const struct model_weight *src[3] = { &ml->gate_exps, &ml->up_exps, &ml->down_exps };
+        const struct engine_weight *dst[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
+        for (int k = 0; k < 3; k++) {
+            m->pieces[n++] = (struct moe_piece){ model_weight_row(src[k], j->x, 0), dst[k]->expert_stride,
+                                                 (uint8_t *)dst[k]->data + (size_t)j->slot * dst[k]->expert_stride };
+            total += (int64_t)dst[k]->expert_stride;
+        }
+    }
+    if (n == 0) return 0;
+    struct read_ctx c = { .e = e, .pieces = m->pieces, .n_pieces = n, .total = total };
+    atomic_init(&c.err, 0);
+    tt_pool_run(e->pool, read_pieces_job, &c);
+    const int err = atomic_load(&c.err);
+    return err ? tt_error_set(err, "reading expert copies from the model file: %s", c.detail) : 0;
 }
 
 static void move_free(struct engine *e)
 {
     struct moe_move *m = e->moe_move;
     if (!m) return;
-    if (m->threaded) pthread_join(m->thread, NULL);
     for (int il = 0; m->next && il < e->m->hp.n_layer; il++) moe_placement_free(&m->next[il]);
     free(m->next);
     free(m->moving);
     free(m->jobs);
+    free(m->pieces);
     free(m);
     e->moe_move = NULL;
+}
+
+/* Give up the move in flight (an error): the slots reserved for it are free
+ * again; the placement stays as it is. */
+static void move_abort(struct engine *e)
+{
+    struct moe_move *m = e->moe_move;
+    for (int i = 0; m && i < m->n_jobs; i++)
+        if (m->jobs[i].dst == e->tp_rank && m->jobs[i].slot >= 0)
+            e->moe_slot_expert[(size_t)m->jobs[i].il * e->moe_phys_slots + m->jobs[i].slot] = -1;
+    move_free(e);
 }
 
 /* Allocate a move with room for every layer's jobs. */
@@ -318,10 +500,12 @@ static int move_alloc(struct engine *e, struct moe_move **out)
     struct moe_move *m = calloc(1, sizeof(*m));
     *out = m;
     if (!m) return tt_error_set(TT_ENOMEM, "out of memory for an expert move");
+    const size_t max_jobs = (size_t)hp->n_layer * e->tp_size * e->moe_phys_slots;
     m->next = calloc((size_t)hp->n_layer, sizeof(*m->next));
     m->moving = calloc((size_t)hp->n_layer, sizeof(bool));
-    m->jobs = malloc(sizeof(*m->jobs) * (size_t)hp->n_layer * e->tp_size * e->moe_phys_slots);
-    if (!m->next || !m->moving || !m->jobs)
+    m->jobs = malloc(sizeof(*m->jobs) * max_jobs);
+    m->pieces = malloc(sizeof(*m->pieces) * 3 * max_jobs);
+    if (!m->next || !m->moving || !m->jobs || !m->pieces)
         return tt_error_set(TT_ENOMEM, "out of memory for an expert move");
     int err = 0;
     for (int il = 0; il < hp->n_layer && !err; il++)
@@ -332,9 +516,11 @@ static int move_alloc(struct engine *e, struct moe_move **out)
 /* Give the memory of slot s of layer il back to the system (the whole pages
  * inside each of its three matrices; they read as zeros until a new copy
  * fills the slot), so that resident memory follows the live placement rather
- * than every slot ever used. */
+ * than every slot ever used. Not with live balancing: there the slots keep
+ * their pages for the next moves (engine_moe.c's top comment). */
 static void release_slot(struct engine *e, int il, int s)
 {
+    if (e->moe_every > 0) return;
     const struct engine_layer *l = &e->layers[il];
     const struct engine_weight *w[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -373,6 +559,7 @@ static void move_switch(struct engine *e)
     tt_debug("rank %d: expert move switched after %llu steps: %d copies received here, "
              "max imbalance now %.3f",
              e->rank, (unsigned long long)m->steps, moved, moe_max_imbalance(e));
+    if (e->moe_prof) e->moe_prof->switched = true;
     move_free(e);
 }
 
@@ -398,45 +585,115 @@ static int move_transfer(struct engine *e, int64_t budget)
                 err = comm_recv(e->comm, (uint8_t *)w[i]->data + (size_t)j->slot * bytes, bytes,
                                 j->src, MOE_MOVE_TAG);
             }
-            if (err) return err;
+            if (err)
+                return tt_error_set(err, "moving expert %d of layer %d from rank %d to rank %d: %s",
+                                    j->x, j->il, j->src, j->dst, tt_error_detail());
             sent += (int64_t)bytes;
         }
     }
     return 0;
 }
 
-/* Complete the move in flight now (every rank at the same step boundary):
- * wait for the helper, or move the remaining jobs; then switch. */
-static void move_finish(struct engine *e)
+/* File: this rank reads its next share (all that is left with budget < 0);
+ * then every rank learns whether all ranks succeeded. */
+static int move_read(struct engine *e, int64_t budget)
 {
     struct moe_move *m = e->moe_move;
-    int err = 0;
-    if (m->threaded) {
-        pthread_join(m->thread, NULL);
-        m->threaded = false;
-        err = m->err;
-    } else if (e->moe_from_ranks) {
-        err = move_transfer(e, -1);
-    }
-    TT_ASSERT(err == 0 && "expert copies could not be read or received");
-    move_switch(e);
+    int64_t bytes;
+    const int end = share_end(e, m, e->tp_rank, m->cursor, budget, &bytes);
+    int err = read_share(e, m, m->cursor, end);
+    m->cursor = end;
+    float failed = err != 0;
+    int cerr = comm_allreduce_sum(e->comm, &failed, 1, COMM_WIRE_F32);
+    if (cerr) return cerr;
+    if (!err && failed > 0)
+        err = tt_error_set(TT_EIO, "another rank could not read its expert copies from the model "
+                                   "file (its log says why); is the file still there on every host?");
+    return err;
 }
 
-void moe_move_progress(struct engine *e)
+/* Complete the move in flight now (every rank at the same step boundary):
+ * the remaining reads or transfers, then the switch. On an error the move
+ * is given up. */
+static int move_finish(struct engine *e)
 {
-    struct moe_move *m = e->moe_move;
-    if (!m) return;
-    m->steps++;
-    if (!m->threaded) {
-        int err = move_transfer(e, e->moe_move_bytes);
-        TT_ASSERT(err == 0 && "expert transfer failed: a rank is gone");
-        if (m->cursor == m->n_jobs) move_switch(e);
-        return;
+    int err = e->moe_from_ranks ? move_transfer(e, -1) : move_read(e, -1);
+    if (err) {
+        move_abort(e);
+        return err;
     }
-    float done = (float)atomic_load_explicit(&m->done, memory_order_acquire);
-    int err = comm_allreduce_sum(e->comm, &done, 1, COMM_WIRE_F32);
-    TT_ASSERT(err == 0 && "all-reduce failed: a rank is gone");
-    if (done == (float)e->tp_size) move_finish(e);
+    move_switch(e);
+    return 0;
+}
+
+/* Profile: end the step that ran since the last boundary (only single-token
+ * steps are counted), and start the next one at this boundary. */
+static void prof_boundary(struct engine *e)
+{
+    struct moe_prof *pf = e->moe_prof;
+    const double now = tt_now_s();
+    double comm_s = 0;
+    struct comm *const cs[3] = { e->comm, e->tp_comm, e->step_comm };
+    for (int i = 0; i < 3; i++) {
+        double sec = 0;
+        if (cs[i] && (i == 0 || (cs[i] != cs[0] && (i == 1 || cs[i] != cs[1])))) comm_stats(cs[i], &sec, NULL);
+        comm_s += sec;
+    }
+    struct rusage ru;
+    const long faults = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_minflt + ru.ru_majflt : 0;
+    if (pf->started && pf->tokens == 1) {
+        const struct moe_prof_sum step = { 1, now - pf->t_last, comm_s - pf->comm_last, pf->move_s,
+                                           pf->mine, pf->max, pf->mean, (double)(faults - pf->faults_last) };
+        struct moe_prof_sum *sums[2] = { &pf->phase[pf->cur_phase], &pf->window };
+        for (int i = 0; i < 2; i++) {
+            sums[i]->steps++;
+            sums[i]->step_s += step.step_s;
+            sums[i]->comm_s += step.comm_s;
+            sums[i]->move_s += step.move_s;
+            sums[i]->mine += step.mine;
+            sums[i]->max += step.max;
+            sums[i]->mean += step.mean;
+            sums[i]->faults += step.faults;
+        }
+        pf->window_moving += pf->cur_phase == MOE_PHASE_MOVING;
+        if (pf->window.steps == MOE_PROF_EVERY) {
+            char label[96];
+            snprintf(label, sizeof(label), "steps %llu-%llu (%d moving)",
+                     (unsigned long long)(pf->step - MOE_PROF_EVERY + 1), (unsigned long long)pf->step,
+                     pf->window_moving);
+            prof_print(e, label, &pf->window);
+            memset(&pf->window, 0, sizeof(pf->window));
+            pf->window_moving = 0;
+        }
+        pf->step++;
+    }
+    pf->started = true;
+    pf->t_last = now;
+    pf->comm_last = comm_s;
+    pf->faults_last = faults;
+    pf->tokens = 0;
+    pf->mine = pf->max = pf->mean = pf->move_s = 0;
+}
+
+int moe_move_progress(struct engine *e)
+{
+    if (e->moe_prof) prof_boundary(e);
+    struct moe_move *m = e->moe_move;
+    int err = 0;
+    if (m) {
+        const double t0 = tt_now_s();
+        m->steps++;
+        if (e->moe_from_ranks) err = move_transfer(e, move_budget(e));
+        else err = move_read(e, move_budget(e));
+        if (err) move_abort(e);
+        else if (e->moe_from_ranks ? m->cursor == m->n_jobs : m->steps >= (uint64_t)m->shares)
+            move_switch(e);
+        if (e->moe_prof) e->moe_prof->move_s = tt_now_s() - t0;
+    }
+    if (e->moe_prof)
+        e->moe_prof->cur_phase = e->moe_move ? MOE_PHASE_MOVING
+                                 : e->moe_prof->switched ? MOE_PHASE_BALANCED : MOE_PHASE_STATIC;
+    return err;
 }
 
 bool moe_moving(const struct engine *e) { return e->moe_move != NULL; }
@@ -447,7 +704,8 @@ int moe_rebalance(struct engine *e, bool background)
     if (hp->n_expert == 0 || e->tp_size == 1 || e->pipeline) return 0;
     if (e->moe_move) {
         if (background) return 0;
-        move_finish(e); /* a forced rebalance completes the move in flight first */
+        int err = move_finish(e); /* a forced rebalance completes the move in flight first */
+        if (err) return err;
     }
     struct moe_move *m;
     int err = move_alloc(e, &m);
@@ -467,19 +725,11 @@ int moe_rebalance(struct engine *e, bool background)
         move_free(e);
         return 0;
     }
-    tt_debug("rank %d: expert move of %d layers, %d copies (%s)", e->rank, n_layers, m->n_jobs,
-             e->moe_from_ranks ? "over the communicator" : "from the file");
-    if (!e->moe_from_ranks && background && pthread_create(&m->thread, NULL, move_thread, e) == 0) {
-        m->threaded = true;
-        return 0;
-    }
-    if (e->moe_from_ranks && background) return 0; /* moe_move_progress moves a share per step */
-    if (!e->moe_from_ranks) {
-        err = read_jobs(e, m);
-        TT_ASSERT(err == 0 && "the model file can no longer be read");
-    }
-    move_finish(e);
-    return 0;
+    if (!e->moe_from_ranks) m->shares = count_shares(e, m);
+    tt_debug("rank %d: expert move of %d layers, %d copies (%s, %d steps)", e->rank, n_layers,
+             m->n_jobs, e->moe_from_ranks ? "over the communicator" : "from the file",
+             e->moe_from_ranks ? -1 : m->shares);
+    return background ? 0 : move_finish(e);
 }
 
 int engine_moe_loads(const struct engine *e, int layer, uint64_t *loads, double *imbalance)

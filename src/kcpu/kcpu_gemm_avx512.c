@@ -47,7 +47,13 @@
  * load each 16-row block with 36 (Q4_K) to 53 (Q6_K) plain vector loads
  * instead of gathering 16 rows and transposing them (the transposes were
  * most of the repack's cost), and read the whole matrix as one sequential
- * stream; that serves every token count, one included.
+ * stream; that serves every token count, one included. Packed Q4_K and Q6_K
+ * go further: their tiles make each step vector from the packed bits where
+ * the token loop uses it (tile_q4k_packed, tile_q6k_packed), so no step
+ * vector is stored and loaded again. Measured on Zen 4 (one thread, 256 x
+ * 4096 in L2, CPU time per row-block and token, rows -> packed): Q4_K 1
+ * token 4.7 -> 3.2 ns, 8 tokens 2.10 -> 1.48; Q6_K 1 token 6.4 -> 5.4, 8
+ * tokens 2.62 -> 1.75, 128 tokens 1.6 -> 1.55.
  *
  * Stack use is bounded (about 60 KB; gemm_few about 110 KB, its activation
  * piece of FEW_PREP (chunk, token) pairs); nothing is allocated.
@@ -321,21 +327,6 @@ KCPU_INLINE void repack_q6k(const uint8_t *const x[16], struct wtile *wt, const 
     q6k_levels16(TL, TH, wt);
 }
 
-/* Q6_K from a KCPU_LAYOUT_TILE16 block t: dwords 0..31 ql, 32..47 qh,
- * 48..51 scales, then the 16 rows' d (2 bytes each) at byte 64 * 52. */
-KCPU_INLINE void unpack_q6k(const uint8_t *t, struct wtile *wt)
-{
-    __m512i H[4], TL[32], TH[16];
-    KCPU_UNROLL
-    for (int d = 0; d < 4; d++) H[d] = tile_dw(t, 48 + d);
-    q6k_scales(H, _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(t + 64 * 52))), wt);
-    KCPU_UNROLL
-    for (int c = 0; c < 32; c++) TL[c] = tile_dw(t, c);
-    KCPU_UNROLL
-    for (int c = 0; c < 16; c++) TH[c] = tile_dw(t, 32 + c);
-    q6k_levels16(TL, TH, wt);
-}
-
 /* Q8_0 (IS_Q4 0) / Q4_0 (1): 8 blocks per chunk, x[i] -> first block of the
  * chunk of row i; blocks at or past nblk read as zero. Signed levels; per
  * block: sd = d_w, cw = -128 * d_w * sum(w). */
@@ -585,6 +576,77 @@ KCPU_INLINE void tile_q4k_packed(const int T, const uint8_t *t, const struct wti
     }
 }
 
+/* Packed Q6_K likewise (wt holds only the scales): step 32h + 8q + c
+ * (c < 8) of a tile is built from ql dword 16h + 8(q & 1) + c (low nibbles
+ * for q < 2, high for q >= 2) and bits 2q, 2q + 1 of qh dword 32 + 8h + c,
+ * as in q6k_levels16; sub-block j (16 elements, 4 steps) is steps 4j ..
+ * 4j + 3, each sum starting at the token's -32 * bsum. */
+KCPU_INLINE void tile_q6k_packed(const int T, const uint8_t *t, const struct wtile *wt,
+                                 const struct aprep *p, float *out, int64_t ldo, __mmask16 m)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 blk[12];
+    KCPU_UNROLL
+    for (int k = 0; k < T; k++) blk[k] = _mm512_setzero_ps();
+    for (int h = 0; h < 2; h++) {
+        KCPU_UNROLL
+        for (int q = 0; q < 4; q++) {
+            KCPU_UNROLL
+            for (int c0 = 0; c0 < 8; c0 += 4) {
+                const int j = 8 * h + 2 * q + c0 / 4;
+                __m512i sub[12];
+                KCPU_UNROLL
+                for (int k = 0; k < T; k++) sub[k] = _mm512_set1_epi32(p[k].off[j]);
+                KCPU_UNROLL
+                for (int c = c0; c < c0 + 4; c++) {
+                    const __m512i l = tile_dw(t, 16 * h + 8 * (q & 1) + c);
+                    const __m512i th = tile_dw(t, 32 + 8 * h + c);
+                    const __m512i nib = _mm512_and_si512(q >> 1 ? _mm512_srli_epi16(l, 4) : l, m4);
+                    const __m512i top = q == 0   ? _mm512_slli_epi16(th, 4)
+                                        : q == 1 ? _mm512_slli_epi16(th, 2)
+                                        : q == 2 ? th
+                                                 : _mm512_srli_epi16(th, 2);
+                    const __m512i w = _mm512_or_si512(nib, _mm512_and_si512(top, m30));
+                    const int st = 32 * h + 8 * q + c;
+                    KCPU_UNROLL
+                    for (int k = 0; k < T; k++) {
+                        int32_t av;
+                        __builtin_memcpy(&av, p[k].qs + 4 * st, 4);
+                        sub[k] = _mm512_dpbusd_epi32(sub[k], w, _mm512_set1_epi32(av));
+                    }
+                }
+                KCPU_UNROLL
+                for (int k = 0; k < T; k++)
+                    blk[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sub[k]), wt->sd[j], blk[k]);
+            }
+        }
+    }
+    KCPU_UNROLL
+    for (int k = 0; k < T; k++) {
+        float *o = out + k * ldo;
+        const __m512 prev = _mm512_maskz_loadu_ps(m, o);
+        _mm512_mask_storeu_ps(o, m, _mm512_fmadd_ps(blk[k], _mm512_set1_ps(p[k].d[0]), prev));
+    }
+}
+
+#define RUN_TILE_Q6K_PACKED(T)                                                                     \
+    do {                                                                                           \
+        tile_q6k_packed(T, tile, wt, p + t, out + t * ldo, ldo, m);                                \
+        t += T;                                                                                    \
+    } while (0)
+
+KCPU_INLINE void run_tokens_q6k_packed(const uint8_t *tile, const struct wtile *wt,
+                                       const struct aprep *p, int64_t nt, float *out, int64_t ldo,
+                                       __mmask16 m)
+{
+    int64_t t = 0;
+    while (t + 12 <= nt) RUN_TILE_Q6K_PACKED(12);
+    if (t + 8 <= nt) RUN_TILE_Q6K_PACKED(8);
+    if (t + 4 <= nt) RUN_TILE_Q6K_PACKED(4);
+    if (t + 2 <= nt) RUN_TILE_Q6K_PACKED(2);
+    if (t < nt) RUN_TILE_Q6K_PACKED(1);
+}
+
 #define RUN_TILE_Q4K_PACKED(T)                                                                     \
     do {                                                                                           \
         tile_q4k_packed(T, tile, wt, p + t, out + t * ldo, ldo, m);                                \
@@ -650,17 +712,15 @@ KCPU_INLINE void prep_chunk(const int FAM, const uint8_t *a, size_t arb, int64_t
 
 /* The 16-row tile of rows rg .. rg + nr - 1 and chunk c (nblk blocks of it)
  * into wt: loaded from a KCPU_LAYOUT_TILE16 weight (PACKED; rg a multiple
- * of 16, K-quants only), or repacked from rows (rows past nr read zero). */
+ * of 16; only Q5_K comes this way), or repacked from rows (rows past nr
+ * read zero). */
 KCPU_INLINE void load_chunk(const int GT, const int PACKED, const struct gshape *g, const uint8_t *wb,
                             size_t w_row_bytes, int64_t rg, int nr, int64_t c, int nblk,
                             struct wtile *wt)
 {
     const size_t coff = (size_t)c * g->blocks_per_chunk * g->bsz;
-    if (PACKED) {
-        const uint8_t *t = wb + (size_t)rg * w_row_bytes + 16 * coff;
-        if (GT == G_Q4_K) unpack_q45k(0, t, wt);
-        else if (GT == G_Q5_K) unpack_q45k(1, t, wt);
-        else unpack_q6k(t, wt);
+    if (PACKED) { /* Q5_K: Q4_K and Q6_K compute from the packed block (compute_chunk) */
+        unpack_q45k(GT == G_Q5_K, wb + (size_t)rg * w_row_bytes + 16 * coff, wt);
         return;
     }
     const uint8_t *x[16];
@@ -670,8 +730,8 @@ KCPU_INLINE void load_chunk(const int GT, const int PACKED, const struct gshape 
 }
 
 /* All tokens of p (nt) against the 16-row tile of rows rg.. and chunk c,
- * adding into out: packed Q4_K computes from the packed block itself, the
- * rest through wt (load_chunk). */
+ * adding into out: packed Q4_K and Q6_K compute from the packed block
+ * itself (wt gets only their scales), the rest through wt (load_chunk). */
 KCPU_INLINE void compute_chunk(const int GT, const int PACKED, const struct gshape *g,
                                const uint8_t *wb, size_t w_row_bytes, int64_t rg, int nr, int64_t c,
                                int nblk, struct wtile *wt, const struct aprep *p, int64_t nt,
@@ -685,6 +745,15 @@ KCPU_INLINE void compute_chunk(const int GT, const int PACKED, const struct gsha
         for (int d = 0; d < 4; d++) H[d] = tile_dw(t, d);
         q45k_scales(H, wt);
         run_tokens_q4k_packed(t, wt, p, nt, out, ldo, m);
+        return;
+    }
+    if (PACKED && GT == G_Q6_K) {
+        const uint8_t *t = wb + (size_t)rg * w_row_bytes + (size_t)c * 16 * g->bsz;
+        __m512i H[4];
+        KCPU_UNROLL
+        for (int d = 0; d < 4; d++) H[d] = tile_dw(t, 48 + d);
+        q6k_scales(H, _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(t + 64 * 52))), wt);
+        run_tokens_q6k_packed(t, wt, p, nt, out, ldo, m);
         return;
     }
     load_chunk(GT, PACKED, g, wb, w_row_bytes, rg, nr, c, nblk, wt);

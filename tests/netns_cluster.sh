@@ -48,6 +48,8 @@ agent)
         i=${host#tt-ns}
         pin="taskset -c $(((i - 1) % $(nproc)))"
     fi
+    # TT_NETNS_NICE=N: run them at that niceness (negative: ahead of other work)
+    [ -n "${TT_NETNS_NICE:-}" ] && pin="nice -n $TT_NETNS_NICE $pin"
     # its own host name too (a UTS namespace), so ranks see distinct hosts
     exec ip netns exec "$host" $pin unshare --uts /bin/sh -c "hostname $host; $*"
     ;;

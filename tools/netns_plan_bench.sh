@@ -28,7 +28,7 @@ ROUNDS=${ROUNDS:-1}
 REPS=${REPS:-2} # bench repetitions: the best of them (the first pays for MPI's TCP connections)
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }
+[ "$(id -u)" = 0 ] || [ -n "${TABLE_ONLY:-}" ] || { echo "needs root (network namespaces)"; exit 1; }
 # tbf arguments of each case: rate, bucket (a few full-size packets: tbf
 # splits the veth's 64 KiB GSO packets to fit it), queue (what the link may
 # hold before dropping: a few ms at the rate, as a switch port's buffer)
@@ -42,6 +42,8 @@ shape() {
     esac
 }
 export TT_NETNS_N=2
+M=${MODEL:-$OUT/model.gguf}
+if [ -z "${TABLE_ONLY:-}" ]; then # TABLE_ONLY=1: recompute the table from OUT's files
 trap 'bash "$D/netns_cluster.sh" down' EXIT
 bash "$D/netns_cluster.sh" down
 bash "$D/netns_cluster.sh" up || exit 1
@@ -53,7 +55,6 @@ run2() {
         --mca oob_tcp_if_include 10.77.0.0/24 --mca btl self,tcp --mca btl_tcp_if_include 10.77.0.0/24 "$@"
 }
 one() { if [ -n "${TT_NETNS_PIN:-}" ]; then taskset -c 0 "$@"; else "$@"; fi; }
-M=${MODEL:-$OUT/model.gguf}
 [ -f "$M" ] || "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n-ff 2816 \
     --vocab 8192 --type q4_k_m -o "$M" > /dev/null 2>&1 || { echo "gen failed"; exit 1; }
 bench() { # name, then the command (runs the benchmark)
@@ -75,32 +76,37 @@ for r in $(seq 1 "$ROUNDS"); do
         uptime > "$OUT/load_$k.txt"
         one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r1_$k.json" 2>/dev/null
         bench "single_$k" one "$T" bench -t 1
-        run2 "$T" topo -t 1 --json > "$OUT/topo_$k.json" 2>/dev/null
+        # the link measured right before each layout runs (this machine's load drifts)
+        run2 "$T" topo -t 1 --json > "$OUT/topo_tp_$k.json" 2>/dev/null
         bench "tp_$k" run2 "$T" bench -t 1 --plan tp
+        run2 "$T" topo -t 1 --json > "$OUT/topo_tpsum_$k.json" 2>/dev/null
         bench "tpsum_$k" run2 "$T" bench -t 1 --plan tp --tp-join sum
+        run2 "$T" topo -t 1 --json > "$OUT/topo_pp_$k.json" 2>/dev/null
         bench "pp_$k" run2 "$T" bench -t 1 --plan pp
         uptime >> "$OUT/load_$k.txt"
     done
 done
+fi
 python3 - "$OUT" "$T" "$M" "$P" "$CASES" "$ROUNDS" <<'PY'
 import json, os, subprocess, sys
 out, tutti, model, prompt, cases, rounds = sys.argv[1:7]
 def load(n):
     try: return json.load(open(os.path.join(out, n)))
     except Exception: return None
-def predict(k):
-    topo, r1 = load(f"topo_{k}.json"), load(f"plan_r1_{k}.json")
+def predict(k, name):
+    topo, r1 = load(f"topo_{name}_{k}.json") or load(f"topo_{k}.json"), load(f"plan_r1_{k}.json")
     if not topo or not r1: return None
     r1 = r1["cluster"]["ranks"][0]
     ranks = [dict({f: r1[f] for f in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
                                         "overhead_us", "jitter") if f in r1}, host=f"tt-ns{i + 1}") for i in range(2)]
     links = [dict({f: l[f] for f in ("a", "b", "bandwidth_gbs", "bandwidth_both_gbs") if f in l},
                   latency_us=max(l["latency_us"], 0.01)) for l in topo["links"]]
-    path = os.path.join(out, f"cluster_{k}.json")
+    path = os.path.join(out, f"cluster_{name}_{k}.json")
     json.dump({"name": f"2 namespaces, {k}", "ranks": ranks, "links": links}, open(path, "w"), indent=1)
-    res = subprocess.run([tutti, "plan", "-m", model, "--cluster", path, "--prompt", prompt, "--json"],
+    # `tutti bench` returns every step's logits to rank 0: --logits predicts that
+    res = subprocess.run([tutti, "plan", "-m", model, "--cluster", path, "--prompt", prompt, "--logits", "--json"],
                          capture_output=True, text=True)
-    return json.loads(res.stdout)["candidates"]
+    return json.loads(res.stdout)["candidates"], topo["links"][0]
 def pick(cands, layout, join, n):
     for c in cands or []:
         if c["layout"] == layout and (layout != "tp" or c["join"] == join) and \
@@ -113,14 +119,14 @@ print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 for r in range(1, int(rounds) + 1):
     for link in cases.split():
         k = f"{link}_{r}"
-        cands = predict(k)
-        if cands is None: continue
-        l = load(f"topo_{k}.json")["links"][0]
-        desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} / {l.get('bandwidth_both_gbs', 0):.4f} GB/s)"
         try: loadavg = open(os.path.join(out, f"load_{k}.txt")).read().split("load average:")[1].split(",")[0].strip()
         except Exception: loadavg = "?"
         for name, layout, join, n in [("single", "single", "gather", 1), ("tp", "tp", "gather", 2),
                                       ("tpsum", "tp", "sum", 2), ("pp", "pp", "gather", 2)]:
+            pr = predict(k, "tp" if name == "single" else name)
+            if pr is None: continue
+            cands, l = pr
+            desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} / {l.get('bandwidth_both_gbs', 0):.4f} GB/s)"
             m, p = load(f"{name}_{k}.json"), pick(cands, layout, join, n)
             label = layout + (f" ({join})" if layout == "tp" else "")
             if not m or not p: print(f"| {desc} | {r} | {loadavg} | {label} | | failed | | | | |"); continue

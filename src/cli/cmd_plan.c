@@ -54,6 +54,8 @@ static const char plan_help[] =
     "  --plan MODE        auto (default), or a comma list of single, tp, pp, hybrid to\n"
     "                     choose among (the others are still shown)\n"
     "  --optimize WHAT    decode (default: highest tok/s) or ttft (lowest time to first token)\n"
+    "  --logits           every step returns full logits to rank 0, as `tutti bench` and\n"
+    "                     `tutti logits` do (default: sampled tokens, as run and serve)\n"
     "  --json             print one JSON object instead of tables\n";
 
 /* Public shapes (the models' config.json files). MoE shapes have no dense FFN. */
@@ -97,6 +99,10 @@ static void parse_args(int argc, char **argv, struct plan_opts *o)
         }
         if (!strcmp(a, "--cpu")) {
             o->cpu = true;
+            continue;
+        }
+        if (!strcmp(a, "--logits")) {
+            o->w.full_logits = true;
             continue;
         }
         const char *v = cli_value(argc, argv, &i);
@@ -767,8 +773,9 @@ static void print_text(const struct plan_result *res, const struct plan_model *p
            "%.1f GiB free\n",
            c->name, c->n_ranks, c->n_ranks > 1 ? "s" : "", hosts, hosts > 1 ? "s" : "", bw, flops,
            have);
-    printf("workload: prompt %d tokens, context %d, %d stream%s, batch %d; choosing for %s\n",
+    printf("workload: prompt %d tokens, context %d, %d stream%s, batch %d%s; choosing for %s\n",
            w->prompt_tokens, w->n_ctx, w->n_streams, w->n_streams > 1 ? "s" : "", w->n_batch,
+           w->full_logits ? ", full logits to rank 0" : "",
            w->objective == PLAN_OBJECTIVE_DECODE ? "decode tok/s" : "time to first token");
     printf(
         "limit:    decode <= %.2f tok/s on the fastest rank, <= %.2f tok/s on all ranks together\n"
@@ -866,12 +873,13 @@ static void print_json(const struct plan_result *res, const struct plan_model *p
     for (int i = 0; i < res->n_cands; i++)
         json_array_append_new(cands, cand_json(&res->cands[i], c, false));
     json_t *root = json_pack(
-        "{s:{s:s,s:I,s:I,s:i},s:o,s:{s:i,s:i,s:i,s:i,s:s},s:{s:f,s:f},s:s,s:o,s:o,s:o,s:o}",
+        "{s:{s:s,s:I,s:I,s:i},s:o,s:{s:i,s:i,s:i,s:i,s:s,s:b},s:{s:f,s:f},s:s,s:o,s:o,s:o,s:o}",
         "model", "name", model_desc, "weight_bytes", (json_int_t)pm->file_bytes, "bytes_per_token",
         (json_int_t)plan_model_bytes_per_token(pm), "n_layer", pm->hp.n_layer, "cluster",
         cluster_json(c), "workload", "prompt_tokens", w->prompt_tokens, "n_ctx", w->n_ctx,
         "n_batch", w->n_batch, "n_streams", w->n_streams, "objective",
-        w->objective == PLAN_OBJECTIVE_DECODE ? "decode" : "ttft", "bandwidth_limit_tok_s",
+        w->objective == PLAN_OBJECTIVE_DECODE ? "decode" : "ttft", "full_logits", w->full_logits,
+        "bandwidth_limit_tok_s",
         "one_rank", one, "all_ranks", all, "verdict", verdicts[res->verdict], "chosen",
         res->chosen >= 0 ? json_integer(res->chosen) : json_null(), "best_single",
         res->best_single >= 0 ? json_integer(res->best_single) : json_null(), "chosen_layout",

@@ -727,12 +727,33 @@ static void set_ends(struct plan_candidate *cd, const int32_t *ends)
     }
 }
 
+/* Full logits to rank 0 (engine_dist.c's gather_logits): an all-gather of
+ * the slice sizes, then an all-gather of the vocabulary slices among the
+ * step's ranks; every rank receives what it does not hold (a rank outside
+ * the last stage: all of it). Both ways at once when several ranks hold
+ * slices, one way from a single last-stage rank. */
+static double logits_gather_s(const struct search *s, const struct plan_candidate *cd,
+                              const struct net *n, double n_logits)
+{
+    const struct plan_stage *g = &cd->stages[cd->n_stages - 1];
+    const double all = 4.0 * n_logits * s->pm->hp.n_vocab;
+    bool has0 = false;
+    for (int i = 0; i < cd->n_ranks; i++)
+        has0 |= cd->ranks[i].rank == 0;
+    double least = cd->n_stages > 1 || !has0 ? 0.0 : 1.0; /* a rank with no slice receives all */
+    for (int i = g->rank_begin; i < g->rank_end; i++)
+        least = fmin(least, s->sh[i].vocab_frac);
+    const double bw = g->rank_end - g->rank_begin > 1 ? n->bw2_bps : n->bw_bps;
+    return 2.0 * coll_steps(n->k, all / n->k) * n->lat_s + (1.0 - least) * all / bw;
+}
+
 /* The output projection and sampling on the last stage, and rank 0 driving
  * the step (engine_dist.c): two broadcasts of the step to every rank that
  * takes part (the candidate's ranks and rank 0; ranks left out do not), one
  * right after the other, so their latencies overlap (one tree's worth), and
  * the gather of every such rank's sampling candidates (PLAN_CAND_BYTES per
- * token, whether it holds output rows or not) to rank 0. */
+ * token, whether it holds output rows or not) to rank 0, or, when the
+ * workload asks for full logits instead, their gather. */
 static double ends_s(const struct search *s, const struct plan_candidate *cd, double n_logits,
                      double *comm)
 {
@@ -753,8 +774,10 @@ static double ends_s(const struct search *s, const struct plan_candidate *cd, do
     if (!has0) step_ranks[ks++] = 0;
     const struct net n = group_net(s->c, step_ranks, ks);
     const double cand = PLAN_CAND_BYTES * n_logits;
-    const double c = coll_steps(ks, 0) * n.lat_s +
-                     (ks > 1 ? coll_steps(ks, cand) * n.lat_s + (ks - 1) * cand / n.bw_bps : 0.0);
+    double c = coll_steps(ks, 0) * n.lat_s;
+    if (ks > 1)
+        c += s->w->full_logits ? logits_gather_s(s, cd, &n, n_logits)
+                               : coll_steps(ks, cand) * n.lat_s + (ks - 1) * cand / n.bw_bps;
     *comm += c;
     return t + c;
 }

@@ -162,6 +162,8 @@ struct plan_workload {
     int32_t n_streams;     /* sequences decoded together; 1 = single stream */
     enum plan_objective objective;
     uint32_t layouts; /* mask of 1u << enum plan_layout to consider; 0 = all (auto) */
+    bool full_logits; /* each step returns the last token's full logits to rank 0 (`tutti
+                       * bench`, `tutti logits`) instead of sampling (run, serve) */
 };
 
 /* ---- candidates and the choice ---- */

@@ -333,6 +333,13 @@ int shard_pack(struct engine *e)
         goto done;
     }
     e->packed_bytes = total;
+    /* Huge pages for the copy, before its first touch: one sequential
+     * stream of ~1 GB per token walks the page tables every 4 KB otherwise
+     * (measured on this 2-core Zen 4, one thread, packed Q4_K 14336 x 4096:
+     * 1 token 4.8-6.4 vs 5.8-7.4 ns per row-block, 8 tokens 1.6-1.9 vs
+     * 1.8-2.0). Only advice: the kernel may give 4 KB pages anyway. */
+    const uintptr_t pg = 4096, hb = ((uintptr_t)e->packed + pg - 1) / pg * pg;
+    if ((uintptr_t)e->packed + total > hb) madvise((void *)hb, (uintptr_t)e->packed + total - hb, MADV_HUGEPAGE);
     uint8_t *at = e->packed;
     for (int i = 0; i < n; i++) {
         struct engine_weight *w = ws[i];

@@ -147,6 +147,44 @@ static void test_deal_decode(void)
     moe_placement_free(&p);
 }
 
+/* The window's steps dealt again: 8 hot experts, each decode step picks 4
+ * of them. Static placement (all on rank 0) costs 4 copies a step on that
+ * rank, twice the bound; a balanced placement with two copies of each deals
+ * every step evenly, at the bound. Steps above the scratch size are left
+ * out of both sums. */
+static void test_window_dealt_cost(void)
+{
+    const int X = 32, R = 4, K = 4, L = 2, steps = 20;
+    struct moe_stats s;
+    struct moe_placement p;
+    struct moe_dealer d;
+    CHECK_EQ_INT(moe_stats_init(&s, L, X, 16), 0);
+    CHECK_EQ_INT(moe_placement_init(&p, X, R, X / R + 4), 0);
+    CHECK_EQ_INT(moe_dealer_init(&d, X, R), 0);
+    uint64_t load[32] = { 0 };
+    for (int t = 0; t < steps; t++) {
+        moe_stats_step(&s);
+        for (int k = 0; k < K; k++) {
+            const int x = (t + 2 * k) % 8;
+            moe_stats_add(&s, 1, x, 1);
+            load[x]++;
+        }
+    }
+    int32_t sel[8];
+    int16_t rank[8];
+    double bound = 0.0;
+    const double per_step = (double)K * (MOE_DEAL_COPY_COST + 1);
+    CHECK(moe_window_dealt_cost(&s, 1, &p, &d, sel, rank, 8, &bound) == 16 * per_step);
+    CHECK(bound == 16 * per_step / R);
+    moe_balance(&p, load);
+    CHECK(moe_window_dealt_cost(&s, 1, &p, &d, sel, rank, 8, &bound) == bound);
+    CHECK(moe_window_dealt_cost(&s, 0, &p, &d, sel, rank, 8, &bound) == 0.0); /* no pairs */
+    CHECK(moe_window_dealt_cost(&s, 1, &p, &d, sel, rank, K - 1, &bound) == 0.0 && bound == 0.0);
+    moe_dealer_free(&d);
+    moe_placement_free(&p);
+    moe_stats_free(&s);
+}
+
 static const struct test_case tests[] = {
     { "stats_window", test_stats_window },
     { "static_and_invariants", test_static_and_invariants },
@@ -154,6 +192,7 @@ static const struct test_case tests[] = {
     { "balance_random", test_balance_random },
     { "balance_stable", test_balance_stable },
     { "deal_decode", test_deal_decode },
+    { "window_dealt_cost", test_window_dealt_cost },
 };
 
 TEST_MAIN(tests)

@@ -402,3 +402,32 @@ void moe_deal(struct moe_dealer *d, const struct moe_placement *p, const int32_t
         pair_rank[i] = p->copies[(size_t)sel[i] * R + c];
     }
 }
+
+double moe_window_dealt_cost(const struct moe_stats *s, int layer, const struct moe_placement *p,
+                             struct moe_dealer *d, int32_t *sel, int16_t *pair_rank,
+                             int64_t max_pairs, double *bound)
+{
+    const int X = s->n_expert, W = s->window;
+    TT_ASSERT(p->n_expert == X && layer >= 0 && layer < s->n_layer);
+    const int n_steps = s->steps < (uint64_t)W ? (int)s->steps : W;
+    double cost = 0.0, lower = 0.0;
+    for (int i = 0; i < n_steps; i++) { /* the current step's slot, then older ones */
+        const uint32_t *count = s->ring + ((size_t)((s->pos - i + W) % W) * s->n_layer + layer) * X;
+        int64_t n = 0, total = 0;
+        bool fits = true;
+        for (int x = 0; x < X && fits; x++) {
+            if (!count[x]) continue;
+            total += MOE_DEAL_COPY_COST + count[x];
+            fits = n + count[x] <= max_pairs;
+            for (uint32_t k = 0; fits && k < count[x]; k++) sel[n++] = x;
+        }
+        if (!fits || n == 0) continue;
+        moe_deal(d, p, sel, n, pair_rank);
+        int64_t busiest = 0;
+        for (int r = 0; r < p->n_ranks; r++) busiest = d->rank_cost[r] > busiest ? d->rank_cost[r] : busiest;
+        cost += (double)busiest;
+        lower += (double)total / p->n_ranks;
+    }
+    *bound = lower;
+    return cost;
+}

@@ -19,8 +19,11 @@
  * rank at once (a decode step has only n_expert_used pairs). The cost of a
  * rank in a step is, per expert copy it computes, MOE_DEAL_COPY_COST (reading
  * the expert's weights) plus one per token. Every rank deals the same pairs
- * the same way (the routing is the same everywhere). All functions here are
- * pure.
+ * the same way (the routing is the same everywhere). The window's steps,
+ * dealt again under a candidate placement, tell what it would cost in time
+ * (moe_window_dealt_cost): a placement whose load split is uneven may still
+ * let dealing give every rank the same work in each step. All functions
+ * here are pure.
  */
 #ifndef TT_MOE_H
 #define TT_MOE_H
@@ -107,6 +110,15 @@ void moe_dealer_free(struct moe_dealer *d);
  * each pair onto the copy whose rank would cost least (ties: lower copy). */
 void moe_deal(struct moe_dealer *d, const struct moe_placement *p, const int32_t *sel,
               int64_t n_pairs, int16_t *pair_rank);
+/* What a placement of one layer costs in time, over the statistics' window:
+ * each recorded step's pairs dealt (moe_deal) to p's copies, and the
+ * busiest rank's cost summed over the steps (a step lasts as long as its
+ * busiest rank). *bound gets the sum of each step's mean rank cost, which no
+ * placement beats. sel and pair_rank are scratch for max_pairs pairs; steps
+ * with more pairs are left out of both sums. */
+double moe_window_dealt_cost(const struct moe_stats *s, int layer, const struct moe_placement *p,
+                             struct moe_dealer *d, int32_t *sel, int16_t *pair_rank,
+                             int64_t max_pairs, double *bound);
 
 /* Assert the invariants (copies on distinct ranks, slots respected). */
 void moe_placement_check(const struct moe_placement *p);

@@ -14,8 +14,9 @@
 #             experts can then be dealt 2 per rank);
 #   calm:     balancing at threshold 1.3 (few moves);
 #   static_sum / balanced_sum: --tp-join sum (two all-reduces per layer).
-# A short untimed run first grows the machine's memory (it starts small and
-# grows as it is used) so that the first timed run does not pay for it.
+# A short untimed run first (wide, 24 tokens: long enough for its first move
+# to land) grows the machine's memory (it starts small and grows as it is
+# used) so that the first timed run does not pay for it.
 # For each run: decode tok/s, rank 0's communication per token, the moves,
 # the imbalance every 16 steps (max and mean over layers, rank 0's debug
 # log), and every rank's profile per phase (static: before the first switch;
@@ -76,7 +77,7 @@ run() { # mode gen file
     TT_LOG_LEVEL=3 timeout 240 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh \
         build/tutti bench -m "$M" -p 64 -n "$2" -r 1 -t 4 $(mode_args "$1") > "$3.txt" 2> "$3.log"
 }
-run wide 8 /tmp/warm
+run wide 24 /tmp/warm
 echo "memory grown at ${SECONDS}s: $(free -g | awk '/Mem:/ {print $2 " GiB total, " $7 " available"}')"
 for gen in $GENS; do
     rounds=$ROUNDS

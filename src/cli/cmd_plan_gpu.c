@@ -14,11 +14,12 @@
  *                  add), over read_gbs;
  *   gflops         kcuda_linear with the engine's 256-token prompt batch
  *                  against the Q4_K gate matrix (dequantized tiles, cuBLAS);
- *   overhead_us    the device time of one small kernel in a graph (an
- *                  n_embd-wide add) times the kernels a decode layer launches
- *                  besides its large products: norms and activation
- *                  conversions, RoPE and cache store, attention, and for MoE
- *                  the router, top-k and join (engine_cuda.c);
+ *   overhead_us    the device time of one small kernel in a graph (RMSNorm
+ *                  and conversion of an n_embd row) times the kernels a
+ *                  decode layer launches besides its large products: norms
+ *                  and activation conversions, RoPE and cache store,
+ *                  attention, and for MoE the router, top-k and join
+ *                  (engine_cuda.c);
  *   mem_avail_gib  the device's free memory.
  *
  * Attention keeps attn_gflops = gflops (fused kernels, as the cluster files
@@ -70,13 +71,19 @@ static double matvec_ms(struct gpu_bench *b, const struct kcuda_weight *w,
     return ms;
 }
 
-/* Device ms of one small kernel (an n-float add) inside a graph. */
+/* Device ms of one small kernel inside a graph: the engine's most frequent
+ * one, RMSNorm of one n-float row fused with its conversion to Q8_K (a
+ * reduction, then a dependent pass: latency-bound, as the layer's other
+ * small kernels are; an element-wise add measured 0.7 us on the H200, the
+ * engine's norm, RoPE and attention kernels 3.3-18 us). */
 static double small_kernel_ms(struct gpu_bench *b, int64_t n)
 {
     struct kcuda_graph *g = NULL;
+    const size_t st = kcuda_act_row_bytes(KCUDA_Q8_K, n);
     int err = kcuda_graph_begin(b->k);
     for (int i = 0; i < GPU_SMALL_KERNELS && !err; i++)
-        err = kcuda_add(b->k, b->out, b->out + n, n);
+        err = kcuda_norm_convert(b->k, KCUDA_Q8_K, b->out, n, 1, n, b->out + n, 1e-5f, NULL, b->act,
+                                 st);
     int end = kcuda_graph_end(b->k, &g);
     double ms = !err && !end && g ? kcuda_graph_time_ms(b->k, g, 8) / GPU_SMALL_KERNELS : 0.0;
     kcuda_graph_destroy(g);

@@ -8,7 +8,9 @@
  *           waiting jobs into free sequences, build the batch:
  *             1. every generating job: its last sampled token, sampled;
  *             2. then prompt chunks of newly admitted jobs, up to n_batch
- *                tokens in all; only a prompt's final token is sampled.
+ *                tokens in all, and at most SCHED_MIXED_PROMPT_TOKENS of
+ *                them while some job is generating; only a prompt's final
+ *                token is sampled.
  *   unlock: clear the newly assigned sequences (engine_seq_truncate(seq, 0)),
  *           set up their samplers, engine_decode(batch)
  *   lock:   deliver each sampled token to its job: detokenize (never
@@ -33,6 +35,14 @@
 #include <time.h>
 
 #define MOE_METRICS_EVERY 16 /* steps between MoE load snapshots */
+/* Prompt tokens a step may carry while other jobs are generating: a long
+ * prefill step stalls every running stream for its whole length, so
+ * prompts go in chunks of this size beside the decoding tokens (their
+ * first tokens then come out one chunk after another instead of all after
+ * the last prompt). Alone, a prompt takes n_batch tokens per step. */
+#ifndef SCHED_MIXED_PROMPT_TOKENS
+#define SCHED_MIXED_PROMPT_TOKENS 64
+#endif
 
 struct server_job *job_new(void)
 {
@@ -243,10 +253,11 @@ static int sched_batch(struct server *s, int *n_sampled)
         s->toks[n++] = (struct engine_tok){j->last, q, true};
         s->sampled[ns++] = j;
     }
-    for (int q = 0; q < s->n_seq && n < s->n_batch; q++) {
+    const int limit = ns > 0 ? TT_MIN(s->n_batch, n + SCHED_MIXED_PROMPT_TOKENS) : s->n_batch;
+    for (int q = 0; q < s->n_seq && n < limit; q++) {
         struct server_job *j = s->slots[q];
         if (!j || j->n_fed >= j->n_prompt) continue;
-        const int k = TT_MIN(j->n_prompt - j->n_fed, s->n_batch - n);
+        const int k = TT_MIN(j->n_prompt - j->n_fed, limit - n);
         for (int i = 0; i < k; i++) {
             const bool last = j->n_fed + i == j->n_prompt - 1;
             s->toks[n++] = (struct engine_tok){j->prompt[j->n_fed + i], q, last};

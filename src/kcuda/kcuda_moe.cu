@@ -1,12 +1,17 @@
 /*
  * kcuda_moe.cu: the mixture-of-experts steps on the device: the router
  * (softmax and top-k, alone or fused with the router's product), the plans
- * that group slots by expert, the grouped expert products of prompt batches
- * on the tensor cores, and the ordered join of the experts' outputs.
+ * that group slots by expert, the decode down products fused with the
+ * join, the grouped expert products of prompt batches on the tensor cores,
+ * and the ordered join of the experts' outputs.
  *
  * A slot is one (token, choice) pair: token t's k-th expert is slot
- * t * n_used + k. Decode runs the experts through kcuda_matvec_experts with
- * one slot per tile record (the router writes them); prompt batches above
+ * t * n_used + k. Decode (up to 8 tokens) takes 5 launches per MoE layer:
+ * the norm and Q8_K conversion, the router (its product, softmax and top-k
+ * in one launch: kcuda_moe_router, which also writes one tile record per
+ * slot), gate/up with SwiGLU through kcuda_matvec_experts, the Q8_K
+ * conversion, then kcuda_moe_down_join (every chosen expert's down rows and
+ * the weighted join into the residual stream). Prompt batches above
  * KCUDA_MATVEC_TOK_MAX tokens sort the slots by expert on the device
  * (kcuda_moe_group: a counting sort in one block) and run one grouped
  * product per weight (kcuda_moe_gemm): each block takes 64 rows of one
@@ -34,6 +39,7 @@
 #include "kcuda_impl.cuh"
 
 #include <mma.h>
+#include <stdlib.h>
 
 #define MOE_EXPERTS_MAX 1024
 #define MOE_USED_MAX 32
@@ -134,43 +140,52 @@ int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n
 }
 
 /* The router's product and the routing in one launch. Block (rows, token):
- * each warp computes one logit (F32 weights, float4 loads); the last block
- * of a token to finish (a ticket in count[t]) routes it. */
+ * RT_ROWS rows, each on RT_WARPS / RT_ROWS warps (F32 weights, float4
+ * loads, the first ones issued before the previous kernel ends), their
+ * partial sums added in a fixed order; the last block of a token to finish
+ * (a ticket in count[t]) routes it. */
 #define RT_WARPS 8
+#define RT_ROWS 2
+#define RT_LANES (32 * RT_WARPS / RT_ROWS) /* threads per row */
 __global__ void __launch_bounds__(RT_WARPS * 32)
     k_moe_router(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
                  int norm, float *logits, int *count, int32_t *sel, float *wout, int32_t *tiles)
 {
     kc_pdl_trigger();
     __shared__ float p[MOE_EXPERTS_MAX];
+    __shared__ float part[RT_WARPS];
     __shared__ int last;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = blockIdx.y;
-    const int r = blockIdx.x * RT_WARPS + warp;
+    const int rr = threadIdx.x / RT_LANES, l = threadIdx.x % RT_LANES, r = blockIdx.x * RT_ROWS + rr;
     const float *wr = w + (size_t)(r < X ? r : 0) * ldw;
     float4 wv[4]; /* the first weights in flight before the previous kernel ends */
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-        const int i = 4 * (lane + 32 * u);
+        const int i = 4 * (l + RT_LANES * u);
         wv[u] = i < n_in ? __ldg((const float4 *)(wr + i)) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
     kc_pdl_wait();
-    if (r < X) {
-        const float *xr = x + (size_t)t * n_in;
-        float s = 0.0f;
+    const float *xr = x + (size_t)t * n_in;
+    float s = 0.0f;
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int i = 4 * (lane + 32 * u);
-            if (i < n_in) {
-                const float4 a = *(const float4 *)(xr + i);
-                s += wv[u].x * a.x + wv[u].y * a.y + wv[u].z * a.z + wv[u].w * a.w;
-            }
+    for (int u = 0; u < 4; u++) {
+        const int i = 4 * (l + RT_LANES * u);
+        if (i < n_in) {
+            const float4 a = *(const float4 *)(xr + i);
+            s += wv[u].x * a.x + wv[u].y * a.y + wv[u].z * a.z + wv[u].w * a.w;
         }
-        for (int i = 4 * (lane + 128); i < n_in; i += 4 * 32) {
-            const float4 b = __ldg((const float4 *)(wr + i)), a = *(const float4 *)(xr + i);
-            s += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
-        }
-        s = kc_warp_sum(s);
-        if (lane == 0) logits[(size_t)t * X + r] = s;
+    }
+    for (int i = 4 * (l + 4 * RT_LANES); i < n_in; i += 4 * RT_LANES) {
+        const float4 b = __ldg((const float4 *)(wr + i)), a = *(const float4 *)(xr + i);
+        s += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
+    }
+    s = kc_warp_sum(s);
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (l == 0 && r < X) {
+        float v = 0.0f;
+        for (int i = 0; i < RT_WARPS / RT_ROWS; i++) v += part[rr * (RT_WARPS / RT_ROWS) + i];
+        logits[(size_t)t * X + r] = v;
     }
     __threadfence();
     __syncthreads();
@@ -195,7 +210,7 @@ int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float 
     if (w->type != KCUDA_F32 || w->n_in % 4 || w->row_stride % 16 || (uintptr_t)w->data % 16 || n_tok > 65535)
         return tt_error_set(TT_EUNSUPPORTED, "fused router: needs F32 rows of a multiple of 4 inputs");
     KC_PROF_BEGIN(k);
-    KC_LAUNCH(k, k_moe_router, dim3(kc_blocks(X, RT_WARPS), (unsigned)n_tok), dim3(RT_WARPS * 32),
+    KC_LAUNCH(k, k_moe_router, dim3(kc_blocks(X, RT_ROWS), (unsigned)n_tok), dim3(RT_WARPS * 32),
               (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm,
               d_logits, d_count, d_sel, d_w, d_tiles);
     KC_PROF_END(k, "moe_router");
@@ -389,7 +404,9 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
  * unit's float to shared memory, then each (slot, row) adds its items in
  * order and each row joins its slots in ascending expert order, as
  * kcuda_moe_join, into x. The dots are the matrix-vector kernels' (dp4a on
- * the GGML blocks against Q8_K rows, per-lane float scaling). */
+ * the GGML blocks against Q8_K rows, per-lane float scaling). (A gate/up
+ * kernel of the same shape measured slower than kcuda_matvec_experts: 26
+ * vs 15 us per layer on the Qwen3-MoE shape, H200, profile mode.) */
 
 #define DJ_THREADS 256
 #define DJ_UNROLL 4
@@ -571,8 +588,7 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     if (n_tok <= 0) return 0;
     const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
     const int src = w->type == KCUDA_Q4_K && a16 ? MG_Q4_K : w->type == KCUDA_Q6_K ? MG_Q6_K : -1;
-    if (src < 0 || w->n_in % 256 || act_stride % 16 || n_used < 1 || n_used > MOE_USED_MAX ||
-        n_tok > 65535)
+    if (src < 0 || w->n_in % 256 || act_stride % 16 || n_used < 1 || n_used > MOE_USED_MAX || n_tok > 65535)
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: type %d, %lld inputs, %d experts",
                             w->type, (long long)w->n_in, n_used);
     dj_args a = {};
@@ -593,16 +609,13 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     a.ysh = d_ysh;
     a.gate_sh = d_gate_sh;
     a.xn = d_xn;
-    const size_t smem = sizeof(float) * (size_t)per_row * a.rows + sizeof(float) * (size_t)n_used * a.rows;
+    const size_t smem = sizeof(float) * ((size_t)per_row * a.rows + (size_t)n_used * a.rows);
     if (smem > (48u << 10))
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
+    const dim3 grid(kc_blocks(a.n_out, a.rows), (unsigned)n_tok);
     KC_PROF_BEGIN(k);
-    if (src == MG_Q4_K)
-        KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q4_K>, dim3(kc_blocks(a.n_out, a.rows), (unsigned)n_tok),
-                       dim3(DJ_THREADS), smem, a);
-    else
-        KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q6_K>, dim3(kc_blocks(a.n_out, a.rows), (unsigned)n_tok),
-                       dim3(DJ_THREADS), smem, a);
+    if (src == MG_Q4_K) KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q4_K>, grid, dim3(DJ_THREADS), smem, a);
+    else KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q6_K>, grid, dim3(DJ_THREADS), smem, a);
     KC_PROF_END(k, "moe_down_join");
     return 0;
 }
@@ -632,18 +645,40 @@ struct mg_args {
     int mode;
 };
 
-/* Eight weights j0..j0+7 of a row (j0 a multiple of 8) as F16, with the
- * same float operations as kcuda_dequant_f16, so both paths give the same
- * operands. */
-template <int SRC>
-__device__ __forceinline__ uint4 mg_weights8(const uint8_t *row, int j0)
+/* Eight weights j0..j0+7 of a row (j0 a multiple of 8), in two stages so
+ * that a step's loads are in flight while the previous step multiplies:
+ * fetch() issues the loads, expand() turns them into 8 F16 values with the
+ * same float operations as kcuda_dequant_f16 (both paths give the same
+ * operands). */
+template <int SRC> struct mg_raw;
+
+template <> struct mg_raw<MG_F16> {
+    uint4 v;
+    __device__ __forceinline__ void fetch(const uint8_t *wr, int j0) { v = __ldg((const uint4 *)(wr + 2 * (size_t)j0)); }
+    __device__ __forceinline__ uint4 expand(int) const { return v; }
+};
+
+__device__ __forceinline__ uint4 mg_pack8(const float y[8])
 {
-    float y[8];
-    if (SRC == MG_Q4_K) {
-        const uint8_t *b = row + (size_t)(j0 >> 8) * 144;
-        const int e = j0 & 255, g = e >> 6, hi = (e & 63) >= 32, l0 = e & 31, j = 2 * g + hi;
-        const uint4 hdr = __ldg((const uint4 *)b);
-        const uint2 q = __ldg((const uint2 *)(b + 16 + 32 * g + l0));
+    union { __half2 h[4]; uint4 u; } pk;
+#pragma unroll
+    for (int i = 0; i < 4; i++) pk.h[i] = __floats2half2_rn(y[2 * i], y[2 * i + 1]);
+    return pk.u;
+}
+
+template <> struct mg_raw<MG_Q4_K> {
+    uint4 hdr; /* d, dmin, 12 scale bytes */
+    uint2 q;   /* 8 bytes of nibbles */
+    __device__ __forceinline__ void fetch(const uint8_t *wr, int j0)
+    {
+        const uint8_t *b = wr + (size_t)(j0 >> 8) * 144;
+        const int e = j0 & 255;
+        hdr = __ldg((const uint4 *)b);
+        q = __ldg((const uint2 *)(b + 16 + 32 * (e >> 6) + (e & 31)));
+    }
+    __device__ __forceinline__ uint4 expand(int j0) const
+    {
+        const int e = j0 & 255, g = e >> 6, hi = (e & 63) >= 32, j = 2 * g + hi;
         int sc, m;
         if (j < 4) {
             sc = (int)(mg_byte(hdr.y, j) & 63), m = (int)(mg_byte(hdr.z, j) & 63);
@@ -654,49 +689,116 @@ __device__ __forceinline__ uint4 mg_weights8(const uint8_t *row, int j0)
         const __half2 dd = *(const __half2 *)&hdr.x;
         const float d1 = __low2float(dd) * (float)sc, m1 = __high2float(dd) * (float)m;
         const uint32_t qw[2] = { q.x, q.y };
+        float y[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const uint32_t byte = mg_byte(qw[i >> 2], i & 3);
             y[i] = __fsub_rn(__fmul_rn(d1, (float)(hi ? byte >> 4 : byte & 15)), m1);
         }
-    } else { /* Q6_K: 210-byte blocks, 2-byte aligned */
-        const uint8_t *b = row + (size_t)(j0 >> 8) * 210;
-        const int e = j0 & 255, h = e >> 7, r = e & 127, l0 = r & 31, qu = r >> 5;
-        uint32_t l[2], hb[2];
-        kc_load8_a2(b + 64 * h + l0 + (qu & 1) * 32, l[0], l[1]);
-        kc_load8_a2(b + 128 + 32 * h + l0, hb[0], hb[1]);
-        const float ds = __half2float(*(const __half *)(b + 208)) * (float)(int8_t)b[192 + (e >> 4)];
+        return mg_pack8(y);
+    }
+};
+
+/* Q6_K blocks are 210 bytes, 2-byte aligned: the 8 low-bit and 8 high-bit
+ * bytes come as three aligned words each, shifted into place in expand(). */
+template <> struct mg_raw<MG_Q6_K> {
+    uint32_t l[3], h[3];
+    uint32_t sh;     /* bit shift of the misalignment (0 or 16) */
+    __half d;
+    int8_t sc;
+    __device__ __forceinline__ void fetch(const uint8_t *wr, int j0)
+    {
+        const uint8_t *b = wr + (size_t)(j0 >> 8) * 210;
+        const int e = j0 & 255, hh = e >> 7, r = e & 127, l0 = r & 31, qu = r >> 5;
+        const uintptr_t pl = (uintptr_t)(b + 64 * hh + l0 + (qu & 1) * 32), ph = (uintptr_t)(b + 128 + 32 * hh + l0);
+        const uint32_t *ql = (const uint32_t *)(pl & ~(uintptr_t)3), *qh = (const uint32_t *)(ph & ~(uintptr_t)3);
+#pragma unroll
+        for (int i = 0; i < 3; i++) l[i] = __ldg(ql + i), h[i] = __ldg(qh + i);
+        sh = (uint32_t)(pl & 3) * 8u; /* pl and ph differ by a multiple of 8 */
+        d = __ldg((const __half *)(b + 208));
+        sc = (int8_t)__ldg(b + 192 + (e >> 4));
+    }
+    __device__ __forceinline__ uint4 expand(int j0) const
+    {
+        const int qu = (j0 & 127) >> 5;
+        const uint32_t lw[2] = { __funnelshift_r(l[0], l[1], sh), __funnelshift_r(l[1], l[2], sh) };
+        const uint32_t hw[2] = { __funnelshift_r(h[0], h[1], sh), __funnelshift_r(h[1], h[2], sh) };
+        const float ds = __half2float(d) * (float)sc;
+        float y[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const uint32_t lb = mg_byte(l[i >> 2], i & 3), hv = mg_byte(hb[i >> 2], i & 3);
+            const uint32_t lb = mg_byte(lw[i >> 2], i & 3), hv = mg_byte(hw[i >> 2], i & 3);
             const int nib = qu >= 2 ? (int)(lb >> 4) : (int)(lb & 15);
             y[i] = __fmul_rn(ds, (float)((nib | (int)(((hv >> (2 * qu)) & 3) << 4)) - 32));
         }
+        return mg_pack8(y);
     }
-    union { __half2 h[4]; uint4 u; } pk;
-#pragma unroll
-    for (int i = 0; i < 4; i++) pk.h[i] = __floats2half2_rn(y[2 * i], y[2 * i + 1]);
-    return pk.u;
+};
+
+/* Eight F16 activations j0..j0+7 of a row (zeros past the group's slots
+ * or the row's end). The activations are widened to F16 once per batch
+ * (kcuda_act_to_f16): widening them here instead, in every block of rows,
+ * measured slower (prefill 23.8-25.4k vs 25.3-26.9k tok/s). */
+__device__ __forceinline__ uint4 mg_fetch_a(const mg_args &a, const __half *row, int j0)
+{
+    return row && j0 < a.n_in ? *(const uint4 *)(row + j0) : make_uint4(0, 0, 0, 0);
 }
 
-/* One step's weights: MG_BM rows x MG_BK inputs, 8 per thread per pass. */
+/* Units of one step: MG_BM rows x MG_BK inputs of a weight in chunks of 8
+ * (MG_WU per thread), MG_BN slots x MG_BK inputs of the activations
+ * (MG_AU per thread); unit i of thread tid is row (or slot) tid / 8 + 16 i,
+ * chunk tid % 8. */
+#define MG_WU (MG_BM * (MG_BK / 8) / MG_THREADS)
+#define MG_AU (MG_BN * (MG_BK / 8) / MG_THREADS)
+
+template <int SRC>
+__device__ __forceinline__ void mg_fetch_w(const mg_args &a, const uint8_t *w, int row0, int k0, mg_raw<SRC> *raw)
+{
+    const int j0 = k0 + 8 * (threadIdx.x % 8);
+#pragma unroll
+    for (int i = 0; i < MG_WU; i++) {
+        const int row = row0 + threadIdx.x / 8 + 16 * i;
+        if (row < a.n_out && j0 < a.n_in) raw[i].fetch(w + (size_t)row * a.row_stride, j0);
+    }
+}
+
+template <int SRC>
+__device__ __forceinline__ void mg_store_w(const mg_args &a, const mg_raw<SRC> *raw, int row0, int k0, __half *ws)
+{
+    const int c = threadIdx.x % 8, j0 = k0 + 8 * c;
+#pragma unroll
+    for (int i = 0; i < MG_WU; i++) {
+        const int r = threadIdx.x / 8 + 16 * i;
+        const bool ok = row0 + r < a.n_out && j0 < a.n_in;
+        *(uint4 *)(ws + r * MG_LD + 8 * c) = ok ? raw[i].expand(j0) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* Without prefetch: each unit loaded, expanded and stored in turn (few
+ * registers, so more blocks resident to hide the loads). */
 template <int SRC>
 __device__ __forceinline__ void mg_load_w(const mg_args &a, const uint8_t *w, int row0, int k0, __half *ws)
 {
-    for (int u = threadIdx.x; u < MG_BM * (MG_BK / 8); u += MG_THREADS) {
-        const int r = u / (MG_BK / 8), c = u % (MG_BK / 8), row = row0 + r, j0 = k0 + 8 * c;
+    const int c = threadIdx.x % 8, j0 = k0 + 8 * c;
+#pragma unroll 1
+    for (int i = 0; i < MG_WU; i++) {
+        const int r = threadIdx.x / 8 + 16 * i;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (row < a.n_out && j0 < a.n_in) {
-            const uint8_t *wr = w + (size_t)row * a.row_stride;
-            v = SRC == MG_F16 ? __ldg((const uint4 *)(wr + 2 * (size_t)j0)) : mg_weights8<SRC>(wr, j0);
+        if (row0 + r < a.n_out && j0 < a.n_in) {
+            mg_raw<SRC> raw;
+            raw.fetch(w + (size_t)(row0 + r) * a.row_stride, j0);
+            v = raw.expand(j0);
         }
         *(uint4 *)(ws + r * MG_LD + 8 * c) = v;
     }
 }
 
-/* Block (64 rows, one group): out[slot][row] (mode) W_expert[row] . act[slot / act_div]. */
-template <int SRC, bool PAIR>
-__global__ void __launch_bounds__(MG_THREADS) k_moe_gemm(const mg_args a)
+/* Block (64 rows, one group): out[slot][row] (mode) W_expert[row] . act[slot / act_div].
+ * PF: the next step's loads are issued before this step's products (at
+ * least 4 blocks per multiprocessor); else each step loads, then multiplies
+ * (more blocks resident). */
+template <int SRC, bool PAIR, bool PF>
+__global__ void __launch_bounds__(MG_THREADS, PF ? 4 : 1) k_moe_gemm(const mg_args a)
 {
     using namespace nvcuda;
     kc_pdl_trigger();
@@ -710,10 +812,9 @@ __global__ void __launch_bounds__(MG_THREADS) k_moe_gemm(const mg_args a)
     constexpr int OUT_BYTES = (PAIR ? 2 : 1) * MG_BN * MG_LDC * 4;
     __shared__ __align__(128) uint8_t sm[IN_BYTES > OUT_BYTES ? IN_BYTES : OUT_BYTES];
     __half *ws = (__half *)sm, *ws2 = ws + MG_BM * MG_LD, *as = ws + (PAIR ? 2 : 1) * MG_BM * MG_LD;
-    /* this thread's activation rows: slots c4 = tid / 8 + 16 i, 16-byte chunk tid % 8 */
-    const __half *arow[MG_BN * (MG_BK / 8) / MG_THREADS];
+    const __half *arow[MG_AU]; /* this thread's activation rows, NULL past the group's slots */
 #pragma unroll
-    for (int i = 0; i < MG_BN * (MG_BK / 8) / MG_THREADS; i++) {
+    for (int i = 0; i < MG_AU; i++) {
         const int j = threadIdx.x / 8 + 16 * i;
         arow[i] = j < n ? a.act + (size_t)(a.order[grp.y + j] / a.act_div) * a.act_ld : NULL;
     }
@@ -723,18 +824,32 @@ __global__ void __launch_bounds__(MG_THREADS) k_moe_gemm(const mg_args a)
         wmma::fill_fragment(acc[j], 0.0f);
         if (PAIR) wmma::fill_fragment(acc2[j], 0.0f);
     }
+    mg_raw<SRC> rw[PF ? MG_WU : 1], rw2[PF && PAIR ? MG_WU : 1];
+    uint4 ra[MG_AU];
+    const int c8 = 8 * (threadIdx.x % 8);
+#define MG_FETCH(k0)                                                                          \
+    do {                                                                                      \
+        mg_fetch_w<SRC>(a, w, row0, (k0), rw);                                                \
+        if (PAIR) mg_fetch_w<SRC>(a, w2, row0, (k0), rw2);                                    \
+        _Pragma("unroll") for (int i = 0; i < MG_AU; i++) ra[i] = mg_fetch_a(a, arow[i], (k0) + c8); \
+    } while (0)
+    if (PF) MG_FETCH(0);
     for (int k0 = 0; k0 < a.n_in; k0 += MG_BK) {
         __syncthreads(); /* the previous step's operands are used */
-        mg_load_w<SRC>(a, w, row0, k0, ws);
-        if (PAIR) mg_load_w<SRC>(a, w2, row0, k0, ws2);
+        if (PF) {
+            mg_store_w<SRC>(a, rw, row0, k0, ws);
+            if (PAIR) mg_store_w<SRC>(a, rw2, row0, k0, ws2);
+        } else {
+            mg_load_w<SRC>(a, w, row0, k0, ws);
+            if (PAIR) mg_load_w<SRC>(a, w2, row0, k0, ws2);
 #pragma unroll
-        for (int i = 0; i < MG_BN * (MG_BK / 8) / MG_THREADS; i++) {
-            const int c = threadIdx.x % 8, j0 = k0 + 8 * c;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (arow[i] && j0 < a.n_in) v = *(const uint4 *)(arow[i] + j0);
-            *(uint4 *)(as + (threadIdx.x / 8 + 16 * i) * MG_LD + 8 * c) = v;
+            for (int i = 0; i < MG_AU; i++)
+                ra[i] = mg_fetch_a(a, arow[i], k0 + c8);
         }
+#pragma unroll
+        for (int i = 0; i < MG_AU; i++) *(uint4 *)(as + (threadIdx.x / 8 + 16 * i) * MG_LD + c8) = ra[i];
         __syncthreads();
+        if (PF && k0 + MG_BK < a.n_in) MG_FETCH(k0 + MG_BK); /* in flight while this step multiplies */
 #pragma unroll
         for (int kk = 0; kk < MG_BK; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa, fa2;
@@ -749,6 +864,7 @@ __global__ void __launch_bounds__(MG_THREADS) k_moe_gemm(const mg_args a)
             }
         }
     }
+#undef MG_FETCH
     __syncthreads(); /* the operands' memory now takes the results: cs[slot][row] */
     float *cs = (float *)sm, *cs2 = cs + MG_BN * MG_LDC;
 #pragma unroll
@@ -769,12 +885,24 @@ __global__ void __launch_bounds__(MG_THREADS) k_moe_gemm(const mg_args a)
 
 typedef void (*mg_kernel)(const mg_args);
 
+template <int SRC>
+static mg_kernel mg_pick_pf(bool pair, bool pf)
+{
+    if (pair) return pf ? k_moe_gemm<SRC, true, true> : k_moe_gemm<SRC, true, false>;
+    return pf ? k_moe_gemm<SRC, false, true> : k_moe_gemm<SRC, false, false>;
+}
+
+/* TT_GPU_MOE_PREFETCH (default 1) picks the PF kernels (prefill 25.3-26.9k
+ * vs 22.2-24.0k tok/s without, Qwen3-MoE shape, H200), except for Q6_K
+ * gate/up pairs, whose PF kernel spills registers. */
 static mg_kernel mg_pick(int src, bool pair)
 {
+    const char *env = getenv("TT_GPU_MOE_PREFETCH");
+    const bool pf = (!env || atoi(env)) && !(src == MG_Q6_K && pair);
     switch (src) {
-    case MG_Q4_K: return pair ? k_moe_gemm<MG_Q4_K, true> : k_moe_gemm<MG_Q4_K, false>;
-    case MG_Q6_K: return pair ? k_moe_gemm<MG_Q6_K, true> : k_moe_gemm<MG_Q6_K, false>;
-    default: return pair ? k_moe_gemm<MG_F16, true> : k_moe_gemm<MG_F16, false>;
+    case MG_Q4_K: return mg_pick_pf<MG_Q4_K>(pair, pf);
+    case MG_Q6_K: return mg_pick_pf<MG_Q6_K>(pair, pf);
+    default: return mg_pick_pf<MG_F16>(pair, pf);
     }
 }
 

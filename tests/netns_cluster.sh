@@ -8,30 +8,34 @@
 # to a core of their own). Needs root and iproute2.
 set -u
 N=${TT_NETNS_N:-3}
+# TT_NETNS_PREFIX / TT_NETNS_NET: names and subnet (10.NET.0.0/24) of this
+# cluster, so that two can exist at once (the tests' and a benchmark's)
+P=${TT_NETNS_PREFIX:-tt-}
+NET=10.${TT_NETNS_NET:-77}.0
 case "${1:-}" in
 up)
-    ip link add tt-br type bridge || exit 1
-    ip addr add 10.77.0.1/24 dev tt-br
-    ip link set tt-br up
+    ip link add ${P}br type bridge || exit 1
+    ip addr add $NET.1/24 dev ${P}br
+    ip link set ${P}br up
     for i in $(seq 1 "$N"); do
-        ns=tt-ns$i
+        ns=${P}ns$i
         ip netns add $ns
-        ip link add tt-v$i type veth peer name tt-p$i
-        ip link set tt-p$i netns $ns
-        ip link set tt-v$i master tt-br up
-        ip -n $ns addr add 10.77.0.$((10 + i))/24 dev tt-p$i
-        ip -n $ns link set tt-p$i up
+        ip link add ${P}v$i type veth peer name ${P}p$i
+        ip link set ${P}p$i netns $ns
+        ip link set ${P}v$i master ${P}br up
+        ip -n $ns addr add $NET.$((10 + i))/24 dev ${P}p$i
+        ip -n $ns link set ${P}p$i up
         ip -n $ns link set lo up
-        grep -q " $ns\$" /etc/hosts || echo "10.77.0.$((10 + i)) $ns" >> /etc/hosts
+        grep -q " $ns\$" /etc/hosts || echo "$NET.$((10 + i)) $ns" >> /etc/hosts
     done
     ;;
 down)
     for i in $(seq 1 "$N"); do
-        ip netns del tt-ns$i 2>/dev/null
-        ip link del tt-v$i 2>/dev/null
-        sed -i "/ tt-ns$i\$/d" /etc/hosts
+        ip netns del ${P}ns$i 2>/dev/null
+        ip link del ${P}v$i 2>/dev/null
+        sed -i "/ ${P}ns$i\$/d" /etc/hosts
     done
-    ip link del tt-br 2>/dev/null
+    ip link del ${P}br 2>/dev/null
     true
     ;;
 agent)
@@ -41,11 +45,11 @@ agent)
     host=$1
     shift
     # TT_NETNS_PIN=1: the namespace's processes on a core of their own
-    # (tt-nsI on core I-1, modulo the cores), so a rank busy-polling in MPI
+    # (nsI on core I-1, modulo the cores), so a rank busy-polling in MPI
     # does not take the core of another namespace's rank
     pin=""
     if [ -n "${TT_NETNS_PIN:-}" ]; then
-        i=${host#tt-ns}
+        i=${host##*ns}
         pin="taskset -c $(((i - 1) % $(nproc)))"
     fi
     # TT_NETNS_NICE=N: run them at that niceness (negative: ahead of other work)

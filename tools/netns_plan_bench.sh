@@ -41,7 +41,8 @@ shape() {
     *) echo "bad" ;;
     esac
 }
-export TT_NETNS_N=2
+# a cluster of its own (tp-ns1, tp-ns2 on 10.78.0.0/24), apart from the tests' tt-*
+export TT_NETNS_N=2 TT_NETNS_PREFIX=tp- TT_NETNS_NET=78
 M=${MODEL:-$OUT/model.gguf}
 if [ -z "${TABLE_ONLY:-}" ]; then # TABLE_ONLY=1: recompute the table from OUT's files
 trap 'bash "$D/netns_cluster.sh" down' EXIT
@@ -49,10 +50,10 @@ bash "$D/netns_cluster.sh" down
 bash "$D/netns_cluster.sh" up || exit 1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 [ "${PIN:-1}" = 1 ] && export TT_NETNS_PIN=1
-printf "tt-ns1 slots=1\ntt-ns2 slots=1\n" > "$OUT/hosts"
+printf "tp-ns1 slots=1\ntp-ns2 slots=1\n" > "$OUT/hosts"
 run2() {
     timeout 900 mpirun --hostfile "$OUT/hosts" -np 2 --mca plm_rsh_agent "$D/netns_cluster.sh agent" \
-        --mca oob_tcp_if_include 10.77.0.0/24 --mca btl self,tcp --mca btl_tcp_if_include 10.77.0.0/24 "$@"
+        --mca oob_tcp_if_include 10.78.0.0/24 --mca btl self,tcp --mca btl_tcp_if_include 10.78.0.0/24 "$@"
 }
 one() { if [ -n "${TT_NETNS_PIN:-}" ]; then taskset -c 0 "$@"; else "$@"; fi; }
 [ -f "$M" ] || "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n-ff 2816 \
@@ -66,10 +67,10 @@ for r in $(seq 1 "$ROUNDS"); do
     for link in $CASES; do
         s=$(shape "$link")
         [ "$s" = bad ] && { echo "unknown case $link"; continue; }
-        tc qdisc del dev tt-v2 root 2>/dev/null
-        ip netns exec tt-ns2 tc qdisc del dev tt-p2 root 2>/dev/null
+        tc qdisc del dev tp-v2 root 2>/dev/null
+        ip netns exec tp-ns2 tc qdisc del dev tp-p2 root 2>/dev/null
         if [ -n "$s" ]; then
-            tc qdisc add dev tt-v2 root tbf $s && ip netns exec tt-ns2 tc qdisc add dev tt-p2 root tbf $s ||
+            tc qdisc add dev tp-v2 root tbf $s && ip netns exec tp-ns2 tc qdisc add dev tp-p2 root tbf $s ||
                 { echo "tc/tbf not available"; continue; }
         fi
         k=${link}_$r
@@ -98,7 +99,7 @@ def predict(k, name):
     if not topo or not r1: return None
     r1 = r1["cluster"]["ranks"][0]
     ranks = [dict({f: r1[f] for f in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
-                                        "overhead_us", "jitter") if f in r1}, host=f"tt-ns{i + 1}") for i in range(2)]
+                                        "overhead_us", "jitter") if f in r1}, host=f"tp-ns{i + 1}") for i in range(2)]
     links = [dict({f: l[f] for f in ("a", "b", "bandwidth_gbs", "bandwidth_both_gbs") if f in l},
                   latency_us=max(l["latency_us"], 0.01)) for l in topo["links"]]
     path = os.path.join(out, f"cluster_{name}_{k}.json")

@@ -222,8 +222,21 @@ struct prod_case {
 
 static float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
-/* One weight type and shape, every token count and output mode. */
-static void check_products(const struct prod_case *pc)
+/* Upload a weight to dw->data: as stored, or with `regroup` through
+ * kcuda_upload_weight, which must then regroup it. */
+static void upload_weight(struct kcuda_weight *dw, const uint8_t *w, bool regroup)
+{
+    if (!regroup) {
+        TT_ASSERT(kcuda_upload(K, (void *)dw->data, w, dw->row_stride * (size_t)dw->n_out) == 0);
+        return;
+    }
+    CHECK_EQ_INT(kcuda_upload_weight(K, dw, 0, w, dw->row_stride), 0);
+    CHECK_EQ_INT(dw->layout, KCUDA_LAYOUT_Q6_K_GROUPS);
+}
+
+/* One weight type and shape, every token count and output mode; the
+ * weights regrouped at upload when `regroup`. */
+static void check_products(const struct prod_case *pc, bool regroup)
 {
     static const int toks[] = { 1, 2, 3, 5, 8, 20, 40, KCUDA_MATVEC_TOK_MAX + 3 };
     const int64_t n_in = pc->n_in, n_out = pc->n_out, TMAX = KCUDA_MATVEC_TOK_MAX + 3;
@@ -239,9 +252,11 @@ static void check_products(const struct prod_case *pc)
     ref_products(pc->t, w, n_in, n_out, x, TMAX, ref);
     ref_products(pc->t, w2, n_in, n_out, x, TMAX, ref2);
     const size_t rb = tt_row_size(pc->t, n_in), st = kcuda_act_row_bytes((int)vt, n_in);
-    struct kcuda_weight dw = { dev_from(w, rb * (size_t)n_out), (int)pc->t, n_in, n_out, rb, rb * (size_t)n_out };
+    struct kcuda_weight dw = { dev(rb * (size_t)n_out), (int)pc->t, n_in, n_out, rb, rb * (size_t)n_out, 0 };
     struct kcuda_weight dw2 = dw;
-    dw2.data = dev_from(w2, rb * (size_t)n_out);
+    dw2.data = dev(rb * (size_t)n_out);
+    upload_weight(&dw, w, regroup);
+    upload_weight(&dw2, w2, regroup);
     float *dx = dev_from(x, sizeof(float) * (size_t)(TMAX * n_in)), *dbias = dev_from(bias, sizeof(float) * (size_t)n_out);
     float *dout = dev(sizeof(float) * (size_t)(TMAX * n_out));
     uint8_t *da = dev(st * (size_t)TMAX);
@@ -263,8 +278,8 @@ static void check_products(const struct prod_case *pc)
             for (int64_t i = 0; i < m; i++)
                 want[i] = mode == 0 ? ref[i] : mode == 1 ? ref[i] + bias[i % n_out]
                         : mode == 2 ? pre[i] + ref[i] : silu_mul(ref[i], ref2[i]);
-            snprintf(what, sizeof(what), "%s %lldx%lld, %d tokens, mode %d", tt_type_name(pc->t),
-                     (long long)n_out, (long long)n_in, n, mode);
+            snprintf(what, sizeof(what), "%s%s %lldx%lld, %d tokens, mode %d", tt_type_name(pc->t),
+                     regroup ? " regrouped" : "", (long long)n_out, (long long)n_in, n, mode);
             CHECK_NMSE(what, got, want, m, mode == 2 ? bound * 0.1 : bound);
         }
     }
@@ -285,7 +300,41 @@ static void test_products(void)
         { TT_TYPE_Q6_K, 1792, 70 }, { TT_TYPE_Q4_K, 14336, 9 }, { TT_TYPE_Q6_K, 14336, 9 },
         { TT_TYPE_Q4_K, 768, 21 },  { TT_TYPE_Q6_K, 768, 21 },
     };
-    for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i]);
+    for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], false);
+}
+
+/* Q6_K regrouped at upload (KCUDA_LAYOUT_Q6_K_GROUPS): dequantized values
+ * equal quant.c's, products as the stored layout's (matrix-vector kernels
+ * and the cuBLAS path through its F16 tiles, odd row counts, one to seven
+ * groups per row); rows without whole groups stay as stored. */
+static void test_q6_groups(void)
+{
+    if (!gpu()) return;
+    enum { N = 4096, R = 5, N2 = 1792 };
+    const size_t rb = tt_row_size(TT_TYPE_Q6_K, N), rb2 = tt_row_size(TT_TYPE_Q6_K, N2);
+    uint8_t *w = make_weight(TT_TYPE_Q6_K, N, R, 2.0f), *w2 = make_weight(TT_TYPE_Q6_K, N2, R, 2.0f);
+    float *ref = malloc(sizeof(float) * N * R), *got = malloc(sizeof(float) * N * R);
+    float *dout = dev(sizeof(float) * N * R);
+    for (int r = 0; r < R; r++) tt_type_get(TT_TYPE_Q6_K)->to_float(w + r * rb, ref + r * N, N);
+    struct kcuda_weight dw = { dev(rb * R), KCUDA_Q6_K, N, R, rb, rb * R, 0 };
+    upload_weight(&dw, w, true);
+    CHECK_EQ_INT(kcuda_weight_format(&dw), KCUDA_Q6_K_GROUPS);
+    CHECK_EQ_INT(kcuda_dequant_f32(K, kcuda_weight_format(&dw), dw.data, rb, R, N, dout), 0);
+    to_host(got, dout, sizeof(float) * N * R);
+    CHECK_NMSE("q6_K regrouped", got, ref, N * R, 1e-13);
+    for (int r = 0; r < R; r++) tt_type_get(TT_TYPE_Q6_K)->to_float(w2 + r * rb2, ref + r * N2, N2);
+    struct kcuda_weight dw2 = { dev(rb2 * R), KCUDA_Q6_K, N2, R, rb2, rb2 * R, 0 };
+    CHECK_EQ_INT(kcuda_upload_weight(K, &dw2, 0, w2, rb2), 0);
+    CHECK_EQ_INT(dw2.layout, KCUDA_LAYOUT_GGML);
+    CHECK_EQ_INT(kcuda_dequant_f32(K, kcuda_weight_format(&dw2), dw2.data, rb2, R, N2, dout), 0);
+    to_host(got, dout, sizeof(float) * N2 * R);
+    CHECK_NMSE("q6_K not regrouped", got, ref, N2 * R, 1e-13);
+    kcuda_free((void *)dw.data), kcuda_free((void *)dw2.data), kcuda_free(dout);
+    free(w), free(w2), free(ref), free(got);
+    static const struct prod_case cases[] = {
+        { TT_TYPE_Q6_K, 2048, 37 }, { TT_TYPE_Q6_K, 4096, 9 }, { TT_TYPE_Q6_K, 14336, 5 },
+    };
+    for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], true);
 }
 
 /* Whole weights to F16 and F32 on the device vs quant.c's dequantizers. */
@@ -358,8 +407,8 @@ static void test_moe(void)
     uint8_t *gate = make_weight(TT_TYPE_Q4_K, E, X * FF, 1.0f), *up = make_weight(TT_TYPE_Q4_K, E, X * FF, 1.0f);
     uint8_t *down = make_weight(TT_TYPE_Q8_0, FF, X * E, 1.0f);
     const size_t rg = tt_row_size(TT_TYPE_Q4_K, E), rd = tt_row_size(TT_TYPE_Q8_0, FF);
-    struct kcuda_weight dg = { dev_from(gate, rg * X * FF), TT_TYPE_Q4_K, E, FF, rg, rg * FF };
-    struct kcuda_weight du = dg, dd = { dev_from(down, rd * X * E), TT_TYPE_Q8_0, FF, E, rd, rd * E };
+    struct kcuda_weight dg = { dev_from(gate, rg * X * FF), TT_TYPE_Q4_K, E, FF, rg, rg * FF, 0 };
+    struct kcuda_weight du = dg, dd = { dev_from(down, rd * X * E), TT_TYPE_Q8_0, FF, E, rd, rd * E, 0 };
     du.data = dev_from(up, rg * X * FF);
     float *x = malloc(sizeof(float) * T * E);
     fill(x, T * E, 1.0f);
@@ -803,7 +852,7 @@ static void test_errors(void)
     void *p = NULL;
     CHECK(kcuda_malloc(K, &p, (size_t)1 << 50, "a test of failure") == TT_ENOMEM);
     CHECK(p == NULL && strstr(tt_error_detail(), "out of GPU memory") != NULL);
-    const struct kcuda_weight w = { NULL, 99, 32, 1, 32, 32 };
+    const struct kcuda_weight w = { NULL, 99, 32, 1, 32, 32, 0 };
     CHECK(kcuda_matvec(K, &w, NULL, NULL, 64, 1, NULL, 1, NULL, KCUDA_OUT_STORE) == TT_EUNSUPPORTED);
     CHECK_EQ_INT(kcuda_sync(K), 0);
     tt_error_clear();
@@ -933,6 +982,7 @@ static void test_engine_split(void)
 static const struct test_case cases[] = {
     { "convert", test_convert },       { "norm_convert", test_norm_convert },
     { "dequant", test_dequant },       { "products", test_products },
+    { "q6_groups", test_q6_groups },
     { "moe", test_moe },               { "moe_fused", test_moe_fused },
     { "rope", test_rope },
     { "attention", test_attention },   { "misc", test_misc },

@@ -188,17 +188,22 @@ static int place_weight(struct placer *p, struct kcuda_weight *dst, const struct
     if (!src->data || src->n_out == 0) return 0;
     const size_t row = tt_row_size((enum tt_type)src->type, src->n_in);
     const size_t bytes = row * (size_t)src->n_out * (size_t)n_exp;
-    *dst = (struct kcuda_weight){ NULL, (int)src->type, src->n_in, src->n_out, row, row * (size_t)src->n_out };
+    *dst = (struct kcuda_weight){ NULL, (int)src->type, src->n_in, src->n_out, row, row * (size_t)src->n_out,
+                                  KCUDA_LAYOUT_GGML };
     const bool packed = src->row_stride == row && (n_exp == 1 || src->expert_stride == dst->expert_stride);
-    if (packed) return place_bytes(p, src->data, bytes, (void **)&dst->data);
+    /* one matrix goes through kcuda_upload_weight, which may regroup it for
+     * the decode products (dst->layout); an empty one (a rank without
+     * columns) stays absent: data NULL */
+    if (!bytes || (packed && n_exp > 1)) return place_bytes(p, src->data, bytes, (void **)&dst->data);
     const uint64_t off = p->used;
     p->used += align256(bytes + KCUDA_WEIGHT_PAD);
     if (p->count) return 0;
     dst->data = p->c->arena + off;
     for (int64_t x = 0; x < n_exp; x++) {
-        int err = kcuda_upload_2d(p->c->k, (uint8_t *)dst->data + (size_t)x * dst->expert_stride, row,
-                                  src->data + (size_t)x * src->expert_stride, src->row_stride, row,
-                                  (size_t)src->n_out);
+        uint8_t *to = (uint8_t *)dst->data + (size_t)x * dst->expert_stride;
+        const void *from = src->data + (size_t)x * src->expert_stride;
+        int err = n_exp == 1 ? kcuda_upload_weight(p->c->k, dst, 0, from, src->row_stride)
+                             : kcuda_upload_2d(p->c->k, to, row, from, src->row_stride, row, (size_t)src->n_out);
         if (err) return err;
         progress_update(&p->prog, row * (size_t)src->n_out);
     }

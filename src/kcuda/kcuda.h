@@ -32,7 +32,9 @@
  * Device activation rows (kcuda_act_row_bytes): F32, F16 and BF16 rows are
  * plain arrays; Q8_0 and Q8_K rows hold n int8 values followed by one float
  * scale per block of 32 (Q8_0) or 256 (Q8_K). Q8_K block sums are not
- * stored: the kernels recompute them with dp4a.
+ * stored: the kernels recompute them with dp4a (storing them and reading
+ * them instead measured no faster on the H200: 8B-shape decode 325.7-326.7
+ * vs 328.1 tok/s).
  */
 #ifndef TT_KCUDA_H
 #define TT_KCUDA_H
@@ -154,11 +156,11 @@ int kcuda_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64
 /* Dequantize activation rows (any activation type) to F16 [n_tok][n]. */
 int kcuda_act_to_f16(struct kcuda *k, int type, const void *d_act, size_t act_stride,
                      int64_t n_tok, int64_t n, void *d_out_f16);
-/* Dequantize rows [r0, r0 + n_rows) of a weight (any stored type) to F16,
- * out[n_rows][n]. */
+/* Dequantize rows [r0, r0 + n_rows) of a weight (any stored type, or
+ * KCUDA_Q6_K_GROUPS: kcuda_weight_format) to F16, out[n_rows][n]. */
 int kcuda_dequant_f16(struct kcuda *k, int type, const void *d_w, size_t row_stride, int64_t r0,
                       int64_t n_rows, int64_t n, void *d_out_f16);
-/* Rows to floats (any stored type): out[n_rows][n]; for tests and checks. */
+/* Rows to floats (as kcuda_dequant_f16): out[n_rows][n]; for tests and checks. */
 int kcuda_dequant_f32(struct kcuda *k, int type, const void *d_w, size_t row_stride,
                       int64_t n_rows, int64_t n, float *d_out);
 
@@ -171,14 +173,50 @@ enum kcuda_out_mode {
     KCUDA_OUT_MODE_COUNT
 };
 
+/* How a weight's bytes are arranged on the device. */
+enum kcuda_layout {
+    KCUDA_LAYOUT_GGML,       /* the GGML blocks, as in the file */
+    KCUDA_LAYOUT_Q6_K_GROUPS, /* Q6_K regrouped for coalesced loads (kcuda_upload_weight) */
+    KCUDA_LAYOUT_COUNT
+};
+/* Type code of a Q6_K weight in KCUDA_LAYOUT_Q6_K_GROUPS, for
+ * kcuda_dequant_f16/f32 (kcuda_weight_format gives it). Same bytes per row as
+ * Q6_K; every row is a run of groups of 8 blocks (2048 weights, 1680 bytes):
+ *   [1536 bytes: the group's 32 items of 64 weights, as 3 planes of 32
+ *    16-byte chunks: low nibbles ql[64h+16j..] (plane 0), ql[64h+32+16j..]
+ *    (plane 1), high bits qh[32h+16j..] (plane 2), for item i = 4b + 2h + j
+ *    of block b of the group]
+ *   [128 bytes: item i's 4 scales scales[8h + j + 2k], k = 0..3, at 4i]
+ *   [16 bytes: block b's F16 d at 2b]
+ * so the 32 lanes of a warp, one item each, read every plane with one
+ * coalesced 16-byte load. */
+#define KCUDA_Q6_K_GROUPS 270
+
 /* A weight on the device: n_out rows of n_in elements of `type`, rows
- * row_stride bytes apart, stacked experts expert_stride bytes apart. */
+ * row_stride bytes apart, stacked experts expert_stride bytes apart, in
+ * `layout` (zero: KCUDA_LAYOUT_GGML). */
 struct kcuda_weight {
     const void *data;
     int type;
     int64_t n_in, n_out;
     size_t row_stride, expert_stride;
+    int layout;
 };
+
+/* Upload expert `expert` of w (w->data already points at device memory of
+ * the weight's full size plus KCUDA_WEIGHT_PAD) from host rows src_row_stride
+ * bytes apart, and set w->layout: Q6_K weights whose rows hold whole groups
+ * (n_in a multiple of 2048, 16-byte aligned rows and experts) are regrouped
+ * into KCUDA_LAYOUT_Q6_K_GROUPS through the context's scratch (5 coalesced
+ * loads per 64 weights in the decode products instead of 19 unaligned
+ * ones); everything else is copied as stored. TT_GPU_REPACK=0 turns
+ * regrouping off. Every expert of a weight gets the same layout. Errors:
+ * TT_EDEVICE. */
+int kcuda_upload_weight(struct kcuda *k, struct kcuda_weight *w, int64_t expert, const void *src,
+                        size_t src_row_stride);
+/* The type code kcuda_dequant_f16/f32 take for w: w->type, or
+ * KCUDA_Q6_K_GROUPS for a regrouped Q6_K weight. */
+int kcuda_weight_format(const struct kcuda_weight *w);
 
 /* out[t * ldo + r] (mode) W[r] . act[t] for r < n_out, t < n_tok, where act
  * rows (act_stride bytes apart) are already in W's vec_dot type. `w2` is

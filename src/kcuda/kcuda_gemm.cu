@@ -53,7 +53,8 @@ static int gemm(struct kcuda *k, const struct kcuda_weight *w, const void *d_act
     if (chunk < 64) return tt_error_set(TT_ENOMEM, "GPU product scratch too small for a %d-wide tile", kk);
     for (int64_t r0 = 0; r0 < w->n_out; r0 += chunk) {
         const int64_t rows = w->n_out - r0 < chunk ? w->n_out - r0 : chunk;
-        int err = kcuda_dequant_f16(k, w->type, w->data, w->row_stride, r0, rows, kk, scratch);
+        int err = kcuda_dequant_f16(k, kcuda_weight_format(w), w->data, w->row_stride, r0, rows, kk,
+                                    scratch);
         if (err) return err;
         KC_PROF_BEGIN(k);
         KC_CHECK_BLAS(kcuda_blas.gemm_ex(k->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n, kk, &alpha,

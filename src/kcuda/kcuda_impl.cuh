@@ -166,6 +166,12 @@ static_assert(sizeof(blk_q8_0) == 34, "q8_0");
 static_assert(sizeof(blk_q4_K) == 144, "q4_K");
 static_assert(sizeof(blk_q5_K) == 176, "q5_K");
 static_assert(sizeof(blk_q6_K) == 210, "q6_K");
+/* KCUDA_LAYOUT_Q6_K_GROUPS (kcuda.h): blocks and bytes of one group, and
+ * where its scale and d planes start. */
+#define Q6G_BLOCKS 8
+#define Q6G_BYTES (Q6G_BLOCKS * 210)
+#define Q6G_SCALES 1536
+#define Q6G_D 1664
 
 /* Elements per block and bytes per block of a stored type (0: unknown). */
 static inline int kc_block_elems(int type)
@@ -173,7 +179,7 @@ static inline int kc_block_elems(int type)
     switch (type) {
     case KCUDA_F32: case KCUDA_F16: case KCUDA_BF16: return 1;
     case KCUDA_Q4_0: case KCUDA_Q8_0: return 32;
-    case KCUDA_Q4_K: case KCUDA_Q5_K: case KCUDA_Q6_K: return 256;
+    case KCUDA_Q4_K: case KCUDA_Q5_K: case KCUDA_Q6_K: case KCUDA_Q6_K_GROUPS: return 256;
     default: return 0;
     }
 }
@@ -186,7 +192,7 @@ static inline size_t kc_block_bytes(int type)
     case KCUDA_Q8_0: return 34;
     case KCUDA_Q4_K: return 144;
     case KCUDA_Q5_K: return 176;
-    case KCUDA_Q6_K: return 210;
+    case KCUDA_Q6_K: case KCUDA_Q6_K_GROUPS: return 210;
     default: return 0;
     }
 }

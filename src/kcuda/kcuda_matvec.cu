@@ -19,7 +19,9 @@
  *   Q5_K        block it/8, pair of sub-blocks g = (it%8)/2, half h = it%2:
  *               16 bytes of nibbles for elements 64g+16h+[0,16) and 64g+32+16h+[0,16)
  *   Q6_K        block it/4, half h = (it%4)/2, j = it%2: elements
- *               128h + 32k + 16j + [0,16) for k = 0..3
+ *               128h + 32k + 16j + [0,16) for k = 0..3; the same items in
+ *               KCUDA_LAYOUT_Q6_K_GROUPS (kcuda.h), where lane l of a warp
+ *               reads item l of a group with 16-byte loads of three planes
  *   F16, BF16   8 values (2 when rows are not 16-byte aligned); F32: 4 (or 1)
  * One launch handles one matrix, or in KCUDA_OUT_SWIGLU mode the gate and up
  * matrices together; stacked experts take their expert and token rows from
@@ -33,6 +35,7 @@ enum mv_kind {
     MV_Q4_K,
     MV_Q5_K,
     MV_Q6_K,
+    MV_Q6_KG,
     MV_F16_8,
     MV_F16_2,
     MV_BF16_8,
@@ -252,44 +255,79 @@ template <> struct mv_item<MV_Q5_K> {
 /* Q6_K items are 64 weights: block it/4, half h = (it%4)/2, j = it%2: the
  * 16 positions l = 16j..16j+15 of the half, i.e. elements 128h + 32k + l
  * for k = 0..3 (sub-block scale 8h + j + 2k); per-lane float scaling as
- * Q4_K. Blocks are 2-byte aligned (210 bytes): funnel-shift loads. */
+ * Q4_K. la, lb: ql bytes 64h + 16j + [0,16) and 64h + 32 + 16j + [0,16);
+ * hb: qh bytes 32h + 16j + [0,16); byte k of sc4: the scale of k. */
+__device__ __forceinline__ float q6_dot(const uint4 &la4, const uint4 &lb4, const uint4 &hb4, uint32_t sc4,
+                                        float d, const uint8_t *ar, int n_in, int it, bool sw)
+{
+    const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
+    const int off = 256 * ib + 128 * h + 16 * j;
+    const uint32_t la[4] = { la4.x, la4.y, la4.z, la4.w }, lb[4] = { lb4.x, lb4.y, lb4.z, lb4.w };
+    const uint32_t hb[4] = { hb4.x, hb4.y, hb4.z, hb4.w };
+    int isum = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int4 a = act16(ar, off + 32 * k, sw);
+        const int av[4] = { a.x, a.y, a.z, a.w };
+        const int sc = (int)(int8_t)(sc4 >> (8 * k));
+        int dt = 0, sa = 0;
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const uint32_t l = (k & 1 ? lb[w] : la[w]) >> (k >= 2 ? 4 : 0);
+            const uint32_t q = (l & 0x0F0F0F0Fu) | (((hb[w] >> (2 * k)) & 0x03030303u) << 4);
+            dt = dp4a((int)q, av[w], dt);
+            sa = dp4a(ONES, av[w], sa);
+        }
+        isum += sc * (dt - 32 * sa);
+    }
+    const float dy = ((const float *)(ar + n_in))[ib];
+    return (d * dy) * (float)isum;
+}
+
+/* Q6_K as stored: blocks are 2-byte aligned (210 bytes), so funnel-shift
+ * loads (19 of 4 bytes per item). */
 template <> struct mv_item<MV_Q6_K> {
-    uint32_t la[4], lb[4], hb[4], s0, s1;
+    uint4 la, lb, hb;
+    uint32_t sc4;
     float d;
     __device__ __forceinline__ void load(const uint8_t *wr, int it)
     {
         const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
         const uint8_t *b = wr + (size_t)ib * 210;
-        kc_load16_a2(b + 64 * h + 16 * j, la);
-        kc_load16_a2(b + 64 * h + 32 + 16 * j, lb);
-        kc_load16_a2(b + 128 + 32 * h + 16 * j, hb);
+        uint32_t s0, s1;
+        kc_load16_a2(b + 64 * h + 16 * j, (uint32_t *)&la);
+        kc_load16_a2(b + 64 * h + 32 + 16 * j, (uint32_t *)&lb);
+        kc_load16_a2(b + 128 + 32 * h + 16 * j, (uint32_t *)&hb);
         kc_load8_a2(b + 192 + 8 * h, s0, s1);
+        /* scales j + 2k of the half's 8 (bytes of s0, then s1) */
+        sc4 = __byte_perm(s0, s1, (unsigned)(j | (j + 2) << 4 | (j + 4) << 8 | (j + 6) << 12));
         d = __half2float(*(const __half *)(b + 208));
     }
     __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it, bool sw) const
     {
-        const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
-        const int off = 256 * ib + 128 * h + 16 * j;
-        int isum = 0;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int4 a = act16(ar, off + 32 * k, sw);
-            const int av[4] = { a.x, a.y, a.z, a.w };
-            /* scale 8h + j + 2k: byte j + 2k of the half's 8 scale bytes */
-            const uint32_t sw = k < 2 ? s0 : s1;
-            const int sc = (int)(int8_t)(sw >> (8 * (j + 2 * (k & 1))));
-            int dt = 0, sa = 0;
-#pragma unroll
-            for (int w = 0; w < 4; w++) {
-                const uint32_t l = (k & 1 ? lb[w] : la[w]) >> (k >= 2 ? 4 : 0);
-                const uint32_t q = (l & 0x0F0F0F0Fu) | (((hb[w] >> (2 * k)) & 0x03030303u) << 4);
-                dt = dp4a((int)q, av[w], dt);
-                sa = dp4a(ONES, av[w], sa);
-            }
-            isum += sc * (dt - 32 * sa);
-        }
-        const float dy = ((const float *)(ar + n_in))[ib];
-        return (d * dy) * (float)isum;
+        return q6_dot(la, lb, hb, sc4, d, ar, n_in, it, sw);
+    }
+};
+
+/* Q6_K regrouped (KCUDA_LAYOUT_Q6_K_GROUPS): item it is item it%32 of group
+ * it/32; the warp's lanes read consecutive 16-byte chunks of each plane. */
+template <> struct mv_item<MV_Q6_KG> {
+    uint4 la, lb, hb;
+    uint32_t sc4;
+    float d;
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const uint8_t *g = wr + (size_t)(it >> 5) * Q6G_BYTES;
+        const int i = it & 31;
+        la = __ldg((const uint4 *)(g + 16 * i));
+        lb = __ldg((const uint4 *)(g + 512 + 16 * i));
+        hb = __ldg((const uint4 *)(g + 1024 + 16 * i));
+        sc4 = __ldg((const uint32_t *)(g + Q6G_SCALES + 4 * i));
+        d = __half2float(*(const __half *)(g + Q6G_D + 2 * (i >> 2)));
+    }
+    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it, bool sw) const
+    {
+        return q6_dot(la, lb, hb, sc4, d, ar, n_in, it, sw);
     }
 };
 
@@ -555,7 +593,7 @@ static mv_kernel pick_nt(int nt, bool pair)
 static int item_elems(int kind)
 {
     switch (kind) {
-    case MV_Q4_K: case MV_Q6_K: return 64;
+    case MV_Q4_K: case MV_Q6_K: case MV_Q6_KG: return 64;
     case MV_F16_8: case MV_BF16_8: return 8;
     case MV_F16_2: case MV_BF16_2: return 2;
     case MV_F32_4: return 4;
@@ -575,7 +613,7 @@ static int kind_of(const struct kcuda_weight *w, size_t act_stride)
     case KCUDA_Q8_0: return MV_Q8_0;
     case KCUDA_Q4_K: return a16 ? MV_Q4_K : -1;
     case KCUDA_Q5_K: return a16 ? MV_Q5_K : -1;
-    case KCUDA_Q6_K: return MV_Q6_K;
+    case KCUDA_Q6_K: return w->layout == KCUDA_LAYOUT_Q6_K_GROUPS ? MV_Q6_KG : MV_Q6_K;
     case KCUDA_F16: return w->n_in % 8 == 0 && a16 ? MV_F16_8 : w->n_in % 2 == 0 ? MV_F16_2 : -1;
     case KCUDA_BF16: return w->n_in % 8 == 0 && a16 ? MV_BF16_8 : w->n_in % 2 == 0 ? MV_BF16_2 : -1;
     case KCUDA_F32: return w->n_in % 4 == 0 && a16 ? MV_F32_4 : MV_F32_1;
@@ -591,6 +629,7 @@ static mv_kernel pick(int kind, int nt, bool pair)
     case MV_Q4_K: return pick_nt<MV_Q4_K>(nt, pair);
     case MV_Q5_K: return pick_nt<MV_Q5_K>(nt, pair);
     case MV_Q6_K: return pick_nt<MV_Q6_K>(nt, pair);
+    case MV_Q6_KG: return pick_nt<MV_Q6_KG>(nt, pair);
     case MV_F16_8: return pick_nt<MV_F16_8>(nt, pair);
     case MV_F16_2: return pick_nt<MV_F16_2>(nt, pair);
     case MV_BF16_8: return pick_nt<MV_BF16_8>(nt, pair);
@@ -605,6 +644,7 @@ static const char *prof_name(int kind, bool pair, bool experts)
     static const char *const names[MV_KIND_COUNT][4] = {
 #define MV_NAMES(t) { "matvec " t, "matvec " t " swiglu", "experts " t, "experts " t " swiglu" }
         MV_NAMES("q4_0"), MV_NAMES("q8_0"), MV_NAMES("q4_K"), MV_NAMES("q5_K"), MV_NAMES("q6_K"),
+        MV_NAMES("q6_K/g"),
         MV_NAMES("f16"), MV_NAMES("f16/2"), MV_NAMES("bf16"), MV_NAMES("bf16/2"), MV_NAMES("f32"),
         MV_NAMES("f32/1"),
 #undef MV_NAMES
@@ -636,7 +676,7 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
     const dim3 grid(kc_blocks(a->n_out, 4 / W), n_grid_y);
     KC_PROF_BEGIN(k);
     /* one token of a K-quant weight: the activation row in shared memory */
-    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q6_K) && a->act_stride <= MV_STAGE_MAX &&
+    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q6_K || kind == MV_Q6_KG) && a->act_stride <= MV_STAGE_MAX &&
                a->act_stride % 16 == 0;
     KC_LAUNCH_SMEM(k, kern, grid, block, a->stage ? a->act_stride : 0, *a);
     KC_PROF_END(k, prof_name(kind, pair, a->tiles != NULL));

@@ -12,6 +12,8 @@
  */
 #include "kcuda_impl.cuh"
 
+#include <stdlib.h>
+
 
 static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
@@ -202,6 +204,25 @@ int kcuda_act_to_f16(struct kcuda *k, int type, const void *d_act, size_t act_st
 
 /* ---- weights to F16 / F32 ---- */
 
+/* Elements j0..j0+7 (j0 a multiple of 8) of a KCUDA_Q6_K_GROUPS row, as
+ * the Q6_K case of dequant_elem computes them: element e of block b is
+ * position l = e % 32 of quarter qu = (e % 128) / 32 of half h = e / 128, in
+ * item i = 4 (b % 8) + 2h + l / 16 at byte l % 16 of its chunks. */
+__device__ __forceinline__ void q6g_dequant8(const uint8_t *row, int j0, float *y)
+{
+    const int b = j0 / 256, e = j0 % 256, h = e / 128, qu = (e % 128) / 32, l0 = e % 32;
+    const uint8_t *g = row + (size_t)(b / Q6G_BLOCKS) * Q6G_BYTES;
+    const int i = 4 * (b % Q6G_BLOCKS) + 2 * h + l0 / 16, p0 = l0 % 16;
+    const uint8_t *lo = g + 16 * (32 * (qu & 1) + i) + p0, *hi = g + 16 * (64 + i) + p0;
+    const float ds = __half2float(*(const __half *)(g + Q6G_D + 2 * (b % Q6G_BLOCKS))) *
+                     (float)(int8_t)g[Q6G_SCALES + 4 * i + qu];
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        const int nib = qu >= 2 ? lo[t] >> 4 : lo[t] & 15;
+        y[t] = __fmul_rn(ds, (float)((nib | (((hi[t] >> (2 * qu)) & 3) << 4)) - 32));
+    }
+}
+
 /* Element j of a weight row, as quant.c's dequantizers compute it. */
 __device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int j)
 {
@@ -247,6 +268,11 @@ __device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int 
         const int nib = qu >= 2 ? lb >> 4 : lb & 15;
         const int q = (nib | (((b->qh[32 * h + l] >> (2 * qu)) & 3) << 4)) - 32;
         return __fmul_rn(__half2float(b->d) * (float)b->scales[e / 16], (float)q);
+    }
+    case KCUDA_Q6_K_GROUPS: {
+        float y[8];
+        q6g_dequant8(row, j & ~7, y);
+        return y[j & 7];
     }
     default: return 0.0f;
     }
@@ -312,6 +338,7 @@ __device__ __forceinline__ void dequant8(int type, const uint8_t *row, int j0, f
         }
         return;
     }
+    case KCUDA_Q6_K_GROUPS: q6g_dequant8(row, j0, y); return;
     default:
 #pragma unroll
         for (int i = 0; i < 8; i++) y[i] = dequant_elem(type, row, j0 + i);
@@ -367,5 +394,71 @@ int kcuda_dequant_f32(struct kcuda *k, int type, const void *d_w, size_t row_str
     KC_LAUNCH(k, k_dequant_f32, dim3((unsigned)n_rows, kc_blocks(n, 256)), dim3(256), type,
               (const uint8_t *)d_w, row_stride, (int)n, d_out);
     KC_PROF_END(k, "dequant_f32");
+    return 0;
+}
+
+/* ---- weight upload, Q6_K regrouped (KCUDA_LAYOUT_Q6_K_GROUPS) ---- */
+
+/* Where byte o of a regrouped group comes from in the group's 8 GGML
+ * blocks (kcuda.h draws the layout). */
+__device__ __forceinline__ int q6g_source(int o)
+{
+    if (o < Q6G_SCALES) {
+        const int c = o / 512, i = (o % 512) / 16, p = o % 16;
+        const int b = i / 4, h = (i % 4) / 2, j = i % 2;
+        return 210 * b + (c == 2 ? 128 + 32 * h + 16 * j + p : 64 * h + 32 * c + 16 * j + p);
+    }
+    if (o < Q6G_D) {
+        const int i = (o - Q6G_SCALES) / 4, k = (o - Q6G_SCALES) % 4;
+        const int b = i / 4, h = (i % 4) / 2, j = i % 2;
+        return 210 * b + 192 + 8 * h + j + 2 * k;
+    }
+    return 210 * ((o - Q6G_D) / 2) + 208 + (o - Q6G_D) % 2;
+}
+
+/* dst = the n_groups groups of src regrouped, one byte per thread. */
+__global__ void k_q6_regroup(const uint8_t *__restrict__ src, uint8_t *__restrict__ dst, size_t n_groups)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const size_t n = n_groups * Q6G_BYTES;
+    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x)
+        dst[x] = src[x - x % Q6G_BYTES + (size_t)q6g_source((int)(x % Q6G_BYTES))];
+}
+
+/* Whether kcuda_upload_weight regroups w. */
+static bool q6_groups_ok(const struct kcuda *k, const struct kcuda_weight *w)
+{
+    const char *env = getenv("TT_GPU_REPACK");
+    return w->type == KCUDA_Q6_K && (!env || atoi(env) != 0) && w->n_in > 0 && w->n_out > 0 &&
+           w->n_in % (256 * Q6G_BLOCKS) == 0 &&
+           w->row_stride == (size_t)(w->n_in / 256) * 210 && (uintptr_t)w->data % 16 == 0 &&
+           w->expert_stride % 16 == 0 && k->scratch && k->scratch_bytes >= w->row_stride;
+}
+
+int kcuda_weight_format(const struct kcuda_weight *w)
+{
+    return w->layout == KCUDA_LAYOUT_Q6_K_GROUPS ? KCUDA_Q6_K_GROUPS : w->type;
+}
+
+int kcuda_upload_weight(struct kcuda *k, struct kcuda_weight *w, int64_t expert, const void *src,
+                        size_t src_row_stride)
+{
+    uint8_t *dst = (uint8_t *)w->data + (size_t)expert * w->expert_stride;
+    const size_t row = w->row_stride;
+    w->layout = q6_groups_ok(k, w) ? KCUDA_LAYOUT_Q6_K_GROUPS : KCUDA_LAYOUT_GGML;
+    if (w->layout == KCUDA_LAYOUT_GGML)
+        return kcuda_upload_2d(k, dst, row, src, src_row_stride, row, (size_t)w->n_out);
+    /* rows through the scratch in chunks, each regrouped into place */
+    const int64_t chunk = (int64_t)(k->scratch_bytes / row);
+    for (int64_t r0 = 0; r0 < w->n_out; r0 += chunk) {
+        const int64_t rows = w->n_out - r0 < chunk ? w->n_out - r0 : chunk;
+        KC_CHECK(cudaMemcpy2DAsync(k->scratch, row, (const uint8_t *)src + (size_t)r0 * src_row_stride,
+                                   src_row_stride, row, (size_t)rows, cudaMemcpyHostToDevice, k->stream));
+        const size_t n_groups = (size_t)rows * row / Q6G_BYTES;
+        const size_t n_blocks = TT_MIN((n_groups * Q6G_BYTES + 255) / 256, (size_t)65535);
+        KC_LAUNCH(k, k_q6_regroup, dim3((unsigned)n_blocks), dim3(256), (const uint8_t *)k->scratch,
+                  dst + (size_t)r0 * row, n_groups);
+    }
     return 0;
 }

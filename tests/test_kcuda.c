@@ -518,8 +518,11 @@ static void check_router(int X, int n_in, int T, int KX, bool norm)
 
 /* Slots grouped by expert, then the grouped tensor-core products (gate/up
  * with SwiGLU, then down) against the CPU's dots: F16 operands, so the batch
- * products' bound 1e-5. One expert takes more slots than a group holds. */
-static void check_grouped(enum tt_type tg, enum tt_type td, int X, int KX, int T, int E, int FF)
+ * products' bound 1e-5. One expert takes more slots than a group holds.
+ * With `regroup`, the (Q6_K) down experts go through kcuda_upload_weight,
+ * which regroups them: the products then expand them through
+ * kcuda_weight_format, and the decode down+join refuses them. */
+static void check_grouped(enum tt_type tg, enum tt_type td, int X, int KX, int T, int E, int FF, bool regroup)
 {
     const int S = T * KX, mg = kcuda_moe_max_groups(S, X);
     const enum tt_type vg = tt_type_get(tg)->vec_dot_type, vd = tt_type_get(td)->vec_dot_type;
@@ -528,9 +531,11 @@ static void check_grouped(enum tt_type tg, enum tt_type td, int X, int KX, int T
     const size_t rg = tt_row_size(tg, E), rd = tt_row_size(td, FF);
     struct kcuda_weight dg = { .data = dev_from(gate, rg * X * FF), .type = (int)tg, .n_in = E, .n_out = FF,
                                .row_stride = rg, .expert_stride = rg * FF };
-    struct kcuda_weight du = dg, dd = { .data = dev_from(down, rd * X * E), .type = (int)td, .n_in = FF,
-                                        .n_out = E, .row_stride = rd, .expert_stride = rd * E };
+    struct kcuda_weight du = dg, dd = { .data = regroup ? dev(rd * X * E) : dev_from(down, rd * X * E), .type = (int)td,
+                                        .n_in = FF, .n_out = E, .row_stride = rd, .expert_stride = rd * E };
     du.data = dev_from(up, rg * X * FF);
+    for (int x = 0; regroup && x < X; x++) CHECK_EQ_INT(kcuda_upload_weight(K, &dd, x, down + (size_t)x * E * rd, rd), 0);
+    CHECK(!regroup || dd.layout == KCUDA_LAYOUT_Q6_K_GROUPS);
     int32_t *sel = malloc(sizeof(int32_t) * S), *order = malloc(sizeof(int32_t) * S);
     int32_t *groups = malloc(sizeof(int32_t) * KCUDA_MOE_GROUP_INTS * (size_t)mg);
     for (int s = 0; s < S; s++) sel[s] = s % 3 == 0 ? 1 : (int)((frand() + 1.0f) * 0.5f * (float)X) % X;
@@ -567,6 +572,10 @@ static void check_grouped(enum tt_type tg, enum tt_type td, int X, int KX, int T
     err = kcuda_moe_gemm(K, &dd, NULL, X, dgroups, mg, dorder, df16, FF, 1, dy, E, KCUDA_OUT_STORE);
     if (err) fprintf(stderr, "  %s\n", tt_error_detail());
     CHECK_EQ_INT(err, 0);
+    if (regroup) {
+        CHECK_EQ_INT(kcuda_moe_down_join(K, &dd, dha, sh, dy, dsel, dy, 1, KX, NULL, NULL, NULL), TT_EUNSUPPORTED);
+        tt_error_clear();
+    }
     to_host(h, dh, sizeof(float) * (size_t)S * FF);
     to_host(y, dy, sizeof(float) * (size_t)S * E);
     for (int s = 0; s < S; s++) {
@@ -642,9 +651,10 @@ static void test_moe_fused(void)
     check_router(60, 2048, 1, 8, true);
     check_router(60, 2048, 5, 4, false);
     check_router(17, 100, 3, 2, true);
-    check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 10, 3, 50, 512, 256);    /* read as stored */
-    check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96);      /* F16 scratch, ragged tiles */
-    check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256);
+    check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 10, 3, 50, 512, 256, false); /* read as stored */
+    check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96, false);   /* F16 scratch, ragged tiles */
+    check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256, false);
+    check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 4, 2, 40, 256, 2048, true); /* regrouped Q6_K down */
     check_down_join(TT_TYPE_Q6_K, 16, 8, 1, 2048, 768);
     check_down_join(TT_TYPE_Q4_K, 9, 4, 3, 300, 512);
     check_down_join(TT_TYPE_Q6_K, 40, 2, 5, 64, 2560); /* more items per row than a block's units */

@@ -587,7 +587,7 @@ static bool moe_down_join_ok(const struct cuda_accel *c, const struct gpu_layer 
 {
     const struct kcuda_weight *w = &g->down_exps;
     return c->moe_fused && n_tok <= 8 && (w->type == KCUDA_Q4_K || w->type == KCUDA_Q6_K) &&
-           vec_type(w->type) == KCUDA_Q8_K && w->n_in % 256 == 0;
+           w->layout == KCUDA_LAYOUT_GGML && vec_type(w->type) == KCUDA_Q8_K && w->n_in % 256 == 0;
 }
 
 /* The experts' down products of the ffn_a rows, then the ordered join (and

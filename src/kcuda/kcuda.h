@@ -362,9 +362,10 @@ int kcuda_moe_group(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int 
  * r < n_out. W holds n_expert stacked experts; act rows are F16, act_ld
  * elements apart (kcuda_act_to_f16 of the rows the CPU would use), n_in and
  * act_ld multiples of 8. Products use F16 weights and F32 sums, as
- * kcuda_linear's batch path. Q4_K, Q6_K and F16 weights are read as
- * stored; other types are expanded to F16 in the context's scratch, as many
- * experts at a time as it holds (TT_ENOMEM if not even one fits). */
+ * kcuda_linear's batch path. Q4_K, Q6_K and F16 weights in GGML's layout
+ * are read as stored; other types and layouts are expanded to F16 in the
+ * context's scratch (kcuda_weight_format), as many experts at a time as it
+ * holds (TT_ENOMEM if not even one fits). */
 int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
                    int n_expert, const int32_t *d_groups, int max_groups, const int32_t *d_order,
                    const void *d_act_f16, int64_t act_ld, int act_div, float *d_out, int64_t ldo,

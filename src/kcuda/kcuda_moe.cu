@@ -587,7 +587,8 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
 {
     if (n_tok <= 0) return 0;
     const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
-    const int src = w->type == KCUDA_Q4_K && a16 ? MG_Q4_K : w->type == KCUDA_Q6_K ? MG_Q6_K : -1;
+    const int src = w->layout != KCUDA_LAYOUT_GGML ? -1
+                    : w->type == KCUDA_Q4_K && a16 ? MG_Q4_K : w->type == KCUDA_Q6_K ? MG_Q6_K : -1;
     if (src < 0 || w->n_in % 256 || act_stride % 16 || n_used < 1 || n_used > MOE_USED_MAX || n_tok > 65535)
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: type %d, %lld inputs, %d experts",
                             w->type, (long long)w->n_in, n_used);
@@ -907,9 +908,11 @@ static mg_kernel mg_pick(int src, bool pair)
 }
 
 /* Which source a weight is read from: directly (Q4_K, Q6_K, F16 in GGML's
- * layout with aligned rows), else F16 expanded into the scratch. */
+ * layout with aligned rows), else F16 expanded into the scratch (regrouped
+ * Q6_K through kcuda_weight_format). */
 static int mg_source(const struct kcuda_weight *w)
 {
+    if (w->layout != KCUDA_LAYOUT_GGML) return -1; /* regrouped: through kcuda_dequant_f16 */
     const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
     if (w->type == KCUDA_Q4_K && a16) return MG_Q4_K;
     if (w->type == KCUDA_Q6_K && w->row_stride % 2 == 0 && w->expert_stride % 2 == 0) return MG_Q6_K;
@@ -971,10 +974,12 @@ int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct k
         a.e1 = TT_MIN(e0 + chunk, n_expert);
         for (int e = a.e0; e < a.e1; e++) {
             const size_t at = (size_t)(e - e0) * f16_expert;
-            int err = kcuda_dequant_f16(k, w->type, (const uint8_t *)w->data + (size_t)e * w->expert_stride,
+            int err = kcuda_dequant_f16(k, kcuda_weight_format(w),
+                                        (const uint8_t *)w->data + (size_t)e * w->expert_stride,
                                         w->row_stride, 0, w->n_out, w->n_in, s1 + at);
             if (!err && pair)
-                err = kcuda_dequant_f16(k, w2->type, (const uint8_t *)w2->data + (size_t)e * w2->expert_stride,
+                err = kcuda_dequant_f16(k, kcuda_weight_format(w2),
+                                        (const uint8_t *)w2->data + (size_t)e * w2->expert_stride,
                                         w2->row_stride, 0, w2->n_out, w2->n_in, s2 + at);
             if (err) return err;
         }

@@ -297,12 +297,22 @@ static double coll_steps(int k, double block_bytes)
     return block_bytes < PLAN_SMALL_BLOCK_BYTES ? ceil(log2((double)k)) : (double)(k - 1);
 }
 
+/* The bandwidth a collective's blocks see: both ways at once for large
+ * blocks; a small block's bytes leave within TCP's first window, before any
+ * acknowledgement is needed, so the reverse direction's traffic (which
+ * acknowledgements queue behind) does not slow them: the one-way rate. */
+static double coll_bw(const struct net *n, double block_bytes)
+{
+    return block_bytes < PLAN_SMALL_BLOCK_BYTES ? n->bw_bps : n->bw2_bps;
+}
+
 /* All-gather of total_bytes (each rank contributes its part). */
 static double allgather_s(const struct net *n, double total_bytes)
 {
     if (n->k <= 1) return 0.0;
     const double k = n->k;
-    return coll_steps(n->k, total_bytes / k) * n->lat_s + (k - 1) / k * total_bytes / n->bw2_bps;
+    return coll_steps(n->k, total_bytes / k) * n->lat_s +
+           (k - 1) / k * total_bytes / coll_bw(n, total_bytes / k);
 }
 
 /* comm_allreduce_sum of `bytes` per rank (F32 wire), as comm.h describes it:
@@ -313,8 +323,9 @@ static double allreduce_s(const struct net *n, double bytes)
     if (n->k <= 1) return 0.0;
     const double k = n->k;
     if (bytes >= PLAN_SMALL_BLOCK_BYTES && n->k > 2)
-        return 2.0 * coll_steps(n->k, bytes / k) * n->lat_s + 2.0 * (k - 1) / k * bytes / n->bw2_bps;
-    return coll_steps(n->k, bytes) * n->lat_s + (k - 1) * bytes / n->bw2_bps;
+        return 2.0 * coll_steps(n->k, bytes / k) * n->lat_s +
+               2.0 * (k - 1) / k * bytes / coll_bw(n, bytes / k);
+    return coll_steps(n->k, bytes) * n->lat_s + (k - 1) * bytes / coll_bw(n, bytes);
 }
 
 static double send_s(const struct net *n, double bytes)
@@ -730,8 +741,8 @@ static void set_ends(struct plan_candidate *cd, const int32_t *ends)
 /* Full logits to rank 0 (engine_dist.c's gather_logits): an all-gather of
  * the slice sizes, then an all-gather of the vocabulary slices among the
  * step's ranks; every rank receives what it does not hold (a rank outside
- * the last stage: all of it). Both ways at once when several ranks hold
- * slices, one way from a single last-stage rank. */
+ * the last stage: all of it). A collective's bandwidth when several ranks
+ * hold slices, one way from a single last-stage rank. */
 static double logits_gather_s(const struct search *s, const struct plan_candidate *cd,
                               const struct net *n, double n_logits)
 {
@@ -743,7 +754,7 @@ static double logits_gather_s(const struct search *s, const struct plan_candidat
     double least = cd->n_stages > 1 || !has0 ? 0.0 : 1.0; /* a rank with no slice receives all */
     for (int i = g->rank_begin; i < g->rank_end; i++)
         least = fmin(least, s->sh[i].vocab_frac);
-    const double bw = g->rank_end - g->rank_begin > 1 ? n->bw2_bps : n->bw_bps;
+    const double bw = g->rank_end - g->rank_begin > 1 ? coll_bw(n, all / n->k) : n->bw_bps;
     return 2.0 * coll_steps(n->k, all / n->k) * n->lat_s + (1.0 - least) * all / bw;
 }
 

@@ -76,6 +76,15 @@ for r in $(seq 1 "$ROUNDS"); do
         k=${link}_$r
         uptime > "$OUT/load_$k.txt"
         one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r1_$k.json" 2>/dev/null
+        # the rank as the layouts of two ranks run it: both cores busy with
+        # tutti (one rank computing, the other computing or busy-polling in
+        # MPI), so other work on this machine crowds onto the same cores;
+        # two measurements at once, as `topo` measures every rank at once
+        if [ -n "${TT_NETNS_PIN:-}" ]; then
+            taskset -c 1 "$T" plan -m "$M" -t 1 --prompt "$P" --json > /dev/null 2>&1 &
+            taskset -c 0 "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r2_$k.json" 2>/dev/null
+            wait
+        fi
         bench "single_$k" one "$T" bench -t 1
         # the link measured right before each layout runs (this machine's load drifts)
         run2 "$T" topo -t 1 --json > "$OUT/topo_tp_$k.json" 2>/dev/null
@@ -95,7 +104,8 @@ def load(n):
     try: return json.load(open(os.path.join(out, n)))
     except Exception: return None
 def predict(k, name):
-    topo, r1 = load(f"topo_{name}_{k}.json") or load(f"topo_{k}.json"), load(f"plan_r1_{k}.json")
+    topo = load(f"topo_{name.replace('_single', '')}_{k}.json") or load(f"topo_{k}.json")
+    r1 = (name != "tp_single" and load(f"plan_r2_{k}.json")) or load(f"plan_r1_{k}.json")
     if not topo or not r1: return None
     r1 = r1["cluster"]["ranks"][0]
     ranks = [dict({f: r1[f] for f in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
@@ -124,7 +134,7 @@ for r in range(1, int(rounds) + 1):
         except Exception: loadavg = "?"
         for name, layout, join, n in [("single", "single", "gather", 1), ("tp", "tp", "gather", 2),
                                       ("tpsum", "tp", "sum", 2), ("pp", "pp", "gather", 2)]:
-            pr = predict(k, "tp" if name == "single" else name)
+            pr = predict(k, "tp_single" if name == "single" else name)
             if pr is None: continue
             cands, l = pr
             desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} / {l.get('bandwidth_both_gbs', 0):.4f} GB/s)"

@@ -754,8 +754,11 @@ static double logits_gather_s(const struct search *s, const struct plan_candidat
     double least = cd->n_stages > 1 || !has0 ? 0.0 : 1.0; /* a rank with no slice receives all */
     for (int i = g->rank_begin; i < g->rank_end; i++)
         least = fmin(least, s->sh[i].vocab_frac);
-    const double bw = g->rank_end - g->rank_begin > 1 ? coll_bw(n, all / n->k) : n->bw_bps;
-    return 2.0 * coll_steps(n->k, all / n->k) * n->lat_s + (1.0 - least) * all / bw;
+    /* several holders each wait for the others' sizes before sending their
+     * slices; a single holder sends its size and its slice back to back */
+    const bool several = g->rank_end - g->rank_begin > 1;
+    const double bw = several ? coll_bw(n, all / n->k) : n->bw_bps;
+    return (several ? 2.0 : 1.0) * coll_steps(n->k, all / n->k) * n->lat_s + (1.0 - least) * all / bw;
 }
 
 /* The output projection and sampling on the last stage, and rank 0 driving
@@ -764,9 +767,12 @@ static double logits_gather_s(const struct search *s, const struct plan_candidat
  * right after the other, so their latencies overlap (one tree's worth), and
  * the gather of every such rank's sampling candidates (PLAN_CAND_BYTES per
  * token, whether it holds output rows or not) to rank 0, or, when the
- * workload asks for full logits instead, their gather. */
+ * workload asks for full logits instead, their gather. When rank 0 alone
+ * is the first of several stages, it goes on computing right after
+ * broadcasting: the later stages receive the step during its first_s of
+ * work, and only what the broadcast takes beyond that is waited for. */
 static double ends_s(const struct search *s, const struct plan_candidate *cd, double n_logits,
-                     double *comm)
+                     double first_s, double *comm)
 {
     const struct plan_stage *g = &cd->stages[cd->n_stages - 1];
     int32_t step_ranks[PLAN_CLUSTER_RANKS_MAX + 1];
@@ -785,7 +791,11 @@ static double ends_s(const struct search *s, const struct plan_candidate *cd, do
     if (!has0) step_ranks[ks++] = 0;
     const struct net n = group_net(s->c, step_ranks, ks);
     const double cand = PLAN_CAND_BYTES * n_logits;
-    double c = coll_steps(ks, 0) * n.lat_s;
+    const struct plan_stage *g0 = &cd->stages[0];
+    const bool hidden = cd->n_stages > 1 && g0->rank_end - g0->rank_begin == 1 &&
+                        s->ids[g0->rank_begin] == 0;
+    const double bcast = coll_steps(ks, 0) * n.lat_s;
+    double c = hidden ? fmax(0.0, bcast - first_s) : bcast;
     if (ks > 1)
         c += s->w->full_logits ? logits_gather_s(s, cd, &n, n_logits)
                                : coll_steps(ks, cand) * n.lat_s + (ks - 1) * cand / n.bw_bps;
@@ -811,7 +821,7 @@ static double decode_round(struct search *s, struct plan_candidate *cd, double m
         *comm +=
             (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, m);
         if (st == cd->n_stages - 1)
-            t += ends_s(s, cd, m, comm);
+            t += ends_s(s, cd, m, cd->stages[0].decode_s, comm);
         else {
             const double snd = send_s(&s->hop[st], E4);
             t += snd;
@@ -867,7 +877,7 @@ static double prefill_total(struct search *s, struct plan_candidate *cd)
         total += wgt * chunk_s(s, cd, (double)nb, (double)(c * nb), wgt);
     }
     if (rem) total += chunk_s(s, cd, (double)rem, (double)(F * nb), 1.0);
-    const double out = ends_s(s, cd, 1.0, &comm);
+    const double out = ends_s(s, cd, 1.0, cd->stages[0].prefill_s, &comm);
     cd->stages[cd->n_stages - 1].prefill_s += out;
     return total + out;
 }

@@ -25,6 +25,8 @@
 # share of a move, experts it computed per step against the busiest rank's
 # and the mean, page faults per step. Everything goes to $OUT (summary.txt,
 # logs.txt: the full debug logs).
+# TUTTI=path uses a prebuilt binary instead of building one (a CUDA build
+# then needs EXTRA="--gpu-layers 0" to keep the ranks on the CPU).
 set -u
 OUT=${OUT:-/tmp}
 LAYERS=${LAYERS:-48}
@@ -33,26 +35,32 @@ ROUNDS_LONG=${ROUNDS_LONG:-1}
 MODES=${MODES:-static balanced}
 GENS=${GENS:-128 512}
 REPLICAS=${REPLICAS:-8}
+EXTRA=${EXTRA:-}
 exec > >(tee "$OUT/summary.txt") 2>&1
-root=$PWD/.deps/root
-if ls .deps/*.deb >/dev/null 2>&1; then # the libraries Ubuntu lacks (see device_cluster_bench.sh)
-    mkdir -p "$root"
-    for d in .deps/*.deb; do
-        case "$(basename "$d")" in # the machine's own Open MPI stays
-        *openmpi*|*pmix*|*hwloc*|*ucx*|*fabric*|*psm*|*ibverbs*|*libnl*|*libevent*|*rdmacm*|*pciaccess*|*libxml2*|*icu*|*ltdl*|*numa*|*munge*)
-            command -v mpicc >/dev/null && continue ;;
-        esac
-        dpkg -x "$d" "$root" 2>/dev/null
-    done
+if [ -n "${TUTTI:-}" ]; then
+    T=$TUTTI
+else
+    T=build/tutti
+    root=$PWD/.deps/root
+    if ls .deps/*.deb >/dev/null 2>&1; then # the libraries Ubuntu lacks (see device_cluster_bench.sh)
+        mkdir -p "$root"
+        for d in .deps/*.deb; do
+            case "$(basename "$d")" in # the machine's own Open MPI stays
+            *openmpi*|*pmix*|*hwloc*|*ucx*|*fabric*|*psm*|*ibverbs*|*libnl*|*libevent*|*rdmacm*|*pciaccess*|*libxml2*|*icu*|*ltdl*|*numa*|*munge*)
+                command -v mpicc >/dev/null && continue ;;
+            esac
+            dpkg -x "$d" "$root" 2>/dev/null
+        done
+    fi
+    export PATH=$PATH:$root/usr/bin LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$root/usr/lib/x86_64-linux-gnu
+    make -j"$(nproc)" CUDA=0 MPI=1 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
+        build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 fi
-export PATH=$PATH:$root/usr/bin LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$root/usr/lib/x86_64-linux-gnu
-make -j"$(nproc)" CUDA=0 MPI=1 EXTRA_CFLAGS="-I$root/usr/include" LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu" \
-    build/tutti > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "built at ${SECONDS}s; $(nproc) cores; THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null);" \
     "$(lscpu 2>/dev/null | grep -E '^NUMA node\(s\)' | tr -s ' ')"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 M=/tmp/qwen3-30b-a3b-skew-${LAYERS}l.gguf
-[ -f "$M" ] || timeout 240 build/tutti gen --arch qwen3moe --n-embd 2048 --n-layer "$LAYERS" --n-head 32 \
+[ -f "$M" ] || timeout 240 "$T" gen --arch qwen3moe --n-embd 2048 --n-layer "$LAYERS" --n-head 32 \
     --n-head-kv 4 --head-dim 128 --n-ff 6144 --n-expert 128 --n-expert-used 8 --n-ff-exp 768 --vocab 151936 \
     --router-skew 0.01 --type q4_k_m -t "$(nproc)" -o "$M" > /dev/null || exit 1
 echo "model made at ${SECONDS}s: $(du -h "$M" | cut -f1)"
@@ -75,7 +83,7 @@ mode_args() {
 }
 run() { # mode gen file
     TT_LOG_LEVEL=3 timeout 240 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh \
-        build/tutti bench -m "$M" -p 64 -n "$2" -r 1 -t 4 $(mode_args "$1") > "$3.txt" 2> "$3.log"
+        "$T" bench -m "$M" -p 64 -n "$2" -r 1 -t 4 $(mode_args "$1") $EXTRA > "$3.txt" 2> "$3.log"
 }
 run wide 24 /tmp/warm
 echo "memory grown at ${SECONDS}s: $(free -g | awk '/Mem:/ {print $2 " GiB total, " $7 " available"}')"

@@ -36,7 +36,7 @@
  *   3. The fused router's per-token counters are zero between launches: the
  *      last block of a token resets its counter.
  */
-#include "kcuda_impl.cuh"
+#include "kcuda_kdot.cuh"
 
 #include <mma.h>
 #include <stdlib.h>
@@ -46,8 +46,6 @@
 
 /* How expert weights are read: F16 rows, or GGML Q4_K / Q6_K blocks. */
 enum mg_src { MG_F16, MG_Q4_K, MG_Q6_K };
-
-__device__ __forceinline__ uint32_t mg_byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xFFu; }
 
 /* ---- routing ---- */
 
@@ -412,93 +410,10 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
 #define DJ_UNROLL 4
 #define DJ_UNITS (DJ_THREADS * DJ_UNROLL) /* units per block, at most */
 
+/* The items and dots of kcuda_kdot.cuh, the activations read in place. */
 template <int SRC> struct dj_item;
-
-/* Q4_K: block it/4, sub-block pair g = it%4 (32 bytes of nibbles). */
-template <> struct dj_item<MG_Q4_K> {
-    uint4 hdr, q0, q1;
-    __device__ __forceinline__ void load(const uint8_t *wr, int it)
-    {
-        const uint8_t *b = wr + (size_t)(it >> 2) * 144;
-        const int g = it & 3;
-        hdr = __ldg((const uint4 *)b);
-        q0 = __ldg((const uint4 *)(b + 16 + 32 * g));
-        q1 = __ldg((const uint4 *)(b + 32 + 32 * g));
-    }
-    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
-    {
-        const int ib = it >> 2, g = it & 3;
-        const int4 *ap = (const int4 *)(ar + 256 * ib + 64 * g);
-        const int4 a0 = ap[0], a1 = ap[1], a2 = ap[2], a3 = ap[3];
-        const int al[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
-        const int ah[8] = { a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w };
-        const uint32_t q[8] = { q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w };
-        int dlo = 0, dhi = 0, slo = 0, shi = 0;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            dlo = __dp4a((int)(q[i] & 0x0F0F0F0Fu), al[i], dlo);
-            dhi = __dp4a((int)((q[i] >> 4) & 0x0F0F0F0Fu), ah[i], dhi);
-            slo = __dp4a(0x01010101, al[i], slo);
-            shi = __dp4a(0x01010101, ah[i], shi);
-        }
-        const int j = 2 * g;
-        int sc0, m0, sc1, m1;
-        if (g < 2) {
-            sc0 = (int)(mg_byte(hdr.y, j) & 63), m0 = (int)(mg_byte(hdr.z, j) & 63);
-            sc1 = (int)(mg_byte(hdr.y, j + 1) & 63), m1 = (int)(mg_byte(hdr.z, j + 1) & 63);
-        } else {
-            sc0 = (int)((mg_byte(hdr.w, j - 4) & 0xF) | ((mg_byte(hdr.y, j - 4) >> 6) << 4));
-            m0 = (int)((mg_byte(hdr.w, j - 4) >> 4) | ((mg_byte(hdr.z, j - 4) >> 6) << 4));
-            sc1 = (int)((mg_byte(hdr.w, j - 3) & 0xF) | ((mg_byte(hdr.y, j - 3) >> 6) << 4));
-            m1 = (int)((mg_byte(hdr.w, j - 3) >> 4) | ((mg_byte(hdr.z, j - 3) >> 6) << 4));
-        }
-        const __half2 dd = *(const __half2 *)&hdr.x;
-        const float dy = ((const float *)(ar + n_in))[ib];
-        return (__low2float(dd) * dy) * (float)(sc0 * dlo + sc1 * dhi) -
-               (__high2float(dd) * dy) * (float)(m0 * slo + m1 * shi);
-    }
-};
-
-/* Q6_K: block it/4, half h = (it%4)/2, j = it%2: elements 128h + 32k + 16j
- * + [0,16) for k = 0..3 (2-byte aligned blocks: funnel-shift loads). */
-template <> struct dj_item<MG_Q6_K> {
-    uint32_t la[4], lb[4], hb[4], s0, s1;
-    float d;
-    __device__ __forceinline__ void load(const uint8_t *wr, int it)
-    {
-        const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
-        const uint8_t *b = wr + (size_t)ib * 210;
-        kc_load16_a2(b + 64 * h + 16 * j, la);
-        kc_load16_a2(b + 64 * h + 32 + 16 * j, lb);
-        kc_load16_a2(b + 128 + 32 * h + 16 * j, hb);
-        kc_load8_a2(b + 192 + 8 * h, s0, s1);
-        d = __half2float(*(const __half *)(b + 208));
-    }
-    __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it) const
-    {
-        const int ib = it >> 2, h = (it & 3) >> 1, j = it & 1;
-        const uint8_t *base = ar + 256 * ib + 128 * h + 16 * j;
-        int isum = 0;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int4 a = *(const int4 *)(base + 32 * k);
-            const int av[4] = { a.x, a.y, a.z, a.w };
-            const uint32_t sw = k < 2 ? s0 : s1; /* scale 8h + j + 2k */
-            const int sc = (int)(int8_t)(sw >> (8 * (j + 2 * (k & 1))));
-            int dt = 0, sa = 0;
-#pragma unroll
-            for (int w = 0; w < 4; w++) {
-                const uint32_t l = (k & 1 ? lb[w] : la[w]) >> (k >= 2 ? 4 : 0);
-                const uint32_t q = (l & 0x0F0F0F0Fu) | (((hb[w] >> (2 * k)) & 0x03030303u) << 4);
-                dt = __dp4a((int)q, av[w], dt);
-                sa = __dp4a(0x01010101, av[w], sa);
-            }
-            isum += sc * (dt - 32 * sa);
-        }
-        const float dy = ((const float *)(ar + n_in))[ib];
-        return (d * dy) * (float)isum;
-    }
-};
+template <> struct dj_item<MG_Q4_K> : kq4k_item {};
+template <> struct dj_item<MG_Q6_K> : kq6k_item {};
 
 struct dj_args {
     const uint8_t *w;
@@ -538,7 +453,7 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
             const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
             if (u >= units) break;
             dj_part[u] = row0 + r < a.n_out
-                             ? it[i].dot(a.act + (size_t)(t * a.K + k) * a.act_stride, a.n_in, u % a.n_items)
+                             ? it[i].dot(a.act + (size_t)(t * a.K + k) * a.act_stride, a.n_in, u % a.n_items, false)
                              : 0.0f;
         }
     }
@@ -681,19 +596,14 @@ template <> struct mg_raw<MG_Q4_K> {
     {
         const int e = j0 & 255, g = e >> 6, hi = (e & 63) >= 32, j = 2 * g + hi;
         int sc, m;
-        if (j < 4) {
-            sc = (int)(mg_byte(hdr.y, j) & 63), m = (int)(mg_byte(hdr.z, j) & 63);
-        } else {
-            sc = (int)((mg_byte(hdr.w, j - 4) & 0xF) | ((mg_byte(hdr.y, j - 4) >> 6) << 4));
-            m = (int)((mg_byte(hdr.w, j - 4) >> 4) | ((mg_byte(hdr.z, j - 4) >> 6) << 4));
-        }
+        k_scale_min(hdr.y, hdr.z, hdr.w, j, sc, m);
         const __half2 dd = *(const __half2 *)&hdr.x;
         const float d1 = __low2float(dd) * (float)sc, m1 = __high2float(dd) * (float)m;
         const uint32_t qw[2] = { q.x, q.y };
         float y[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const uint32_t byte = mg_byte(qw[i >> 2], i & 3);
+            const uint32_t byte = byte_of(qw[i >> 2], i & 3);
             y[i] = __fsub_rn(__fmul_rn(d1, (float)(hi ? byte >> 4 : byte & 15)), m1);
         }
         return mg_pack8(y);
@@ -728,7 +638,7 @@ template <> struct mg_raw<MG_Q6_K> {
         float y[8];
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const uint32_t lb = mg_byte(lw[i >> 2], i & 3), hv = mg_byte(hw[i >> 2], i & 3);
+            const uint32_t lb = byte_of(lw[i >> 2], i & 3), hv = byte_of(hw[i >> 2], i & 3);
             const int nib = qu >= 2 ? (int)(lb >> 4) : (int)(lb & 15);
             y[i] = __fmul_rn(ds, (float)((nib | (int)(((hv >> (2 * qu)) & 3) << 4)) - 32));
         }

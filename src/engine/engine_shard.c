@@ -300,7 +300,7 @@ static int packable_views(struct engine *e, struct engine_weight **ws, int cap)
  * token_embd, which is read through the map row by row). */
 static void release_mapped(struct engine *e, const struct engine_weight *w)
 {
-    const size_t pg = 4096;
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t b = (uintptr_t)w->data, end = b + (size_t)w->n_out * w->row_stride;
     const uintptr_t emb = (uintptr_t)e->m->token_embd.data;
     if (emb >= b && emb < end) return; /* output tied to the embeddings */
@@ -338,7 +338,7 @@ int shard_pack(struct engine *e)
      * (measured on this 2-core Zen 4, one thread, packed Q4_K 14336 x 4096:
      * 1 token 4.8-6.4 vs 5.8-7.4 ns per row-block, 8 tokens 1.6-1.9 vs
      * 1.8-2.0). Only advice: the kernel may give 4 KB pages anyway. */
-    const uintptr_t pg = 4096, hb = ((uintptr_t)e->packed + pg - 1) / pg * pg;
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), hb = ((uintptr_t)e->packed + pg - 1) / pg * pg;
     if ((uintptr_t)e->packed + total > hb) madvise((void *)hb, (uintptr_t)e->packed + total - hb, MADV_HUGEPAGE);
     uint8_t *at = e->packed;
     for (int i = 0; i < n; i++) {

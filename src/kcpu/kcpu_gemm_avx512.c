@@ -509,7 +509,17 @@ KCPU_INLINE void tile_q80(const int T, const struct wtile *wt, const struct apre
 /* All of a slab's tokens against one repacked 16-row tile: tiles of 12
  * tokens, then 8, 4, 2, 1 for the rest (small tiles leave too few
  * independent accumulators to hide vpdpbusd's latency, so they are kept for
- * the remainder). */
+ * the remainder). TOKEN_TILES(RUN) is that sequence for any tile kind. */
+#define TOKEN_TILES(RUN)                                                                           \
+    do {                                                                                           \
+        int64_t t = 0;                                                                             \
+        while (t + 12 <= nt) RUN(12);                                                              \
+        if (t + 8 <= nt) RUN(8);                                                                   \
+        if (t + 4 <= nt) RUN(4);                                                                   \
+        if (t + 2 <= nt) RUN(2);                                                                   \
+        if (t < nt) RUN(1);                                                                        \
+    } while (0)
+
 #define RUN_TILE(T)                                                                                \
     do {                                                                                           \
         if (FAM == FAM_Q80) tile_q80(T, wt, p + t, out + t * ldo, ldo, m);                         \
@@ -520,12 +530,7 @@ KCPU_INLINE void tile_q80(const int T, const struct wtile *wt, const struct apre
 KCPU_INLINE void run_tokens(const int FAM, const struct wtile *wt, const struct aprep *p,
                             int64_t nt, float *out, int64_t ldo, __mmask16 m)
 {
-    int64_t t = 0;
-    while (t + 12 <= nt) RUN_TILE(12);
-    if (t + 8 <= nt) RUN_TILE(8);
-    if (t + 4 <= nt) RUN_TILE(4);
-    if (t + 2 <= nt) RUN_TILE(2);
-    if (t < nt) RUN_TILE(1);
+    TOKEN_TILES(RUN_TILE);
 }
 
 /* Packed Q4_K straight from its KCPU_LAYOUT_TILE16 block t (wt holds only
@@ -639,12 +644,7 @@ KCPU_INLINE void run_tokens_q6k_packed(const uint8_t *tile, const struct wtile *
                                        const struct aprep *p, int64_t nt, float *out, int64_t ldo,
                                        __mmask16 m)
 {
-    int64_t t = 0;
-    while (t + 12 <= nt) RUN_TILE_Q6K_PACKED(12);
-    if (t + 8 <= nt) RUN_TILE_Q6K_PACKED(8);
-    if (t + 4 <= nt) RUN_TILE_Q6K_PACKED(4);
-    if (t + 2 <= nt) RUN_TILE_Q6K_PACKED(2);
-    if (t < nt) RUN_TILE_Q6K_PACKED(1);
+    TOKEN_TILES(RUN_TILE_Q6K_PACKED);
 }
 
 #define RUN_TILE_Q4K_PACKED(T)                                                                     \
@@ -657,12 +657,7 @@ KCPU_INLINE void run_tokens_q4k_packed(const uint8_t *tile, const struct wtile *
                                        const struct aprep *p, int64_t nt, float *out, int64_t ldo,
                                        __mmask16 m)
 {
-    int64_t t = 0;
-    while (t + 12 <= nt) RUN_TILE_Q4K_PACKED(12);
-    if (t + 8 <= nt) RUN_TILE_Q4K_PACKED(8);
-    if (t + 4 <= nt) RUN_TILE_Q4K_PACKED(4);
-    if (t + 2 <= nt) RUN_TILE_Q4K_PACKED(2);
-    if (t < nt) RUN_TILE_Q4K_PACKED(1);
+    TOKEN_TILES(RUN_TILE_Q4K_PACKED);
 }
 
 /* ---- the drivers ---- */

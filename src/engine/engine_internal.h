@@ -223,8 +223,8 @@ int shard_build(struct engine *e);
 /* After the accelerator took its layers: the dense weights the CPU products
  * read are packed to KCPU_LAYOUT_TILE16 where the kernel table wants it
  * (kcpu_tile16_wanted), into e->packed, and the mapped pages they came from
- * are given back. One rank only; experts, GPU layers and slices stay in
- * rows. Packing is an optimisation: out of memory or past --mem-limit the
+ * (or, on several ranks, the slice buffer's) are given back. Experts and
+ * GPU layers stay in rows. Packing is an optimisation: out of memory or past --mem-limit the
  * weights stay as they are (logged). */
 int shard_pack(struct engine *e);
 void shard_free(struct engine *e);

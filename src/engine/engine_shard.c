@@ -14,13 +14,15 @@
  * Column ranges start and end on block boundaries (the plan guarantees it), so
  * a slice of a quantized row is a whole number of blocks, copied as bytes.
  *
- * Packing (shard_pack, one rank): where the CPU kernel table reads a packed
- * layout faster (kcpu_tile16_wanted: the AVX-512 K-quant tiles), the dense
- * weights of the layers the CPU runs are copied once into that layout and
- * the mapped pages under them given back (MADV_DONTNEED: they are file
- * pages, read again from the file if anything touches them), so resident
- * memory stays about the file's size. Experts (moved between slots by
- * engine_moe.c) and the layers an accelerator uploaded stay in rows.
+ * Packing (shard_pack): where the CPU kernel table reads a packed layout
+ * faster (kcpu_tile16_wanted: the AVX-512 K-quant tiles), the dense weights
+ * of the layers the CPU runs are copied once into that layout and the pages
+ * under them given back (MADV_DONTNEED: on one rank they are file pages,
+ * read again from the file if anything touches them; on several, pages of
+ * the rank's own slice buffer, which nothing reads once the view points at
+ * its packed copy), so resident memory stays about what it was. Experts
+ * (moved between slots by engine_moe.c) and the layers an accelerator
+ * uploaded stay in rows.
  */
 #include "engine_internal.h"
 
@@ -296,9 +298,10 @@ static int packable_views(struct engine *e, struct engine_weight **ws, int cap)
     return kept;
 }
 
-/* Give back the whole pages of the map under a packed view (not those of
- * token_embd, which is read through the map row by row). */
-static void release_mapped(struct engine *e, const struct engine_weight *w)
+/* Give back the whole pages under a packed view: of the map on one rank
+ * (not those of token_embd, which is read through the map row by row), of
+ * the slice buffer on several. */
+static void release_source(struct engine *e, const struct engine_weight *w)
 {
     const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t b = (uintptr_t)w->data, end = b + (size_t)w->n_out * w->row_stride;
@@ -310,7 +313,8 @@ static void release_mapped(struct engine *e, const struct engine_weight *w)
 
 int shard_pack(struct engine *e)
 {
-    if (e->n_ranks != 1 || !e->m->file.owns_map) return 0;
+    /* the views point into this rank's slice buffer, or into the map it owns */
+    if (!e->shard && !e->m->file.owns_map) return 0;
     const int cap = PACK_VIEWS_PER_LAYER * e->m->hp.n_layer + 1;
     struct engine_weight **ws = malloc(sizeof(*ws) * (size_t)cap);
     if (!ws) return tt_error_set(TT_ENOMEM, "out of memory");
@@ -323,7 +327,8 @@ int shard_pack(struct engine *e)
     }
     if (n == 0) goto done;
     /* the packed copies replace the mapped pages: only the row padding is new */
-    if (e->mem_limit && e->m->file.size_bytes + e->buffers_bytes + (total - from) > e->mem_limit) {
+    const uint64_t held = e->shard ? e->shard_bytes : e->m->file.size_bytes;
+    if (e->mem_limit && held + e->buffers_bytes + (total - from) > e->mem_limit) {
         tt_info("weights stay in rows: packing them needs %.1f MiB more than --mem-limit allows",
                 (double)(total - from) / 1048576.0);
         goto done;
@@ -345,7 +350,7 @@ int shard_pack(struct engine *e)
         struct engine_weight *w = ws[i];
         struct pack_job j = { w, at };
         tt_pool_run(e->pool, pack_run, &j);
-        release_mapped(e, w);
+        release_source(e, w);
         w->data = at;
         w->layout = KCPU_LAYOUT_TILE16;
         at += (kcpu_tile16_bytes((enum tt_type)w->type, w->n_in, w->n_out) + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;

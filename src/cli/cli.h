@@ -10,6 +10,7 @@
 #define TT_CLI_H
 
 #include "../engine/engine.h"
+#include "../kcpu/kcpu.h"
 
 #include <stdio.h>
 
@@ -114,5 +115,29 @@ char *cli_topo_json(int threads);
 
 /* Measured memory read bandwidth in GB/s using n_threads (bench.c). */
 double cli_measure_read_bw(int n_threads);
+
+/* A product of rows x n weights of `type` against n_tok activation rows,
+ * in the layout the engine gives such weights on this CPU (cli_measure.c),
+ * ready to be timed; reps runs per timing (default 1). */
+struct cli_product {
+    const struct kcpu_ops *ops;
+    enum tt_type type;
+    enum kcpu_layout layout;
+    uint8_t *w, *act;
+    float *out; /* [n_tok][rows] */
+    size_t w_row, act_row;
+    int64_t n, rows, n_tok;
+    int reps;
+};
+/* Random weights and activations (repeat: one weight row copied to all, for
+ * matrices larger than the caches); false when out of memory. */
+bool cli_product_init(struct cli_product *p, enum tt_type type, int64_t n, int64_t rows, int64_t n_tok,
+                      bool repeat);
+/* Seconds p->reps runs of the product take on the pool's threads. */
+double cli_product_time(struct cli_product *p, struct tt_pool *pool);
+void cli_product_free(struct cli_product *p);
+/* GB/s of weights a one-token Q4_K product over 512 MiB (past any cache)
+ * reads: what decode reaches; best of 4 (0 when out of memory). */
+double cli_measure_matvec_gbs(struct tt_pool *pool);
 
 #endif

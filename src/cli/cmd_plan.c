@@ -232,66 +232,19 @@ static void load_model(const struct plan_opts *o, struct plan_model *pm, char *d
 
 /* ---- the cluster ---- */
 
-struct gemm_job {
-    const struct kcpu_ops *ops;
-    const uint8_t *w;   /* [rows][n] Q4_K */
-    const uint8_t *act; /* [n_tok][n] in Q4_K's activation type */
-    size_t w_row, act_row;
-    int64_t n, rows, n_tok;
-    float *out; /* [n_tok][rows] */
-    int reps;
-    enum tt_type type; /* of w */
-};
-
-static void gemm_run(void *p, int ith, int nth)
-{
-    const struct gemm_job *j = p;
-    int64_t r0, r1;
-    tt_split_range(j->rows, ith, nth, 16, &r0, &r1);
-    for (int k = 0; k < j->reps && r1 > r0; k++)
-        j->ops->matmul[j->type](j->n, j->w, j->w_row, r0, r1, j->act, j->act_row, j->n_tok,
-                                j->out, j->rows);
-}
-
-
 /* Matrix-product speed (GFLOP/s) on weights of `type` in prompt-sized
  * batches: the engine's batch of 256 tokens against 2048 rows of 4096
  * columns (several MiB: past the private caches, as a layer's matrices). */
 static double measure_gemm(struct tt_pool *pool, enum tt_type type)
 {
     const int64_t n = 4096, rows = 2048, n_tok = 256;
-    const struct kcpu_ops *ops = kcpu_get();
-    const struct tt_type_traits *tr = tt_type_get(type);
-    const enum tt_type at = tr->vec_dot_type;
-    struct gemm_job j = { ops, NULL, NULL, tt_row_size(type, n), tt_row_size(at, n), n, rows, n_tok,
-                          NULL, 1, type };
-    uint8_t *w = tt_alloc(j.w_row * rows), *act = tt_alloc(j.act_row * n_tok);
-    float *x = tt_alloc(sizeof(float) * n);
-    j.out = tt_alloc(sizeof(float) * rows * n_tok);
-    double gflops = 0.0, t = 0.0;
-    if (w && act && x && j.out) {
-        uint64_t rng = 1;
-        for (int64_t r = 0; r < rows + n_tok; r++) {
-            for (int64_t i = 0; i < n; i++)
-                x[i] = (float)((rng = rng * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
-            if (r < rows)
-                tr->from_float(x, w + r * j.w_row, n);
-            else
-                ops->quantize_act[at](x, act + (r - rows) * j.act_row, n);
-        }
-        j.w = w;
-        j.act = act;
-        for (j.reps = 1;; j.reps *= 2) {
-            const double t0 = tt_now_s();
-            tt_pool_run(pool, gemm_run, &j);
-            if ((t = tt_now_s() - t0) >= 0.15) break;
-        }
-        gflops = 2.0 * (double)(rows * n * n_tok) * j.reps / t / 1e9;
-    }
-    tt_free(j.out);
-    tt_free(x);
-    tt_free(act);
-    tt_free(w);
+    struct cli_product p;
+    if (!cli_product_init(&p, type, n, rows, n_tok, false)) return 0.0;
+    double t = 0.0;
+    for (p.reps = 1;; p.reps *= 2)
+        if ((t = cli_product_time(&p, pool)) >= 0.15) break;
+    const double gflops = 2.0 * (double)(rows * n * n_tok) * p.reps / t / 1e9;
+    cli_product_free(&p);
     return gflops;
 }
 
@@ -398,69 +351,6 @@ static double measure_attention(struct tt_pool *pool, int n_threads)
     return gflops;
 }
 
-/* A one-token Q4_K matrix-vector product over about `bytes` of weights (one
- * row repeated), ready to be timed. */
-struct q4k_product {
-    struct gemm_job j;
-    uint8_t *w, *act;
-    float *x;
-};
-
-static void q4k_product_free(struct q4k_product *p)
-{
-    tt_free(p->j.out);
-    tt_free(p->x);
-    tt_free(p->act);
-    tt_free(p->w);
-}
-
-static bool q4k_product_init(struct q4k_product *p, int64_t bytes)
-{
-    const int64_t n = 4096;
-    const struct kcpu_ops *ops = kcpu_get();
-    const enum tt_type at = tt_type_get(TT_TYPE_Q4_K)->vec_dot_type;
-    memset(p, 0, sizeof(*p));
-    p->j = (struct gemm_job){ops, NULL, NULL, tt_row_size(TT_TYPE_Q4_K, n), tt_row_size(at, n), n, 0,
-                             1,   NULL, 1,    TT_TYPE_Q4_K};
-    p->j.rows = bytes / (int64_t)p->j.w_row;
-    p->w = tt_alloc(p->j.w_row * (size_t)p->j.rows);
-    p->act = tt_alloc(p->j.act_row);
-    p->x = tt_alloc(sizeof(float) * n);
-    p->j.out = tt_alloc(sizeof(float) * (size_t)p->j.rows);
-    if (!p->w || !p->act || !p->x || !p->j.out) {
-        q4k_product_free(p);
-        return false;
-    }
-    for (int64_t i = 0; i < n; i++) p->x[i] = (float)(i % 13) * 0.1f - 0.6f;
-    tt_type_get(TT_TYPE_Q4_K)->from_float(p->x, p->w, n);
-    for (int64_t r = 1; r < p->j.rows; r++) memcpy(p->w + r * p->j.w_row, p->w, p->j.w_row);
-    ops->quantize_act[at](p->x, p->act, n);
-    p->j.w = p->w;
-    p->j.act = p->act;
-    return true;
-}
-
-/* Seconds one run of the product takes. */
-static double q4k_product_time(struct q4k_product *p, struct tt_pool *pool)
-{
-    const double t0 = tt_now_s();
-    tt_pool_run(pool, gemm_run, &p->j);
-    return tt_now_s() - t0;
-}
-
-/* GB/s of weights a matrix-vector product (one token, Q4_K, 512 MiB, more
- * than any cache) reads: what decode reaches, against the plain read. */
-static double measure_matvec(struct tt_pool *pool)
-{
-    struct q4k_product p;
-    double best = 0.0;
-    if (!q4k_product_init(&p, 512ll << 20)) return 0.0;
-    for (int k = 0; k < 4; k++)
-        best = fmax(best, (double)(p.j.w_row * (size_t)p.j.rows) / q4k_product_time(&p, pool) / 1e9);
-    q4k_product_free(&p);
-    return best;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     const double x = *(const double *)a, y = *(const double *)b;
@@ -473,14 +363,16 @@ static int cmp_double(const void *a, const void *b)
  * the 16th and 84th percentiles (robust to a single preemption). */
 static double measure_jitter(struct tt_pool *pool)
 {
-    struct q4k_product p;
+    struct cli_product p;
+    const int64_t n = 4096;
     double t[64];
-    if (!q4k_product_init(&p, 8ll << 20)) return 0.0;
+    if (!cli_product_init(&p, TT_TYPE_Q4_K, n, (8ll << 20) / (int64_t)tt_row_size(TT_TYPE_Q4_K, n), 1, true))
+        return 0.0;
     for (int k = -4; k < 64; k++) {
-        const double dt = q4k_product_time(&p, pool);
+        const double dt = cli_product_time(&p, pool);
         if (k >= 0) t[k] = dt;
     }
-    q4k_product_free(&p);
+    cli_product_free(&p);
     qsort(t, 64, sizeof(double), cmp_double);
     return (t[53] - t[10]) / 2.0 / t[32];
 }
@@ -524,7 +416,7 @@ static void this_machine(int threads, bool cpu, const struct plan_model *pm, str
     if (!pool) cli_die(TT_ENOMEM, "measuring this machine");
     r->gflops = model_gflops(pool, pm);
     const double job_s = measure_job(pool);
-    const double matvec = measure_matvec(pool);
+    const double matvec = cli_measure_matvec_gbs(pool);
     r->jitter = measure_jitter(pool);
     r->attn_gflops = measure_attention(pool, n_threads);
     tt_pool_destroy(pool);

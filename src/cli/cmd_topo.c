@@ -31,62 +31,14 @@ struct topo_rank {
     double matvec_gbs;   /* Q4_K weights streamed per second by the decode kernel */
 };
 
-#define TOPO_MV_ROWS 32768 /* 75 MB of Q4_K: larger than the caches */
-#define TOPO_MV_COLS 4096
-#define TOPO_MV_REPS 10
-
-struct matvec_job {
-    const struct kcpu_ops *ops;
-    const uint8_t *w;
-    size_t row_bytes;
-    const void *act;
-    size_t act_bytes;
-    float *out;
-};
-
-static void matvec_run(void *p, int ith, int nth)
-{
-    struct matvec_job *j = p;
-    int64_t r0, r1;
-    tt_split_range(TOPO_MV_ROWS, ith, nth, 16, &r0, &r1);
-    j->ops->matmul[TT_TYPE_Q4_K](TOPO_MV_COLS, j->w, j->row_bytes, r0, r1, j->act, j->act_bytes, 1, j->out,
-                                 TOPO_MV_ROWS);
-}
-
-/* GB/s of Q4_K weights through the decode kernel with n_threads threads. */
+/* GB/s of Q4_K weights through the decode kernel with n_threads threads
+ * (cli_measure.c: the engine's layout on this CPU). */
 static double measure_matvec(int n_threads)
 {
-    const struct kcpu_ops *ops = kcpu_get();
-    const size_t rb = tt_row_size(TT_TYPE_Q4_K, TOPO_MV_COLS), ab = tt_row_size(TT_TYPE_Q8_K, TOPO_MV_COLS);
-    uint8_t *w = tt_alloc(rb * TOPO_MV_ROWS);
-    float *x = tt_alloc(sizeof(float) * TOPO_MV_COLS), *out = tt_alloc(sizeof(float) * TOPO_MV_ROWS);
-    void *act = tt_alloc(ab);
     struct tt_pool *pool = tt_pool_create(n_threads);
-    double best = 0.0;
-    if (w && x && out && act && pool) {
-        uint64_t st = 88172645463325252ull;
-        for (int i = 0; i < TOPO_MV_COLS; i++) {
-            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
-            x[i] = (float)(st % 2000) / 1000.0f - 1.0f;
-        }
-        /* the speed does not depend on the values: one quantized row, copied */
-        tt_type_get(TT_TYPE_Q4_K)->from_float(x, w, TOPO_MV_COLS);
-        for (int r = 1; r < TOPO_MV_ROWS; r++) memcpy(w + (size_t)r * rb, w, rb);
-        ops->quantize_act[TT_TYPE_Q8_K](x, act, TOPO_MV_COLS);
-        struct matvec_job j = { ops, w, rb, act, ab, out };
-        for (int rep = 0; rep < TOPO_MV_REPS; rep++) {
-            double t0 = tt_now_s();
-            tt_pool_run(pool, matvec_run, &j);
-            double gbs = (double)(rb * TOPO_MV_ROWS) / (tt_now_s() - t0) / 1e9;
-            best = gbs > best ? gbs : best;
-        }
-    }
+    const double gbs = pool ? cli_measure_matvec_gbs(pool) : 0.0;
     tt_pool_destroy(pool);
-    tt_free(act);
-    tt_free(out);
-    tt_free(x);
-    tt_free(w);
-    return best;
+    return gbs;
 }
 
 static void meminfo(double *total, double *avail)

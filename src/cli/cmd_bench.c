@@ -256,9 +256,14 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
         if (engine_n_ranks(e) > 1)
             printf("communication    %.3f ms and %.0f bytes per token (rank 0, decode)\n",
                    bp->comm_ms_per_token, bp->comm_bytes_per_token);
+        /* several ranks read their slices at once: rank 0's bandwidth alone
+         * is not the job's limit, so the fraction may pass 100% */
+        const char *note = engine_n_ranks(e) > 1 ? " (rank 0's read bandwidth alone)"
+                           : frac > 1.0 ? " (above the measured bandwidth: caches, or a disturbed measurement)"
+                                        : "";
         if (!gpu)
             printf("roofline         %.2f tok/s; decode reaches %.0f%% of it%s\n", bw * 1e9 / (double)bpt,
-                   100.0 * frac, frac > 1.0 ? " (the weights fit in the CPU caches)" : "");
+                   100.0 * frac, note);
         if (bp->energy_gpus)
             printf("GPU energy       prefill %.0f W, %.4f J/token; decode %.0f W, %.3f J/token (%d GPU%s, NVML %s)\n",
                    bp->prefill_j / bp->prefill_s, bp->prefill_j / n_prompt, bp->decode_j / bp->decode_s,

@@ -12,6 +12,8 @@
 #ifndef TT_TEST_H
 #define TT_TEST_H
 
+#include "engine/engine.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +134,19 @@ static inline int test_main_(const struct test_case *cases, size_t n, const char
         fflush(stdout);
     }
     return n_failed ? 1 : 0;
+}
+
+/* Greedy decoding's start: s becomes a greedy sampler (temperature 0) over
+ * e's vocabulary and *tok the token after the n_ids prompt ids. The caller
+ * frees s (sampler_free), also on an error; returns engine_eval_sample's. */
+static inline int test_greedy_start(struct engine *e, struct sampler *s, const int32_t *ids,
+                                    int n_ids, int32_t *tok)
+{
+    struct sampler_opts so;
+    sampler_opts_default(&so);
+    so.temperature = 0;
+    sampler_init(s, &so, engine_model(e)->hp.n_vocab);
+    return engine_eval_sample(e, ids, n_ids, s, tok);
 }
 
 #define TEST_MAIN(cases)                                                                 \

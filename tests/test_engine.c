@@ -344,13 +344,9 @@ static void multi_seq_lead(struct engine *e, struct tp_rank *r)
 /* Rank 0: greedy decoding with a forced rebalance half way. */
 static void balance_lead(struct engine *e, struct tp_rank *r)
 {
-    struct sampler_opts so;
-    sampler_opts_default(&so);
-    so.temperature = 0;
     struct sampler s;
-    sampler_init(&s, &so, engine_model(e)->hp.n_vocab);
     int32_t tok;
-    r->err = engine_eval_sample(e, r->ids, r->n_ids, &s, &tok);
+    r->err = test_greedy_start(e, &s, r->ids, r->n_ids, &tok);
     for (int i = 0; i < TP_GREEDY && !r->err; i++) {
         if (i == TP_GREEDY / 2) {
             r->imbalance[0] = test_moe_max_imbalance(e);

@@ -48,13 +48,9 @@ static const int32_t prompt[] = { 1, 403, 407, 261, 378, 300, 301, 302, 303, 325
 /* Rank 0: greedy decoding, watching for moves in flight. */
 static void lead(struct engine *e, struct live_rank *r)
 {
-    struct sampler_opts so;
-    sampler_opts_default(&so);
-    so.temperature = 0;
     struct sampler s;
-    sampler_init(&s, &so, engine_model(e)->hp.n_vocab);
     int32_t tok;
-    r->err = engine_eval_sample(e, prompt, (int)(sizeof(prompt) / sizeof(prompt[0])), &s, &tok);
+    r->err = test_greedy_start(e, &s, prompt, (int)(sizeof(prompt) / sizeof(prompt[0])), &tok);
     bool was_moving = false;
     for (int i = 0; i < LIVE_STEPS && !r->err; i++) {
         r->tokens[i] = tok;
@@ -77,13 +73,9 @@ static void lead(struct engine *e, struct live_rank *r)
  * and a forced rebalance must fail: the copies cannot be read. */
 static void lead_broken_file(struct engine *e, struct live_rank *r)
 {
-    int32_t tok;
-    struct sampler_opts so;
-    sampler_opts_default(&so);
-    so.temperature = 0;
     struct sampler s;
-    sampler_init(&s, &so, engine_model(e)->hp.n_vocab);
-    r->err = engine_eval_sample(e, prompt, (int)(sizeof(prompt) / sizeof(prompt[0])), &s, &tok);
+    int32_t tok;
+    r->err = test_greedy_start(e, &s, prompt, (int)(sizeof(prompt) / sizeof(prompt[0])), &tok);
     for (int i = 0; i < 4 && !r->err; i++) r->err = engine_eval_sample(e, &tok, 1, &s, &tok);
     if (!r->err && truncate(r->break_path, 4096) != 0) r->err = -1;
     if (!r->err) r->err = engine_moe_rebalance(e);

@@ -39,6 +39,7 @@ struct kcuda {
     size_t scratch_bytes;
     bool pdl;                  /* programmatic dependent launch (sm_90) */
     bool mv_stage;             /* decode K-quant products stage activations in shared memory (TT_GPU_MV_STAGE) */
+    bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
     int n_sm;                  /* multiprocessors */
 };
 

@@ -39,7 +39,6 @@
 #include "kcuda_kdot.cuh"
 
 #include <mma.h>
-#include <stdlib.h>
 
 #define MOE_EXPERTS_MAX 1024
 #define MOE_USED_MAX 32
@@ -803,13 +802,12 @@ static mg_kernel mg_pick_pf(bool pair, bool pf)
     return pf ? k_moe_gemm<SRC, false, true> : k_moe_gemm<SRC, false, false>;
 }
 
-/* TT_GPU_MOE_PREFETCH (default 1) picks the PF kernels (prefill 25.3-26.9k
- * vs 22.2-24.0k tok/s without, Qwen3-MoE shape, H200), except for Q6_K
- * gate/up pairs, whose PF kernel spills registers. */
-static mg_kernel mg_pick(int src, bool pair)
+/* TT_GPU_MOE_PREFETCH (default 1, read once by kcuda_create) picks the PF
+ * kernels (prefill 25.3-26.9k vs 22.2-24.0k tok/s without, Qwen3-MoE shape,
+ * H200), except for Q6_K gate/up pairs, whose PF kernel spills registers. */
+static mg_kernel mg_pick(const struct kcuda *k, int src, bool pair)
 {
-    const char *env = getenv("TT_GPU_MOE_PREFETCH");
-    const bool pf = (!env || atoi(env)) && !(src == MG_Q6_K && pair);
+    const bool pf = k->moe_prefetch && !(src == MG_Q6_K && pair);
     switch (src) {
     case MG_Q4_K: return mg_pick_pf<MG_Q4_K>(pair, pf);
     case MG_Q6_K: return mg_pick_pf<MG_Q6_K>(pair, pf);
@@ -864,7 +862,7 @@ int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct k
         a.e0 = 0;
         a.e1 = MOE_EXPERTS_MAX;
         KC_PROF_BEGIN(k);
-        KC_LAUNCH(k, mg_pick(src, pair), grid, dim3(MG_THREADS), a);
+        KC_LAUNCH(k, mg_pick(k, src, pair), grid, dim3(MG_THREADS), a);
         KC_PROF_END(k, pair ? "moe_gemm swiglu" : "moe_gemm");
         return 0;
     }
@@ -894,7 +892,7 @@ int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct k
             if (err) return err;
         }
         KC_PROF_BEGIN(k);
-        KC_LAUNCH(k, mg_pick(MG_F16, pair), grid, dim3(MG_THREADS), a);
+        KC_LAUNCH(k, mg_pick(k, MG_F16, pair), grid, dim3(MG_THREADS), a);
         KC_PROF_END(k, pair ? "moe_gemm swiglu (f16 scratch)" : "moe_gemm (f16 scratch)");
     }
     return 0;

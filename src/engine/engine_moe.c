@@ -289,15 +289,11 @@ void moe_deal_layer(struct engine *e, int il, int64_t n_tok)
     if (!pf) return;
     if (il == 0) pf->tokens = n_tok;
     if (n_tok != 1) return;
-    /* One token: its K pairs are K distinct experts, each a whole expert read. */
-    int busiest = 0;
-    for (int r = 0; r < e->tp_size; r++) {
-        int count = 0;
-        for (int k = 0; k < K; k++) count += e->moe_pair_rank[k] == r;
-        busiest = TT_MAX(busiest, count);
-        if (r == e->tp_rank) pf->mine += count;
-    }
-    pf->max += busiest;
+    /* One token: its K pairs are K distinct experts, each a whole expert read
+     * costing the dealer MOE_DEAL_COPY_COST + 1, so a rank's cost counts its
+     * experts. */
+    pf->mine += (double)(e->moe_dealer.rank_cost[e->tp_rank] / (MOE_DEAL_COPY_COST + 1));
+    pf->max += (double)(max / (MOE_DEAL_COPY_COST + 1));
     pf->mean += (double)K / e->tp_size;
 }
 

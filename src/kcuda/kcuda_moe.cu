@@ -338,6 +338,19 @@ int kcuda_moe_group(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int 
 
 /* ---- the join ---- */
 
+/* order[0..K) = a token's choices 0..K-1 in ascending expert id sel[k]
+ * (insertion sort: K is small); one thread. */
+__device__ __forceinline__ void moe_sort_slots(const int32_t *sel, int K, int *order)
+{
+    for (int a = 0; a < K; a++) order[a] = a;
+    for (int a = 1; a < K; a++)
+        for (int b = a; b > 0 && sel[order[b - 1]] > sel[order[b]]; b--) {
+            const int tmp = order[b];
+            order[b] = order[b - 1];
+            order[b - 1] = tmp;
+        }
+}
+
 /* Block (token, 256 dimensions): thread 0 sorts the token's slots by
  * expert id into shared memory (n_used is small); the shared expert's gate
  * is a dot product each block computes for itself. */
@@ -349,15 +362,7 @@ __global__ void k_moe_join(float *x, const float *y, const int32_t *sel, const f
     __shared__ int order[MOE_USED_MAX];
     __shared__ float part[8];
     const int64_t t = blockIdx.x;
-    if (threadIdx.x == 0) {
-        for (int a = 0; a < K; a++) order[a] = a;
-        for (int a = 1; a < K; a++) /* insertion sort by expert id */
-            for (int b = a; b > 0 && sel[t * K + order[b - 1]] > sel[t * K + order[b]]; b--) {
-                const int tmp = order[b];
-                order[b] = order[b - 1];
-                order[b - 1] = tmp;
-            }
-    }
+    if (threadIdx.x == 0) moe_sort_slots(sel + t * K, K, order);
     float gs = 0.0f;
     if (ysh) {
         float s = 0.0f;
@@ -456,15 +461,7 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
                              : 0.0f;
         }
     }
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < a.K; i++) order[i] = i;
-        for (int i = 1; i < a.K; i++) /* insertion sort by expert id */
-            for (int j = i; j > 0 && sel[order[j - 1]] > sel[order[j]]; j--) {
-                const int tmp = order[j];
-                order[j] = order[j - 1];
-                order[j - 1] = tmp;
-            }
-    }
+    if (threadIdx.x == 0) moe_sort_slots(sel, a.K, order);
     if (a.ysh) { /* the shared expert's gate, as kcuda_moe_join */
         float s = 0.0f;
         for (int i = threadIdx.x; i < a.n_out; i += DJ_THREADS) s += a.gate_sh[i] * a.xn[(size_t)t * a.n_out + i];

@@ -634,32 +634,6 @@ KCPU_INLINE void tile_q6k_packed(const int T, const uint8_t *t, const struct wti
     }
 }
 
-#define RUN_TILE_Q6K_PACKED(T)                                                                     \
-    do {                                                                                           \
-        tile_q6k_packed(T, tile, wt, p + t, out + t * ldo, ldo, m);                                \
-        t += T;                                                                                    \
-    } while (0)
-
-KCPU_INLINE void run_tokens_q6k_packed(const uint8_t *tile, const struct wtile *wt,
-                                       const struct aprep *p, int64_t nt, float *out, int64_t ldo,
-                                       __mmask16 m)
-{
-    TOKEN_TILES(RUN_TILE_Q6K_PACKED);
-}
-
-#define RUN_TILE_Q4K_PACKED(T)                                                                     \
-    do {                                                                                           \
-        tile_q4k_packed(T, tile, wt, p + t, out + t * ldo, ldo, m);                                \
-        t += T;                                                                                    \
-    } while (0)
-
-KCPU_INLINE void run_tokens_q4k_packed(const uint8_t *tile, const struct wtile *wt,
-                                       const struct aprep *p, int64_t nt, float *out, int64_t ldo,
-                                       __mmask16 m)
-{
-    TOKEN_TILES(RUN_TILE_Q4K_PACKED);
-}
-
 /* ---- the drivers ---- */
 
 enum gtype { G_Q4_K, G_Q5_K, G_Q6_K, G_Q8_0, G_Q4_0 };
@@ -724,6 +698,14 @@ KCPU_INLINE void load_chunk(const int GT, const int PACKED, const struct gshape 
     repack_chunk(GT, x, nblk, wt, wb + rg * w_row_bytes + coff, w_row_bytes, (__mmask16)((1u << nr) - 1));
 }
 
+/* One token tile of packed Q4_K or Q6_K, straight from the block `tile`. */
+#define RUN_TILE_PACKED(T)                                                                         \
+    do {                                                                                           \
+        if (GT == G_Q6_K) tile_q6k_packed(T, tile, wt, p + t, out + t * ldo, ldo, m);              \
+        else tile_q4k_packed(T, tile, wt, p + t, out + t * ldo, ldo, m);                           \
+        t += T;                                                                                    \
+    } while (0)
+
 /* All tokens of p (nt) against the 16-row tile of rows rg.. and chunk c,
  * adding into out: packed Q4_K and Q6_K compute from the packed block
  * itself (wt gets only their scales), the rest through wt (load_chunk). */
@@ -733,22 +715,17 @@ KCPU_INLINE void compute_chunk(const int GT, const int PACKED, const struct gsha
                                float *out, int64_t ldo)
 {
     const __mmask16 m = (__mmask16)((1u << nr) - 1);
-    if (PACKED && GT == G_Q4_K) {
-        const uint8_t *t = wb + (size_t)rg * w_row_bytes + (size_t)c * 16 * g->bsz;
+    if (PACKED && (GT == G_Q4_K || GT == G_Q6_K)) {
+        const uint8_t *tile = wb + (size_t)rg * w_row_bytes + (size_t)c * 16 * g->bsz;
+        const int h0 = GT == G_Q6_K ? 48 : 0; /* Q6_K: the scales after ql and qh */
         __m512i H[4];
         KCPU_UNROLL
-        for (int d = 0; d < 4; d++) H[d] = tile_dw(t, d);
-        q45k_scales(H, wt);
-        run_tokens_q4k_packed(t, wt, p, nt, out, ldo, m);
-        return;
-    }
-    if (PACKED && GT == G_Q6_K) {
-        const uint8_t *t = wb + (size_t)rg * w_row_bytes + (size_t)c * 16 * g->bsz;
-        __m512i H[4];
-        KCPU_UNROLL
-        for (int d = 0; d < 4; d++) H[d] = tile_dw(t, 48 + d);
-        q6k_scales(H, _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(t + 64 * 52))), wt);
-        run_tokens_q6k_packed(t, wt, p, nt, out, ldo, m);
+        for (int d = 0; d < 4; d++) H[d] = tile_dw(tile, h0 + d);
+        if (GT == G_Q6_K)
+            q6k_scales(H, _mm512_cvtph_ps(_mm256_loadu_si256((const void *)(tile + 64 * 52))), wt);
+        else
+            q45k_scales(H, wt);
+        TOKEN_TILES(RUN_TILE_PACKED);
         return;
     }
     load_chunk(GT, PACKED, g, wb, w_row_bytes, rg, nr, c, nblk, wt);

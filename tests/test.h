@@ -149,6 +149,20 @@ static inline int test_greedy_start(struct engine *e, struct sampler *s, const i
     return engine_eval_sample(e, ids, n_ids, s, tok);
 }
 
+/* Generate at path the small MoE model of the balancing tests: qwen3moe, 2
+ * layers, 32 experts (4 per token), Q8_0, a router skewed towards a few hot
+ * experts (static placement on 4 ranks is imbalanced >= 2). Returns
+ * model_gen's error. */
+static inline int test_gen_skewed_moe(const char *path)
+{
+    struct model_gen_opts g = { .seed = 3, .base_type = TT_TYPE_Q8_0, .router_skew = 0.12f, .n_threads = 2 };
+    g.hp = (struct model_hparams){ .arch = MODEL_ARCH_QWEN3MOE, .n_vocab = 512, .n_embd = 256,
+                                   .n_layer = 2, .n_head = 4, .n_head_kv = 2, .head_dim = 64,
+                                   .n_ff = 512, .n_ctx_train = 512, .n_rot = 64, .rope_base = 1e6f,
+                                   .rms_eps = 1e-6f, .n_expert = 32, .n_expert_used = 4, .n_ff_exp = 128 };
+    return model_gen(&g, path);
+}
+
 #define TEST_MAIN(cases)                                                                 \
     int main(int argc, char **argv)                                                      \
     {                                                                                    \

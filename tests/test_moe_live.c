@@ -143,12 +143,7 @@ static int make_model(char *path, struct model *m)
     int fd = mkstemp(path);
     if (fd < 0) return -1;
     close(fd);
-    struct model_gen_opts g = { .seed = 3, .base_type = TT_TYPE_Q8_0, .router_skew = 0.12f, .n_threads = 2 };
-    g.hp = (struct model_hparams){ .arch = MODEL_ARCH_QWEN3MOE, .n_vocab = 512, .n_embd = 256,
-                                   .n_layer = 2, .n_head = 4, .n_head_kv = 2, .head_dim = 64,
-                                   .n_ff = 512, .n_ctx_train = 512, .n_rot = 64, .rope_base = 1e6f,
-                                   .rms_eps = 1e-6f, .n_expert = 32, .n_expert_used = 4, .n_ff_exp = 128 };
-    if (model_gen(&g, path)) return -1;
+    if (test_gen_skewed_moe(path)) return -1;
     return model_load(m, path);
 }
 

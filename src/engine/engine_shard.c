@@ -86,11 +86,13 @@ const void *shard_embd_row(struct engine *e, int32_t id)
     return e->embd_row;
 }
 
+static uint64_t align_up(uint64_t bytes) { return (bytes + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN; }
+
 /* Room for `bytes` in the shard (NULL while counting). */
 static uint8_t *place(struct shard_builder *b, uint64_t bytes)
 {
     uint8_t *dst = b->e->shard + b->used;
-    b->used += (bytes + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;
+    b->used += align_up(bytes);
     return b->counting ? NULL : dst;
 }
 
@@ -298,6 +300,12 @@ static int packable_views(struct engine *e, struct engine_weight **ws, int cap)
     return kept;
 }
 
+/* Room for the packed copy of w in e->packed (aligned like the shard's). */
+static uint64_t packed_size(const struct engine_weight *w)
+{
+    return align_up(kcpu_tile16_bytes((enum tt_type)w->type, w->n_in, w->n_out));
+}
+
 /* Give back the whole pages under a packed view: of the map on one rank
  * (not those of token_embd, which is read through the map row by row), of
  * the slice buffer on several. */
@@ -321,8 +329,7 @@ int shard_pack(struct engine *e)
     const int n = packable_views(e, ws, cap);
     uint64_t total = 0, from = 0;
     for (int i = 0; i < n; i++) {
-        total += (kcpu_tile16_bytes((enum tt_type)ws[i]->type, ws[i]->n_in, ws[i]->n_out) + TT_ALIGN - 1) /
-                 TT_ALIGN * TT_ALIGN;
+        total += packed_size(ws[i]);
         from += (uint64_t)ws[i]->n_out * ws[i]->row_stride;
     }
     if (n == 0) goto done;
@@ -353,7 +360,7 @@ int shard_pack(struct engine *e)
         release_source(e, w);
         w->data = at;
         w->layout = KCPU_LAYOUT_TILE16;
-        at += (kcpu_tile16_bytes((enum tt_type)w->type, w->n_in, w->n_out) + TT_ALIGN - 1) / TT_ALIGN * TT_ALIGN;
+        at += packed_size(w);
     }
     tt_debug("packed %d weights for the %s kernels (%.0f MiB)", n, kcpu_isa_name(e->ops->isa),
              (double)total / 1048576.0);

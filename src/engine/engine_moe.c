@@ -676,19 +676,29 @@ static int move_finish(struct engine *e)
     return 0;
 }
 
+/* Seconds this rank spent in communication calls so far, each of its
+ * communicators counted once (they may be the same one). */
+static double prof_comm_s(const struct engine *e)
+{
+    struct comm *const cs[3] = { e->comm, e->tp_comm, e->step_comm };
+    double total = 0;
+    for (int i = 0; i < 3; i++) {
+        bool counted = cs[i] == NULL;
+        for (int j = 0; j < i; j++) counted |= cs[j] == cs[i];
+        double sec = 0;
+        if (!counted) comm_stats(cs[i], &sec, NULL);
+        total += sec;
+    }
+    return total;
+}
+
 /* Profile: end the step that ran since the last boundary (only single-token
  * steps are counted), and start the next one at this boundary. */
 static void prof_boundary(struct engine *e)
 {
     struct moe_prof *pf = e->moe_prof;
     const double now = tt_now_s();
-    double comm_s = 0;
-    struct comm *const cs[3] = { e->comm, e->tp_comm, e->step_comm };
-    for (int i = 0; i < 3; i++) {
-        double sec = 0;
-        if (cs[i] && (i == 0 || (cs[i] != cs[0] && (i == 1 || cs[i] != cs[1])))) comm_stats(cs[i], &sec, NULL);
-        comm_s += sec;
-    }
+    const double comm_s = prof_comm_s(e);
     struct rusage ru;
     const long faults = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_minflt + ru.ru_majflt : 0;
     if (pf->started && pf->tokens == 1) {

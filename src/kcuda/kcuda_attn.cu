@@ -177,18 +177,17 @@ __device__ __forceinline__ void att_key_dots(const T *kr, const float *qs, int h
  * that finished last: thread p < n_split reads part p's maximum and sum, the
  * block reduces them, and thread d sums dimension d over the parts (four
  * parts' loads in flight). */
-__device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int tid, int lane, int warp,
-                                         int n_parts)
+__device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int tid, int lane, int warp)
 {
     __shared__ float fac[ATT_GROUP_MAX][KCUDA_ATTN_SPLIT_MAX];
     __shared__ float wred[ATT_THREADS / 32][ATT_GROUP_MAX];
-    const int G = a.G, hd = a.hd, S = a.n_split, P = n_parts;
+    const int G = a.G, hd = a.hd, S = a.n_split;
     const size_t ps = (size_t)hd + 2;
     const float *pb = a.part + ((size_t)t * a.H + h0) * S * ps; /* head r, part p at pb + (r*S + p)*ps */
     float mp[ATT_GROUP_MAX], lp[ATT_GROUP_MAX], mx[ATT_GROUP_MAX], l[ATT_GROUP_MAX];
 #pragma unroll
     for (int r = 0; r < ATT_GROUP_MAX; r++) {
-        const bool on = r < G && tid < P;
+        const bool on = r < G && tid < S;
         mp[r] = on ? __ldcg(pb + ((size_t)r * S + tid) * ps + hd) : -INFINITY;
         lp[r] = on ? __ldcg(pb + ((size_t)r * S + tid) * ps + hd + 1) : 0.0f;
         const float w = kc_warp_max(mp[r]);
@@ -199,7 +198,7 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
     for (int r = 0; r < ATT_GROUP_MAX; r++) {
         mx[r] = fmaxf(fmaxf(wred[0][r], wred[1][r]), fmaxf(wred[2][r], wred[3][r]));
         const float f = mp[r] == -INFINITY ? 0.0f : expf(mp[r] - mx[r]);
-        if (r < G && tid < P) fac[r][tid] = f;
+        if (r < G && tid < S) fac[r][tid] = f;
         lp[r] *= f;
     }
     __syncthreads();
@@ -216,7 +215,7 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
     for (int r = 0; r < ATT_GROUP_MAX; r++) o0[r] = o1[r] = 0.0f;
     const int d0 = tid < hd ? tid : 0, d1 = tid + ATT_THREADS < hd ? tid + ATT_THREADS : 0;
 #pragma unroll 4
-    for (int p = 0; p < P; p++) {
+    for (int p = 0; p < S; p++) {
 #pragma unroll
         for (int r = 0; r < ATT_GROUP_MAX; r++) {
             if (r < G) {
@@ -370,7 +369,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn(const attn_args a)
     __syncthreads();
     if (!last) return;
     __threadfence();
-    att_join(a, t, h0, tid, lane, warp, a.n_split);
+    att_join(a, t, h0, tid, lane, warp);
 }
 
 /* ---- attention with coalesced key rows (F16 cache, head_dim 8*LPR, G a power of two) ----

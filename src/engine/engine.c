@@ -117,7 +117,6 @@ static int take_group(struct engine *e, const struct plan *p)
     }
     for (int st = 0; st < p->n_stages; st++) split |= size[st] > 1 && size[st] < e->n_ranks;
     e->stage = e->slice.stage;
-    e->n_stages = p->n_stages;
     e->prev_leader = e->stage > 0 ? lead[e->stage - 1] : -1;
     e->next_leader = e->stage >= 0 && e->stage + 1 < p->n_stages ? lead[e->stage + 1] : -1;
     e->tp_size = 0;

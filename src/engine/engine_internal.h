@@ -96,7 +96,7 @@ struct engine {
     enum comm_wire wire;
     struct plan_rank slice;  /* what this rank holds */
     bool pipeline;           /* stages of whole layers (plan_pipeline, plan_staged) */
-    int stage, n_stages;     /* this rank's pipeline stage, or PLAN_STAGE_IDLE (holds nothing) */
+    int stage;               /* this rank's pipeline stage, or PLAN_STAGE_IDLE (holds nothing) */
     int prev_leader, next_leader; /* first rank of the previous / next stage, -1: none */
     int tp_size, tp_rank;    /* the tensor-parallel group: the ranks of this rank's stage */
     struct comm *tp_comm;    /* its communicator: comm, a part of it (comm_split), or NULL */

@@ -44,6 +44,17 @@ static struct model_hparams mk_hp(enum model_arch arch, int E, int L, int H, int
                                   .n_ff_shexp = shexp};
 }
 
+/* The shapes most cases plan for: Llama 3.1 8B and Llama 3.3 70B. */
+static struct model_hparams llama_8b(void)
+{
+    return mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0);
+}
+
+static struct model_hparams llama_70b(void)
+{
+    return mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0);
+}
+
 static bool shape_model(struct plan_model *pm, struct model_hparams hp, enum tt_type t, bool mix)
 {
     int err = plan_model_from_shape(pm, &hp, t, mix, false);
@@ -168,8 +179,7 @@ static void test_model_shape_sizes(void)
 {
     /* Llama 3.3 70B Q4_K_M: the published file is 42.52 GB (tensors and a few MB of tokenizer) */
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q4_K, true))
         return;
     CHECK_NEAR((double)pm.file_bytes / 1e9, 42.5, 0.3);
     CHECK_EQ_INT(pm.file_bytes - plan_model_bytes_per_token(&pm),
@@ -302,8 +312,8 @@ static void test_many_shapes(void)
 {
     const struct model_hparams models[] = {
         mk_hp(MODEL_ARCH_LLAMA, 256, 4, 8, 4, 768, 512, 0, 0, 0, 0),
-        mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0),
-        mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0),
+        llama_8b(),
+        llama_70b(),
         mk_hp(MODEL_ARCH_QWEN2, 5120, 64, 40, 8, 27648, 152064, 0, 0, 0, 0),
         mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 32000, 8, 2, 14336, 0),
         mk_hp(MODEL_ARCH_QWEN3MOE, 2048, 48, 32, 4, 768, 151936, 128, 8, 768, 0),
@@ -346,8 +356,7 @@ static void test_many_shapes(void)
 static void test_deterministic(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
     uint64_t seed = 7;
@@ -422,8 +431,7 @@ static void test_uneven_stages(void)
 static void test_monotone_links(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *slow = malloc(sizeof(*slow)), *fast = malloc(sizeof(*fast));
     uint64_t seed = 99;
@@ -504,8 +512,7 @@ static void test_both_ways_bandwidth(void)
 static void test_monotone_ranks(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
     const struct plan_link links[] = {{3, 300, 0}, {10, 6, 0}, {60, 0.117, 0}};
@@ -535,8 +542,7 @@ static void test_monotone_ranks(void)
 static void test_shared_host_bandwidth(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true))
         return;
     const double bpt = (double)plan_model_bytes_per_token(&pm);
     struct plan_cluster *c = malloc(sizeof(*c));
@@ -567,8 +573,7 @@ static void test_shared_host_bandwidth(void)
 static void test_jitter(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
     uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){0, 1000, 0},
@@ -606,8 +611,7 @@ static void test_jitter(void)
 static void test_rdma_vs_tcp(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q4_K, true))
         return;
     const double limit1 = 546e9 / (double)plan_model_bytes_per_token(&pm);
     struct plan_cluster *c = malloc(sizeof(*c));
@@ -645,8 +649,7 @@ static void test_rdma_vs_tcp(void)
 static void test_memory_only_and_no_fit(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 8192, 80, 64, 8, 28672, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q8_0, false))
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q8_0, false))
         return;
     const double gib = (double)pm.file_bytes / GIB; /* about 70 GiB */
     struct plan_cluster *c = malloc(sizeof(*c));
@@ -680,8 +683,7 @@ static void test_memory_only_and_no_fit(void)
 static void test_pipeline_no_speedup(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 8, 14336, 128256, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
+    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
     /* memory-bound even with 8 tokens a step: ample compute */

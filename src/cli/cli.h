@@ -139,5 +139,8 @@ void cli_product_free(struct cli_product *p);
 /* GB/s of weights a one-token Q4_K product over 512 MiB (past any cache)
  * reads: what decode reaches; best of 4 (0 when out of memory). */
 double cli_measure_matvec_gbs(struct tt_pool *pool);
+/* This machine's total and available memory in GiB, from /proc/meminfo
+ * (cli_measure.c); 0 where it cannot be read. */
+void cli_meminfo(double *total_gib, double *avail_gib);
 
 #endif

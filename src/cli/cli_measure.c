@@ -1,6 +1,6 @@
 /*
- * cli_measure.c: the kernel timings `tutti topo` and `tutti plan` describe a
- * machine with.
+ * cli_measure.c: the kernel timings and memory figures `tutti topo` and
+ * `tutti plan` describe a machine with.
  *
  * A product is timed on weights in the layout the engine gives them on this
  * CPU: packed to KCPU_LAYOUT_TILE16 where kcpu_tile16_wanted says the engine
@@ -13,6 +13,7 @@
 #include "cli.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 static void product_run(void *p, int ith, int nth)
@@ -122,4 +123,17 @@ double cli_measure_matvec_gbs(struct tt_pool *pool)
         best = fmax(best, (double)(p.w_row * (size_t)p.rows) / cli_product_time(&p, pool) / 1e9);
     cli_product_free(&p);
     return best;
+}
+
+void cli_meminfo(double *total_gib, double *avail_gib)
+{
+    FILE *fp = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb;
+    *total_gib = *avail_gib = 0.0;
+    while (fp && fgets(line, sizeof(line), fp)) {
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) *total_gib = (double)kb / 1048576.0;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) *avail_gib = (double)kb / 1048576.0;
+    }
+    if (fp) fclose(fp);
 }

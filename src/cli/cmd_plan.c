@@ -395,15 +395,7 @@ static void this_machine(int threads, bool cpu, const struct plan_model *pm, str
     snprintf(c->name, sizeof(c->name), "this machine (%s, %d threads, measured now)", r->host,
              n_threads);
     snprintf(r->device, sizeof(r->device), "%s CPU", kcpu_isa_name(kcpu_get()->isa));
-    FILE *fp = fopen("/proc/meminfo", "r");
-    char line[256];
-    unsigned long long kb;
-    while (fp && fgets(line, sizeof(line), fp)) {
-        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) r->mem_total_gib = (double)kb / 1048576.0;
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-            r->mem_avail_gib = (double)kb / 1048576.0;
-    }
-    if (fp) fclose(fp);
+    cli_meminfo(&r->mem_total_gib, &r->mem_avail_gib);
     if (!(r->mem_avail_gib > 0))
         cli_die(0, "cannot read this machine's free memory; use --cluster FILE");
     if (!cpu && cli_gpu_describe(pm, r)) {

@@ -41,19 +41,6 @@ static double measure_matvec(int n_threads)
     return gbs;
 }
 
-static void meminfo(double *total, double *avail)
-{
-    FILE *fp = fopen("/proc/meminfo", "r");
-    char line[256];
-    unsigned long long kb;
-    *total = *avail = 0.0;
-    while (fp && fgets(line, sizeof(line), fp)) {
-        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) *total = (double)kb / 1048576.0;
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) *avail = (double)kb / 1048576.0;
-    }
-    if (fp) fclose(fp);
-}
-
 /* GB/s per direction while a and b exchange `reps` messages of `bytes` both
  * ways at once (an all-gather over the pair: each sends its block and
  * receives the other's). buf holds 3 x TOPO_BW_BYTES. Collective over c:
@@ -147,7 +134,7 @@ static void topo_measure(struct topo *t, int threads)
     const int n = comm_size(c), me = comm_rank(c);
     struct topo_rank mine = { .cores = tt_cpu_count(), .isa = kcpu_get()->isa };
     snprintf(mine.host, sizeof(mine.host), "%s", comm_host(c, me));
-    meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
+    cli_meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
     mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
     mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores);
     t->n = n;

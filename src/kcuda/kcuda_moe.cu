@@ -46,6 +46,12 @@
 /* How expert weights are read: F16 rows, or GGML Q4_K / Q6_K blocks. */
 enum mg_src { MG_F16, MG_Q4_K, MG_Q6_K };
 
+/* Whether every expert's rows start 16-byte aligned (uint4 weight loads). */
+static bool rows_aligned16(const struct kcuda_weight *w)
+{
+    return w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+}
+
 /* ---- routing ---- */
 
 /* One warp: softmax over a token's X logits into p (shared memory), then
@@ -497,7 +503,7 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
                         const float *d_ysh, const float *d_gate_sh, const float *d_xn)
 {
     if (n_tok <= 0) return 0;
-    const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+    const bool a16 = rows_aligned16(w);
     const int src = w->layout != KCUDA_LAYOUT_GGML ? -1
                     : w->type == KCUDA_Q4_K && a16 ? MG_Q4_K : w->type == KCUDA_Q6_K ? MG_Q6_K : -1;
     if (src < 0 || w->n_in % 256 || act_stride % 16 || n_used < 1 || n_used > MOE_USED_MAX || n_tok > 65535)
@@ -818,7 +824,7 @@ static mg_kernel mg_pick(const struct kcuda *k, int src, bool pair)
 static int mg_source(const struct kcuda_weight *w)
 {
     if (w->layout != KCUDA_LAYOUT_GGML) return -1; /* regrouped: through kcuda_dequant_f16 */
-    const bool a16 = w->row_stride % 16 == 0 && w->expert_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+    const bool a16 = rows_aligned16(w);
     if (w->type == KCUDA_Q4_K && a16) return MG_Q4_K;
     if (w->type == KCUDA_Q6_K && w->row_stride % 2 == 0 && w->expert_stride % 2 == 0) return MG_Q6_K;
     if (w->type == KCUDA_F16 && a16) return MG_F16;

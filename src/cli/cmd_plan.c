@@ -282,10 +282,8 @@ static double measure_job(struct tt_pool *pool)
  * Q4_K): the harmonic mean, as the time adds; times PLAN_GEMM_IN_ENGINE. */
 static double model_gflops(struct tt_pool *pool, const struct plan_model *pm)
 {
-    uint64_t q6 = pm->elems_by_type[TT_TYPE_Q6_K], all = 0;
-    for (int t = 0; t < TT_TYPE_COUNT; t++) all += pm->elems_by_type[t];
     const double g4 = measure_gemm(pool, TT_TYPE_Q4_K);
-    const double f6 = all ? (double)q6 / (double)all : 0.0;
+    const double f6 = plan_model_type_share(pm, TT_TYPE_Q6_K);
     if (!(f6 > 0)) return g4 * PLAN_GEMM_IN_ENGINE;
     const double g6 = measure_gemm(pool, TT_TYPE_Q6_K);
     return g4 > 0 && g6 > 0 ? PLAN_GEMM_IN_ENGINE / ((1.0 - f6) / g4 + f6 / g6) : 0.0;

@@ -130,9 +130,7 @@ static bool gpu_measure(struct gpu_bench *b, const struct plan_model *pm, struct
     const double up_ms = matvec_ms(b, &up, &up2), down_ms = matvec_ms(b, &down, NULL);
     const double up_gbs = 2.0 * (double)(up.row_stride * (size_t)F) / (up_ms * 1e-3) / 1e9;
     const double down_gbs = (double)(down.row_stride * (size_t)E) / (down_ms * 1e-3) / 1e9;
-    uint64_t all = 0;
-    for (int t = 0; t < TT_TYPE_COUNT; t++) all += pm->elems_by_type[t];
-    const double f6 = all ? (double)pm->elems_by_type[TT_TYPE_Q6_K] / (double)all : 0.0;
+    const double f6 = plan_model_type_share(pm, TT_TYPE_Q6_K);
     const double matvec_gbs = 1.0 / ((1.0 - f6) / up_gbs + f6 / down_gbs);
     const double small_us = small_kernel_ms(b, E) * 1e3;
     r->gflops = gemm_gflops(b, &up);

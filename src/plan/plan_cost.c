@@ -255,6 +255,13 @@ uint64_t plan_model_bytes_per_token(const struct plan_model *pm)
     return total;
 }
 
+double plan_model_type_share(const struct plan_model *pm, enum tt_type type)
+{
+    uint64_t all = 0;
+    for (int t = 0; t < TT_TYPE_COUNT; t++) all += pm->elems_by_type[t];
+    return all ? (double)pm->elems_by_type[type] / (double)all : 0.0;
+}
+
 /* ================================================================
  * Costs: links, collectives, one rank's layer, memory
  * ================================================================ */

@@ -90,6 +90,9 @@ void plan_model_free(struct plan_model *pm);
 /* Weight bytes read to decode one token (used experts only), as
  * model_bytes_per_token. */
 uint64_t plan_model_bytes_per_token(const struct plan_model *pm);
+/* The share (0 to 1) of the model's multiply-adds per token on weights of
+ * `type` (elems_by_type); 0 for a model without weights. */
+double plan_model_type_share(const struct plan_model *pm, enum tt_type type);
 
 /* ---- the cluster ---- */
 

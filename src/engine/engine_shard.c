@@ -275,6 +275,14 @@ static void pack_run(void *p, int ith, int nth)
 
 #define PACK_VIEWS_PER_LAYER 10
 
+/* Whole contiguous rows, not packed yet, of a type the kernel table packs. */
+static bool packable(const struct engine *e, const struct engine_weight *w)
+{
+    return w->data && w->n_out > 0 && w->layout == KCPU_LAYOUT_ROWS &&
+           kcpu_tile16_wanted(e->ops, (enum tt_type)w->type) &&
+           w->row_stride == tt_row_size((enum tt_type)w->type, w->n_in);
+}
+
 /* The views shard_pack may pack: dense products of the CPU layers (and the
  * output rows when no accelerator computes the logits), whole contiguous
  * rows of a type the kernel table packs; into ws (room for cap), counted. */
@@ -286,18 +294,11 @@ static int packable_views(struct engine *e, struct engine_weight **ws, int cap)
         struct engine_layer *l = &e->layers[il];
         struct engine_weight *cand[] = { &l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up,
                                          &l->w_down, &l->gate_shexp, &l->up_shexp, &l->down_shexp };
-        for (size_t i = 0; i < TT_ARRAY_LEN(cand) && n < cap; i++) ws[n++] = cand[i];
+        for (size_t i = 0; i < TT_ARRAY_LEN(cand) && n < cap; i++)
+            if (packable(e, cand[i])) ws[n++] = cand[i];
     }
-    if (!e->accel.ctx && n < cap) ws[n++] = &e->output;
-    int kept = 0;
-    for (int i = 0; i < n; i++) {
-        const struct engine_weight *w = ws[i];
-        if (w->data && w->n_out > 0 && w->layout == KCPU_LAYOUT_ROWS &&
-            kcpu_tile16_wanted(e->ops, (enum tt_type)w->type) &&
-            w->row_stride == tt_row_size((enum tt_type)w->type, w->n_in))
-            ws[kept++] = ws[i];
-    }
-    return kept;
+    if (!e->accel.ctx && n < cap && packable(e, &e->output)) ws[n++] = &e->output;
+    return n;
 }
 
 /* Room for the packed copy of w in e->packed (aligned like the shard's). */

@@ -736,9 +736,7 @@ static json_t *cluster_json(const struct plan_cluster *c)
                 links, json_pack("{s:i,s:i,s:f,s:f,s:f}", "a", r, "b", b, "latency_us",
                                  c->links[r][b].latency_us, "bandwidth_gbs",
                                  c->links[r][b].bandwidth_gbs, "bandwidth_both_gbs",
-                                 c->links[r][b].bandwidth_both_gbs > 0
-                                     ? c->links[r][b].bandwidth_both_gbs
-                                     : c->links[r][b].bandwidth_gbs));
+                                 plan_link_both_gbs(&c->links[r][b])));
     }
     return json_pack("{s:s,s:o,s:o}", "name", c->name, "ranks", ranks, "links", links);
 }

@@ -340,6 +340,11 @@ bool plan_cluster_same_host(const struct plan_cluster *c, int a, int b)
     return !strcmp(c->ranks[a].host, c->ranks[b].host);
 }
 
+double plan_link_both_gbs(const struct plan_link *l)
+{
+    return l->bandwidth_both_gbs > 0 ? l->bandwidth_both_gbs : l->bandwidth_gbs;
+}
+
 static bool in_range(double x, double lo, bool lo_open, double hi)
 {
     return isfinite(x) && x >= lo && !(lo_open && x <= lo) && x <= hi;

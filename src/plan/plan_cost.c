@@ -285,8 +285,7 @@ static struct net pairs_net(const struct plan_cluster *c, const int32_t *a, int 
             const struct plan_link *l = &c->links[a[i]][b[j]];
             n.lat_s = fmax(n.lat_s, l->latency_us * 1e-6);
             n.bw_bps = fmin(n.bw_bps, l->bandwidth_gbs * 1e9);
-            n.bw2_bps = fmin(n.bw2_bps, (l->bandwidth_both_gbs > 0 ? l->bandwidth_both_gbs
-                                                                   : l->bandwidth_gbs) * 1e9);
+            n.bw2_bps = fmin(n.bw2_bps, plan_link_both_gbs(l) * 1e9);
         }
     if (isinf(n.bw_bps)) n.k = 1; /* one rank: nothing to cross */
     return n;

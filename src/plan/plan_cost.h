@@ -141,6 +141,9 @@ int plan_cluster_parse(struct plan_cluster *c, const char *text, size_t len);
 int plan_cluster_check(const struct plan_cluster *c);
 /* Whether two ranks share a host. */
 bool plan_cluster_same_host(const struct plan_cluster *c, int a, int b);
+/* A link's GB/s each way while both ways carry data (bandwidth_both_gbs,
+ * or bandwidth_gbs where that is 0). */
+double plan_link_both_gbs(const struct plan_link *l);
 
 /* ---- the workload ---- */
 

@@ -248,6 +248,12 @@ static double measure_gemm(struct tt_pool *pool, enum tt_type type)
     return gflops;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void empty_job(void *p, int ith, int nth) {}
 
 /* The cost of one parallel job (seconds): the median of 201 empty jobs (a
@@ -259,12 +265,8 @@ static double measure_job(struct tt_pool *pool)
         const double t0 = tt_now_s();
         tt_pool_run(pool, empty_job, NULL);
         calls[k] = tt_now_s() - t0;
-        for (int i = k; i > 0 && calls[i] < calls[i - 1]; i--) {
-            const double x = calls[i];
-            calls[i] = calls[i - 1];
-            calls[i - 1] = x;
-        }
     }
+    qsort(calls, 201, sizeof(double), cmp_double);
     return calls[100];
 }
 
@@ -347,12 +349,6 @@ static double measure_attention(struct tt_pool *pool, int n_threads)
     tt_free((void *)j.q);
     tt_free((void *)j.kv);
     return gflops;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* The spread of a rank's time between two joins: 64 runs of one decode-sized

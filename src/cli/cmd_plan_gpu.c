@@ -118,13 +118,20 @@ static struct kcuda_weight weight_of(const struct gpu_bench *b, enum tt_type typ
         .data = b->w, .type = (int)type, .n_in = n_in, .n_out = n_out, .row_stride = tt_row_size(type, n_in)};
 }
 
-/* The measurements above on the model's FFN shapes (for MoE: the rows a
- * token's experts read, as one matrix). Returns false on any error. */
+/* A token's FFN width: n_ff, or for MoE the rows its experts read, as one
+ * matrix. */
+static int64_t ffn_width(const struct model_hparams *hp)
+{
+    return hp->n_expert ? (int64_t)hp->n_ff_exp * hp->n_expert_used : hp->n_ff;
+}
+
+/* The measurements above on the model's FFN shapes (ffn_width by n_embd).
+ * Returns false on any error. */
 static bool gpu_measure(struct gpu_bench *b, const struct plan_model *pm, struct plan_hw_rank *r)
 {
     const struct model_hparams *hp = &pm->hp;
     const int64_t E = hp->n_embd;
-    const int64_t F = hp->n_expert ? (int64_t)hp->n_ff_exp * hp->n_expert_used : hp->n_ff;
+    const int64_t F = ffn_width(hp);
     const struct kcuda_weight up = weight_of(b, TT_TYPE_Q4_K, F, E), up2 = up;
     const struct kcuda_weight down = weight_of(b, TT_TYPE_Q6_K, E, F);
     const double up_ms = matvec_ms(b, &up, &up2), down_ms = matvec_ms(b, &down, NULL);
@@ -151,15 +158,16 @@ bool cli_gpu_describe(const struct plan_model *pm, struct plan_hw_rank *r)
     if (kcuda_device_count() <= 0) return false;
     const struct model_hparams *hp = &pm->hp;
     const int64_t E = hp->n_embd;
-    const int64_t F = hp->n_expert ? (int64_t)hp->n_ff_exp * hp->n_expert_used : hp->n_ff;
+    const int64_t F = ffn_width(hp);
     const size_t w_bytes = 2 * tt_row_size(TT_TYPE_Q4_K, E) * (size_t)F + tt_row_size(TT_TYPE_Q6_K, F) * (size_t)E;
-    const size_t act_bytes = kcuda_act_row_bytes(KCUDA_Q8_K, F > E ? F : E) * GPU_GEMM_TOKENS;
-    const size_t out_bytes = sizeof(float) * (size_t)(F > E ? F : E) * GPU_GEMM_TOKENS * 2;
+    const int64_t wide = TT_MAX(F, E);
+    const size_t act_bytes = kcuda_act_row_bytes(KCUDA_Q8_K, wide) * GPU_GEMM_TOKENS;
+    const size_t out_bytes = sizeof(float) * (size_t)wide * GPU_GEMM_TOKENS * 2;
     struct gpu_bench b = {0};
     struct plan_hw_rank g = *r;
     size_t free_b = 0, total_b = 0;
     bool ok = false;
-    int err = kcuda_create(&b.k, 0, kcuda_linear_scratch_bytes(GPU_GEMM_TOKENS, F > E ? F : E, F));
+    int err = kcuda_create(&b.k, 0, kcuda_linear_scratch_bytes(GPU_GEMM_TOKENS, wide, F));
     if (!err) err = kcuda_malloc(b.k, &b.w, w_bytes + KCUDA_WEIGHT_PAD, "planner: weights");
     if (!err) err = kcuda_malloc(b.k, &b.act, act_bytes, "planner: activations");
     if (!err) err = kcuda_malloc(b.k, (void **)&b.out, out_bytes, "planner: outputs");

@@ -219,6 +219,9 @@ double moe_max_imbalance(const struct engine *e);
 bool moe_rebalance_wanted(const struct engine *e);
 
 /* engine_shard.c */
+/* madvise the whole pages inside [p, p + bytes). Advice only: failure
+ * costs speed or memory, nothing else. */
+void engine_advise_pages(const void *p, size_t bytes, int advice);
 int shard_build(struct engine *e);
 /* After the accelerator took its layers: the dense weights the CPU products
  * read are packed to KCPU_LAYOUT_TILE16 where the kernel table wants it

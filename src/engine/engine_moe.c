@@ -148,16 +148,6 @@ static void assign_slot(struct engine *e, int il, int s, int x)
     e->moe_slot_of[(size_t)il * e->m->hp.n_expert + x] = s;
 }
 
-/* madvise the whole pages inside [p, p + bytes). Advice only: failure
- * costs speed or memory, nothing else. */
-static void advise_pages(const void *p, size_t bytes, int advice)
-{
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
-    const uintptr_t hi = ((uintptr_t)p + bytes) & ~(page - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, advice);
-}
-
 /* Slot storage and views for several ranks; fills the static placement. */
 static int setup_slots(struct engine *e)
 {
@@ -186,7 +176,7 @@ static int setup_slots(struct engine *e)
     /* Huge pages where the system gives them on advice: fewer TLB misses
      * while streaming experts, and a copy arriving in a fresh slot takes one
      * fault per 2 MiB instead of one per 4 KiB. */
-    advise_pages(e->moe_buf, total, MADV_HUGEPAGE);
+    engine_advise_pages(e->moe_buf, total, MADV_HUGEPAGE);
     uint8_t *at = e->moe_buf;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *ml = &e->m->layers[il];
@@ -577,7 +567,7 @@ static void release_slot(struct engine *e, int il, int s)
     const struct engine_layer *l = &e->layers[il];
     const struct engine_weight *w[3] = { &l->gate_exps, &l->up_exps, &l->down_exps };
     for (int i = 0; i < 3; i++)
-        advise_pages((const uint8_t *)w[i]->data + (size_t)s * w[i]->expert_stride,
+        engine_advise_pages((const uint8_t *)w[i]->data + (size_t)s * w[i]->expert_stride,
                      w[i]->expert_stride, MADV_DONTNEED);
 }
 

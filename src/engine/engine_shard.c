@@ -257,6 +257,14 @@ int shard_build(struct engine *e)
     return b.err;
 }
 
+void engine_advise_pages(const void *p, size_t bytes, int advice)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, advice);
+}
+
 /* ---- packing for the CPU kernels (KCPU_LAYOUT_TILE16) ---- */
 
 struct pack_job {
@@ -312,12 +320,10 @@ static uint64_t packed_size(const struct engine_weight *w)
  * the slice buffer on several. */
 static void release_source(struct engine *e, const struct engine_weight *w)
 {
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t b = (uintptr_t)w->data, end = b + (size_t)w->n_out * w->row_stride;
     const uintptr_t emb = (uintptr_t)e->m->token_embd.data;
     if (emb >= b && emb < end) return; /* output tied to the embeddings */
-    const uintptr_t pb = (b + pg - 1) / pg * pg, pe = end / pg * pg;
-    if (pe > pb) madvise((void *)pb, pe - pb, MADV_DONTNEED);
+    engine_advise_pages(w->data, end - b, MADV_DONTNEED);
 }
 
 int shard_pack(struct engine *e)
@@ -351,8 +357,7 @@ int shard_pack(struct engine *e)
      * (measured on this 2-core Zen 4, one thread, packed Q4_K 14336 x 4096:
      * 1 token 4.8-6.4 vs 5.8-7.4 ns per row-block, 8 tokens 1.6-1.9 vs
      * 1.8-2.0). Only advice: the kernel may give 4 KB pages anyway. */
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), hb = ((uintptr_t)e->packed + pg - 1) / pg * pg;
-    if ((uintptr_t)e->packed + total > hb) madvise((void *)hb, (uintptr_t)e->packed + total - hb, MADV_HUGEPAGE);
+    engine_advise_pages(e->packed, total, MADV_HUGEPAGE);
     uint8_t *at = e->packed;
     for (int i = 0; i < n; i++) {
         struct engine_weight *w = ws[i];

@@ -151,6 +151,7 @@ struct engine {
     struct moe_move *moe_move;       /* an expert move in progress, or NULL */
     bool moe_from_ranks;             /* new copies come over the communicator, not the file */
     int64_t moe_move_bytes;          /* bytes moved per step (0: the default of the way) */
+    struct moe_check *moe_check;     /* several ranks: the balancer's scratch (engine_moe.c) */
     struct moe_prof *moe_prof;       /* several ranks: where the time goes (engine_moe.c) */
     struct engine_accel accel;   /* ctx NULL: CPU only */
     struct engine_weight output; /* vocab rows of this rank */

@@ -201,6 +201,8 @@ static int setup_slots(struct engine *e)
     return 0;
 }
 
+static int check_init(struct engine *e);
+
 int moe_setup(struct engine *e, const struct engine_opts *opts)
 {
     const struct model_hparams *hp = &e->m->hp;
@@ -231,14 +233,17 @@ int moe_setup(struct engine *e, const struct engine_opts *opts)
     for (size_t i = 0; i < (size_t)hp->n_layer * X; i++) e->moe_slot_of[i] = R == 1 ? (int32_t)(i % X) : -1;
     for (size_t i = 0; i < (size_t)hp->n_layer * e->moe_phys_slots; i++)
         e->moe_slot_expert[i] = R == 1 ? (int32_t)(i % X) : -1;
+    if (R > 1 && (err = check_init(e))) return err;
     return R == 1 ? 0 : setup_slots(e);
 }
 
 static void move_free(struct engine *e);
+static void check_free(struct engine *e);
 
 void moe_teardown(struct engine *e)
 {
     move_free(e);
+    check_free(e);
     if (e->moe_dealt_mean > 0)
         tt_debug("rank %d: MoE work per step, most loaded rank / mean: %.3f", e->rank,
                  e->moe_dealt_max / e->moe_dealt_mean);
@@ -325,6 +330,31 @@ static int scratch_init(const struct engine *e, struct deal_scratch *sc)
     return err;
 }
 
+/* Several ranks: what the balancer's checks work in, made once by moe_setup
+ * (the checks run every moe_every decode steps). */
+struct moe_check {
+    struct deal_scratch sc;
+    struct moe_placement next; /* a layer's proposed placement */
+};
+
+static void check_free(struct engine *e)
+{
+    if (!e->moe_check) return;
+    scratch_free(&e->moe_check->sc);
+    moe_placement_free(&e->moe_check->next);
+    free(e->moe_check);
+    e->moe_check = NULL;
+}
+
+static int check_init(struct engine *e)
+{
+    if (!(e->moe_check = calloc(1, sizeof(*e->moe_check))))
+        return tt_error_set(TT_ENOMEM, "out of memory for the expert balancer");
+    int err = scratch_init(e, &e->moe_check->sc);
+    if (!err) err = moe_placement_init(&e->moe_check->next, e->m->hp.n_expert, e->tp_size, e->moe_slots);
+    return err;
+}
+
 /* The placement of layer il the balancer would choose now, and whether it is
  * worth moving to. The layer must be above the threshold (max/mean rank
  * load over the window) and the new placement must cut that imbalance by
@@ -376,15 +406,9 @@ bool moe_rebalance_wanted(const struct engine *e)
                  e->moe_move ? " (moving)" : "");
     }
     if (e->moe_move) return false;
-    struct moe_placement next;
-    struct deal_scratch sc;
-    if (scratch_init(e, &sc)) return false;
     bool want = false;
-    if (moe_placement_init(&next, hp->n_expert, e->tp_size, e->moe_slots) == 0) {
-        for (int il = 0; il < hp->n_layer && !want; il++) want = propose_layer(e, il, &next, &sc);
-        moe_placement_free(&next);
-    }
-    scratch_free(&sc);
+    for (int il = 0; il < hp->n_layer && !want; il++)
+        want = propose_layer(e, il, &e->moe_check->next, &e->moe_check->sc);
     return want;
 }
 
@@ -764,19 +788,13 @@ int moe_rebalance(struct engine *e, bool background)
         move_free(e);
         return err;
     }
-    struct deal_scratch sc;
-    if ((err = scratch_init(e, &sc))) {
-        move_free(e);
-        return err;
-    }
     int n_layers = 0;
     for (int il = 0; il < hp->n_layer; il++)
-        if (propose_layer(e, il, &m->next[il], background ? &sc : NULL)) {
+        if (propose_layer(e, il, &m->next[il], background ? &e->moe_check->sc : NULL)) {
             m->moving[il] = true;
             plan_jobs(e, m, il, &m->next[il]);
             n_layers++;
         }
-    scratch_free(&sc);
     if (n_layers == 0) { /* nothing worth moving */
         move_free(e);
         return 0;

@@ -64,10 +64,21 @@ M=/tmp/qwen3-30b-a3b-skew-${LAYERS}l.gguf
     --n-head-kv 4 --head-dim 128 --n-ff 6144 --n-expert 128 --n-expert-used 8 --n-ff-exp 768 --vocab 151936 \
     --router-skew 0.01 --type q4_k_m -t "$(nproc)" -o "$M" > /dev/null || exit 1
 echo "model made at ${SECONDS}s: $(du -h "$M" | cut -f1)"
+# Each rank gets a quarter of the physical cores with all their hardware
+# threads (lscpu's CORE column), so that no two ranks share a core: where
+# the machine's hardware threads are siblings i and i+8, cores 0-3 and 8-11
+# would otherwise be the same two cores, and a rank waiting in a collective
+# slows the other rank's compute.
+lscpu -p=CPU,CORE 2>/dev/null | grep -v '^#' | sort -t, -k2,2n -k1,1n | awk -F, -v R=4 '
+    { if (!($2 in idx)) { idx[$2] = n++ } cpu[NR] = $1; core[NR] = idx[$2] }
+    END { for (i = 1; i <= NR; i++) { r = int(core[i] * R / n); set[r] = set[r] (set[r] == "" ? "" : ",") cpu[i] }
+          for (r = 0; r < R; r++) print set[r] }' > /tmp/rank_cpus
+[ "$(wc -l < /tmp/rank_cpus)" -eq 4 ] || printf '0-3\n4-7\n8-11\n12-15\n' > /tmp/rank_cpus
+echo "rank CPUs: $(tr '\n' ' ' < /tmp/rank_cpus); hardware threads per core: $(lscpu | awk -F: '/^Thread\(s\) per core/ {gsub(/ /, "", $2); print $2}')"
 cat > /tmp/pin.sh <<'PIN'
 #!/bin/sh
 r=${OMPI_COMM_WORLD_RANK:-0}
-exec taskset -c $((r * 4))-$((r * 4 + 3)) "$@"
+exec taskset -c "$(sed -n "$((r + 1))p" /tmp/rank_cpus)" "$@"
 PIN
 chmod +x /tmp/pin.sh
 mode_args() {

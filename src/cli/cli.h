@@ -75,11 +75,21 @@ void cli_load_cluster(const char *path, struct plan_cluster *c);
 /* This machine's GPU as the planner describes a rank (cmd_plan_gpu.c):
  * copy bandwidth, one-token product bandwidth, prompt-batch GFLOP/s and
  * per-layer kernel overhead, timed on the model's FFN shapes, and free
- * device memory into *r (host name left as it is). False, with *r
- * untouched, in builds without CUDA, without a device or on an error. */
+ * device memory into *r (host name left as it is), then fitted to the
+ * engine's own times (cli_engine_fit). False, with *r untouched, in builds
+ * without CUDA, without a device or on an error. */
 struct plan_model;
 struct plan_hw_rank;
-bool cli_gpu_describe(const struct plan_model *pm, struct plan_hw_rank *r);
+struct plan_workload;
+bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
+                      struct plan_hw_rank *r);
+/* Fit *r's overheads and speeds (plan_fit_engine) to the engine's times on
+ * models of pm's shape with 1 and 2 layers, made in a temporary directory
+ * and run on this machine's GPU (gpu) or CPU with w's prompt length and
+ * batch and `threads` threads. False, with *r untouched and a warning, on
+ * any error. */
+bool cli_engine_fit(const struct plan_model *pm, const struct plan_workload *w, int threads,
+                    bool gpu, struct plan_hw_rank *r);
 /* Load the model and, on several ranks, build the plan from --split and
  * point o->engine at the communicator and the plan. */
 void cli_load_model_opts(struct cli_model_opts *o, struct model *m);

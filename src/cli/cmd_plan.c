@@ -46,6 +46,8 @@ static const char plan_help[] =
     "  --cluster FILE     a cluster description (JSON; see docs/PLANNER.md and docs/clusters/)\n"
     "                     default: this machine, measured now (-t threads, default all cores;\n"
     "                     its GPU when it has one, as the engine runs there; --cpu: its CPU)\n"
+    "  --time-engine      on the CPU too, fit the description to the engine's own times on\n"
+    "                     models of this shape with 1 and 2 layers (always done on a GPU)\n"
     "workload:\n"
     "  --prompt N         prompt tokens for TTFT; decode attends over them (default 512)\n"
     "  --ctx N            KV cache positions per stream (default 4096)\n"
@@ -76,7 +78,7 @@ static const struct shape_preset {
 struct plan_opts {
     const char *model_path, *cluster_path, *shape, *type, *arch;
     struct model_hparams hp; /* shape options given (0 = not given) */
-    bool tied, json, cpu;
+    bool tied, json, cpu, time_engine;
     int threads;
     struct plan_workload w;
 };
@@ -99,6 +101,10 @@ static void parse_args(int argc, char **argv, struct plan_opts *o)
         }
         if (!strcmp(a, "--cpu")) {
             o->cpu = true;
+            continue;
+        }
+        if (!strcmp(a, "--time-engine")) {
+            o->time_engine = true;
             continue;
         }
         if (!strcmp(a, "--logits")) {
@@ -377,8 +383,10 @@ static double measure_jitter(struct tt_pool *pool)
  * overhead: the cost of one
  * parallel job times the jobs a decode step runs per layer (engine_ops.c:
  * q/k/v, attention, output, gate/up, down; MoE: router and two per expert). */
-static void this_machine(int threads, bool cpu, const struct plan_model *pm, struct plan_cluster *c)
+static void this_machine(const struct plan_opts *o, const struct plan_model *pm,
+                         struct plan_cluster *c)
 {
+    const int threads = o->threads;
     const struct model_hparams *hp = &pm->hp;
     memset(c, 0, sizeof(*c));
     struct plan_hw_rank *r = &c->ranks[0];
@@ -392,7 +400,7 @@ static void this_machine(int threads, bool cpu, const struct plan_model *pm, str
     cli_meminfo(&r->mem_total_gib, &r->mem_avail_gib);
     if (!(r->mem_avail_gib > 0))
         cli_die(0, "cannot read this machine's free memory; use --cluster FILE");
-    if (!cpu && cli_gpu_describe(pm, r)) {
+    if (!o->cpu && cli_gpu_describe(pm, &o->w, n_threads, r)) {
         snprintf(c->name, sizeof(c->name), "this machine's GPU (%.30s, %.50s, measured now)",
                  r->host, r->device);
         return;
@@ -410,6 +418,9 @@ static void this_machine(int threads, bool cpu, const struct plan_model *pm, str
         cli_die(TT_ENOMEM, "measuring this machine");
     r->bw_efficiency = fmin(1.0, matvec / r->read_gbs);
     r->overhead_us = (hp->n_expert ? 4.0 + 2.0 * hp->n_expert_used : 5.0) * job_s * 1e6;
+    if (o->time_engine && cli_engine_fit(pm, &o->w, n_threads, false, r))
+        snprintf(c->name, sizeof(c->name), "this machine (%s, %d threads, engine timed now)",
+                 r->host, n_threads);
 }
 
 /* ---- printing ---- */
@@ -722,6 +733,8 @@ static json_t *cluster_json(const struct plan_cluster *c)
                               "mem_avail_gib", h->mem_avail_gib, "overhead_us", h->overhead_us);
         if (o && h->device[0]) json_object_set_new(o, "device", json_string(h->device));
         if (o && h->jitter > 0) json_object_set_new(o, "jitter", json_real(h->jitter));
+        if (o && h->step_overhead_us > 0)
+            json_object_set_new(o, "step_overhead_us", json_real(h->step_overhead_us));
         if (o && h->host_read_gbs > 0)
             json_object_set_new(o, "host_read_gbs", json_real(h->host_read_gbs));
         if (o && h->host_gflops > 0)
@@ -783,7 +796,7 @@ int cmd_plan(int argc, char **argv)
     if (o.cluster_path)
         cli_load_cluster(o.cluster_path, c);
     else
-        this_machine(o.threads, o.cpu, &pm, c);
+        this_machine(&o, &pm, c);
     struct plan_result res;
     int err = plan_search(&res, &pm, c, &o.w);
     if (err) cli_die(err, "planning");

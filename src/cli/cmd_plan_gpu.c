@@ -25,16 +25,217 @@
  * Attention keeps attn_gflops = gflops (fused kernels, as the cluster files
  * assume for GPUs). Without CUDA, or without a device, the functions say
  * there is none and the caller measures the CPU.
+ *
+ * Those kernel figures miss much of a real layer's cost (a dozen small
+ * latency-bound kernels, attention, MoE routing and expert tiles, the
+ * host's part of a step): they predicted 519 tok/s for the 8B shape where
+ * the engine ran 326. So the description is then fitted to the engine
+ * itself (cli_engine_fit, also on a CPU with `plan --time-engine`): two
+ * models of the target's shape with n and 2n layers (n = 1 for a layer of
+ * 256 MiB or more: enough layers that no cache holds them) and a small
+ * vocabulary (`tutti gen`'s code, in a temporary directory) each run a
+ * prompt of the workload's length and of half of it and decode steps after
+ * it, timed as `tutti bench` times them; plan_fit_engine (plan_fit.c, pure) turns the
+ * times into overhead_us, step_overhead_us, gflops and attn_gflops. The
+ * bandwidth figures stay the kernels': the output matrix, absent from the
+ * small models, is predicted from them.
  */
 #include "cli.h"
 #include "plan/plan_cost.h"
 
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the engine timed on models of the target's shape ---- */
+
+#define FIT_VOCAB 512        /* the small models' vocabulary (>= gen's 260) */
+/* The smaller model's layers hold at least this many bytes, several times
+ * the last-level caches (50 MB of L2 on the H200, tens to hundreds of MB of
+ * L3 on CPUs), so that both models stream their weights as the target
+ * does instead of finding them in a cache. */
+#define FIT_CACHE_BYTES (256.0 * 1048576.0)
+#define FIT_DECODE_STEPS 32  /* per timed run */
+#define FIT_REPS 3           /* timed runs of each kind: the best counts, as in bench */
+#define FIT_PATH_MAX 512
+
+/* The base type and *_M mix `tutti gen` would use for a model with pm's
+ * weights: the type holding most multiply-adds, mixed with Q6_K where the
+ * model has Q6_K beside Q4_K or Q5_K (llama-quantize's *_M files). */
+static void fit_types(const struct plan_model *pm, enum tt_type *base, bool *mix)
+{
+    int best = 0;
+    for (int t = 1; t < TT_TYPE_COUNT; t++)
+        if (pm->elems_by_type[t] > pm->elems_by_type[best]) best = t;
+    *base = (enum tt_type)best;
+    *mix = (best == TT_TYPE_Q4_K || best == TT_TYPE_Q5_K) && pm->elems_by_type[TT_TYPE_Q6_K] > 0;
+}
+
+struct fit_progress {
+    struct cli_progress bar;
+    double base, span; /* this phase's part of the whole */
+};
+
+static void fit_gen_progress(void *ctx, double done, double total)
+{
+    struct fit_progress *p = ctx;
+    if (total > 0) cli_progress_update(&p->bar, p->base + p->span * done / total, 1.0);
+}
+
+/* Write pm's shape with n_layer layers and a FIT_VOCAB vocabulary to path. */
+static int fit_gen(const struct plan_model *pm, int n_layer, int n_ctx, int threads,
+                   struct fit_progress *p, const char *path)
+{
+    struct model_gen_opts o = {.seed = 1, .n_threads = threads};
+    o.hp = pm->hp;
+    o.hp.n_layer = n_layer;
+    o.hp.n_vocab = TT_MAX(260, TT_MIN(pm->hp.n_vocab, FIT_VOCAB));
+    o.hp.n_ctx_train = TT_MAX(o.hp.n_ctx_train, n_ctx);
+    if (!(o.hp.rope_base > 0)) o.hp.rope_base = 10000.0f; /* shapes leave them 0; */
+    if (!(o.hp.rms_eps > 0)) o.hp.rms_eps = 1e-5f;        /* the time does not depend on them */
+    fit_types(pm, &o.base_type, &o.mix_m);
+    o.progress = fit_gen_progress;
+    o.progress_ctx = p;
+    return model_gen(&o, path);
+}
+
+/* Best wall-clock seconds of FIT_REPS prompts of n tokens from an empty
+ * cache, after one untimed run (library set-up). */
+static int time_prompt(struct engine *e, const int32_t *ids, int n, float *logits, double *best)
+{
+    *best = 0.0;
+    for (int r = -1; r < FIT_REPS; r++) {
+        engine_truncate(e, 0);
+        const double t0 = tt_now_s();
+        int err = engine_eval(e, ids, n, ENGINE_LOGITS_LAST, logits);
+        const double t = tt_now_s() - t0;
+        if (err) return err;
+        if (r >= 0 && (r == 0 || t < *best)) *best = t;
+    }
+    return 0;
+}
+
+/* Best mean seconds of one decode step over FIT_REPS runs of
+ * FIT_DECODE_STEPS steps after the cached prompt ids[0, n_past), after one
+ * untimed run (the decode graph is captured on first use). The steps' tokens
+ * vary, so that MoE layers read different experts, not a cached few. */
+static int time_decode(struct engine *e, const int32_t *ids, int n_past, float *logits,
+                       double *best)
+{
+    *best = 0.0;
+    for (int r = -1; r < FIT_REPS; r++) {
+        engine_truncate(e, n_past);
+        const double t0 = tt_now_s();
+        int err = 0;
+        for (int i = 0; i < FIT_DECODE_STEPS && !err; i++)
+            err = engine_eval(e, &ids[(i * 37 + r * 11 + 11) % n_past], 1, ENGINE_LOGITS_LAST,
+                              logits);
+        const double t = (tt_now_s() - t0) / FIT_DECODE_STEPS;
+        if (err) return err;
+        if (r >= 0 && (r == 0 || t < *best)) *best = t;
+    }
+    return 0;
+}
+
+/* Layers of the smaller model: enough for FIT_CACHE_BYTES of the
+ * target's average layer (all its experts: the decode steps' tokens vary,
+ * so over the steps every expert is read). */
+static int fit_layers(const struct plan_model *pm)
+{
+    double bytes = 0.0;
+    for (int il = 0; il < pm->hp.n_layer; il++) {
+        const struct plan_layer_cost *lc = &pm->layers[il];
+        for (int p = 0; p < PLAN_PART_COUNT; p++)
+            bytes += (double)lc->bytes[p] *
+                     (p == PLAN_PART_EXP_UP || p == PLAN_PART_EXP_DOWN ? pm->hp.n_expert : 1);
+    }
+    const double per_layer = bytes / TT_MAX(1, pm->hp.n_layer);
+    const double n = per_layer > 0 ? ceil(FIT_CACHE_BYTES / per_layer) : 1.0;
+    return (int)fmin(fmax(n, 1.0), MODEL_LAYERS_MAX / 2);
+}
+
+/* Generate, load and time model k (0: n_layer layers, 1: twice as many)
+ * into t's slot k; its plan_model goes to *pm (the caller frees it). */
+static int fit_one(const struct plan_model *target, const struct plan_workload *w, int threads,
+                   bool gpu, const char *dir, int k, int n_layer, struct fit_progress *p,
+                   struct plan_model *pm, struct plan_engine_times *t)
+{
+    char path[FIT_PATH_MAX + 16];
+    const int P = t->prompt_tokens[1], n_ctx = P + FIT_DECODE_STEPS + 1;
+    snprintf(path, sizeof(path), "%s/%d.gguf", dir, k + 1);
+    p->base = k ? 1.0 / 3.0 : 0.0; /* generating and timing take about the layers' share */
+    p->span = (k ? 2.0 : 1.0) / 3.0 * 0.8;
+    int err = fit_gen(target, n_layer, n_ctx, threads, p, path);
+    struct model m;
+    if (!err) err = model_load(&m, path);
+    unlink(path); /* the mapping stays valid */
+    if (err) return err;
+    struct engine_opts eo = {.n_threads = threads, .n_ctx = n_ctx, .n_batch = w->n_batch,
+                             .n_gpu_layers = gpu ? -1 : 0};
+    struct engine *e = NULL;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)P);
+    float *logits = malloc(sizeof(float) * (size_t)m.hp.n_vocab);
+    if (!ids || !logits) err = tt_error_set(TT_ENOMEM, "out of memory timing the engine");
+    if (!err) err = plan_model_from_model(pm, &m);
+    if (!err) err = engine_create(&e, &m, &eo);
+    for (int i = 0; i < P && !err; i++) ids[i] = (int32_t)(3 + (i * 7919) % (m.hp.n_vocab - 3));
+    for (int j = 0; j < 2 && !err; j++)
+        err = time_prompt(e, ids, t->prompt_tokens[j], logits, &t->prompt_s[k][j]);
+    if (!err) err = time_decode(e, ids, P, logits, &t->decode_s[k]);
+    cli_progress_update(&p->bar, p->base + p->span / 0.8, 1.0);
+    if (e) engine_destroy(e);
+    free(logits);
+    free(ids);
+    model_free(&m);
+    return err;
+}
+
+bool cli_engine_fit(const struct plan_model *target, const struct plan_workload *w, int threads,
+                    bool gpu, struct plan_hw_rank *r)
+{
+    struct plan_model pm[2] = {0};
+    struct plan_engine_times t = {.model = {&pm[0], &pm[1]},
+                                  .prompt_tokens = {TT_MAX(1, w->prompt_tokens / 2), w->prompt_tokens},
+                                  .n_batch = w->n_batch};
+    const char *tmp = getenv("TMPDIR");
+    char dir[FIT_PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/tutti-plan-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    struct fit_progress p;
+    cli_progress_start(&p.bar, "timing the engine");
+    const bool made = mkdtemp(dir) != NULL;
+    const int n_layer = fit_layers(target);
+    int err = made ? 0 : tt_error_set(TT_EIO, "cannot make a directory like %s", dir);
+    for (int k = 0; k < 2 && !err; k++)
+        err = fit_one(target, w, threads, gpu, dir, k, n_layer * (k + 1), &p, &pm[k], &t);
+    if (made) rmdir(dir);
+    cli_progress_end(&p.bar);
+    struct plan_hw_rank g = *r;
+    double worst = 0.0;
+    if (!err) err = plan_fit_engine(&g, &t, &worst);
+    plan_model_free(&pm[1]);
+    plan_model_free(&pm[0]);
+    if (err) {
+        tt_warn("timing the engine failed (%s): %s", tt_strerror(err), tt_error_detail());
+        tt_error_clear();
+        return false;
+    }
+    tt_info("engine on %d and %d layers of this shape: decode %.1f / %.1f us per step; prompts "
+            "of %d and %d tokens %.2f / %.2f and %.2f / %.2f ms",
+            n_layer, 2 * n_layer, t.decode_s[0] * 1e6, t.decode_s[1] * 1e6, t.prompt_tokens[0], t.prompt_tokens[1],
+            t.prompt_s[0][0] * 1e3, t.prompt_s[1][0] * 1e3, t.prompt_s[0][1] * 1e3,
+            t.prompt_s[1][1] * 1e3);
+    tt_info("fitted: overhead %.1f us per layer (was %.1f), %.1f us per pass; %.0f GFLOP/s "
+            "products (was %.0f), %.0f attention (was %.0f); largest difference left %.1f%%",
+            g.overhead_us, r->overhead_us, g.step_overhead_us, g.gflops, r->gflops,
+            g.attn_gflops, r->attn_gflops, 100.0 * worst);
+    *r = g;
+    return true;
+}
+
 #ifdef TT_HAVE_CUDA
 
 #include "kcuda/kcuda.h"
-
-#include <math.h>
-#include <string.h>
 
 #define GPU_GEMM_TOKENS 256 /* the engine's prompt batch (ENGINE_BATCH_DEFAULT) */
 #define GPU_GRAPH_LAUNCHES 16
@@ -153,7 +354,8 @@ static bool gpu_measure(struct gpu_bench *b, const struct plan_model *pm, struct
     return true;
 }
 
-bool cli_gpu_describe(const struct plan_model *pm, struct plan_hw_rank *r)
+bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
+                      struct plan_hw_rank *r)
 {
     if (kcuda_device_count() <= 0) return false;
     const struct model_hparams *hp = &pm->hp;
@@ -183,20 +385,26 @@ bool cli_gpu_describe(const struct plan_model *pm, struct plan_hw_rank *r)
         snprintf(g.device, sizeof(g.device), "%s", kcuda_device_name(b.k));
         ok = !err;
     }
-    if (ok) *r = g;
     if (err) tt_warn("measuring the GPU failed (%s); describing the CPU instead", tt_strerror(err));
     kcuda_free(b.out);
     kcuda_free(b.act);
     kcuda_free(b.w);
     kcuda_destroy(b.k);
-    return ok;
+    if (!ok) return false;
+    if (!cli_engine_fit(pm, w, threads, true, &g))
+        tt_warn("describing the GPU by its kernels alone");
+    *r = g;
+    return true;
 }
 
 #else
 
-bool cli_gpu_describe(const struct plan_model *pm, struct plan_hw_rank *r)
+bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
+                      struct plan_hw_rank *r)
 {
     (void)pm;
+    (void)w;
+    (void)threads;
     (void)r;
     return false;
 }

@@ -5,8 +5,9 @@
  * The model, in one paragraph. A rank's time for one layer and n tokens is
  *     max(bytes / (read_gbs * bw_efficiency), flops / gflops)
  *     + attention_flops / attn_gflops + overhead
- * where bytes are the weights of its slice (experts: those the tokens touch)
- * plus the KV cache it reads, flops are 2 per weight and token, and the
+ * plus, once per forward pass (decode step, prompt chunk), a fixed step
+ * overhead; bytes are the weights of its slice (experts: those the tokens
+ * touch) plus the KV cache it reads, flops are 2 per weight and token, and the
  * attention products (query-key dots, softmax, value sums) run at their own
  * speed: on CPUs they are vector loops, far slower than matrix products. A
  * tensor-parallel group takes the slowest member's
@@ -619,6 +620,16 @@ static double layer_budget(const struct search *s, const struct plan_candidate *
     return b;
 }
 
+/* A stage's fixed cost per forward pass: its slowest rank's (the group
+ * meets at the pass's first join). */
+static double stage_step_s(const struct search *s, const struct plan_stage *g)
+{
+    double t = 0.0;
+    for (int i = g->rank_begin; i < g->rank_end; i++)
+        t = fmax(t, s->c->ranks[s->ids[i]].step_overhead_us * 1e-6);
+    return t;
+}
+
 /* cost[st][l]: layer l's decode time on stage st (slowest rank and joins);
  * mem[st][l]: the largest fraction of a rank's budget it takes there. */
 static void layer_costs(struct search *s, const struct plan_candidate *cd,
@@ -824,6 +835,7 @@ static double decode_round(struct search *s, struct plan_candidate *cd, double m
         double t = 0.0;
         for (int l = g->layer_begin; l < g->layer_end; l++)
             t += s->cost[(size_t)st * L + l];
+        t += stage_step_s(s, g);
         *comm +=
             (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, m);
         if (st == cd->n_stages - 1)
@@ -857,6 +869,7 @@ static double chunk_s(struct search *s, struct plan_candidate *cd, double t, dou
                                                  s->emax[k]));
             x += worst * straggle(s, g);
         }
+        x += stage_step_s(s, g);
         x += (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, t);
         if (st < cd->n_stages - 1) x += send_s(&s->hop[st], 4.0 * s->pm->hp.n_embd * t);
         g->prefill_s += wgt * x;
@@ -1067,6 +1080,7 @@ static int single_candidates(struct search *s)
             dup = a->read_gbs == b->read_gbs && a->bw_efficiency == b->bw_efficiency &&
                   a->gflops == b->gflops && a->attn_gflops == b->attn_gflops &&
                   a->mem_avail_gib == b->mem_avail_gib && a->overhead_us == b->overhead_us &&
+                  a->step_overhead_us == b->step_overhead_us &&
                   c->links[0][r].latency_us == c->links[0][q].latency_us &&
                   c->links[0][r].bandwidth_gbs == c->links[0][q].bandwidth_gbs &&
                   c->links[0][r].bandwidth_both_gbs == c->links[0][q].bandwidth_both_gbs;

@@ -113,6 +113,8 @@ struct plan_hw_rank {
     double mem_avail_gib;       /* memory tutti may use, GiB */
     double mem_total_gib;       /* informative */
     double overhead_us;         /* fixed cost per layer and step (launches, syncs), >= 0 */
+    double step_overhead_us;    /* fixed cost per forward pass (a decode step, a prompt chunk):
+                                 * graph launch, host-device copies, the step's bookkeeping; >= 0 */
     double jitter;              /* relative spread (std. dev.) of its time between two joins, >= 0 */
 };
 
@@ -237,6 +239,34 @@ void plan_result_free(struct plan_result *res);
  * plan, or NULL (TT_EINVAL, TT_ENOMEM detail). */
 struct plan *plan_from_candidate(const struct plan_model *pm, const struct plan_candidate *cd,
                                  int n_ranks);
+
+/* ---- a rank described by timing the engine itself (plan_fit.c) ---- */
+
+/* What one rank measured running the engine on two models of one shape
+ * that differ only in their layer count (`tutti plan` on a GPU: 1 and 2
+ * layers). Seconds of wall clock, as `tutti bench` takes them. */
+struct plan_engine_times {
+    const struct plan_model *model[2]; /* fewer layers first */
+    int32_t prompt_tokens[2];          /* two prompt lengths, shorter first (may be equal) */
+    int32_t n_batch;                   /* prompt tokens per forward pass */
+    double decode_s[2];                /* [model]: one decode step after prompt_tokens[1] tokens */
+    double prompt_s[2][2];             /* [model][length]: the prompt from an empty cache to
+                                        * its last token's logits */
+};
+
+/* Fit rank *h to the engine's measured times: overhead_us and
+ * step_overhead_us from the decode steps (the layer count's difference
+ * gives a layer's, the rest the step's), gflops and attn_gflops from the
+ * prompts (a layer's time at two lengths: the products grow with the
+ * tokens, attention with their square; one length, or a fit that gives no
+ * positive pair: attn_gflops = gflops). read_gbs, bw_efficiency and the
+ * memory figures are kept: the bytes' time comes from them, the fit puts
+ * everything else in the fitted figures. With the fitted figures the cost
+ * model reproduces the six times (up to the clamping of figures at 0);
+ * *worst_rel gets the largest relative difference left. h must pass
+ * plan_cluster_check as a rank. Errors: TT_EINVAL (times not positive,
+ * models not of one shape with different layer counts), TT_ENOMEM. */
+int plan_fit_engine(struct plan_hw_rank *h, const struct plan_engine_times *t, double *worst_rel);
 
 const char *plan_layout_name(enum plan_layout layout);
 /* Parse "auto", "single", "tp", "pp", "hybrid" into a layout mask. */

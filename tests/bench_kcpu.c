@@ -2,7 +2,7 @@
  * bench_kcpu.c: how fast the kernel table is against the machine's limits.
  *
  *   cc ... -o bench_kcpu tests/bench_kcpu.c libtutti.a -lm   (see the kcpu report)
- *   bench_kcpu [-t threads] [-r reps] [-i isa] [-p n_tok] [types...]
+ *   bench_kcpu [-t threads] [-r reps] [-i isa] [-p n_tok] [-l rows|tile16] [types...]
  *
  * 1. Memory read bandwidth: a plain read loop over 1 GiB, with 1 and with
  *    the requested number of threads; the best of a few passes.
@@ -14,6 +14,18 @@
  * 3. Prefill: the same layer with n_tok tokens (default 128); reports
  *    GOPS (2 * rows * n * n_tok per second) and the implied tokens/s of an
  *    8-layer model's matrix products.
+ * 4. Compute rate of the packed kernels against the core's peak (x86 with
+ *    AVX-512 VNNI only): the clock (a chain of dependent adds), the peak
+ *    vpdpbusd rate (independent accumulators, 64 multiply-adds each), then
+ *    each KCPU_LAYOUT_TILE16 kernel, one thread, on a 256 x 4096 matrix
+ *    held in L2 (compute only) and on a 14336 x 4096 one (from memory), for
+ *    1, 2, 4, 8 and 16 tokens: CPU time per row-block (one row x 256
+ *    weights) and token, in ns and cycles, and multiply-adds per cycle
+ *    against the peak.
+ * -l tile16 runs sections 2 and 3 on weights packed to KCPU_LAYOUT_TILE16
+ * (kcpu_tile16_pack, as the engine packs them at load) where the table has
+ * a kernel for the type, as `tutti serve` computes; -p 8 then times the
+ * 8-stream decode step.
  * Timings take the best of `reps` runs: the machine may be shared. The
  * bandwidth is measured again before every decode run (over the weights
  * themselves) and the best figure kept, so a busy moment cannot make the
@@ -26,6 +38,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 /* ---- memory bandwidth ---- */
 
@@ -88,6 +102,7 @@ static const struct {
 
 struct mat {
     enum tt_type type;
+    enum kcpu_layout layout;
     int64_t rows, n;
     size_t row_bytes;
     uint8_t *w;
@@ -129,6 +144,25 @@ static void fill_mat(struct mat *m, uint64_t seed)
     }
 }
 
+/* Into KCPU_LAYOUT_TILE16 when the table has a kernel for the type (rows
+ * are a multiple of 16 here), on huge pages as the engine asks for them;
+ * false if out of memory. */
+static bool pack_mat(const struct kcpu_ops *ops, struct mat *m)
+{
+    if (!kcpu_tile16_wanted(ops, m->type)) return true;
+    const size_t bytes = kcpu_tile16_bytes(m->type, m->n, m->rows);
+    uint8_t *p = tt_alloc(bytes);
+    if (!p) return false;
+    const uintptr_t page = 4096, a = ((uintptr_t)p + page - 1) & ~(page - 1);
+    const uintptr_t e = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_HUGEPAGE); /* before the first touch; advice only */
+    kcpu_tile16_pack(m->type, m->n, m->w, m->row_bytes, m->rows, 0, (m->rows + 15) / 16, p);
+    tt_free(m->w);
+    m->w = p;
+    m->layout = KCPU_LAYOUT_TILE16;
+    return true;
+}
+
 struct mm_job {
     const struct kcpu_ops *ops;
     const struct mat *m;
@@ -144,8 +178,9 @@ static void mm_run(void *ctx, int ith, int nth)
     int64_t r0, r1;
     tt_split_range(j->m->rows, ith, nth, 16, &r0, &r1);
     if (r1 > r0)
-        j->ops->matmul[j->m->type](j->m->n, j->m->w, j->m->row_bytes, r0, r1, j->act,
-                                   j->act_row_bytes, j->n_tok, j->out, j->m->rows);
+        kcpu_matmul_get(j->ops, j->m->layout, j->m->type)(j->m->n, j->m->w, j->m->row_bytes, r0,
+                                                          r1, j->act, j->act_row_bytes, j->n_tok,
+                                                          j->out, j->m->rows);
 }
 
 /* Best time of `reps` passes over the layer's matrices; bytes and ops out. */
@@ -203,6 +238,138 @@ static double time_layer(struct tt_pool *pool, const struct kcpu_ops *ops, struc
     return best;
 }
 
+/* ---- 4. the packed kernels against the core's peak ---- */
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* The core clock in GHz: a chain of dependent adds, one cycle each; best of
+ * three (a busy moment only makes it look slower). */
+static double clock_ghz(void)
+{
+    const long n = 100000000;
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        uint64_t x = 0;
+        const double t = thread_cpu_s();
+        for (long i = 0; i < n; i++)
+            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        best = TT_MAX(best, 4.0 * (double)n / (thread_cpu_s() - t) / 1e9);
+    }
+    return best;
+}
+
+/* Peak vpdpbusd rate of one core, multiply-adds per ns: 16 independent
+ * accumulators (more than latency x throughput), operands opaque to the
+ * compiler. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static double dpbusd_macs_per_ns(void)
+{
+    const long n = 20000000;
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        __m512i acc[16];
+        __m512i w = _mm512_set1_epi8(3), a = _mm512_set1_epi8(5);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_set1_epi32(i);
+        const double t = thread_cpu_s();
+        for (long it = 0; it < n; it++) {
+            __asm__ volatile("" : "+v"(w), "+v"(a));
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], w, a);
+        }
+        const double dt = thread_cpu_s() - t;
+        int sink = 0;
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) sink += _mm512_reduce_add_epi32(acc[i]);
+        __asm__ volatile("" : : "r"(sink));
+        best = TT_MAX(best, 64.0 * 16.0 * (double)n / dt / 1e9);
+    }
+    return best;
+}
+
+/* Clock (GHz) and peak multiply-adds per cycle; false where not measurable. */
+static bool core_peak(double *ghz, double *macs_per_cycle)
+{
+    if (!kcpu_get_isa(KCPU_ISA_AVX512)) return false;
+    *ghz = clock_ghz();
+    *macs_per_cycle = dpbusd_macs_per_ns() / *ghz;
+    return true;
+}
+#else
+static bool core_peak(double *ghz, double *macs_per_cycle)
+{
+    (void)ghz;
+    (void)macs_per_cycle;
+    return false;
+}
+#endif
+
+/* One packed kernel, one thread, rows x 4096 (256 rows stay in L2): CPU time
+ * per row-block (256 weights of one row) and token for 1..16 tokens, best of
+ * 5 runs of `calls` calls. */
+static void kernel_rate(const struct kcpu_ops *ops, enum tt_type type, int64_t rows, int calls,
+                        double ghz, double peak)
+{
+    static const int64_t toks[] = { 1, 2, 4, 8, 16 };
+    const int64_t n = 4096, nt_max = 16;
+    const enum tt_type vt = tt_type_get(type)->vec_dot_type;
+    struct mat m = { type, KCPU_LAYOUT_ROWS, rows, n, tt_row_size(type, n), NULL };
+    const size_t arb = tt_row_size(vt, n);
+    m.w = tt_alloc(m.row_bytes * (size_t)rows);
+    uint8_t *act = tt_alloc(arb * (size_t)nt_max);
+    float *x = tt_alloc((size_t)n * sizeof(float)), *out = tt_alloc((size_t)(rows * nt_max) * sizeof(float));
+    if (!m.w || !act || !x || !out) goto done;
+    fill_mat(&m, 99);
+    if (!pack_mat(ops, &m) || m.layout != KCPU_LAYOUT_TILE16) goto done;
+    for (int64_t t = 0; t < nt_max; t++) {
+        for (int64_t i = 0; i < n; i++) x[i] = (float)(((i + 31 * t) * 7919) % 1000) * 0.002f - 1.0f;
+        ops->quantize_act[vt](x, act + (size_t)t * arb, n);
+    }
+    const kcpu_matmul_fn fn = kcpu_matmul_get(ops, m.layout, type);
+    const size_t bytes = m.row_bytes * (size_t)rows;
+    printf("%-5s %5lld x %lld %-5s |", tt_type_name(type), (long long)rows, (long long)n,
+           bytes < ((size_t)1 << 20) ? "(L2)" : bytes < ((size_t)16 << 20) ? "(L3)" : "(mem)");
+    for (size_t k = 0; k < TT_ARRAY_LEN(toks); k++) {
+        double best = 1e30;
+        for (int r = 0; r < 5; r++) {
+            const double t = thread_cpu_s();
+            for (int c = 0; c < calls; c++) fn(n, m.w, m.row_bytes, 0, rows, act, arb, toks[k], out, rows);
+            best = TT_MIN(best, thread_cpu_s() - t);
+        }
+        const double ns = best / calls / ((double)rows * (double)(n / 256) * (double)toks[k]) * 1e9;
+        if (ghz > 0)
+            printf(" %2lld: %5.2f ns %5.2f cyc %4.1f MAC/c %3.0f%% |", (long long)toks[k], ns, ns * ghz,
+                   256.0 / (ns * ghz), 100.0 * 256.0 / (ns * ghz) / peak);
+        else
+            printf(" %2lld: %5.2f ns |", (long long)toks[k], ns);
+    }
+    printf("\n");
+done:
+    tt_free(m.w);
+    tt_free(act);
+    tt_free(x);
+    tt_free(out);
+}
+
+static void kernel_rates(const struct kcpu_ops *ops)
+{
+    double ghz = 0, peak = 0;
+    if (core_peak(&ghz, &peak))
+        printf("core: %.2f GHz, peak vpdpbusd %.1f multiply-adds per cycle (%.0f per ns)\n", ghz, peak,
+               peak * ghz);
+    printf("packed kernels, 1 thread, CPU time per row-block (256 weights) and token:\n");
+    for (int type = 0; type < TT_TYPE_COUNT; type++) {
+        if (!kcpu_tile16_wanted(ops, (enum tt_type)type)) continue;
+        kernel_rate(ops, (enum tt_type)type, 256, 100, ghz, peak);
+        kernel_rate(ops, (enum tt_type)type, 2048, 12, ghz, peak);
+        kernel_rate(ops, (enum tt_type)type, 14336, 2, ghz, peak);
+    }
+}
+
 static int parse_type(const char *s, enum tt_type types[N_MAT])
 {
     const bool mix = strcmp(s, "q4_K_M") == 0 || strcmp(s, "q4_k_m") == 0;
@@ -220,6 +387,7 @@ int main(int argc, char **argv)
     int n_threads = 2, reps = 5;
     int64_t n_tok_prefill = 128;
     const char *isa = NULL;
+    bool tile16 = false;
     const char *deflt[] = { "q4_K_M", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "f16", "bf16", "f32" };
     const char **names = deflt;
     int n_names = (int)TT_ARRAY_LEN(deflt);
@@ -230,6 +398,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-r")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "-i")) isa = argv[i + 1];
         else if (!strcmp(argv[i], "-p")) n_tok_prefill = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "-l")) tile16 = !strcmp(argv[i + 1], "tile16");
     }
     if (i < argc) {
         names = (const char **)(argv + i);
@@ -240,7 +409,8 @@ int main(int argc, char **argv)
     struct tt_pool *pool1 = tt_pool_create(1), *pool = tt_pool_create(n_threads);
     if (!pool || !pool1) return 1;
     const double bw1 = measure_bw(pool1, 3), bw = measure_bw(pool, 3);
-    printf("isa %s, %d threads\n", kcpu_isa_name(ops->isa), n_threads);
+    printf("isa %s, %d threads, %s weights\n", kcpu_isa_name(ops->isa), n_threads,
+           tile16 ? "tile16 (packed where the table can)" : "row");
     printf("memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", bw1, bw, n_threads);
     printf("%-8s | %-37s | %-34s\n", "type", "decode n_tok=1: GB/s of read GB/s", "prefill");
     for (int k = 0; k < n_names; k++) {
@@ -253,12 +423,14 @@ int main(int argc, char **argv)
         bool ok = true;
         for (int m = 0; m < N_MAT; m++) {
             mats[m].type = types[m];
+            mats[m].layout = KCPU_LAYOUT_ROWS;
             mats[m].rows = layer[m].rows;
             mats[m].n = layer[m].n;
             mats[m].row_bytes = tt_row_size(types[m], layer[m].n);
             mats[m].w = tt_alloc(mats[m].row_bytes * (size_t)mats[m].rows);
             if (!mats[m].w) ok = false;
             else fill_mat(&mats[m], 1234 + (uint64_t)m);
+            if (ok && tile16 && !pack_mat(ops, &mats[m])) ok = false;
         }
         if (ok) {
             double bytes, opsn, lbw = 0;
@@ -272,6 +444,7 @@ int main(int argc, char **argv)
         }
         for (int m = 0; m < N_MAT; m++) tt_free(mats[m].w);
     }
+    kernel_rates(ops);
     tt_pool_destroy(pool);
     tt_pool_destroy(pool1);
     return 0;

@@ -25,6 +25,9 @@
 # share of a move, experts it computed per step against the busiest rank's
 # and the mean, page faults per step. Everything goes to $OUT (summary.txt,
 # logs.txt: the full debug logs).
+# THREADS (default 4) sets each rank's compute threads on its 4 cores: with
+# 2, the four ranks together ask less of the machine's one memory system than
+# it gives, as four separate machines would not share one.
 # TUTTI=path uses a prebuilt binary instead of building one (a CUDA build
 # then needs EXTRA="--gpu-layers 0" to keep the ranks on the CPU).
 set -u
@@ -36,6 +39,7 @@ MODES=${MODES:-static balanced}
 GENS=${GENS:-128 512}
 REPLICAS=${REPLICAS:-8}
 EXTRA=${EXTRA:-}
+THREADS=${THREADS:-4}
 exec > >(tee "$OUT/summary.txt") 2>&1
 if [ -n "${TUTTI:-}" ]; then
     T=$TUTTI
@@ -94,7 +98,7 @@ mode_args() {
 }
 run() { # mode gen file
     TT_LOG_LEVEL=3 timeout 240 mpirun -x TT_LOG_LEVEL --oversubscribe --bind-to none -np 4 /tmp/pin.sh \
-        "$T" bench -m "$M" -p 64 -n "$2" -r 1 -t 4 $(mode_args "$1") $EXTRA > "$3.txt" 2> "$3.log"
+        "$T" bench -m "$M" -p 64 -n "$2" -r 1 -t "$THREADS" $(mode_args "$1") $EXTRA > "$3.txt" 2> "$3.log"
 }
 run wide 24 /tmp/warm
 echo "memory grown at ${SECONDS}s: $(free -g | awk '/Mem:/ {print $2 " GiB total, " $7 " available"}')"

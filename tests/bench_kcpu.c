@@ -2,7 +2,7 @@
  * bench_kcpu.c: how fast the kernel table is against the machine's limits.
  *
  *   cc ... -o bench_kcpu tests/bench_kcpu.c libtutti.a -lm   (see the kcpu report)
- *   bench_kcpu [-t threads] [-r reps] [-i isa] [-p n_tok] [-l rows|tile16] [types...]
+ *   bench_kcpu [-t threads] [-r reps] [-i isa] [-p n_tok] [-l rows|tile16] [-s 4] [types...]
  *
  * 1. Memory read bandwidth: a plain read loop over 1 GiB, with 1 and with
  *    the requested number of threads; the best of a few passes.
@@ -22,6 +22,7 @@
  *    1, 2, 4, 8 and 16 tokens: CPU time per row-block (one row x 256
  *    weights) and token, in ns and cycles, and multiply-adds per cycle
  *    against the peak.
+ * -s 4 runs section 4 alone.
  * -l tile16 runs sections 2 and 3 on weights packed to KCPU_LAYOUT_TILE16
  * (kcpu_tile16_pack, as the engine packs them at load) where the table has
  * a kernel for the type, as `tutti serve` computes; -p 8 then times the
@@ -388,6 +389,7 @@ int main(int argc, char **argv)
     int64_t n_tok_prefill = 128;
     const char *isa = NULL;
     bool tile16 = false;
+    int only_section = 0;
     const char *deflt[] = { "q4_K_M", "q4_K", "q5_K", "q6_K", "q8_0", "q4_0", "f16", "bf16", "f32" };
     const char **names = deflt;
     int n_names = (int)TT_ARRAY_LEN(deflt);
@@ -399,6 +401,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "-i")) isa = argv[i + 1];
         else if (!strcmp(argv[i], "-p")) n_tok_prefill = atoll(argv[i + 1]);
         else if (!strcmp(argv[i], "-l")) tile16 = !strcmp(argv[i + 1], "tile16");
+        else if (!strcmp(argv[i], "-s")) only_section = atoi(argv[i + 1]);
     }
     if (i < argc) {
         names = (const char **)(argv + i);
@@ -406,6 +409,10 @@ int main(int argc, char **argv)
     }
     tt_base_init();
     const struct kcpu_ops *ops = kcpu_select(isa);
+    if (only_section == 4) {
+        kernel_rates(ops);
+        return 0;
+    }
     struct tt_pool *pool1 = tt_pool_create(1), *pool = tt_pool_create(n_threads);
     if (!pool || !pool1) return 1;
     const double bw1 = measure_bw(pool1, 3), bw = measure_bw(pool, 3);

@@ -312,11 +312,11 @@ static bool core_peak(double *ghz, double *macs_per_cycle)
 /* One packed kernel, one thread, rows x 4096 (256 rows stay in L2): CPU time
  * per row-block (256 weights of one row) and token for 1..16 tokens, best of
  * 5 runs of `calls` calls. */
-static void kernel_rate(const struct kcpu_ops *ops, enum tt_type type, int64_t rows, int calls,
-                        double ghz, double peak)
+static void kernel_rate(const struct kcpu_ops *ops, enum tt_type type, int64_t rows, int64_t n,
+                        int calls, double ghz, double peak)
 {
     static const int64_t toks[] = { 1, 2, 4, 8, 16 };
-    const int64_t n = 4096, nt_max = 16;
+    const int64_t nt_max = 16;
     const enum tt_type vt = tt_type_get(type)->vec_dot_type;
     struct mat m = { type, KCPU_LAYOUT_ROWS, rows, n, tt_row_size(type, n), NULL };
     const size_t arb = tt_row_size(vt, n);
@@ -332,7 +332,7 @@ static void kernel_rate(const struct kcpu_ops *ops, enum tt_type type, int64_t r
     }
     const kcpu_matmul_fn fn = kcpu_matmul_get(ops, m.layout, type);
     const size_t bytes = m.row_bytes * (size_t)rows;
-    printf("%-5s %5lld x %lld %-5s |", tt_type_name(type), (long long)rows, (long long)n,
+    printf("%-5s %5lld x %5lld %-5s |", tt_type_name(type), (long long)rows, (long long)n,
            bytes < ((size_t)1 << 20) ? "(L2)" : bytes < ((size_t)16 << 20) ? "(L3)" : "(mem)");
     for (size_t k = 0; k < TT_ARRAY_LEN(toks); k++) {
         double best = 1e30;
@@ -365,9 +365,10 @@ static void kernel_rates(const struct kcpu_ops *ops)
     printf("packed kernels, 1 thread, CPU time per row-block (256 weights) and token:\n");
     for (int type = 0; type < TT_TYPE_COUNT; type++) {
         if (!kcpu_tile16_wanted(ops, (enum tt_type)type)) continue;
-        kernel_rate(ops, (enum tt_type)type, 256, 100, ghz, peak);
-        kernel_rate(ops, (enum tt_type)type, 2048, 12, ghz, peak);
-        kernel_rate(ops, (enum tt_type)type, 14336, 2, ghz, peak);
+        kernel_rate(ops, (enum tt_type)type, 256, 4096, 100, ghz, peak);
+        kernel_rate(ops, (enum tt_type)type, 2048, 4096, 12, ghz, peak);
+        kernel_rate(ops, (enum tt_type)type, 14336, 4096, 2, ghz, peak);
+        kernel_rate(ops, (enum tt_type)type, 4096, 14336, 2, ghz, peak);
     }
 }
 

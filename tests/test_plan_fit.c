@@ -5,9 +5,10 @@
  * The engine's times are stood in for by the cost model's predictions for
  * a known rank ("the truth"): fitting a rank that starts from other figures
  * must give the truth back, and with it the full model's predictions; with
- * one prompt length, one speed for products and attention; with times the
- * model cannot reproduce (a layer cheaper than its bytes), figures clamped
- * at 0 that still pass the cluster check; bad inputs are refused.
+ * one prompt length, or an implausible split, one factor scales both
+ * speeds; with times the model cannot reproduce (a layer cheaper than its
+ * bytes), figures clamped at 0 that still pass the cluster check; bad
+ * inputs are refused.
  */
 #include "test.h"
 
@@ -175,6 +176,29 @@ static void test_one_length(void)
     plan_model_free(&pm[0]);
 }
 
+/* Times whose split between products and attention is implausible
+ * (attention faster than products, as noise can make it): both speeds are
+ * scaled by one factor, keeping the kernels' ratio, and the longer prompt's
+ * layers are reproduced. */
+static void test_implausible_split(void)
+{
+    struct plan_model pm[2];
+    if (!models(pm, llama_8b(32), 1, 2)) return;
+    struct plan_hw_rank truth = gpu_truth();
+    truth.attn_gflops = 3.0 * truth.gflops;
+    const struct plan_engine_times t = times_of(pm, 256, 512, 512, &truth);
+    struct plan_hw_rank h = gpu_kernels();
+    h.attn_gflops = h.gflops / 4.0;
+    double worst = 1.0, dec, p0, p1;
+    CHECK_EQ_INT(plan_fit_engine(&h, &t, &worst), 0);
+    CHECK(REL(h.gflops / h.attn_gflops, 4.0) < 1e-9);
+    predict(&pm[0], &h, 512, 512, &dec, &p0);
+    predict(&pm[1], &h, 512, 512, &dec, &p1);
+    CHECK(REL(p1 - p0, t.prompt_s[1][1] - t.prompt_s[0][1]) < 1e-6);
+    plan_model_free(&pm[1]);
+    plan_model_free(&pm[0]);
+}
+
 /* Times the cost model cannot reproduce: the second model's extra layers
  * take less than their bytes at the rank's bandwidth (a cache), and a
  * prompt faster at twice the length. The figures clamp at 0, stay in
@@ -239,6 +263,7 @@ static const struct test_case cases[] = {
     {"dense_recovered", test_dense_recovered},
     {"moe_recovered", test_moe_recovered},
     {"one_length", test_one_length},
+    {"implausible_split", test_implausible_split},
     {"unreachable_times", test_unreachable_times},
     {"bad_inputs", test_bad_inputs},
 };

@@ -32,7 +32,8 @@
  * the engine ran 326. So the description is then fitted to the engine
  * itself (cli_engine_fit, also on a CPU with `plan --time-engine`): two
  * models of the target's shape with n and 2n layers (n = 1 for a layer of
- * 256 MiB or more: enough layers that no cache holds them) and a small
+ * 256 MiB or more: enough layers that no cache holds them, up to half the
+ * target's) and a small
  * vocabulary (`tutti gen`'s code, in a temporary directory) each run a
  * prompt of the workload's length and of half of it and decode steps after
  * it, timed as `tutti bench` times them; plan_fit_engine (plan_fit.c, pure) turns the
@@ -140,7 +141,10 @@ static int time_decode(struct engine *e, const int32_t *ids, int n_past, float *
 
 /* Layers of the smaller model: enough for FIT_CACHE_BYTES of the
  * target's average layer (all its experts: the decode steps' tokens vary,
- * so over the steps every expert is read). */
+ * so over the steps every expert is read), but the larger model no larger
+ * than the target: a target small enough for a cache finds its weights
+ * there too, and larger maps than the target's would meet other limits
+ * (huge pages, TLB reach) that it does not. */
 static int fit_layers(const struct plan_model *pm)
 {
     double bytes = 0.0;
@@ -152,7 +156,7 @@ static int fit_layers(const struct plan_model *pm)
     }
     const double per_layer = bytes / TT_MAX(1, pm->hp.n_layer);
     const double n = per_layer > 0 ? ceil(FIT_CACHE_BYTES / per_layer) : 1.0;
-    return (int)fmin(fmax(n, 1.0), MODEL_LAYERS_MAX / 2);
+    return (int)fmax(1.0, fmin(n, pm->hp.n_layer / 2));
 }
 
 /* Generate, load and time model k (0: n_layer layers, 1: twice as many)

@@ -258,8 +258,10 @@ struct plan_engine_times {
  * step_overhead_us from the decode steps (the layer count's difference
  * gives a layer's, the rest the step's), gflops and attn_gflops from the
  * prompts (a layer's time at two lengths: the products grow with the
- * tokens, attention with their square; one length, or a fit that gives no
- * positive pair: attn_gflops = gflops). read_gbs, bw_efficiency and the
+ * tokens, attention with their square; with one length, or a split that is
+ * implausible (products over twice the speed h's kernels measured, or
+ * attention faster than products), both speeds scaled by one factor that
+ * reproduces the longer prompt). read_gbs, bw_efficiency and the
  * memory figures are kept: the bytes' time comes from them, the fit puts
  * everything else in the fitted figures. With the fitted figures the cost
  * model reproduces the six times (up to the clamping of figures at 0);

@@ -20,6 +20,8 @@
  *                                      + attention / attn_gflops + rest
  *       at two prompt lengths (products grow with the tokens, attention
  *       with their square) gives both speeds; the slopes come from probes.
+ *       When noise makes that split implausible, one factor scales both
+ *       speeds (keeping the ratio the kernels measured) to the longer prompt.
  *
  * The decode fit depends on the attention speed (a little) and the prompt
  * fit on the overheads, so the two alternate a few times; each round's
@@ -37,10 +39,16 @@
 #define FIT_MEM_GIB 1e6   /* the predictions only need the models to fit */
 #define FIT_FIGURE_MAX 1e6 /* overhead_us and step_overhead_us, as plan_cluster_check allows */
 #define FIT_GFLOPS_MAX 1e9
+/* The two speeds are taken apart only if products come out at most this
+ * many times faster than the kernel measured alone, and attention no faster
+ * than products (as on every CPU and GPU measured: vector loops or fused
+ * kernels against matrix units); else noise decided the split. */
+#define FIT_OVER_KERNEL 2.0
 
 struct fit {
     const struct plan_engine_times *t;
     struct plan_cluster *c; /* one rank: the description under test */
+    double kernel_gflops;   /* the description's gflops before the fit */
 };
 
 /* The planner's decode step and TTFT of model m, prompt of P tokens, on
@@ -115,9 +123,11 @@ static int layers_prompt_s(struct fit *f, const struct plan_hw_rank *h, double g
 
 /* gflops and attn_gflops from the prompts: per length j the predicted
  * difference is m_j / gflops + a_j / attn_gflops + c_j; m, a and c come
- * from probes around the current speeds (each halved in turn). Keeps the
- * current speeds when no positive solution exists (a prompt on the bytes'
- * side of the model, or times too noisy to separate). */
+ * from probes around the current speeds (each halved in turn). Two lengths
+ * give both speeds when the split is plausible (FIT_OVER_KERNEL); else both
+ * are scaled by one factor that reproduces the longer prompt, keeping their
+ * ratio. Keeps the current speeds when no positive solution exists (a
+ * prompt on the bytes' side of the model). */
 static int fit_prompt(struct fit *f, struct plan_hw_rank *h)
 {
     const struct plan_engine_times *t = f->t;
@@ -140,11 +150,14 @@ static int fit_prompt(struct fit *f, struct plan_hw_rank *h)
     if (t->prompt_tokens[0] != t->prompt_tokens[1] && fabs(det) > 1e-9 * fabs(m[0] * a[1])) {
         u = (want[0] * a[1] - want[1] * a[0]) / det;
         v = (m[0] * want[1] - m[1] * want[0]) / det;
-        ok = u > 0 && v > 0;
+        ok = u > 0 && v >= u * (1.0 - 1e-9) && 1.0 / u <= FIT_OVER_KERNEL * f->kernel_gflops;
     }
-    if (!ok && m[1] + a[1] > 0) { /* one speed for both */
-        u = v = want[1] / (m[1] + a[1]);
-        ok = u > 0;
+    const double base = m[1] / F0 + a[1] / A0; /* the longer prompt's speed-bound part now */
+    if (!ok && base > 0 && want[1] > 0) {     /* one factor for both */
+        const double scale = base / want[1];
+        u = 1.0 / (F0 * scale);
+        v = 1.0 / (A0 * scale);
+        ok = true;
     }
     if (!ok) return 0;
     h->gflops = fmin(FIT_GFLOPS_MAX, 1.0 / u);
@@ -198,7 +211,7 @@ int plan_fit_engine(struct plan_hw_rank *h, const struct plan_engine_times *t, d
 {
     int err = check_times(t);
     if (err) return err;
-    struct fit f = {t, calloc(1, sizeof(struct plan_cluster))};
+    struct fit f = {t, calloc(1, sizeof(struct plan_cluster)), h->gflops};
     if (!f.c) return tt_error_set(TT_ENOMEM, "out of memory for the planner");
     f.c->n_ranks = 1;
     strcpy(f.c->name, "engine fit");

@@ -266,7 +266,9 @@ int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,
  * decode step's wo and down products, which add into the residual stream,
  * write the next RMSNorm's input). The attention's join writes the heads
  * it joined (kcuda_attention_out). Values equal kcuda_norm_convert's on
- * the same rows (the norm's double sum in another order). */
+ * the same rows bit for bit (test_kcuda), except that the MoE down+join
+ * sums the norm's squares over 256 threads instead of 128: another order
+ * of the same double sum. */
 struct kcuda_act_out {
     int type;         /* KCUDA_Q8_0 or KCUDA_Q8_K */
     void *data;       /* n_tok rows, stride bytes apart (kcuda_act_row_bytes) */

@@ -301,6 +301,7 @@ static void random_cluster(struct plan_cluster *c, uint64_t *seed, double model_
         const double mem = model_gib * (0.25 + (double)(rng_next(seed) % 8) / 4.0);
         c->ranks[i] = hw(host, 50.0 * speed, 400.0 * speed, mem);
         c->ranks[i].overhead_us = (double)(rng_next(seed) % 3) * 5.0;
+        c->ranks[i].step_overhead_us = 4.0 * c->ranks[i].overhead_us;
         if (rng_next(seed) % 2) c->ranks[i].attn_gflops = 20.0 * speed; /* CPU-like attention */
     }
     for (int a = 0; a < n; a++)
@@ -605,6 +606,39 @@ static void test_jitter(void)
     plan_model_free(&pm);
 }
 
+/* step_overhead_us is paid once per forward pass by every stage: a single
+ * rank's decode step grows by it and its TTFT by it per prompt chunk; a
+ * two-stage pipeline pays it twice per step and per chunk. */
+static void test_step_overhead(void)
+{
+    struct plan_model pm;
+    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true)) return;
+    struct plan_cluster *c = malloc(sizeof(*c));
+    uniform_cluster(c, 2, 1, hw("", 100, 1000, 64), (struct plan_link){1, 10, 0},
+                    (struct plan_link){1, 10, 0});
+    struct plan_workload w = workload(512, 1); /* two chunks of 256 */
+    struct plan_result a, b;
+    CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
+    for (int r = 0; r < 2; r++) c->ranks[r].step_overhead_us = 300;
+    CHECK_EQ_INT(plan_search(&b, &pm, c, &w), 0);
+    check_result(&b, &pm, c, &w);
+    const enum plan_layout layouts[2] = {PLAN_LAYOUT_SINGLE, PLAN_LAYOUT_PP};
+    for (int k = 0; k < 2; k++) {
+        const int ia = find_layout(&a, layouts[k], PLAN_JOIN_GATHER, k + 1),
+                  ib = find_layout(&b, layouts[k], PLAN_JOIN_GATHER, k + 1);
+        CHECK(ia >= 0 && ib >= 0);
+        if (ia < 0 || ib < 0) continue;
+        CHECK_NEAR(b.cands[ib].decode_step_s - a.cands[ia].decode_step_s, (k + 1) * 300e-6, 1e-9);
+        CHECK_NEAR(b.cands[ib].ttft_s - a.cands[ia].ttft_s, 2 * (k + 1) * 300e-6, 1e-9);
+    }
+    plan_result_free(&a);
+    plan_result_free(&b);
+    c->ranks[1].step_overhead_us = -1;
+    CHECK_EQ_INT(plan_cluster_check(c), TT_EINVAL);
+    free(c);
+    plan_model_free(&pm);
+}
+
 /* The founding document's case: three M4 Max, Llama 3.3 70B Q4_K_M. Over
  * RDMA tensor parallelism wins (but stays under the bandwidth limit); over
  * TCP at 300 us the cluster cannot beat one machine. */
@@ -881,6 +915,9 @@ static const struct bad_case bad_cases[] = {
      "\"read_gbs\" is -5"},
     {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":0,\"gflops\":1,\"mem_avail_gib\":1}]}", TT_EFORMAT,
      "must be > 0"},
+    {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":1,\"step_"
+     "overhead_us\":-1}]}",
+     TT_EFORMAT, "\"step_overhead_us\" is -1"},
     {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":\"fast\",\"gflops\":1,\"mem_avail_gib\":1}]}",
      TT_EFORMAT, "must be a number"},
     {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1e999,\"gflops\":1,\"mem_avail_gib\":1}]}",
@@ -1020,6 +1057,7 @@ static const struct test_case cases[] = {
     {"deterministic", test_deterministic},
     {"uneven_stages", test_uneven_stages},
     {"jitter", test_jitter},
+    {"step_overhead", test_step_overhead},
     {"monotone_links", test_monotone_links},
     {"both_ways_bandwidth", test_both_ways_bandwidth},
     {"monotone_ranks", test_monotone_ranks},

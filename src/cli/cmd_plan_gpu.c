@@ -395,8 +395,12 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
     kcuda_free(b.w);
     kcuda_destroy(b.k);
     if (!ok) return false;
-    if (!cli_engine_fit(pm, w, threads, true, &g))
+    if (cli_engine_fit(pm, w, threads, true, &g)) {
+        const size_t n = strlen(g.device);
+        snprintf(g.device + n, sizeof(g.device) - n, " (engine timed on this shape)");
+    } else {
         tt_warn("describing the GPU by its kernels alone");
+    }
     *r = g;
     return true;
 }

@@ -146,6 +146,9 @@ static void parse_args(int argc, char **argv, struct plan_opts *o)
         } else
             cli_die(0, "unknown option '%s' (see tutti plan --help)", a);
     }
+    if (o->time_engine && o->cluster_path)
+        cli_die(0, "--time-engine times this machine's engine; it cannot describe --cluster %s",
+                o->cluster_path);
     if (o->w.n_ctx < o->w.prompt_tokens)
         cli_die(0, "--ctx %d is shorter than the prompt (%d tokens)", o->w.n_ctx,
                 o->w.prompt_tokens);

@@ -88,3 +88,11 @@ check bench_json "$T" bench -m "$m" -p 16 -n 4 -t 2 --json
 for k in prefill_tok_s decode_tok_s ttft_ms weight_bytes_per_token mem_bw_gbs bw_fraction; do
     grep -q "\"$k\":" "$tmp/out" || fail "bench_json_$k" "missing"
 done
+# tutti plan --time-engine: this machine's description fitted to the engine's own times on
+# models of the shape, written to a temporary directory and removed after
+check plan_time_engine env TMPDIR="$tmp" "$T" plan --arch llama --n-embd 256 --n-layer 2 --n-head 4 \
+    --n-ff 512 --vocab 512 -t 1 --prompt 16 --cpu --time-engine --json
+grep -q '"decode_tok_s":' "$tmp/out" && grep -q 'engine timed now' "$tmp/out" &&
+    [ -z "$(find "$tmp" -name 'tutti-plan-*')" ] && pass plan_time_engine_fitted ||
+    fail plan_time_engine_fitted "$(head -c 300 "$tmp/out") $(head -c 300 "$tmp/err")"
+refuse plan_time_engine_cluster "$T" plan --shape llama-3.1-8b --cluster "$tmp/c.json" --time-engine

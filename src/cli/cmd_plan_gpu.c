@@ -165,7 +165,7 @@ static int fit_one(const struct plan_model *target, const struct plan_workload *
                    bool gpu, const char *dir, int k, int n_layer, struct fit_progress *p,
                    struct plan_model *pm, struct plan_engine_times *t)
 {
-    char path[FIT_PATH_MAX + 16];
+    char path[FIT_PATH_MAX + 32];
     const int P = t->prompt_tokens[1], n_ctx = P + FIT_DECODE_STEPS + 1;
     snprintf(path, sizeof(path), "%s/%d.gguf", dir, k + 1);
     p->base = k ? 1.0 / 3.0 : 0.0; /* generating and timing take about the layers' share */

@@ -730,7 +730,9 @@ KCPU_INLINE const char *packed_tile(const struct gshape *g, const uint8_t *wb, s
  * step vector they load (the callers' prefetches bring it only into L2;
  * measured on Zen 4, one thread, 8 tokens, 14336 x 4096 from memory: Q4_K
  * 6.2 -> 5.7 cycles per row-block and token, Q6_K 9.0 -> 6.9; one token
- * 15.0 -> 13.2-14.3 and 19.7 -> 16.9 in L2). */
+ * 15.0 -> 13.2-14.3 and 19.7 -> 16.9 in L2). After the last block of a
+ * range `next` points past it: a prefetch never faults, and the tests run
+ * the kernels on packed weights that end at a guard page. */
 KCPU_INLINE void compute_chunk(const int GT, const int PACKED, const struct gshape *g,
                                const uint8_t *wb, size_t w_row_bytes, int64_t rg, int nr, int64_t c,
                                int nblk, struct wtile *wt, const struct aprep *p, int64_t nt,

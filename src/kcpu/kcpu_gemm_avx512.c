@@ -66,6 +66,14 @@
 #define FEW_TOK 16 /* up to this many tokens: gemm_few */
 #define PANEL_ROWS 512
 #define CHUNK 256
+/* From this many tokens a packed Q4_K/Q6_K tile brings the next block into
+ * L1 while it computes (compute_chunk). Measured on Zen 4, one thread,
+ * 14336 x 4096 from memory (bench_kcpu -s 4), cycles per row-block and
+ * token: 8 tokens Q4_K 6.2-6.3 -> 5.7-5.9, Q6_K 8.2-9.4 -> 7.0-7.8, 16
+ * tokens Q6_K 7.5-7.9 -> 6.7-6.9. With fewer tokens the tile waits on
+ * memory: no gain could be told from the noise of those runs (one token
+ * varies by 30% between runs), so the memory-bound path is left as it was. */
+#define PF_L1_MIN_TOK 8
 
 static const uint8_t zero_block[512] __attribute__((aligned(64)));
 
@@ -559,8 +567,8 @@ KCPU_INLINE void tile_q4k_packed(const int T, const uint8_t *t, const struct wti
             KCPU_UNROLL
             for (int s = 0; s < 8; s++) {
                 const __m512i v = tile_dw(t, 4 + 8 * g + s);
-                if (!hi) _mm_prefetch(next + 64 * (4 + 8 * g + s), _MM_HINT_T0);
-                if (!hi && g == 0 && s < 4) _mm_prefetch(next + 64 * s, _MM_HINT_T0);
+                if (T >= PF_L1_MIN_TOK && !hi) _mm_prefetch(next + 64 * (4 + 8 * g + s), _MM_HINT_T0);
+                if (T >= PF_L1_MIN_TOK && !hi && g == 0 && s < 4) _mm_prefetch(next + 64 * s, _MM_HINT_T0);
                 const __m512i w = _mm512_and_si512(hi ? _mm512_srli_epi16(v, 4) : v, m4);
                 KCPU_UNROLL
                 for (int k = 0; k < T; k++) {
@@ -619,7 +627,7 @@ KCPU_INLINE void tile_q6k_packed(const int T, const uint8_t *t, const struct wti
                                                  : _mm512_srli_epi16(th, 2);
                     const __m512i w = _mm512_or_si512(nib, _mm512_and_si512(top, m30));
                     const int st = 32 * h + 8 * q + c;
-                    if (st < 53) _mm_prefetch(next + 64 * st, _MM_HINT_T0); /* 3360 bytes */
+                    if (T >= PF_L1_MIN_TOK && st < 53) _mm_prefetch(next + 64 * st, _MM_HINT_T0); /* 3360 B */
                     KCPU_UNROLL
                     for (int k = 0; k < T; k++) {
                         int32_t av;
@@ -726,11 +734,9 @@ KCPU_INLINE const char *packed_tile(const struct gshape *g, const uint8_t *wb, s
  * adding into out: packed Q4_K and Q6_K compute from the packed block
  * itself (wt gets only their scales), the rest through wt (load_chunk).
  * `next` (PACKED) is the packed block the caller computes next: packed Q4_K
- * and Q6_K tiles bring it into L1 while they compute, one line beside each
- * step vector they load (the callers' prefetches bring it only into L2;
- * measured on Zen 4, one thread, 8 tokens, 14336 x 4096 from memory: Q4_K
- * 6.2 -> 5.7 cycles per row-block and token, Q6_K 9.0 -> 6.9; one token
- * 15.0 -> 13.2-14.3 and 19.7 -> 16.9 in L2). After the last block of a
+ * and Q6_K tiles of PF_L1_MIN_TOK tokens or more bring it into L1 while they
+ * compute, one line beside each step vector they load (the callers'
+ * prefetches bring it only into L2). After the last block of a
  * range `next` points past it: a prefetch never faults, and the tests run
  * the kernels on packed weights that end at a guard page. */
 KCPU_INLINE void compute_chunk(const int GT, const int PACKED, const struct gshape *g,

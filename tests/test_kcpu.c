@@ -387,7 +387,7 @@ static void run_matmul(const char *variant)
  * size 1..16 and the many-token tails, row counts that leave a part group
  * (padded with zero rows), ranges that start at a group and end anywhere,
  * rows padded in the source, rows longer than one piece of the few-token
- * kernel (n = 16640 with one token: 65 chunks). A type the table does not
+ * kernel (n = 16640, 65 chunks, with 1, 5, 8 and 12 tokens). A type the table does not
  * pack must not be asked for (kcpu_tile16_wanted says no). */
 static void run_matmul_tile16(const char *variant)
 {
@@ -402,6 +402,9 @@ static void run_matmul_tile16(const char *variant)
         { 1024, 19, 2, 19, 3, 32 }, { 768, 70, 5, 67, 8, 0 },   { 1280, 23, 4, 23, 17, 0 },
         { 256, 50, 16, 47, 33, 0 }, { 256, 3, 0, 2, 128, 0 },   { 16640, 3, 0, 3, 1, 0 },
         { 16640, 17, 0, 17, 5, 0 }, { 2048, 600, 16, 589, 130, 0 },
+        /* batched decode on long rows (several pieces of the few-token
+         * driver, whose 8-token tiles bring the next block into L1) */
+        { 16640, 41, 16, 39, 8, 16 }, { 16640, 35, 0, 35, 12, 0 },
     };
     int packed = 0;
     for (int wt = 0; wt < TT_TYPE_COUNT; wt++) {

@@ -281,11 +281,13 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static double dpbusd_macs
         const double t = thread_cpu_s();
         for (long it = 0; it < n; it++) {
             __asm__ volatile("" : "+v"(w), "+v"(a));
-            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], w, a);
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+                acc[i] = _mm512_dpbusd_epi32(acc[i], w, a);
         }
         const double dt = thread_cpu_s() - t;
         int sink = 0;
-        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) sink += _mm512_reduce_add_epi32(acc[i]);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+            sink += _mm512_reduce_add_epi32(acc[i]);
         __asm__ volatile("" : : "r"(sink));
         best = TT_MAX(best, 64.0 * 16.0 * (double)n / dt / 1e9);
     }
@@ -322,12 +324,14 @@ static void kernel_rate(const struct kcpu_ops *ops, enum tt_type type, int64_t r
     const size_t arb = tt_row_size(vt, n);
     m.w = tt_alloc(m.row_bytes * (size_t)rows);
     uint8_t *act = tt_alloc(arb * (size_t)nt_max);
-    float *x = tt_alloc((size_t)n * sizeof(float)), *out = tt_alloc((size_t)(rows * nt_max) * sizeof(float));
+    float *x = tt_alloc((size_t)n * sizeof(float));
+    float *out = tt_alloc((size_t)(rows * nt_max) * sizeof(float));
     if (!m.w || !act || !x || !out) goto done;
     fill_mat(&m, 99);
     if (!pack_mat(ops, &m) || m.layout != KCPU_LAYOUT_TILE16) goto done;
     for (int64_t t = 0; t < nt_max; t++) {
-        for (int64_t i = 0; i < n; i++) x[i] = (float)(((i + 31 * t) * 7919) % 1000) * 0.002f - 1.0f;
+        for (int64_t i = 0; i < n; i++)
+            x[i] = (float)(((i + 31 * t) * 7919) % 1000) * 0.002f - 1.0f;
         ops->quantize_act[vt](x, act + (size_t)t * arb, n);
     }
     const kcpu_matmul_fn fn = kcpu_matmul_get(ops, m.layout, type);
@@ -338,13 +342,14 @@ static void kernel_rate(const struct kcpu_ops *ops, enum tt_type type, int64_t r
         double best = 1e30;
         for (int r = 0; r < 5; r++) {
             const double t = thread_cpu_s();
-            for (int c = 0; c < calls; c++) fn(n, m.w, m.row_bytes, 0, rows, act, arb, toks[k], out, rows);
+            for (int c = 0; c < calls; c++)
+                fn(n, m.w, m.row_bytes, 0, rows, act, arb, toks[k], out, rows);
             best = TT_MIN(best, thread_cpu_s() - t);
         }
         const double ns = best / calls / ((double)rows * (double)(n / 256) * (double)toks[k]) * 1e9;
         if (ghz > 0)
-            printf(" %2lld: %5.2f ns %5.2f cyc %4.1f MAC/c %3.0f%% |", (long long)toks[k], ns, ns * ghz,
-                   256.0 / (ns * ghz), 100.0 * 256.0 / (ns * ghz) / peak);
+            printf(" %2lld: %5.2f ns %5.2f cyc %4.1f MAC/c %3.0f%% |", (long long)toks[k], ns,
+                   ns * ghz, 256.0 / (ns * ghz), 100.0 * 256.0 / (ns * ghz) / peak);
         else
             printf(" %2lld: %5.2f ns |", (long long)toks[k], ns);
     }
@@ -360,8 +365,8 @@ static void kernel_rates(const struct kcpu_ops *ops)
 {
     double ghz = 0, peak = 0;
     if (core_peak(&ghz, &peak))
-        printf("core: %.2f GHz, peak vpdpbusd %.1f multiply-adds per cycle (%.0f per ns)\n", ghz, peak,
-               peak * ghz);
+        printf("core: %.2f GHz, peak vpdpbusd %.1f multiply-adds per cycle (%.0f per ns)\n", ghz,
+               peak, peak * ghz);
     printf("packed kernels, 1 thread, CPU time per row-block (256 weights) and token:\n");
     for (int type = 0; type < TT_TYPE_COUNT; type++) {
         if (!kcpu_tile16_wanted(ops, (enum tt_type)type)) continue;

@@ -567,8 +567,10 @@ KCPU_INLINE void tile_q4k_packed(const int T, const uint8_t *t, const struct wti
             KCPU_UNROLL
             for (int s = 0; s < 8; s++) {
                 const __m512i v = tile_dw(t, 4 + 8 * g + s);
-                if (T >= PF_L1_MIN_TOK && !hi) _mm_prefetch(next + 64 * (4 + 8 * g + s), _MM_HINT_T0);
-                if (T >= PF_L1_MIN_TOK && !hi && g == 0 && s < 4) _mm_prefetch(next + 64 * s, _MM_HINT_T0);
+                if (T >= PF_L1_MIN_TOK && !hi) {
+                    _mm_prefetch(next + 64 * (4 + 8 * g + s), _MM_HINT_T0);
+                    if (g == 0 && s < 4) _mm_prefetch(next + 64 * s, _MM_HINT_T0); /* head */
+                }
                 const __m512i w = _mm512_and_si512(hi ? _mm512_srli_epi16(v, 4) : v, m4);
                 KCPU_UNROLL
                 for (int k = 0; k < T; k++) {
@@ -627,7 +629,8 @@ KCPU_INLINE void tile_q6k_packed(const int T, const uint8_t *t, const struct wti
                                                  : _mm512_srli_epi16(th, 2);
                     const __m512i w = _mm512_or_si512(nib, _mm512_and_si512(top, m30));
                     const int st = 32 * h + 8 * q + c;
-                    if (T >= PF_L1_MIN_TOK && st < 53) _mm_prefetch(next + 64 * st, _MM_HINT_T0); /* 3360 B */
+                    if (T >= PF_L1_MIN_TOK && st < 53) /* 53 lines: 3360 bytes */
+                        _mm_prefetch(next + 64 * st, _MM_HINT_T0);
                     KCPU_UNROLL
                     for (int k = 0; k < T; k++) {
                         int32_t av;
@@ -806,9 +809,10 @@ KCPU_INLINE void gemm(const int GT, const int PACKED, KCPU_MATMUL_ARGS)
                     /* the next group's rows of this chunk, while this one computes,
                      * into L2 (T1 measured 6-9% faster than T0 at 64 tokens) */
                     if (rg + 16 < p1) prefetch_chunk(PACKED, &g, wb, w_row_bytes, rg + 16, p1, c);
-                    const char *next = PACKED ? packed_tile(&g, wb, w_row_bytes, rg + 16 < p1 ? rg + 16 : p0,
-                                                            rg + 16 < p1 ? c : c + 1)
-                                              : NULL;
+                    const bool last = rg + 16 >= p1;
+                    const char *next =
+                        PACKED ? packed_tile(&g, wb, w_row_bytes, last ? p0 : rg + 16, last ? c + 1 : c)
+                               : NULL;
                     compute_chunk(GT, PACKED, &g, wb, w_row_bytes, rg, nr, c, nblk, &wt, prep, nt,
                                   out + t0 * ldo + rg, ldo, next);
                 }
@@ -861,9 +865,10 @@ KCPU_INLINE void gemm_few(const int GT, const int PACKED, KCPU_MATMUL_ARGS)
                 const int64_t pr = c + FEW_PF < nc ? rg : rg + 16;
                 const int64_t pc = c + FEW_PF < nc ? cc + FEW_PF : c0 + c + FEW_PF - nc;
                 if (pr < r1 && pc < g.nchunks) prefetch_chunk(PACKED, &g, wb, w_row_bytes, pr, r1, pc);
-                const char *next = PACKED ? packed_tile(&g, wb, w_row_bytes, c + 1 < nc ? rg : rg + 16,
-                                                        c + 1 < nc ? cc + 1 : c0)
-                                          : NULL;
+                const bool last = c + 1 >= nc;
+                const char *next =
+                    PACKED ? packed_tile(&g, wb, w_row_bytes, last ? rg + 16 : rg, last ? c0 : cc + 1)
+                           : NULL;
                 compute_chunk(GT, PACKED, &g, wb, w_row_bytes, rg, nr, cc, nblk, &wt, prep + c * n_tok,
                               n_tok, out + rg, ldo, next);
             }

@@ -53,7 +53,17 @@
  * vector is stored and loaded again. Measured on Zen 4 (one thread, 256 x
  * 4096 in L2, CPU time per row-block and token, rows -> packed): Q4_K 1
  * token 4.7 -> 3.2 ns, 8 tokens 2.10 -> 1.48; Q6_K 1 token 6.4 -> 5.4, 8
- * tokens 2.62 -> 1.75, 128 tokens 1.6 -> 1.55.
+ * tokens 2.62 -> 1.75, 128 tokens 1.6 -> 1.55. From 8 tokens the packed
+ * tiles also bring the next packed block into L1 while they compute
+ * (PF_L1_MIN_TOK), and packed Q6_K runs its tokens in tiles of 8 (its
+ * 12-token tile spills).
+ *
+ * Limits (bench_kcpu -s 4 measures them): Zen 4 issues one zmm vpdpbusd
+ * per cycle (64 multiply-adds), and the FMAs, vpdpwssd and vpmaddwd take
+ * the same slots. Per 16 rows x 256 weights x token a packed Q4_K tile
+ * spends 64 vpdpbusd + 8 scale FMAs + 4 mins products + 2 FMAs = 78 slots
+ * (82% of peak at best), Q6_K 64 + 16 + 1 = 81; in L1 the tiles reach 98%
+ * and 94% of that, from memory about 85% and 70%.
  *
  * Stack use is bounded (about 60 KB; gemm_few about 110 KB, its activation
  * piece of FEW_PREP (chunk, token) pairs); nothing is allocated.

@@ -426,6 +426,49 @@ static void run_matmul_tile16(const char *variant)
 
 /* ---- attention helpers ---- */
 
+/* The one-head ops give bit for bit what the engine's loops over the same
+ * table's dot_f16_f32 and axpy_f16 give (register paths: head dims 64 and
+ * 128; others fall back), over rows laid out with a stride (several KV
+ * heads per cached row). */
+static void check_heads_f16(const struct kcpu_ops *ops)
+{
+    static const int64_t hds[] = { 64, 128, 96, 8 };
+    static const int64_t n_poss[] = { 1, 2, 31, 200 };
+    for (size_t a = 0; a < TT_ARRAY_LEN(hds); a++) {
+        for (size_t b = 0; b < TT_ARRAY_LEN(n_poss); b++) {
+            const int64_t hd = hds[a], n_pos = n_poss[b];
+            const size_t stride = (size_t)hd * 3; /* three KV heads per row; the second one is used */
+            tt_f16 *rows = malloc(sizeof(tt_f16) * stride * (size_t)n_pos);
+            float *q = malloc(sizeof(float) * (size_t)hd), *w = malloc(sizeof(float) * (size_t)n_pos);
+            float *s1 = malloc(sizeof(float) * (size_t)n_pos), *s2 = malloc(sizeof(float) * (size_t)n_pos);
+            float *o1 = malloc(sizeof(float) * (size_t)hd), *o2 = malloc(sizeof(float) * (size_t)hd);
+            for (size_t i = 0; i < stride * (size_t)n_pos; i++) rows[i] = tt_f32_to_f16(rnd_act());
+            for (int64_t i = 0; i < hd; i++) q[i] = rnd_act();
+            for (int64_t j = 0; j < n_pos; j++) w[j] = rnd_f() + 1.5f;
+            const tt_f16 *head = rows + hd;
+            float max1 = -INFINITY;
+            for (int64_t j = 0; j < n_pos; j++) {
+                s1[j] = ops->dot_f16_f32(hd, head + (size_t)j * stride, q) * 0.125f;
+                max1 = s1[j] > max1 ? s1[j] : max1;
+            }
+            const float max2 = ops->scores_f16(hd, n_pos, head, stride, q, 0.125f, s2);
+            CHECK(max2 == max1);
+            CHECK(memcmp(s1, s2, sizeof(float) * (size_t)n_pos) == 0);
+            memset(o1, 0, sizeof(float) * (size_t)hd);
+            for (int64_t j = 0; j < n_pos; j++) ops->axpy_f16(hd, w[j] * 0.3f, head + (size_t)j * stride, o1);
+            ops->mix_f16(hd, n_pos, head, stride, w, 0.3f, o2);
+            CHECK(memcmp(o1, o2, sizeof(float) * (size_t)hd) == 0);
+            free(rows);
+            free(q);
+            free(w);
+            free(s1);
+            free(s2);
+            free(o1);
+            free(o2);
+        }
+    }
+}
+
 static void run_attention(const char *variant)
 {
     const char *why;
@@ -467,6 +510,7 @@ static void run_attention(const char *variant)
         free(y1);
         free(y2);
     }
+    if (ops->scores_f16) check_heads_f16(ops);
 }
 
 /* ---- dispatch ---- */

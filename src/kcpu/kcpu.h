@@ -60,6 +60,17 @@ struct kcpu_ops {
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     void (*axpy_f16)(int64_t n, float alpha, const tt_f16 *x, float *y); /* y += alpha*x */
     void (*axpy_f32)(int64_t n, float alpha, const float *x, float *y);
+    /* One attention head over F16 cache rows j = 0..n_pos-1 (row j at
+     * base + j * stride elements), bit for bit what the loops over the
+     * helpers above compute, with the query and the output kept in
+     * registers; NULL where the table has none (the caller loops).
+     * scores_f16: scores[j] = dot_f16_f32(hd, k_j, q) * scale, returns the
+     * largest. mix_f16: out = sum over j of (w[j] * inv) * v_j, from zero,
+     * in order of j, as axpy_f16 adds. */
+    float (*scores_f16)(int64_t hd, int64_t n_pos, const tt_f16 *k, size_t stride, const float *q,
+                        float scale, float *scores);
+    void (*mix_f16)(int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride, const float *w, float inv,
+                    float *out);
 };
 
 /* The product of `ops` for a weight of this type and layout (never NULL for

@@ -21,6 +21,7 @@
  */
 #include "kcpu_avx512.h"
 
+#include <math.h>
 #include <string.h>
 
 /* Float-weight decode prefetch hint: into L2 (T1), as in kcpu_kq_avx512.c,
@@ -595,6 +596,74 @@ static void axpy_f32(int64_t n, float alpha, const float *x, float *y)
     }
 }
 
+/* One head's scores and value mix with the query (or the output) held in
+ * NC zmm registers (hd = 16 NC, a multiple of 32): the same operations in
+ * the same order as dot_f16_f32 and axpy_f16, without a call, a reload of
+ * the query or a store of the output per cached row. */
+static inline __attribute__((always_inline)) float scores_f16_regs(const int nc, int64_t n_pos,
+                                                                   const tt_f16 *k, size_t stride,
+                                                                   const float *q, float scale, float *scores)
+{
+    __m512 qv[8];
+    for (int c = 0; c < nc; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
+    float maxs = -INFINITY;
+    for (int64_t j = 0; j < n_pos; j++) {
+        const tt_f16 *kj = k + (size_t)j * stride;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        for (int c = 0; c < nc; c += 2) {
+            s0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))), qv[c], s0);
+            s1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c + 16))),
+                                 qv[c + 1], s1);
+        }
+        scores[j] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) * scale;
+        maxs = scores[j] > maxs ? scores[j] : maxs;
+    }
+    return maxs;
+}
+
+static inline __attribute__((always_inline)) void mix_f16_regs(const int nc, int64_t n_pos, const tt_f16 *v,
+                                                               size_t stride, const float *w, float inv,
+                                                               float *out)
+{
+    __m512 acc[8];
+    for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_pos; j++) {
+        const tt_f16 *vj = v + (size_t)j * stride;
+        const __m512 va = _mm512_set1_ps(w[j] * inv);
+        for (int c = 0; c < nc; c++)
+            acc[c] = _mm512_fmadd_ps(va, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), acc[c]);
+    }
+    for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, acc[c]);
+}
+
+static float scores_f16(int64_t hd, int64_t n_pos, const tt_f16 *k, size_t stride, const float *q, float scale,
+                        float *scores)
+{
+    switch (hd) {
+    case 64: return scores_f16_regs(4, n_pos, k, stride, q, scale, scores);
+    case 128: return scores_f16_regs(8, n_pos, k, stride, q, scale, scores);
+    default: break;
+    }
+    float maxs = -INFINITY;
+    for (int64_t j = 0; j < n_pos; j++) {
+        scores[j] = dot_f16_f32(hd, k + (size_t)j * stride, q) * scale;
+        maxs = scores[j] > maxs ? scores[j] : maxs;
+    }
+    return maxs;
+}
+
+static void mix_f16(int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride, const float *w, float inv,
+                    float *out)
+{
+    switch (hd) {
+    case 64: mix_f16_regs(4, n_pos, v, stride, w, inv, out); return;
+    case 128: mix_f16_regs(8, n_pos, v, stride, w, inv, out); return;
+    default: break;
+    }
+    memset(out, 0, sizeof(float) * (size_t)hd);
+    for (int64_t j = 0; j < n_pos; j++) axpy_f16(hd, w[j] * inv, v + (size_t)j * stride, out);
+}
+
 /* ---- the tables ---- */
 
 #define AVX512_TABLE(bf16_fn)                                                                      \
@@ -626,6 +695,8 @@ static void axpy_f32(int64_t n, float alpha, const float *x, float *y)
         .dot_f32 = dot_f32,                                                                        \
         .axpy_f16 = axpy_f16,                                                                      \
         .axpy_f32 = axpy_f32,                                                                      \
+        .scores_f16 = scores_f16,                                                                  \
+        .mix_f16 = mix_f16,                                                                        \
     }
 
 const struct kcpu_ops kcpu_ops_avx512 = AVX512_TABLE(matmul_bf16);

@@ -47,7 +47,7 @@ static const char plan_help[] =
     "                     default: this machine, measured now (-t threads, default all cores;\n"
     "                     its GPU when it has one, as the engine runs there; --cpu: its CPU)\n"
     "  --time-engine      on the CPU too, fit the description to the engine's own times on\n"
-    "                     models of this shape with 1 and 2 layers (always done on a GPU)\n"
+    "                     models of this shape with n and 2n layers (always done on a GPU)\n"
     "workload:\n"
     "  --prompt N         prompt tokens for TTFT; decode attends over them (default 512)\n"
     "  --ctx N            KV cache positions per stream (default 4096)\n"

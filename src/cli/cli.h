@@ -84,7 +84,8 @@ struct plan_workload;
 bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
                       struct plan_hw_rank *r);
 /* Fit *r's overheads and speeds (plan_fit_engine) to the engine's times on
- * models of pm's shape with 1 and 2 layers, made in a temporary directory
+ * models of pm's shape with n and 2n layers (cmd_plan_gpu.c says how n is
+ * chosen), made in a temporary directory
  * and run on this machine's GPU (gpu) or CPU with w's prompt length and
  * batch and `threads` threads. False, with *r untouched and a warning, on
  * any error. */

@@ -392,6 +392,14 @@ static int mpi_start(int *argc, char ***argv)
                             "cannot start again");
     MPI_TRY(MPI_Initialized(&flag));
     if (!flag) {
+        /* Open MPI: a rank waiting in MPI yields its core now and then.
+         * Busy-polling without yielding starves Open MPI's own helper
+         * threads when every core is busy, and its TCP messages to other
+         * hosts then arrive one 4 ms kernel tick late (network namespaces
+         * on 2 cores: 4,000 against 16 us, 0.029 against 1.8 GB/s). The
+         * yield costs 0.25 us over shared memory. The user's or mpirun's
+         * setting wins. */
+        setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
         MPI_TRY(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided));
         mpi_we_init = true;
         if (provided < MPI_THREAD_SERIALIZED)

@@ -426,8 +426,8 @@ static void run_matmul_tile16(const char *variant)
 
 /* ---- attention helpers ---- */
 
-/* The one-head ops give bit for bit what the engine's loops over the same
- * table's dot_f16_f32 and axpy_f16 give (register paths: head dims 64 and
+/* The one-head ops give bit for bit what the loops over the same table's
+ * dot_f16_f32 and axpy_f16 give (kcpu_*_f16_loop) (register paths: head dims 64 and
  * 128; others fall back), over rows laid out with a stride (several KV
  * heads per cached row). */
 static void check_heads_f16(const struct kcpu_ops *ops)
@@ -446,16 +446,11 @@ static void check_heads_f16(const struct kcpu_ops *ops)
             for (int64_t i = 0; i < hd; i++) q[i] = rnd_act();
             for (int64_t j = 0; j < n_pos; j++) w[j] = rnd_f() + 1.5f;
             const tt_f16 *head = rows + hd;
-            float max1 = -INFINITY;
-            for (int64_t j = 0; j < n_pos; j++) {
-                s1[j] = ops->dot_f16_f32(hd, head + (size_t)j * stride, q) * 0.125f;
-                max1 = s1[j] > max1 ? s1[j] : max1;
-            }
+            const float max1 = kcpu_scores_f16_loop(ops, hd, n_pos, head, stride, q, 0.125f, s1);
             const float max2 = ops->scores_f16(hd, n_pos, head, stride, q, 0.125f, s2);
             CHECK(max2 == max1);
             CHECK(memcmp(s1, s2, sizeof(float) * (size_t)n_pos) == 0);
-            memset(o1, 0, sizeof(float) * (size_t)hd);
-            for (int64_t j = 0; j < n_pos; j++) ops->axpy_f16(hd, w[j] * 0.3f, head + (size_t)j * stride, o1);
+            kcpu_mix_f16_loop(ops, hd, n_pos, head, stride, w, 0.3f, o1);
             ops->mix_f16(hd, n_pos, head, stride, w, 0.3f, o2);
             CHECK(memcmp(o1, o2, sizeof(float) * (size_t)hd) == 0);
             free(rows);

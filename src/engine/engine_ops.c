@@ -160,19 +160,13 @@ static void attend_one(struct engine *e, int il, int t, int h, int ith)
     const uint8_t *kbase = e->k_cache + layer_off, *vbase = e->v_cache + layer_off;
     const size_t head_off = (size_t)kvh * hd;
     const size_t stride_f16 = e->kv_row_bytes / sizeof(tt_f16);
-    const bool heads_f16 = e->kv_type == TT_TYPE_F16 && e->ops->scores_f16 && e->ops->mix_f16;
+    const bool f16 = e->kv_type == TT_TYPE_F16;
     float maxs = -INFINITY;
-    if (e->kv_type == TT_TYPE_F16) {
+    if (f16) {
         /* The reference rounds the query to F16 before the key products. */
         float *qh = e->q_half + (size_t)ith * hd;
         for (int i = 0; i < hd; i++) qh[i] = tt_h2f(tt_f32_to_f16(q[i]));
-        if (heads_f16)
-            maxs = e->ops->scores_f16(hd, pos + 1, (const tt_f16 *)kbase + head_off, stride_f16, qh, scale, scores);
-        for (int j = 0; !heads_f16 && j <= pos; j++) {
-            const tt_f16 *k = (const tt_f16 *)(kbase + (size_t)j * e->kv_row_bytes) + head_off;
-            scores[j] = e->ops->dot_f16_f32(hd, k, qh) * scale;
-            maxs = scores[j] > maxs ? scores[j] : maxs;
-        }
+        maxs = kcpu_scores_f16(e->ops, hd, pos + 1, (const tt_f16 *)kbase + head_off, stride_f16, qh, scale, scores);
     } else {
         for (int j = 0; j <= pos; j++) {
             const float *k = (const float *)(kbase + (size_t)j * e->kv_row_bytes) + head_off;
@@ -186,18 +180,13 @@ static void attend_one(struct engine *e, int il, int t, int h, int ith)
         sum += scores[j];
     }
     const float inv = (float)(1.0 / sum);
-    if (heads_f16) {
-        e->ops->mix_f16(hd, pos + 1, (const tt_f16 *)vbase + head_off, stride_f16, scores, inv, out);
+    if (f16) {
+        kcpu_mix_f16(e->ops, hd, pos + 1, (const tt_f16 *)vbase + head_off, stride_f16, scores, inv, out);
         return;
     }
     memset(out, 0, sizeof(float) * (size_t)hd);
-    for (int j = 0; j <= pos; j++) {
-        const uint8_t *vrow = vbase + (size_t)j * e->kv_row_bytes;
-        if (e->kv_type == TT_TYPE_F16)
-            e->ops->axpy_f16(hd, scores[j] * inv, (const tt_f16 *)vrow + head_off, out);
-        else
-            e->ops->axpy_f32(hd, scores[j] * inv, (const float *)vrow + head_off, out);
-    }
+    for (int j = 0; j <= pos; j++)
+        e->ops->axpy_f32(hd, scores[j] * inv, (const float *)(vbase + (size_t)j * e->kv_row_bytes) + head_off, out);
 }
 
 static void attn_run(void *p, int ith, int nth)

@@ -16,6 +16,7 @@
  */
 #include "kcpu_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -184,6 +185,38 @@ const struct kcpu_ops *kcpu_get(void)
 /* ---- KCPU_LAYOUT_TILE16 (kcpu.h describes it) ---- */
 
 #define TILE16_ROWS 16
+
+float kcpu_scores_f16_loop(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *k,
+                           size_t stride, const float *q, float scale, float *scores)
+{
+    float maxs = -INFINITY;
+    for (int64_t j = 0; j < n_pos; j++) {
+        scores[j] = ops->dot_f16_f32(hd, k + (size_t)j * stride, q) * scale;
+        maxs = scores[j] > maxs ? scores[j] : maxs;
+    }
+    return maxs;
+}
+
+void kcpu_mix_f16_loop(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride,
+                       const float *w, float inv, float *out)
+{
+    memset(out, 0, sizeof(float) * (size_t)hd);
+    for (int64_t j = 0; j < n_pos; j++) ops->axpy_f16(hd, w[j] * inv, v + (size_t)j * stride, out);
+}
+
+float kcpu_scores_f16(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *k, size_t stride,
+                      const float *q, float scale, float *scores)
+{
+    return ops->scores_f16 ? ops->scores_f16(hd, n_pos, k, stride, q, scale, scores)
+                           : kcpu_scores_f16_loop(ops, hd, n_pos, k, stride, q, scale, scores);
+}
+
+void kcpu_mix_f16(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride,
+                  const float *w, float inv, float *out)
+{
+    if (ops->mix_f16) ops->mix_f16(hd, n_pos, v, stride, w, inv, out);
+    else kcpu_mix_f16_loop(ops, hd, n_pos, v, stride, w, inv, out);
+}
 
 bool kcpu_tile16_wanted(const struct kcpu_ops *ops, enum tt_type type)
 {

@@ -63,7 +63,8 @@ struct kcpu_ops {
     /* One attention head over F16 cache rows j = 0..n_pos-1 (row j at
      * base + j * stride elements), bit for bit what the loops over the
      * helpers above compute, with the query and the output kept in
-     * registers; NULL where the table has none (the caller loops).
+     * registers; NULL where the table has none (kcpu_scores_f16 and
+     * kcpu_mix_f16 call whichever applies).
      * scores_f16: scores[j] = dot_f16_f32(hd, k_j, q) * scale, returns the
      * largest. mix_f16: out = sum over j of (w[j] * inv) * v_j, from zero,
      * in order of j, as axpy_f16 adds. */
@@ -80,6 +81,19 @@ static inline kcpu_matmul_fn kcpu_matmul_get(const struct kcpu_ops *ops, enum kc
 {
     return layout == KCPU_LAYOUT_TILE16 ? ops->matmul_tile16[type] : ops->matmul[type];
 }
+
+/* One attention head as ops->scores_f16 / ops->mix_f16 compute it, for
+ * every table: their own op where they have one, else the _loop forms, the
+ * loops over the table's dot_f16_f32 / axpy_f16 (which the ops equal bit
+ * for bit, and defer to for head dims they do not keep in registers). */
+float kcpu_scores_f16(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *k, size_t stride,
+                      const float *q, float scale, float *scores);
+void kcpu_mix_f16(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride,
+                  const float *w, float inv, float *out);
+float kcpu_scores_f16_loop(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *k,
+                           size_t stride, const float *q, float scale, float *scores);
+void kcpu_mix_f16_loop(const struct kcpu_ops *ops, int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride,
+                       const float *w, float inv, float *out);
 
 /* Whether weights of this type should be packed to KCPU_LAYOUT_TILE16 for
  * `ops`: the one place that decides (a kernel must exist for it). */

@@ -642,14 +642,8 @@ static float scores_f16(int64_t hd, int64_t n_pos, const tt_f16 *k, size_t strid
     switch (hd) {
     case 64: return scores_f16_regs(4, n_pos, k, stride, q, scale, scores);
     case 128: return scores_f16_regs(8, n_pos, k, stride, q, scale, scores);
-    default: break;
+    default: return kcpu_scores_f16_loop(&kcpu_ops_avx512, hd, n_pos, k, stride, q, scale, scores);
     }
-    float maxs = -INFINITY;
-    for (int64_t j = 0; j < n_pos; j++) {
-        scores[j] = dot_f16_f32(hd, k + (size_t)j * stride, q) * scale;
-        maxs = scores[j] > maxs ? scores[j] : maxs;
-    }
-    return maxs;
 }
 
 static void mix_f16(int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride, const float *w, float inv,
@@ -658,10 +652,8 @@ static void mix_f16(int64_t hd, int64_t n_pos, const tt_f16 *v, size_t stride, c
     switch (hd) {
     case 64: mix_f16_regs(4, n_pos, v, stride, w, inv, out); return;
     case 128: mix_f16_regs(8, n_pos, v, stride, w, inv, out); return;
-    default: break;
+    default: kcpu_mix_f16_loop(&kcpu_ops_avx512, hd, n_pos, v, stride, w, inv, out); return;
     }
-    memset(out, 0, sizeof(float) * (size_t)hd);
-    for (int64_t j = 0; j < n_pos; j++) axpy_f16(hd, w[j] * inv, v + (size_t)j * stride, out);
 }
 
 /* ---- the tables ---- */

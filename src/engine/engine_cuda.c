@@ -1166,6 +1166,13 @@ static int ranks_finish(struct cuda_accel *c, struct engine *e, int err)
 
 int engine_gpu_count(void) { return TT_MAX(kcuda_device_count(), 0); }
 
+/* A TT_GPU_* switch: its integer value (0 = off) when set, else dflt. */
+static bool env_switch(const char *name, bool dflt)
+{
+    const char *v = getenv(name);
+    return v ? atoi(v) != 0 : dflt;
+}
+
 int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out)
 {
     memset(out, 0, sizeof(*out));
@@ -1191,10 +1198,10 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
     c->max_groups = hp->n_expert ? kcuda_moe_max_groups(c->n_slots_max, hp->n_expert) : 1;
-    c->moe_fused = !getenv("TT_GPU_MOE_FUSED") || atoi(getenv("TT_GPU_MOE_FUSED"));
-    c->fuse = getenv("TT_GPU_FUSE") && atoi(getenv("TT_GPU_FUSE")); /* off until measured faster */
-    c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
-    if (getenv("TT_GPU_PROFILE") && atoi(getenv("TT_GPU_PROFILE")))
+    c->moe_fused = env_switch("TT_GPU_MOE_FUSED", true);
+    c->fuse = env_switch("TT_GPU_FUSE", false); /* off until measured faster */
+    c->graph_off = !env_switch("TT_GPU_GRAPH", true);
+    if (env_switch("TT_GPU_PROFILE", false))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);
     fill_shape(c, e);
     uint64_t w_bytes = 0, out_bytes = 0;

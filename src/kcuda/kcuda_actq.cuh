@@ -73,6 +73,16 @@ __device__ __forceinline__ void kc_q8_K_store(const float v[8], uint8_t *row, in
     *(uint2 *)(row + j0) = pk.u;
 }
 
+/* Whether conv can take rows of n outputs (host side, every kernel that
+ * converts its outputs checks it): a Q8 type whose blocks divide n, and
+ * rows of room enough, 16-byte aligned. */
+static inline bool kc_act_out_fits(const struct kcuda_act_out *conv, int64_t n)
+{
+    return (conv->type == KCUDA_Q8_0 || conv->type == KCUDA_Q8_K) && conv->data && n % kc_q8_block(conv->type) == 0 &&
+           conv->stride >= kcuda_act_row_bytes(conv->type, n) && (uintptr_t)conv->data % 16 == 0 &&
+           conv->stride % 16 == 0;
+}
+
 /* Where kernels write their outputs converted (the device side of struct
  * kcuda_act_out): type KCUDA_Q8_0 or KCUDA_Q8_K; data == NULL: none. */
 struct kc_act_dst {

@@ -630,9 +630,8 @@ int kcuda_attention_out(struct kcuda *k, const struct kcuda_attn_shape *s, int64
                         float *d_out, const struct kcuda_act_out *conv)
 {
     if (n_tok <= 0 || s->n_head == 0) return 0;
-    if (conv && (!kcuda_attention_converts(s, conv->type) || !conv->data || conv->norm ||
-                 conv->stride < kcuda_act_row_bytes(conv->type, (int64_t)s->n_head * s->head_dim) ||
-                 (uintptr_t)conv->data % 16 || conv->stride % 16))
+    if (conv && (!kcuda_attention_converts(s, conv->type) || conv->norm ||
+                 !kc_act_out_fits(conv, (int64_t)s->n_head * s->head_dim)))
         return tt_error_set(TT_EUNSUPPORTED, "attention output of %d heads of %d to type %d", s->n_head,
                             s->head_dim, conv->type);
     const int G = s->n_head / (s->n_head_kv ? s->n_head_kv : 1);

@@ -619,9 +619,7 @@ static void args_common(mv_args *a, const struct kcuda_weight *w, const struct k
 static int conv_args(mv_args *a, const struct kcuda_weight *w, int64_t n_tok, int64_t ldo,
                      const struct kcuda_act_out *conv)
 {
-    if ((conv->type != KCUDA_Q8_0 && conv->type != KCUDA_Q8_K) || !conv->data || !conv->count ||
-        w->n_out % kc_q8_block(conv->type) || conv->stride < kcuda_act_row_bytes(conv->type, w->n_out) ||
-        (uintptr_t)conv->data % 16 || conv->stride % 16 || ldo < w->n_out || n_tok != 1)
+    if (!kc_act_out_fits(conv, w->n_out) || !conv->count || ldo < w->n_out || n_tok != 1)
         return tt_error_set(TT_EINVAL, "converted products: %lld outputs of %lld tokens to type %d",
                             (long long)w->n_out, (long long)n_tok, conv->type);
     a->conv = kc_act_dst{ conv->type, (uint8_t *)conv->data, conv->stride, conv->norm, conv->eps,
@@ -634,12 +632,6 @@ int kcuda_matvec(struct kcuda *k, const struct kcuda_weight *w, const struct kcu
                  const float *d_bias, enum kcuda_out_mode mode)
 {
     return kcuda_matvec_out(k, w, w2, d_act, act_stride, n_tok, d_out, ldo, d_bias, mode, NULL);
-}
-
-int64_t kcuda_act_out_count(int type, int64_t n)
-{
-    const int64_t blocks = n / kc_q8_block(type);
-    return blocks > 1 ? blocks : 1;
 }
 
 int kcuda_matvec_out(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,

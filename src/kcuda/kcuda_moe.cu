@@ -535,9 +535,7 @@ int kcuda_moe_down_join_out(struct kcuda *k, const struct kcuda_weight *w, const
                             const struct kcuda_act_out *conv)
 {
     if (n_tok <= 0) return 0;
-    if (conv && ((conv->type != KCUDA_Q8_0 && conv->type != KCUDA_Q8_K) || !conv->data || !conv->count ||
-                 w->n_out % kc_q8_block(conv->type) || conv->stride < kcuda_act_row_bytes(conv->type, w->n_out) ||
-                 (uintptr_t)conv->data % 16 || conv->stride % 16))
+    if (conv && (!kc_act_out_fits(conv, w->n_out) || !conv->count))
         return tt_error_set(TT_EINVAL, "expert down and join: %lld outputs to type %d", (long long)w->n_out,
                             conv->type);
     const bool a16 = rows_aligned16(w);

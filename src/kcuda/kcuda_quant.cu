@@ -28,6 +28,12 @@ size_t kcuda_act_row_bytes(int type, int64_t n)
     }
 }
 
+int64_t kcuda_act_out_count(int type, int64_t n)
+{
+    const int64_t blocks = n / kc_q8_block(type);
+    return blocks > 1 ? blocks : 1;
+}
+
 #define NC_THREADS 128
 #define NC_CHUNK 1024 /* elements one block converts */
 

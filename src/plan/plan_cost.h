@@ -243,8 +243,9 @@ struct plan *plan_from_candidate(const struct plan_model *pm, const struct plan_
 /* ---- a rank described by timing the engine itself (plan_fit.c) ---- */
 
 /* What one rank measured running the engine on two models of one shape
- * that differ only in their layer count (`tutti plan` on a GPU: 1 and 2
- * layers). Seconds of wall clock, as `tutti bench` takes them. */
+ * that differ only in their layer count (`tutti plan` on a GPU, or with
+ * --time-engine: n and 2n layers). Seconds of wall clock, as `tutti bench`
+ * takes them. */
 struct plan_engine_times {
     const struct plan_model *model[2]; /* fewer layers first */
     int32_t prompt_tokens[2];          /* two prompt lengths, shorter first (may be equal) */

@@ -6,7 +6,7 @@
  * dozen small latency-bound kernels, attention, MoE routing and its expert
  * tiles, the host's part of a step. `tutti plan` on a GPU therefore runs the
  * engine on two models of the target's shape that differ only in their
- * layer count (1 and 2), and this file turns those wall-clock times into the
+ * layer count (n and 2n), and this file turns those wall-clock times into the
  * rank's figures. The cost model is linear in the fitted figures wherever a
  * step stays on one side of its max(bytes, flops) (a decode step on the
  * bytes' side, a prompt chunk on the flops' side), so each figure is solved

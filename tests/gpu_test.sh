@@ -13,10 +13,8 @@
 #     0.05: the GPU sums floats in another order by design, and re-quantizing
 #     activations to Q8 turns last-bit differences into quantization steps,
 #     so near-ties a little above 0.05 can flip);
-#   - greedy_fused: the same synthetic runs with the decode step's
-#     conversions fused into the kernels before them (TT_GPU_FUSE=1);
 #   - --gpu-layers splits (2 of 5 layers, 1 of 4) give the all-GPU tokens;
-#   - compute-sanitizer memcheck on short runs (decode with TT_GPU_FUSE=1), where it is installed.
+#   - compute-sanitizer memcheck on short runs, where it is installed.
 T=${TUTTI:-build/tutti}
 S=${TT_SHARED:-../shared}
 tmp=$(mktemp -d)
@@ -26,9 +24,7 @@ pass() { echo "PASS $P/$1"; }
 fail() { echo "FAIL $P/$1: $2"; }
 skip() { echo "SKIP $P/$1: $2"; }
 skip_all() {
-    for c in probe logits logits_kvf32 greedy_stories greedy_synthetic greedy_fused gpu_layers_split memcheck; do
-        skip "$c" "$1"
-    done
+    for c in probe logits logits_kvf32 greedy_stories greedy_synthetic gpu_layers_split memcheck; do skip "$c" "$1"; done
     exit 0
 }
 
@@ -120,23 +116,19 @@ for i in 1 2 3; do
 done
 if [ $n -eq 0 ]; then skip greedy_stories "goldens missing"; elif [ -z "$bad" ]; then pass greedy_stories; else fail greedy_stories "$bad"; fi
 
-greedy_synthetic() { # CASE FUSE: the synthetic models' greedy runs, TT_GPU_FUSE=FUSE
-    bad=""; n=0
-    for m in "$S"/models/synth-*.gguf; do
-        name=$(basename "$m" .gguf)
-        g="$S/golden/$name.greedy"
-        [ -f "$g.gen_tokens.txt" ] && [ -f "$g.gen_logits.f32" ] || continue
-        TT_GPU_FUSE=$2 "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json --gpu-layers 999 \
-            >"$tmp/out" 2>"$tmp/err" || { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
-        tokens "$tmp/out" > "$tmp/got"
-        st=$(greedy_check "$tmp/got" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
-        [ -n "$VERBOSE" ] && echo "    $name: $st"
-        n=$((n + 1))
-    done
-    if [ $n -eq 0 ]; then skip $1 "goldens missing"; elif [ -z "$bad" ]; then pass $1; else fail $1 "$bad"; fi
-}
-greedy_synthetic greedy_synthetic 0
-greedy_synthetic greedy_fused 1
+bad=""; n=0
+for m in "$S"/models/synth-*.gguf; do
+    name=$(basename "$m" .gguf)
+    g="$S/golden/$name.greedy"
+    [ -f "$g.gen_tokens.txt" ] && [ -f "$g.gen_logits.f32" ] || continue
+    "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json --gpu-layers 999 \
+        >"$tmp/out" 2>"$tmp/err" || { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
+    tokens "$tmp/out" > "$tmp/got"
+    st=$(greedy_check "$tmp/got" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
+    [ -n "$VERBOSE" ] && echo "    $name: $st"
+    n=$((n + 1))
+done
+if [ $n -eq 0 ]; then skip greedy_synthetic "goldens missing"; elif [ -z "$bad" ]; then pass greedy_synthetic; else fail greedy_synthetic "$bad"; fi
 
 # ---- layer splits give the all-GPU tokens ----
 bad=""
@@ -159,7 +151,7 @@ else
     bad=""
     for m in "$stories" "$S/models/synth-qwen3moe.q4_k_m.gguf" "$S/models/synth-qwen2.q8_0.gguf"; do
         [ -f "$m" ] || continue
-        TT_GPU_FUSE=1 "$cs" --tool memcheck --error-exitcode 9 "$T" run -m "$m" -p "Once upon a time" -n 6 --temp 0 \
+        "$cs" --tool memcheck --error-exitcode 9 "$T" run -m "$m" -p "Once upon a time" -n 6 --temp 0 \
             --ignore-eos --gpu-layers 999 >"$tmp/out" 2>&1
         rc=$?
         grep -q "ERROR SUMMARY: 0 errors" "$tmp/out" && [ $rc -eq 0 ] ||
@@ -186,16 +178,13 @@ fi
 #   - ranks_killed: a GPU rank killed (SIGKILL, 2 s in) ends the job with a non-zero
 #     status and an error within 20 s, no hang;
 #   - nccl_one_rank: test_comm_nccl (NCCL with 1 rank; with 2+ GPUs also 2).
-# TT_GPU_TEST_RANKS=0 skips the mpirun cases (a quick run of the 1-rank ones).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 R2="timeout 300 mpirun --oversubscribe -np 2"
 RK="--gpu-layers 999 --tp-join sum"
 ranks_cases="ranks_greedy_stories ranks_greedy_synthetic ranks_logits ranks_gpu_layers_split ranks_join_kind ranks_killed"
 ranks_ok=1
-if [ "${TT_GPU_TEST_RANKS:-1}" = 0 ]; then
-    for c in $ranks_cases; do skip "$c" "TT_GPU_TEST_RANKS=0"; done; ranks_ok=0
-elif ! command -v mpirun >/dev/null; then
+if ! command -v mpirun >/dev/null; then
     for c in $ranks_cases; do skip "$c" "mpirun not installed"; done; ranks_ok=0
 elif ! $R2 "$T" run -m "$stories" -p hi -n 1 --temp 0 --json $RK >"$tmp/out" 2>"$tmp/err" ||
      ! grep -q '"ranks":2' "$tmp/out"; then

@@ -8,8 +8,6 @@
  *   matrix-vector products, all weight types, 1..128 tokens 1e-10 (float summation order)
  *   batch products on cuBLAS (> 128 tokens): F32/F16/BF16   1e-9; quantized 1e-5 (F16 operands)
  *   RoPE with head norms, KV store                          1e-12
- *   outputs converted by their producers (kcuda_matvec_out,
- *   kcuda_attention_out) vs kcuda_norm_convert / kcuda_convert   bit-identical
  *   attention (F16 and F32 caches, GQA, several sequences)  1e-10
  *   MoE routing: identical choices; expert products 1e-10; join 1e-12
  *   GPU engine vs CPU engine (logits): as the golden tests, F16/F32 models
@@ -303,117 +301,6 @@ static void test_products(void)
         { TT_TYPE_Q4_K, 768, 21 },  { TT_TYPE_Q6_K, 768, 21 },
     };
     for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], false);
-}
-
-/* Bytes of a Q8 activation row of n elements that hold values (the rest
- * of kcuda_act_row_bytes is padding to 16 bytes, never written). */
-static size_t q8_row_used(int type, int64_t n)
-{
-    return (size_t)n + 4 * (size_t)(n / (type == KCUDA_Q8_K ? 256 : 32));
-}
-
-/* Products that convert their outputs for the next product
- * (kcuda_matvec_out): every weight kind, store / add / SwiGLU, to Q8_0 and
- * Q8_K, plain and RMS-normed (with the floats): the outputs equal
- * kcuda_matvec's and the converted rows kcuda_norm_convert's of them, bit
- * for bit; twice, so the tickets must be left at zero. */
-static void check_products_out(enum tt_type t, int64_t n_in, int64_t n_out, bool regroup)
-{
-    const enum tt_type vt = tt_type_get(t)->vec_dot_type;
-    const size_t rb = tt_row_size(t, n_in), st = kcuda_act_row_bytes((int)vt, n_in);
-    uint8_t *w = make_weight(t, n_in, n_out, 1.0f), *w2 = make_weight(t, n_in, n_out, 1.0f);
-    float *x = malloc(sizeof(float) * (size_t)n_in), *pre = malloc(sizeof(float) * (size_t)n_out);
-    float *nw = malloc(sizeof(float) * (size_t)n_out), *got = malloc(sizeof(float) * (size_t)n_out);
-    float *want = malloc(sizeof(float) * (size_t)n_out);
-    fill(x, n_in, 1.0f), fill(pre, n_out, 4.0f);
-    for (int64_t i = 0; i < n_out; i++) nw[i] = 1.0f + 0.1f * frand();
-    struct kcuda_weight dw = { dev(rb * (size_t)n_out), (int)t, n_in, n_out, rb, rb * (size_t)n_out, 0 };
-    struct kcuda_weight dw2 = dw;
-    dw2.data = dev(rb * (size_t)n_out);
-    upload_weight(&dw, w, regroup);
-    upload_weight(&dw2, w2, regroup);
-    float *dx = dev_from(x, sizeof(float) * (size_t)n_in), *dnw = dev_from(nw, sizeof(float) * (size_t)n_out);
-    float *dout = dev(sizeof(float) * (size_t)n_out), *dref = dev(sizeof(float) * (size_t)n_out);
-    float *dyf = dev(sizeof(float) * (size_t)n_out), *dyf_ref = dev(sizeof(float) * (size_t)n_out);
-    const size_t ob = kcuda_act_row_bytes(KCUDA_Q8_0, n_out); /* the larger of the two */
-    uint8_t *da = dev(st), *dq = dev(ob), *dq_ref = dev(ob), *hq = malloc(ob), *hq_ref = malloc(ob);
-    int *dcount = dev(sizeof(int) * (size_t)kcuda_act_out_count(KCUDA_Q8_0, n_out));
-    TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)kcuda_act_out_count(KCUDA_Q8_0, n_out)) == 0);
-    CHECK_EQ_INT(kcuda_convert(K, (int)vt, dx, n_in, 1, n_in, da, st), 0);
-    static const int qtypes[] = { KCUDA_Q8_0, KCUDA_Q8_K };
-    for (int qi = 0; qi < 2; qi++) {
-        const int qt = qtypes[qi];
-        if (n_out % (qt == KCUDA_Q8_K ? 256 : 32)) continue;
-        const size_t qs = kcuda_act_row_bytes(qt, n_out);
-        for (int mode = 0; mode < 3; mode++) {
-            for (int normed = 0; normed < 2; normed++) {
-                const enum kcuda_out_mode m = mode == 0   ? KCUDA_OUT_STORE
-                                              : mode == 1 ? KCUDA_OUT_ADD
-                                                          : KCUDA_OUT_SWIGLU;
-                const struct kcuda_weight *up = m == KCUDA_OUT_SWIGLU ? &dw2 : NULL;
-                const struct kcuda_act_out conv = { qt,    dq,  qs, normed ? dnw : NULL, 1e-5f, normed ? dyf : NULL,
-                                                    dcount };
-                int err = 0;
-                for (int rep = 0; rep < 2 && !err; rep++) {
-                    TT_ASSERT(kcuda_upload(K, dout, pre, sizeof(float) * (size_t)n_out) == 0);
-                    TT_ASSERT(kcuda_memset(K, dq, 0xff, ob) == 0);
-                    err = kcuda_matvec_out(K, &dw, up, da, st, 1, dout, n_out, NULL, m, &conv);
-                }
-                if (err) fprintf(stderr, "  %s\n", tt_error_detail());
-                CHECK_EQ_INT(err, 0);
-                TT_ASSERT(kcuda_upload(K, dref, pre, sizeof(float) * (size_t)n_out) == 0);
-                CHECK_EQ_INT(kcuda_matvec(K, &dw, up, da, st, 1, dref, n_out, NULL, m), 0);
-                CHECK_EQ_INT(kcuda_norm_convert(K, qt, dref, n_out, 1, n_out, normed ? dnw : NULL,
-                                                normed ? 1e-5f : -1.0f, normed ? dyf_ref : NULL, dq_ref, qs), 0);
-                to_host(got, dout, sizeof(float) * (size_t)n_out);
-                to_host(want, dref, sizeof(float) * (size_t)n_out);
-                to_host(hq, dq, qs);
-                to_host(hq_ref, dq_ref, qs);
-                int bad = memcmp(got, want, sizeof(float) * (size_t)n_out) != 0;
-                bad += 2 * (memcmp(hq, hq_ref, q8_row_used(qt, n_out)) != 0);
-                if (normed) {
-                    to_host(got, dyf, sizeof(float) * (size_t)n_out);
-                    to_host(want, dyf_ref, sizeof(float) * (size_t)n_out);
-                    bad += 4 * (memcmp(got, want, sizeof(float) * (size_t)n_out) != 0);
-                }
-                if (bad)
-                    fprintf(stderr, "  %s%s %lldx%lld mode %d to %s%s: differs (%d: 1 outputs, 2 rows, 4 floats)\n",
-                            tt_type_name(t), regroup ? " regrouped" : "", (long long)n_out, (long long)n_in, mode,
-                            qt == KCUDA_Q8_K ? "q8_K" : "q8_0", normed ? " normed" : "", bad);
-                CHECK_EQ_INT(bad, 0);
-            }
-        }
-    }
-    kcuda_free((void *)dw.data), kcuda_free((void *)dw2.data), kcuda_free(dx), kcuda_free(dnw), kcuda_free(dout);
-    kcuda_free(dref), kcuda_free(dyf), kcuda_free(dyf_ref), kcuda_free(da), kcuda_free(dq), kcuda_free(dq_ref);
-    kcuda_free(dcount);
-    free(w), free(w2), free(x), free(pre), free(nw), free(got), free(want), free(hq), free(hq_ref);
-}
-
-static void test_products_out(void)
-{
-    if (!gpu()) return;
-    static const struct prod_case cases[] = {
-        { TT_TYPE_Q4_K, 4096, 512 }, { TT_TYPE_Q4_K, 512, 768 },  { TT_TYPE_Q4_K, 14336, 256 },
-        { TT_TYPE_Q6_K, 2048, 512 }, { TT_TYPE_Q6_K, 768, 288 },  { TT_TYPE_Q5_K, 512, 256 },
-        { TT_TYPE_Q4_0, 96, 288 },   { TT_TYPE_Q8_0, 512, 544 },  { TT_TYPE_F16, 100, 256 },
-        { TT_TYPE_BF16, 512, 32 },   { TT_TYPE_F32, 172, 288 },   { TT_TYPE_Q8_0, 4096, 4096 },
-    };
-    for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++)
-        check_products_out(cases[i].t, cases[i].n_in, cases[i].n_out, false);
-    check_products_out(TT_TYPE_Q6_K, 2048, 512, true);
-    check_products_out(TT_TYPE_Q6_K, 14336, 1024, true);
-    /* refused: experts' tiles aside, several tokens and partial blocks */
-    struct kcuda_weight w = { NULL, KCUDA_F32, 32, 40, 128, 128 * 40, 0 };
-    const struct kcuda_act_out conv = { KCUDA_Q8_0, (void *)(uintptr_t)256, 64, NULL, 0.0f, NULL,
-                                        (int *)(uintptr_t)256 };
-    CHECK(kcuda_matvec_out(K, &w, NULL, (void *)(uintptr_t)256, 128, 1, (float *)(uintptr_t)256, 40, NULL,
-                           KCUDA_OUT_STORE, &conv) == TT_EINVAL);
-    w.n_out = 32;
-    CHECK(kcuda_matvec_out(K, &w, NULL, (void *)(uintptr_t)256, 128, 2, (float *)(uintptr_t)256, 32, NULL,
-                           KCUDA_OUT_STORE, &conv) == TT_EINVAL);
-    CHECK_EQ_INT(kcuda_sync(K), 0);
-    tt_error_clear();
 }
 
 /* Q6_K regrouped at upload (KCUDA_LAYOUT_Q6_K_GROUPS): dequantized values
@@ -917,27 +804,6 @@ static void check_attention(int hd, bool f16, int n_split, int H, int KV)
     char what[64];
     snprintf(what, sizeof(what), "attention hd %d %s, %d/%d heads, %d parts", hd, f16 ? "f16" : "f32", H, KV, n_split);
     CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-10);
-    /* the join converting its heads for wo: kcuda_convert's rows, bit for bit */
-    static const int qtypes[] = { KCUDA_Q8_0, KCUDA_Q8_K };
-    for (int qi = 0; qi < 2; qi++) {
-        const int qt = qtypes[qi];
-        const size_t qs = kcuda_act_row_bytes(qt, (int64_t)H * hd);
-        if (!kcuda_attention_converts(&sh, qt)) continue;
-        uint8_t *dconv = dev(qs * T), *dconv_ref = dev(qs * T), *hq = malloc(qs * T), *hq_ref = malloc(qs * T);
-        const struct kcuda_act_out conv = { qt, dconv, qs, NULL, 0.0f, NULL, NULL };
-        CHECK_EQ_INT(kcuda_attention_out(K, &sh, T, n_split, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout, &conv), 0);
-        CHECK_EQ_INT(kcuda_convert(K, qt, dout, (int64_t)H * hd, T, (int64_t)H * hd, dconv_ref, qs), 0);
-        to_host(got, dout, 4 * qn);
-        CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-10);
-        to_host(hq, dconv, qs * T);
-        to_host(hq_ref, dconv_ref, qs * T);
-        int bad = 0;
-        for (int t = 0; t < T; t++) bad += memcmp(hq + qs * t, hq_ref + qs * t, q8_row_used(qt, (int64_t)H * hd)) != 0;
-        if (bad) fprintf(stderr, "  %s: %d converted rows (type %d) differ\n", what, bad, qt);
-        CHECK_EQ_INT(bad, 0);
-        kcuda_free(dconv), kcuda_free(dconv_ref);
-        free(hq), free(hq_ref);
-    }
     kcuda_free(dkc), kcuda_free(dvc), kcuda_free(dq), kcuda_free(dout), kcuda_free(dpart), kcuda_free(dpos), kcuda_free(dseq);
     kcuda_free(dcount);
     free(kc), free(vc), free(tmp), free(q), free(ref), free(got);
@@ -956,8 +822,6 @@ static void test_attention(void)
     check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 16, 2); /* Qwen3-MoE grouping */
     check_attention(128, true, 3, 6, 2);                     /* a group the coalesced kernel does not take */
     check_attention(256, true, 2, 4, 2);
-    check_attention(64, true, KCUDA_ATTN_SPLIT_MAX, 2, 1); /* one Q8_0 block per head pair, Q8_K refused */
-    check_attention(128, false, 7, 12, 2);                 /* k_attn's join converting 3 Q8_K blocks */
 }
 
 /* ---- the small kernels ---- */
@@ -1114,22 +978,6 @@ static void test_engine_models(void)
     if (n == 0) TEST_SKIP("no models in %s", test_shared_path("models"));
 }
 
-/* The GPU engine with the decode step's conversions fused into the kernels
- * before them (TT_GPU_FUSE=1): dense Q8_K and Q8_0, MoE with the fused
- * down+join (Q4_K experts), with Q8_0 experts, and with a shared expert. */
-static void test_engine_fused(void)
-{
-    if (!gpu()) return;
-    static const char *const models[] = { "synth-llama.q4_k_m", "synth-qwen3.q8_0", "synth-qwen2.q4_k_m",
-                                          "synth-qwen3moe.q4_k_m", "synth-mixtral.q8_0", "synth-qwen2moe.q4_k_m" };
-    setenv("TT_GPU_FUSE", "1", 1);
-    int n = 0;
-    for (size_t i = 0; i < TT_ARRAY_LEN(models); i++) n += engine_pair(models[i], -1, ENGINE_KV_F16);
-    n += engine_pair("synth-llama.q4_k_m", 1, ENGINE_KV_F16);
-    unsetenv("TT_GPU_FUSE");
-    if (n == 0) TEST_SKIP("no models in %s", test_shared_path("models"));
-}
-
 static void test_engine_split(void)
 {
     if (!gpu()) return;
@@ -1144,14 +992,12 @@ static void test_engine_split(void)
 static const struct test_case cases[] = {
     { "convert", test_convert },       { "norm_convert", test_norm_convert },
     { "dequant", test_dequant },       { "products", test_products },
-    { "products_out", test_products_out },
     { "q6_groups", test_q6_groups },
     { "moe", test_moe },               { "moe_fused", test_moe_fused },
     { "rope", test_rope },
     { "attention", test_attention },   { "misc", test_misc },
     { "errors", test_errors },         { "engine_models", test_engine_models },
-    { "engine_split", test_engine_split }, { "engine_fused", test_engine_fused },
-    { "bandwidth", test_bandwidth },
+    { "engine_split", test_engine_split }, { "bandwidth", test_bandwidth },
 };
 
 #else /* no CUDA in this build */

@@ -107,15 +107,6 @@ struct cuda_accel {
     float *logits;           /* [GPU_LOGIT_ROWS][n_vocab_local] */
     uint8_t *act[GPU_ACT_SLOTS];
     size_t act_bytes;
-    /* fused conversions (one-token steps; see "fused conversions" below) */
-    bool fuse;               /* TT_GPU_FUSE=1 (default off: not yet measured faster) */
-    bool run_logits;         /* the run in progress ends with the output rows' logits */
-    uint8_t *fact[2];        /* one token's converted rows, written by the kernel before their product */
-    int *fuse_count;         /* kcuda_act_out tickets (zero between launches) */
-    int fact_next;           /* the fact buffer the next producer writes */
-    struct act_set ready;    /* that product's input, converted (ready.n == 0: none) */
-    const float *ready_src, *ready_norm; /* the rows (and norm) it was converted from */
-    int64_t ready_rows;
     /* pinned host staging */
     float *h_x, *h_cs, *h_logits;
     int32_t *h_pos, *h_seq;
@@ -320,10 +311,6 @@ static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t 
     BUF(c->att_count, B * (size_t)TT_MAX(e->n_kv_local, 1) * 4);
     BUF(c->logits, (size_t)GPU_LOGIT_ROWS * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
     for (int i = 0; i < GPU_ACT_SLOTS; i++) BUF(c->act[i], c->act_bytes);
-    const int64_t fused_n = (int64_t)TT_MAX(in_max, K * (size_t)hp->n_ff_exp); /* one token, or its expert slots */
-    for (int i = 0; i < 2; i++) BUF(c->fact[i], TT_MAX(kcuda_act_row_bytes(KCUDA_Q8_0, (int64_t)in_max),
-                                                       K * kcuda_act_row_bytes(KCUDA_Q8_0, hp->n_ff_exp)));
-    BUF(c->fuse_count, (size_t)kcuda_act_out_count(KCUDA_Q8_0, fused_n) * sizeof(int));
 #undef BUF
     return off;
 }
@@ -346,17 +333,6 @@ static int acts_prepare(struct cuda_accel *c, struct act_set *s, const float *x,
                         const struct kcuda_weight *const *ws, int n_w)
 {
     s->n = 0;
-    if (c->ready.n) { /* converted (and normed, yf written) by the kernel that produced x */
-        TT_ASSERT(c->ready_src == x && c->ready_norm == w && n_tok == c->ready_rows);
-        *s = c->ready;
-        c->ready.n = 0;
-        for (int i = 0; i < n_w && yf; i++) {
-            if (!ws[i]->data || vec_type(ws[i]->type) != KCUDA_F32) continue;
-            s->type[s->n] = KCUDA_F32, s->stride[s->n] = (size_t)n * 4, s->ptr[s->n++] = yf;
-            break;
-        }
-        return 0;
-    }
     const float e = w ? eps : -1.0f;
     bool want_f32 = false;
     int err = 0;
@@ -413,82 +389,6 @@ static int lin(struct cuda_accel *c, const struct act_set *s, const struct kcuda
     return kcuda_linear(c->k, w, w2, a, st, n_tok, out, ldo, bias, mode);
 }
 
-/* ---- fused conversions ----
- * With c->fuse (TT_GPU_FUSE=1; off by default until an A/B on the device
- * shows it faster), a one-token step runs no conversion kernels after the
- * first layer's norm: the attention's join writes wo's input rows, the
- * gate/up product down's (the experts' gate/up product their down
- * products' when there is no shared expert), and the products that add
- * into x (wo, down, the MoE down+join) the next RMSNorm's output, each as
- * the next product's Q8 rows (kcuda_act_out). Two buffers alternate (a producer reads
- * one and writes the other); c->ready hands the rows to the consumer's
- * acts_prepare, which checks that they are the rows it was asked for. A
- * block's input (struct block_input) is described once, for its producer
- * and for itself. */
-
-/* What the first products of a block read: the RMSNorm of x (or of other
- * rows when norm is NULL) converted for ws, the normed floats in yf. */
-struct block_input {
-    const struct kcuda_weight *ws[5];
-    int n_w;
-    const float *norm;
-    float *yf;
-};
-
-/* The one Q8 type the products of ws read (F32 weights read yf when
- * have_yf), or -1 if there is none or more than one. */
-static int fuse_act_type(const struct kcuda_weight *const *ws, int n_w, bool have_yf)
-{
-    int t = -1;
-    for (int i = 0; i < n_w; i++) {
-        if (!ws[i]->data) continue;
-        const int v = vec_type(ws[i]->type);
-        if (v == KCUDA_F32 && have_yf) continue;
-        if ((v != KCUDA_Q8_0 && v != KCUDA_Q8_K) || (t >= 0 && v != t)) return -1;
-        t = v;
-    }
-    return t;
-}
-
-/* The conversion a producer of n values per token can do for the products
- * ws (normed with norm, floats into yf); false when none. */
-static bool fuse_target(struct cuda_accel *c, const struct engine *e, int64_t n_tok, int64_t n,
-                        const struct kcuda_weight *const *ws, int n_w, const float *norm, float *yf,
-                        struct kcuda_act_out *conv)
-{
-    if (!c->fuse || n_tok != 1 || n_w == 0) return false;
-    const int t = fuse_act_type(ws, n_w, yf != NULL);
-    if (t < 0 || n % (t == KCUDA_Q8_K ? 256 : 32)) return false;
-    *conv = (struct kcuda_act_out){ t, c->fact[c->fact_next], kcuda_act_row_bytes(t, n), norm, e->m->hp.rms_eps,
-                                    norm ? yf : NULL, c->fuse_count };
-    return true;
-}
-
-/* After the producer of rows `src` was queued with conv: the consumer's
- * acts_prepare(src, norm) takes the converted rows. */
-static void fuse_ready(struct cuda_accel *c, const struct kcuda_act_out *conv, const float *src, int64_t rows)
-{
-    TT_ASSERT(c->ready.n == 0); /* the previous converted rows were taken */
-    c->ready = (struct act_set){ .n = 1, .type = { conv->type }, .stride = { conv->stride }, .ptr = { conv->data } };
-    c->ready_rows = rows;
-    c->ready_src = src;
-    c->ready_norm = conv->norm;
-    c->fact_next ^= 1;
-}
-
-/* lin, converting the output for the next product when conv is set. */
-static int lin_out(struct cuda_accel *c, const struct act_set *s, const struct kcuda_weight *w,
-                   const struct kcuda_weight *w2, int64_t n_tok, float *out, int64_t ldo, const float *bias,
-                   enum kcuda_out_mode mode, const struct kcuda_act_out *conv)
-{
-    if (!conv || !w->data) return lin(c, s, w, w2, n_tok, out, ldo, bias, mode);
-    size_t st;
-    const void *a = act_of(c, s, w, &st);
-    int err = kcuda_matvec_out(c->k, w, w2, a, st, n_tok, out, ldo, bias, mode, conv);
-    if (!err) fuse_ready(c, conv, out, n_tok);
-    return err;
-}
-
 static bool pairable(const struct kcuda_weight *a, const struct kcuda_weight *b)
 {
     return a->type == b->type && a->n_in == b->n_in && a->n_out == b->n_out &&
@@ -524,38 +424,15 @@ static int join_sum(struct cuda_accel *c, struct engine *e, float *d_buf, int64_
  * project_join does for the `sum` join. A rank without columns of W (block
  * alignment can leave a small model's heads all on one rank) adds zeros. */
 static int project_add(struct cuda_accel *c, struct engine *e, const struct act_set *s,
-                       const struct kcuda_weight *w, int64_t n_tok, const struct block_input *next)
+                       const struct kcuda_weight *w, int64_t n_tok)
 {
     const int64_t E = e->m->hp.n_embd;
-    struct kcuda_act_out cv;
-    if (e->tp_size == 1) /* one rank: x is final here, so the next norm can be taken from it */
-        return lin_out(c, s, w, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD,
-                       fuse_target(c, e, n_tok, E, next->ws, next->n_w, next->norm, next->yf, &cv) ? &cv : NULL);
+    if (e->tp_size == 1) return lin(c, s, w, NULL, n_tok, c->x, E, NULL, KCUDA_OUT_ADD);
     int err = w->data ? lin(c, s, w, NULL, n_tok, c->ffn_out, E, NULL, KCUDA_OUT_STORE)
                       : kcuda_memset(c->k, c->ffn_out, 0, sizeof(float) * (size_t)(n_tok * E));
     if (!err) err = join_sum(c, e, c->ffn_out, n_tok * E);
     if (!err) err = kcuda_add(c->k, c->x, c->ffn_out, n_tok * E);
     return err;
-}
-
-/* The inputs of layer il's attention (il == n_layers: the output rows of
- * the run's logits, or nothing) and of its FFN. */
-static struct block_input attn_input(const struct cuda_accel *c, int il)
-{
-    if (il < c->n_layers) {
-        const struct gpu_layer *g = &c->layers[il];
-        return (struct block_input){ { &g->wq, &g->wk, &g->wv }, 3, g->attn_norm, NULL };
-    }
-    if (c->run_logits) return (struct block_input){ { &c->output }, 1, c->output_norm, NULL };
-    return (struct block_input){ { NULL }, 0, NULL, NULL };
-}
-
-static struct block_input ffn_input(const struct cuda_accel *c, const struct engine *e, int il)
-{
-    const struct gpu_layer *g = &c->layers[il];
-    if (!e->m->hp.n_expert) return (struct block_input){ { &g->w_gate, &g->w_up }, 2, g->ffn_norm, NULL };
-    return (struct block_input){ { &g->gate_inp, &g->gate_exps, &g->up_exps, &g->gate_shexp, &g->up_shexp }, 5,
-                                 g->ffn_norm, c->xn };
 }
 
 static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
@@ -565,9 +442,8 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const int64_t E = hp->n_embd, hd = hp->head_dim;
     const int64_t qd = (int64_t)e->n_head_local * hd, kvd = (int64_t)e->n_kv_local * hd;
     struct act_set s;
-    const struct block_input in = attn_input(c, il), next = ffn_input(c, e, il);
-    const struct kcuda_weight *const *ws = in.ws, *wo[] = { &g->wo };
-    if (e->n_head_local == 0) return project_add(c, e, NULL, &g->wo, n_tok, &next); /* GPU ranks: no heads here */
+    const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
+    if (e->n_head_local == 0) return project_add(c, e, NULL, &g->wo, n_tok); /* GPU ranks: no heads here */
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
     int fused = 0; /* q, k (and v) in one launch when they share a type */
     if (!err && n_tok <= 8 && g->wq.data && pairable_rows(&g->wq, &g->wk)) {
@@ -585,28 +461,21 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     if (!err)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
                                c->cs, c->pos, c->seq, g->k_cache, g->v_cache);
-    struct kcuda_act_out cv; /* the join converts wo's input when it holds whole blocks */
-    const bool conv = fuse_target(c, e, n_tok, qd, wo, 1, NULL, NULL, &cv) &&
-                      kcuda_attention_converts(&c->shape, cv.type);
     if (!err)
-        err = kcuda_attention_out(c->k, &c->shape, n_tok, attn_splits(e, n_tok), c->q, g->k_cache, g->v_cache,
-                                  c->pos, c->seq, c->part, c->att_count, c->attn, conv ? &cv : NULL);
-    if (!err && conv) fuse_ready(c, &cv, c->attn, n_tok);
+        err = kcuda_attention(c->k, &c->shape, n_tok, attn_splits(e, n_tok), c->q, g->k_cache,
+                              g->v_cache, c->pos, c->seq, c->part, c->att_count, c->attn);
     if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
-    if (!err) err = project_add(c, e, &s, &g->wo, n_tok, &next);
+    if (!err) err = project_add(c, e, &s, &g->wo, n_tok);
     return err;
 }
 
-/* gate, up -> silu(gate) * up into `h` [n_tok][ff] (ff = gate rows); with
- * conv, h also converted by the paired product (the separate path leaves
- * the conversion to the consumer). */
+/* gate, up -> silu(gate) * up into `h` [n_tok][ff] (ff = gate rows). */
 static int swiglu_pair(struct cuda_accel *c, const struct act_set *s, const struct kcuda_weight *gate,
-                       const struct kcuda_weight *up, int64_t n_tok, float *h, float *tmp,
-                       const struct kcuda_act_out *conv)
+                       const struct kcuda_weight *up, int64_t n_tok, float *h, float *tmp)
 {
     const int64_t ff = gate->n_out;
     if (pairable(gate, up) && vec_type(gate->type) == vec_type(up->type))
-        return lin_out(c, s, gate, up, n_tok, h, ff, NULL, KCUDA_OUT_SWIGLU, conv);
+        return lin(c, s, gate, up, n_tok, h, ff, NULL, KCUDA_OUT_SWIGLU);
     int err = lin(c, s, gate, NULL, n_tok, h, ff, NULL, KCUDA_OUT_STORE);
     if (!err) err = lin(c, s, up, NULL, n_tok, tmp, ff, NULL, KCUDA_OUT_STORE);
     if (!err) err = kcuda_swiglu(c->k, h, tmp, n_tok, ff, ff);
@@ -619,14 +488,11 @@ static int dense_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     const struct gpu_layer *g = &c->layers[il];
     const int64_t E = hp->n_embd, ff = g->w_gate.n_out;
     struct act_set s;
-    const struct block_input in = ffn_input(c, e, il), next = attn_input(c, il + 1);
-    const struct kcuda_weight *wd[] = { &g->w_down };
-    struct kcuda_act_out cv;
-    const bool conv = fuse_target(c, e, n_tok, ff, wd, 1, NULL, NULL, &cv);
-    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, NULL, in.ws, in.n_w);
-    if (!err) err = swiglu_pair(c, &s, &g->w_gate, &g->w_up, n_tok, c->ffn_a, c->ffn_b, conv ? &cv : NULL);
+    const struct kcuda_weight *ws[] = { &g->w_gate, &g->w_up }, *wd[] = { &g->w_down };
+    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, NULL, ws, 2);
+    if (!err) err = swiglu_pair(c, &s, &g->w_gate, &g->w_up, n_tok, c->ffn_a, c->ffn_b);
     if (!err) err = acts_prepare(c, &s, c->ffn_a, ff, n_tok, ff, NULL, 0.0f, NULL, wd, 1);
-    if (!err) err = project_add(c, e, &s, &g->w_down, n_tok, &next);
+    if (!err) err = project_add(c, e, &s, &g->w_down, n_tok);
     return err;
 }
 
@@ -700,15 +566,9 @@ static int moe_gate_up_tiled(struct cuda_accel *c, struct engine *e, const struc
     int err = tile_tok != 1 ? kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles) : 0;
     size_t st = 0;
     const void *a = err ? NULL : act_of(c, s, &g->gate_exps, &st);
-    const struct kcuda_weight *wd[] = { &g->down_exps };
-    struct kcuda_act_out cv; /* decode without a shared expert: the down products' rows too */
-    const bool conv = tile_tok == 1 && !g->gate_shexp.data && fuse_target(c, e, n_tok, fe, wd, 1, NULL, NULL, &cv);
-    if (!err && pairable(&g->gate_exps, &g->up_exps)) {
-        err = kcuda_matvec_experts_out(c->k, &g->gate_exps, &g->up_exps, c->tiles, max_tiles, tile_tok, a, st,
-                                       hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_SWIGLU, conv ? &cv : NULL);
-        if (!err && conv) fuse_ready(c, &cv, c->ffn_a, S);
-        return err;
-    }
+    if (!err && pairable(&g->gate_exps, &g->up_exps))
+        return kcuda_matvec_experts(c->k, &g->gate_exps, &g->up_exps, c->tiles, max_tiles, tile_tok, a, st,
+                                    hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_SWIGLU);
     if (!err)
         err = kcuda_matvec_experts(c->k, &g->gate_exps, NULL, c->tiles, max_tiles, tile_tok, a, st,
                                    hp->n_expert_used, c->ffn_a, fe, KCUDA_OUT_STORE);
@@ -733,7 +593,7 @@ static bool moe_down_join_ok(const struct cuda_accel *c, const struct gpu_layer 
 /* The experts' down products of the ffn_a rows, then the ordered join (and
  * the shared expert's term, ysh) into x. */
 static int moe_down_tiled(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, struct act_set *s,
-                          int n_tok, int tile_tok, const struct block_input *next)
+                          int n_tok, int tile_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
@@ -743,14 +603,9 @@ static int moe_down_tiled(struct cuda_accel *c, struct engine *e, const struct g
     int err = acts_prepare(c, s, c->ffn_a, fe, S, fe, NULL, 0.0f, NULL, wd, 1);
     size_t st = 0;
     const void *a = err ? NULL : act_of(c, s, &g->down_exps, &st);
-    struct kcuda_act_out cv; /* and the next block's normed input */
-    if (!err && moe_down_join_ok(c, g, n_tok)) {
-        const bool conv = fuse_target(c, e, n_tok, E, next->ws, next->n_w, next->norm, next->yf, &cv);
-        err = kcuda_moe_down_join_out(c->k, &g->down_exps, a, st, c->x, c->sel, c->sel_w, n_tok, hp->n_expert_used,
-                                      shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn, conv ? &cv : NULL);
-        if (!err && conv) fuse_ready(c, &cv, c->x, n_tok);
-        return err;
-    }
+    if (!err && moe_down_join_ok(c, g, n_tok))
+        return kcuda_moe_down_join(c->k, &g->down_exps, a, st, c->x, c->sel, c->sel_w, n_tok, hp->n_expert_used,
+                                   shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
     if (!err)
         err = kcuda_matvec_experts(c->k, &g->down_exps, NULL, c->tiles, max_tiles, tile_tok, a, st, 1, c->ffn_out,
                                    E, KCUDA_OUT_STORE);
@@ -771,20 +626,19 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     const int tile_tok = n_tok == 1 ? 1 : KCUDA_MOE_TILE;
     const bool shared = g->gate_shexp.data != NULL;
     struct act_set s;
-    const struct block_input in = ffn_input(c, e, il);
+    const struct kcuda_weight *ws[] = { &g->gate_inp, &g->gate_exps, &g->up_exps, &g->gate_shexp, &g->up_shexp };
     const struct kcuda_weight *wsd[] = { &g->down_shexp };
-    int err = acts_prepare(c, &s, c->x, E, n_tok, E, in.norm, hp->rms_eps, in.yf, in.ws, in.n_w);
+    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
     if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok);
     /* the shared expert's gate/up first: it reads this conversion, which the
      * down products' replaces */
-    if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh, NULL);
+    if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh);
     const bool grouped = !err && moe_grouped(c, g, &s, n_tok);
     if (!err) err = grouped ? moe_experts_grouped(c, e, g, &s, n_tok) : moe_gate_up_tiled(c, e, g, &s, n_tok, tile_tok);
     const int64_t fs = g->gate_shexp.n_out;
     if (!err && shared) err = acts_prepare(c, &s, c->ffn_b, fs, n_tok, fs, NULL, 0.0f, NULL, wsd, 1);
     if (!err && shared) err = lin(c, &s, &g->down_shexp, NULL, n_tok, c->ysh, E, NULL, KCUDA_OUT_STORE);
-    const struct block_input next = attn_input(c, il + 1);
-    if (!err && !grouped) return moe_down_tiled(c, e, g, &s, n_tok, tile_tok, &next);
+    if (!err && !grouped) return moe_down_tiled(c, e, g, &s, n_tok, tile_tok);
     if (!err)
         err = kcuda_moe_join(c->k, c->x, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
                              shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
@@ -796,8 +650,8 @@ static int decode_logits(struct cuda_accel *c, struct engine *e)
 {
     const int64_t E = e->m->hp.n_embd;
     struct act_set s;
-    const struct block_input in = attn_input(c, c->n_layers);
-    int err = acts_prepare(c, &s, c->x, E, 1, E, c->output_norm, e->m->hp.rms_eps, NULL, in.ws, in.n_w);
+    const struct kcuda_weight *wo[] = { &c->output };
+    int err = acts_prepare(c, &s, c->x, E, 1, E, c->output_norm, e->m->hp.rms_eps, NULL, wo, 1);
     if (!err) err = lin(c, &s, &c->output, NULL, 1, c->logits, c->output.n_out, NULL, KCUDA_OUT_STORE);
     if (!err) err = kcuda_download(c->k, c->h_logits, c->logits, (size_t)c->output.n_out * 4);
     return err;
@@ -806,14 +660,11 @@ static int decode_logits(struct cuda_accel *c, struct engine *e)
 static int run_range(struct cuda_accel *c, struct engine *e, int n_tok, bool with_logits)
 {
     int err = 0;
-    c->run_logits = with_logits && c->has_output;
-    c->ready.n = 0;
     for (int il = 0; il < c->n_layers && !err; il++) {
         err = attention_block(c, e, il, n_tok);
         if (!err) err = e->m->hp.n_expert ? moe_ffn(c, e, il, n_tok) : dense_ffn(c, e, il, n_tok);
     }
     if (!err && with_logits && c->has_output) err = decode_logits(c, e);
-    TT_ASSERT(err || c->ready.n == 0); /* every converted input was taken */
     return err;
 }
 
@@ -1166,13 +1017,6 @@ static int ranks_finish(struct cuda_accel *c, struct engine *e, int err)
 
 int engine_gpu_count(void) { return TT_MAX(kcuda_device_count(), 0); }
 
-/* A TT_GPU_* switch: its integer value (0 = off) when set, else dflt. */
-static bool env_switch(const char *name, bool dflt)
-{
-    const char *v = getenv(name);
-    return v ? atoi(v) != 0 : dflt;
-}
-
 int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_accel *out)
 {
     memset(out, 0, sizeof(*out));
@@ -1198,10 +1042,9 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
     c->max_groups = hp->n_expert ? kcuda_moe_max_groups(c->n_slots_max, hp->n_expert) : 1;
-    c->moe_fused = env_switch("TT_GPU_MOE_FUSED", true);
-    c->fuse = env_switch("TT_GPU_FUSE", false); /* off until measured faster */
-    c->graph_off = !env_switch("TT_GPU_GRAPH", true);
-    if (env_switch("TT_GPU_PROFILE", false))
+    c->moe_fused = !getenv("TT_GPU_MOE_FUSED") || atoi(getenv("TT_GPU_MOE_FUSED"));
+    c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
+    if (getenv("TT_GPU_PROFILE") && atoi(getenv("TT_GPU_PROFILE")))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);
     fill_shape(c, e);
     uint64_t w_bytes = 0, out_bytes = 0;

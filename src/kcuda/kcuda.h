@@ -255,48 +255,6 @@ int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,
                          int tile_tok, const void *d_act, size_t act_stride, int act_div,
                          float *d_out, int64_t ldo, enum kcuda_out_mode mode);
 
-/* ---- outputs converted for the next product (decode) ----
- * A kernel that produces the input of the next product can also write it
- * in that product's activation type, so no conversion kernel runs in
- * between (the engine's TT_GPU_FUSE): a product whose output rows are
- * whole quantization blocks converts each block once all its rows are
- * done (a ticket per block: the group of rows that finishes a block
- * converts it); with `norm`, the rows are RMS-normed first, which needs
- * whole rows, so the last row group of the launch converts them all (the
- * decode step's wo and down products, which add into the residual stream,
- * write the next RMSNorm's input). The attention's join writes the heads
- * it joined (kcuda_attention_out). Values equal kcuda_norm_convert's on
- * the same rows bit for bit (test_kcuda), except that the MoE down+join
- * sums the norm's squares over 256 threads instead of 128: another order
- * of the same double sum. */
-struct kcuda_act_out {
-    int type;         /* KCUDA_Q8_0 or KCUDA_Q8_K */
-    void *data;       /* n_tok rows, stride bytes apart (kcuda_act_row_bytes) */
-    size_t stride;
-    const float *norm; /* RMSNorm weight [n], or NULL: the rows as they are */
-    float eps;
-    float *yf;        /* with norm: the normed rows as floats [n_tok][n], or NULL */
-    int *count;       /* kcuda_act_out_count ints, zero before the first launch (left at zero) */
-};
-/* Tickets a conversion of rows of n elements to `type` needs. */
-int64_t kcuda_act_out_count(int type, int64_t n);
-/* kcuda_matvec, and the output rows (n = w->n_out values each, ldo apart)
- * converted as `conv` says (NULL: kcuda_matvec). With conv: one token
- * (decode), one weight of a type kcuda_matvec takes (not stacked experts),
- * n_out a multiple of the quantization block; TT_EINVAL otherwise. */
-int kcuda_matvec_out(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
-                     const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
-                     const float *d_bias, enum kcuda_out_mode mode, const struct kcuda_act_out *conv);
-
-/* kcuda_matvec_experts for decode (tile_tok 1: one slot per tile), and
- * each slot's output row converted as `conv` says (without norm): row s
- * of conv->data is slot s's; conv->count holds n_slots * n_out / block
- * tickets (kcuda_act_out_count(type, n_slots * n_out)). */
-int kcuda_matvec_experts_out(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
-                             const int32_t *d_tiles, int max_tiles, int tile_tok, const void *d_act,
-                             size_t act_stride, int act_div, float *d_out, int64_t ldo, enum kcuda_out_mode mode,
-                             const struct kcuda_act_out *conv);
-
 /* ---- attention (kcuda_attn.cu) ---- */
 
 struct kcuda_attn_shape {
@@ -331,15 +289,6 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
                     const float *d_q, const void *d_k_cache, const void *d_v_cache,
                     const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
                     float *d_out);
-/* kcuda_attention, and the output rows also converted as `conv` says
- * (without norm; conv->count unused): each join converts the heads it
- * joined, so their elements must be whole quantization blocks
- * (kcuda_attention_converts); TT_EUNSUPPORTED otherwise. */
-bool kcuda_attention_converts(const struct kcuda_attn_shape *s, int type);
-int kcuda_attention_out(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
-                        const float *d_q, const void *d_k_cache, const void *d_v_cache,
-                        const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
-                        float *d_out, const struct kcuda_act_out *conv);
 
 /* ---- the rest (kcuda_misc.cu) ---- */
 
@@ -399,13 +348,6 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
 int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
                         float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
                         const float *d_ysh, const float *d_gate_sh, const float *d_xn);
-/* kcuda_moe_down_join, and x's new rows converted as `conv` says (with
- * or without norm; conv->count: n_tok tickets): the block that completes a
- * token's row converts it (the next layer's RMSNorm input in decode). */
-int kcuda_moe_down_join_out(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
-                            float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
-                            const float *d_ysh, const float *d_gate_sh, const float *d_xn,
-                            const struct kcuda_act_out *conv);
 /* Group n_slots slots by expert for kcuda_moe_gemm: d_order [n_slots]
  * receives the slot ids sorted by expert (in no fixed order within an
  * expert), d_groups kcuda_moe_max_groups records of KCUDA_MOE_GROUP_INTS

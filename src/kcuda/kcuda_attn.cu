@@ -17,7 +17,7 @@
  * decode step (a graph replays it). Queries are rounded to F16 first with an
  * F16 cache, as the CPU and llama.cpp's flash attention do.
  */
-#include "kcuda_actq.cuh"
+#include "kcuda_impl.cuh"
 
 #define ATT_THREADS 128
 #define ATT_TILE ATT_THREADS
@@ -119,24 +119,7 @@ struct attn_args {
     const int32_t *pos, *seq;
     float *part, *out;
     int *count; /* [n_tok][KV] parts finished; the last one joins and resets it */
-    kc_act_dst conv; /* the output rows converted for wo (kcuda_attention_out), or data NULL */
 };
-
-/* After a join wrote the G heads from h0 of token t: its warps convert
- * them (whole quantization blocks, kcuda_attention_converts) into the
- * activation row of wo's product. The block's own writes: visible after
- * the barrier. */
-__device__ __forceinline__ void att_convert(const attn_args &a, int t, int h0)
-{
-    if (!a.conv.data) return;
-    __syncthreads();
-    const int qb = kc_q8_block(a.conv.type), n = a.H * a.hd, warp = threadIdx.x >> 5;
-    const int b0 = h0 * a.hd / qb, b1 = (h0 + a.G) * a.hd / qb;
-    kc_act_dst d = a.conv;
-    d.data += (size_t)t * d.stride;
-    for (int b = b0 + warp; b < b1; b += ATT_THREADS / 32)
-        kc_convert_block_warp(d, a.out + (size_t)t * n, n, 1, n, b, threadIdx.x & 31);
-}
 
 size_t kcuda_attn_part_floats(const struct kcuda_attn_shape *s, int64_t n_tok, int n_split)
 {
@@ -249,7 +232,6 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
         if (tid < hd) out[tid] = o0[r] / l[r];
         if (tid + ATT_THREADS < hd) out[tid + ATT_THREADS] = o1[r] / l[r];
     }
-    att_convert(a, t, h0);
 }
 
 /* One tile of the online softmax: warp w takes heads w, w + warps, ...; the
@@ -456,7 +438,6 @@ __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n
         }
         a.out[((size_t)t * a.H + h0 + r) * HD + d] = o / l_sum[r];
     }
-    att_convert(a, t, h0);
 }
 
 template <int LPR, int G>
@@ -607,33 +588,12 @@ static attn_kernel pick_vec(int hd, int G, int kv_type)
     }
 }
 
-bool kcuda_attention_converts(const struct kcuda_attn_shape *s, int type)
-{
-    if (type != KCUDA_Q8_0 && type != KCUDA_Q8_K) return false;
-    const int qb = kc_q8_block(type);
-    return s->n_head > 0 && s->group > 0 && (s->group * s->head_dim) % qb == 0 &&
-           (s->head_begin * s->head_dim) % qb == 0;
-}
-
 int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
                     const float *d_q, const void *d_k_cache, const void *d_v_cache,
                     const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
                     float *d_out)
 {
-    return kcuda_attention_out(k, s, n_tok, n_split, d_q, d_k_cache, d_v_cache, d_pos, d_seq, d_part, d_count,
-                               d_out, NULL);
-}
-
-int kcuda_attention_out(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
-                        const float *d_q, const void *d_k_cache, const void *d_v_cache,
-                        const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
-                        float *d_out, const struct kcuda_act_out *conv)
-{
     if (n_tok <= 0 || s->n_head == 0) return 0;
-    if (conv && (!kcuda_attention_converts(s, conv->type) || conv->norm ||
-                 !kc_act_out_fits(conv, (int64_t)s->n_head * s->head_dim)))
-        return tt_error_set(TT_EUNSUPPORTED, "attention output of %d heads of %d to type %d", s->n_head,
-                            s->head_dim, conv->type);
     const int G = s->n_head / (s->n_head_kv ? s->n_head_kv : 1);
     const int esz = s->kv_type == KCUDA_F16 ? 8 : 4;
     if (s->head_dim > KCUDA_HEAD_DIM_MAX || s->head_dim % esz || n_split < 1 || n_split > KCUDA_ATTN_SPLIT_MAX ||
@@ -644,8 +604,7 @@ int kcuda_attention_out(struct kcuda *k, const struct kcuda_attn_shape *s, int64
     int *count = d_count;
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
-                    part, d_out, count, kc_act_dst{} };
-    if (conv) a.conv = kc_act_dst{ conv->type, (uint8_t *)conv->data, conv->stride, NULL, 0.0f, NULL, NULL };
+                    part, d_out, count };
     const dim3 grid((unsigned)n_split, (unsigned)s->n_head_kv, (unsigned)n_tok);
     attn_kernel kern = pick_vec(s->head_dim, G, s->kv_type);
     if (!kern) kern = s->kv_type == KCUDA_F16 ? k_attn<__half, true> : k_attn<float, false>;

@@ -27,7 +27,6 @@
  * matrices together; stacked experts take their expert and token rows from
  * tile records built on the device (kcuda_moe_plan).
  */
-#include "kcuda_actq.cuh"
 #include "kcuda_kdot.cuh"
 
 enum mv_kind {
@@ -68,7 +67,6 @@ struct mv_args {
     const int32_t *tiles;  /* experts: tile records, or NULL */
     int act_div;
     int stage;             /* one token's activation row goes to shared memory (dynamic, act_stride bytes) */
-    kc_act_dst conv;       /* the outputs converted for the next product (kcuda_matvec_out), or data NULL */
 };
 
 /* ---- per-kind weight loads and dots (Q4_K and Q6_K: kcuda_kdot.cuh) ---- */
@@ -314,41 +312,10 @@ __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
     return r;
 }
 
-/* After row group grp's outputs are stored (kcuda_matvec_out,
- * kcuda_matvec_experts_out): the group takes a ticket of its quantization
- * block (of the launch, with a norm); the group that completes it converts
- * the finished outputs of the n tokens, or of slot `slot` (expert tiles of
- * one slot: output row `slot`, tickets per slot). Rows of a group never
- * straddle a block (blockDim.y divides 32). */
-__device__ __forceinline__ void mv_convert(kc_act_dst d, const float *x, int64_t ldo, int n_out, int grp,
-                                           int n_groups, int n, int slot)
-{
-    __shared__ int last;
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x, nth = blockDim.x * blockDim.y;
-    const int qb = kc_q8_block(d.type), rows = blockDim.y;
-    const int block = d.norm ? 0 : grp * rows / qb, need = d.norm ? n_groups : qb / rows;
-    __threadfence(); /* this group's outputs, before its ticket */
-    __syncthreads();
-    if (tid == 0) {
-        int *c = d.count + (size_t)slot * (n_out / qb) + block;
-        last = atomicAdd(c, 1) == need - 1;
-        if (last) *c = 0; /* every ticket of this launch is taken */
-    }
-    __syncthreads();
-    if (last) {
-        __threadfence();
-        x += (size_t)slot * ldo;
-        d.data += (size_t)slot * d.stride;
-        if (d.norm) kc_convert_rows_block(d, x, ldo, n, n_out, tid, nth);
-        else if (tid < 32) kc_convert_block_warp(d, x, ldo, n, n_out, block, tid);
-    }
-    __syncthreads(); /* `last` is taken again by the block's next group */
-}
-
 /* Block: blockDim.y rows at a time, each row on blockDim.x / 32 warps; the
  * launch gives every row group its own block (the loop over groups also
  * serves smaller grids). */
-template <int K, int NT, bool PAIR, int U, bool CONV>
+template <int K, int NT, bool PAIR, int U>
 __global__ void __launch_bounds__(MV_THREADS) k_matvec(const mv_args a)
 {
     kc_pdl_trigger();
@@ -460,23 +427,18 @@ __global__ void __launch_bounds__(MV_THREADS) k_matvec(const mv_args a)
             }
             __syncthreads(); /* red is rewritten by the next row group */
         }
-        if (threadIdx.x == 0 && active) {
+        if (threadIdx.x != 0 || !active) continue;
 #pragma unroll
-            for (int u = 0; u < NT; u++) {
-                if (u >= n) break;
-                float v = acc[u];
-                float *o = r.out + (size_t)orow[u] * (size_t)r.ldo + r.lrow;
-                if (r.bias) v += r.bias[r.lrow];
-                if (PAIR) *o = v / (1.0f + expf(-v)) * acc2[u];
-                else if (a.mode == KCUDA_OUT_ADD) *o += v;
-                else *o = v;
-            }
+        for (int u = 0; u < NT; u++) {
+            if (u >= n) break;
+            float v = acc[u];
+            float *o = r.out + (size_t)orow[u] * (size_t)r.ldo + r.lrow;
+            if (r.bias) v += r.bias[r.lrow];
+            if (PAIR) *o = v / (1.0f + expf(-v)) * acc2[u];
+            else if (a.mode == KCUDA_OUT_ADD) *o += v;
+            else *o = v;
         }
-        if (CONV) break; /* the launch gives every row group its own block */
     }
-    if (CONV && blockIdx.x < n_groups)
-        mv_convert(a.conv, a.task[0].out, a.task[0].ldo, a.n_out, blockIdx.x, n_groups, a.tiles ? 1 : n,
-                   a.tiles ? orow[0] : 0);
 }
 
 /* ---- dispatch ---- */
@@ -487,17 +449,15 @@ typedef void (*mv_kernel)(const mv_args);
  * one matrix (decode), else 2 (registers). */
 #define MV_UNROLL(nt, pair) ((nt) <= 2 && !(pair) ? 4 : 2)
 
-template <int K, int NT, bool CONV = false>
+template <int K, int NT>
 static mv_kernel pick_pair(bool pair)
 {
-    return pair ? k_matvec<K, NT, true, MV_UNROLL(NT, true), CONV> : k_matvec<K, NT, false, MV_UNROLL(NT, false), CONV>;
+    return pair ? k_matvec<K, NT, true, MV_UNROLL(NT, true)> : k_matvec<K, NT, false, MV_UNROLL(NT, false)>;
 }
 
-/* Converting outputs (kcuda_matvec_out) is compiled for one token only. */
 template <int K>
-static mv_kernel pick_nt(int nt, bool pair, bool conv)
+static mv_kernel pick_nt(int nt, bool pair)
 {
-    if (conv) return pick_pair<K, 1, true>(pair);
     if (nt <= 1) return pick_pair<K, 1>(pair);
     if (nt <= 2) return pick_pair<K, 2>(pair);
     if (nt <= 4) return pick_pair<K, 4>(pair);
@@ -535,21 +495,21 @@ static int kind_of(const struct kcuda_weight *w, size_t act_stride)
     }
 }
 
-static mv_kernel pick(int kind, int nt, bool pair, bool conv)
+static mv_kernel pick(int kind, int nt, bool pair)
 {
     switch (kind) {
-    case MV_Q4_0: return pick_nt<MV_Q4_0>(nt, pair, conv);
-    case MV_Q8_0: return pick_nt<MV_Q8_0>(nt, pair, conv);
-    case MV_Q4_K: return pick_nt<MV_Q4_K>(nt, pair, conv);
-    case MV_Q5_K: return pick_nt<MV_Q5_K>(nt, pair, conv);
-    case MV_Q6_K: return pick_nt<MV_Q6_K>(nt, pair, conv);
-    case MV_Q6_KG: return pick_nt<MV_Q6_KG>(nt, pair, conv);
-    case MV_F16_8: return pick_nt<MV_F16_8>(nt, pair, conv);
-    case MV_F16_2: return pick_nt<MV_F16_2>(nt, pair, conv);
-    case MV_BF16_8: return pick_nt<MV_BF16_8>(nt, pair, conv);
-    case MV_BF16_2: return pick_nt<MV_BF16_2>(nt, pair, conv);
-    case MV_F32_4: return pick_nt<MV_F32_4>(nt, pair, conv);
-    default: return pick_nt<MV_F32_1>(nt, pair, conv);
+    case MV_Q4_0: return pick_nt<MV_Q4_0>(nt, pair);
+    case MV_Q8_0: return pick_nt<MV_Q8_0>(nt, pair);
+    case MV_Q4_K: return pick_nt<MV_Q4_K>(nt, pair);
+    case MV_Q5_K: return pick_nt<MV_Q5_K>(nt, pair);
+    case MV_Q6_K: return pick_nt<MV_Q6_K>(nt, pair);
+    case MV_Q6_KG: return pick_nt<MV_Q6_KG>(nt, pair);
+    case MV_F16_8: return pick_nt<MV_F16_8>(nt, pair);
+    case MV_F16_2: return pick_nt<MV_F16_2>(nt, pair);
+    case MV_BF16_8: return pick_nt<MV_BF16_8>(nt, pair);
+    case MV_BF16_2: return pick_nt<MV_BF16_2>(nt, pair);
+    case MV_F32_4: return pick_nt<MV_F32_4>(nt, pair);
+    default: return pick_nt<MV_F32_1>(nt, pair);
     }
 }
 
@@ -583,7 +543,7 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
     const int per_warp = 32 * MV_UNROLL(nt, pair);
     const int W = a->n_items > 2 * per_warp ? 4 : a->n_items > per_warp ? 2 : 1;
     const dim3 block(32 * W, 4 / W);
-    const mv_kernel kern = pick(kind, nt, pair, a->conv.data != NULL);
+    const mv_kernel kern = pick(kind, nt, pair);
     /* one block per row group, so the scheduler overlaps one block's
      * reductions with the next blocks' loads (one wave of blocks striding
      * over the rows measured the same or slower: 8B shape 234 vs 241 tok/s) */
@@ -615,28 +575,9 @@ static void args_common(mv_args *a, const struct kcuda_weight *w, const struct k
     a->task[0].row_end = (int)w->n_out;
 }
 
-/* Check a conversion of the outputs and put it into the launch's arguments. */
-static int conv_args(mv_args *a, const struct kcuda_weight *w, int64_t n_tok, int64_t ldo,
-                     const struct kcuda_act_out *conv)
-{
-    if (!kc_act_out_fits(conv, w->n_out) || !conv->count || ldo < w->n_out || n_tok != 1)
-        return tt_error_set(TT_EINVAL, "converted products: %lld outputs of %lld tokens to type %d",
-                            (long long)w->n_out, (long long)n_tok, conv->type);
-    a->conv = kc_act_dst{ conv->type, (uint8_t *)conv->data, conv->stride, conv->norm, conv->eps,
-                          conv->norm ? conv->yf : NULL, conv->count };
-    return 0;
-}
-
 int kcuda_matvec(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
                  const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
                  const float *d_bias, enum kcuda_out_mode mode)
-{
-    return kcuda_matvec_out(k, w, w2, d_act, act_stride, n_tok, d_out, ldo, d_bias, mode, NULL);
-}
-
-int kcuda_matvec_out(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
-                     const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
-                     const float *d_bias, enum kcuda_out_mode mode, const struct kcuda_act_out *conv)
 {
     if (w->n_out == 0 || n_tok <= 0) return 0;
     if (n_tok > 8) return tt_error_set(TT_EINVAL, "kcuda_matvec takes at most 8 tokens");
@@ -646,10 +587,6 @@ int kcuda_matvec_out(struct kcuda *k, const struct kcuda_weight *w, const struct
     a.task[0].ldo = ldo;
     a.task[0].bias = d_bias;
     a.n_tok = (int)n_tok;
-    if (conv) {
-        int err = conv_args(&a, w, n_tok, ldo, conv);
-        if (err) return err;
-    }
     return launch(k, w, w2, &a, (int)n_tok, 1);
 }
 
@@ -681,15 +618,6 @@ int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,
                          int tile_tok, const void *d_act, size_t act_stride, int act_div,
                          float *d_out, int64_t ldo, enum kcuda_out_mode mode)
 {
-    return kcuda_matvec_experts_out(k, w, w2, d_tiles, max_tiles, tile_tok, d_act, act_stride, act_div, d_out, ldo,
-                                    mode, NULL);
-}
-
-int kcuda_matvec_experts_out(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
-                             const int32_t *d_tiles, int max_tiles, int tile_tok, const void *d_act,
-                             size_t act_stride, int act_div, float *d_out, int64_t ldo, enum kcuda_out_mode mode,
-                             const struct kcuda_act_out *conv)
-{
     if (w->n_out == 0 || max_tiles <= 0) return 0;
     if (max_tiles > 65535) return tt_error_set(TT_EINVAL, "%d expert tiles in one launch", max_tiles);
     mv_args a;
@@ -698,11 +626,5 @@ int kcuda_matvec_experts_out(struct kcuda *k, const struct kcuda_weight *w, cons
     a.task[0].ldo = ldo;
     a.tiles = d_tiles;
     a.act_div = act_div;
-    if (conv) {
-        int err = conv_args(&a, w, 1, ldo, conv);
-        if (err) return err;
-        if (tile_tok != 1 || conv->norm)
-            return tt_error_set(TT_EINVAL, "kcuda_matvec_experts_out: tiles of one slot, no norm");
-    }
     return launch(k, w, w2, &a, tile_tok <= 1 ? 1 : KCUDA_MOE_TILE, (unsigned)max_tiles);
 }

@@ -36,7 +36,6 @@
  *   3. The fused router's per-token counters are zero between launches: the
  *      last block of a token resets its counter.
  */
-#include "kcuda_actq.cuh"
 #include "kcuda_kdot.cuh"
 
 #include <mma.h>
@@ -437,29 +436,9 @@ struct dj_args {
     const float *wt;
     int K;
     const float *ysh, *gate_sh, *xn;
-    kc_act_dst conv;               /* CONV: x's new rows normed and converted (kcuda_moe_down_join_out) */
 };
 
-/* After a block added its rows of token t into x: it takes the token's
- * ticket; the block that completes the row converts it for the next layer. */
-__device__ __forceinline__ void dj_convert(kc_act_dst d, float *x, int n, int t)
-{
-    __shared__ int last;
-    __threadfence(); /* this block's rows of x, before its ticket */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(d.count + t, 1) == (int)gridDim.x - 1;
-        if (last) d.count[t] = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    d.data += (size_t)t * d.stride;
-    if (d.yf) d.yf += (size_t)t * n;
-    kc_convert_rows_block(d, x + (size_t)t * n, n, 1, n, threadIdx.x, DJ_THREADS);
-}
-
-template <int SRC, bool CONV>
+template <int SRC>
 __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
 {
     kc_pdl_trigger();
@@ -504,40 +483,26 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
     }
     __syncthreads();
     const int r = threadIdx.x;
-    if (r < a.rows && row0 + r < a.n_out) {
-        float acc = 0.0f;
-        for (int i = 0; i < a.K; i++) {
-            const int k = order[i];
-            acc = __fadd_rn(acc, __fmul_rn(a.wt[(size_t)t * a.K + k], ys[k * a.rows + r]));
-        }
-        const size_t xi = (size_t)t * a.n_out + row0 + r;
-        if (a.ysh) {
-            float s = 0.0f;
-            for (int i = 0; i < DJ_THREADS / 32; i++) s += gpart[i];
-            acc = __fadd_rn(acc, __fmul_rn(1.0f / (1.0f + expf(-s)), a.ysh[xi]));
-        }
-        a.x[xi] = __fadd_rn(a.x[xi], acc);
+    if (r >= a.rows || row0 + r >= a.n_out) return;
+    float acc = 0.0f;
+    for (int i = 0; i < a.K; i++) {
+        const int k = order[i];
+        acc = __fadd_rn(acc, __fmul_rn(a.wt[(size_t)t * a.K + k], ys[k * a.rows + r]));
     }
-    if (CONV) dj_convert(a.conv, a.x, a.n_out, t);
+    const size_t xi = (size_t)t * a.n_out + row0 + r;
+    if (a.ysh) {
+        float s = 0.0f;
+        for (int i = 0; i < DJ_THREADS / 32; i++) s += gpart[i];
+        acc = __fadd_rn(acc, __fmul_rn(1.0f / (1.0f + expf(-s)), a.ysh[xi]));
+    }
+    a.x[xi] = __fadd_rn(a.x[xi], acc);
 }
 
 int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
                         float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
                         const float *d_ysh, const float *d_gate_sh, const float *d_xn)
 {
-    return kcuda_moe_down_join_out(k, w, d_act, act_stride, d_x, d_sel, d_w, n_tok, n_used, d_ysh, d_gate_sh, d_xn,
-                                   NULL);
-}
-
-int kcuda_moe_down_join_out(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
-                            float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
-                            const float *d_ysh, const float *d_gate_sh, const float *d_xn,
-                            const struct kcuda_act_out *conv)
-{
     if (n_tok <= 0) return 0;
-    if (conv && (!kc_act_out_fits(conv, w->n_out) || !conv->count))
-        return tt_error_set(TT_EINVAL, "expert down and join: %lld outputs to type %d", (long long)w->n_out,
-                            conv->type);
     const bool a16 = rows_aligned16(w);
     const int src = w->layout != KCUDA_LAYOUT_GGML ? -1
                     : w->type == KCUDA_Q4_K && a16 ? MG_Q4_K : w->type == KCUDA_Q6_K ? MG_Q6_K : -1;
@@ -567,12 +532,8 @@ int kcuda_moe_down_join_out(struct kcuda *k, const struct kcuda_weight *w, const
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
     const dim3 grid(kc_blocks(a.n_out, a.rows), (unsigned)n_tok);
     KC_PROF_BEGIN(k);
-    if (conv) a.conv = kc_act_dst{ conv->type, (uint8_t *)conv->data, conv->stride, conv->norm, conv->eps,
-                                   conv->norm ? conv->yf : NULL, conv->count };
-    if (src == MG_Q4_K && conv) KC_LAUNCH_SMEM(k, (k_moe_down_join<MG_Q4_K, true>), grid, dim3(DJ_THREADS), smem, a);
-    else if (src == MG_Q4_K) KC_LAUNCH_SMEM(k, (k_moe_down_join<MG_Q4_K, false>), grid, dim3(DJ_THREADS), smem, a);
-    else if (conv) KC_LAUNCH_SMEM(k, (k_moe_down_join<MG_Q6_K, true>), grid, dim3(DJ_THREADS), smem, a);
-    else KC_LAUNCH_SMEM(k, (k_moe_down_join<MG_Q6_K, false>), grid, dim3(DJ_THREADS), smem, a);
+    if (src == MG_Q4_K) KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q4_K>, grid, dim3(DJ_THREADS), smem, a);
+    else KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q6_K>, grid, dim3(DJ_THREADS), smem, a);
     KC_PROF_END(k, "moe_down_join");
     return 0;
 }

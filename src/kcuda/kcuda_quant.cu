@@ -10,7 +10,7 @@
  * sums the squares (in double, as ops_rmsnorm), then each warp converts
  * whole quantization blocks, recomputing the normed values it needs.
  */
-#include "kcuda_actq.cuh"
+#include "kcuda_impl.cuh"
 
 #include <stdlib.h>
 
@@ -28,14 +28,10 @@ size_t kcuda_act_row_bytes(int type, int64_t n)
     }
 }
 
-int64_t kcuda_act_out_count(int type, int64_t n)
-{
-    const int64_t blocks = n / kc_q8_block(type);
-    return blocks > 1 ? blocks : 1;
-}
-
 #define NC_THREADS 128
 #define NC_CHUNK 1024 /* elements one block converts */
+
+__device__ __forceinline__ int8_t clamp_i8(int v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
 
 /* Block (token t, chunk c): every block sums the squares of the whole row
  * (in double, as ops_rmsnorm; the row is small and cached), then converts
@@ -89,13 +85,55 @@ __global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__rest
         __nv_bfloat16 *o = (__nv_bfloat16 *)dr;
         for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = __float2bfloat16_rn(NC_Y(i));
     } else if (T == KCUDA_Q8_0) {
-        for (int b = c0 / 32 + warp; b < c1 / 32; b += n_warps) kc_q8_0_store(NC_Y(32 * b + lane), dr, n, b, lane);
+        int8_t *qs = (int8_t *)dr;
+        float *ds = (float *)(dr + n);
+        for (int b = c0 / 32 + warp; b < c1 / 32; b += n_warps) {
+            const float v = NC_Y(32 * b + lane);
+            const float amax = kc_warp_max(fabsf(v));
+            const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            qs[32 * b + lane] = clamp_i8(__float2int_rn(v * id));
+            if (lane == 0) ds[b] = __half2float(__float2half_rn(amax / 127.0f));
+        }
     } else { /* Q8_K */
+        int8_t *qs = (int8_t *)dr;
+        float *ds = (float *)(dr + n);
         for (int b = c0 / 256 + warp; b < c1 / 256; b += n_warps) {
+            const int j0 = 256 * b + 8 * lane;
             float v[8];
+            float amax = 0.0f, mx = 0.0f;
+            int at = 1 << 30;
 #pragma unroll
-            for (int i = 0; i < 8; i++) v[i] = NC_Y(256 * b + 8 * lane + i);
-            kc_q8_K_store(v, dr, n, b, lane);
+            for (int i = 0; i < 8; i++) {
+                v[i] = NC_Y(j0 + i);
+                if (fabsf(v[i]) > amax) {
+                    amax = fabsf(v[i]);
+                    mx = v[i];
+                    at = j0 + i;
+                }
+            }
+            /* The first element of largest magnitude, over the warp. */
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
+                const float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
+                const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
+                if (a2 > amax || (a2 == amax && at2 < at)) {
+                    amax = a2;
+                    mx = m2;
+                    at = at2;
+                }
+            }
+            union { int8_t q[8]; uint2 u; } pk;
+            if (amax == 0.0f) {
+                pk.u = make_uint2(0, 0);
+                if (lane == 0) ds[b] = 0.0f;
+            } else {
+                const float iscale = -127.0f / mx;
+#pragma unroll
+                for (int i = 0; i < 8; i++) pk.q[i] = clamp_i8(__float2int_rn(iscale * v[i]));
+                if (lane == 0) ds[b] = 1.0f / iscale;
+            }
+            *(uint2 *)(qs + j0) = pk.u;
         }
     }
 #undef NC_Y

@@ -5,7 +5,10 @@
  * and the fraction of the decode roofline reached:
  *     bw_fraction = decode_tok_s * weight_bytes_per_token / read_bandwidth.
  * The bandwidth is measured in the same process right before the model runs,
- * so a noisy shared machine affects both sides of the ratio alike.
+ * so a noisy shared machine affects both sides of the ratio alike. When every
+ * layer runs on the GPU, the limit is the GPU's device-to-device copy
+ * bandwidth (read + write bytes per second, as in the issue's figures) and
+ * the JSON says "bw_source":"gpu_copy"; otherwise the CPU's ("cpu_read").
  * When layers run on GPUs, NVML meters the energy of the GPUs of rank 0's
  * host that the job uses (kcuda_nvml.h): average power and joules per token
  * of the prefill and of the decode (no GPU or no NVML: no energy fields).
@@ -65,7 +68,7 @@ static const char bench_help[] =
     "usage: tutti bench -m MODEL [-p N] [-n N] [-t N] [--json]\n"
     "Measure TTFT, prefill and decode speed, and decode speed as a fraction of\n"
     "the memory-bandwidth limit (bytes of weights read per token / measured\n"
-    "read bandwidth).\n\n"
+    "read bandwidth: the GPU's copy bandwidth when every layer runs on the GPU).\n\n"
     "%s"
     "  -p, --n-prompt N     prompt tokens (default 128)\n"
     "  -n, --n-gen N        generated tokens (default 32)\n"
@@ -222,7 +225,7 @@ static void print_moe_stats(const struct engine *e, bool json)
 
 /* The results: one JSON object, or a table for people. */
 static void print_report(const struct cli_model_opts *mo, const struct model *mp,
-                         const struct engine *e, const struct bench_result *bp, double bw,
+                         const struct engine *e, const struct bench_result *bp, double bw, bool gpu_bw,
                          uint64_t bpt, double frac, bool json)
 {
     const int nt = engine_n_threads(e);
@@ -233,10 +236,10 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
         printf(",\"threads\":%d,\"isa\":\"%s\",\"n_prompt\":%d,\"n_gen\":%d,\"ttft_ms\":%.3f,"
                "\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"weight_bytes_per_token\":%llu,"
                "\"mem_bw_gbs\":%.3f,\"bw_fraction\":%.4f,\"ranks\":%d,\"comm_ms_per_token\":%.4f,"
-               "\"comm_bytes_per_token\":%.0f",
+               "\"comm_bytes_per_token\":%.0f,\"bw_source\":\"%s\"",
                nt, kcpu_isa_name(kcpu_get()->isa), n_prompt, n_gen, bp->ttft_ms,
                bp->prefill_tok_s, bp->decode_tok_s, (unsigned long long)bpt, bw, frac, engine_n_ranks(e),
-               bp->comm_ms_per_token, bp->comm_bytes_per_token);
+               bp->comm_ms_per_token, bp->comm_bytes_per_token, gpu_bw ? "gpu_copy" : "cpu_read");
         if (bp->energy_gpus)
             printf(",\"gpus_metered\":%d,\"energy_source\":\"%s\",\"prefill_power_w\":%.1f,"
                    "\"prefill_j_per_token\":%.5f,\"decode_power_w\":%.1f,\"decode_j_per_token\":%.5f",
@@ -252,7 +255,8 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
         printf("decode           %.2f tok/s (%d tokens)\n", bp->decode_tok_s, n_gen);
         printf("bytes/token      %.1f MiB of weights\n", (double)bpt / (1 << 20));
         const bool gpu = engine_n_gpu_layers(e) > 0;
-        printf("read bandwidth   %.1f GB/s measured%s\n", bw, gpu ? " (the CPU's; layers run on the GPU)" : "");
+        printf("read bandwidth   %.1f GB/s measured%s\n", bw,
+               gpu_bw ? " (the GPU's device-to-device copy)" : gpu ? " (the CPU's; some layers run on the GPU)" : "");
         if (engine_n_ranks(e) > 1)
             printf("communication    %.3f ms and %.0f bytes per token (rank 0, decode)\n",
                    bp->comm_ms_per_token, bp->comm_bytes_per_token);
@@ -261,7 +265,7 @@ static void print_report(const struct cli_model_opts *mo, const struct model *mp
         const char *note = engine_n_ranks(e) > 1 ? " (rank 0's read bandwidth alone)"
                            : frac > 1.0 ? " (above the measured bandwidth: caches, or a disturbed measurement)"
                                         : "";
-        if (!gpu)
+        if (!gpu || gpu_bw)
             printf("roofline         %.2f tok/s; decode reaches %.0f%% of it%s\n", bw * 1e9 / (double)bpt,
                    100.0 * frac, note);
         if (bp->energy_gpus)
@@ -305,7 +309,12 @@ int cmd_bench(int argc, char **argv)
         return 0;
     }
     const int nt = engine_n_threads(e);
-    double bw = cli_measure_read_bw(nt);
+    /* the limit decode streams against: the GPU's copy bandwidth when every
+     * layer runs there, else the CPU's read bandwidth */
+    const bool all_gpu = engine_n_gpu_layers(e) == m.hp.n_layer;
+    double bw = all_gpu ? engine_gpu_bandwidth_gbs(e) : 0.0;
+    const bool gpu_bw = bw > 0;
+    if (!gpu_bw) bw = cli_measure_read_bw(nt);
     struct bench_result best = { .n_prompt = n_prompt, .n_gen = n_gen }, r;
     for (int i = 0; i < repeat; i++) {
         bench_once(e, n_prompt, n_gen, &r);
@@ -322,7 +331,7 @@ int cmd_bench(int argc, char **argv)
     if (moe_stats && m.hp.n_expert) print_moe_stats(e, json);
     engine_stop_workers(e);
     const double frac = bw > 0 ? best.decode_tok_s * (double)bpt / (bw * 1e9) : 0.0;
-    print_report(&mo, &m, e, &best, bw, bpt, frac, json);
+    print_report(&mo, &m, e, &best, bw, gpu_bw, bpt, frac, json);
     engine_destroy(e);
     model_free(&m);
     free(mo.plan);

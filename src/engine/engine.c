@@ -259,6 +259,10 @@ int engine_seq_n_past(const struct engine *e, int seq)
 int engine_n_ctx(const struct engine *e) { return e->n_ctx; }
 int engine_n_threads(const struct engine *e) { return e->n_threads; }
 int engine_n_gpu_layers(const struct engine *e) { return e->accel.ctx ? e->accel.n_layers_accel : 0; }
+double engine_gpu_bandwidth_gbs(struct engine *e)
+{
+    return e->accel.ctx && e->accel.copy_bandwidth_gbs ? e->accel.copy_bandwidth_gbs(e->accel.ctx) : 0.0;
+}
 const struct model *engine_model(const struct engine *e) { return e->m; }
 
 

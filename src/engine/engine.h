@@ -148,6 +148,9 @@ int engine_n_threads(const struct engine *e);
 int engine_gpu_count(void);
 /* Layers this rank runs on a GPU (0: CPU only). */
 int engine_n_gpu_layers(const struct engine *e);
+/* This rank's GPU device-to-device copy bandwidth in GB/s (read + write),
+ * measured now; 0 without a GPU or when the probe's buffers do not fit. */
+double engine_gpu_bandwidth_gbs(struct engine *e);
 /* Forget positions >= n_past (0 clears the sequence). */
 void engine_truncate(struct engine *e, int n_past);
 const struct model *engine_model(const struct engine *e);

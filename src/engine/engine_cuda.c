@@ -781,6 +781,11 @@ static int cuda_logits(void *ctx, struct engine *e, const int32_t *rows, int n, 
 
 /* ---- set-up and teardown ---- */
 
+static double cuda_copy_bandwidth_gbs(void *ctx)
+{
+    return kcuda_copy_bandwidth_gbs(((struct cuda_accel *)ctx)->k);
+}
+
 static void cuda_destroy(void *ctx)
 {
     struct cuda_accel *c = ctx;
@@ -1069,5 +1074,6 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     out->run_layers = cuda_run_layers;
     out->logits = c->has_output ? cuda_logits : NULL;
     out->destroy = cuda_destroy;
+    out->copy_bandwidth_gbs = cuda_copy_bandwidth_gbs;
     return 0;
 }

@@ -59,6 +59,7 @@ struct engine_accel {
     int (*run_layers)(void *ctx, struct engine *e, int il0, int il1, int n_tok);
     int (*logits)(void *ctx, struct engine *e, const int32_t *rows, int n, float *out);
     void (*destroy)(void *ctx);
+    double (*copy_bandwidth_gbs)(void *ctx); /* the device's measured copy bandwidth (0: unknown) */
 };
 /* Create the CUDA backend for this engine (engine_cuda.c); returns
  * TT_EUNSUPPORTED when built without CUDA or no GPU is usable. */

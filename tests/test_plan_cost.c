@@ -639,6 +639,39 @@ static void test_step_overhead(void)
     plan_model_free(&pm);
 }
 
+/* token_overhead_us is paid per token of every forward pass by every
+ * stage: one per stream in a decode step, the whole prompt over its chunks;
+ * a two-stage pipeline pays it twice. */
+static void test_token_overhead(void)
+{
+    struct plan_model pm;
+    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true)) return;
+    struct plan_cluster *c = malloc(sizeof(*c));
+    uniform_cluster(c, 2, 1, hw("", 100, 1000, 64), (struct plan_link){1, 10, 0},
+                    (struct plan_link){1, 10, 0});
+    struct plan_workload w = workload(512, 1); /* two chunks of 256 */
+    struct plan_result a, b;
+    CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
+    for (int r = 0; r < 2; r++) c->ranks[r].token_overhead_us = 7;
+    CHECK_EQ_INT(plan_search(&b, &pm, c, &w), 0);
+    check_result(&b, &pm, c, &w);
+    const enum plan_layout layouts[2] = {PLAN_LAYOUT_SINGLE, PLAN_LAYOUT_PP};
+    for (int k = 0; k < 2; k++) {
+        const int ia = find_layout(&a, layouts[k], PLAN_JOIN_GATHER, k + 1),
+                  ib = find_layout(&b, layouts[k], PLAN_JOIN_GATHER, k + 1);
+        CHECK(ia >= 0 && ib >= 0);
+        if (ia < 0 || ib < 0) continue;
+        CHECK_NEAR(b.cands[ib].decode_step_s - a.cands[ia].decode_step_s, (k + 1) * 7e-6, 1e-9);
+        CHECK_NEAR(b.cands[ib].ttft_s - a.cands[ia].ttft_s, (k + 1) * 512 * 7e-6, 1e-9);
+    }
+    plan_result_free(&a);
+    plan_result_free(&b);
+    c->ranks[1].token_overhead_us = -1;
+    CHECK_EQ_INT(plan_cluster_check(c), TT_EINVAL);
+    free(c);
+    plan_model_free(&pm);
+}
+
 /* The founding document's case: three M4 Max, Llama 3.3 70B Q4_K_M. Over
  * RDMA tensor parallelism wins (but stays under the bandwidth limit); over
  * TCP at 300 us the cluster cannot beat one machine. */
@@ -918,6 +951,9 @@ static const struct bad_case bad_cases[] = {
     {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":1,\"step_"
      "overhead_us\":-1}]}",
      TT_EFORMAT, "\"step_overhead_us\" is -1"},
+    {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":1,\"token_"
+     "overhead_us\":-2}]}",
+     TT_EFORMAT, "\"token_overhead_us\" is -2"},
     {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":\"fast\",\"gflops\":1,\"mem_avail_gib\":1}]}",
      TT_EFORMAT, "must be a number"},
     {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1e999,\"gflops\":1,\"mem_avail_gib\":1}]}",
@@ -1058,6 +1094,7 @@ static const struct test_case cases[] = {
     {"uneven_stages", test_uneven_stages},
     {"jitter", test_jitter},
     {"step_overhead", test_step_overhead},
+    {"token_overhead", test_token_overhead},
     {"monotone_links", test_monotone_links},
     {"both_ways_bandwidth", test_both_ways_bandwidth},
     {"monotone_ranks", test_monotone_ranks},

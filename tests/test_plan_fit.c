@@ -4,7 +4,8 @@
  *
  * The engine's times are stood in for by the cost model's predictions for
  * a known rank ("the truth"): fitting a rank that starts from other figures
- * must give the truth back, and with it the full model's predictions; with
+ * must give the truth back (including the prompts' cost per token outside
+ * the layers), and with it the full model's predictions; with
  * one prompt length, or an implausible split, one factor scales both
  * speeds; with times the model cannot reproduce (a layer cheaper than its
  * bytes), figures clamped at 0 that still pass the cluster check; bad
@@ -56,7 +57,8 @@ static struct plan_hw_rank gpu_truth(void)
                                  .mem_avail_gib = 130,
                                  .mem_total_gib = 139,
                                  .overhead_us = 45,
-                                 .step_overhead_us = 180};
+                                 .step_overhead_us = 180,
+                                 .token_overhead_us = 6};
 }
 
 static struct plan_hw_rank gpu_kernels(void)
@@ -64,7 +66,7 @@ static struct plan_hw_rank gpu_kernels(void)
     struct plan_hw_rank r = gpu_truth();
     r.gflops = r.attn_gflops = 230000;
     r.overhead_us = 5;
-    r.step_overhead_us = 0;
+    r.step_overhead_us = r.token_overhead_us = 0;
     return r;
 }
 
@@ -131,6 +133,7 @@ static void fit_shape(struct model_hparams target, int n0, int prompt, int batch
     CHECK(worst < 1e-6);
     CHECK(REL(h.overhead_us, truth.overhead_us) < 1e-4);
     CHECK(REL(h.step_overhead_us, truth.step_overhead_us) < 1e-4);
+    CHECK(REL(h.token_overhead_us, truth.token_overhead_us) < 1e-4);
     CHECK(REL(h.gflops, truth.gflops) < 1e-4);
     CHECK(REL(h.attn_gflops, truth.attn_gflops) < 1e-4);
     CHECK_EQ_INT(h.read_gbs, truth.read_gbs);

@@ -109,7 +109,7 @@ def predict(k, name):
     if not topo or not r1: return None
     r1 = r1["cluster"]["ranks"][0]
     ranks = [dict({f: r1[f] for f in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
-                                        "overhead_us", "step_overhead_us", "jitter") if f in r1}, host=f"tp-ns{i + 1}") for i in range(2)]
+                                        "overhead_us", "step_overhead_us", "token_overhead_us", "jitter") if f in r1}, host=f"tp-ns{i + 1}") for i in range(2)]
     links = [dict({f: l[f] for f in ("a", "b", "bandwidth_gbs", "bandwidth_both_gbs") if f in l},
                   latency_us=max(l["latency_us"], 0.01)) for l in topo["links"]]
     path = os.path.join(out, f"cluster_{name}_{k}.json")

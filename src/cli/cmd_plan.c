@@ -738,6 +738,8 @@ static json_t *cluster_json(const struct plan_cluster *c)
         if (o && h->jitter > 0) json_object_set_new(o, "jitter", json_real(h->jitter));
         if (o && h->step_overhead_us > 0)
             json_object_set_new(o, "step_overhead_us", json_real(h->step_overhead_us));
+        if (o && h->token_overhead_us > 0)
+            json_object_set_new(o, "token_overhead_us", json_real(h->token_overhead_us));
         if (o && h->host_read_gbs > 0)
             json_object_set_new(o, "host_read_gbs", json_real(h->host_read_gbs));
         if (o && h->host_gflops > 0)

@@ -59,6 +59,14 @@
 #define FIT_CACHE_BYTES (256.0 * 1048576.0)
 #define FIT_DECODE_STEPS 32  /* per timed run */
 #define FIT_REPS 3           /* timed runs of each kind: the best counts, as in bench */
+/* Untimed prompts before the timed ones, for at least this long: a device
+ * that was idle (the models' generation runs on the CPU for seconds) runs
+ * its first milliseconds of work at lower clocks, and the small models'
+ * prompts take a few milliseconds each, so one untimed run is not enough
+ * (session 4's H200 fit: a 3-layer 8B-shaped model's 512-token prompt took
+ * 9.3 ms and the 6-layer one's 10.8, a layer's share half of what the full
+ * model's 38.6 ms TTFT gives per layer). */
+#define FIT_WARM_S 0.5
 #define FIT_PATH_MAX 512
 
 /* The base type and *_M mix `tutti gen` would use for a model with pm's
@@ -101,20 +109,44 @@ static int fit_gen(const struct plan_model *pm, int n_layer, int n_ctx, int thre
     return model_gen(&o, path);
 }
 
-/* Best wall-clock seconds of FIT_REPS prompts of n tokens from an empty
- * cache, after one untimed run (library set-up). */
-static int time_prompt(struct engine *e, const int32_t *ids, int n, float *logits, double *best)
+/* Seconds of one prompt of n tokens from an empty cache. */
+static int prompt_once(struct engine *e, const int32_t *ids, int n, float *logits, double *s)
 {
-    *best = 0.0;
-    for (int r = -1; r < FIT_REPS; r++) {
-        engine_truncate(e, 0);
-        const double t0 = tt_now_s();
-        int err = engine_eval(e, ids, n, ENGINE_LOGITS_LAST, logits);
-        const double t = tt_now_s() - t0;
-        if (err) return err;
-        if (r >= 0 && (r == 0 || t < *best)) *best = t;
-    }
-    return 0;
+    engine_truncate(e, 0);
+    const double t0 = tt_now_s();
+    int err = engine_eval(e, ids, n, ENGINE_LOGITS_LAST, logits);
+    *s = tt_now_s() - t0;
+    return err;
+}
+
+/* Untimed prompts of n tokens for FIT_WARM_S (at least one: library
+ * set-up, the device's clocks); returns how many ran. */
+static int warm_up(struct engine *e, const int32_t *ids, int n, float *logits, int *runs)
+{
+    const double t0 = tt_now_s();
+    double s;
+    int err = 0;
+    *runs = 0;
+    do {
+        err = prompt_once(e, ids, n, logits, &s);
+        ++*runs;
+    } while (!err && tt_now_s() - t0 < FIT_WARM_S);
+    return err;
+}
+
+/* Best wall-clock seconds of FIT_REPS prompts of each length (alternating),
+ * after warm_up with the longer one. */
+static int time_prompts(struct engine *e, const int32_t *ids, const int32_t n[2], float *logits,
+                        double best[2], int *warm_runs)
+{
+    int err = warm_up(e, ids, n[1], logits, warm_runs);
+    for (int r = 0; r < FIT_REPS && !err; r++)
+        for (int j = 0; j < 2 && !err; j++) {
+            double s;
+            err = prompt_once(e, ids, n[j], logits, &s);
+            if (r == 0 || s < best[j]) best[j] = s;
+        }
+    return err;
 }
 
 /* Best mean seconds of one decode step over FIT_REPS runs of
@@ -166,7 +198,9 @@ static int fit_one(const struct plan_model *target, const struct plan_workload *
                    struct plan_model *pm, struct plan_engine_times *t)
 {
     char path[FIT_PATH_MAX + 32];
-    const int P = t->prompt_tokens[1], n_ctx = P + FIT_DECODE_STEPS + 1;
+    /* the workload's context: the engine sizes its KV cache and splits
+     * attention by it (engine_cuda.c), as for the target */
+    const int P = t->prompt_tokens[1], n_ctx = TT_MAX(w->n_ctx, P + FIT_DECODE_STEPS + 1);
     snprintf(path, sizeof(path), "%s/%d.gguf", dir, k + 1);
     p->base = k ? 1.0 / 3.0 : 0.0; /* generating and timing take about the layers' share */
     p->span = (k ? 2.0 : 1.0) / 3.0 * 0.8;
@@ -184,9 +218,11 @@ static int fit_one(const struct plan_model *target, const struct plan_workload *
     if (!err) err = plan_model_from_model(pm, &m);
     if (!err) err = engine_create(&e, &m, &eo);
     for (int i = 0; i < P && !err; i++) ids[i] = (int32_t)(3 + (i * 7919) % (m.hp.n_vocab - 3));
-    for (int j = 0; j < 2 && !err; j++)
-        err = time_prompt(e, ids, t->prompt_tokens[j], logits, &t->prompt_s[k][j]);
+    int warm_runs = 0;
+    if (!err) err = time_prompts(e, ids, t->prompt_tokens, logits, t->prompt_s[k], &warm_runs);
     if (!err) err = time_decode(e, ids, P, logits, &t->decode_s[k]);
+    if (!err) tt_info("engine on %d layers: %d untimed prompts of %d tokens first", n_layer,
+                       warm_runs, P);
     cli_progress_update(&p->bar, p->base + p->span / 0.8, 1.0);
     if (e) engine_destroy(e);
     free(logits);

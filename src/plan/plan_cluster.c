@@ -155,6 +155,9 @@ static int parse_rank_figures(json_t *o, const char *where, struct plan_hw_rank 
     if (!err)
         err = num_field(o, "step_overhead_us", where, 0, false, 1e6, false, 0,
                         &r->step_overhead_us);
+    if (!err)
+        err = num_field(o, "token_overhead_us", where, 0, false, 1e6, false, 0,
+                        &r->token_overhead_us);
     if (!err) err = num_field(o, "jitter", where, 0, false, 10, false, 0, &r->jitter);
     if (!err && json_object_get(o, "gflops"))
         err = num_field(o, "gflops", where, 0, true, 1e9, true, 0, &r->gflops);
@@ -179,7 +182,7 @@ static int parse_rank_entry(struct plan_cluster *c, json_t *o, size_t i)
         "bw_efficiency", "gflops",        "attn_gflops", "host_read_gbs", "host_gflops",
         "mem_avail_gib", "mem_total_gib", "overhead_us", "rank",          "cores",
         "isa",           "comment",       "matvec_gbs",  "jitter",        "step_overhead_us",
-        NULL};
+        "token_overhead_us", NULL};
     char where[48];
     snprintf(where, sizeof(where), "ranks[%zu]", i);
     if (!json_is_object(o)) return jfail(where, "must be an object");
@@ -368,13 +371,14 @@ int plan_cluster_check(const struct plan_cluster *c)
             !in_range(h->host_read_gbs, 0, false, 1e6) ||
             !in_range(h->host_gflops, 0, false, 1e9) || !in_range(h->mem_avail_gib, 0, true, 1e6) ||
             !in_range(h->overhead_us, 0, false, 1e6) ||
-            !in_range(h->step_overhead_us, 0, false, 1e6) || !in_range(h->jitter, 0, false, 10))
+            !in_range(h->step_overhead_us, 0, false, 1e6) ||
+            !in_range(h->token_overhead_us, 0, false, 1e6) || !in_range(h->jitter, 0, false, 10))
             return tt_error_set(TT_EINVAL,
                                 "cluster: rank %d has a figure out of range (read_gbs %g, "
                                 "bw_efficiency %g, gflops %g, mem_avail_gib %g, overhead_us %g, "
-                                "step_overhead_us %g)",
+                                "step_overhead_us %g, token_overhead_us %g)",
                                 r, h->read_gbs, h->bw_efficiency, h->gflops, h->mem_avail_gib,
-                                h->overhead_us, h->step_overhead_us);
+                                h->overhead_us, h->step_overhead_us, h->token_overhead_us);
         for (int b = 0; b < c->n_ranks; b++) {
             const struct plan_link *l = &c->links[r][b], *m = &c->links[b][r];
             if (b == r) continue;

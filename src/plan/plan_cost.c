@@ -6,7 +6,7 @@
  *     max(bytes / (read_gbs * bw_efficiency), flops / gflops)
  *     + attention_flops / attn_gflops + overhead
  * plus, once per forward pass (decode step, prompt chunk), a fixed step
- * overhead; bytes are the weights of its slice (experts: those the tokens
+ * overhead and a cost per token of the pass (embedding, staging copies); bytes are the weights of its slice (experts: those the tokens
  * touch) plus the KV cache it reads, flops are 2 per weight and token, and the
  * attention products (query-key dots, softmax, value sums) run at their own
  * speed: on CPUs they are vector loops, far slower than matrix products. A
@@ -620,13 +620,16 @@ static double layer_budget(const struct search *s, const struct plan_candidate *
     return b;
 }
 
-/* A stage's fixed cost per forward pass: its slowest rank's (the group
- * meets at the pass's first join). */
-static double stage_step_s(const struct search *s, const struct plan_stage *g)
+/* A stage's cost per forward pass of n_tok tokens outside its layers: its
+ * slowest rank's step and token overheads (the group meets at the pass's
+ * first join). */
+static double stage_step_s(const struct search *s, const struct plan_stage *g, double n_tok)
 {
     double t = 0.0;
-    for (int i = g->rank_begin; i < g->rank_end; i++)
-        t = fmax(t, s->c->ranks[s->ids[i]].step_overhead_us * 1e-6);
+    for (int i = g->rank_begin; i < g->rank_end; i++) {
+        const struct plan_hw_rank *h = &s->c->ranks[s->ids[i]];
+        t = fmax(t, (h->step_overhead_us + n_tok * h->token_overhead_us) * 1e-6);
+    }
     return t;
 }
 
@@ -835,7 +838,7 @@ static double decode_round(struct search *s, struct plan_candidate *cd, double m
         double t = 0.0;
         for (int l = g->layer_begin; l < g->layer_end; l++)
             t += s->cost[(size_t)st * L + l];
-        t += stage_step_s(s, g);
+        t += stage_step_s(s, g, m);
         *comm +=
             (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, m);
         if (st == cd->n_stages - 1)
@@ -869,7 +872,7 @@ static double chunk_s(struct search *s, struct plan_candidate *cd, double t, dou
                                                  s->emax[k]));
             x += worst * straggle(s, g);
         }
-        x += stage_step_s(s, g);
+        x += stage_step_s(s, g, t);
         x += (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, t);
         if (st < cd->n_stages - 1) x += send_s(&s->hop[st], 4.0 * s->pm->hp.n_embd * t);
         g->prefill_s += wgt * x;
@@ -1081,6 +1084,7 @@ static int single_candidates(struct search *s)
                   a->gflops == b->gflops && a->attn_gflops == b->attn_gflops &&
                   a->mem_avail_gib == b->mem_avail_gib && a->overhead_us == b->overhead_us &&
                   a->step_overhead_us == b->step_overhead_us &&
+                  a->token_overhead_us == b->token_overhead_us &&
                   c->links[0][r].latency_us == c->links[0][q].latency_us &&
                   c->links[0][r].bandwidth_gbs == c->links[0][q].bandwidth_gbs &&
                   c->links[0][r].bandwidth_both_gbs == c->links[0][q].bandwidth_both_gbs;

@@ -115,6 +115,9 @@ struct plan_hw_rank {
     double overhead_us;         /* fixed cost per layer and step (launches, syncs), >= 0 */
     double step_overhead_us;    /* fixed cost per forward pass (a decode step, a prompt chunk):
                                  * graph launch, host-device copies, the step's bookkeeping; >= 0 */
+    double token_overhead_us;   /* cost per token of a forward pass outside its layers: the
+                                 * embedding rows, RoPE tables, copies of the residual rows to
+                                 * and from a device; >= 0 */
     double jitter;              /* relative spread (std. dev.) of its time between two joins, >= 0 */
 };
 
@@ -257,7 +260,9 @@ struct plan_engine_times {
 
 /* Fit rank *h to the engine's measured times: overhead_us and
  * step_overhead_us from the decode steps (the layer count's difference
- * gives a layer's, the rest the step's), gflops and attn_gflops from the
+ * gives a layer's, the rest the step's), token_overhead_us from what the
+ * prompts take beyond their layers (a pass's cost that grows with its
+ * tokens), gflops and attn_gflops from the
  * prompts (a layer's time at two lengths: the products grow with the
  * tokens, attention with their square; with one length, or a split that is
  * implausible (products over twice the speed h's kernels measured, or

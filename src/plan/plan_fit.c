@@ -22,10 +22,17 @@
  *       with their square) gives both speeds; the slopes come from probes.
  *       When noise makes that split implausible, one factor scales both
  *       speeds (keeping the ratio the kernels measured) to the longer prompt.
+ *   prompt(model, length) - its prediction = tokens * token_overhead
+ *       what the four prompts take beyond their layers and the step's
+ *       fixed cost grows with their tokens (the host's embedding rows and
+ *       RoPE tables, the residual rows' copies to and from a device):
+ *       least squares over the four, through zero. The differences above
+ *       do not see it (both models run the same tokens).
  *
- * The decode fit depends on the attention speed (a little) and the prompt
- * fit on the overheads, so the two alternate a few times; each round's
- * probes are taken around the previous round's figures.
+ * The decode fit depends on the attention speed (a little) and the token
+ * overhead (one token's worth), the prompt fits on the overheads, so the
+ * three alternate a few times; each round's probes are taken around the
+ * previous round's figures.
  *
  * Pure: no I/O, no clock, no globals; the same inputs give the same figures.
  */
@@ -37,7 +44,7 @@
 
 #define FIT_ROUNDS 6
 #define FIT_MEM_GIB 1e6   /* the predictions only need the models to fit */
-#define FIT_FIGURE_MAX 1e6 /* overhead_us and step_overhead_us, as plan_cluster_check allows */
+#define FIT_FIGURE_MAX 1e6 /* the overheads' microseconds, as plan_cluster_check allows */
 #define FIT_GFLOPS_MAX 1e9
 /* The two speeds are taken apart only if products come out at most this
  * many times faster than the kernel measured alone, and attention no faster
@@ -165,6 +172,29 @@ static int fit_prompt(struct fit *f, struct plan_hw_rank *h)
     return 0;
 }
 
+/* token_overhead_us from the prompts' residuals: each prompt's prediction
+ * grows by g seconds per microsecond of it (probed); the least-squares
+ * change over the four prompts, kept at 0 or more. */
+static int fit_tokens(struct fit *f, struct plan_hw_rank *h)
+{
+    const struct plan_engine_times *t = f->t;
+    struct plan_hw_rank x = *h;
+    x.token_overhead_us = h->token_overhead_us + 1.0;
+    double gr = 0.0, gg = 0.0;
+    for (int m = 0; m < 2; m++)
+        for (int j = 0; j < 2; j++) {
+            double dec, p0, p1;
+            int err = predict(f, h, m, t->prompt_tokens[j], &dec, &p0);
+            if (!err) err = predict(f, &x, m, t->prompt_tokens[j], &dec, &p1);
+            if (err) return err;
+            gr += (p1 - p0) * (t->prompt_s[m][j] - p0);
+            gg += (p1 - p0) * (p1 - p0);
+        }
+    if (gg > 0)
+        h->token_overhead_us = fmin(FIT_FIGURE_MAX, fmax(0.0, h->token_overhead_us + gr / gg));
+    return 0;
+}
+
 static int check_times(const struct plan_engine_times *t)
 {
     bool ok = t->model[0] && t->model[1] && t->n_batch >= 1 && t->prompt_tokens[0] >= 1 &&
@@ -219,6 +249,7 @@ int plan_fit_engine(struct plan_hw_rank *h, const struct plan_engine_times *t, d
     for (int round = 0; round < FIT_ROUNDS && !err; round++) {
         err = fit_decode(&f, &g);
         if (!err) err = fit_prompt(&f, &g);
+        if (!err) err = fit_tokens(&f, &g);
     }
     if (!err) err = fit_decode(&f, &g); /* the overheads for the final speeds */
     if (!err) err = worst_difference(&f, &g, worst_rel);

@@ -9,6 +9,7 @@
  *   batch products on cuBLAS (> 128 tokens): F32/F16/BF16   1e-9; quantized 1e-5 (F16 operands)
  *   RoPE with head norms, KV store                          1e-12
  *   attention (F16 and F32 caches, GQA, several sequences)  1e-10
+ *   prompt-batch attention (tensor cores, F16 probabilities) 1e-6, each row 1e-5
  *   MoE routing: identical choices; expert products 1e-10; join 1e-12
  *   GPU engine vs CPU engine (logits): as the golden tests, F16/F32 models
  *   max |diff| <= 0.02, quantized mean <= 0.05 and max <= 0.5; prompts long
@@ -809,6 +810,74 @@ static void check_attention(int hd, bool f16, int n_split, int H, int KV)
     free(kc), free(vc), free(tmp), free(q), free(ref), free(got);
 }
 
+/* worst normalized MSE over rows of `len` values */
+static double nmse_rows_max(const float *a, const float *ref, int64_t n_rows, int64_t len)
+{
+    double worst = 0.0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const double e = nmse(a + r * len, ref + r * len, len);
+        worst = e > worst || e != e ? e : worst;
+    }
+    return worst;
+}
+
+/* A prompt batch as the engine sends one: n tokens from position off on (a
+ * cache continued at an offset, earlier positions random), in sequence 0
+ * (mode 0), or in two: first half sequence 0, second half sequence 1 from
+ * position off / 2 (mode 1), or tokens alternating between them (mode 2).
+ * From 32 tokens with an F16 cache and head size 64 or 128 kcuda_attention
+ * takes the tensor-core kernel (kcuda_flash.cu), which rounds probabilities
+ * to F16: bounds 1e-6 on the whole output and 1e-5 on each (token, head)
+ * row against the CPU reference. */
+static void check_attention_batch(int hd, bool f16, int H, int KV, int n, int off, int mode)
+{
+    enum { NS = 2, SPLIT = 4 };
+    const int ctx = off + n + 8;
+    const size_t es = f16 ? 2 : 4, cn = (size_t)NS * ctx * KV * hd, qn = (size_t)n * H * hd;
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)n), *seq = malloc(sizeof(int32_t) * (size_t)n);
+    for (int t = 0; t < n; t++) {
+        seq[t] = mode == 1 ? t >= n / 2 : mode == 2 ? t & 1 : 0;
+        pos[t] = mode == 1 ? (t < n / 2 ? off + t : off / 2 + t - n / 2) : mode == 2 ? off + t / 2 : off + t;
+    }
+    uint8_t *kc = malloc(cn * es), *vc = malloc(cn * es);
+    float *kf = malloc(4 * cn), *vf = malloc(4 * cn), *q = malloc(4 * qn), *qr = malloc(4 * qn);
+    float *ref = malloc(4 * qn), *got = malloc(4 * qn);
+    for (int c = 0; c < 2; c++) { /* the reference reads the cache's values as floats */
+        float *f = c ? vf : kf;
+        fill(f, (int64_t)cn, 1.5f);
+        tt_type_get(f16 ? TT_TYPE_F16 : TT_TYPE_F32)->from_float(f, c ? vc : kc, (int64_t)cn);
+        tt_type_get(f16 ? TT_TYPE_F16 : TT_TYPE_F32)->to_float(c ? vc : kc, f, (int64_t)cn);
+    }
+    fill(q, (int64_t)qn, 1.5f);
+    for (size_t i = 0; i < qn; i++) qr[i] = f16 ? tt_f16_to_f32(tt_f32_to_f16(q[i])) : q[i];
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < H; h++)
+            ref_attend(qr + ((size_t)t * H + h) * hd, (const uint8_t *)kf, (const uint8_t *)vf, false, hd, KV,
+                       h / (H / KV), ctx, seq[t], pos[t], ref + ((size_t)t * H + h) * hd);
+    const struct kcuda_attn_shape sh = { .n_head = H, .n_head_kv = KV, .head_dim = hd, .n_rot = hd, .group = H / KV,
+                                         .kv_type = f16 ? KCUDA_F16 : KCUDA_F32, .n_ctx = ctx };
+    void *dkc = dev_from(kc, cn * es), *dvc = dev_from(vc, cn * es);
+    float *dq = dev_from(q, 4 * qn), *dout = dev(4 * qn), *dpart = dev(4 * kcuda_attn_part_floats(&sh, n, SPLIT));
+    int *dcount = dev(sizeof(int) * (size_t)n * KV);
+    TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)n * KV) == 0);
+    TT_ASSERT(kcuda_memset(K, dout, 0xff, 4 * qn) == 0);
+    int32_t *dpos = dev_from(pos, sizeof(int32_t) * (size_t)n), *dseq = dev_from(seq, sizeof(int32_t) * (size_t)n);
+    CHECK_EQ_INT(kcuda_attention(K, &sh, n, SPLIT, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout), 0);
+    to_host(got, dout, 4 * qn);
+    char what[96];
+    snprintf(what, sizeof(what), "attention batch hd %d %s, %d/%d heads, %d tokens from %d, mode %d", hd,
+             f16 ? "f16" : "f32", H, KV, n, off, mode);
+    CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-6);
+    const double worst = nmse_rows_max(got, ref, (int64_t)n * H, hd);
+    if (!(worst <= 1e-5)) {
+        fprintf(stderr, "  %s: worst row nmse %.3g > 1e-5\n", what, worst);
+        test_failed_ = 1;
+    }
+    kcuda_free(dkc), kcuda_free(dvc), kcuda_free(dq), kcuda_free(dout), kcuda_free(dpart), kcuda_free(dpos);
+    kcuda_free(dseq), kcuda_free(dcount);
+    free(pos), free(seq), free(kc), free(vc), free(kf), free(vf), free(q), free(qr), free(ref), free(got);
+}
+
 static void test_attention(void)
 {
     if (!gpu()) return;
@@ -822,6 +891,15 @@ static void test_attention(void)
     check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 16, 2); /* Qwen3-MoE grouping */
     check_attention(128, true, 3, 6, 2);                     /* a group the coalesced kernel does not take */
     check_attention(256, true, 2, 4, 2);
+    check_attention_batch(64, true, 2, 2, 1, 0, 0);      /* one token: split kernels */
+    check_attention_batch(64, true, 2, 2, 37, 0, 0);     /* group 1 */
+    check_attention_batch(128, true, 4, 2, 33, 0, 0);    /* group 2: a row tile and one token more */
+    check_attention_batch(128, true, 8, 2, 600, 0, 0);   /* Llama-3 grouping, a long prompt */
+    check_attention_batch(128, true, 16, 2, 255, 300, 0); /* Qwen3-MoE grouping, continuing a cache */
+    check_attention_batch(64, true, 8, 2, 201, 80, 1);   /* two sequences, one after the other */
+    check_attention_batch(128, true, 16, 2, 100, 10, 2); /* two sequences, alternating tokens */
+    check_attention_batch(32, true, 8, 2, 70, 0, 0);     /* a head size the tensor cores do not take */
+    check_attention_batch(128, false, 8, 2, 70, 5, 1);   /* F32 cache: split kernels */
 }
 
 /* ---- the small kernels ---- */

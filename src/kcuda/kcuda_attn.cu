@@ -600,6 +600,8 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
         n_tok > 65535 || G > ATT_GROUP_MAX || G * s->n_head_kv != s->n_head || G != s->group)
         return tt_error_set(TT_EUNSUPPORTED, "attention of head size %d, %d query heads per KV head, %d parts, "
                             "%lld tokens", s->head_dim, G, n_split, (long long)n_tok);
+    if (kc_flash_takes(s, n_tok, d_q, d_k_cache, d_v_cache, d_out)) /* prompt batches: tensor cores */
+        return kc_flash_attention(k, s, n_tok, d_q, d_k_cache, d_v_cache, d_pos, d_seq, d_out);
     float *part = d_part;
     int *count = d_count;
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,

@@ -825,7 +825,7 @@ static double nmse_rows_max(const float *a, const float *ref, int64_t n_rows, in
  * cache continued at an offset, earlier positions random), in sequence 0
  * (mode 0), or in two: first half sequence 0, second half sequence 1 from
  * position off / 2 (mode 1), or tokens alternating between them (mode 2).
- * From 32 tokens with an F16 cache and head size 64 or 128 kcuda_attention
+ * From 64 tokens with an F16 cache and head size 64 or 128 kcuda_attention
  * takes the tensor-core kernel (kcuda_flash.cu), which rounds probabilities
  * to F16: bounds 1e-6 on the whole output and 1e-5 on each (token, head)
  * row against the CPU reference. */
@@ -892,8 +892,9 @@ static void test_attention(void)
     check_attention(128, true, 3, 6, 2);                     /* a group the coalesced kernel does not take */
     check_attention(256, true, 2, 4, 2);
     check_attention_batch(64, true, 2, 2, 1, 0, 0);      /* one token: split kernels */
-    check_attention_batch(64, true, 2, 2, 37, 0, 0);     /* group 1 */
-    check_attention_batch(128, true, 4, 2, 33, 0, 0);    /* group 2: a row tile and one token more */
+    check_attention_batch(64, true, 2, 2, 37, 0, 0);     /* a short prompt: split kernels */
+    check_attention_batch(64, true, 2, 2, 77, 0, 0);     /* group 1 */
+    check_attention_batch(128, true, 4, 2, 65, 0, 0);    /* group 2: two row tiles and one token more */
     check_attention_batch(128, true, 8, 2, 600, 0, 0);   /* Llama-3 grouping, a long prompt */
     check_attention_batch(128, true, 16, 2, 255, 300, 0); /* Qwen3-MoE grouping, continuing a cache */
     check_attention_batch(64, true, 8, 2, 201, 80, 1);   /* two sequences, one after the other */

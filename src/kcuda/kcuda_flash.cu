@@ -36,17 +36,37 @@
  *
  * Blocks start with the last row tile: a causal prompt's later tokens have
  * the most keys, so the longest blocks begin first.
+ *
+ * Measured (H200, head size 128, kernel times of 20 launches in a row):
+ * 512 tokens from position 0 take 22.4 us against the split kernels' 243
+ * (32 query heads over 4 KV heads) and 193 (32 over 8); 512 tokens after
+ * 2048 cached positions 90 us against 1638 and 1347. From 16 tokens on it
+ * was as fast as the split kernels or faster at every length and offset
+ * tried (16 tokens of one sequence after 2048 positions: 48 us against 60
+ * and 48). Tried and not kept: key tiles of 32 (168 registers, three
+ * blocks per multiprocessor, but 30 us at 512 tokens), a grid that starts
+ * every KV head's last row tile first, mma.sync as non-volatile asm (both
+ * no faster).
+ *
+ * Not for decode batches of many sequences: a block walks its sequences
+ * one after the other, so a row tile of 64 / G tokens that are each the
+ * next token of a different long sequence takes 64 / G whole walks in one
+ * block, where the split kernels spread every token over parts. The host
+ * cannot see the batch's sequences here, so FA_MIN_TOK is 64, not 16:
+ * servers with fewer than 64 sequences decoding keep the split kernels
+ * (prompts of 16-63 tokens lose a few microseconds per layer). Mixed
+ * batches (a server's decode tokens first, then a prompt chunk) still come
+ * here and walk their decode tokens' sequences in turn.
  */
 #include "kcuda_impl.cuh"
 
 #include <climits>
-#include <cstdlib>
 
 #define FA_WARPS 4
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_ROWS (FA_WARPS * 16) /* (token, head) rows per block */
 #define FA_KEYS 64              /* key positions per tile */
-#define FA_MIN_TOK 32           /* smaller batches (decode) keep the split kernels */
+#define FA_MIN_TOK 64           /* smaller batches (decode) keep the split kernels (see above) */
 
 struct flash_args {
     int H, KV, group, head_begin, kv_begin, n_ctx, n_tok;
@@ -341,10 +361,8 @@ static bool fa_aligned(const void *p, uintptr_t n)
 bool kc_flash_takes(const struct kcuda_attn_shape *s, int64_t n_tok, const float *d_q, const void *d_k_cache,
                     const void *d_v_cache, const float *d_out)
 {
-    /* TT_GPU_FLASH=0 keeps every batch on the split kernels (A/B comparisons) */
-    static const bool on = !(getenv("TT_GPU_FLASH") && !atoi(getenv("TT_GPU_FLASH")));
     const int G = s->n_head / (s->n_head_kv ? s->n_head_kv : 1);
-    return on && s->kv_type == KCUDA_F16 && n_tok >= FA_MIN_TOK && G * s->n_head_kv == s->n_head &&
+    return s->kv_type == KCUDA_F16 && n_tok >= FA_MIN_TOK && G * s->n_head_kv == s->n_head &&
            fa_pick(s->head_dim, G) && fa_aligned(d_k_cache, 16) && fa_aligned(d_v_cache, 16) &&
            fa_aligned(d_q, 8) && fa_aligned(d_out, 8);
 }

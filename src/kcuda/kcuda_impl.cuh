@@ -276,8 +276,8 @@ int kcuda_swiglu_ld(struct kcuda *k, float *d_a, int64_t lda, const float *d_b, 
 /* Causal flash attention on the tensor cores for prompt batches
  * (kcuda_flash.cu), kcuda_attention's contract without the split scratch:
  * kc_flash_takes says whether it takes this call (F16 cache, head size 64
- * or 128, 1/2/4/8 query heads per KV head, enough tokens, aligned buffers,
- * not switched off by TT_GPU_FLASH=0); kc_flash_attention runs it. */
+ * or 128, 1/2/4/8 query heads per KV head, enough tokens, aligned
+ * buffers); kc_flash_attention runs it. */
 bool kc_flash_takes(const struct kcuda_attn_shape *s, int64_t n_tok, const float *d_q, const void *d_k_cache,
                     const void *d_v_cache, const float *d_out);
 int kc_flash_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, const float *d_q,

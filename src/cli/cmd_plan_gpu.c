@@ -34,10 +34,13 @@
  * models of the target's shape with n and 2n layers (n = 1 for a layer of
  * 256 MiB or more: enough layers that no cache holds them, up to half the
  * target's) and a small
- * vocabulary (`tutti gen`'s code, in a temporary directory) each run a
- * prompt of the workload's length and of half of it and decode steps after
- * it, timed as `tutti bench` times them; plan_fit_engine (plan_fit.c, pure) turns the
- * times into overhead_us, step_overhead_us, gflops and attn_gflops. The
+ * vocabulary (`tutti gen`'s code, in a temporary directory), both loaded
+ * with the workload's context and batch, are warmed up with untimed
+ * prompts for FIT_WARM_S each, then run prompts of the workload's length
+ * and of half of it in alternating rounds (model and length) and decode
+ * steps after them, timed as `tutti bench` times them; plan_fit_engine
+ * (plan_fit.c, pure) turns the times into overhead_us, step_overhead_us,
+ * token_overhead_us, gflops and attn_gflops. The
  * bandwidth figures stay the kernels': the output matrix, absent from the
  * small models, is predicted from them.
  */
@@ -58,7 +61,7 @@
  * does instead of finding them in a cache. */
 #define FIT_CACHE_BYTES (256.0 * 1048576.0)
 #define FIT_DECODE_STEPS 32  /* per timed run */
-#define FIT_REPS 3           /* timed runs of each kind: the best counts, as in bench */
+#define FIT_REPS 5           /* timed runs of each kind: the best counts, as in bench */
 /* Untimed prompts before the timed ones, for at least this long: a device
  * that was idle (the models' generation runs on the CPU for seconds) runs
  * its first milliseconds of work at lower clocks, and the small models'
@@ -134,21 +137,6 @@ static int warm_up(struct engine *e, const int32_t *ids, int n, float *logits, i
     return err;
 }
 
-/* Best wall-clock seconds of FIT_REPS prompts of each length (alternating),
- * after warm_up with the longer one. */
-static int time_prompts(struct engine *e, const int32_t *ids, const int32_t n[2], float *logits,
-                        double best[2], int *warm_runs)
-{
-    int err = warm_up(e, ids, n[1], logits, warm_runs);
-    for (int r = 0; r < FIT_REPS && !err; r++)
-        for (int j = 0; j < 2 && !err; j++) {
-            double s;
-            err = prompt_once(e, ids, n[j], logits, &s);
-            if (r == 0 || s < best[j]) best[j] = s;
-        }
-    return err;
-}
-
 /* Best mean seconds of one decode step over FIT_REPS runs of
  * FIT_DECODE_STEPS steps after the cached prompt ids[0, n_past), after one
  * untimed run (the decode graph is captured on first use). The steps' tokens
@@ -191,43 +179,79 @@ static int fit_layers(const struct plan_model *pm)
     return (int)fmax(1.0, fmin(n, pm->hp.n_layer / 2));
 }
 
-/* Generate, load and time model k (0: n_layer layers, 1: twice as many)
- * into t's slot k; its plan_model goes to *pm (the caller frees it). */
-static int fit_one(const struct plan_model *target, const struct plan_workload *w, int threads,
-                   bool gpu, const char *dir, int k, int n_layer, struct fit_progress *p,
-                   struct plan_model *pm, struct plan_engine_times *t)
+/* One of the two models, loaded with its engine. */
+struct fit_run {
+    struct model m;
+    struct engine *e;
+    int32_t *ids; /* a prompt's tokens */
+    float *logits;
+    bool loaded;
+};
+
+static void fit_run_free(struct fit_run *f)
+{
+    if (f->e) engine_destroy(f->e);
+    free(f->logits);
+    free(f->ids);
+    if (f->loaded) model_free(&f->m);
+    memset(f, 0, sizeof(*f));
+}
+
+/* Generate and load model k (0: n_layer layers, 1: twice as many) with its
+ * engine; its plan_model goes to *pm (the caller frees it). */
+static int fit_open(const struct plan_model *target, const struct plan_workload *w, int threads,
+                    bool gpu, const char *dir, int k, int n_layer, struct fit_progress *p,
+                    struct plan_model *pm, struct fit_run *f)
 {
     char path[FIT_PATH_MAX + 32];
     /* the workload's context: the engine sizes its KV cache and splits
      * attention by it (engine_cuda.c), as for the target */
-    const int P = t->prompt_tokens[1], n_ctx = TT_MAX(w->n_ctx, P + FIT_DECODE_STEPS + 1);
+    const int P = w->prompt_tokens, n_ctx = TT_MAX(w->n_ctx, P + FIT_DECODE_STEPS + 1);
     snprintf(path, sizeof(path), "%s/%d.gguf", dir, k + 1);
-    p->base = k ? 1.0 / 3.0 : 0.0; /* generating and timing take about the layers' share */
-    p->span = (k ? 2.0 : 1.0) / 3.0 * 0.8;
+    p->base = k ? 0.25 : 0.0; /* generating takes about the layers' share of 3/4 */
+    p->span = k ? 0.5 : 0.25;
     int err = fit_gen(target, n_layer, n_ctx, threads, p, path);
-    struct model m;
-    if (!err) err = model_load(&m, path);
+    if (!err) err = model_load(&f->m, path);
     unlink(path); /* the mapping stays valid */
     if (err) return err;
+    f->loaded = true;
     struct engine_opts eo = {.n_threads = threads, .n_ctx = n_ctx, .n_batch = w->n_batch,
                              .n_gpu_layers = gpu ? -1 : 0};
-    struct engine *e = NULL;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)P);
-    float *logits = malloc(sizeof(float) * (size_t)m.hp.n_vocab);
-    if (!ids || !logits) err = tt_error_set(TT_ENOMEM, "out of memory timing the engine");
-    if (!err) err = plan_model_from_model(pm, &m);
-    if (!err) err = engine_create(&e, &m, &eo);
-    for (int i = 0; i < P && !err; i++) ids[i] = (int32_t)(3 + (i * 7919) % (m.hp.n_vocab - 3));
-    int warm_runs = 0;
-    if (!err) err = time_prompts(e, ids, t->prompt_tokens, logits, t->prompt_s[k], &warm_runs);
-    if (!err) err = time_decode(e, ids, P, logits, &t->decode_s[k]);
-    if (!err) tt_info("engine on %d layers: %d untimed prompts of %d tokens first", n_layer,
-                       warm_runs, P);
-    cli_progress_update(&p->bar, p->base + p->span / 0.8, 1.0);
-    if (e) engine_destroy(e);
-    free(logits);
-    free(ids);
-    model_free(&m);
+    f->ids = malloc(sizeof(int32_t) * (size_t)P);
+    f->logits = malloc(sizeof(float) * (size_t)f->m.hp.n_vocab);
+    if (!f->ids || !f->logits) err = tt_error_set(TT_ENOMEM, "out of memory timing the engine");
+    if (!err) err = plan_model_from_model(pm, &f->m);
+    if (!err) err = engine_create(&f->e, &f->m, &eo);
+    for (int i = 0; i < P && !err; i++)
+        f->ids[i] = (int32_t)(3 + (i * 7919) % (f->m.hp.n_vocab - 3));
+    return err;
+}
+
+/* Both models' prompts and decode steps into t: each model warmed up
+ * first, then FIT_REPS rounds that alternate the models and the lengths
+ * (whatever drifts, the device's clocks or the host's load, reaches both
+ * alike), the best of each counting. */
+static int fit_time(struct fit_run f[2], struct plan_engine_times *t)
+{
+    const int P = t->prompt_tokens[1];
+    int err = 0, warm[2] = {0, 0};
+    double first[2] = {0, 0};
+    for (int k = 0; k < 2 && !err; k++)
+        err = warm_up(f[k].e, f[k].ids, P, f[k].logits, &warm[k]);
+    for (int r = 0; r < FIT_REPS && !err; r++)
+        for (int k = 0; k < 2 && !err; k++)
+            for (int j = 0; j < 2 && !err; j++) {
+                double s;
+                err = prompt_once(f[k].e, f[k].ids, t->prompt_tokens[j], f[k].logits, &s);
+                if (r == 0 || s < t->prompt_s[k][j]) t->prompt_s[k][j] = s;
+                if (r == 0 && j == 1) first[k] = s;
+            }
+    for (int k = 0; k < 2 && !err; k++)
+        err = time_decode(f[k].e, f[k].ids, P, f[k].logits, &t->decode_s[k]);
+    if (!err)
+        tt_info("engine timing: %d and %d untimed prompts of %d tokens first; then the first "
+                "timed ones %.2f and %.2f ms",
+                warm[0], warm[1], P, first[0] * 1e3, first[1] * 1e3);
     return err;
 }
 
@@ -246,8 +270,12 @@ bool cli_engine_fit(const struct plan_model *target, const struct plan_workload 
     const bool made = mkdtemp(dir) != NULL;
     const int n_layer = fit_layers(target);
     int err = made ? 0 : tt_error_set(TT_EIO, "cannot make a directory like %s", dir);
+    struct fit_run f[2] = {0};
     for (int k = 0; k < 2 && !err; k++)
-        err = fit_one(target, w, threads, gpu, dir, k, n_layer * (k + 1), &p, &pm[k], &t);
+        err = fit_open(target, w, threads, gpu, dir, k, n_layer * (k + 1), &p, &pm[k], &f[k]);
+    if (!err) err = fit_time(f, &t);
+    fit_run_free(&f[1]);
+    fit_run_free(&f[0]);
     if (made) rmdir(dir);
     cli_progress_end(&p.bar);
     struct plan_hw_rank g = *r;
@@ -265,10 +293,11 @@ bool cli_engine_fit(const struct plan_model *target, const struct plan_workload 
             n_layer, 2 * n_layer, t.decode_s[0] * 1e6, t.decode_s[1] * 1e6, t.prompt_tokens[0], t.prompt_tokens[1],
             t.prompt_s[0][0] * 1e3, t.prompt_s[1][0] * 1e3, t.prompt_s[0][1] * 1e3,
             t.prompt_s[1][1] * 1e3);
-    tt_info("fitted: overhead %.1f us per layer (was %.1f), %.1f us per pass; %.0f GFLOP/s "
-            "products (was %.0f), %.0f attention (was %.0f); largest difference left %.1f%%",
-            g.overhead_us, r->overhead_us, g.step_overhead_us, g.gflops, r->gflops,
-            g.attn_gflops, r->attn_gflops, 100.0 * worst);
+    tt_info("fitted: overhead %.1f us per layer (was %.1f), %.1f us per pass, %.2f us per token "
+            "of a pass; %.0f GFLOP/s products (was %.0f), %.0f attention (was %.0f); largest "
+            "difference left %.1f%%",
+            g.overhead_us, r->overhead_us, g.step_overhead_us, g.token_overhead_us, g.gflops,
+            r->gflops, g.attn_gflops, r->attn_gflops, 100.0 * worst);
     *r = g;
     return true;
 }

@@ -1068,6 +1068,62 @@ static void test_engine_split(void)
     if (n == 0) TEST_SKIP("no models in %s", test_shared_path("models"));
 }
 
+/* Batches that mix sequences as a server's do, on a qwen3 model (head size
+ * 64: prompt runs of 64+ tokens take the tensor-core attention): two
+ * prompts; then decode tokens of sequences 1 and 0 before a prompt of
+ * sequence 2, and decode tokens of 1 and 2 before a prompt run of sequence
+ * 0 (engine_cuda.c gives such leading decode tokens their own attention
+ * launch). Sequence 0's next logits, which depend on every row it had in
+ * those batches (through the second layer's cache), are compared with the
+ * CPU engine's. */
+static void test_engine_mixed(void)
+{
+    if (!gpu()) return;
+    const char *path = test_shared_path("models/synth-qwen3.f16.gguf");
+    struct model m;
+    if (!test_file_exists(path) || model_load(&m, path)) {
+        TEST_SKIP("%s missing", path);
+        return;
+    }
+    const int V = m.hp.n_vocab;
+    struct engine_opts o = { .n_threads = 4, .n_ctx = 256, .n_batch = 160, .n_seq = 3 };
+    struct engine *eng[2] = { NULL, NULL };
+    CHECK_EQ_INT(engine_create(&eng[0], &m, &o), 0);
+    o.n_gpu_layers = -1;
+    CHECK_EQ_INT(engine_create(&eng[1], &m, &o), 0);
+    struct engine_tok toks[160];
+    float *lg[2] = { malloc(sizeof(float) * (size_t)V), malloc(sizeof(float) * (size_t)V) };
+    for (int side = 0; side < 2 && eng[0] && eng[1]; side++) {
+        struct engine *e = eng[side];
+        int n = 0, id = 5;
+        for (int i = 0; i < 40; i++) toks[n++] = (struct engine_tok){ 3 + (id++ * 37) % (V - 3), 0, false };
+        for (int i = 0; i < 30; i++) toks[n++] = (struct engine_tok){ 3 + (id++ * 37) % (V - 3), 1, false };
+        CHECK_EQ_INT(engine_decode(e, toks, n, NULL, NULL), 0);
+        n = 0;
+        toks[n++] = (struct engine_tok){ 11, 1, false };
+        toks[n++] = (struct engine_tok){ 12, 0, false };
+        for (int i = 0; i < 70; i++) toks[n++] = (struct engine_tok){ 3 + (id++ * 37) % (V - 3), 2, false };
+        CHECK_EQ_INT(engine_decode(e, toks, n, NULL, NULL), 0);
+        n = 0;
+        toks[n++] = (struct engine_tok){ 13, 1, false };
+        toks[n++] = (struct engine_tok){ 14, 2, false };
+        for (int i = 0; i < 66; i++) toks[n++] = (struct engine_tok){ 3 + (id++ * 37) % (V - 3), 0, false };
+        CHECK_EQ_INT(engine_decode(e, toks, n, NULL, NULL), 0);
+        const int32_t last = 15;
+        CHECK_EQ_INT(engine_eval(e, &last, 1, ENGINE_LOGITS_LAST, lg[side]), 0);
+    }
+    struct lstats s = { 0 };
+    lstats_add(&s, lg[1], lg[0], V);
+    if (s.max > 0.02 || getenv("TT_TEST_VERBOSE"))
+        fprintf(stderr, "  mixed batches (synth-qwen3.f16): GPU vs CPU max %.5f mean %.5f\n", s.max,
+                s.n ? s.sum / (double)s.n : 0.0);
+    CHECK(s.max <= 0.02);
+    engine_destroy(eng[1]);
+    engine_destroy(eng[0]);
+    model_free(&m);
+    free(lg[0]), free(lg[1]);
+}
+
 static const struct test_case cases[] = {
     { "convert", test_convert },       { "norm_convert", test_norm_convert },
     { "dequant", test_dequant },       { "products", test_products },
@@ -1076,7 +1132,8 @@ static const struct test_case cases[] = {
     { "rope", test_rope },
     { "attention", test_attention },   { "misc", test_misc },
     { "errors", test_errors },         { "engine_models", test_engine_models },
-    { "engine_split", test_engine_split }, { "bandwidth", test_bandwidth },
+    { "engine_split", test_engine_split }, { "engine_mixed", test_engine_mixed },
+    { "bandwidth", test_bandwidth },
 };
 
 #else /* no CUDA in this build */

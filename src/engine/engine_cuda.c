@@ -435,6 +435,27 @@ static int project_add(struct cuda_accel *c, struct engine *e, const struct act_
     return err;
 }
 
+/* Attention of the batch's tokens. A server's batch can open with decode
+ * tokens, one per sequence, before a prompt's run: those get a launch of
+ * their own (the split kernels), because the prompt kernel
+ * (kcuda_flash.cu) walks the sequences of one tile of tokens one after
+ * another, which is slow for many long sequences. */
+static int attention_rows(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, int n_tok)
+{
+    const int64_t qd = (int64_t)e->n_head_local * e->m->hp.head_dim;
+    int n_dec = 0; /* leading tokens, each alone in its sequence's run */
+    while (n_dec < n_tok && (n_dec + 1 == n_tok || e->tok_seq[n_dec + 1] != e->tok_seq[n_dec])) n_dec++;
+    const int cut = n_dec < n_tok ? n_dec : 0;
+    int err = 0;
+    for (int part = 0; part < 2 && !err; part++) {
+        const int t0 = part ? cut : 0, n = part ? n_tok - cut : cut;
+        if (n > 0)
+            err = kcuda_attention(c->k, &c->shape, n, attn_splits(e, n), c->q + t0 * qd, g->k_cache, g->v_cache,
+                                  c->pos + t0, c->seq + t0, c->part, c->att_count, c->attn + t0 * qd);
+    }
+    return err;
+}
+
 static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
@@ -461,9 +482,7 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     if (!err)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
                                c->cs, c->pos, c->seq, g->k_cache, g->v_cache);
-    if (!err)
-        err = kcuda_attention(c->k, &c->shape, n_tok, attn_splits(e, n_tok), c->q, g->k_cache,
-                              g->v_cache, c->pos, c->seq, c->part, c->att_count, c->attn);
+    if (!err) err = attention_rows(c, e, g, n_tok);
     if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
     if (!err) err = project_add(c, e, &s, &g->wo, n_tok);
     return err;

@@ -9,6 +9,7 @@
  *                    also for stacked experts picked on the device
  *   kcuda_gemm.cu    matrix-matrix products for prompt batches: cuBLAS on dequantized F16 tiles
  *   kcuda_attn.cu    RoPE, per-head RMSNorm, KV-cache store, attention split over keys
+ *   kcuda_flash.cu   attention of prompt batches on the tensor cores (causal, flash-style)
  *   kcuda_misc.cu    SwiGLU, bias, row gathers, reductions
  *   kcuda_moe.cu     MoE routing (alone or fused with the router product), slot
  *                    plans, grouped expert products on tensor cores, weighted joins
@@ -278,8 +279,10 @@ int kcuda_rope_store(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t 
                      const float *d_cs, const int32_t *d_pos, const int32_t *d_seq,
                      void *d_k_cache, void *d_v_cache);
 /* Causal attention of each token's query heads over positions 0..pos[t] of
- * its sequence, split over keys into n_split parts (<= KCUDA_ATTN_SPLIT_MAX)
- * joined with their softmax maxima. d_part: scratch of
+ * its sequence. Batches of 64+ tokens with an F16 cache and head size 64 or
+ * 128 run on the tensor cores (kcuda_flash.cu; n_split, d_part and d_count
+ * unused); the rest are split over keys into n_split parts (<=
+ * KCUDA_ATTN_SPLIT_MAX) joined with their softmax maxima. d_part: scratch of
  * kcuda_attn_part_floats(...) floats; d_count: n_tok * n_head_kv ints,
  * zeroed once before the first call (the kernel leaves them at zero).
  * out [n_tok][n_head*hd]. Up to 8 query heads per KV head; head_dim a

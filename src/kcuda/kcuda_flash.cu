@@ -55,8 +55,9 @@
  * cannot see the batch's sequences here, so FA_MIN_TOK is 64, not 16:
  * servers with fewer than 64 sequences decoding keep the split kernels
  * (prompts of 16-63 tokens lose a few microseconds per layer). Mixed
- * batches (a server's decode tokens first, then a prompt chunk) still come
- * here and walk their decode tokens' sequences in turn.
+ * batches (a server's decode tokens first, then a prompt chunk) are cut by
+ * the engine (engine_cuda.c, attention_rows): the decode tokens go to the
+ * split kernels in a launch of their own, the prompt run comes here.
  */
 #include "kcuda_impl.cuh"
 

@@ -43,12 +43,8 @@ static double measure_matvec(int n_threads)
 
 /* GB/s per direction while a and b exchange `reps` messages of `bytes` both
  * ways at once (an all-gather over the pair: each sends its block and
- * receives the other's), after one untimed exchange: on a shaped link the
- * first block passes at nearly the one-way rate (queues and TCP windows
- * still empty), the later ones at the rate a stream of joins sees (10
- * Mbit/s tbf link: 1.14 MB/s for one 256 KiB block, 0.60 for 1 MiB or
- * more). buf holds 3 x TOPO_BW_BYTES. Collective over c: the pair gets its
- * own communicator, the other ranks none. */
+ * receives the other's). buf holds 3 x TOPO_BW_BYTES. Collective over c:
+ * the pair gets its own communicator, the other ranks none. */
 static double measure_both_ways(struct comm *c, int a, int b, uint8_t *buf, int64_t bytes,
                                 int64_t reps)
 {
@@ -57,7 +53,6 @@ static double measure_both_ways(struct comm *c, int a, int b, uint8_t *buf, int6
     int err = comm_split(c, me == a || me == b ? 0 : COMM_COLOR_NONE, me, &pair);
     double gbs = 0.0;
     if (!err && pair) {
-        err = comm_allgather(pair, buf, (size_t)bytes, buf + TOPO_BW_BYTES);
         const double t0 = tt_now_s();
         for (int64_t i = 0; i < reps && !err; i++)
             err = comm_allgather(pair, buf, (size_t)bytes, buf + TOPO_BW_BYTES);
@@ -112,9 +107,8 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
                           : comm_recv(c, buf, (size_t)plan[0], peer, TOPO_TAG);
         if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
         *gbs = (double)plan[0] * (double)plan[1] / (tt_now_s() - t0) / 1e9;
-        /* both ways: the same bytes each way, half the messages (as long),
-         * two at least after the untimed one */
-        plan[1] = plan[1] > 4 ? plan[1] / 2 : 2;
+        /* both ways: the same bytes each way, half the messages (as long) */
+        plan[1] = plan[1] > 1 ? plan[1] / 2 : 1;
     }
     if (err) cli_die(err, "measuring the link %d-%d", a, b);
     *both_gbs = measure_both_ways(c, a, b, buf, plan[0], plan[1]);

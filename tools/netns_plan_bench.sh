@@ -58,8 +58,19 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # ms (the yield hands the core to the loop for its whole time slice), not
 # yielding at nice 0 0.5 ms, yielding at -20 0.11 ms, not yielding at -20
 # 18.5 us, as on an idle machine (17.8 us).
+# The kernel groups processes by session (autogroup) and shares the CPU
+# between the groups first: a process's nice only counts inside its own
+# session's group, so the script sets its session's group to NICE too
+# (restored on exit). Measured with two CUDA compiles of another session
+# running: 4 KiB joins after 200 us of work 437 us at process nice -20,
+# 27 us with the session's group at -20 as well.
 NICE=${NICE:--20}
 export TT_NETNS_NICE=$NICE OMPI_MCA_mpi_yield_when_idle=${YIELD:-0}
+AUTOGROUP_NICE=$(sed -n 's/.* nice //p' /proc/self/autogroup 2>/dev/null)
+if [ -n "$AUTOGROUP_NICE" ]; then
+    trap 'bash "$D/netns_cluster.sh" down; echo "$AUTOGROUP_NICE" > /proc/self/autogroup' EXIT
+    echo "$NICE" > /proc/self/autogroup
+fi
 printf "tp-ns1 slots=1\ntp-ns2 slots=1\n" > "$OUT/hosts"
 # --bind-to none: each namespace's Open MPI daemon believes its "host" is
 # the whole machine and binds its one rank to core 0 (mpirun's default for

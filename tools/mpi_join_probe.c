@@ -1,0 +1,154 @@
+/*
+ * mpi_join_probe.c: what a join of two MPI ranks costs, measured the way a
+ * tensor-parallel step meets one (after a stretch of work) and the way a
+ * stream of prompt joins or a pipeline's logits use a link; the planner's
+ * link model (docs/PLANNER.md, "Collectives and sends") is checked against
+ * it. Plain MPI, no tutti code, so that what it shows belongs to the
+ * machine, the links and Open MPI.
+ *
+ *   joins   all-gathers of 1 KiB to 1 MiB per rank after 0, 50 and 200 us
+ *           of work (both ranks start together after a barrier), mean and
+ *           best; then chains of work + 4 KiB all-gather without barriers
+ *           (a decode step's rhythm), the time per join beyond the work;
+ *   stream  the rate per direction of 1 and 3 all-gathers of 256 KiB and
+ *           of 1 MiB per rank back to back (both directions loaded);
+ *   oneway  a message of 4 to 64 KiB from rank 1 to rank 0 and 8 bytes
+ *           back, each after 20 ms idle (a pipeline's logits per step).
+ *
+ * Build and run (two ranks; the namespace pair of netns_plan_bench.sh):
+ *   mpicc -O2 -o /tmp/mpi_join_probe tools/mpi_join_probe.c
+ *   mpirun -np 2 --bind-to none ... /tmp/mpi_join_probe [joins|stream|oneway]...
+ * With no argument it runs all three.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PROBE_MAX_BYTES (1u << 20)
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static volatile double sink;
+
+/* Busy work for us microseconds (a rank computing between two joins). */
+static void work_us(double us)
+{
+    const double t0 = now_s();
+    double x = 1.0;
+    while ((now_s() - t0) * 1e6 < us)
+        x = x * 1.0000001 + 1e-9;
+    sink = x;
+}
+
+static void joins(int rank, char *send, char *recv)
+{
+    static const double works[] = {0, 50, 200};
+    static const int sizes[] = {1024, 4096, 16384, 65536, 262144, 1048576};
+    for (int wi = 0; wi < 3; wi++)
+        for (int si = 0; si < 6; si++) {
+            const int reps = sizes[si] >= 262144 ? 20 : 200;
+            double best = 1e9, sum = 0.0;
+            for (int i = -5; i < reps; i++) {
+                MPI_Barrier(MPI_COMM_WORLD);
+                work_us(works[wi]);
+                const double t0 = now_s();
+                MPI_Allgather(send, sizes[si], MPI_BYTE, recv, sizes[si], MPI_BYTE, MPI_COMM_WORLD);
+                const double t = now_s() - t0;
+                if (i < 0) continue;
+                sum += t;
+                if (t < best) best = t;
+            }
+            if (rank == 0)
+                printf("joins: %3.0f us of work, then all-gather of %7d B per rank: mean %8.1f us, "
+                       "best %8.1f us\n",
+                       works[wi], sizes[si], sum / reps * 1e6, best * 1e6);
+        }
+    for (int wi = 0; wi < 3; wi++) {
+        const int reps = 400;
+        const double t0 = now_s();
+        for (int i = 0; i < reps; i++) {
+            work_us(works[wi]);
+            MPI_Allgather(send, 4096, MPI_BYTE, recv, 4096, MPI_BYTE, MPI_COMM_WORLD);
+        }
+        const double per = (now_s() - t0) / reps * 1e6 - works[wi];
+        if (rank == 0)
+            printf("joins: chain of %3.0f us of work + 4 KiB all-gather: %.1f us per join beyond "
+                   "the work\n",
+                   works[wi], per);
+    }
+}
+
+static void stream(int rank, char *send, char *recv)
+{
+    static const int sizes[] = {262144, 1048576}, counts[] = {1, 3};
+    for (int si = 0; si < 2; si++)
+        for (int ci = 0; ci < 2; ci++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            const double t0 = now_s();
+            for (int i = 0; i < counts[ci]; i++)
+                MPI_Allgather(send, sizes[si], MPI_BYTE, recv, sizes[si], MPI_BYTE, MPI_COMM_WORLD);
+            const double t = now_s() - t0;
+            if (rank == 0)
+                printf("stream: %d all-gather(s) of %7d B per rank: %.3f MB/s per direction\n",
+                       counts[ci], sizes[si], (double)sizes[si] * counts[ci] / t / 1e6);
+        }
+}
+
+static void oneway(int rank, char *send, char *recv)
+{
+    static const int sizes[] = {4096, 16384, 32768, 65536};
+    for (int si = 0; si < 4; si++) {
+        double sum = 0.0;
+        const int reps = 20;
+        for (int i = 0; i < reps; i++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            nanosleep(&(struct timespec){0, 20000000}, NULL);
+            const double t0 = now_s();
+            if (rank == 1) {
+                MPI_Send(send, sizes[si], MPI_BYTE, 0, 1, MPI_COMM_WORLD);
+                MPI_Recv(recv, 8, MPI_BYTE, 0, 2, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            } else if (rank == 0) {
+                MPI_Recv(recv, sizes[si], MPI_BYTE, 1, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                MPI_Send(send, 8, MPI_BYTE, 1, 2, MPI_COMM_WORLD);
+            }
+            sum += now_s() - t0;
+        }
+        if (rank == 0)
+            printf("oneway: %6d B from rank 1, 8 B back, after 20 ms idle: %.2f ms\n", sizes[si],
+                   sum / reps * 1e3);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    int rank, size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    char *send = calloc(1, PROBE_MAX_BYTES), *recv = calloc((size_t)size, PROBE_MAX_BYTES);
+    if (size != 2 || !send || !recv) {
+        if (rank == 0) fprintf(stderr, "mpi_join_probe: run with exactly 2 ranks\n");
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    for (int i = 1; i < argc || i == 1; i++) {
+        const char *mode = i < argc ? argv[i] : "all";
+        const int all = !strcmp(mode, "all");
+        if (all || !strcmp(mode, "joins")) joins(rank, send, recv);
+        if (all || !strcmp(mode, "stream")) stream(rank, send, recv);
+        if (all || !strcmp(mode, "oneway")) oneway(rank, send, recv);
+        if (!all && strcmp(mode, "joins") && strcmp(mode, "stream") && strcmp(mode, "oneway") &&
+            rank == 0)
+            fprintf(stderr, "mpi_join_probe: unknown mode '%s' (joins, stream, oneway)\n", mode);
+    }
+    free(recv);
+    free(send);
+    MPI_Finalize();
+    return 0;
+}

@@ -12,12 +12,16 @@
 # `tutti plan --cluster` predicts every layout; `tutti bench` measures tp
 # (gather join), tp (sum join), pp over both ranks, and one rank alone
 # before each case (the machine's load drifts). PIN=1 (default) pins each
-# namespace's processes to their own core (TT_NETNS_PIN, netns_cluster.sh)
-# and the single rank to the first, so a rank busy-polling in MPI never takes
-# the core of the rank computing. Prints a predicted-vs-measured table and
-# the load average. Needs root.
+# namespace's processes to their own core (TT_NETNS_PIN, netns_cluster.sh;
+# mpirun --bind-to none keeps it) and the single rank to the first, so a
+# rank busy-polling in MPI never takes the core of the rank computing; every
+# tutti process runs at nice NICE (-20, its session's scheduling group too)
+# and MPI ranks poll without yielding (YIELD=0), so that other work on the
+# machine does not decide the figures. Prints a predicted-vs-measured table
+# and the load average. Needs root.
 #   usage: sudo bash tools/netns_plan_bench.sh [build/tutti]
 #   CASES="veth 1gbit 100mbit 10mbit" ROUNDS=1 REPS=2 PROMPT=128 GEN=32 OUT=dir
+#   NICE=-20 YIELD=0 PIN=1 TABLE_ONLY=1 (recompute the table from OUT's files)
 set -u
 T=$(realpath "${1:-build/tutti}")
 D=$(cd "$(dirname "$0")/../tests" && pwd)

@@ -540,13 +540,12 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
 
 /* ---- grouped expert products on the tensor cores ---- */
 
-/* A block takes BM weight rows (64, or 128 with TT_GPU_MOE_BM=128) on
- * BM / 16 warps, each 16 rows x 32 slots. */
+#define MG_BM 64                   /* weight rows per block */
 #define MG_BN KCUDA_MOE_GROUP      /* slots per block */
 #define MG_BK 64                   /* inputs per step */
 #define MG_LD (MG_BK + 8)          /* shared row pitch in halves (rows 16 bytes apart in banks) */
-#define MG_LDC(BM) ((BM) + 4)      /* shared result pitch in floats */
-#define MG_THREADS(BM) (2 * (BM))  /* a warp per 16 rows */
+#define MG_LDC (MG_BM + 4)         /* shared result pitch in floats */
+#define MG_THREADS 128             /* 4 warps, each 16 rows x 32 slots */
 static_assert(MG_BN == 32, "the warp tiling below takes 32 slots");
 
 struct mg_args {
@@ -658,32 +657,31 @@ __device__ __forceinline__ uint4 mg_fetch_a(const mg_args &a, const __half *row,
     return row && j0 < a.n_in ? *(const uint4 *)(row + j0) : make_uint4(0, 0, 0, 0);
 }
 
-/* Units of one step: BM rows x MG_BK inputs of a weight in chunks of 8
+/* Units of one step: MG_BM rows x MG_BK inputs of a weight in chunks of 8
  * (MG_WU per thread), MG_BN slots x MG_BK inputs of the activations
- * (MG_AU(BM) per thread); unit i of thread tid is row (or slot)
- * tid / 8 + MG_STRIDE(BM) i, chunk tid % 8. */
-#define MG_WU (MG_BK / 16)
-#define MG_AU(BM) (MG_BN * (MG_BK / 8) / MG_THREADS(BM))
-#define MG_STRIDE(BM) (MG_THREADS(BM) / 8)
+ * (MG_AU per thread); unit i of thread tid is row (or slot) tid / 8 + 16 i,
+ * chunk tid % 8. */
+#define MG_WU (MG_BM * (MG_BK / 8) / MG_THREADS)
+#define MG_AU (MG_BN * (MG_BK / 8) / MG_THREADS)
 
-template <int SRC, int BM>
+template <int SRC>
 __device__ __forceinline__ void mg_fetch_w(const mg_args &a, const uint8_t *w, int row0, int k0, mg_raw<SRC> *raw)
 {
     const int j0 = k0 + 8 * (threadIdx.x % 8);
 #pragma unroll
     for (int i = 0; i < MG_WU; i++) {
-        const int row = row0 + threadIdx.x / 8 + MG_STRIDE(BM) * i;
+        const int row = row0 + threadIdx.x / 8 + 16 * i;
         if (row < a.n_out && j0 < a.n_in) raw[i].fetch(w + (size_t)row * a.row_stride, j0);
     }
 }
 
-template <int SRC, int BM>
+template <int SRC>
 __device__ __forceinline__ void mg_store_w(const mg_args &a, const mg_raw<SRC> *raw, int row0, int k0, __half *ws)
 {
     const int c = threadIdx.x % 8, j0 = k0 + 8 * c;
 #pragma unroll
     for (int i = 0; i < MG_WU; i++) {
-        const int r = threadIdx.x / 8 + MG_STRIDE(BM) * i;
+        const int r = threadIdx.x / 8 + 16 * i;
         const bool ok = row0 + r < a.n_out && j0 < a.n_in;
         *(uint4 *)(ws + r * MG_LD + 8 * c) = ok ? raw[i].expand(j0) : make_uint4(0, 0, 0, 0);
     }
@@ -691,13 +689,13 @@ __device__ __forceinline__ void mg_store_w(const mg_args &a, const mg_raw<SRC> *
 
 /* Without prefetch: each unit loaded, expanded and stored in turn (few
  * registers, so more blocks resident to hide the loads). */
-template <int SRC, int BM>
+template <int SRC>
 __device__ __forceinline__ void mg_load_w(const mg_args &a, const uint8_t *w, int row0, int k0, __half *ws)
 {
     const int c = threadIdx.x % 8, j0 = k0 + 8 * c;
 #pragma unroll 1
     for (int i = 0; i < MG_WU; i++) {
-        const int r = threadIdx.x / 8 + MG_STRIDE(BM) * i;
+        const int r = threadIdx.x / 8 + 16 * i;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (row0 + r < a.n_out && j0 < a.n_in) {
             mg_raw<SRC> raw;
@@ -712,25 +710,25 @@ __device__ __forceinline__ void mg_load_w(const mg_args &a, const uint8_t *w, in
  * PF: the next step's loads are issued before this step's products (at
  * least 4 blocks per multiprocessor); else each step loads, then multiplies
  * (more blocks resident). */
-template <int SRC, bool PAIR, bool PF, int BM>
-__global__ void __launch_bounds__(MG_THREADS(BM), PF ? 512 / MG_THREADS(BM) : 1) k_moe_gemm(const mg_args a)
+template <int SRC, bool PAIR, bool PF>
+__global__ void __launch_bounds__(MG_THREADS, PF ? 4 : 1) k_moe_gemm(const mg_args a)
 {
     using namespace nvcuda;
     kc_pdl_trigger();
     kc_pdl_wait();
     const int4 grp = a.groups[blockIdx.y];
     if (grp.x < a.e0 || grp.x >= a.e1) return; /* the whole block leaves */
-    const int row0 = blockIdx.x * BM, n = grp.z, warp = threadIdx.x >> 5;
+    const int row0 = blockIdx.x * MG_BM, n = grp.z, warp = threadIdx.x >> 5;
     const size_t ex_off = (size_t)(grp.x - a.e0) * a.expert_stride;
     const uint8_t *w = a.w + ex_off, *w2 = PAIR ? a.w2 + ex_off : NULL;
-    constexpr int IN_BYTES = ((PAIR ? 2 : 1) * BM + MG_BN) * MG_LD * 2;
-    constexpr int OUT_BYTES = (PAIR ? 2 : 1) * MG_BN * MG_LDC(BM) * 4;
+    constexpr int IN_BYTES = ((PAIR ? 2 : 1) * MG_BM + MG_BN) * MG_LD * 2;
+    constexpr int OUT_BYTES = (PAIR ? 2 : 1) * MG_BN * MG_LDC * 4;
     __shared__ __align__(128) uint8_t sm[IN_BYTES > OUT_BYTES ? IN_BYTES : OUT_BYTES];
-    __half *ws = (__half *)sm, *ws2 = ws + BM * MG_LD, *as = ws + (PAIR ? 2 : 1) * BM * MG_LD;
-    const __half *arow[MG_AU(BM)]; /* this thread's activation rows, NULL past the group's slots */
+    __half *ws = (__half *)sm, *ws2 = ws + MG_BM * MG_LD, *as = ws + (PAIR ? 2 : 1) * MG_BM * MG_LD;
+    const __half *arow[MG_AU]; /* this thread's activation rows, NULL past the group's slots */
 #pragma unroll
-    for (int i = 0; i < MG_AU(BM); i++) {
-        const int j = threadIdx.x / 8 + MG_STRIDE(BM) * i;
+    for (int i = 0; i < MG_AU; i++) {
+        const int j = threadIdx.x / 8 + 16 * i;
         arow[i] = j < n ? a.act + (size_t)(a.order[grp.y + j] / a.act_div) * a.act_ld : NULL;
     }
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2], acc2[2];
@@ -740,29 +738,29 @@ __global__ void __launch_bounds__(MG_THREADS(BM), PF ? 512 / MG_THREADS(BM) : 1)
         if (PAIR) wmma::fill_fragment(acc2[j], 0.0f);
     }
     mg_raw<SRC> rw[PF ? MG_WU : 1], rw2[PF && PAIR ? MG_WU : 1];
-    uint4 ra[MG_AU(BM)];
+    uint4 ra[MG_AU];
     const int c8 = 8 * (threadIdx.x % 8);
 #define MG_FETCH(k0)                                                                          \
     do {                                                                                      \
-        mg_fetch_w<SRC, BM>(a, w, row0, (k0), rw);                                            \
-        if (PAIR) mg_fetch_w<SRC, BM>(a, w2, row0, (k0), rw2);                                \
-        _Pragma("unroll") for (int i = 0; i < MG_AU(BM); i++) ra[i] = mg_fetch_a(a, arow[i], (k0) + c8); \
+        mg_fetch_w<SRC>(a, w, row0, (k0), rw);                                                \
+        if (PAIR) mg_fetch_w<SRC>(a, w2, row0, (k0), rw2);                                    \
+        _Pragma("unroll") for (int i = 0; i < MG_AU; i++) ra[i] = mg_fetch_a(a, arow[i], (k0) + c8); \
     } while (0)
     if (PF) MG_FETCH(0);
     for (int k0 = 0; k0 < a.n_in; k0 += MG_BK) {
         __syncthreads(); /* the previous step's operands are used */
         if (PF) {
-            mg_store_w<SRC, BM>(a, rw, row0, k0, ws);
-            if (PAIR) mg_store_w<SRC, BM>(a, rw2, row0, k0, ws2);
+            mg_store_w<SRC>(a, rw, row0, k0, ws);
+            if (PAIR) mg_store_w<SRC>(a, rw2, row0, k0, ws2);
         } else {
-            mg_load_w<SRC, BM>(a, w, row0, k0, ws);
-            if (PAIR) mg_load_w<SRC, BM>(a, w2, row0, k0, ws2);
+            mg_load_w<SRC>(a, w, row0, k0, ws);
+            if (PAIR) mg_load_w<SRC>(a, w2, row0, k0, ws2);
 #pragma unroll
-            for (int i = 0; i < MG_AU(BM); i++)
+            for (int i = 0; i < MG_AU; i++)
                 ra[i] = mg_fetch_a(a, arow[i], k0 + c8);
         }
 #pragma unroll
-        for (int i = 0; i < MG_AU(BM); i++) *(uint4 *)(as + (threadIdx.x / 8 + MG_STRIDE(BM) * i) * MG_LD + c8) = ra[i];
+        for (int i = 0; i < MG_AU; i++) *(uint4 *)(as + (threadIdx.x / 8 + 16 * i) * MG_LD + c8) = ra[i];
         __syncthreads();
         if (PF && k0 + MG_BK < a.n_in) MG_FETCH(k0 + MG_BK); /* in flight while this step multiplies */
 #pragma unroll
@@ -781,58 +779,43 @@ __global__ void __launch_bounds__(MG_THREADS(BM), PF ? 512 / MG_THREADS(BM) : 1)
     }
 #undef MG_FETCH
     __syncthreads(); /* the operands' memory now takes the results: cs[slot][row] */
-    float *cs = (float *)sm, *cs2 = cs + MG_BN * MG_LDC(BM);
+    float *cs = (float *)sm, *cs2 = cs + MG_BN * MG_LDC;
 #pragma unroll
     for (int j = 0; j < 2; j++) {
-        wmma::store_matrix_sync(cs + 16 * j * MG_LDC(BM) + 16 * warp, acc[j], MG_LDC(BM), wmma::mem_col_major);
-        if (PAIR) wmma::store_matrix_sync(cs2 + 16 * j * MG_LDC(BM) + 16 * warp, acc2[j], MG_LDC(BM), wmma::mem_col_major);
+        wmma::store_matrix_sync(cs + 16 * j * MG_LDC + 16 * warp, acc[j], MG_LDC, wmma::mem_col_major);
+        if (PAIR) wmma::store_matrix_sync(cs2 + 16 * j * MG_LDC + 16 * warp, acc2[j], MG_LDC, wmma::mem_col_major);
     }
     __syncthreads();
-    for (int u = threadIdx.x; u < MG_BN * BM; u += MG_THREADS(BM)) {
-        const int j = u / BM, r = u % BM;
+    for (int u = threadIdx.x; u < MG_BN * MG_BM; u += MG_THREADS) {
+        const int j = u / MG_BM, r = u % MG_BM;
         if (j >= n || row0 + r >= a.n_out) continue;
-        const float v = cs[j * MG_LDC(BM) + r];
+        const float v = cs[j * MG_LDC + r];
         float *o = a.out + (size_t)a.order[grp.y + j] * (size_t)a.ldo + row0 + r;
-        if (PAIR) *o = v / (1.0f + expf(-v)) * cs2[j * MG_LDC(BM) + r];
+        if (PAIR) *o = v / (1.0f + expf(-v)) * cs2[j * MG_LDC + r];
         else *o = v;
     }
 }
 
 typedef void (*mg_kernel)(const mg_args);
 
-template <int SRC, int BM>
+template <int SRC>
 static mg_kernel mg_pick_pf(bool pair, bool pf)
 {
-    if (pair) return pf ? k_moe_gemm<SRC, true, true, BM> : k_moe_gemm<SRC, true, false, BM>;
-    return pf ? k_moe_gemm<SRC, false, true, BM> : k_moe_gemm<SRC, false, false, BM>;
+    if (pair) return pf ? k_moe_gemm<SRC, true, true> : k_moe_gemm<SRC, true, false>;
+    return pf ? k_moe_gemm<SRC, false, true> : k_moe_gemm<SRC, false, false>;
 }
 
 /* TT_GPU_MOE_PREFETCH (default 1, read once by kcuda_create) picks the PF
  * kernels (prefill 25.3-26.9k vs 22.2-24.0k tok/s without, Qwen3-MoE shape,
  * H200), except for Q6_K gate/up pairs, whose PF kernel spills registers. */
-static mg_kernel mg_pick(const struct kcuda *k, int src, bool pair, int bm)
+static mg_kernel mg_pick(const struct kcuda *k, int src, bool pair)
 {
     const bool pf = k->moe_prefetch && !(src == MG_Q6_K && pair);
-    if (bm == 128) {
-        switch (src) {
-        case MG_Q4_K: return mg_pick_pf<MG_Q4_K, 128>(pair, pf);
-        case MG_Q6_K: return mg_pick_pf<MG_Q6_K, 128>(pair, pf);
-        default: return mg_pick_pf<MG_F16, 128>(pair, pf);
-        }
-    }
     switch (src) {
-    case MG_Q4_K: return mg_pick_pf<MG_Q4_K, 64>(pair, pf);
-    case MG_Q6_K: return mg_pick_pf<MG_Q6_K, 64>(pair, pf);
-    default: return mg_pick_pf<MG_F16, 64>(pair, pf);
+    case MG_Q4_K: return mg_pick_pf<MG_Q4_K>(pair, pf);
+    case MG_Q6_K: return mg_pick_pf<MG_Q6_K>(pair, pf);
+    default: return mg_pick_pf<MG_F16>(pair, pf);
     }
-}
-
-/* Weight rows per block of the grouped products: 64, or 128 with
- * TT_GPU_MOE_BM=128 (read once). */
-static int mg_rows_per_block(void)
-{
-    static const int bm = getenv("TT_GPU_MOE_BM") && atoi(getenv("TT_GPU_MOE_BM")) == 128 ? 128 : 64;
-    return bm;
 }
 
 /* Which source a weight is read from: directly (Q4_K, Q6_K, F16 in GGML's
@@ -872,8 +855,7 @@ int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct k
     a.out = d_out;
     a.ldo = ldo;
     a.mode = mode;
-    const int bm = mg_rows_per_block();
-    const dim3 grid(kc_blocks(w->n_out, bm), (unsigned)max_groups);
+    const dim3 grid(kc_blocks(w->n_out, MG_BM), (unsigned)max_groups);
     const int src = mg_source(w);
     if (src >= 0) {
         a.w = (const uint8_t *)w->data;
@@ -883,7 +865,7 @@ int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct k
         a.e0 = 0;
         a.e1 = MOE_EXPERTS_MAX;
         KC_PROF_BEGIN(k);
-        KC_LAUNCH(k, mg_pick(k, src, pair, bm), grid, dim3(MG_THREADS(bm)), a);
+        KC_LAUNCH(k, mg_pick(k, src, pair), grid, dim3(MG_THREADS), a);
         KC_PROF_END(k, pair ? "moe_gemm swiglu" : "moe_gemm");
         return 0;
     }
@@ -913,7 +895,7 @@ int kcuda_moe_gemm(struct kcuda *k, const struct kcuda_weight *w, const struct k
             if (err) return err;
         }
         KC_PROF_BEGIN(k);
-        KC_LAUNCH(k, mg_pick(k, MG_F16, pair, bm), grid, dim3(MG_THREADS(bm)), a);
+        KC_LAUNCH(k, mg_pick(k, MG_F16, pair), grid, dim3(MG_THREADS), a);
         KC_PROF_END(k, pair ? "moe_gemm swiglu (f16 scratch)" : "moe_gemm (f16 scratch)");
     }
     return 0;

@@ -393,12 +393,15 @@ static int mpi_start(int *argc, char ***argv)
     MPI_TRY(MPI_Initialized(&flag));
     if (!flag) {
         /* Open MPI: a rank waiting in MPI yields its core now and then.
-         * Busy-polling without yielding starves Open MPI's own helper
-         * threads when every core is busy, and its TCP messages to other
-         * hosts then arrive one 4 ms kernel tick late (network namespaces
-         * on 2 cores: 4,000 against 16 us, 0.029 against 1.8 GB/s). The
-         * yield costs 0.25 us over shared memory. The user's or mpirun's
-         * setting wins. */
+         * When ranks share cores (more ranks than cores, or a binding
+         * that puts two on one core), a rank busy-polling without yielding
+         * holds the core its partner needs, and each message waits for a
+         * 4 ms scheduler tick (two ranks on one core between network
+         * namespaces: 4,000 against 12-17 us with a core each). The yield
+         * costs 0.25 us over shared memory on an idle machine; with other
+         * busy programs on the cores it hands the core away for a time
+         * slice, so there the user sets mpi_yield_when_idle=0 (the
+         * user's or mpirun's setting wins). */
         setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
         MPI_TRY(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided));
         mpi_we_init = true;

@@ -608,8 +608,11 @@ static void test_jitter(void)
 
 /* step_overhead_us is paid once per forward pass by every stage: a single
  * rank's decode step grows by it and its TTFT by it per prompt chunk; a
- * two-stage pipeline pays it twice per step and per chunk. */
-static void test_step_overhead(void)
+ * two-stage pipeline pays it twice per step and per chunk.
+ * token_overhead_us is paid per token of every forward pass by every
+ * stage: one per stream in a decode step, the whole prompt over its chunks;
+ * a two-stage pipeline pays it twice. */
+static void check_pass_overhead(bool per_token)
 {
     struct plan_model pm;
     if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true)) return;
@@ -617,9 +620,11 @@ static void test_step_overhead(void)
     uniform_cluster(c, 2, 1, hw("", 100, 1000, 64), (struct plan_link){1, 10, 0},
                     (struct plan_link){1, 10, 0});
     struct plan_workload w = workload(512, 1); /* two chunks of 256 */
+    const double us = per_token ? 7 : 300;
+    const double step_s = us * 1e-6, prompt_s = per_token ? 512 * us * 1e-6 : 2 * us * 1e-6;
     struct plan_result a, b;
     CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
-    for (int r = 0; r < 2; r++) c->ranks[r].step_overhead_us = 300;
+    for (int r = 0; r < 2; r++) *(per_token ? &c->ranks[r].token_overhead_us : &c->ranks[r].step_overhead_us) = us;
     CHECK_EQ_INT(plan_search(&b, &pm, c, &w), 0);
     check_result(&b, &pm, c, &w);
     const enum plan_layout layouts[2] = {PLAN_LAYOUT_SINGLE, PLAN_LAYOUT_PP};
@@ -628,49 +633,19 @@ static void test_step_overhead(void)
                   ib = find_layout(&b, layouts[k], PLAN_JOIN_GATHER, k + 1);
         CHECK(ia >= 0 && ib >= 0);
         if (ia < 0 || ib < 0) continue;
-        CHECK_NEAR(b.cands[ib].decode_step_s - a.cands[ia].decode_step_s, (k + 1) * 300e-6, 1e-9);
-        CHECK_NEAR(b.cands[ib].ttft_s - a.cands[ia].ttft_s, 2 * (k + 1) * 300e-6, 1e-9);
+        CHECK_NEAR(b.cands[ib].decode_step_s - a.cands[ia].decode_step_s, (k + 1) * step_s, 1e-9);
+        CHECK_NEAR(b.cands[ib].ttft_s - a.cands[ia].ttft_s, (k + 1) * prompt_s, 1e-9);
     }
     plan_result_free(&a);
     plan_result_free(&b);
-    c->ranks[1].step_overhead_us = -1;
+    *(per_token ? &c->ranks[1].token_overhead_us : &c->ranks[1].step_overhead_us) = -1;
     CHECK_EQ_INT(plan_cluster_check(c), TT_EINVAL);
     free(c);
     plan_model_free(&pm);
 }
 
-/* token_overhead_us is paid per token of every forward pass by every
- * stage: one per stream in a decode step, the whole prompt over its chunks;
- * a two-stage pipeline pays it twice. */
-static void test_token_overhead(void)
-{
-    struct plan_model pm;
-    if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true)) return;
-    struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 2, 1, hw("", 100, 1000, 64), (struct plan_link){1, 10, 0},
-                    (struct plan_link){1, 10, 0});
-    struct plan_workload w = workload(512, 1); /* two chunks of 256 */
-    struct plan_result a, b;
-    CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
-    for (int r = 0; r < 2; r++) c->ranks[r].token_overhead_us = 7;
-    CHECK_EQ_INT(plan_search(&b, &pm, c, &w), 0);
-    check_result(&b, &pm, c, &w);
-    const enum plan_layout layouts[2] = {PLAN_LAYOUT_SINGLE, PLAN_LAYOUT_PP};
-    for (int k = 0; k < 2; k++) {
-        const int ia = find_layout(&a, layouts[k], PLAN_JOIN_GATHER, k + 1),
-                  ib = find_layout(&b, layouts[k], PLAN_JOIN_GATHER, k + 1);
-        CHECK(ia >= 0 && ib >= 0);
-        if (ia < 0 || ib < 0) continue;
-        CHECK_NEAR(b.cands[ib].decode_step_s - a.cands[ia].decode_step_s, (k + 1) * 7e-6, 1e-9);
-        CHECK_NEAR(b.cands[ib].ttft_s - a.cands[ia].ttft_s, (k + 1) * 512 * 7e-6, 1e-9);
-    }
-    plan_result_free(&a);
-    plan_result_free(&b);
-    c->ranks[1].token_overhead_us = -1;
-    CHECK_EQ_INT(plan_cluster_check(c), TT_EINVAL);
-    free(c);
-    plan_model_free(&pm);
-}
+static void test_step_overhead(void) { check_pass_overhead(false); }
+static void test_token_overhead(void) { check_pass_overhead(true); }
 
 /* The founding document's case: three M4 Max, Llama 3.3 70B Q4_K_M. Over
  * RDMA tensor parallelism wins (but stays under the bandwidth limit); over

@@ -389,11 +389,10 @@ static double measure_jitter(struct tt_pool *pool)
 static void this_machine(const struct plan_opts *o, const struct plan_model *pm,
                          struct plan_cluster *c)
 {
-    const int threads = o->threads;
     const struct model_hparams *hp = &pm->hp;
     memset(c, 0, sizeof(*c));
     struct plan_hw_rank *r = &c->ranks[0];
-    const int n_threads = threads ? threads : tt_cpu_count();
+    const int n_threads = o->threads ? o->threads : tt_cpu_count();
     c->n_ranks = 1;
     if (gethostname(r->host, sizeof(r->host) - 1) || !r->host[0])
         snprintf(r->host, sizeof(r->host), "localhost");

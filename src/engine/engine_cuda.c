@@ -113,6 +113,8 @@ struct cuda_accel {
     /* decode */
     struct kcuda_graph *graph;
     bool graph_off;
+    int lead_decode;         /* the batch's leading tokens each alone in its sequence's run, when a
+                                prompt run follows (else 0): attention_block gives them their own launch */
     bool logits_ready;       /* h_logits holds the last single-token batch's logits */
     /* TT_GPU_PROFILE=1: per-kernel times of one decode step and one batch */
     float *prof_x;           /* [B][E] the batch's input rows, or NULL */
@@ -435,25 +437,12 @@ static int project_add(struct cuda_accel *c, struct engine *e, const struct act_
     return err;
 }
 
-/* Attention of the batch's tokens. A server's batch can open with decode
- * tokens, one per sequence, before a prompt's run: those get a launch of
- * their own (the split kernels), because the prompt kernel
- * (kcuda_flash.cu) walks the sequences of one tile of tokens one after
- * another, which is slow for many long sequences. */
-static int attention_rows(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, int n_tok)
+/* Attention of the batch's tokens t0 .. t0 + n - 1. */
+static int attend(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, int t0, int n)
 {
     const int64_t qd = (int64_t)e->n_head_local * e->m->hp.head_dim;
-    int n_dec = 0; /* leading tokens, each alone in its sequence's run */
-    while (n_dec < n_tok && (n_dec + 1 == n_tok || e->tok_seq[n_dec + 1] != e->tok_seq[n_dec])) n_dec++;
-    const int cut = n_dec < n_tok ? n_dec : 0;
-    int err = 0;
-    for (int part = 0; part < 2 && !err; part++) {
-        const int t0 = part ? cut : 0, n = part ? n_tok - cut : cut;
-        if (n > 0)
-            err = kcuda_attention(c->k, &c->shape, n, attn_splits(e, n), c->q + t0 * qd, g->k_cache, g->v_cache,
-                                  c->pos + t0, c->seq + t0, c->part, c->att_count, c->attn + t0 * qd);
-    }
-    return err;
+    return kcuda_attention(c->k, &c->shape, n, attn_splits(e, n), c->q + t0 * qd, g->k_cache, g->v_cache,
+                           c->pos + t0, c->seq + t0, c->part, c->att_count, c->attn + t0 * qd);
 }
 
 static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
@@ -482,7 +471,12 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     if (!err)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
                                c->cs, c->pos, c->seq, g->k_cache, g->v_cache);
-    if (!err) err = attention_rows(c, e, g, n_tok);
+    /* a server's batch can open with decode tokens, one per sequence, before
+     * a prompt's run: they get a launch of their own (the split kernels),
+     * because the prompt kernel (kcuda_flash.cu) walks the sequences of a
+     * tile of tokens one after another, slow for many long sequences */
+    if (!err && c->lead_decode) err = attend(c, e, g, 0, c->lead_decode);
+    if (!err) err = attend(c, e, g, c->lead_decode, n_tok - c->lead_decode);
     if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
     if (!err) err = project_add(c, e, &s, &g->wo, n_tok);
     return err;
@@ -718,6 +712,9 @@ static int stage_in(struct cuda_accel *c, struct engine *e, int n_tok)
     memcpy(c->h_cs, e->rope_cs, cb);
     memcpy(c->h_pos, e->tok_pos, (size_t)n_tok * 4);
     memcpy(c->h_seq, e->tok_seq, (size_t)n_tok * 4);
+    int lead = 0;
+    while (lead < n_tok && (lead + 1 == n_tok || e->tok_seq[lead + 1] != e->tok_seq[lead])) lead++;
+    c->lead_decode = lead < n_tok ? lead : 0;
     int err = kcuda_upload(c->k, c->x, c->h_x, xb);
     if (!err) err = kcuda_upload(c->k, c->cs, c->h_cs, cb);
     if (!err) err = kcuda_upload(c->k, c->pos, c->h_pos, (size_t)n_tok * 4);

@@ -153,5 +153,9 @@ double cli_measure_matvec_gbs(struct tt_pool *pool);
 /* This machine's total and available memory in GiB, from /proc/meminfo
  * (cli_measure.c); 0 where it cannot be read. */
 void cli_meminfo(double *total_gib, double *avail_gib);
+/* A timing prompt: n ids spread over a vocabulary of n_vocab (> 3) tokens,
+ * the control ids 0-2 left out (cli_measure.c); `tutti bench` and the
+ * planner's engine timing run the same prompts. */
+void cli_prompt_ids(int32_t *ids, int n, int n_vocab);
 
 #endif

@@ -1,6 +1,6 @@
 /*
- * cli_measure.c: the kernel timings and memory figures `tutti topo` and
- * `tutti plan` describe a machine with.
+ * cli_measure.c: the kernel timings, memory figures and timing prompt `tutti
+ * topo`, `tutti plan` and `tutti bench` describe and time a machine with.
  *
  * A product is timed on weights in the layout the engine gives them on this
  * CPU: packed to KCPU_LAYOUT_TILE16 where kcpu_tile16_wanted says the engine
@@ -136,4 +136,9 @@ void cli_meminfo(double *total_gib, double *avail_gib)
         if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) *avail_gib = (double)kb / 1048576.0;
     }
     if (fp) fclose(fp);
+}
+
+void cli_prompt_ids(int32_t *ids, int n, int n_vocab)
+{
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(3 + (int64_t)i * 7919 % (n_vocab - 3));
 }

@@ -120,7 +120,7 @@ static int32_t *bench_prompt(const struct model *m, int n)
 {
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
     if (!ids) cli_die(TT_ENOMEM, "bench buffers");
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)(3 + (i * 7919) % (m->hp.n_vocab - 3));
+    cli_prompt_ids(ids, n, m->hp.n_vocab);
     return ids;
 }
 

@@ -31,8 +31,8 @@
  * host's part of a step): they predicted 519 tok/s for the 8B shape where
  * the engine ran 326. So the description is then fitted to the engine
  * itself (cli_engine_fit, also on a CPU with `plan --time-engine`): two
- * models of the target's shape with n and 2n layers (n = 1 for a layer of
- * 256 MiB or more: enough layers that no cache holds them, up to half the
+ * models of the target's shape with n and 2n layers (n at least
+ * FIT_MIN_LAYERS and enough layers that no cache holds them, up to half the
  * target's) and a small
  * vocabulary (`tutti gen`'s code, in a temporary directory), both loaded
  * with the workload's context and batch, are warmed up with untimed
@@ -229,8 +229,7 @@ static int fit_open(const struct plan_model *target, const struct plan_workload 
     if (!f->ids || !f->logits) err = tt_error_set(TT_ENOMEM, "out of memory timing the engine");
     if (!err) err = plan_model_from_model(pm, &f->m);
     if (!err) err = engine_create(&f->e, &f->m, &eo);
-    for (int i = 0; i < P && !err; i++)
-        f->ids[i] = (int32_t)(3 + (i * 7919) % (f->m.hp.n_vocab - 3));
+    if (!err) cli_prompt_ids(f->ids, P, f->m.hp.n_vocab);
     return err;
 }
 

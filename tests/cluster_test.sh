@@ -58,6 +58,30 @@ timeout 120 $MPIRUN 2 "$T" run -m "$S/models/stories260K.gguf" -p hi --split 1,2
 timeout 300 $MPIRUN 3 "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 --temp 0.8 --seed 5 \
     --json -t 1 > "$tmp/many" 2>"$tmp/err"
 [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass sampled_np3 || fail sampled_np3 "$(tokens "$tmp/many") vs $(tokens "$tmp/one")"
+# Each rank sends only what sampling needs (top-k candidates; histories only
+# with a penalty): sampled tokens with and without the repetition penalty, on
+# 3 TP ranks and a 2-stage pipeline (rank 0 holds no vocabulary), equal 1
+# rank's. With the penalty on 3 ranks stories260K's 512 candidates were
+# once taken for the vocabulary in id order (a token's penalty was missed).
+for args in "--temp 0.8 --seed 7 --repeat-penalty 1.3" "--temp 0 --repeat-penalty 1.3" "--temp 0.9 --top-k 5 --seed 3"; do
+    "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 $args --ignore-eos --json -t 1 > "$tmp/one" 2>/dev/null
+    for pl in "3 tp" "2 pp"; do
+        timeout 300 $MPIRUN ${pl% *} "$T" run -m "$S/models/stories260K.gguf" -p "Once upon a time" -n 24 $args \
+            --ignore-eos --json -t 1 --plan ${pl#* } > "$tmp/many" 2>"$tmp/err"
+        name="sampled_${pl#* }_np${pl% *}_$(echo "$args" | tr -d ' .-')"
+        [ "$(tokens "$tmp/many")" = "$(tokens "$tmp/one")" ] && pass "$name" ||
+            fail "$name" "$(tokens "$tmp/many") vs $(tokens "$tmp/one") $(head -c 300 "$tmp/err")"
+    done
+done
+# What a pipeline's decode step returns to rank 0 (`tutti bench`, rank 0's
+# bytes per token): greedy sampling one candidate, --logits the vocabulary's
+# 512 floats (2 KiB) more, not a padded 4 KiB of candidates.
+f="$S/models/synth-llama.q4_k_m.gguf"
+cb() { timeout 300 $MPIRUN 2 "$T" bench -m "$f" -t 1 --plan pp -p 8 -n 8 -r 1 --json "$@" 2>/dev/null |
+       sed -n 's/.*"comm_bytes_per_token":\([0-9]*\).*/\1/p'; }
+greedy=$(cb --temp 0) full=$(cb --logits)
+if [ -n "$greedy" ] && [ -n "$full" ] && [ $((greedy + 2048 - 64)) -le "$full" ]; then pass pipeline_candidates_not_logits
+else fail pipeline_candidates_not_logits "bytes per token: greedy '$greedy', --logits '$full'"; fi
 # MoE with a skewed router: live rebalancing (every 4 steps) keeps the tokens of 1 rank.
 if "$T" gen --arch qwen3moe --n-embd 256 --n-layer 2 --n-head 4 --n-head-kv 2 --n-expert 32 \
         --n-expert-used 4 --n-ff-exp 128 --n-ff 512 --router-skew 0.12 --type q8_0 -o "$tmp/skew.gguf" 2>/dev/null; then

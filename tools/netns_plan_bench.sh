@@ -148,8 +148,9 @@ def predict(k, name):
                   latency_us=max(l["latency_us"], 0.01)) for l in topo["links"]]
     path = os.path.join(out, f"cluster_{name}_{k}.json")
     json.dump({"name": f"2 namespaces, {k}", "ranks": ranks, "links": links}, open(path, "w"), indent=1)
-    # `tutti bench` returns every step's logits to rank 0: --logits predicts that
-    res = subprocess.run([tutti, "plan", "-m", model, "--cluster", path, "--prompt", prompt, "--logits", "--json"],
+    # `tutti bench` times run's path (each rank's sampling candidates to rank
+    # 0), which the planner's default workload predicts (no --logits)
+    res = subprocess.run([tutti, "plan", "-m", model, "--cluster", path, "--prompt", prompt, "--json"],
                          capture_output=True, text=True)
     return json.loads(res.stdout)["candidates"], topo["links"][0]
 def pick(cands, layout, join, n):

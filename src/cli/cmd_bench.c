@@ -15,6 +15,15 @@
  * The energy counter advances in steps of tens of milliseconds, so each
  * phase is metered over repeats lasting at least ENERGY_MIN_S, after the
  * timed repetitions.
+ *
+ * What is timed is what `tutti run` does: the prompt evaluated and its next
+ * token sampled, then each step samples the token the next step feeds in
+ * (run's sampler options, run's defaults), so a cluster returns each rank's
+ * sampling candidates to rank 0, as generation does. --logits times the
+ * other path instead: every step returns the last token's full logits to
+ * rank 0 (`tutti logits`, an evaluation), which over a slow link costs the
+ * vocabulary's 4 bytes per entry each step (`tutti plan --logits` predicts
+ * that one).
  */
 #include "cli.h"
 #include "kcuda/kcuda_nvml.h"
@@ -68,14 +77,52 @@ static const char bench_help[] =
     "usage: tutti bench -m MODEL [-p N] [-n N] [-t N] [--json]\n"
     "Measure TTFT, prefill and decode speed, and decode speed as a fraction of\n"
     "the memory-bandwidth limit (bytes of weights read per token / measured\n"
-    "read bandwidth: the GPU's copy bandwidth when every layer runs on the GPU).\n\n"
-    "%s"
+    "read bandwidth: the GPU's copy bandwidth when every layer runs on the GPU).\n"
+    "Each step samples the next token as `tutti run` does (its sampler options).\n\n"
+    "%s%s"
     "  -p, --n-prompt N     prompt tokens (default 128)\n"
     "  -n, --n-gen N        generated tokens (default 32)\n"
     "  -r, --repeat N       repetitions; the best is reported (default 2)\n"
+    "      --logits         each step returns the last token's full logits to rank 0\n"
+    "                       instead of sampling (an evaluation, as `tutti logits`)\n"
     "      --moe-stats      MoE models: expert load per layer over the last steps, and the\n"
     "                       rank imbalance (max/mean rank load) of the current placement\n"
     "      --json           one JSON object instead of the table\n";
+
+/* What a step returns to rank 0: a sampled token (run's path) or, with
+ * --logits, the last token's logits. */
+struct bench_step {
+    bool full_logits;
+    struct sampler_opts so;
+    struct sampler s; /* the sequence's sampler (!full_logits) */
+    float *logits;    /* [n_vocab] (full_logits) */
+};
+
+static void bench_step_init(struct bench_step *b, const struct model *m)
+{
+    int err = b->full_logits ? 0 : sampler_init(&b->s, &b->so, m->hp.n_vocab);
+    if (err) cli_die(err, "setting up the sampler");
+    b->logits = b->full_logits ? malloc(sizeof(float) * (size_t)m->hp.n_vocab) : NULL;
+    if (b->full_logits && !b->logits) cli_die(TT_ENOMEM, "bench buffers");
+}
+
+static void bench_step_free(struct bench_step *b)
+{
+    if (!b->full_logits) sampler_free(&b->s);
+    free(b->logits);
+}
+
+/* Evaluate n tokens after the cache's; *next is the token the next step
+ * feeds in (sampled, or a fixed one with --logits). */
+static int bench_eval(struct engine *e, struct bench_step *b, const int32_t *ids, int n, int32_t *next)
+{
+    if (b->full_logits) {
+        *next = 3;
+        return engine_eval(e, ids, n, ENGINE_LOGITS_LAST, b->logits);
+    }
+    for (int i = 0; i < n; i++) sampler_accept(&b->s, ids[i]);
+    return engine_eval_sample(e, ids, n, &b->s, next);
+}
 
 struct bench_result {
     int n_prompt, n_gen;
@@ -126,19 +173,18 @@ static int32_t *bench_prompt(const struct model *m, int n)
 
 /* GPU energy of each phase, repeated for at least ENERGY_MIN_S: the prompt
  * from an empty cache; n_gen decode steps after the prompt. */
-static void bench_energy(struct engine *e, int n_prompt, int n_gen, struct bench_result *r)
+static void bench_energy(struct engine *e, struct bench_step *b, int n_prompt, int n_gen,
+                         struct bench_result *r)
 {
     struct kcuda_energy meter;
     energy_open(&meter, e);
     if (!meter.n_dev) return;
     int32_t *ids = bench_prompt(engine_model(e), n_prompt), tok = 3;
-    float *logits = malloc(sizeof(float) * (size_t)engine_model(e)->hp.n_vocab);
-    if (!logits) cli_die(TT_ENOMEM, "bench buffers");
     int err = 0, k = 0;
     double j0 = energy_now(&meter), t0 = tt_now_s(), t1 = t0;
     do {
         engine_truncate(e, 0);
-        err = engine_eval(e, ids, n_prompt, ENGINE_LOGITS_LAST, logits);
+        err = bench_eval(e, b, ids, n_prompt, &tok);
         k++;
     } while (!err && (t1 = tt_now_s()) - t0 < ENERGY_MIN_S);
     double j1 = energy_now(&meter);
@@ -148,7 +194,7 @@ static void bench_energy(struct engine *e, int n_prompt, int n_gen, struct bench
     t0 = tt_now_s();
     do {
         engine_truncate(e, n_prompt);
-        for (int i = 0; i < n_gen && !err; i++) err = engine_eval(e, &tok, 1, ENGINE_LOGITS_LAST, logits);
+        for (int i = 0; i < n_gen && !err; i++) err = bench_eval(e, b, &tok, 1, &tok);
         k++;
     } while (!err && (t1 = tt_now_s()) - t0 < ENERGY_MIN_S);
     const double j2 = energy_now(&meter);
@@ -158,28 +204,25 @@ static void bench_energy(struct engine *e, int n_prompt, int n_gen, struct bench
     r->energy_source = kcuda_energy_source(&meter);
     kcuda_energy_close(&meter);
     free(ids);
-    free(logits);
 }
 
-static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_result *r)
+static void bench_once(struct engine *e, struct bench_step *b, int n_prompt, int n_gen,
+                       struct bench_result *r)
 {
     const struct model *m = engine_model(e);
-    int32_t *ids = bench_prompt(m, n_prompt);
-    float *logits = malloc(sizeof(float) * (size_t)m->hp.n_vocab);
-    if (!logits) cli_die(TT_ENOMEM, "bench buffers");
+    int32_t *ids = bench_prompt(m, n_prompt), tok;
     engine_truncate(e, 0);
     double t0 = tt_now_s();
-    int err = engine_eval(e, ids, n_prompt, ENGINE_LOGITS_LAST, logits);
+    int err = bench_eval(e, b, ids, n_prompt, &tok);
     double t1 = tt_now_s();
     if (err) cli_die(err, "prompt evaluation failed");
     r->ttft_ms = (t1 - t0) * 1e3;
     r->prefill_tok_s = n_prompt / (t1 - t0);
-    int32_t tok = 3;
     struct comm *c = cli_comm();
     double comm_s0 = 0;
     uint64_t comm_b0 = 0;
     comm_stats(c, &comm_s0, &comm_b0);
-    for (int i = 0; i < n_gen && !err; i++) err = engine_eval(e, &tok, 1, ENGINE_LOGITS_LAST, logits);
+    for (int i = 0; i < n_gen && !err; i++) err = bench_eval(e, b, &tok, 1, &tok);
     if (err) cli_die(err, "decode failed");
     r->decode_tok_s = n_gen / (tt_now_s() - t1);
     double comm_s1 = 0;
@@ -188,7 +231,6 @@ static void bench_once(struct engine *e, int n_prompt, int n_gen, struct bench_r
     r->comm_ms_per_token = (comm_s1 - comm_s0) * 1e3 / n_gen;
     r->comm_bytes_per_token = (double)(comm_b1 - comm_b0) / n_gen;
     free(ids);
-    free(logits);
 }
 
 /* Expert loads per layer (table on stderr, or a JSON line on stdout before
@@ -280,18 +322,21 @@ int cmd_bench(int argc, char **argv)
     struct cli_model_opts mo = { 0 };
     int n_prompt = 128, n_gen = 32, repeat = 2;
     bool json = false, moe_stats = false;
+    struct bench_step step = { 0 };
+    sampler_opts_default(&step.so);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            printf(bench_help, cli_model_opts_help);
+            printf(bench_help, cli_model_opts_help, cli_sampler_opts_help);
             return 0;
         }
-        if (cli_model_opt(argc, argv, &i, &mo)) continue;
+        if (cli_model_opt(argc, argv, &i, &mo) || cli_sampler_opt(argc, argv, &i, &step.so)) continue;
         if (!strcmp(a, "-p") || !strcmp(a, "--n-prompt")) n_prompt = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1 << 20);
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-gen")) n_gen = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1 << 20);
         else if (!strcmp(a, "-r") || !strcmp(a, "--repeat")) repeat = (int)cli_parse_int(a, cli_value(argc, argv, &i), 1, 1000);
         else if (!strcmp(a, "--json")) json = true;
         else if (!strcmp(a, "--moe-stats")) moe_stats = true;
+        else if (!strcmp(a, "--logits")) step.full_logits = true;
         else cli_die(0, "unknown option '%s' (see tutti bench --help)", a);
     }
     struct model m;
@@ -316,8 +361,9 @@ int cmd_bench(int argc, char **argv)
     const bool gpu_bw = bw > 0;
     if (!gpu_bw) bw = cli_measure_read_bw(nt);
     struct bench_result best = { .n_prompt = n_prompt, .n_gen = n_gen }, r;
+    bench_step_init(&step, &m);
     for (int i = 0; i < repeat; i++) {
-        bench_once(e, n_prompt, n_gen, &r);
+        bench_once(e, &step, n_prompt, n_gen, &r);
         if (i == 0 || r.ttft_ms < best.ttft_ms) best.ttft_ms = r.ttft_ms;
         if (r.prefill_tok_s > best.prefill_tok_s) best.prefill_tok_s = r.prefill_tok_s;
         if (r.decode_tok_s > best.decode_tok_s) {
@@ -326,7 +372,8 @@ int cmd_bench(int argc, char **argv)
             best.comm_bytes_per_token = r.comm_bytes_per_token;
         }
     }
-    bench_energy(e, n_prompt, n_gen, &best);
+    bench_energy(e, &step, n_prompt, n_gen, &best);
+    bench_step_free(&step);
     const uint64_t bpt = model_bytes_per_token(&m);
     if (moe_stats && m.hp.n_expert) print_moe_stats(e, json);
     engine_stop_workers(e);

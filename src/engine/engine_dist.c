@@ -18,6 +18,15 @@
  *   logits asked for: allgatherv of vocabulary slices, interleaved on rank 0
  *   sampled tokens: gather of k candidates per row to rank 0, which samples
  *
+ * Candidates carry only what sampling needs: k is 1 for greedy decoding and
+ * the samplers' largest top-k when they all cut to one (the tokens of the
+ * global top k are each among their rank's k best), else ENGINE_CAND_MAX;
+ * histories (the penalty's tokens, each rank adding the logits it owns)
+ * travel only for rows whose sampler applies a penalty. Each rank sends
+ * k + the step's longest history slots per row (cand_slots), padded with id
+ * -1: a pipeline's last stage sends 8 bytes per greedy token, not a padded
+ * 4 KiB, nor the vocabulary's logits.
+ *
  * Both sides validate a step before touching any state (ids, sequences,
  * room in each sequence's context), so on error nothing changes; a worker
  * that receives a step it cannot accept returns TT_ECOMM: the cluster is out
@@ -97,10 +106,25 @@ static int gather_logits(struct engine *e, int rows, float *out)
     return err;
 }
 
+/* Candidate slots per row of a step: k, plus its longest history (the
+ * payload's histories, the same on every rank). */
+static int cand_slots(const struct step *st, const struct engine_tok *toks, const int32_t *hist)
+{
+    int longest = 0;
+    for (int i = 0; i < st->n; i++)
+        if (toks[i].sample) {
+            longest = TT_MAX(longest, *hist);
+            hist += 1 + *hist;
+        }
+    TT_ASSERT(st->k + longest <= ENGINE_CAND_SLOTS);
+    return st->k + longest;
+}
+
 /* Candidates of one row of this rank's logits slice: the k best, then the
- * history tokens it owns (for the repetition penalty), padded with id -1. */
+ * history tokens it owns (for the repetition penalty), padded with id -1 to
+ * `slots`. */
 static void local_candidates(const struct engine *e, const float *logits, int k,
-                             const int32_t *hist, int n_hist, struct sampler_cand *c)
+                             const int32_t *hist, int n_hist, int slots, struct sampler_cand *c)
 {
     const int nvl = e->n_vocab_local, v0 = e->slice.vocab.begin;
     int n = 0;
@@ -119,13 +143,13 @@ static void local_candidates(const struct engine *e, const float *logits, int k,
             c[j] = x;
         }
     }
-    for (int h = 0; h < n_hist && n < ENGINE_CAND_SLOTS; h++) {
+    for (int h = 0; h < n_hist && n < slots; h++) {
         const int id = hist[h];
         bool have = id < v0 || id >= v0 + nvl;
         for (int j = 0; j < n && !have; j++) have = c[j].id == id;
         if (!have) c[n++] = (struct sampler_cand){ id, logits[id - v0] };
     }
-    for (; n < ENGINE_CAND_SLOTS; n++) c[n] = (struct sampler_cand){ -1, -INFINITY };
+    for (; n < slots; n++) c[n] = (struct sampler_cand){ -1, -INFINITY };
 }
 
 /* Grow the step scratch to hold `words` int32 and `n` tokens. */
@@ -149,7 +173,7 @@ static int step_reserve(struct engine *e, int64_t words, int n)
 /* Sample the listed rows of the current batch: candidates from every rank
  * gathered at rank 0, which picks with the row's sequence's sampler. */
 static int sample_rows(struct engine *e, const struct step *st, const struct engine_tok *toks,
-                       int nr, const int32_t **hist, const struct step_io *io, int *n_next)
+                       int nr, int slots, const int32_t **hist, const struct step_io *io, int *n_next)
 {
     const int nvl = e->n_vocab_local, R = e->step_size;
     forward_logits(e, e->rows, nr, e->logits_local);
@@ -163,17 +187,17 @@ static int sample_rows(struct engine *e, const struct step *st, const struct eng
     struct sampler_cand *mine = e->cand + (size_t)R * e->n_batch * ENGINE_CAND_SLOTS;
     for (int i = 0; i < nr; i++) {
         const int n_hist = **hist;
-        local_candidates(e, e->logits_local + (size_t)i * nvl, st->k, *hist + 1, n_hist,
-                         mine + (size_t)i * ENGINE_CAND_SLOTS);
+        local_candidates(e, e->logits_local + (size_t)i * nvl, st->k, *hist + 1, n_hist, slots,
+                         mine + (size_t)i * slots);
         *hist += 1 + n_hist;
     }
-    int err = comm_gather(e->step_comm, mine, sizeof(*mine) * (size_t)nr * ENGINE_CAND_SLOTS, e->cand, 0);
+    int err = comm_gather(e->step_comm, mine, sizeof(*mine) * (size_t)nr * slots, e->cand, 0);
     for (int i = 0; !err && e->rank == 0 && i < nr; i++) {
         struct sampler *s = io->samplers[toks[e->rows[i]].seq];
         int m = 0;
         for (int r = 0; r < R; r++) {
-            const struct sampler_cand *c = e->cand + ((size_t)r * nr + i) * ENGINE_CAND_SLOTS;
-            for (int j = 0; j < ENGINE_CAND_SLOTS; j++)
+            const struct sampler_cand *c = e->cand + ((size_t)r * nr + i) * slots;
+            for (int j = 0; j < slots; j++)
                 if (c[j].id >= 0) s->cand[m++] = c[j];
         }
         io->next[(*n_next)++] = sampler_sample_cands(s, s->cand, m);
@@ -186,6 +210,7 @@ static int execute(struct engine *e, const struct step *st, const struct step_io
 {
     const int nv = e->m->hp.n_vocab, n = st->n;
     const int32_t *hist = io->hist;
+    const int slots = cand_slots(st, io->toks, hist);
     int err = 0, n_next = 0;
     if (e->m->hp.n_expert) {
         err = moe_move_progress(e);    /* a live expert move advances at step boundaries */
@@ -204,12 +229,30 @@ static int execute(struct engine *e, const struct step *st, const struct step_io
         int nr = 0;
         for (int t = 0; t < nb; t++)
             if (io->toks[c + t].sample) e->rows[nr++] = t;
-        if (!err && nr) err = sample_rows(e, st, io->toks + c, nr, &hist, io, &n_next);
+        if (!err && nr) err = sample_rows(e, st, io->toks + c, nr, slots, &hist, io, &n_next);
     }
     return err;
 }
 
 static int send_control(struct engine *e, const struct step *st);
+
+static bool penalized(const struct sampler *s) { return s->opts.repeat_penalty != 1.0f; }
+
+/* Candidates each rank sends per sampled row: 1 when every row is greedy,
+ * the largest top-k when every row cuts to one, ENGINE_CAND_MAX otherwise
+ * (no cut, or a penalty, which may demote a rank's best tokens below
+ * others). */
+static int32_t step_cand_k(const struct engine_tok *toks, int n, struct sampler *const *samplers)
+{
+    int32_t k = 1;
+    for (int i = 0; i < n; i++) {
+        if (!toks[i].sample) continue;
+        const struct sampler_opts *o = &samplers[toks[i].seq]->opts;
+        if (o->repeat_penalty != 1.0f || (o->temperature > 0 && o->top_k <= 0)) return ENGINE_CAND_MAX;
+        if (o->temperature > 0) k = TT_MAX(k, TT_MIN(o->top_k, ENGINE_CAND_MAX));
+    }
+    return k;
+}
 
 /* Rank 0: validate, broadcast and execute a DECODE step. */
 static int run_decode(struct engine *e, const struct engine_tok *toks, int n, enum engine_logits mode,
@@ -224,7 +267,7 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
             if (!s) return tt_error_set(TT_EINVAL, "no sampler for sequence %d", toks[i].seq);
             if (s->n_vocab != e->m->hp.n_vocab || s->n_history > ENGINE_HIST_MAX)
                 return tt_error_set(TT_EINVAL, "sampler of sequence %d does not fit this model", toks[i].seq);
-            words += 1 + s->n_history;
+            words += 1 + (penalized(s) ? s->n_history : 0);
         }
     if (!err) err = step_reserve(e, words, n);
     if (err) return err;
@@ -235,16 +278,13 @@ static int run_decode(struct engine *e, const struct engine_tok *toks, int n, en
         *p++ = toks[i].sample;
         if (!toks[i].sample) continue;
         const struct sampler *s = samplers[toks[i].seq];
-        *h++ = s->n_history;
-        memcpy(h, s->history, sizeof(int32_t) * (size_t)s->n_history);
-        h += s->n_history;
+        const int n_hist = penalized(s) ? s->n_history : 0; /* only a penalty reads it */
+        *h++ = n_hist;
+        memcpy(h, s->history, sizeof(int32_t) * (size_t)n_hist);
+        h += n_hist;
     }
-    struct step st = { .op = STEP_DECODE, .n = n, .mode = mode, .k = ENGINE_CAND_MAX, .n_payload = (int32_t)words };
-    bool greedy = true;
-    for (int i = 0; i < n; i++)
-        if (toks[i].sample)
-            greedy &= samplers[toks[i].seq]->opts.temperature <= 0 && samplers[toks[i].seq]->opts.repeat_penalty == 1.0f;
-    if (greedy) st.k = 1;
+    struct step st = { .op = STEP_DECODE, .n = n, .mode = mode, .k = step_cand_k(toks, n, samplers),
+                       .n_payload = (int32_t)words };
     if (e->step_size > 1) {
         err = comm_bcast(e->step_comm, &st, sizeof(st), 0);
         if (!err) err = comm_bcast(e->step_comm, e->step_buf, sizeof(int32_t) * (size_t)words, 0);

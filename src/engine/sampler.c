@@ -69,22 +69,44 @@ int sampler_cand_cmp(const void *a, const void *b)
 }
 
 /* Divide positive logits (multiply negative ones) of recently seen tokens by
- * the penalty, once per token. */
+ * the penalty, once per token. A full vocabulary in id order (c[id].id ==
+ * id) is looked up directly; gathered candidates, in any order and possibly
+ * as many as the vocabulary (a small one on several ranks), by a scan. */
 static void apply_penalty(struct sampler *s, struct sampler_cand *c, int n)
 {
     const float pen = s->opts.repeat_penalty;
     if (pen == 1.0f) return;
-    const bool dense = n == s->n_vocab; /* c[i].id == i */
     for (int i = 0; i < s->n_history; i++) {
+        const int32_t id = s->history[i];
         bool seen = false;
-        for (int j = 0; j < i; j++) seen |= s->history[j] == s->history[i];
+        for (int j = 0; j < i; j++) seen |= s->history[j] == id;
         if (seen) continue;
-        for (int k = dense ? s->history[i] : 0; k < n; k++) {
-            if (c[k].id != s->history[i]) continue;
+        for (int k = id < n && c[id].id == id ? id : 0; k < n; k++) {
+            if (c[k].id != id) continue;
             c[k].logit = c[k].logit > 0 ? c[k].logit / pen : c[k].logit * pen;
             break;
         }
     }
+}
+
+/* The k first candidates in qsort order (sampler_cand_cmp) moved to c[0..k),
+ * sorted, in one pass: a token enters only if it beats the k-th so far, so a
+ * vocabulary of 128k entries costs a scan, not a sort (a 152k-entry qsort
+ * took longer than a GPU's decode step). Returns k. */
+static int keep_top(struct sampler_cand *c, int n, int k)
+{
+    qsort(c, (size_t)k, sizeof(*c), sampler_cand_cmp);
+    for (int i = k; i < n; i++) {
+        const struct sampler_cand x = c[i];
+        if (sampler_cand_cmp(&x, &c[k - 1]) >= 0) continue;
+        int j = k - 1;
+        while (j > 0 && sampler_cand_cmp(&x, &c[j - 1]) < 0) {
+            c[j] = c[j - 1];
+            j--;
+        }
+        c[j] = x;
+    }
+    return k;
 }
 
 int32_t sampler_sample(struct sampler *s, const float *logits)
@@ -103,9 +125,9 @@ int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n)
                 best = i;
         return c[best].id;
     }
-    qsort(c, (size_t)n, sizeof(*c), sampler_cand_cmp);
     int keep = n;
-    if (s->opts.top_k > 0 && s->opts.top_k < keep) keep = s->opts.top_k;
+    if (s->opts.top_k > 0 && s->opts.top_k < keep) keep = keep_top(c, n, s->opts.top_k);
+    else qsort(c, (size_t)n, sizeof(*c), sampler_cand_cmp);
     const float inv_t = 1.0f / s->opts.temperature, top = c[0].logit;
     double sum = 0.0;
     float *p = s->probs;

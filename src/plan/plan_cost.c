@@ -41,7 +41,9 @@
 #define PLAN_PROMPT_DEFAULT 512
 #define PLAN_MOE_SPARE_SLOTS 2       /* engine_opts.moe_replicas default: hot-expert copies */
 #define PLAN_SMALL_BLOCK_BYTES 65536 /* below: latency-bound collectives (log2 k steps) */
-#define PLAN_CAND_BYTES 4096         /* sampling candidates a rank sends per token */
+/* sampling candidates a rank sends per token (engine_dist.c): 8-byte (id,
+ * logit) pairs, run's default top-k of them (40; greedy sends 1) */
+#define PLAN_CAND_BYTES (8 * 40)
 #define PLAN_CHUNK_SAMPLES 64        /* prompt chunks evaluated one by one at most */
 #define PLAN_PARTITIONS_MAX 16
 #define PLAN_LATENCY_BREAK 1.5 /* links this much slower than the last start a new level */

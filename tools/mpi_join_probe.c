@@ -13,7 +13,15 @@
  *   stream  the rate per direction of 1 and 3 all-gathers of 256 KiB and
  *           of 1 MiB per rank back to back (both directions loaded);
  *   oneway  a message of 4 to 64 KiB from rank 1 to rank 0 and 8 bytes
- *           back, each after 20 ms idle (a pipeline's logits per step).
+ *           back, each after 20 ms idle (a pipeline's logits per step);
+ *   sweep   streams of 1, 2, 4 and 8 all-gathers of 64 KiB to 4 MiB per
+ *           rank (at most 8 MiB per stream), each after one untimed
+ *           all-gather of the same size: the rate per direction of each;
+ *   prompt  a tensor-parallel prompt's joins: 8 layers of all-gathers of
+ *           256, 256, 704 and 256 KiB per rank (a 128-token chunk of the
+ *           netns bench's 1024-wide model, gather join), each after PROMPT_WORK_US
+ *           (default 1500) of work; the rate per direction of the joins
+ *           beyond the work.
  *
  * Build and run (two ranks; the namespace pair of netns_plan_bench.sh):
  *   mpicc -O2 -o /tmp/mpi_join_probe tools/mpi_join_probe.c
@@ -26,7 +34,7 @@
 #include <string.h>
 #include <time.h>
 
-#define PROBE_MAX_BYTES (1u << 20)
+#define PROBE_MAX_BYTES (4u << 20)
 
 static double now_s(void)
 {
@@ -101,6 +109,50 @@ static void stream(int rank, char *send, char *recv)
         }
 }
 
+static void sweep(int rank, char *send, char *recv)
+{
+    static const int sizes[] = {65536, 262144, 1048576, 4194304}, counts[] = {1, 2, 4, 8};
+    for (int si = 0; si < 4; si++)
+        for (int ci = 0; ci < 4; ci++) {
+            if ((double)sizes[si] * counts[ci] > 8.0 * 1048576) continue;
+            MPI_Barrier(MPI_COMM_WORLD);
+            MPI_Allgather(send, sizes[si], MPI_BYTE, recv, sizes[si], MPI_BYTE, MPI_COMM_WORLD);
+            const double t0 = now_s();
+            for (int i = 0; i < counts[ci]; i++)
+                MPI_Allgather(send, sizes[si], MPI_BYTE, recv, sizes[si], MPI_BYTE, MPI_COMM_WORLD);
+            const double t = now_s() - t0;
+            if (rank == 0)
+                printf("sweep: %d all-gather(s) of %7d B per rank after one: %.3f MB/s per direction\n",
+                       counts[ci], sizes[si], (double)sizes[si] * counts[ci] / t / 1e6);
+            fflush(stdout);
+        }
+}
+
+static void prompt(int rank, char *send, char *recv)
+{
+    static const int sizes[] = {262144, 262144, 720896, 262144};
+    const char *w = getenv("PROMPT_WORK_US");
+    const double work = w ? atof(w) : 1500.0;
+    for (int rep = 0; rep < 3; rep++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        double bytes = 0.0, t_work = 0.0;
+        const double t0 = now_s();
+        for (int layer = 0; layer < 8; layer++)
+            for (int j = 0; j < 4; j++) {
+                const double w0 = now_s();
+                work_us(work);
+                t_work += now_s() - w0;
+                MPI_Allgather(send, sizes[j], MPI_BYTE, recv, sizes[j], MPI_BYTE, MPI_COMM_WORLD);
+                bytes += sizes[j];
+            }
+        const double t = now_s() - t0;
+        if (rank == 0)
+            printf("prompt: 32 joins, %.0f us work each: %.1f ms, joins %.1f ms, %.3f MB/s per direction\n",
+                   work, t * 1e3, (t - t_work) * 1e3, bytes / (t - t_work) / 1e6);
+        fflush(stdout);
+    }
+}
+
 static void oneway(int rank, char *send, char *recv)
 {
     static const int sizes[] = {4096, 16384, 32768, 65536};
@@ -143,9 +195,11 @@ int main(int argc, char **argv)
         if (all || !strcmp(mode, "joins")) joins(rank, send, recv);
         if (all || !strcmp(mode, "stream")) stream(rank, send, recv);
         if (all || !strcmp(mode, "oneway")) oneway(rank, send, recv);
+        if (all || !strcmp(mode, "sweep")) sweep(rank, send, recv);
+        if (all || !strcmp(mode, "prompt")) prompt(rank, send, recv);
         if (!all && strcmp(mode, "joins") && strcmp(mode, "stream") && strcmp(mode, "oneway") &&
-            rank == 0)
-            fprintf(stderr, "mpi_join_probe: unknown mode '%s' (joins, stream, oneway)\n", mode);
+            strcmp(mode, "sweep") && strcmp(mode, "prompt") && rank == 0)
+            fprintf(stderr, "mpi_join_probe: unknown mode '%s' (joins, stream, oneway, sweep, prompt)\n", mode);
     }
     free(recv);
     free(send);

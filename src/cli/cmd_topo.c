@@ -10,6 +10,17 @@
  * behind data, can deliver less per direction then). Which ranks share a
  * host comes from the host names the communicator exchanged at start;
  * nothing is configured.
+ *
+ * Both ways is measured as a prompt's joins use the link: all-gathers of
+ * TOPO_JOIN_BYTES per rank (a prompt chunk's block: 128-256 tokens of a
+ * 1024-4096-wide row split over two ranks), each after TOPO_JOIN_GAP_US of
+ * work, one untimed first, then a stream of them (at least TOPO_JOINS_MIN,
+ * about 0.2 s), the work not counted. Measured on tbf-shaped links
+ * (tools/mpi_join_probe.c, docs/PLANNER.md): over 10 and 100 Mbit/s a single
+ * block each way passes at the one-way rate, the queues and windows still
+ * empty, where a stream of them gets 0.5-0.6 of it; over 1 Gbit/s
+ * back-to-back joins got 55-77 MB/s and joins after 0.3-3 ms of work
+ * 100-117, the one-way rate.
  */
 #include "cli.h"
 
@@ -20,6 +31,10 @@
 #define TOPO_BW_BYTES (4u << 20)
 #define TOPO_BW_REPS 8
 #define TOPO_PROBE_BYTES (256u << 10)
+#define TOPO_JOIN_BYTES (256u << 10) /* per rank, both ways */
+#define TOPO_JOIN_GAP_US 500.0       /* work before each join */
+#define TOPO_JOINS_MIN 8
+#define TOPO_JOINS_MAX 64
 #define TOPO_TAG 7801
 
 struct topo_rank {
@@ -41,22 +56,33 @@ static double measure_matvec(int n_threads)
     return gbs;
 }
 
-/* GB/s per direction while a and b exchange `reps` messages of `bytes` both
- * ways at once (an all-gather over the pair: each sends its block and
- * receives the other's). buf holds 3 x TOPO_BW_BYTES. Collective over c:
- * the pair gets its own communicator, the other ranks none. */
-static double measure_both_ways(struct comm *c, int a, int b, uint8_t *buf, int64_t bytes,
-                                int64_t reps)
+/* Busy for us microseconds, as a rank computing between two joins. */
+static void work_us(double us)
+{
+    const double t0 = tt_now_s();
+    while ((tt_now_s() - t0) * 1e6 < us) {}
+}
+
+/* GB/s per direction while a and b run `joins` all-gathers of
+ * TOPO_JOIN_BYTES per rank (each sends its block and receives the other's),
+ * each after TOPO_JOIN_GAP_US of work, one untimed first; the work is not
+ * counted. buf holds 3 x TOPO_BW_BYTES. Collective over c: the pair gets its
+ * own communicator, the other ranks none. */
+static double measure_both_ways(struct comm *c, int a, int b, uint8_t *buf, int64_t joins)
 {
     const int me = comm_rank(c);
     struct comm *pair = NULL;
     int err = comm_split(c, me == a || me == b ? 0 : COMM_COLOR_NONE, me, &pair);
     double gbs = 0.0;
     if (!err && pair) {
-        const double t0 = tt_now_s();
-        for (int64_t i = 0; i < reps && !err; i++)
-            err = comm_allgather(pair, buf, (size_t)bytes, buf + TOPO_BW_BYTES);
-        gbs = (double)bytes * (double)reps / (tt_now_s() - t0) / 1e9;
+        double joined = 0.0;
+        for (int64_t i = 0; i <= joins && !err; i++) {
+            work_us(TOPO_JOIN_GAP_US);
+            const double t0 = tt_now_s();
+            err = comm_allgather(pair, buf, TOPO_JOIN_BYTES, buf + TOPO_BW_BYTES);
+            if (i > 0) joined += tt_now_s() - t0;
+        }
+        gbs = (double)TOPO_JOIN_BYTES * (double)joins / joined / 1e9;
         comm_free(pair);
     }
     if (err) cli_die(err, "measuring the link %d-%d both ways", a, b);
@@ -71,6 +97,7 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
 {
     const int me = comm_rank(c);
     int64_t plan[2] = { TOPO_PROBE_BYTES, 1 }; /* message bytes, messages */
+    int64_t joins = TOPO_JOINS_MIN;             /* both ways */
     int err = 0;
     if (me == a || me == b) {
         const int peer = me == a ? b : a;
@@ -107,11 +134,18 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
                           : comm_recv(c, buf, (size_t)plan[0], peer, TOPO_TAG);
         if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
         *gbs = (double)plan[0] * (double)plan[1] / (tt_now_s() - t0) / 1e9;
-        /* both ways: the same bytes each way, half the messages (as long) */
-        plan[1] = plan[1] > 1 ? plan[1] / 2 : 1;
+        /* both ways: about 1 s of joins at half the one-way rate */
+        if (me == a) {
+            const double n = 1.0 * *gbs * 1e9 / 2.0 / TOPO_JOIN_BYTES;
+            joins = n < TOPO_JOINS_MIN ? TOPO_JOINS_MIN : n > TOPO_JOINS_MAX ? TOPO_JOINS_MAX : (int64_t)n;
+        }
+        if (!err) err = me == a ? comm_send(c, &joins, sizeof(joins), peer, TOPO_TAG)
+                                : comm_recv(c, &joins, sizeof(joins), peer, TOPO_TAG);
+        if (!err && (joins < TOPO_JOINS_MIN || joins > TOPO_JOINS_MAX))
+            err = tt_error_set(TT_ECOMM, "bad join count %lld from rank %d", (long long)joins, peer);
     }
     if (err) cli_die(err, "measuring the link %d-%d", a, b);
-    *both_gbs = measure_both_ways(c, a, b, buf, plan[0], plan[1]);
+    *both_gbs = measure_both_ways(c, a, b, buf, joins);
     if ((err = comm_barrier(c))) cli_die(err, "barrier");
 }
 
@@ -186,8 +220,8 @@ static void topo_json(FILE *fp, const struct topo *t)
     fprintf(fp, "],\"links\":[");
     for (int a = 0, k = 0; a < n; a++)
         for (int b = a + 1; b < n; b++, k++)
-            fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.4f,"
-                    "\"bandwidth_both_gbs\":%.4f}",
+            fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.6f,"
+                    "\"bandwidth_both_gbs\":%.6f}",
                     k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
                     t->lat[a * n + b], t->bw[a * n + b], t->bw2[a * n + b]);
     fprintf(fp, "]}\n");

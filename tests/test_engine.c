@@ -502,7 +502,52 @@ static void test_moe_rebalance(void)
     unlink(path);
 }
 
+/* sampler_sample's one-pass top-k over the floats picks what sampling the
+ * whole vocabulary as candidates does (sampler_sample_cands), for greedy,
+ * top-k, repetition penalties above and below 1, ties and small vocabularies. */
+static void test_sampler_fast_path(void)
+{
+    int differ = 0, total = 0;
+    uint32_t rng = 12345;
+    for (int V = 1; V <= 40000; V = V < 64 ? V + 9 : V * 5) {
+        float *l = malloc(sizeof(float) * (size_t)V);
+        struct sampler_cand *c = malloc(sizeof(*c) * (size_t)V);
+        for (int cfg = 0; cfg < 32; cfg++) {
+            struct sampler_opts o;
+            sampler_opts_default(&o);
+            o.seed = 11 + (uint64_t)cfg;
+            if (cfg & 1) o.temperature = 0;
+            if (cfg & 2) o.repeat_penalty = cfg & 8 ? 0.7f : 1.3f;
+            if (cfg & 4) o.top_k = cfg & 8 ? 1 : 3;
+            if (cfg & 16) o.top_k = 0;
+            struct sampler a, b;
+            sampler_init(&a, &o, V);
+            sampler_init(&b, &o, V);
+            for (int step = 0; step < 30; step++) {
+                for (int i = 0; i < V; i++) {
+                    rng = rng * 1664525u + 1013904223u;
+                    l[i] = step % 4 == 0 ? (float)(rng >> 29) : (float)((rng >> 8) % 2000) / 100.0f - 10.0f;
+                }
+                for (int i = 0; i < V; i++) c[i] = (struct sampler_cand){ i, l[i] };
+                const int32_t x = sampler_sample(&a, l), y = sampler_sample_cands(&b, c, V);
+                differ += x != y;
+                total++;
+                sampler_accept(&a, x);
+                sampler_accept(&b, y);
+            }
+            sampler_free(&a);
+            sampler_free(&b);
+        }
+        free(l);
+        free(c);
+    }
+    if (differ) fprintf(stderr, "  %d of %d tokens differ\n", differ, total);
+    CHECK_EQ_INT(differ, 0);
+    CHECK(total > 1000);
+}
+
 static const struct test_case tests[] = {
+    { "sampler_fast_path", test_sampler_fast_path },
     { "moe_rebalance_4_ranks", test_moe_rebalance },
     { "tensor_parallel_2_3_4_ranks_exact_and_summed", test_tensor_parallel },
     { "multi_sequence_1_and_3_ranks", test_multi_sequence },

@@ -68,6 +68,16 @@ int sampler_cand_cmp(const void *a, const void *b)
     return x->id - y->id;
 }
 
+static float penalize(float logit, float pen) { return logit > 0 ? logit / pen : logit * pen; }
+
+/* Whether id is among the first n tokens of the history. */
+static bool in_history(const struct sampler *s, int n, int32_t id)
+{
+    for (int j = 0; j < n; j++)
+        if (s->history[j] == id) return true;
+    return false;
+}
+
 /* Divide positive logits (multiply negative ones) of recently seen tokens by
  * the penalty, once per token. A full vocabulary in id order (c[id].id ==
  * id) is looked up directly; gathered candidates, in any order and possibly
@@ -78,15 +88,25 @@ static void apply_penalty(struct sampler *s, struct sampler_cand *c, int n)
     if (pen == 1.0f) return;
     for (int i = 0; i < s->n_history; i++) {
         const int32_t id = s->history[i];
-        bool seen = false;
-        for (int j = 0; j < i; j++) seen |= s->history[j] == id;
-        if (seen) continue;
+        if (in_history(s, i, id)) continue;
         for (int k = id < n && c[id].id == id ? id : 0; k < n; k++) {
             if (c[k].id != id) continue;
-            c[k].logit = c[k].logit > 0 ? c[k].logit / pen : c[k].logit * pen;
+            c[k].logit = penalize(c[k].logit, pen);
             break;
         }
     }
+}
+
+/* Put x into c[0..*n), kept sorted in qsort order and at most k long. */
+static void insert_top(struct sampler_cand *c, int *n, int k, struct sampler_cand x)
+{
+    if (*n == k && sampler_cand_cmp(&x, &c[k - 1]) >= 0) return;
+    int j = *n < k ? (*n)++ : k - 1;
+    while (j > 0 && sampler_cand_cmp(&x, &c[j - 1]) < 0) {
+        c[j] = c[j - 1];
+        j--;
+    }
+    c[j] = x;
 }
 
 /* The k first candidates in qsort order (sampler_cand_cmp) moved to c[0..k),
@@ -96,21 +116,59 @@ static void apply_penalty(struct sampler *s, struct sampler_cand *c, int n)
 static int keep_top(struct sampler_cand *c, int n, int k)
 {
     qsort(c, (size_t)k, sizeof(*c), sampler_cand_cmp);
-    for (int i = k; i < n; i++) {
-        const struct sampler_cand x = c[i];
-        if (sampler_cand_cmp(&x, &c[k - 1]) >= 0) continue;
-        int j = k - 1;
-        while (j > 0 && sampler_cand_cmp(&x, &c[j - 1]) < 0) {
-            c[j] = c[j - 1];
-            j--;
-        }
-        c[j] = x;
-    }
+    int m = k;
+    for (int i = k; i < n; i++) insert_top(c, &m, k, c[i]);
     return k;
 }
 
+/* The k best tokens of a full vocabulary of logits, penalized, into c[0..k)
+ * in qsort order, in one pass over the floats: a token is looked at only
+ * when its logit reaches the k-th best so far, which a block of 64 logits
+ * mostly does not (a 152k vocabulary: a scan, not 152k insertions or a
+ * sort). The penalized history tokens go in first and are skipped in the
+ * scan. Returns the count (k, or the vocabulary if smaller). */
+static int top_of_logits(const struct sampler *s, const float *logits, int k, struct sampler_cand *c)
+{
+    const int V = s->n_vocab;
+    const float pen = s->opts.repeat_penalty;
+    const int n_hist = pen != 1.0f ? s->n_history : 0;
+    int n = 0;
+    for (int h = 0; h < n_hist; h++) {
+        const int32_t id = s->history[h];
+        if (id >= 0 && id < V && !in_history(s, h, id))
+            insert_top(c, &n, k, (struct sampler_cand){ id, penalize(logits[id], pen) });
+    }
+    float thr = n == k ? c[k - 1].logit : -INFINITY;
+    for (int i0 = 0; i0 < V; i0 += 64) {
+        const int i1 = TT_MIN(V, i0 + 64);
+        /* eight running maxima, so the loop vectorizes (8x faster) */
+        float mx[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+        int i = i0;
+        for (; i + 8 <= i1; i += 8)
+            for (int j = 0; j < 8; j++) mx[j] = logits[i + j] > mx[j] ? logits[i + j] : mx[j];
+        for (; i < i1; i++) mx[0] = logits[i] > mx[0] ? logits[i] : mx[0];
+        bool any = false; /* ties go to the full comparison below */
+        for (int j = 0; j < 8; j++) any |= !(mx[j] < thr);
+        if (!any) continue;
+        for (int i = i0; i < i1; i++) {
+            if (logits[i] < thr || (n_hist && in_history(s, n_hist, i))) continue;
+            insert_top(c, &n, k, (struct sampler_cand){ i, logits[i] });
+            if (n == k) thr = c[k - 1].logit;
+        }
+    }
+    return n;
+}
+
+static int32_t sample_sorted(struct sampler *s, const struct sampler_cand *c, int keep);
+
 int32_t sampler_sample(struct sampler *s, const float *logits)
 {
+    /* greedy or a top-k cut: the k best straight from the floats */
+    const int k = s->opts.temperature <= 0.0f ? 1 : s->opts.top_k;
+    if (k > 0 && k < s->n_vocab) {
+        const int n = top_of_logits(s, logits, k, s->cand);
+        return k == 1 ? s->cand[0].id : sample_sorted(s, s->cand, n);
+    }
     for (int i = 0; i < s->n_vocab; i++) s->cand[i] = (struct sampler_cand){ i, logits[i] };
     return sampler_sample_cands(s, s->cand, s->n_vocab);
 }
@@ -128,6 +186,13 @@ int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n)
     int keep = n;
     if (s->opts.top_k > 0 && s->opts.top_k < keep) keep = keep_top(c, n, s->opts.top_k);
     else qsort(c, (size_t)n, sizeof(*c), sampler_cand_cmp);
+    return sample_sorted(s, c, keep);
+}
+
+/* The draw from the `keep` best candidates c[0..keep), in qsort order:
+ * top-p, min-p, temperature, then the seeded generator. */
+static int32_t sample_sorted(struct sampler *s, const struct sampler_cand *c, int keep)
+{
     const float inv_t = 1.0f / s->opts.temperature, top = c[0].logit;
     double sum = 0.0;
     float *p = s->probs;

@@ -284,11 +284,11 @@ static void random_cluster(struct plan_cluster *c, uint64_t *seed, double model_
 {
     static const int counts[] = {1, 2, 3, 4, 5, 8, 12};
     static const struct plan_link classes[] = {
-        {3, 360, 0}, {10, 6, 0}, {25, 1.15, 0}, {60, 0.117, 0.06}, {300, 2, 0}};
+        {3, 360, 0, 0}, {10, 6, 0, 0}, {25, 1.15, 0, 0}, {60, 0.117, 0.06, 16}, {300, 2, 0, 0}};
     const int n = counts[rng_next(seed) % TT_ARRAY_LEN(counts)];
     const int per_host = 1 + (int)(rng_next(seed) % 4);
     const struct plan_link intra = {0.5 + (double)(rng_next(seed) % 4),
-                                    20 + (double)(rng_next(seed) % 100), 0};
+                                    20 + (double)(rng_next(seed) % 100), 0, 0};
     const struct plan_link inter = classes[rng_next(seed) % TT_ARRAY_LEN(classes)];
     const bool mixed = rng_next(seed) % 2;
     memset(c, 0, sizeof(*c));
@@ -393,7 +393,7 @@ static void test_uneven_stages(void)
     c->n_ranks = 2;
     c->ranks[0] = hw("fast", 300, 3000, 0.9 * model_gib);
     c->ranks[1] = hw("slow", 100, 1000, 0.9 * model_gib);
-    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0};
+    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0, 0};
     for (int streams = 1; streams <= 4; streams += 3) {
         struct plan_workload w = workload(256, streams);
         w.n_ctx = 512; /* a small KV cache: weights set the memory */
@@ -480,7 +480,7 @@ static void test_both_ways_bandwidth(void)
     full->n_ranks = 2;
     full->ranks[0] = hw("a", 20, 100, 8);
     full->ranks[1] = hw("b", 20, 100, 8);
-    full->links[0][1] = full->links[1][0] = (struct plan_link){2000, 0.01, 0};
+    full->links[0][1] = full->links[1][0] = (struct plan_link){2000, 0.01, 0, 0};
     *half = *full;
     half->links[0][1].bandwidth_both_gbs = half->links[1][0].bandwidth_both_gbs = 0.005;
     struct plan_workload w = workload(128, 1);
@@ -509,6 +509,56 @@ static void test_both_ways_bandwidth(void)
     plan_model_free(&pm);
 }
 
+/* A token bucket (burst_kib) on a slow link: decode's small messages pass
+ * at once when the step's work refills the bucket (the pipeline's 4 KiB
+ * activation then costs what an unlimited link's does), a prompt's MBs
+ * hardly change, and a bucket never makes a layout slower. */
+static void test_token_bucket(void)
+{
+    struct plan_model pm;
+    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 1024, 8, 16, 4, 2816, 8192, 0, 0, 0, 0),
+                     TT_TYPE_Q4_K, true))
+        return;
+    struct plan_cluster *c[3];
+    for (int i = 0; i < 3; i++) {
+        c[i] = calloc(1, sizeof(*c[i]));
+        c[i]->n_ranks = 2;
+        c[i]->ranks[0] = hw("a", 10, 100, 8); /* 61 MB per token: a 6 ms step */
+        c[i]->ranks[1] = hw("b", 10, 100, 8);
+    }
+    /* [0] 10 Mbit/s without a bucket, [1] with 8 KiB, [2] an unlimited link */
+    c[0]->links[0][1] = c[0]->links[1][0] = (struct plan_link){30, 0.0012, 0.0006, 0};
+    c[1]->links[0][1] = c[1]->links[1][0] = (struct plan_link){30, 0.0012, 0.0006, 8};
+    c[2]->links[0][1] = c[2]->links[1][0] = (struct plan_link){30, 1e6, 1e6, 0};
+    struct plan_workload w = workload(128, 1);
+    struct plan_result r[3];
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(plan_search(&r[i], &pm, c[i], &w), 0);
+    for (int i = 0; i < r[0].n_cands; i++) {
+        const struct plan_candidate *a = &r[0].cands[i], *b = &r[1].cands[i];
+        CHECK(b->decode_tok_s >= a->decode_tok_s * (1 - 1e-12) && b->ttft_s <= a->ttft_s * (1 + 1e-12));
+    }
+    const int pp[3] = {find_layout(&r[0], PLAN_LAYOUT_PP, PLAN_JOIN_GATHER, 2),
+                       find_layout(&r[1], PLAN_LAYOUT_PP, PLAN_JOIN_GATHER, 2),
+                       find_layout(&r[2], PLAN_LAYOUT_PP, PLAN_JOIN_GATHER, 2)};
+    const int tp[2] = {find_layout(&r[0], PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 2),
+                       find_layout(&r[1], PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 2)};
+    CHECK(pp[0] >= 0 && pp[1] >= 0 && pp[2] >= 0 && tp[0] >= 0 && tp[1] >= 0);
+    if (pp[0] >= 0 && pp[1] >= 0 && pp[2] >= 0 && tp[0] >= 0 && tp[1] >= 0) {
+        /* 4 KiB at 1.2 MB/s is 3.4 ms of a 6 ms step without the bucket */
+        CHECK(r[1].cands[pp[1]].decode_tok_s > 1.3 * r[0].cands[pp[0]].decode_tok_s);
+        CHECK_NEAR(r[1].cands[pp[1]].decode_tok_s, r[2].cands[pp[2]].decode_tok_s,
+                   1e-9 * r[2].cands[pp[2]].decode_tok_s);
+        CHECK(r[1].cands[tp[1]].decode_tok_s > r[0].cands[tp[0]].decode_tok_s);
+        CHECK(r[1].cands[tp[1]].ttft_s > 0.98 * r[0].cands[tp[0]].ttft_s);
+    }
+    for (int i = 0; i < 3; i++) {
+        plan_result_free(&r[i]);
+        free(c[i]);
+    }
+    plan_model_free(&pm);
+}
+
 /* A faster rank (more bandwidth and compute) never makes the choice slower. */
 static void test_monotone_ranks(void)
 {
@@ -516,7 +566,7 @@ static void test_monotone_ranks(void)
     if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    const struct plan_link links[] = {{3, 300, 0}, {10, 6, 0}, {60, 0.117, 0}};
+    const struct plan_link links[] = {{3, 300, 0, 0}, {10, 6, 0, 0}, {60, 0.117, 0, 0}};
     for (size_t li = 0; li < TT_ARRAY_LEN(links); li++)
         for (int n = 2; n <= 6; n += 2) {
             uniform_cluster(c, n, 1, hw("", 100, 1000, 64), links[li], links[li]);
@@ -547,8 +597,8 @@ static void test_shared_host_bandwidth(void)
         return;
     const double bpt = (double)plan_model_bytes_per_token(&pm);
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){1, 5, 0},
-                    (struct plan_link){1, 5, 0});
+    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){1, 5, 0, 0},
+                    (struct plan_link){1, 5, 0, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
@@ -577,8 +627,8 @@ static void test_jitter(void)
     if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){0, 1000, 0},
-                    (struct plan_link){0, 1000, 0});
+    uniform_cluster(c, 4, 4, hw("", 30, 1000, 64), (struct plan_link){0, 1000, 0, 0},
+                    (struct plan_link){0, 1000, 0, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result a, b;
     CHECK_EQ_INT(plan_search(&a, &pm, c, &w), 0);
@@ -617,8 +667,8 @@ static void check_pass_overhead(bool per_token)
     struct plan_model pm;
     if (!shape_model(&pm, llama_8b(), TT_TYPE_Q4_K, true)) return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 2, 1, hw("", 100, 1000, 64), (struct plan_link){1, 10, 0},
-                    (struct plan_link){1, 10, 0});
+    uniform_cluster(c, 2, 1, hw("", 100, 1000, 64), (struct plan_link){1, 10, 0, 0},
+                    (struct plan_link){1, 10, 0, 0});
     struct plan_workload w = workload(512, 1); /* two chunks of 256 */
     const double us = per_token ? 7 : 300;
     const double step_s = us * 1e-6, prompt_s = per_token ? 512 * us * 1e-6 : 2 * us * 1e-6;
@@ -659,8 +709,8 @@ static void test_rdma_vs_tcp(void)
     struct plan_cluster *c = malloc(sizeof(*c));
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
-    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100, 0},
-                    (struct plan_link){10, 6, 0});
+    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100, 0, 0},
+                    (struct plan_link){10, 6, 0, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_FASTER);
     CHECK_EQ_INT(res.cands[res.chosen].layout, PLAN_LAYOUT_TP);
@@ -669,8 +719,8 @@ static void test_rdma_vs_tcp(void)
     CHECK(res.cands[res.best_single].decode_tok_s <= limit1 &&
           res.cands[res.best_single].decode_tok_s > 0.95 * limit1);
     plan_result_free(&res);
-    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100, 0},
-                    (struct plan_link){300, 2, 0});
+    uniform_cluster(c, 3, 1, hw("", 546, 16000, 48), (struct plan_link){1, 100, 0, 0},
+                    (struct plan_link){300, 2, 0, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_SINGLE);
     const int tp = find_layout(&res, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 3);
@@ -697,8 +747,8 @@ static void test_memory_only_and_no_fit(void)
     struct plan_cluster *c = malloc(sizeof(*c));
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
-    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.4), (struct plan_link){1, 100, 0},
-                    (struct plan_link){60, 0.117, 0});
+    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.4), (struct plan_link){1, 100, 0, 0},
+                    (struct plan_link){60, 0.117, 0, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     check_result(&res, &pm, c, &w);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_MEMORY);
@@ -708,8 +758,8 @@ static void test_memory_only_and_no_fit(void)
         if (res.cands[i].layout == PLAN_LAYOUT_SINGLE)
             CHECK(!res.cands[i].fits && res.cands[i].short_rank >= 0);
     plan_result_free(&res);
-    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.2), (struct plan_link){1, 100, 0},
-                    (struct plan_link){60, 0.117, 0});
+    uniform_cluster(c, 4, 1, hw("", 100, 1000, gib * 0.2), (struct plan_link){1, 100, 0, 0},
+                    (struct plan_link){60, 0.117, 0, 0});
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
     check_result(&res, &pm, c, &w);
     CHECK_EQ_INT(res.verdict, PLAN_VERDICT_NO_FIT);
@@ -729,8 +779,8 @@ static void test_pipeline_no_speedup(void)
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
     /* memory-bound even with 8 tokens a step: ample compute */
-    uniform_cluster(c, 4, 1, hw("", 100, 10000, 64), (struct plan_link){1, 100, 0},
-                    (struct plan_link){25, 1.15, 0});
+    uniform_cluster(c, 4, 1, hw("", 100, 10000, 64), (struct plan_link){1, 100, 0, 0},
+                    (struct plan_link){25, 1.15, 0, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
@@ -771,8 +821,8 @@ static void test_moe(void)
                      TT_TYPE_Q4_K, true))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 8, 8, hw("", 4800, 500000, 136), (struct plan_link){3, 360, 0},
-                    (struct plan_link){3, 360, 0});
+    uniform_cluster(c, 8, 8, hw("", 4800, 500000, 136), (struct plan_link){3, 360, 0, 0},
+                    (struct plan_link){3, 360, 0, 0});
     struct plan_workload w = workload(512, 1);
     struct plan_result res;
     CHECK_EQ_INT(plan_search(&res, &pm, c, &w), 0);
@@ -802,8 +852,8 @@ static void test_workload_and_layouts(void)
                      false))
         return;
     struct plan_cluster *c = malloc(sizeof(*c));
-    uniform_cluster(c, 2, 1, hw("", 100, 1000, 8), (struct plan_link){1, 100, 0},
-                    (struct plan_link){10, 6, 0});
+    uniform_cluster(c, 2, 1, hw("", 100, 1000, 8), (struct plan_link){1, 100, 0, 0},
+                    (struct plan_link){10, 6, 0, 0});
     struct plan_result res;
     struct plan_workload w = workload(512, 1);
     w.n_ctx = 100; /* shorter than the prompt */
@@ -882,8 +932,10 @@ static void test_parse_topo_output(void)
         "\"links\":["
         "{\"a\":0,\"b\":1,\"same_host\":true,\"latency_us\":0.45,\"bandwidth_gbs\":9.8,"
         "\"bandwidth_both_gbs\":4.9},"
-        "{\"a\":0,\"b\":2,\"same_host\":false,\"latency_us\":31.0,\"bandwidth_gbs\":1.1},"
-        "{\"a\":1,\"b\":2,\"same_host\":false,\"latency_us\":30.5,\"bandwidth_gbs\":1.1}]}";
+        "{\"a\":0,\"b\":2,\"same_host\":false,\"latency_us\":31.0,\"bandwidth_gbs\":1.1,"
+        "\"burst_kib\":15.5},"
+        "{\"a\":1,\"b\":2,\"same_host\":false,\"latency_us\":30.5,\"bandwidth_gbs\":1.1,"
+        "\"burst_kib\":15.5}]}";
     struct plan_cluster *c = malloc(sizeof(*c));
     CHECK_EQ_INT(parse(c, topo), 0);
     CHECK_EQ_INT(c->n_ranks, 3);
@@ -893,6 +945,8 @@ static void test_parse_topo_output(void)
     CHECK_NEAR(c->links[2][1].latency_us, 30.5, 1e-12);
     CHECK_NEAR(c->links[1][0].bandwidth_both_gbs, 4.9, 0);
     CHECK_NEAR(c->links[0][2].bandwidth_both_gbs, 1.1, 0); /* absent: the one-way figure */
+    CHECK_NEAR(c->links[2][0].burst_kib, 15.5, 0);
+    CHECK_NEAR(c->links[0][1].burst_kib, 0, 0); /* absent: no bucket */
     CHECK_NEAR(c->ranks[1].bw_efficiency, 1.0, 0);
     free(c);
 }
@@ -984,6 +1038,8 @@ static const struct bad_case bad_cases[] = {
      "missing \"bandwidth_gbs\""},
     {"{\"ranks\":[" RANK "," RANK_B "],\"link\":{\"latency_us\":-1,\"bandwidth_gbs\":1}}",
      TT_EFORMAT, "link: \"latency_us\" is -1"},
+    {"{\"ranks\":[" RANK "," RANK_B "],\"link\":{\"latency_us\":1,\"bandwidth_gbs\":1,\"burst_kib\":-4}}",
+     TT_EFORMAT, "link: \"burst_kib\" is -4"},
     {"{\"ranks\":[" RANK "," RANK_B "],\"link\":[1,2]}", TT_EFORMAT, "link: must be an object"},
     {"{\"ranks\":[" RANK "],\"ranks\":[" RANK "]}", TT_EFORMAT, "duplicate"},
     {"{\"ranks\":[" RANK "],\"sources\":[1]}", TT_EFORMAT, "\"sources\"[0] must be a string"},
@@ -1072,6 +1128,7 @@ static const struct test_case cases[] = {
     {"token_overhead", test_token_overhead},
     {"monotone_links", test_monotone_links},
     {"both_ways_bandwidth", test_both_ways_bandwidth},
+    {"token_bucket", test_token_bucket},
     {"monotone_ranks", test_monotone_ranks},
     {"shared_host_bandwidth", test_shared_host_bandwidth},
     {"rdma_vs_tcp", test_rdma_vs_tcp},

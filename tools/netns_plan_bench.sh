@@ -144,7 +144,7 @@ def predict(k, name):
     r1 = r1["cluster"]["ranks"][0]
     ranks = [dict({f: r1[f] for f in ("read_gbs", "bw_efficiency", "gflops", "attn_gflops", "mem_avail_gib",
                                         "overhead_us", "step_overhead_us", "token_overhead_us", "jitter") if f in r1}, host=f"tp-ns{i + 1}") for i in range(2)]
-    links = [dict({f: l[f] for f in ("a", "b", "bandwidth_gbs", "bandwidth_both_gbs") if f in l},
+    links = [dict({f: l[f] for f in ("a", "b", "bandwidth_gbs", "bandwidth_both_gbs", "burst_kib") if f in l},
                   latency_us=max(l["latency_us"], 0.01)) for l in topo["links"]]
     path = os.path.join(out, f"cluster_{name}_{k}.json")
     json.dump({"name": f"2 namespaces, {k}", "ranks": ranks, "links": links}, open(path, "w"), indent=1)
@@ -172,7 +172,7 @@ for r in range(1, int(rounds) + 1):
             pr = predict(k, "tp_single" if name == "single" else name)
             if pr is None: continue
             cands, l = pr
-            desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} / {l.get('bandwidth_both_gbs', 0):.4f} GB/s)"
+            desc = f"{link} ({l['latency_us']:.0f} us, {l['bandwidth_gbs']:.4f} / {l.get('bandwidth_both_gbs', 0):.4f} GB/s, {l.get('burst_kib', 0):.1f} KiB)"
             m, p = load(f"{name}_{k}.json"), pick(cands, layout, join, n)
             label = layout + (f" ({join})" if layout == "tp" else "")
             if not m or not p: print(f"| {desc} | {r} | {loadavg} | {label} | | failed | | | | |"); continue

@@ -744,12 +744,15 @@ static json_t *cluster_json(const struct plan_cluster *c)
         if (o && h->host_gflops > 0)
             json_object_set_new(o, "host_gflops", json_real(h->host_gflops));
         json_array_append_new(ranks, o);
-        for (int b = r + 1; b < c->n_ranks; b++)
-            json_array_append_new(
-                links, json_pack("{s:i,s:i,s:f,s:f,s:f}", "a", r, "b", b, "latency_us",
-                                 c->links[r][b].latency_us, "bandwidth_gbs",
-                                 c->links[r][b].bandwidth_gbs, "bandwidth_both_gbs",
-                                 plan_link_both_gbs(&c->links[r][b])));
+        for (int b = r + 1; b < c->n_ranks; b++) {
+            json_t *l = json_pack("{s:i,s:i,s:f,s:f,s:f}", "a", r, "b", b, "latency_us",
+                                  c->links[r][b].latency_us, "bandwidth_gbs",
+                                  c->links[r][b].bandwidth_gbs, "bandwidth_both_gbs",
+                                  plan_link_both_gbs(&c->links[r][b]));
+            if (l && c->links[r][b].burst_kib > 0)
+                json_object_set_new(l, "burst_kib", json_real(c->links[r][b].burst_kib));
+            json_array_append_new(links, l);
+        }
     }
     return json_pack("{s:s,s:o,s:o}", "name", c->name, "ranks", ranks, "links", links);
 }

@@ -21,9 +21,18 @@
  * empty, where a stream of them gets 0.5-0.6 of it; over 1 Gbit/s
  * back-to-back joins got 55-77 MB/s and joins after 0.3-3 ms of work
  * 100-117, the one-way rate.
+ *
+ * A shaped link may also pass a burst at once: a token bucket of
+ * burst_kib, refilled at the rate (tbf, cloud instances' network credits).
+ * Messages of 4-32 KiB one way, each after the link has been idle long
+ * enough to refill 64 KiB, show it: the bytes that did not take the
+ * one-way rate (size - (time - the 8-byte round trip) x rate; median of 3
+ * per size, the largest over the sizes). Measured: 4 KiB over the 10
+ * Mbit/s tbf link (4 KiB bucket) in 0.26 ms, where the rate needs 3.3.
  */
 #include "cli.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +44,8 @@
 #define TOPO_JOIN_GAP_US 500.0       /* work before each join */
 #define TOPO_JOINS_MIN 8
 #define TOPO_JOINS_MAX 64
+#define TOPO_BURST_REPS 3
+#define TOPO_BURST_MAX_BYTES (32u << 10) /* below Open MPI's TCP eager limit */
 #define TOPO_TAG 7801
 
 struct topo_rank {
@@ -89,15 +100,47 @@ static double measure_both_ways(struct comm *c, int a, int b, uint8_t *buf, int6
     return gbs;
 }
 
+/* Bytes of a message that pass a's link to `peer` at once after idle_us
+ * (a token bucket; 0 on an unshaped link): messages of 4 KiB to
+ * TOPO_BURST_MAX_BYTES from a, 8 bytes back, each after idle_us, less the
+ * 8-byte round trip (2 x lat_us), against the one-way rate gbs. */
+static int measure_burst(struct comm *c, int a, int peer, uint8_t *buf, double idle_us, double lat_us,
+                         double gbs, double *burst_bytes)
+{
+    const bool me_a = comm_rank(c) == a;
+    int err = 0;
+    *burst_bytes = 0.0;
+    for (uint32_t bytes = 4096; bytes <= TOPO_BURST_MAX_BYTES && !err; bytes *= 2) {
+        double held[TOPO_BURST_REPS];
+        for (int r = 0; r < TOPO_BURST_REPS && !err; r++) {
+            work_us(idle_us);
+            const double t0 = tt_now_s();
+            err = me_a ? comm_send(c, buf, bytes, peer, TOPO_TAG) : comm_recv(c, buf, bytes, peer, TOPO_TAG);
+            if (!err) err = me_a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
+            const double xfer_s = fmax(0.0, tt_now_s() - t0 - 2.0 * lat_us * 1e-6);
+            held[r] = (double)bytes - xfer_s * gbs * 1e9;
+        }
+        for (int i = 1; i < TOPO_BURST_REPS; i++) /* sort the few estimates for the median */
+            for (int j = i; j > 0 && held[j] < held[j - 1]; j--) {
+                const double x = held[j];
+                held[j] = held[j - 1];
+                held[j - 1] = x;
+            }
+        *burst_bytes = fmax(*burst_bytes, held[TOPO_BURST_REPS / 2]);
+    }
+    return err;
+}
+
 /* Ranks a and b measure their link; everyone else waits. Returns (on a) the
  * one-way latency in microseconds, the one-way bandwidth and the bandwidth
- * per direction both ways at once in GB/s. */
+ * per direction both ways at once in GB/s, and the burst the link passes at
+ * once in KiB. */
 static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat_us, double *gbs,
-                         double *both_gbs)
+                         double *both_gbs, double *burst_kib)
 {
     const int me = comm_rank(c);
     int64_t plan[2] = { TOPO_PROBE_BYTES, 1 }; /* message bytes, messages */
-    int64_t joins = TOPO_JOINS_MIN;             /* both ways */
+    int64_t ctl[2] = { TOPO_JOINS_MIN, 0 };     /* joins both ways, idle us before a burst */
     int err = 0;
     if (me == a || me == b) {
         const int peer = me == a ? b : a;
@@ -134,18 +177,24 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
                           : comm_recv(c, buf, (size_t)plan[0], peer, TOPO_TAG);
         if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
         *gbs = (double)plan[0] * (double)plan[1] / (tt_now_s() - t0) / 1e9;
-        /* both ways: about 1 s of joins at half the one-way rate */
+        /* both ways: about 1 s of joins at half the one-way rate; a burst
+         * after the time the rate takes for twice the largest message
+         * (2-100 ms), which refills a bucket of that size */
         if (me == a) {
             const double n = 1.0 * *gbs * 1e9 / 2.0 / TOPO_JOIN_BYTES;
-            joins = n < TOPO_JOINS_MIN ? TOPO_JOINS_MIN : n > TOPO_JOINS_MAX ? TOPO_JOINS_MAX : (int64_t)n;
+            ctl[0] = n < TOPO_JOINS_MIN ? TOPO_JOINS_MIN : n > TOPO_JOINS_MAX ? TOPO_JOINS_MAX : (int64_t)n;
+            ctl[1] = (int64_t)fmin(1e5, fmax(2e3, 2.0 * TOPO_BURST_MAX_BYTES / (*gbs * 1e3)));
         }
-        if (!err) err = me == a ? comm_send(c, &joins, sizeof(joins), peer, TOPO_TAG)
-                                : comm_recv(c, &joins, sizeof(joins), peer, TOPO_TAG);
-        if (!err && (joins < TOPO_JOINS_MIN || joins > TOPO_JOINS_MAX))
-            err = tt_error_set(TT_ECOMM, "bad join count %lld from rank %d", (long long)joins, peer);
+        if (!err) err = me == a ? comm_send(c, ctl, sizeof(ctl), peer, TOPO_TAG)
+                                : comm_recv(c, ctl, sizeof(ctl), peer, TOPO_TAG);
+        if (!err && (ctl[0] < TOPO_JOINS_MIN || ctl[0] > TOPO_JOINS_MAX || ctl[1] < 2000 || ctl[1] > 100000))
+            err = tt_error_set(TT_ECOMM, "bad measurement plan from rank %d", peer);
+        double burst = 0.0;
+        if (!err) err = measure_burst(c, a, peer, buf, (double)ctl[1], *lat_us, *gbs, &burst);
+        *burst_kib = burst / 1024.0;
     }
     if (err) cli_die(err, "measuring the link %d-%d", a, b);
-    *both_gbs = measure_both_ways(c, a, b, buf, joins);
+    *both_gbs = measure_both_ways(c, a, b, buf, ctl[0]);
     if ((err = comm_barrier(c))) cli_die(err, "barrier");
 }
 
@@ -158,7 +207,8 @@ static const char topo_help[] =
 struct topo {
     int n;
     struct topo_rank *all; /* [n] */
-    double *lat, *bw, *bw2; /* [n][n], rank 0: latency, one-way and both-ways bandwidth */
+    double *lat, *bw, *bw2, *burst; /* [n][n], rank 0: latency, one-way and both-ways bandwidth,
+                                     * burst KiB */
 };
 
 /* Collective: every rank describes itself, every pair measures its link. */
@@ -176,21 +226,23 @@ static void topo_measure(struct topo *t, int threads)
     t->lat = calloc((size_t)n * n, sizeof(double));
     t->bw = calloc((size_t)n * n, sizeof(double));
     t->bw2 = calloc((size_t)n * n, sizeof(double));
+    t->burst = calloc((size_t)n * n, sizeof(double));
     uint8_t *buf = tt_alloc(3 * (size_t)TOPO_BW_BYTES); /* send block, then both blocks received */
-    if (!t->all || !t->lat || !t->bw || !t->bw2 || !buf) cli_die(TT_ENOMEM, "topo");
+    if (!t->all || !t->lat || !t->bw || !t->bw2 || !t->burst || !buf) cli_die(TT_ENOMEM, "topo");
     int err = comm_allgather(c, &mine, sizeof(mine), t->all);
     if (err) cli_die(err, "exchanging rank descriptions");
     for (int a = 0; a < n; a++)
         for (int b = a + 1; b < n; b++) {
-            double l = 0, g = 0, g2 = 0;
-            measure_pair(c, a, b, buf, &l, &g, &g2);
-            double lg[3] = { l, g, g2 }; /* rank a's figures to rank 0 */
+            double l = 0, g = 0, g2 = 0, kib = 0;
+            measure_pair(c, a, b, buf, &l, &g, &g2, &kib);
+            double lg[4] = { l, g, g2, kib }; /* rank a's figures to rank 0 */
             if (a != 0 && me == a) err = comm_send(c, lg, sizeof(lg), 0, TOPO_TAG);
             if (a != 0 && me == 0) err = comm_recv(c, lg, sizeof(lg), a, TOPO_TAG);
             if (err) cli_die(err, "collecting link figures");
             t->lat[a * n + b] = t->lat[b * n + a] = lg[0];
             t->bw[a * n + b] = t->bw[b * n + a] = lg[1];
             t->bw2[a * n + b] = t->bw2[b * n + a] = lg[2];
+            t->burst[a * n + b] = t->burst[b * n + a] = lg[3];
         }
     tt_free(buf);
 }
@@ -201,6 +253,7 @@ static void topo_free(struct topo *t)
     free(t->lat);
     free(t->bw);
     free(t->bw2);
+    free(t->burst);
 }
 
 /* The cluster as JSON (the format `tutti plan --cluster` reads). */
@@ -221,9 +274,9 @@ static void topo_json(FILE *fp, const struct topo *t)
     for (int a = 0, k = 0; a < n; a++)
         for (int b = a + 1; b < n; b++, k++)
             fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.6f,"
-                    "\"bandwidth_both_gbs\":%.6f}",
+                    "\"bandwidth_both_gbs\":%.6f,\"burst_kib\":%.2f}",
                     k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
-                    t->lat[a * n + b], t->bw[a * n + b], t->bw2[a * n + b]);
+                    t->lat[a * n + b], t->bw[a * n + b], t->bw2[a * n + b], t->burst[a * n + b]);
     fprintf(fp, "]}\n");
 }
 
@@ -268,12 +321,12 @@ int cmd_topo(int argc, char **argv)
             printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f  %16.1f\n", r, all[r].host, all[r].cores,
                    kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
                    all[r].read_gbs, all[r].matvec_gbs);
-        if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s  both ways GB/s\n");
+        if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s  both ways GB/s  burst KiB\n");
         for (int a = 0; a < n; a++)
             for (int b = a + 1; b < n; b++)
-                printf("%2d-%-2d   %-9s  %10.2f  %14.4f  %14.4f\n", a, b,
+                printf("%2d-%-2d   %-9s  %10.2f  %14.4f  %14.4f  %9.1f\n", a, b,
                        strcmp(all[a].host, all[b].host) ? "no" : "yes", t.lat[a * n + b], t.bw[a * n + b],
-                       t.bw2[a * n + b]);
+                       t.bw2[a * n + b], t.burst[a * n + b]);
     }
     topo_free(&t);
     return 0;

@@ -227,6 +227,7 @@ static int parse_link(json_t *o, const char *where, struct plan_link *l)
     if (!err)
         err = num_field(o, "bandwidth_both_gbs", where, 0, true, 1e6, false, l->bandwidth_gbs,
                         &l->bandwidth_both_gbs);
+    if (!err) err = num_field(o, "burst_kib", where, 0, false, 1e6, false, 0, &l->burst_kib);
     return err;
 }
 
@@ -236,7 +237,8 @@ static int parse_pairs(struct plan_cluster *c, json_t *links, bool set[][PLAN_CL
     static const char *const known[] = {"a",          "b",
                                         "same_host",  "latency_us",
                                         "bandwidth_gbs", "bandwidth_both_gbs",
-                                        "comment",    NULL};
+                                        "burst_kib",  "comment",
+                                        NULL};
     json_t *o;
     size_t i;
     if (!json_is_array(links)) return jfail("links", "must be an array");
@@ -277,7 +279,7 @@ static int parse_links(struct plan_cluster *c, json_t *root)
     for (int h = 0; h < 2; h++) {
         json_t *o = json_object_get(root, names[h]);
         static const char *const known[] = {"latency_us", "bandwidth_gbs", "bandwidth_both_gbs",
-                                            "comment", NULL};
+                                            "burst_kib", "comment", NULL};
         if (!o) continue;
         int err = json_is_object(o) ? check_keys(o, names[h], known)
                                     : jfail(names[h], "must be an object");
@@ -390,8 +392,10 @@ int plan_cluster_check(const struct plan_cluster *c)
                                     r, b, h->host);
             if (!in_range(l->latency_us, 0, false, 1e7) ||
                 !in_range(l->bandwidth_gbs, 0, true, 1e6) ||
-                !in_range(l->bandwidth_both_gbs, 0, false, 1e6) || l->latency_us != m->latency_us ||
-                l->bandwidth_gbs != m->bandwidth_gbs || l->bandwidth_both_gbs != m->bandwidth_both_gbs)
+                !in_range(l->bandwidth_both_gbs, 0, false, 1e6) ||
+                !in_range(l->burst_kib, 0, false, 1e6) || l->latency_us != m->latency_us ||
+                l->bandwidth_gbs != m->bandwidth_gbs ||
+                l->bandwidth_both_gbs != m->bandwidth_both_gbs || l->burst_kib != m->burst_kib)
                 return tt_error_set(TT_EINVAL,
                                     "cluster: the link %d-%d is missing, out of range or "
                                     "not symmetric",

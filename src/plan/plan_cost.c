@@ -276,12 +276,13 @@ double plan_model_type_share(const struct plan_model *pm, enum tt_type type)
 struct net {
     int k;
     double lat_s, bw_bps, bw2_bps;
+    double burst_bytes; /* the smallest token bucket of its links (0: none) */
 };
 
 static struct net pairs_net(const struct plan_cluster *c, const int32_t *a, int ka,
                             const int32_t *b, int kb)
 {
-    struct net n = {2, 0.0, INFINITY, INFINITY};
+    struct net n = {2, 0.0, INFINITY, INFINITY, INFINITY};
     for (int i = 0; i < ka; i++)
         for (int j = 0; j < kb; j++) {
             if (a[i] == b[j]) continue;
@@ -289,8 +290,10 @@ static struct net pairs_net(const struct plan_cluster *c, const int32_t *a, int 
             n.lat_s = fmax(n.lat_s, l->latency_us * 1e-6);
             n.bw_bps = fmin(n.bw_bps, l->bandwidth_gbs * 1e9);
             n.bw2_bps = fmin(n.bw2_bps, plan_link_both_gbs(l) * 1e9);
+            n.burst_bytes = fmin(n.burst_bytes, l->burst_kib * 1024.0);
         }
     if (isinf(n.bw_bps)) n.k = 1; /* one rank: nothing to cross */
+    if (isinf(n.burst_bytes)) n.burst_bytes = 0.0;
     return n;
 }
 
@@ -315,31 +318,42 @@ static double coll_bw(const struct net *n, double block_bytes)
     return block_bytes < PLAN_SMALL_BLOCK_BYTES ? n->bw_bps : n->bw2_bps;
 }
 
-/* All-gather of total_bytes (each rank contributes its part). */
-static double allgather_s(const struct net *n, double total_bytes)
+/* The time `bytes` in one direction take beyond the latency at `bw`, when
+ * the link has had gap_s since its last message (the work between two joins
+ * or two steps): a token bucket (burst_bytes, refilled at the one-way rate)
+ * passes what it holds at once, the rest at the rate. */
+static double xfer_s(const struct net *n, double bytes, double bw, double gap_s)
+{
+    const double held = fmin(n->burst_bytes, n->bw_bps * gap_s);
+    return fmax(0.0, bytes - held) / bw;
+}
+
+/* All-gather of total_bytes (each rank contributes its part) after gap_s. */
+static double allgather_s(const struct net *n, double total_bytes, double gap_s)
 {
     if (n->k <= 1) return 0.0;
     const double k = n->k;
     return coll_steps(n->k, total_bytes / k) * n->lat_s +
-           (k - 1) / k * total_bytes / coll_bw(n, total_bytes / k);
+           xfer_s(n, (k - 1) / k * total_bytes, coll_bw(n, total_bytes / k), gap_s);
 }
 
 /* comm_allreduce_sum of `bytes` per rank (F32 wire), as comm.h describes it:
  * reduce-scatter + all-gather from 64 KiB when that moves fewer bytes,
  * else every rank gathers every contribution. */
-static double allreduce_s(const struct net *n, double bytes)
+static double allreduce_s(const struct net *n, double bytes, double gap_s)
 {
     if (n->k <= 1) return 0.0;
     const double k = n->k;
     if (bytes >= PLAN_SMALL_BLOCK_BYTES && n->k > 2)
         return 2.0 * coll_steps(n->k, bytes / k) * n->lat_s +
-               2.0 * (k - 1) / k * bytes / coll_bw(n, bytes / k);
-    return coll_steps(n->k, bytes) * n->lat_s + (k - 1) * bytes / coll_bw(n, bytes);
+               xfer_s(n, 2.0 * (k - 1) / k * bytes, coll_bw(n, bytes / k), gap_s);
+    return coll_steps(n->k, bytes) * n->lat_s + xfer_s(n, (k - 1) * bytes, coll_bw(n, bytes), gap_s);
 }
 
-static double send_s(const struct net *n, double bytes)
+/* One message of `bytes` one way, gap_s after the link's last one. */
+static double send_s(const struct net *n, double bytes, double gap_s)
 {
-    return n->k <= 1 ? 0.0 : n->lat_s + bytes / n->bw_bps;
+    return n->k <= 1 ? 0.0 : n->lat_s + xfer_s(n, bytes, n->bw_bps, gap_s);
 }
 
 /* Expected experts of one token on the busiest of k equally likely ranks
@@ -472,22 +486,26 @@ static double normal_max(int k)
 /* The joins of one layer in a tensor-parallel group (engine_forward.c):
  * gather: attention outputs and embd rows, FFN hidden and embd rows (MoE:
  * the experts' outputs; shared expert: hidden and rows); sum: one
- * all-reduce per block. */
+ * all-reduce per block. The layer's work (work_s) is spread evenly before
+ * its joins: the gap a token bucket refills in. */
 static double layer_comm_s(const struct model_hparams *hp, const struct net *n, enum plan_join join,
-                           double n_tok)
+                           double n_tok, double work_s)
 {
     if (n->k <= 1) return 0.0;
     const double E = 4.0 * hp->n_embd * n_tok;
     const bool g = join == PLAN_JOIN_GATHER;
-    double t = g ? allgather_s(n, 4.0 * hp->n_head * hp->head_dim * n_tok) + allgather_s(n, E)
-                 : allreduce_s(n, E);
+    const int joins = g ? (hp->n_expert ? 3 + (hp->n_ff_shexp ? 2 : 0) : 4)
+                        : (hp->n_expert ? 2 + (hp->n_ff_shexp ? 1 : 0) : 2);
+    const double gap = work_s / joins;
+    double t = g ? allgather_s(n, 4.0 * hp->n_head * hp->head_dim * n_tok, gap) + allgather_s(n, E, gap)
+                 : allreduce_s(n, E, gap);
     if (!hp->n_expert)
-        return t +
-               (g ? allgather_s(n, 4.0 * hp->n_ff * n_tok) + allgather_s(n, E) : allreduce_s(n, E));
-    t += g ? allgather_s(n, E * hp->n_expert_used) : allreduce_s(n, E);
+        return t + (g ? allgather_s(n, 4.0 * hp->n_ff * n_tok, gap) + allgather_s(n, E, gap)
+                      : allreduce_s(n, E, gap));
+    t += g ? allgather_s(n, E * hp->n_expert_used, gap) : allreduce_s(n, E, gap);
     if (hp->n_ff_shexp)
-        t += g ? allgather_s(n, 4.0 * hp->n_ff_shexp * n_tok) + allgather_s(n, E)
-               : allreduce_s(n, E);
+        t += g ? allgather_s(n, 4.0 * hp->n_ff_shexp * n_tok, gap) + allgather_s(n, E, gap)
+               : allreduce_s(n, E, gap);
     return t;
 }
 
@@ -545,6 +563,7 @@ struct search {
     struct net net[PLAN_CLUSTER_RANKS_MAX];  /* per stage: its group's links */
     struct net hop[PLAN_CLUSTER_RANKS_MAX];  /* per stage: the link to the next stage */
     double *cost, *mem;                      /* [stage][layer]: decode time, memory fraction */
+    double *comm;                            /* [stage][layer]: the joins' part of cost */
     double *dp;                              /* [stage + 1][layer + 1] */
     int32_t *arg;
     struct plan_result *res;
@@ -647,7 +666,6 @@ static void layer_costs(struct search *s, const struct plan_candidate *cd,
         double budget[PLAN_CLUSTER_RANKS_MAX];
         for (int i = g->rank_begin; i < g->rank_end; i++)
             budget[i] = layer_budget(s, cd, st, i);
-        const double comm = layer_comm_s(&s->pm->hp, &s->net[st], cd->join, tw->n_tok);
         const double stretch = straggle(s, g);
         for (int l = 0; l < L; l++) {
             double t = 0.0, f = 0.0, wb, kv;
@@ -657,7 +675,10 @@ static void layer_costs(struct search *s, const struct plan_candidate *cd,
                 rank_layer_mem(s->pm, l, &s->sh[i], s->w, &wb, &kv);
                 f = fmax(f, budget[i] > 0 ? (wb + kv) / budget[i] : 1e30);
             }
+            const double comm =
+                layer_comm_s(&s->pm->hp, &s->net[st], cd->join, tw->n_tok, t * stretch);
             s->cost[(size_t)st * L + l] = t * stretch + comm;
+            s->comm[(size_t)st * L + l] = comm;
             s->mem[(size_t)st * L + l] = f;
         }
     }
@@ -766,7 +787,7 @@ static void set_ends(struct plan_candidate *cd, const int32_t *ends)
  * the last stage: all of it). A collective's bandwidth when several ranks
  * hold slices, one way from a single last-stage rank. */
 static double logits_gather_s(const struct search *s, const struct plan_candidate *cd,
-                              const struct net *n, double n_logits)
+                              const struct net *n, double n_logits, double gap_s)
 {
     const struct plan_stage *g = &cd->stages[cd->n_stages - 1];
     const double all = 4.0 * n_logits * s->pm->hp.n_vocab;
@@ -780,7 +801,8 @@ static double logits_gather_s(const struct search *s, const struct plan_candidat
      * slices; a single holder sends its size and its slice back to back */
     const bool several = g->rank_end - g->rank_begin > 1;
     const double bw = several ? coll_bw(n, all / n->k) : n->bw_bps;
-    return (several ? 2.0 : 1.0) * coll_steps(n->k, all / n->k) * n->lat_s + (1.0 - least) * all / bw;
+    return (several ? 2.0 : 1.0) * coll_steps(n->k, all / n->k) * n->lat_s +
+           xfer_s(n, (1.0 - least) * all, bw, gap_s);
 }
 
 /* The output projection and sampling on the last stage, and rank 0 driving
@@ -792,9 +814,10 @@ static double logits_gather_s(const struct search *s, const struct plan_candidat
  * workload asks for full logits instead, their gather. When rank 0 alone
  * is the first of several stages, it goes on computing right after
  * broadcasting: the later stages receive the step during its first_s of
- * work, and only what the broadcast takes beyond that is waited for. */
+ * work, and only what the broadcast takes beyond that is waited for. The
+ * returns travel gap_s (the step's work) after the previous step's. */
 static double ends_s(const struct search *s, const struct plan_candidate *cd, double n_logits,
-                     double first_s, double *comm)
+                     double first_s, double gap_s, double *comm)
 {
     const struct plan_stage *g = &cd->stages[cd->n_stages - 1];
     int32_t step_ranks[PLAN_CLUSTER_RANKS_MAX + 1];
@@ -819,34 +842,42 @@ static double ends_s(const struct search *s, const struct plan_candidate *cd, do
     const double bcast = coll_steps(ks, 0) * n.lat_s;
     double c = hidden ? fmax(0.0, bcast - first_s) : bcast;
     if (ks > 1)
-        c += s->w->full_logits ? logits_gather_s(s, cd, &n, n_logits)
-                               : coll_steps(ks, cand) * n.lat_s + (ks - 1) * cand / n.bw_bps;
+        c += s->w->full_logits ? logits_gather_s(s, cd, &n, n_logits, gap_s)
+                               : coll_steps(ks, cand) * n.lat_s +
+                                     (ks - 1) * xfer_s(&n, cand, n.bw_bps, gap_s);
     *comm += c;
     return t + c;
 }
 
 /* One decode round: M micro-batches of m tokens through the stages. A
  * micro-batch's trip is the sum of the stages and sends; the busiest stage
- * must also serve all M of them. */
+ * must also serve all M of them. A link between stages carries one message
+ * per micro-batch, the stages' work (busy) apart. */
 static double decode_round(struct search *s, struct plan_candidate *cd, double m, int M,
                            double *comm)
 {
     const int L = s->pm->hp.n_layer;
     const double E4 = 4.0 * s->pm->hp.n_embd * m;
-    double sum = 0.0, worst = 0.0;
+    double sum = 0.0, worst = 0.0, busy = 0.0;
     *comm = 0.0;
     for (int st = 0; st < cd->n_stages; st++) {
         struct plan_stage *g = &cd->stages[st];
-        double t = 0.0;
         for (int l = g->layer_begin; l < g->layer_end; l++)
+            busy += s->cost[(size_t)st * L + l];
+        busy += stage_step_s(s, g, m);
+    }
+    for (int st = 0; st < cd->n_stages; st++) {
+        struct plan_stage *g = &cd->stages[st];
+        double t = 0.0;
+        for (int l = g->layer_begin; l < g->layer_end; l++) {
             t += s->cost[(size_t)st * L + l];
+            *comm += s->comm[(size_t)st * L + l];
+        }
         t += stage_step_s(s, g, m);
-        *comm +=
-            (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, m);
         if (st == cd->n_stages - 1)
-            t += ends_s(s, cd, m, cd->stages[0].decode_s, comm);
+            t += ends_s(s, cd, m, cd->stages[0].decode_s, busy, comm);
         else {
-            const double snd = send_s(&s->hop[st], E4);
+            const double snd = send_s(&s->hop[st], E4, busy);
             t += snd;
             *comm += snd;
         }
@@ -872,11 +903,11 @@ static double chunk_s(struct search *s, struct plan_candidate *cd, double t, dou
             for (int i = g->rank_begin; i < g->rank_end; i++)
                 worst = fmax(worst, rank_layer_s(s->pm, l, &s->sh[i], &s->c->ranks[s->ids[i]], &tw,
                                                  s->emax[k]));
-            x += worst * straggle(s, g);
+            worst *= straggle(s, g);
+            x += worst + layer_comm_s(&s->pm->hp, &s->net[st], cd->join, t, worst);
         }
         x += stage_step_s(s, g, t);
-        x += (g->layer_end - g->layer_begin) * layer_comm_s(&s->pm->hp, &s->net[st], cd->join, t);
-        if (st < cd->n_stages - 1) x += send_s(&s->hop[st], 4.0 * s->pm->hp.n_embd * t);
+        if (st < cd->n_stages - 1) x += send_s(&s->hop[st], 4.0 * s->pm->hp.n_embd * t, x);
         g->prefill_s += wgt * x;
         sum += x;
     }
@@ -901,7 +932,7 @@ static double prefill_total(struct search *s, struct plan_candidate *cd)
         total += wgt * chunk_s(s, cd, (double)nb, (double)(c * nb), wgt);
     }
     if (rem) total += chunk_s(s, cd, (double)rem, (double)(F * nb), 1.0);
-    const double out = ends_s(s, cd, 1.0, cd->stages[0].prefill_s, &comm);
+    const double out = ends_s(s, cd, 1.0, cd->stages[0].prefill_s, total, &comm);
     cd->stages[cd->n_stages - 1].prefill_s += out;
     return total + out;
 }
@@ -1089,7 +1120,8 @@ static int single_candidates(struct search *s)
                   a->token_overhead_us == b->token_overhead_us &&
                   c->links[0][r].latency_us == c->links[0][q].latency_us &&
                   c->links[0][r].bandwidth_gbs == c->links[0][q].bandwidth_gbs &&
-                  c->links[0][r].bandwidth_both_gbs == c->links[0][q].bandwidth_both_gbs;
+                  c->links[0][r].bandwidth_both_gbs == c->links[0][q].bandwidth_both_gbs &&
+                  c->links[0][r].burst_kib == c->links[0][q].burst_kib;
         }
         const int32_t id = r;
         int err = dup ? 0 : add_candidate(s, PLAN_LAYOUT_SINGLE, PLAN_JOIN_GATHER, &id, &one, 1);
@@ -1342,10 +1374,11 @@ int plan_search(struct plan_result *res, const struct plan_model *pm, const stru
     if (s) {
         s->cost = malloc(sizeof(double) * S * L);
         s->mem = malloc(sizeof(double) * S * L);
+        s->comm = malloc(sizeof(double) * S * L);
         s->dp = malloc(sizeof(double) * (S + 1) * (L + 1));
         s->arg = malloc(sizeof(int32_t) * (S + 1) * (L + 1));
     }
-    if (!s || !res->cands || !s->cost || !s->mem || !s->dp || !s->arg) {
+    if (!s || !res->cands || !s->cost || !s->mem || !s->comm || !s->dp || !s->arg) {
         err = tt_error_set(TT_ENOMEM, "out of memory for the planner");
         goto fail_alloc;
     }
@@ -1355,6 +1388,7 @@ int plan_search(struct plan_result *res, const struct plan_model *pm, const stru
                          .res = res,
                          .cost = s->cost,
                          .mem = s->mem,
+                         .comm = s->comm,
                          .dp = s->dp,
                          .arg = s->arg};
     for (int k = 1; k <= c->n_ranks; k++)
@@ -1366,6 +1400,7 @@ fail_alloc:
         free(s->arg);
         free(s->dp);
         free(s->mem);
+        free(s->comm);
         free(s->cost);
     }
     free(s);

@@ -126,6 +126,9 @@ struct plan_link {
     double bandwidth_gbs;      /* GB/s of large messages, one way (pipeline sends) */
     double bandwidth_both_gbs; /* GB/s each way while both ways carry data (collectives);
                                 * 0: bandwidth_gbs (a full-duplex link) */
+    double burst_kib;          /* a shaped link's token bucket: KiB a message may carry at
+                                * once after the link has been idle, refilled at
+                                * bandwidth_gbs; 0: none (every byte at the rate) */
 };
 
 struct plan_cluster {

@@ -83,6 +83,13 @@ struct plan_hw_rank;
 struct plan_workload;
 bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
                       struct plan_hw_rank *r);
+/* The same kernel figures alone (no engine timing), on the GPU a rank with
+ * this local rank uses (local_rank % devices, as the engine picks it).
+ * False, *r untouched, as cli_gpu_describe. */
+bool cli_gpu_describe_kernels(const struct plan_model *pm, int local_rank, struct plan_hw_rank *r);
+/* The model of a `tutti plan --shape` name (Q4_K_M) into *pm; dies on an
+ * unknown name. */
+int cli_plan_shape_model(const char *shape, struct plan_model *pm);
 /* Fit *r's overheads and speeds (plan_fit_engine) to the engine's times on
  * models of pm's shape with n and 2n layers (cmd_plan_gpu.c says how n is
  * chosen), made in a temporary directory

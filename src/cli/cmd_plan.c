@@ -212,6 +212,17 @@ static void shape_hparams(const struct plan_opts *o, struct model_hparams *hp)
     hp->n_rot = hp->head_dim;
 }
 
+int cli_plan_shape_model(const char *shape, struct plan_model *pm)
+{
+    struct plan_opts o = {.shape = shape};
+    struct model_hparams hp;
+    enum tt_type base;
+    bool mix;
+    shape_hparams(&o, &hp);
+    int err = model_gen_parse_type("q4_k_m", &base, &mix);
+    return err ? err : plan_model_from_shape(pm, &hp, base, mix, false);
+}
+
 static void load_model(const struct plan_opts *o, struct plan_model *pm, char *desc, size_t cap)
 {
     int err;

@@ -429,10 +429,11 @@ static bool gpu_measure(struct gpu_bench *b, const struct plan_model *pm, struct
     return true;
 }
 
-bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
-                      struct plan_hw_rank *r)
+/* GPU `device` by its kernels on pm's FFN shapes (gpu_measure), its free
+ * memory and name into *r (other fields kept). False, *r untouched, on an
+ * error. */
+static bool gpu_kernels(const struct plan_model *pm, int device, struct plan_hw_rank *r)
 {
-    if (kcuda_device_count() <= 0) return false;
     const struct model_hparams *hp = &pm->hp;
     const int64_t E = hp->n_embd;
     const int64_t F = ffn_width(hp);
@@ -444,7 +445,7 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
     struct plan_hw_rank g = *r;
     size_t free_b = 0, total_b = 0;
     bool ok = false;
-    int err = kcuda_create(&b.k, 0, kcuda_linear_scratch_bytes(GPU_GEMM_TOKENS, wide, F));
+    int err = kcuda_create(&b.k, device, kcuda_linear_scratch_bytes(GPU_GEMM_TOKENS, wide, F));
     if (!err) err = kcuda_malloc(b.k, &b.w, w_bytes + KCUDA_WEIGHT_PAD, "planner: weights");
     if (!err) err = kcuda_malloc(b.k, &b.act, act_bytes, "planner: activations");
     if (!err) err = kcuda_malloc(b.k, (void **)&b.out, out_bytes, "planner: outputs");
@@ -465,7 +466,21 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
     kcuda_free(b.act);
     kcuda_free(b.w);
     kcuda_destroy(b.k);
-    if (!ok) return false;
+    if (ok) *r = g;
+    return ok;
+}
+
+bool cli_gpu_describe_kernels(const struct plan_model *pm, int local_rank, struct plan_hw_rank *r)
+{
+    const int n_dev = kcuda_device_count();
+    return n_dev > 0 && gpu_kernels(pm, local_rank % n_dev, r);
+}
+
+bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
+                      struct plan_hw_rank *r)
+{
+    struct plan_hw_rank g = *r;
+    if (kcuda_device_count() <= 0 || !gpu_kernels(pm, 0, &g)) return false;
     if (cli_engine_fit(pm, w, threads, true, &g)) {
         const size_t n = strlen(g.device);
         snprintf(g.device + n, sizeof(g.device) - n, " (engine timed on this shape)");
@@ -477,6 +492,14 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
 }
 
 #else
+
+bool cli_gpu_describe_kernels(const struct plan_model *pm, int local_rank, struct plan_hw_rank *r)
+{
+    (void)pm;
+    (void)local_rank;
+    (void)r;
+    return false;
+}
 
 bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w, int threads,
                       struct plan_hw_rank *r)

@@ -11,6 +11,16 @@
  * host comes from the host names the communicator exchanged at start;
  * nothing is configured.
  *
+ * A rank with a CUDA GPU (a CUDA build; the engine puts every layer there
+ * by default) is described by its GPU, as `tutti plan` describes one
+ * (cmd_plan_gpu.c's kernel figures, without timing the engine): read_gbs
+ * the device's copy bandwidth, matvec_gbs what the one-token Q4_K/Q6_K
+ * products on Llama 3.1 8B's FFN shapes reach, gflops and overhead_us from
+ * the prompt products and a small kernel, the device's free memory and
+ * name; the GPU is the one the engine would use (local rank % devices).
+ * `--cpu` describes the CPUs instead. `--plan auto` (cli_topo_json) still
+ * describes CPUs: MoE models and pipeline layouts keep ranks on the CPU.
+ *
  * Both ways is measured as a prompt's joins use the link: all-gathers of
  * TOPO_JOIN_BYTES per rank (a prompt chunk's block: 128-256 tokens of a
  * 1024-4096-wide row split over two ranks), each after TOPO_JOIN_GAP_US of
@@ -31,6 +41,7 @@
  * Mbit/s tbf link (4 KiB bucket) in 0.26 ms, where the rate needs 3.3.
  */
 #include "cli.h"
+#include "plan/plan_cost.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -55,7 +66,29 @@ struct topo_rank {
     double mem_total_gib, mem_avail_gib;
     double read_gbs;
     double matvec_gbs;   /* Q4_K weights streamed per second by the decode kernel */
+    double gflops;       /* a GPU rank's prompt products (0: a CPU rank) */
+    double overhead_us;  /* a GPU rank's small kernels per layer */
+    char device[PLAN_NAME_MAX];
 };
+
+/* This rank as its GPU (see the top): false, *mine untouched, without one. */
+static bool describe_gpu(struct topo_rank *mine, int local_rank)
+{
+    struct plan_model pm;
+    struct plan_hw_rank g = { 0 };
+    if (cli_plan_shape_model("llama-3.1-8b", &pm)) return false;
+    const bool ok = cli_gpu_describe_kernels(&pm, local_rank, &g);
+    plan_model_free(&pm);
+    if (!ok) return false;
+    mine->read_gbs = g.read_gbs;
+    mine->matvec_gbs = g.read_gbs * g.bw_efficiency;
+    mine->gflops = g.gflops;
+    mine->overhead_us = g.overhead_us;
+    mine->mem_total_gib = g.mem_total_gib;
+    mine->mem_avail_gib = g.mem_avail_gib;
+    snprintf(mine->device, sizeof(mine->device), "%s", g.device);
+    return true;
+}
 
 /* GB/s of Q4_K weights through the decode kernel with n_threads threads
  * (cli_measure.c: the engine's layout on this CPU). */
@@ -199,10 +232,11 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
 }
 
 static const char topo_help[] =
-    "usage: mpirun -np N [--hostfile H] tutti topo [-t threads] [--json]\n"
+    "usage: mpirun -np N [--hostfile H] tutti topo [-t threads] [--cpu] [--json]\n"
     "Describe the cluster as measured: per rank its host, cores, instruction set,\n"
-    "memory and read bandwidth; per pair of ranks the latency and bandwidth of\n"
-    "their link, and whether they share a host. Works on one rank too.\n";
+    "memory and read bandwidth (a rank with a CUDA GPU: the GPU's, with its\n"
+    "product speed; --cpu: the CPU's); per pair of ranks the latency, bandwidth\n"
+    "and burst of their link, and whether they share a host. Works on one rank too.\n";
 
 struct topo {
     int n;
@@ -211,16 +245,21 @@ struct topo {
                                      * burst KiB */
 };
 
-/* Collective: every rank describes itself, every pair measures its link. */
-static void topo_measure(struct topo *t, int threads)
+/* Collective: every rank describes itself (its GPU if `gpu` and it has
+ * one), every pair measures its link. */
+static void topo_measure(struct topo *t, int threads, bool gpu)
 {
     struct comm *c = cli_comm();
     const int n = comm_size(c), me = comm_rank(c);
     struct topo_rank mine = { .cores = tt_cpu_count(), .isa = kcpu_get()->isa };
     snprintf(mine.host, sizeof(mine.host), "%s", comm_host(c, me));
-    cli_meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
-    mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
-    mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores);
+    int local_rank = 0;
+    for (int r = 0; r < me; r++) local_rank += !strcmp(comm_host(c, r), comm_host(c, me));
+    if (!gpu || !describe_gpu(&mine, local_rank)) {
+        cli_meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
+        mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores);
+        mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores);
+    }
     t->n = n;
     t->all = calloc((size_t)n, sizeof(*t->all));
     t->lat = calloc((size_t)n * n, sizeof(double));
@@ -266,9 +305,15 @@ static void topo_json(FILE *fp, const struct topo *t)
         fprintf(fp, "%s{\"rank\":%d,\"host\":", r ? "," : "", r);
         cli_json_str(fp, all[r].host, strlen(all[r].host));
         fprintf(fp, ",\"cores\":%d,\"isa\":\"%s\",\"mem_total_gib\":%.2f,\"mem_avail_gib\":%.2f,"
-                "\"read_gbs\":%.2f,\"matvec_gbs\":%.2f}", all[r].cores,
+                "\"read_gbs\":%.2f,\"matvec_gbs\":%.2f", all[r].cores,
                 kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
                 all[r].read_gbs, all[r].matvec_gbs);
+        if (all[r].gflops > 0) {
+            fprintf(fp, ",\"gflops\":%.1f,\"attn_gflops\":%.1f,\"overhead_us\":%.2f,\"device\":",
+                    all[r].gflops, all[r].gflops, all[r].overhead_us);
+            cli_json_str(fp, all[r].device, strnlen(all[r].device, sizeof(all[r].device)));
+        }
+        fprintf(fp, "}");
     }
     fprintf(fp, "],\"links\":[");
     for (int a = 0, k = 0; a < n; a++)
@@ -283,7 +328,7 @@ static void topo_json(FILE *fp, const struct topo *t)
 char *cli_topo_json(int threads)
 {
     struct topo t;
-    topo_measure(&t, threads);
+    topo_measure(&t, threads, false);
     char *text = NULL;
     size_t len = 0;
     if (comm_rank(cli_comm()) == 0) {
@@ -298,7 +343,7 @@ char *cli_topo_json(int threads)
 
 int cmd_topo(int argc, char **argv)
 {
-    bool json = false;
+    bool json = false, cpu = false;
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -306,12 +351,13 @@ int cmd_topo(int argc, char **argv)
             return 0;
         }
         if (!strcmp(argv[i], "--json")) json = true;
+        else if (!strcmp(argv[i], "--cpu")) cpu = true;
         else if (!strcmp(argv[i], "-t") || !strcmp(argv[i], "--threads"))
             threads = (int)cli_parse_int(argv[i], cli_value(argc, argv, &i), 1, 512);
         else cli_die(0, "unknown option '%s' (see tutti topo --help)", argv[i]);
     }
     struct topo t;
-    topo_measure(&t, threads);
+    topo_measure(&t, threads, !cpu);
     const int n = t.n;
     const struct topo_rank *all = t.all;
     if (comm_rank(cli_comm()) == 0 && json) topo_json(stdout, &t);
@@ -321,6 +367,11 @@ int cmd_topo(int argc, char **argv)
             printf("%4d  %-20s %5d  %-7s  %7.1f (%6.1f)     %7.1f  %16.1f\n", r, all[r].host, all[r].cores,
                    kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
                    all[r].read_gbs, all[r].matvec_gbs);
+        for (int r = 0; r < n; r++)
+            if (all[r].gflops > 0)
+                printf("rank %d runs on its GPU, %s: read bandwidth is its copy bandwidth, %.0f GFLOP/s "
+                       "prompt products, %.1f us of small kernels per layer\n",
+                       r, all[r].device, all[r].gflops, all[r].overhead_us);
         if (n > 1) printf("\nlink    same host  latency us  bandwidth GB/s  both ways GB/s  burst KiB\n");
         for (int a = 0; a < n; a++)
             for (int b = a + 1; b < n; b++)

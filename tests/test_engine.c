@@ -502,15 +502,16 @@ static void test_moe_rebalance(void)
     unlink(path);
 }
 
-/* sampler_sample's one-pass top-k over the floats picks what sampling the
- * whole vocabulary as candidates does (sampler_sample_cands), for greedy,
- * top-k, repetition penalties above and below 1, ties and small vocabularies. */
+/* sampler_sample's one-pass top-k over the floats, and sampler_sample_maxima
+ * given the blocks' maxima, pick what sampling the whole vocabulary as
+ * candidates does (sampler_sample_cands), for greedy, top-k, repetition
+ * penalties above and below 1, ties and small vocabularies. */
 static void test_sampler_fast_path(void)
 {
     int differ = 0, total = 0;
     uint32_t rng = 12345;
     for (int V = 1; V <= 40000; V = V < 64 ? V + 9 : V * 5) {
-        float *l = malloc(sizeof(float) * (size_t)V);
+        float *l = malloc(sizeof(float) * (size_t)V), *bmax = malloc(sizeof(float) * (size_t)(V / SAMPLER_BLOCK + 1));
         struct sampler_cand *c = malloc(sizeof(*c) * (size_t)V);
         for (int cfg = 0; cfg < 32; cfg++) {
             struct sampler_opts o;
@@ -520,25 +521,32 @@ static void test_sampler_fast_path(void)
             if (cfg & 2) o.repeat_penalty = cfg & 8 ? 0.7f : 1.3f;
             if (cfg & 4) o.top_k = cfg & 8 ? 1 : 3;
             if (cfg & 16) o.top_k = 0;
-            struct sampler a, b;
+            struct sampler a, b, m;
             sampler_init(&a, &o, V);
             sampler_init(&b, &o, V);
+            sampler_init(&m, &o, V);
             for (int step = 0; step < 30; step++) {
                 for (int i = 0; i < V; i++) {
                     rng = rng * 1664525u + 1013904223u;
                     l[i] = step % 4 == 0 ? (float)(rng >> 29) : (float)((rng >> 8) % 2000) / 100.0f - 10.0f;
                 }
                 for (int i = 0; i < V; i++) c[i] = (struct sampler_cand){ i, l[i] };
+                for (int i = 0; i < V; i++)
+                    bmax[i / SAMPLER_BLOCK] = i % SAMPLER_BLOCK == 0 || l[i] > bmax[i / SAMPLER_BLOCK] ? l[i] : bmax[i / SAMPLER_BLOCK];
                 const int32_t x = sampler_sample(&a, l), y = sampler_sample_cands(&b, c, V);
-                differ += x != y;
+                const int32_t z = sampler_sample_maxima(&m, l, bmax);
+                differ += (x != y) + (z != y);
                 total++;
                 sampler_accept(&a, x);
                 sampler_accept(&b, y);
+                sampler_accept(&m, z);
             }
             sampler_free(&a);
             sampler_free(&b);
+            sampler_free(&m);
         }
         free(l);
+        free(bmax);
         free(c);
     }
     if (differ) fprintf(stderr, "  %d of %d tokens differ\n", differ, total);

@@ -181,6 +181,28 @@ static void test_norm_convert(void)
         }
         kcuda_free(da);
     }
+    /* three types in one launch: the same bytes as one launch each */
+    const int types[3] = { KCUDA_Q8_K, KCUDA_Q8_0, KCUDA_F16 };
+    void *dm[3];
+    size_t sm[3];
+    uint8_t *one = malloc(8 * T * N);
+    for (int z = 0; z < 3; z++) { /* zeroed: rows end in padding that no conversion writes */
+        sm[z] = kcuda_act_row_bytes(types[z], N), dm[z] = dev(sm[z] * T);
+        CHECK_EQ_INT(kcuda_memset(K, dm[z], 0, sm[z] * T), 0);
+    }
+    CHECK_EQ_INT(kcuda_norm_convert_multi(K, 3, types, dm, sm, dx, N, T, N, dw, 1e-5f, dy), 0);
+    for (int z = 0; z < 3; z++) {
+        uint8_t *da = dev(sm[z] * T);
+        CHECK_EQ_INT(kcuda_memset(K, da, 0, sm[z] * T), 0);
+        CHECK_EQ_INT(kcuda_norm_convert(K, types[z], dx, N, T, N, dw, 1e-5f, NULL, da, sm[z]), 0);
+        to_host(one, da, sm[z] * T);
+        to_host(host, dm[z], sm[z] * T);
+        CHECK(memcmp(one, host, sm[z] * T) == 0);
+        kcuda_free(da), kcuda_free(dm[z]);
+    }
+    CHECK(kcuda_norm_convert_multi(K, KCUDA_CONVERT_MAX + 1, types, dm, sm, dx, N, T, N, dw, 1e-5f, dy) != 0);
+    tt_error_clear();
+    free(one);
     kcuda_free(dx), kcuda_free(dw), kcuda_free(dy);
     free(x), free(w), free(y), free(ref), free(got), free(want), free(host), free(cpu);
 }
@@ -232,7 +254,7 @@ static void upload_weight(struct kcuda_weight *dw, const uint8_t *w, bool regrou
         return;
     }
     CHECK_EQ_INT(kcuda_upload_weight(K, dw, 0, w, dw->row_stride), 0);
-    CHECK_EQ_INT(dw->layout, KCUDA_LAYOUT_Q6_K_GROUPS);
+    CHECK_EQ_INT(dw->layout, dw->type == KCUDA_Q6_K ? KCUDA_LAYOUT_Q6_K_GROUPS : KCUDA_LAYOUT_Q4_K_GROUPS);
 }
 
 /* One weight type and shape, every token count and output mode; the
@@ -304,38 +326,47 @@ static void test_products(void)
     for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], false);
 }
 
-/* Q6_K regrouped at upload (KCUDA_LAYOUT_Q6_K_GROUPS): dequantized values
- * equal quant.c's, products as the stored layout's (matrix-vector kernels
- * and the cuBLAS path through its F16 tiles, odd row counts, one to seven
- * groups per row); rows without whole groups stay as stored. */
-static void test_q6_groups(void)
+/* Q6_K and Q4_K regrouped at upload (KCUDA_LAYOUT_Q6_K_GROUPS,
+ * KCUDA_LAYOUT_Q4_K_GROUPS): dequantized values equal quant.c's, products
+ * as the stored layout's (matrix-vector kernels and the cuBLAS path through
+ * its F16 tiles, odd row counts, one to seven groups per row); rows without
+ * whole groups stay as stored. */
+static void check_groups(enum tt_type t, int format)
 {
-    if (!gpu()) return;
     enum { N = 4096, R = 5, N2 = 1792 };
-    const size_t rb = tt_row_size(TT_TYPE_Q6_K, N), rb2 = tt_row_size(TT_TYPE_Q6_K, N2);
-    uint8_t *w = make_weight(TT_TYPE_Q6_K, N, R, 2.0f), *w2 = make_weight(TT_TYPE_Q6_K, N2, R, 2.0f);
+    const size_t rb = tt_row_size(t, N), rb2 = tt_row_size(t, N2);
+    const char *name = tt_type_name(t);
+    char what[64];
+    uint8_t *w = make_weight(t, N, R, 2.0f), *w2 = make_weight(t, N2, R, 2.0f);
     float *ref = malloc(sizeof(float) * N * R), *got = malloc(sizeof(float) * N * R);
     float *dout = dev(sizeof(float) * N * R);
-    for (int r = 0; r < R; r++) tt_type_get(TT_TYPE_Q6_K)->to_float(w + r * rb, ref + r * N, N);
-    struct kcuda_weight dw = { dev(rb * R), KCUDA_Q6_K, N, R, rb, rb * R, 0 };
+    for (int r = 0; r < R; r++) tt_type_get(t)->to_float(w + r * rb, ref + r * N, N);
+    struct kcuda_weight dw = { dev(rb * R), (int)t, N, R, rb, rb * R, 0 };
     upload_weight(&dw, w, true);
-    CHECK_EQ_INT(kcuda_weight_format(&dw), KCUDA_Q6_K_GROUPS);
+    CHECK_EQ_INT(kcuda_weight_format(&dw), format);
     CHECK_EQ_INT(kcuda_dequant_f32(K, kcuda_weight_format(&dw), dw.data, rb, R, N, dout), 0);
     to_host(got, dout, sizeof(float) * N * R);
-    CHECK_NMSE("q6_K regrouped", got, ref, N * R, 1e-13);
-    for (int r = 0; r < R; r++) tt_type_get(TT_TYPE_Q6_K)->to_float(w2 + r * rb2, ref + r * N2, N2);
-    struct kcuda_weight dw2 = { dev(rb2 * R), KCUDA_Q6_K, N2, R, rb2, rb2 * R, 0 };
+    snprintf(what, sizeof(what), "%s regrouped", name);
+    CHECK_NMSE(what, got, ref, N * R, 1e-13);
+    for (int r = 0; r < R; r++) tt_type_get(t)->to_float(w2 + r * rb2, ref + r * N2, N2);
+    struct kcuda_weight dw2 = { dev(rb2 * R), (int)t, N2, R, rb2, rb2 * R, 0 };
     CHECK_EQ_INT(kcuda_upload_weight(K, &dw2, 0, w2, rb2), 0);
     CHECK_EQ_INT(dw2.layout, KCUDA_LAYOUT_GGML);
     CHECK_EQ_INT(kcuda_dequant_f32(K, kcuda_weight_format(&dw2), dw2.data, rb2, R, N2, dout), 0);
     to_host(got, dout, sizeof(float) * N2 * R);
-    CHECK_NMSE("q6_K not regrouped", got, ref, N2 * R, 1e-13);
+    snprintf(what, sizeof(what), "%s not regrouped", name);
+    CHECK_NMSE(what, got, ref, N2 * R, 1e-13);
     kcuda_free((void *)dw.data), kcuda_free((void *)dw2.data), kcuda_free(dout);
     free(w), free(w2), free(ref), free(got);
-    static const struct prod_case cases[] = {
-        { TT_TYPE_Q6_K, 2048, 37 }, { TT_TYPE_Q6_K, 4096, 9 }, { TT_TYPE_Q6_K, 14336, 5 },
-    };
+    const struct prod_case cases[] = { { t, 2048, 37 }, { t, 4096, 9 }, { t, 14336, 5 } };
     for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], true);
+}
+
+static void test_groups(void)
+{
+    if (!gpu()) return;
+    check_groups(TT_TYPE_Q6_K, KCUDA_Q6_K_GROUPS);
+    check_groups(TT_TYPE_Q4_K, KCUDA_Q4_K_GROUPS);
 }
 
 /* Whole weights to F16 and F32 on the device vs quant.c's dequantizers. */
@@ -1127,7 +1158,7 @@ static void test_engine_mixed(void)
 static const struct test_case cases[] = {
     { "convert", test_convert },       { "norm_convert", test_norm_convert },
     { "dequant", test_dequant },       { "products", test_products },
-    { "q6_groups", test_q6_groups },
+    { "q6_q4_groups", test_groups },
     { "moe", test_moe },               { "moe_fused", test_moe_fused },
     { "rope", test_rope },
     { "attention", test_attention },   { "misc", test_misc },

@@ -185,6 +185,11 @@ int sampler_init(struct sampler *s, const struct sampler_opts *o, int n_vocab);
 void sampler_free(struct sampler *s);
 /* Pick the next token from logits[n_vocab] (not modified). */
 int32_t sampler_sample(struct sampler *s, const float *logits);
+/* The same pick, given block_max[b] = the largest of logits[b * SAMPLER_BLOCK
+ * .. (b + 1) * SAMPLER_BLOCK) (NaN ignored; NULL: computed here): greedy and
+ * top-k then read only the blocks that can hold a candidate. */
+#define SAMPLER_BLOCK 64
+int32_t sampler_sample_maxima(struct sampler *s, const float *logits, const float *block_max);
 /* qsort order of candidates: higher logit first, then lower id. */
 int sampler_cand_cmp(const void *a, const void *b);
 /* Pick from candidates (ids and raw logits, any order; modified). `n_vocab`

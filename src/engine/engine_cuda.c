@@ -52,6 +52,7 @@ _Static_assert((int)KCUDA_F32 == (int)TT_TYPE_F32 && (int)KCUDA_F16 == (int)TT_T
 
 #define GPU_MARGIN_BYTES (768ull << 20) /* left free for the driver, cuBLAS, graphs */
 #define GPU_ACT_SLOTS 3                 /* activation types converted from one input */
+_Static_assert(GPU_ACT_SLOTS <= KCUDA_CONVERT_MAX, "one launch converts every slot");
 #define GPU_LOGIT_ROWS 64               /* logits rows computed per pass */
 
 struct gpu_layer {
@@ -105,17 +106,19 @@ struct cuda_accel {
     float *part;             /* attention parts */
     int *att_count;          /* [B][n_kv_local] attention join tickets (zero between launches) */
     float *logits;           /* [GPU_LOGIT_ROWS][n_vocab_local] */
+    float *block_max;        /* [n_vocab_local / SAMPLER_BLOCK + 1] of a decode token's logits */
     uint8_t *act[GPU_ACT_SLOTS];
     size_t act_bytes;
     /* pinned host staging */
-    float *h_x, *h_cs, *h_logits;
+    float *h_x, *h_cs, *h_logits; /* h_logits: then the block maxima (h_block_max) */
+    float *h_block_max;
     int32_t *h_pos, *h_seq;
     /* decode */
     struct kcuda_graph *graph;
     bool graph_off;
     int lead_decode;         /* the batch's leading tokens each alone in its sequence's run, when a
                                 prompt run follows (else 0): attention_block gives them their own launch */
-    bool logits_ready;       /* h_logits holds the last single-token batch's logits */
+    bool logits_ready;       /* h_logits (and h_block_max) hold the last single-token batch's logits */
     /* TT_GPU_PROFILE=1: per-kernel times of one decode step and one batch */
     float *prof_x;           /* [B][E] the batch's input rows, or NULL */
     int prof_decode_steps;
@@ -312,6 +315,7 @@ static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t 
     BUF(c->part, TT_MAX(part, part1) * 4);
     BUF(c->att_count, B * (size_t)TT_MAX(e->n_kv_local, 1) * 4);
     BUF(c->logits, (size_t)GPU_LOGIT_ROWS * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
+    BUF(c->block_max, (size_t)(e->n_vocab_local / SAMPLER_BLOCK + 1) * 4);
     for (int i = 0; i < GPU_ACT_SLOTS; i++) BUF(c->act[i], c->act_bytes);
 #undef BUF
     return off;
@@ -353,8 +357,12 @@ static int acts_prepare(struct cuda_accel *c, struct act_set *s, const float *x,
         s->stride[j] = kcuda_act_row_bytes(t, n);
         s->ptr[j] = c->act[j];
         s->n++;
-        err = kcuda_norm_convert(c->k, t, x, ld, n_tok, n, w, e, s->n == 1 ? yf : NULL, c->act[j], s->stride[j]);
     }
+    /* every type in one launch */
+    void *dst[GPU_ACT_SLOTS];
+    for (int j = 0; j < s->n; j++) dst[j] = c->act[j];
+    if (s->n)
+        err = kcuda_norm_convert_multi(c->k, s->n, s->type, dst, s->stride, x, ld, n_tok, n, w, e, yf);
     const bool yf_done = s->n > 0;
     if (!err && yf && !yf_done) err = kcuda_norm_convert(c->k, KCUDA_F32, x, ld, n_tok, n, w, e, NULL, yf, (size_t)n * 4);
     if (!err && yf && want_f32) {
@@ -658,7 +666,10 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     return err;
 }
 
-/* Logits of the single token of a decode batch into h_logits (queued). */
+_Static_assert(SAMPLER_BLOCK == 64, "kcuda_block_max64 takes the sampler's blocks");
+
+/* Logits of the single token of a decode batch into h_logits, their block
+ * maxima into h_block_max (queued): a sampler then reads few of them. */
 static int decode_logits(struct cuda_accel *c, struct engine *e)
 {
     const int64_t E = e->m->hp.n_embd;
@@ -666,7 +677,11 @@ static int decode_logits(struct cuda_accel *c, struct engine *e)
     const struct kcuda_weight *wo[] = { &c->output };
     int err = acts_prepare(c, &s, c->x, E, 1, E, c->output_norm, e->m->hp.rms_eps, NULL, wo, 1);
     if (!err) err = lin(c, &s, &c->output, NULL, 1, c->logits, c->output.n_out, NULL, KCUDA_OUT_STORE);
+    if (!err) err = kcuda_block_max64(c->k, c->logits, c->output.n_out, c->block_max);
     if (!err) err = kcuda_download(c->k, c->h_logits, c->logits, (size_t)c->output.n_out * 4);
+    if (!err)
+        err = kcuda_download(c->k, c->h_block_max, c->block_max,
+                             (size_t)(c->output.n_out + SAMPLER_BLOCK - 1) / SAMPLER_BLOCK * 4);
     return err;
 }
 
@@ -797,6 +812,13 @@ static int cuda_logits(void *ctx, struct engine *e, const int32_t *rows, int n, 
 
 /* ---- set-up and teardown ---- */
 
+static const float *cuda_logits_host(void *ctx, const float **block_max)
+{
+    const struct cuda_accel *c = ctx;
+    *block_max = c->h_block_max;
+    return c->logits_ready ? c->h_logits : NULL;
+}
+
 static double cuda_copy_bandwidth_gbs(void *ctx)
 {
     return kcuda_copy_bandwidth_gbs(((struct cuda_accel *)ctx)->k);
@@ -885,7 +907,9 @@ static int alloc_all(struct cuda_accel *c, struct engine *e, uint64_t w_bytes, s
     if (!err) err = kcuda_host_alloc((void **)&c->h_cs, B * (size_t)TT_MAX(hp->n_rot, 2) * 4);
     if (!err) err = kcuda_host_alloc((void **)&c->h_pos, B * 4);
     if (!err) err = kcuda_host_alloc((void **)&c->h_seq, B * 4);
-    if (!err) err = kcuda_host_alloc((void **)&c->h_logits, (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
+    const size_t nv = (size_t)TT_MAX(e->n_vocab_local, 1);
+    if (!err) err = kcuda_host_alloc((void **)&c->h_logits, (nv + nv / SAMPLER_BLOCK + 1) * 4);
+    if (!err) c->h_block_max = c->h_logits + nv;
     if (!err) err = kcuda_memset(c->k, c->bufs, 0, buf_bytes); /* attention counters start at zero */
     if (err) return err;
     layout_bufs(c, e, c->bufs);
@@ -1089,6 +1113,7 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     out->n_layers_accel = c->n_layers;
     out->run_layers = cuda_run_layers;
     out->logits = c->has_output ? cuda_logits : NULL;
+    out->logits_host = c->has_output ? cuda_logits_host : NULL;
     out->destroy = cuda_destroy;
     out->copy_bandwidth_gbs = cuda_copy_bandwidth_gbs;
     return 0;

@@ -364,6 +364,12 @@ static void ffn_block(struct engine *e, int il, int n_tok)
     for (int64_t i = 0; i < n_tok * E; i++) e->x[i] += e->ffn_out[i];
 }
 
+const float *forward_logits_host(struct engine *e, const float **block_max)
+{
+    if (!e->accel.ctx || !e->accel.logits_host || e->accel.n_layers_accel != e->m->hp.n_layer) return NULL;
+    return e->accel.logits_host(e->accel.ctx, block_max);
+}
+
 void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
 {
     if (e->accel.ctx && e->accel.logits && e->accel.n_layers_accel == e->m->hp.n_layer) {

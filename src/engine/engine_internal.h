@@ -52,12 +52,16 @@ struct engine_layer {
  *               joined with forward_allreduce (host-staged) or its own NCCL.
  *   logits:     final norm and output rows of this rank for the listed batch
  *               rows into out[n][n_vocab_local] (host); NULL = do it on the CPU.
+ *   logits_host: the last one-token batch's logits where the device left
+ *               them on the host, and their SAMPLER_BLOCK maxima, or NULL
+ *               (then logits); optional.
  * Layers >= n_layers_accel run on the CPU. */
 struct engine_accel {
     void *ctx;
     int n_layers_accel;
     int (*run_layers)(void *ctx, struct engine *e, int il0, int il1, int n_tok);
     int (*logits)(void *ctx, struct engine *e, const int32_t *rows, int n, float *out);
+    const float *(*logits_host)(void *ctx, const float **block_max);
     void (*destroy)(void *ctx);
     double (*copy_bandwidth_gbs)(void *ctx); /* the device's measured copy bandwidth (0: unknown) */
 };
@@ -258,6 +262,9 @@ static inline size_t kv_offset(const struct engine *e, int seq, int il, int pos)
  * then the logits of the listed batch rows into out[n][n_vocab_local]. */
 void forward_batch(struct engine *e, const struct engine_tok *toks, int n_tok);
 void forward_logits(struct engine *e, const int32_t *rows, int n, float *out);
+/* The accelerator's host copy of the last one-token batch's logits and its
+ * SAMPLER_BLOCK maxima (engine_accel.logits_host), or NULL. */
+const float *forward_logits_host(struct engine *e, const float **block_max);
 /* Sum partial results of all ranks (no-op on one rank). */
 void forward_allreduce(struct engine *e, float *x, int64_t n);
 

@@ -121,13 +121,29 @@ static int keep_top(struct sampler_cand *c, int n, int k)
     return k;
 }
 
+/* The largest of n floats (NaN ignored), in eight running maxima so the
+ * loop vectorizes (8x faster than one). */
+static float max_of(const float *x, int n)
+{
+    float mx[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) mx[j] = x[i + j] > mx[j] ? x[i + j] : mx[j];
+    for (; i < n; i++) mx[0] = x[i] > mx[0] ? x[i] : mx[0];
+    for (int j = 1; j < 8; j++) mx[0] = mx[j] > mx[0] ? mx[j] : mx[0];
+    return mx[0];
+}
+
 /* The k best tokens of a full vocabulary of logits, penalized, into c[0..k)
  * in qsort order, in one pass over the floats: a token is looked at only
- * when its logit reaches the k-th best so far, which a block of 64 logits
- * mostly does not (a 152k vocabulary: a scan, not 152k insertions or a
- * sort). The penalized history tokens go in first and are skipped in the
- * scan. Returns the count (k, or the vocabulary if smaller). */
-static int top_of_logits(const struct sampler *s, const float *logits, int k, struct sampler_cand *c)
+ * when its logit reaches the k-th best so far, which a block of
+ * SAMPLER_BLOCK logits mostly does not (a 152k vocabulary: a scan, not 152k
+ * insertions or a sort); with block_max the skipped blocks are not even
+ * read. The penalized history tokens go in first and are skipped in the
+ * scan; a block's maximum bounds its other tokens' logits either way.
+ * Returns the count (k, or the vocabulary if smaller). */
+static int top_of_logits(const struct sampler *s, const float *logits, const float *block_max, int k,
+                         struct sampler_cand *c)
 {
     const int V = s->n_vocab;
     const float pen = s->opts.repeat_penalty;
@@ -139,17 +155,10 @@ static int top_of_logits(const struct sampler *s, const float *logits, int k, st
             insert_top(c, &n, k, (struct sampler_cand){ id, penalize(logits[id], pen) });
     }
     float thr = n == k ? c[k - 1].logit : -INFINITY;
-    for (int i0 = 0; i0 < V; i0 += 64) {
-        const int i1 = TT_MIN(V, i0 + 64);
-        /* eight running maxima, so the loop vectorizes (8x faster) */
-        float mx[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
-        int i = i0;
-        for (; i + 8 <= i1; i += 8)
-            for (int j = 0; j < 8; j++) mx[j] = logits[i + j] > mx[j] ? logits[i + j] : mx[j];
-        for (; i < i1; i++) mx[0] = logits[i] > mx[0] ? logits[i] : mx[0];
-        bool any = false; /* ties go to the full comparison below */
-        for (int j = 0; j < 8; j++) any |= !(mx[j] < thr);
-        if (!any) continue;
+    for (int i0 = 0; i0 < V; i0 += SAMPLER_BLOCK) {
+        const int i1 = TT_MIN(V, i0 + SAMPLER_BLOCK);
+        const float mx = block_max ? block_max[i0 / SAMPLER_BLOCK] : max_of(logits + i0, i1 - i0);
+        if (mx < thr) continue; /* ties go to the full comparison below */
         for (int i = i0; i < i1; i++) {
             if (logits[i] < thr || (n_hist && in_history(s, n_hist, i))) continue;
             insert_top(c, &n, k, (struct sampler_cand){ i, logits[i] });
@@ -161,12 +170,14 @@ static int top_of_logits(const struct sampler *s, const float *logits, int k, st
 
 static int32_t sample_sorted(struct sampler *s, const struct sampler_cand *c, int keep);
 
-int32_t sampler_sample(struct sampler *s, const float *logits)
+int32_t sampler_sample(struct sampler *s, const float *logits) { return sampler_sample_maxima(s, logits, NULL); }
+
+int32_t sampler_sample_maxima(struct sampler *s, const float *logits, const float *block_max)
 {
     /* greedy or a top-k cut: the k best straight from the floats */
     const int k = s->opts.temperature <= 0.0f ? 1 : s->opts.top_k;
     if (k > 0 && k < s->n_vocab) {
-        const int n = top_of_logits(s, logits, k, s->cand);
+        const int n = top_of_logits(s, logits, block_max, k, s->cand);
         return k == 1 ? s->cand[0].id : sample_sorted(s, s->cand, n);
     }
     for (int i = 0; i < s->n_vocab; i++) s->cand[i] = (struct sampler_cand){ i, logits[i] };

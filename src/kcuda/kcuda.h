@@ -151,6 +151,13 @@ size_t kcuda_act_row_bytes(int type, int64_t n);
 int kcuda_norm_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
                        int64_t n, const float *d_w, float eps, float *d_yf, void *d_dst,
                        size_t dst_stride);
+/* Several conversions of the same rows in one launch: row t of output z
+ * (z < n_out <= KCUDA_CONVERT_MAX) in types[z] at d_dst[z] + t *
+ * dst_stride[z]; d_yf as above. */
+#define KCUDA_CONVERT_MAX 3
+int kcuda_norm_convert_multi(struct kcuda *k, int n_out, const int *types, void *const *d_dst,
+                             const size_t *dst_stride, const float *d_x, int64_t ld, int64_t n_tok,
+                             int64_t n, const float *d_w, float eps, float *d_yf);
 /* Plain conversion: kcuda_norm_convert without the norm. */
 int kcuda_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
                   int64_t n, void *d_dst, size_t dst_stride);
@@ -158,7 +165,7 @@ int kcuda_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64
 int kcuda_act_to_f16(struct kcuda *k, int type, const void *d_act, size_t act_stride,
                      int64_t n_tok, int64_t n, void *d_out_f16);
 /* Dequantize rows [r0, r0 + n_rows) of a weight (any stored type, or
- * KCUDA_Q6_K_GROUPS: kcuda_weight_format) to F16, out[n_rows][n]. */
+ * KCUDA_Q6_K_GROUPS, KCUDA_Q4_K_GROUPS: kcuda_weight_format) to F16, out[n_rows][n]. */
 int kcuda_dequant_f16(struct kcuda *k, int type, const void *d_w, size_t row_stride, int64_t r0,
                       int64_t n_rows, int64_t n, void *d_out_f16);
 /* Rows to floats (as kcuda_dequant_f16): out[n_rows][n]; for tests and checks. */
@@ -178,6 +185,7 @@ enum kcuda_out_mode {
 enum kcuda_layout {
     KCUDA_LAYOUT_GGML,       /* the GGML blocks, as in the file */
     KCUDA_LAYOUT_Q6_K_GROUPS, /* Q6_K regrouped for coalesced loads (kcuda_upload_weight) */
+    KCUDA_LAYOUT_Q4_K_GROUPS, /* Q4_K regrouped likewise */
     KCUDA_LAYOUT_COUNT
 };
 /* Type code of a Q6_K weight in KCUDA_LAYOUT_Q6_K_GROUPS, for
@@ -192,6 +200,16 @@ enum kcuda_layout {
  * so the 32 lanes of a warp, one item each, read every plane with one
  * coalesced 16-byte load. */
 #define KCUDA_Q6_K_GROUPS 270
+/* Type code of a Q4_K weight in KCUDA_LAYOUT_Q4_K_GROUPS. Same bytes per
+ * row as Q4_K; every row is a run of groups of 8 blocks (2048 weights, 1152
+ * bytes):
+ *   [1024 bytes: the group's 32 items of 64 weights, as 2 planes of 32
+ *    16-byte chunks: qs[32g..32g+16) (plane 0) and qs[32g+16..32g+32)
+ *    (plane 1) for item i = 4b + g of block b of the group]
+ *   [128 bytes: block b's 16 header bytes (d, dmin, 12 scale bytes) at 16b]
+ * so the lanes of a warp read both planes with coalesced 16-byte loads and
+ * each block's header with one broadcast load. */
+#define KCUDA_Q4_K_GROUPS 271
 
 /* A weight on the device: n_out rows of n_in elements of `type`, rows
  * row_stride bytes apart, stacked experts expert_stride bytes apart, in
@@ -206,17 +224,20 @@ struct kcuda_weight {
 
 /* Upload expert `expert` of w (w->data already points at device memory of
  * the weight's full size plus KCUDA_WEIGHT_PAD) from host rows src_row_stride
- * bytes apart, and set w->layout: Q6_K weights whose rows hold whole groups
- * (n_in a multiple of 2048, 16-byte aligned rows and experts) are regrouped
- * into KCUDA_LAYOUT_Q6_K_GROUPS through the context's scratch (5 coalesced
- * loads per 64 weights in the decode products instead of 19 unaligned
- * ones); everything else is copied as stored. TT_GPU_REPACK=0 turns
- * regrouping off. Every expert of a weight gets the same layout. Errors:
- * TT_EDEVICE. */
+ * bytes apart, and set w->layout: Q6_K and Q4_K weights whose rows hold
+ * whole groups (n_in a multiple of 2048, 16-byte aligned rows and experts)
+ * are regrouped into KCUDA_LAYOUT_Q6_K_GROUPS / KCUDA_LAYOUT_Q4_K_GROUPS
+ * through the context's scratch (Q6_K: 5 coalesced loads per 64 weights in
+ * the decode products instead of 19 unaligned ones; Q4_K: every load of a
+ * warp coalesced, where the stored blocks' 16-byte halves interleave);
+ * everything else is copied as stored. TT_GPU_REPACK=0 turns regrouping
+ * off. Every expert of a weight gets the same layout (the engine uploads
+ * stacked experts as stored: the MoE grouped products read Q4_K blocks
+ * directly). Errors: TT_EDEVICE. */
 int kcuda_upload_weight(struct kcuda *k, struct kcuda_weight *w, int64_t expert, const void *src,
                         size_t src_row_stride);
 /* The type code kcuda_dequant_f16/f32 take for w: w->type, or
- * KCUDA_Q6_K_GROUPS for a regrouped Q6_K weight. */
+ * KCUDA_Q6_K_GROUPS / KCUDA_Q4_K_GROUPS for a regrouped weight. */
 int kcuda_weight_format(const struct kcuda_weight *w);
 
 /* out[t * ldo + r] (mode) W[r] . act[t] for r < n_out, t < n_tok, where act
@@ -303,6 +324,9 @@ int kcuda_add_bias(struct kcuda *k, float *d_y, const float *d_bias, int64_t n_t
                    int64_t ld);
 /* y[i] += x[i]. */
 int kcuda_add(struct kcuda *k, float *d_y, const float *d_x, int64_t n);
+/* out[b] = the largest of x[64b .. 64b + 64) for b < ceil(n / 64) (NaN
+ * ignored): what a sampler needs to skip most of a vocabulary's logits. */
+int kcuda_block_max64(struct kcuda *k, const float *d_x, int64_t n, float *d_out);
 /* Gather rows: out[i] = x[rows[i]] (n floats each). */
 int kcuda_gather_rows(struct kcuda *k, const float *d_x, const int32_t *d_rows, int64_t n_rows,
                       int64_t n, float *d_out);

@@ -173,6 +173,11 @@ static_assert(sizeof(blk_q6_K) == 210, "q6_K");
 #define Q6G_BYTES (Q6G_BLOCKS * 210)
 #define Q6G_SCALES 1536
 #define Q6G_D 1664
+/* KCUDA_LAYOUT_Q4_K_GROUPS: blocks and bytes of one group, where its header
+ * plane starts. */
+#define Q4G_BLOCKS 8
+#define Q4G_BYTES (Q4G_BLOCKS * 144)
+#define Q4G_HDR 1024
 
 /* Elements per block and bytes per block of a stored type (0: unknown). */
 static inline int kc_block_elems(int type)
@@ -180,7 +185,7 @@ static inline int kc_block_elems(int type)
     switch (type) {
     case KCUDA_F32: case KCUDA_F16: case KCUDA_BF16: return 1;
     case KCUDA_Q4_0: case KCUDA_Q8_0: return 32;
-    case KCUDA_Q4_K: case KCUDA_Q5_K: case KCUDA_Q6_K: case KCUDA_Q6_K_GROUPS: return 256;
+    case KCUDA_Q4_K: case KCUDA_Q5_K: case KCUDA_Q6_K: case KCUDA_Q6_K_GROUPS: case KCUDA_Q4_K_GROUPS: return 256;
     default: return 0;
     }
 }
@@ -191,7 +196,7 @@ static inline size_t kc_block_bytes(int type)
     case KCUDA_F16: case KCUDA_BF16: return 2;
     case KCUDA_Q4_0: return 18;
     case KCUDA_Q8_0: return 34;
-    case KCUDA_Q4_K: return 144;
+    case KCUDA_Q4_K: case KCUDA_Q4_K_GROUPS: return 144;
     case KCUDA_Q5_K: return 176;
     case KCUDA_Q6_K: case KCUDA_Q6_K_GROUPS: return 210;
     default: return 0;

@@ -4,10 +4,11 @@
  * Decode reads every weight once per token, so these kernels are built to
  * keep the memory system busy: each row of W is split into "items" (16 bytes
  * of quantized weights with their scales, or 8 F16 values), a row's items
- * are spread over one to four warps, every thread keeps four items' loads
- * in flight (two with more than two tokens, for registers), one block per
- * group of rows so that blocks finishing their reductions overlap with
- * blocks still loading, and up to 8 tokens share each load (NT). Integer dot products use
+ * are spread over one to four warps (one for a single token), every thread
+ * keeps a few items' loads in flight (MV_UNROLL: few enough registers for 8
+ * blocks per multiprocessor with one token), one block per group of rows so
+ * that blocks finishing their reductions overlap with blocks still loading,
+ * and up to 8 tokens share each load (NT). Integer dot products use
  * dp4a on the GGML blocks as stored, against activations already converted
  * by kcuda_quant.cu: the integer sums are exact, so results differ from the
  * CPU's scalar reference only in float summation order.
@@ -15,7 +16,9 @@
  * Item layouts (it = item index within the row):
  *   Q4_0, Q8_0  one block of 32 (blocks are 2-byte aligned: funnel-shift loads)
  *   Q4_K        block it/4, pair of sub-blocks g = it%4: 32 bytes of nibbles
- *               for elements 64g+[0,32) (low) and 64g+32+[0,32) (high)
+ *               for elements 64g+[0,32) (low) and 64g+32+[0,32) (high); the
+ *               same items in KCUDA_LAYOUT_Q4_K_GROUPS (kcuda.h), two planes
+ *               of 16-byte chunks and a plane of block headers
  *   Q5_K        block it/8, pair of sub-blocks g = (it%8)/2, half h = it%2:
  *               16 bytes of nibbles for elements 64g+16h+[0,16) and 64g+32+16h+[0,16)
  *   Q6_K        block it/4, half h = (it%4)/2, j = it%2: elements
@@ -33,6 +36,7 @@ enum mv_kind {
     MV_Q4_0,
     MV_Q8_0,
     MV_Q4_K,
+    MV_Q4_KG,
     MV_Q5_K,
     MV_Q6_K,
     MV_Q6_KG,
@@ -156,6 +160,20 @@ __device__ __forceinline__ float k_affine_dot(const uint32_t lo[4], const uint32
 }
 
 template <> struct mv_item<MV_Q4_K> : kq4k_item {};
+
+/* Q4_K regrouped (KCUDA_LAYOUT_Q4_K_GROUPS): item it is item it%32 of group
+ * it/32; the lanes of a warp read consecutive 16-byte chunks of each plane
+ * and four lanes share a block's header. The dot is the stored layout's. */
+template <> struct mv_item<MV_Q4_KG> : kq4k_item {
+    __device__ __forceinline__ void load(const uint8_t *wr, int it)
+    {
+        const uint8_t *g = wr + (size_t)(it >> 5) * Q4G_BYTES;
+        const int i = it & 31;
+        hdr = __ldg((const uint4 *)(g + Q4G_HDR + 16 * (i >> 2)));
+        q0 = __ldg((const uint4 *)(g + 16 * i));
+        q1 = __ldg((const uint4 *)(g + 512 + 16 * i));
+    }
+};
 
 template <> struct mv_item<MV_Q5_K> {
     uint4 hdr, qh, qv;
@@ -282,6 +300,7 @@ template <> struct mv_item<MV_F32_1> {
 /* ---- the kernel ---- */
 
 #define MV_THREADS 128
+#define MV_MIN_BLOCKS(nt) ((nt) == 1 ? 8 : 1) /* blocks per multiprocessor the registers allow */
 #define MV_STAGE_MAX (48u << 10) /* staged activation rows: within the default shared memory */
 
 /* Prefetch this thread's share of a weight row into L2 while the previous
@@ -316,7 +335,7 @@ __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
  * launch gives every row group its own block (the loop over groups also
  * serves smaller grids). */
 template <int K, int NT, bool PAIR, int U>
-__global__ void __launch_bounds__(MV_THREADS) k_matvec(const mv_args a)
+__global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const mv_args a)
 {
     kc_pdl_trigger();
     const int W = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -356,8 +375,20 @@ __global__ void __launch_bounds__(MV_THREADS) k_matvec(const mv_args a)
     if (NT == 1 && a.stage) { /* every row of the block reads the same activations */
         extern __shared__ int4 act_sh[];
         const int n_chunks = (int)(a.act_stride >> 4), n_sw = a.n_in >> 4; /* scales stay in place */
-        for (int c = threadIdx.y * blockDim.x + threadIdx.x; c < n_chunks; c += blockDim.x * blockDim.y)
-            act_sh[c < n_sw ? mv_swizzle(c) : c] = *(const int4 *)(ar[0] + ((size_t)c << 4));
+        const int nthr = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+        /* eight loads of each thread in flight before the stores: the row
+         * costs one memory latency, not one per 16 bytes x threads */
+        for (int c0 = tid; c0 < n_chunks; c0 += 8 * nthr) {
+            int4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (c0 + u * nthr < n_chunks) v[u] = *(const int4 *)(ar[0] + ((size_t)(c0 + u * nthr) << 4));
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int c = c0 + u * nthr;
+                if (c < n_chunks) act_sh[c < n_sw ? mv_swizzle(c) : c] = v[u];
+            }
+        }
         __syncthreads();
         ar[0] = (const uint8_t *)act_sh;
     }
@@ -445,9 +476,12 @@ __global__ void __launch_bounds__(MV_THREADS) k_matvec(const mv_args a)
 
 typedef void (*mv_kernel)(const mv_args);
 
-/* Items in flight per thread (of each matrix): 4 for one or two tokens of
- * one matrix (decode), else 2 (registers). */
-#define MV_UNROLL(nt, pair) ((nt) <= 2 && !(pair) ? 4 : 2)
+/* Items in flight per thread (of each matrix): one token (decode) 2, or 1
+ * per matrix of the SwiGLU pair, so that with at most 64 registers 8
+ * blocks share a multiprocessor (H200, one binary: 8B decode 355 -> 371
+ * tok/s against 4 and 2 at 96-125 registers: more warps, not more loads
+ * per thread, hide the latency); two tokens of one matrix 4, else 2. */
+#define MV_UNROLL(nt, pair) ((nt) == 1 ? ((pair) ? 1 : 2) : (nt) <= 2 && !(pair) ? 4 : 2)
 
 template <int K, int NT>
 static mv_kernel pick_pair(bool pair)
@@ -467,7 +501,7 @@ static mv_kernel pick_nt(int nt, bool pair)
 static int item_elems(int kind)
 {
     switch (kind) {
-    case MV_Q4_K: case MV_Q6_K: case MV_Q6_KG: return 64;
+    case MV_Q4_K: case MV_Q4_KG: case MV_Q6_K: case MV_Q6_KG: return 64;
     case MV_F16_8: case MV_BF16_8: return 8;
     case MV_F16_2: case MV_BF16_2: return 2;
     case MV_F32_4: return 4;
@@ -485,7 +519,7 @@ static int kind_of(const struct kcuda_weight *w, size_t act_stride)
     switch (w->type) {
     case KCUDA_Q4_0: return MV_Q4_0;
     case KCUDA_Q8_0: return MV_Q8_0;
-    case KCUDA_Q4_K: return a16 ? MV_Q4_K : -1;
+    case KCUDA_Q4_K: return w->layout == KCUDA_LAYOUT_Q4_K_GROUPS ? MV_Q4_KG : a16 ? MV_Q4_K : -1;
     case KCUDA_Q5_K: return a16 ? MV_Q5_K : -1;
     case KCUDA_Q6_K: return w->layout == KCUDA_LAYOUT_Q6_K_GROUPS ? MV_Q6_KG : MV_Q6_K;
     case KCUDA_F16: return w->n_in % 8 == 0 && a16 ? MV_F16_8 : w->n_in % 2 == 0 ? MV_F16_2 : -1;
@@ -501,6 +535,7 @@ static mv_kernel pick(int kind, int nt, bool pair)
     case MV_Q4_0: return pick_nt<MV_Q4_0>(nt, pair);
     case MV_Q8_0: return pick_nt<MV_Q8_0>(nt, pair);
     case MV_Q4_K: return pick_nt<MV_Q4_K>(nt, pair);
+    case MV_Q4_KG: return pick_nt<MV_Q4_KG>(nt, pair);
     case MV_Q5_K: return pick_nt<MV_Q5_K>(nt, pair);
     case MV_Q6_K: return pick_nt<MV_Q6_K>(nt, pair);
     case MV_Q6_KG: return pick_nt<MV_Q6_KG>(nt, pair);
@@ -517,7 +552,7 @@ static const char *prof_name(int kind, bool pair, bool experts)
 {
     static const char *const names[MV_KIND_COUNT][4] = {
 #define MV_NAMES(t) { "matvec " t, "matvec " t " swiglu", "experts " t, "experts " t " swiglu" }
-        MV_NAMES("q4_0"), MV_NAMES("q8_0"), MV_NAMES("q4_K"), MV_NAMES("q5_K"), MV_NAMES("q6_K"),
+        MV_NAMES("q4_0"), MV_NAMES("q8_0"), MV_NAMES("q4_K"), MV_NAMES("q4_K/g"), MV_NAMES("q5_K"), MV_NAMES("q6_K"),
         MV_NAMES("q6_K/g"),
         MV_NAMES("f16"), MV_NAMES("f16/2"), MV_NAMES("bf16"), MV_NAMES("bf16/2"), MV_NAMES("f32"),
         MV_NAMES("f32/1"),
@@ -538,19 +573,23 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
         return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
                             w->type, (long long)w->n_in);
     a->n_items = (int)(w->n_in / item_elems(kind));
-    /* warps per row: enough that each thread has about one round of
-     * MV_UNROLL items */
+    /* warps per row: one for a token's dense products (4 rows share a
+     * block's staged activation row: 8B FFN down 1.5 us per layer faster
+     * than 2 warps per row), else enough that each thread has about one
+     * round of MV_UNROLL items */
     const int per_warp = 32 * MV_UNROLL(nt, pair);
-    const int W = a->n_items > 2 * per_warp ? 4 : a->n_items > per_warp ? 2 : 1;
-    const dim3 block(32 * W, 4 / W);
+    const int W = nt == 1 && !a->tiles ? 1 : a->n_items > 2 * per_warp ? 4 : a->n_items > per_warp ? 2 : 1;
+    const int RB = 4 / W;
+    const dim3 block(32 * W, RB);
     const mv_kernel kern = pick(kind, nt, pair);
     /* one block per row group, so the scheduler overlaps one block's
      * reductions with the next blocks' loads (one wave of blocks striding
      * over the rows measured the same or slower: 8B shape 234 vs 241 tok/s) */
-    const dim3 grid(kc_blocks(a->n_out, 4 / W), n_grid_y);
+    const dim3 grid(kc_blocks(a->n_out, RB), n_grid_y);
     KC_PROF_BEGIN(k);
     /* one token of a K-quant weight: the activation row in shared memory */
-    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q6_K || kind == MV_Q6_KG) && a->act_stride <= MV_STAGE_MAX &&
+    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q4_KG || kind == MV_Q6_K || kind == MV_Q6_KG) &&
+               a->act_stride <= MV_STAGE_MAX &&
                a->act_stride % 16 == 0;
     KC_LAUNCH_SMEM(k, kern, grid, block, a->stage ? a->act_stride : 0, *a);
     KC_PROF_END(k, prof_name(kind, pair, a->tiles != NULL));

@@ -1,7 +1,7 @@
 /*
  * kcuda_misc.cu: the small element-wise and per-token steps: SwiGLU, biases,
- * residual adds, row gathers and a deterministic F32 sum. (The MoE steps are
- * in kcuda_moe.cu.)
+ * residual adds, row gathers, a deterministic F32 sum and the block maxima
+ * of a row of logits. (The MoE steps are in kcuda_moe.cu.)
  */
 #include "kcuda_impl.cuh"
 
@@ -110,5 +110,30 @@ int kcuda_sum_f32(struct kcuda *k, const float *d_x, int64_t n, float *d_out)
     KC_PROF_BEGIN(k);
     KC_LAUNCH(k, k_sum_f32, dim3(1), dim3(1024), d_x, n, d_out);
     KC_PROF_END(k, "sum_f32");
+    return 0;
+}
+
+/* Warp w: the largest of x[64w .. 64w + 64), two elements per lane (NaN
+ * ignored, as fmaxf does; an empty tail counts as -inf). */
+__global__ void k_block_max64(const float *__restrict__ x, int n, float *__restrict__ out)
+{
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int w = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (w * 64 >= n) return;
+    const int i = 64 * w + lane;
+    float m = fmaxf(i < n ? x[i] : -INFINITY, i + 32 < n ? x[i + 32] : -INFINITY);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) out[w] = m;
+}
+
+int kcuda_block_max64(struct kcuda *k, const float *d_x, int64_t n, float *d_out)
+{
+    if (n <= 0) return 0;
+    if (n > INT32_MAX - 64) return tt_error_set(TT_EINVAL, "block maxima of %lld values", (long long)n);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_block_max64, dim3(kc_blocks((n + 63) / 64 * 32, 256)), dim3(256), d_x, (int)n, d_out);
+    KC_PROF_END(k, "block_max");
     return 0;
 }

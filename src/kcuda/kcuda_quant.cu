@@ -29,140 +29,213 @@ size_t kcuda_act_row_bytes(int type, int64_t n)
 }
 
 #define NC_THREADS 128
-#define NC_CHUNK 1024 /* elements one block converts */
+#define NC_CHUNK 1024 /* elements one block converts: each warp 256 (8 per lane) */
 
 __device__ __forceinline__ int8_t clamp_i8(int v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
 
-/* Block (token t, chunk c): every block sums the squares of the whole row
- * (in double, as ops_rmsnorm; the row is small and cached), then converts
- * its own NC_CHUNK elements, so a single row is spread over many
- * multiprocessors. Q8 blocks never straddle chunks (1024 = 4 x 256). */
-template <int T>
-__global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__restrict__ x, int64_t ld, int n,
-                                                             const float *__restrict__ w, float eps, int do_norm,
-                                                             float *__restrict__ yf, uint8_t *__restrict__ dst,
-                                                             size_t dst_stride)
+/* Sum of the squares of row xr (n floats), in double as ops_rmsnorm, over
+ * the block: eight loads of each thread in flight (16-byte ones when the
+ * row is aligned), so the row costs about one memory latency. */
+__device__ __forceinline__ double nc_sum_squares(const float *__restrict__ xr, int n, bool vec4)
 {
-    kc_pdl_trigger();
-    kc_pdl_wait();
-    const int64_t t = blockIdx.x;
-    const int c0 = blockIdx.y * NC_CHUNK, c1 = min(n, c0 + NC_CHUNK);
-    const float *xr = x + t * ld;
-    uint8_t *dr = dst + (size_t)t * dst_stride;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = NC_THREADS / 32;
-    float scale = 1.0f;
-    if (do_norm) {
-        __shared__ double part[NC_THREADS / 32];
-        double s = 0.0;
-        int i = threadIdx.x;
-        for (; i + 7 * NC_THREADS < n; i += 8 * NC_THREADS) { /* 8 loads in flight */
+    __shared__ double part[NC_THREADS / 32];
+    double s = 0.0;
+    if (vec4) {
+        const float4 *x4 = (const float4 *)xr;
+        const int n4 = n >> 2;
+        for (int i = threadIdx.x; i < n4; i += 8 * NC_THREADS) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = i + u * NC_THREADS < n4 ? x4[i + u * NC_THREADS] : make_float4(0, 0, 0, 0);
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                s += ((double)__fmul_rn(v[u].x, v[u].x) + (double)__fmul_rn(v[u].y, v[u].y)) +
+                     ((double)__fmul_rn(v[u].z, v[u].z) + (double)__fmul_rn(v[u].w, v[u].w));
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += 8 * NC_THREADS) {
             float v[8];
 #pragma unroll
-            for (int u = 0; u < 8; u++) v[u] = xr[i + u * NC_THREADS];
+            for (int u = 0; u < 8; u++) v[u] = i + u * NC_THREADS < n ? xr[i + u * NC_THREADS] : 0.0f;
 #pragma unroll
             for (int u = 0; u < 8; u++) s += (double)__fmul_rn(v[u], v[u]);
         }
-        for (; i < n; i += NC_THREADS) s += (double)__fmul_rn(xr[i], xr[i]);
-        s = kc_warp_sum_d(s);
-        if (lane == 0) part[warp] = s;
-        __syncthreads();
-        s = 0.0;
-        for (int i = 0; i < n_warps; i++) s += part[i];
-        scale = 1.0f / sqrtf((float)(s / (double)n) + eps);
     }
+    s = kc_warp_sum_d(s);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    s = 0.0;
+    for (int i = 0; i < NC_THREADS / 32; i++) s += part[i];
+    return s;
+}
+
+/* Eight consecutive floats from p (16-byte loads when aligned). */
+__device__ __forceinline__ void nc_load8(const float *__restrict__ p, bool vec4, float *v)
+{
+    if (vec4) {
+        const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = p[i];
+    }
+}
+
+/* The conversions of one launch: output z of every row in type[z]. */
+struct nc_outs {
+    int type[KCUDA_CONVERT_MAX];
+    uint8_t *dst[KCUDA_CONVERT_MAX];
+    size_t stride[KCUDA_CONVERT_MAX];
+};
+
+/* Block (token t, chunk c, output z): every block sums the squares of the
+ * whole row (the row is small and cached), then each warp converts 256
+ * elements of its chunk, 8 consecutive ones per lane, whose norm weights it
+ * loaded before waiting for the previous kernel (weights never depend on
+ * it). Q8 blocks never straddle warps (256 = 8 x 32 = 1 x 256). Rows of a
+ * length that is not a multiple of 8 take the element loops (F32, F16,
+ * BF16). Output 0 also writes yf. */
+__global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__restrict__ x, int64_t ld, int n,
+                                                             const float *__restrict__ w, float eps, int do_norm,
+                                                             float *__restrict__ yf_all, const nc_outs o)
+{
+    kc_pdl_trigger();
+    const int64_t t = blockIdx.x;
+    const int T = o.type[blockIdx.z];
+    float *__restrict__ yf = blockIdx.z == 0 ? yf_all : NULL;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j0 = blockIdx.y * NC_CHUNK + 256 * warp + 8 * lane; /* this lane's 8 elements */
+    const bool by8 = n % 8 == 0, lane_on = by8 && j0 < n;
+    const bool wvec = w && (uintptr_t)w % 16 == 0;
+    float wv[8] = { 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f };
+    if (do_norm && w && lane_on) nc_load8(w + j0, wvec, wv);
+    kc_pdl_wait();
+    const float *xr = x + t * ld;
+    uint8_t *dr = o.dst[blockIdx.z] + (size_t)t * o.stride[blockIdx.z];
+    const bool xvec = (uintptr_t)xr % 16 == 0;
+    const float scale = do_norm ? 1.0f / sqrtf((float)(nc_sum_squares(xr, n, xvec && n % 4 == 0) / (double)n) + eps)
+                                : 1.0f;
 #define NC_Y(j) (do_norm ? __fmul_rn(__fmul_rn(xr[j], scale), w ? w[j] : 1.0f) : xr[j])
-    if (yf) {
-        float *yr = yf + (size_t)t * n;
-        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) yr[i] = NC_Y(i);
+    if (!by8) { /* odd lengths: element by element (never a Q8 type) */
+        const int c0 = blockIdx.y * NC_CHUNK, c1 = min(n, c0 + NC_CHUNK);
+        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) {
+            const float y = NC_Y(i);
+            if (yf) yf[(size_t)t * n + i] = y;
+            if (T == KCUDA_F32) ((float *)dr)[i] = y;
+            else if (T == KCUDA_F16) ((__half *)dr)[i] = __float2half_rn(y);
+            else if (T == KCUDA_BF16) ((__nv_bfloat16 *)dr)[i] = __float2bfloat16_rn(y);
+        }
+        return;
+    }
+#undef NC_Y
+    float v[8];
+    if (lane_on) {
+        nc_load8(xr + j0, xvec, v);
+        if (do_norm)
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = __fmul_rn(__fmul_rn(v[i], scale), wv[i]);
+        if (yf) {
+            float *yr = yf + (size_t)t * n + j0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) yr[i] = v[i];
+        }
     }
     if (T == KCUDA_F32) {
-        float *o = (float *)dr;
-        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = NC_Y(i);
+        if (lane_on)
+#pragma unroll
+            for (int i = 0; i < 8; i++) ((float *)dr)[j0 + i] = v[i];
     } else if (T == KCUDA_F16) {
-        __half *o = (__half *)dr;
-        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = __float2half_rn(NC_Y(i));
+        if (lane_on)
+#pragma unroll
+            for (int i = 0; i < 8; i++) ((__half *)dr)[j0 + i] = __float2half_rn(v[i]);
     } else if (T == KCUDA_BF16) {
-        __nv_bfloat16 *o = (__nv_bfloat16 *)dr;
-        for (int i = c0 + threadIdx.x; i < c1; i += NC_THREADS) o[i] = __float2bfloat16_rn(NC_Y(i));
-    } else if (T == KCUDA_Q8_0) {
-        int8_t *qs = (int8_t *)dr;
-        float *ds = (float *)(dr + n);
-        for (int b = c0 / 32 + warp; b < c1 / 32; b += n_warps) {
-            const float v = NC_Y(32 * b + lane);
-            const float amax = kc_warp_max(fabsf(v));
+        if (lane_on)
+#pragma unroll
+            for (int i = 0; i < 8; i++) ((__nv_bfloat16 *)dr)[j0 + i] = __float2bfloat16_rn(v[i]);
+    } else if (T == KCUDA_Q8_0) { /* 4 lanes per block of 32 */
+        float amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, lane_on ? fabsf(v[i]) : 0.0f);
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        if (lane_on) {
             const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-            qs[32 * b + lane] = clamp_i8(__float2int_rn(v * id));
-            if (lane == 0) ds[b] = __half2float(__float2half_rn(amax / 127.0f));
+            union { int8_t q[8]; uint2 u; } pk;
+#pragma unroll
+            for (int i = 0; i < 8; i++) pk.q[i] = clamp_i8(__float2int_rn(v[i] * id));
+            *(uint2 *)(dr + j0) = pk.u;
+            if ((lane & 3) == 0) ((float *)(dr + n))[j0 / 32] = __half2float(__float2half_rn(amax / 127.0f));
         }
-    } else { /* Q8_K */
-        int8_t *qs = (int8_t *)dr;
-        float *ds = (float *)(dr + n);
-        for (int b = c0 / 256 + warp; b < c1 / 256; b += n_warps) {
-            const int j0 = 256 * b + 8 * lane;
-            float v[8];
-            float amax = 0.0f, mx = 0.0f;
-            int at = 1 << 30;
+    } else { /* Q8_K: the warp's 256 elements are one block (n % 256 == 0) */
+        float amax = 0.0f, mx = 0.0f;
+        int at = 1 << 30;
+        if (lane_on) {
 #pragma unroll
             for (int i = 0; i < 8; i++) {
-                v[i] = NC_Y(j0 + i);
                 if (fabsf(v[i]) > amax) {
                     amax = fabsf(v[i]);
                     mx = v[i];
                     at = j0 + i;
                 }
             }
-            /* The first element of largest magnitude, over the warp. */
+        }
+        /* The first element of largest magnitude, over the warp. */
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
-                const float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
-                const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
-                if (a2 > amax || (a2 == amax && at2 < at)) {
-                    amax = a2;
-                    mx = m2;
-                    at = at2;
-                }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
+            const float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
+            const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
+            if (a2 > amax || (a2 == amax && at2 < at)) {
+                amax = a2;
+                mx = m2;
+                at = at2;
             }
+        }
+        if (lane_on) {
             union { int8_t q[8]; uint2 u; } pk;
             if (amax == 0.0f) {
                 pk.u = make_uint2(0, 0);
-                if (lane == 0) ds[b] = 0.0f;
             } else {
                 const float iscale = -127.0f / mx;
 #pragma unroll
                 for (int i = 0; i < 8; i++) pk.q[i] = clamp_i8(__float2int_rn(iscale * v[i]));
-                if (lane == 0) ds[b] = 1.0f / iscale;
             }
-            *(uint2 *)(qs + j0) = pk.u;
+            *(uint2 *)(dr + j0) = pk.u;
+            if (lane == 0) ((float *)(dr + n))[j0 / 256] = amax == 0.0f ? 0.0f : 1.0f / (-127.0f / mx);
         }
     }
-#undef NC_Y
+}
+
+int kcuda_norm_convert_multi(struct kcuda *k, int n_out, const int *types, void *const *d_dst,
+                             const size_t *dst_stride, const float *d_x, int64_t ld, int64_t n_tok,
+                             int64_t n, const float *d_w, float eps, float *d_yf)
+{
+    if (n_tok <= 0) return 0;
+    if (n_out < 1 || n_out > KCUDA_CONVERT_MAX)
+        return tt_error_set(TT_EINVAL, "%d conversions in one launch", n_out);
+    nc_outs o = {};
+    for (int z = 0; z < n_out; z++) {
+        const int type = types[z];
+        if (type != KCUDA_F32 && type != KCUDA_F16 && type != KCUDA_BF16 && type != KCUDA_Q8_0 && type != KCUDA_Q8_K)
+            return tt_error_set(TT_EUNSUPPORTED, "no device conversion to type %d", type);
+        if ((type == KCUDA_Q8_0 && n % 32) || (type == KCUDA_Q8_K && n % 256))
+            return tt_error_set(TT_EINVAL, "%s row of %lld elements", type == KCUDA_Q8_0 ? "Q8_0" : "Q8_K",
+                                (long long)n);
+        o.type[z] = type, o.dst[z] = (uint8_t *)d_dst[z], o.stride[z] = dst_stride[z];
+    }
+    const int do_norm = !(d_w == NULL && eps < 0.0f);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_norm_convert, dim3((unsigned)n_tok, kc_blocks(n, NC_CHUNK), (unsigned)n_out), dim3(NC_THREADS),
+              d_x, ld, (int)n, d_w, eps, do_norm, d_yf, o);
+    KC_PROF_END(k, "norm_convert");
+    return 0;
 }
 
 int kcuda_norm_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
                        int64_t n, const float *d_w, float eps, float *d_yf, void *d_dst,
                        size_t dst_stride)
 {
-    if (n_tok <= 0) return 0;
-    const int do_norm = !(d_w == NULL && eps < 0.0f);
-    const dim3 grid((unsigned)n_tok, kc_blocks(n, NC_CHUNK));
-    uint8_t *dst = (uint8_t *)d_dst;
-#define NC_LAUNCH(T) \
-    KC_LAUNCH(k, k_norm_convert<T>, grid, dim3(NC_THREADS), d_x, ld, (int)n, d_w, eps, do_norm, d_yf, dst, dst_stride)
-    if ((type == KCUDA_Q8_0 && n % 32) || (type == KCUDA_Q8_K && n % 256))
-        return tt_error_set(TT_EINVAL, "%s row of %lld elements", type == KCUDA_Q8_0 ? "Q8_0" : "Q8_K", (long long)n);
-    KC_PROF_BEGIN(k);
-    switch (type) {
-    case KCUDA_F32: NC_LAUNCH(KCUDA_F32); break;
-    case KCUDA_F16: NC_LAUNCH(KCUDA_F16); break;
-    case KCUDA_BF16: NC_LAUNCH(KCUDA_BF16); break;
-    case KCUDA_Q8_0: NC_LAUNCH(KCUDA_Q8_0); break;
-    case KCUDA_Q8_K: NC_LAUNCH(KCUDA_Q8_K); break;
-    default: return tt_error_set(TT_EUNSUPPORTED, "no device conversion to type %d", type);
-    }
-#undef NC_LAUNCH
-    KC_PROF_END(k, "norm_convert");
-    return 0;
+    return kcuda_norm_convert_multi(k, 1, &type, &d_dst, &dst_stride, d_x, ld, n_tok, n, d_w, eps, d_yf);
 }
 
 int kcuda_convert(struct kcuda *k, int type, const float *d_x, int64_t ld, int64_t n_tok,
@@ -223,6 +296,8 @@ __device__ __forceinline__ void q6g_dequant8(const uint8_t *row, int j0, float *
     }
 }
 
+__device__ __forceinline__ void dequant8(int type, const uint8_t *row, int j0, float *y);
+
 /* Element j of a weight row, as quant.c's dequantizers compute it. */
 __device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int j)
 {
@@ -269,9 +344,10 @@ __device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int 
         const int q = (nib | (((b->qh[32 * h + l] >> (2 * qu)) & 3) << 4)) - 32;
         return __fmul_rn(__half2float(b->d) * (float)b->scales[e / 16], (float)q);
     }
-    case KCUDA_Q6_K_GROUPS: {
+    case KCUDA_Q6_K_GROUPS:
+    case KCUDA_Q4_K_GROUPS: {
         float y[8];
-        q6g_dequant8(row, j & ~7, y);
+        dequant8(type, row, j & ~7, y);
         return y[j & 7];
     }
     default: return 0.0f;
@@ -302,23 +378,30 @@ __device__ __forceinline__ void dequant8(int type, const uint8_t *row, int j0, f
         return;
     }
     case KCUDA_Q4_K:
+    case KCUDA_Q4_K_GROUPS:
     case KCUDA_Q5_K: {
         const int e = j0 % 256, g = e / 64, hi = (e % 64) >= 32, l0 = e % 32, sb = 2 * g + hi;
-        const uint8_t *scales, *qs, *qh = NULL;
+        const uint8_t *scales, *qs, *qh = NULL; /* qs: the 8 bytes at qs[32 * g + l0] */
         float d, dmin;
         if (type == KCUDA_Q4_K) {
             const blk_q4_K *b = (const blk_q4_K *)row + j0 / 256;
-            scales = b->scales, qs = b->qs, d = __half2float(b->d), dmin = __half2float(b->dmin);
+            scales = b->scales, qs = b->qs + 32 * g + l0, d = __half2float(b->d), dmin = __half2float(b->dmin);
+        } else if (type == KCUDA_Q4_K_GROUPS) { /* kcuda.h draws the layout */
+            const int b = (j0 / 256) % Q4G_BLOCKS;
+            const uint8_t *grp = row + (size_t)(j0 / (256 * Q4G_BLOCKS)) * Q4G_BYTES;
+            const blk_q4_K *h = (const blk_q4_K *)(grp + Q4G_HDR + 16 * b); /* its header fields only */
+            scales = h->scales, d = __half2float(h->d), dmin = __half2float(h->dmin);
+            qs = grp + 512 * (l0 / 16) + 16 * (4 * b + g) + l0 % 16;
         } else {
             const blk_q5_K *b = (const blk_q5_K *)row + j0 / 256;
-            scales = b->scales, qs = b->qs, qh = b->qh, d = __half2float(b->d), dmin = __half2float(b->dmin);
+            scales = b->scales, qs = b->qs + 32 * g + l0, qh = b->qh, d = __half2float(b->d), dmin = __half2float(b->dmin);
         }
         int sc, m;
         kc_scale_min(sb, scales, sc, m);
         const float d1 = d * (float)sc, m1 = dmin * (float)m;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const uint8_t byte = qs[32 * g + l0 + i];
+            const uint8_t byte = qs[i];
             int q = hi ? byte >> 4 : byte & 15;
             if (qh) q |= ((qh[l0 + i] >> sb) & 1) << 4;
             y[i] = __fsub_rn(__fmul_rn(d1, (float)q), m1);
@@ -397,10 +480,10 @@ int kcuda_dequant_f32(struct kcuda *k, int type, const void *d_w, size_t row_str
     return 0;
 }
 
-/* ---- weight upload, Q6_K regrouped (KCUDA_LAYOUT_Q6_K_GROUPS) ---- */
+/* ---- weight upload, regrouped (KCUDA_LAYOUT_Q6_K_GROUPS, _Q4_K_GROUPS) ---- */
 
 /* Where byte o of a regrouped group comes from in the group's 8 GGML
- * blocks (kcuda.h draws the layout). */
+ * blocks (kcuda.h draws the layouts). */
 __device__ __forceinline__ int q6g_source(int o)
 {
     if (o < Q6G_SCALES) {
@@ -415,30 +498,45 @@ __device__ __forceinline__ int q6g_source(int o)
     }
     return 210 * ((o - Q6G_D) / 2) + 208 + (o - Q6G_D) % 2;
 }
+__device__ __forceinline__ int q4g_source(int o)
+{
+    if (o < Q4G_HDR) { /* plane o / 512, item i = 4b + g, byte p */
+        const int plane = o / 512, i = (o % 512) / 16, p = o % 16;
+        return 144 * (i / 4) + 16 + 32 * (i % 4) + 16 * plane + p;
+    }
+    return 144 * ((o - Q4G_HDR) / 16) + (o - Q4G_HDR) % 16;
+}
 
 /* dst = the n_groups groups of src regrouped, one byte per thread. */
-__global__ void k_q6_regroup(const uint8_t *__restrict__ src, uint8_t *__restrict__ dst, size_t n_groups)
+template <int LAYOUT>
+__global__ void k_regroup(const uint8_t *__restrict__ src, uint8_t *__restrict__ dst, size_t n_groups)
 {
     kc_pdl_trigger();
     kc_pdl_wait();
-    const size_t n = n_groups * Q6G_BYTES;
-    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x)
-        dst[x] = src[x - x % Q6G_BYTES + (size_t)q6g_source((int)(x % Q6G_BYTES))];
+    constexpr int G = LAYOUT == KCUDA_LAYOUT_Q6_K_GROUPS ? Q6G_BYTES : Q4G_BYTES;
+    const size_t n = n_groups * G;
+    for (size_t x = (size_t)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (size_t)gridDim.x * blockDim.x) {
+        const int o = (int)(x % G);
+        dst[x] = src[x - o + (size_t)(LAYOUT == KCUDA_LAYOUT_Q6_K_GROUPS ? q6g_source(o) : q4g_source(o))];
+    }
 }
 
-/* Whether kcuda_upload_weight regroups w. */
-static bool q6_groups_ok(const struct kcuda *k, const struct kcuda_weight *w)
+/* The layout kcuda_upload_weight gives w. */
+static int upload_layout(const struct kcuda *k, const struct kcuda_weight *w)
 {
     const char *env = getenv("TT_GPU_REPACK");
-    return w->type == KCUDA_Q6_K && (!env || atoi(env) != 0) && w->n_in > 0 && w->n_out > 0 &&
-           w->n_in % (256 * Q6G_BLOCKS) == 0 &&
-           w->row_stride == (size_t)(w->n_in / 256) * 210 && (uintptr_t)w->data % 16 == 0 &&
-           w->expert_stride % 16 == 0 && k->scratch && k->scratch_bytes >= w->row_stride;
+    const size_t block = w->type == KCUDA_Q6_K ? 210 : w->type == KCUDA_Q4_K ? 144 : 0;
+    const bool ok = block && (!env || atoi(env) != 0) && w->n_in > 0 && w->n_out > 0 && w->n_in % 2048 == 0 &&
+                    w->row_stride == (size_t)(w->n_in / 256) * block && (uintptr_t)w->data % 16 == 0 &&
+                    w->expert_stride % 16 == 0 && k->scratch && k->scratch_bytes >= w->row_stride;
+    return !ok ? KCUDA_LAYOUT_GGML : w->type == KCUDA_Q6_K ? KCUDA_LAYOUT_Q6_K_GROUPS : KCUDA_LAYOUT_Q4_K_GROUPS;
 }
 
 int kcuda_weight_format(const struct kcuda_weight *w)
 {
-    return w->layout == KCUDA_LAYOUT_Q6_K_GROUPS ? KCUDA_Q6_K_GROUPS : w->type;
+    return w->layout == KCUDA_LAYOUT_Q6_K_GROUPS   ? KCUDA_Q6_K_GROUPS
+           : w->layout == KCUDA_LAYOUT_Q4_K_GROUPS ? KCUDA_Q4_K_GROUPS
+                                                   : w->type;
 }
 
 int kcuda_upload_weight(struct kcuda *k, struct kcuda_weight *w, int64_t expert, const void *src,
@@ -446,19 +544,25 @@ int kcuda_upload_weight(struct kcuda *k, struct kcuda_weight *w, int64_t expert,
 {
     uint8_t *dst = (uint8_t *)w->data + (size_t)expert * w->expert_stride;
     const size_t row = w->row_stride;
-    w->layout = q6_groups_ok(k, w) ? KCUDA_LAYOUT_Q6_K_GROUPS : KCUDA_LAYOUT_GGML;
+    w->layout = upload_layout(k, w);
     if (w->layout == KCUDA_LAYOUT_GGML)
         return kcuda_upload_2d(k, dst, row, src, src_row_stride, row, (size_t)w->n_out);
+    const bool q6 = w->layout == KCUDA_LAYOUT_Q6_K_GROUPS;
+    const size_t group = q6 ? Q6G_BYTES : Q4G_BYTES;
     /* rows through the scratch in chunks, each regrouped into place */
     const int64_t chunk = (int64_t)(k->scratch_bytes / row);
     for (int64_t r0 = 0; r0 < w->n_out; r0 += chunk) {
         const int64_t rows = w->n_out - r0 < chunk ? w->n_out - r0 : chunk;
         KC_CHECK(cudaMemcpy2DAsync(k->scratch, row, (const uint8_t *)src + (size_t)r0 * src_row_stride,
                                    src_row_stride, row, (size_t)rows, cudaMemcpyHostToDevice, k->stream));
-        const size_t n_groups = (size_t)rows * row / Q6G_BYTES;
-        const size_t n_blocks = TT_MIN((n_groups * Q6G_BYTES + 255) / 256, (size_t)65535);
-        KC_LAUNCH(k, k_q6_regroup, dim3((unsigned)n_blocks), dim3(256), (const uint8_t *)k->scratch,
-                  dst + (size_t)r0 * row, n_groups);
+        const size_t n_groups = (size_t)rows * row / group;
+        const dim3 grid((unsigned)TT_MIN((n_groups * group + 255) / 256, (size_t)65535));
+        if (q6)
+            KC_LAUNCH(k, k_regroup<KCUDA_LAYOUT_Q6_K_GROUPS>, grid, dim3(256), (const uint8_t *)k->scratch,
+                      dst + (size_t)r0 * row, n_groups);
+        else
+            KC_LAUNCH(k, k_regroup<KCUDA_LAYOUT_Q4_K_GROUPS>, grid, dim3(256), (const uint8_t *)k->scratch,
+                      dst + (size_t)r0 * row, n_groups);
     }
     return 0;
 }

@@ -296,7 +296,38 @@ __device__ __forceinline__ void q6g_dequant8(const uint8_t *row, int j0, float *
     }
 }
 
-__device__ __forceinline__ void dequant8(int type, const uint8_t *row, int j0, float *y);
+/* Elements j0..j0+7 of a Q4_K, KCUDA_Q4_K_GROUPS or Q5_K row (j0 a
+ * multiple of 8), as dequant_elem computes them. */
+__device__ __forceinline__ void kq_dequant8(int type, const uint8_t *row, int j0, float *y)
+{
+    const int e = j0 % 256, g = e / 64, hi = (e % 64) >= 32, l0 = e % 32, sb = 2 * g + hi;
+    const uint8_t *scales, *qs, *qh = NULL; /* qs: the 8 bytes at qs[32 * g + l0] */
+    float d, dmin;
+    if (type == KCUDA_Q4_K) {
+        const blk_q4_K *b = (const blk_q4_K *)row + j0 / 256;
+        scales = b->scales, qs = b->qs + 32 * g + l0, d = __half2float(b->d), dmin = __half2float(b->dmin);
+    } else if (type == KCUDA_Q4_K_GROUPS) { /* kcuda.h draws the layout */
+        const int b = (j0 / 256) % Q4G_BLOCKS;
+        const uint8_t *grp = row + (size_t)(j0 / (256 * Q4G_BLOCKS)) * Q4G_BYTES;
+        const blk_q4_K *h = (const blk_q4_K *)(grp + Q4G_HDR + 16 * b); /* its header fields only */
+        scales = h->scales, d = __half2float(h->d), dmin = __half2float(h->dmin);
+        qs = grp + 512 * (l0 / 16) + 16 * (4 * b + g) + l0 % 16;
+    } else {
+        const blk_q5_K *b = (const blk_q5_K *)row + j0 / 256;
+        scales = b->scales, qs = b->qs + 32 * g + l0, qh = b->qh, d = __half2float(b->d), dmin = __half2float(b->dmin);
+    }
+    int sc, m;
+    kc_scale_min(sb, scales, sc, m);
+    const float d1 = d * (float)sc, m1 = dmin * (float)m;
+    const uint2 q8 = *(const uint2 *)qs; /* one 8-byte load: qs is 8-byte aligned in both layouts */
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const uint8_t byte = (uint8_t)((i < 4 ? q8.x : q8.y) >> (8 * (i & 3)));
+        int q = hi ? byte >> 4 : byte & 15;
+        if (qh) q |= ((qh[l0 + i] >> sb) & 1) << 4;
+        y[i] = __fsub_rn(__fmul_rn(d1, (float)q), m1);
+    }
+}
 
 /* Element j of a weight row, as quant.c's dequantizers compute it. */
 __device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int j)
@@ -345,9 +376,10 @@ __device__ __forceinline__ float dequant_elem(int type, const uint8_t *row, int 
         return __fmul_rn(__half2float(b->d) * (float)b->scales[e / 16], (float)q);
     }
     case KCUDA_Q6_K_GROUPS:
-    case KCUDA_Q4_K_GROUPS: {
+    case KCUDA_Q4_K_GROUPS: { /* not through dequant8, which calls this function */
         float y[8];
-        dequant8(type, row, j & ~7, y);
+        if (type == KCUDA_Q6_K_GROUPS) q6g_dequant8(row, j & ~7, y);
+        else kq_dequant8(type, row, j & ~7, y);
         return y[j & 7];
     }
     default: return 0.0f;
@@ -379,35 +411,7 @@ __device__ __forceinline__ void dequant8(int type, const uint8_t *row, int j0, f
     }
     case KCUDA_Q4_K:
     case KCUDA_Q4_K_GROUPS:
-    case KCUDA_Q5_K: {
-        const int e = j0 % 256, g = e / 64, hi = (e % 64) >= 32, l0 = e % 32, sb = 2 * g + hi;
-        const uint8_t *scales, *qs, *qh = NULL; /* qs: the 8 bytes at qs[32 * g + l0] */
-        float d, dmin;
-        if (type == KCUDA_Q4_K) {
-            const blk_q4_K *b = (const blk_q4_K *)row + j0 / 256;
-            scales = b->scales, qs = b->qs + 32 * g + l0, d = __half2float(b->d), dmin = __half2float(b->dmin);
-        } else if (type == KCUDA_Q4_K_GROUPS) { /* kcuda.h draws the layout */
-            const int b = (j0 / 256) % Q4G_BLOCKS;
-            const uint8_t *grp = row + (size_t)(j0 / (256 * Q4G_BLOCKS)) * Q4G_BYTES;
-            const blk_q4_K *h = (const blk_q4_K *)(grp + Q4G_HDR + 16 * b); /* its header fields only */
-            scales = h->scales, d = __half2float(h->d), dmin = __half2float(h->dmin);
-            qs = grp + 512 * (l0 / 16) + 16 * (4 * b + g) + l0 % 16;
-        } else {
-            const blk_q5_K *b = (const blk_q5_K *)row + j0 / 256;
-            scales = b->scales, qs = b->qs + 32 * g + l0, qh = b->qh, d = __half2float(b->d), dmin = __half2float(b->dmin);
-        }
-        int sc, m;
-        kc_scale_min(sb, scales, sc, m);
-        const float d1 = d * (float)sc, m1 = dmin * (float)m;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const uint8_t byte = qs[i];
-            int q = hi ? byte >> 4 : byte & 15;
-            if (qh) q |= ((qh[l0 + i] >> sb) & 1) << 4;
-            y[i] = __fsub_rn(__fmul_rn(d1, (float)q), m1);
-        }
-        return;
-    }
+    case KCUDA_Q5_K: kq_dequant8(type, row, j0, y); return;
     case KCUDA_Q6_K: {
         const blk_q6_K *b = (const blk_q6_K *)row + j0 / 256;
         const int e = j0 % 256, h = e / 128, r = e % 128, l0 = r % 32, qu = r / 32;

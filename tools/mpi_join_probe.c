@@ -21,7 +21,13 @@
  *           256, 256, 704 and 256 KiB per rank (a 128-token chunk of the
  *           netns bench's 1024-wide model, gather join), each after PROMPT_WORK_US
  *           (default 1500) of work; the rate per direction of the joins
- *           beyond the work.
+ *           beyond the work;
+ *   blocks  all-gathers of 64 KiB to 1 MiB per rank, each after
+ *           PROMPT_WORK_US of work, one untimed then 16 per size (3 rounds
+ *           of the sizes): the time per join beyond the work, to tell a
+ *           fixed cost per join from the rate (a tensor-parallel prompt's
+ *           sum join sends 2 blocks of 512 KiB per layer where the gather
+ *           join sends 4 of 256-704 KiB).
  *
  * Build and run (two ranks; the namespace pair of netns_plan_bench.sh):
  *   mpicc -O2 -o /tmp/mpi_join_probe tools/mpi_join_probe.c
@@ -153,6 +159,28 @@ static void prompt(int rank, char *send, char *recv)
     }
 }
 
+static void blocks(int rank, char *send, char *recv)
+{
+    static const int sizes[] = {65536, 131072, 262144, 524288, 1048576};
+    const char *w = getenv("PROMPT_WORK_US");
+    const double work = w ? atof(w) : 1500.0;
+    for (int rep = 0; rep < 3; rep++)
+        for (int si = 0; si < 5; si++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t_join = 0.0;
+            for (int i = 0; i <= 16; i++) {
+                work_us(work);
+                const double t0 = now_s();
+                MPI_Allgather(send, sizes[si], MPI_BYTE, recv, sizes[si], MPI_BYTE, MPI_COMM_WORLD);
+                if (i > 0) t_join += now_s() - t0;
+            }
+            if (rank == 0)
+                printf("blocks: %7d B per rank after %.0f us work: %.2f ms per join, %.3f MB/s per direction\n",
+                       sizes[si], work, t_join / 16 * 1e3, (double)sizes[si] * 16 / t_join / 1e6);
+            fflush(stdout);
+        }
+}
+
 static void oneway(int rank, char *send, char *recv)
 {
     static const int sizes[] = {4096, 16384, 32768, 65536};
@@ -197,9 +225,11 @@ int main(int argc, char **argv)
         if (all || !strcmp(mode, "oneway")) oneway(rank, send, recv);
         if (all || !strcmp(mode, "sweep")) sweep(rank, send, recv);
         if (all || !strcmp(mode, "prompt")) prompt(rank, send, recv);
+        if (!strcmp(mode, "blocks")) blocks(rank, send, recv);
         if (!all && strcmp(mode, "joins") && strcmp(mode, "stream") && strcmp(mode, "oneway") &&
-            strcmp(mode, "sweep") && strcmp(mode, "prompt") && rank == 0)
-            fprintf(stderr, "mpi_join_probe: unknown mode '%s' (joins, stream, oneway, sweep, prompt)\n", mode);
+            strcmp(mode, "sweep") && strcmp(mode, "prompt") && strcmp(mode, "blocks") && rank == 0)
+            fprintf(stderr, "mpi_join_probe: unknown mode '%s' (joins, stream, oneway, sweep, prompt, blocks)\n",
+                    mode);
     }
     free(recv);
     free(send);

@@ -19,8 +19,16 @@
 # and MPI ranks poll without yielding (YIELD=0), so that other work on the
 # machine does not decide the figures. Prints a predicted-vs-measured table
 # and the load average. Needs root.
+#
+# This 2-core machine's figures vary from process to process (one rank
+# alone, idle machine, the same command: 319-419 tok/s), and a slow link's
+# prompt from run to run (TP sum over 100 Mbit/s: 788-1185 ms), so each
+# measurement runs RUNS times (default 3) and the table takes medians: of
+# the bench runs' decode and TTFT figures (each run the best of REPS, the
+# first paying for MPI's connections), and of each rank figure the planner
+# is given (`tutti plan -t 1` RUNS times, alone and two at once).
 #   usage: sudo bash tools/netns_plan_bench.sh [build/tutti]
-#   CASES="veth 1gbit 100mbit 10mbit" ROUNDS=1 REPS=2 PROMPT=128 GEN=32 OUT=dir
+#   CASES="veth 1gbit 100mbit 10mbit" ROUNDS=1 RUNS=3 REPS=2 PROMPT=128 GEN=32 OUT=dir
 #   NICE=-20 YIELD=0 PIN=1 TABLE_ONLY=1 (recompute the table from OUT's files)
 set -u
 T=$(realpath "${1:-build/tutti}")
@@ -30,6 +38,7 @@ N=${GEN:-32}
 CASES=${CASES:-veth 1gbit 100mbit 10mbit}
 ROUNDS=${ROUNDS:-1}
 REPS=${REPS:-2} # bench repetitions: the best of them (the first pays for MPI's TCP connections)
+RUNS=${RUNS:-3} # runs of each measurement: the table takes their medians
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 [ "$(id -u)" = 0 ] || [ -n "${TABLE_ONLY:-}" ] || { echo "needs root (network namespaces)"; exit 1; }
@@ -90,10 +99,12 @@ run2() {
 one() { if [ -n "${TT_NETNS_PIN:-}" ]; then nice -n "$NICE" taskset -c 0 "$@"; else nice -n "$NICE" "$@"; fi; }
 [ -f "$M" ] || "$T" gen --arch llama --n-embd 1024 --n-layer 8 --n-head 16 --n-head-kv 4 --n-ff 2816 \
     --vocab 8192 --type q4_k_m -o "$M" > /dev/null 2>&1 || { echo "gen failed"; exit 1; }
-bench() { # name, then the command (runs the benchmark)
+bench() { # name, then the command (runs the benchmark RUNS times: name_run1.json ...)
     local name=$1; shift
-    "$@" -m "$M" -p "$P" -n "$N" -r "$REPS" --json 2>"$OUT/err_$name.txt" | tail -1 > "$OUT/$name.json"
-    echo "$name: $(sed 's/"tokens":\[[^]]*\],//' "$OUT/$name.json" | head -c 200) (load $(cut -d' ' -f1 /proc/loadavg))"
+    for i in $(seq 1 "$RUNS"); do
+        "$@" -m "$M" -p "$P" -n "$N" -r "$REPS" --json 2>"$OUT/err_${name}_run$i.txt" | tail -1 > "$OUT/${name}_run$i.json"
+        echo "$name run $i: $(sed 's/"tokens":\[[^]]*\],//' "$OUT/${name}_run$i.json" | head -c 200) (load $(cut -d' ' -f1 /proc/loadavg))"
+    done
 }
 for r in $(seq 1 "$ROUNDS"); do
     for link in $CASES; do
@@ -107,16 +118,18 @@ for r in $(seq 1 "$ROUNDS"); do
         fi
         k=${link}_$r
         uptime > "$OUT/load_$k.txt"
-        one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r1_$k.json" 2>/dev/null
-        # the rank as the layouts of two ranks run it: both cores busy with
-        # tutti (one rank computing, the other computing or busy-polling in
-        # MPI), so other work on this machine crowds onto the same cores;
-        # two measurements at once, as `topo` measures every rank at once
-        if [ -n "${TT_NETNS_PIN:-}" ]; then
-            nice -n "$NICE" taskset -c 1 "$T" plan -m "$M" -t 1 --prompt "$P" --json > /dev/null 2>&1 &
-            one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r2_$k.json" 2>/dev/null
-            wait
-        fi
+        for i in $(seq 1 "$RUNS"); do
+            one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r1_${k}_run$i.json" 2>/dev/null
+            # the rank as the layouts of two ranks run it: both cores busy with
+            # tutti (one rank computing, the other computing or busy-polling in
+            # MPI), so other work on this machine crowds onto the same cores;
+            # two measurements at once, as `topo` measures every rank at once
+            if [ -n "${TT_NETNS_PIN:-}" ]; then
+                nice -n "$NICE" taskset -c 1 "$T" plan -m "$M" -t 1 --prompt "$P" --json > /dev/null 2>&1 &
+                one "$T" plan -m "$M" -t 1 --prompt "$P" --json > "$OUT/plan_r2_${k}_run$i.json" 2>/dev/null
+                wait
+            fi
+        done
         bench "single_$k" one "$T" bench -t 1
         # the link measured right before each layout runs (this machine's load drifts)
         run2 "$T" topo -t 1 --json > "$OUT/topo_tp_$k.json" 2>/dev/null
@@ -130,11 +143,30 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 fi
 python3 - "$OUT" "$T" "$M" "$P" "$CASES" "$ROUNDS" <<'PY'
-import json, os, subprocess, sys
+import json, os, statistics, subprocess, sys
 out, tutti, model, prompt, cases, rounds = sys.argv[1:7]
-def load(n):
+def load1(n):
     try: return json.load(open(os.path.join(out, n)))
     except Exception: return None
+def runs(n): # the runs of a measurement (n_run1.json ...), or n.json of an older OUT
+    stem = n[:-5]
+    found = [j for j in (load1(f"{stem}_run{i}.json") for i in range(1, 100)
+                         if os.path.exists(os.path.join(out, f"{stem}_run{i}.json"))) if j]
+    return found or [j for j in [load1(n)] if j]
+def median_fields(objs, fields): # a copy of objs[0] with the median of each numeric field
+    m = dict(objs[0])
+    for f in fields:
+        vals = [o[f] for o in objs if isinstance(o.get(f), (int, float))]
+        if vals: m[f] = statistics.median(vals)
+    return m
+def load(n):
+    found = runs(n)
+    if not found: return None
+    if "cluster" in found[0]: # a rank description from `tutti plan`: the median of each figure
+        ranks = [o["cluster"]["ranks"][0] for o in found if o.get("cluster")]
+        return {"cluster": {"ranks": [median_fields(ranks, list(ranks[0].keys()))]}, "runs": len(ranks)}
+    return dict(median_fields(found, ["decode_tok_s", "ttft_ms", "comm_ms_per_token"]), runs=len(found),
+                decode_all=[o.get("decode_tok_s") for o in found], ttft_all=[o.get("ttft_ms") for o in found])
 def predict(k, name):
     topo = load(f"topo_{name.replace('_single', '')}_{k}.json") or load(f"topo_{k}.json")
     # tensor parallel ranks compute at once (the figures measured two at a

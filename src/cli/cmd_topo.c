@@ -2,8 +2,8 @@
  * cmd_topo.c: `tutti topo`, what the cluster is, measured. Under mpirun every
  * rank reports its host, cores, instruction set, memory, memory read
  * bandwidth and Q4_K matrix-vector speed (the decode kernel, on a matrix
- * larger than the caches); then every pair of ranks measures its point-to-point latency
- * (ping-pong of 8 bytes) and bandwidth (4 MiB messages), one pair at a time
+ * larger than the caches); then every pair of ranks measures its latency
+ * (as a decode's joins see it, below) and bandwidth (4 MiB messages), one pair at a time
  * so pairs do not compete: one way (what a pipeline's sends see), then both
  * ways at once (what collectives see: every rank sends and receives at the
  * same time; a shaped or half-duplex link, or TCP acknowledgements queued
@@ -21,11 +21,22 @@
  * `--cpu` describes the CPUs instead. `--plan auto` (cli_topo_json) still
  * describes CPUs: MoE models and pipeline layouts keep ranks on the CPU.
  *
+ * The latency is what a join costs a tensor-parallel decode: a chain of
+ * TOPO_LAT_JOINS all-gathers of 8 bytes, each after TOPO_LAT_WORK_US of
+ * work, the time per join beyond the work (both ranks send and receive at
+ * once, and each waits for the other's message after its own work). An
+ * 8-byte ping-pong without work reads less: 9-10 us over the namespace
+ * veth where such joins take 12-17 us (tools/mpi_join_probe.c joins); the
+ * ping-pong's round trip still corrects the burst measurement below.
+ *
  * Both ways is measured as a prompt's joins use the link: all-gathers of
  * TOPO_JOIN_BYTES per rank (a prompt chunk's block: 128-256 tokens of a
  * 1024-4096-wide row split over two ranks), each after TOPO_JOIN_GAP_US of
  * work, one untimed first, then a stream of them (at least TOPO_JOINS_MIN,
- * about 0.2 s), the work not counted. Measured on tbf-shaped links
+ * about TOPO_BOTH_S seconds), the work not counted. On shaped links the
+ * rate of a stream varies from join to join (100 Mbit/s: 5.4-6.8 MB/s per
+ * 16 joins, and one 1 s reading of 8.2 among 6.1-6.7), so the stream is
+ * long: about 3 s, up to TOPO_JOINS_MAX joins. Measured on tbf-shaped links
  * (tools/mpi_join_probe.c, docs/PLANNER.md): over 10 and 100 Mbit/s a single
  * block each way passes at the one-way rate, the queues and windows still
  * empty, where a stream of them gets 0.5-0.6 of it; over 1 Gbit/s
@@ -54,7 +65,10 @@
 #define TOPO_JOIN_BYTES (256u << 10) /* per rank, both ways */
 #define TOPO_JOIN_GAP_US 500.0       /* work before each join */
 #define TOPO_JOINS_MIN 8
-#define TOPO_JOINS_MAX 64
+#define TOPO_JOINS_MAX 192
+#define TOPO_BOTH_S 3.0              /* seconds of joins both ways (a slow link's 8 joins take longer) */
+#define TOPO_LAT_JOINS 400
+#define TOPO_LAT_WORK_US 50.0
 #define TOPO_BURST_REPS 3
 #define TOPO_BURST_MAX_BYTES (32u << 10) /* below Open MPI's TCP eager limit */
 #define TOPO_TAG 7801
@@ -105,6 +119,27 @@ static void work_us(double us)
 {
     const double t0 = tt_now_s();
     while ((tt_now_s() - t0) * 1e6 < us) {}
+}
+
+/* The latency of a's link to b as a decode's joins see it, in us: a chain
+ * of TOPO_LAT_JOINS all-gathers of 8 bytes (8 untimed first), each after
+ * TOPO_LAT_WORK_US of work, the mean time per join beyond the work.
+ * Collective over c, as measure_both_ways; 0 on the other ranks. */
+static double measure_join_latency(struct comm *c, int a, int b, uint8_t *buf)
+{
+    struct comm *pair = NULL;
+    const int me = comm_rank(c);
+    int err = comm_split(c, me == a || me == b ? 0 : COMM_COLOR_NONE, me, &pair);
+    double joined = 0.0;
+    for (int i = -8; i < TOPO_LAT_JOINS && !err && pair; i++) {
+        work_us(TOPO_LAT_WORK_US);
+        const double t0 = tt_now_s();
+        err = comm_allgather(pair, buf, 8, buf + TOPO_BW_BYTES);
+        if (i >= 0) joined += tt_now_s() - t0;
+    }
+    if (pair) comm_free(pair);
+    if (err) cli_die(err, "measuring the link %d-%d's joins", a, b);
+    return joined / TOPO_LAT_JOINS * 1e6;
 }
 
 /* GB/s per direction while a and b run `joins` all-gathers of
@@ -165,7 +200,8 @@ static int measure_burst(struct comm *c, int a, int peer, uint8_t *buf, double i
 }
 
 /* Ranks a and b measure their link; everyone else waits. Returns (on a) the
- * one-way latency in microseconds, the one-way bandwidth and the bandwidth
+ * latency of a join in microseconds (the larger of a chain of joins after
+ * work and half an 8-byte round trip), the one-way bandwidth and the bandwidth
  * per direction both ways at once in GB/s, and the burst the link passes at
  * once in KiB. */
 static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat_us, double *gbs,
@@ -210,11 +246,11 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
                           : comm_recv(c, buf, (size_t)plan[0], peer, TOPO_TAG);
         if (!err) err = me == a ? comm_recv(c, buf, 8, peer, TOPO_TAG) : comm_send(c, buf, 8, peer, TOPO_TAG);
         *gbs = (double)plan[0] * (double)plan[1] / (tt_now_s() - t0) / 1e9;
-        /* both ways: about 1 s of joins at half the one-way rate; a burst
+        /* both ways: about TOPO_BOTH_S of joins at half the one-way rate; a burst
          * after the time the rate takes for twice the largest message
          * (2-100 ms), which refills a bucket of that size */
         if (me == a) {
-            const double n = 1.0 * *gbs * 1e9 / 2.0 / TOPO_JOIN_BYTES;
+            const double n = TOPO_BOTH_S * *gbs * 1e9 / 2.0 / TOPO_JOIN_BYTES;
             ctl[0] = n < TOPO_JOINS_MIN ? TOPO_JOINS_MIN : n > TOPO_JOINS_MAX ? TOPO_JOINS_MAX : (int64_t)n;
             ctl[1] = (int64_t)fmin(1e5, fmax(2e3, 2.0 * TOPO_BURST_MAX_BYTES / (*gbs * 1e3)));
         }
@@ -227,6 +263,8 @@ static void measure_pair(struct comm *c, int a, int b, uint8_t *buf, double *lat
         *burst_kib = burst / 1024.0;
     }
     if (err) cli_die(err, "measuring the link %d-%d", a, b);
+    const double join_us = measure_join_latency(c, a, b, buf);
+    if (me == a) *lat_us = fmax(*lat_us, join_us);
     *both_gbs = measure_both_ways(c, a, b, buf, ctl[0]);
     if ((err = comm_barrier(c))) cli_die(err, "barrier");
 }

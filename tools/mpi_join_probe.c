@@ -24,7 +24,9 @@
  *           beyond the work;
  *   blocks  all-gathers of 64 KiB to 1 MiB per rank, each after
  *           PROMPT_WORK_US of work, one untimed then 16 per size (3 rounds
- *           of the sizes): the time per join beyond the work, to tell a
+ *           of the sizes, each sent from its own buffer and in place, as
+ *           tutti's all-reduce sends; BLOCKS_IDLE_MS of idle link before
+ *           each stream): the time per join beyond the work, to tell a
  *           fixed cost per join from the rate (a tensor-parallel prompt's
  *           sum join sends 2 blocks of 512 KiB per layer where the gather
  *           join sends 4 of 256-704 KiB).
@@ -164,21 +166,29 @@ static void blocks(int rank, char *send, char *recv)
     static const int sizes[] = {65536, 131072, 262144, 524288, 1048576};
     const char *w = getenv("PROMPT_WORK_US");
     const double work = w ? atof(w) : 1500.0;
+    const char *idle = getenv("BLOCKS_IDLE_MS");
+    const int idle_ms = idle ? atoi(idle) : 0;
     for (int rep = 0; rep < 3; rep++)
-        for (int si = 0; si < 5; si++) {
-            MPI_Barrier(MPI_COMM_WORLD);
-            double t_join = 0.0;
-            for (int i = 0; i <= 16; i++) {
-                work_us(work);
-                const double t0 = now_s();
-                MPI_Allgather(send, sizes[si], MPI_BYTE, recv, sizes[si], MPI_BYTE, MPI_COMM_WORLD);
-                if (i > 0) t_join += now_s() - t0;
+        for (int si = 0; si < 5; si++)
+            for (int in_place = 0; in_place < 2; in_place++) {
+                MPI_Barrier(MPI_COMM_WORLD);
+                if (idle_ms > 0) /* the link quiet first, as before a prompt */
+                    nanosleep(&(struct timespec){idle_ms / 1000, (long)(idle_ms % 1000) * 1000000}, NULL);
+                double t_join = 0.0;
+                for (int i = 0; i <= 16; i++) {
+                    work_us(work);
+                    const double t0 = now_s();
+                    MPI_Allgather(in_place ? MPI_IN_PLACE : send, sizes[si], MPI_BYTE, recv, sizes[si],
+                                  MPI_BYTE, MPI_COMM_WORLD);
+                    if (i > 0) t_join += now_s() - t0;
+                }
+                if (rank == 0)
+                    printf("blocks: %7d B per rank%s after %.0f us work: %.2f ms per join, %.3f MB/s per "
+                           "direction\n",
+                           sizes[si], in_place ? " (in place)" : "", work, t_join / 16 * 1e3,
+                           (double)sizes[si] * 16 / t_join / 1e6);
+                fflush(stdout);
             }
-            if (rank == 0)
-                printf("blocks: %7d B per rank after %.0f us work: %.2f ms per join, %.3f MB/s per direction\n",
-                       sizes[si], work, t_join / 16 * 1e3, (double)sizes[si] * 16 / t_join / 1e6);
-            fflush(stdout);
-        }
 }
 
 static void oneway(int rank, char *send, char *recv)

@@ -36,7 +36,11 @@
  * about TOPO_BOTH_S seconds), the work not counted. On shaped links the
  * rate of a stream varies from join to join (100 Mbit/s: 5.4-6.8 MB/s per
  * 16 joins, and one 1 s reading of 8.2 among 6.1-6.7), so the stream is
- * long: about 3 s, up to TOPO_JOINS_MAX joins. Measured on tbf-shaped links
+ * long: about 3 s, up to TOPO_JOINS_MAX joins, and at least 4 MiB each way:
+ * a stream either keeps about the one-way rate each way or falls to half
+ * of it (tools/mpi_join_probe.c blocks), and at 10 Mbit/s a prompt's
+ * streams (8-11.5 MiB) always ran at 0.6-0.65 MB/s each way where 8 joins
+ * (2 MiB) read 0.9 (one way: 1.2) in 2 of 12 readings, 0.6-0.7 in the rest. Measured on tbf-shaped links
  * (tools/mpi_join_probe.c, docs/PLANNER.md): over 10 and 100 Mbit/s a single
  * block each way passes at the one-way rate, the queues and windows still
  * empty, where a stream of them gets 0.5-0.6 of it; over 1 Gbit/s
@@ -64,7 +68,7 @@
 #define TOPO_PROBE_BYTES (256u << 10)
 #define TOPO_JOIN_BYTES (256u << 10) /* per rank, both ways */
 #define TOPO_JOIN_GAP_US 500.0       /* work before each join */
-#define TOPO_JOINS_MIN 8
+#define TOPO_JOINS_MIN 16 /* 4 MiB each way: a prompt's stream (a slow link's 8 read its fast state) */
 #define TOPO_JOINS_MAX 192
 #define TOPO_BOTH_S 3.0              /* seconds of joins both ways (a slow link's 8 joins take longer) */
 #define TOPO_LAT_JOINS 400

@@ -190,6 +190,9 @@ int32_t sampler_sample(struct sampler *s, const float *logits);
  * top-k then read only the blocks that can hold a candidate. */
 #define SAMPLER_BLOCK 64
 int32_t sampler_sample_maxima(struct sampler *s, const float *logits, const float *block_max);
+/* The k best of n logits as candidates (ids id0 + i) into c[0..k), in
+ * qsort order; returns min(k, n). */
+int sampler_top_k(const float *logits, int n, int32_t id0, int k, struct sampler_cand *c);
 /* qsort order of candidates: higher logit first, then lower id. */
 int sampler_cand_cmp(const void *a, const void *b);
 /* Pick from candidates (ids and raw logits, any order; modified). `n_vocab`

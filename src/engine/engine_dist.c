@@ -127,22 +127,7 @@ static void local_candidates(const struct engine *e, const float *logits, int k,
                              const int32_t *hist, int n_hist, int slots, struct sampler_cand *c)
 {
     const int nvl = e->n_vocab_local, v0 = e->slice.vocab.begin;
-    int n = 0;
-    k = TT_MIN(k, nvl);
-    for (int i = 0; i < nvl; i++) {
-        struct sampler_cand x = { v0 + i, logits[i] };
-        if (n < k) {
-            c[n++] = x;
-            if (n == k) qsort(c, (size_t)n, sizeof(*c), sampler_cand_cmp);
-        } else if (x.logit > c[k - 1].logit) { /* insert, keep sorted */
-            int j = k - 1;
-            while (j > 0 && c[j - 1].logit < x.logit) {
-                c[j] = c[j - 1];
-                j--;
-            }
-            c[j] = x;
-        }
-    }
+    int n = sampler_top_k(logits, nvl, v0, TT_MIN(k, nvl), c);
     for (int h = 0; h < n_hist && n < slots; h++) {
         const int id = hist[h];
         bool have = id < v0 || id >= v0 + nvl;

@@ -134,14 +134,39 @@ static float max_of(const float *x, int n)
     return mx[0];
 }
 
+/* The k best of V logits (token ids id0 + i) added to the n candidates
+ * already in c[0..n), kept in qsort order, in one pass over the floats: a
+ * token is looked at only when its logit reaches the k-th best so far,
+ * which a block of SAMPLER_BLOCK logits mostly does not (a 152k vocabulary:
+ * a scan, not 152k insertions or a sort); with block_max the skipped blocks
+ * are not even read. Tokens among the sampler's first n_hist history
+ * entries are skipped (s may be NULL when n_hist is 0). Returns the count. */
+static int scan_top(const float *logits, int V, int32_t id0, const float *block_max, int k,
+                    const struct sampler *s, int n_hist, struct sampler_cand *c, int n)
+{
+    float thr = n == k ? c[k - 1].logit : -INFINITY;
+    for (int i0 = 0; i0 < V; i0 += SAMPLER_BLOCK) {
+        const int i1 = TT_MIN(V, i0 + SAMPLER_BLOCK);
+        const float mx = block_max ? block_max[i0 / SAMPLER_BLOCK] : max_of(logits + i0, i1 - i0);
+        if (mx < thr) continue; /* ties go to the full comparison below */
+        for (int i = i0; i < i1; i++) {
+            if (logits[i] < thr || (n_hist && in_history(s, n_hist, id0 + i))) continue;
+            insert_top(c, &n, k, (struct sampler_cand){ id0 + i, logits[i] });
+            if (n == k) thr = c[k - 1].logit;
+        }
+    }
+    return n;
+}
+
+int sampler_top_k(const float *logits, int n, int32_t id0, int k, struct sampler_cand *c)
+{
+    return k > 0 ? scan_top(logits, n, id0, NULL, k, NULL, 0, c, 0) : 0;
+}
+
 /* The k best tokens of a full vocabulary of logits, penalized, into c[0..k)
- * in qsort order, in one pass over the floats: a token is looked at only
- * when its logit reaches the k-th best so far, which a block of
- * SAMPLER_BLOCK logits mostly does not (a 152k vocabulary: a scan, not 152k
- * insertions or a sort); with block_max the skipped blocks are not even
- * read. The penalized history tokens go in first and are skipped in the
- * scan; a block's maximum bounds its other tokens' logits either way.
- * Returns the count (k, or the vocabulary if smaller). */
+ * in qsort order: the penalized history tokens go in first and are skipped
+ * in the scan (a block's maximum bounds its other tokens' logits either
+ * way). Returns the count (k, or the vocabulary if smaller). */
 static int top_of_logits(const struct sampler *s, const float *logits, const float *block_max, int k,
                          struct sampler_cand *c)
 {
@@ -154,18 +179,7 @@ static int top_of_logits(const struct sampler *s, const float *logits, const flo
         if (id >= 0 && id < V && !in_history(s, h, id))
             insert_top(c, &n, k, (struct sampler_cand){ id, penalize(logits[id], pen) });
     }
-    float thr = n == k ? c[k - 1].logit : -INFINITY;
-    for (int i0 = 0; i0 < V; i0 += SAMPLER_BLOCK) {
-        const int i1 = TT_MIN(V, i0 + SAMPLER_BLOCK);
-        const float mx = block_max ? block_max[i0 / SAMPLER_BLOCK] : max_of(logits + i0, i1 - i0);
-        if (mx < thr) continue; /* ties go to the full comparison below */
-        for (int i = i0; i < i1; i++) {
-            if (logits[i] < thr || (n_hist && in_history(s, n_hist, i))) continue;
-            insert_top(c, &n, k, (struct sampler_cand){ i, logits[i] });
-            if (n == k) thr = c[k - 1].logit;
-        }
-    }
-    return n;
+    return scan_top(logits, V, 0, block_max, k, s, n_hist, c, n);
 }
 
 static int32_t sample_sorted(struct sampler *s, const struct sampler_cand *c, int keep);

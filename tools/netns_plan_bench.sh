@@ -29,7 +29,7 @@
 # is given (`tutti plan -t 1` RUNS times, alone and two at once).
 #   usage: sudo bash tools/netns_plan_bench.sh [build/tutti]
 #   CASES="veth 1gbit 100mbit 10mbit" ROUNDS=1 RUNS=3 REPS=2 PROMPT=128 GEN=32 OUT=dir
-#   NICE=-20 YIELD=0 PIN=1 TABLE_ONLY=1 (recompute the table from OUT's files)
+#   NICE=-20 YIELD=0 PIN=1 CC=reno TABLE_ONLY=1 (recompute the table from OUT's files)
 set -u
 T=$(realpath "${1:-build/tutti}")
 D=$(cd "$(dirname "$0")/../tests" && pwd)
@@ -62,6 +62,17 @@ trap 'bash "$D/netns_cluster.sh" down' EXIT
 bash "$D/netns_cluster.sh" down
 bash "$D/netns_cluster.sh" up || exit 1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# TCP congestion control inside the namespaces: CC (default reno, which the
+# kernel lets every namespace choose). A loss-based control fills the tbf
+# queue and holds the rate; this machine's default, BBR, settles a link
+# loaded both ways in one of two states from run to run: over 100 Mbit/s
+# TP sum's 128-token prompt took 788-1329 ms (793 or 1100-1330) in twelve
+# runs and topo's both-ways rate read 5.2-11.4 MB/s, where with reno twelve
+# runs took 1120-1365 ms and three topo runs read 6.10-6.17 MB/s.
+for ns in tp-ns1 tp-ns2; do
+    ip netns exec $ns sysctl -qw net.ipv4.tcp_congestion_control="${CC:-reno}" ||
+        echo "congestion control ${CC:-reno} not available: the namespaces keep the default"
+done
 [ "${PIN:-1}" = 1 ] && export TT_NETNS_PIN=1
 # Other work on this machine's two cores (other sessions' builds) must not
 # decide the figures: every tutti process runs at nice NICE (default -20,

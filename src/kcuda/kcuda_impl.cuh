@@ -39,6 +39,9 @@ struct kcuda {
     size_t scratch_bytes;
     bool pdl;                  /* programmatic dependent launch (sm_90) */
     bool mv_stage;             /* decode K-quant products stage activations in shared memory (TT_GPU_MV_STAGE) */
+    int mv_bulk;               /* one token's regrouped K-quant products through the bulk-copy engine (sm_90,
+                                  TT_GPU_MV_BULK: 0 none, 1 all that fit, 2 the large ones: kcuda_matvec.cu) */
+    int bulk_smem[4];          /* dynamic shared memory allowed so far, per k_matvec_bulk instance */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
     int n_sm;                  /* multiprocessors */
 };

@@ -331,6 +331,18 @@ __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
     return r;
 }
 
+/* Output row orow of a product: v (plus bias) stored, added, or the SwiGLU
+ * of v and v2. */
+template <bool PAIR>
+__device__ __forceinline__ void mv_store(const mv_args &a, const mv_row &r, int orow, float v, float v2)
+{
+    float *o = r.out + (size_t)orow * (size_t)r.ldo + r.lrow;
+    if (r.bias) v += r.bias[r.lrow];
+    if (PAIR) *o = v / (1.0f + expf(-v)) * v2;
+    else if (a.mode == KCUDA_OUT_ADD) *o += v;
+    else *o = v;
+}
+
 /* Block: blockDim.y rows at a time, each row on blockDim.x / 32 warps; the
  * launch gives every row group its own block (the loop over groups also
  * serves smaller grids). */
@@ -462,14 +474,161 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const 
 #pragma unroll
         for (int u = 0; u < NT; u++) {
             if (u >= n) break;
-            float v = acc[u];
-            float *o = r.out + (size_t)orow[u] * (size_t)r.ldo + r.lrow;
-            if (r.bias) v += r.bias[r.lrow];
-            if (PAIR) *o = v / (1.0f + expf(-v)) * acc2[u];
-            else if (a.mode == KCUDA_OUT_ADD) *o += v;
-            else *o = v;
+            mv_store<PAIR>(a, r, orow[u], acc[u], acc2[u]);
         }
     }
+}
+
+/* ---- one token's K-quant products through the bulk-copy engine (sm_90) ----
+ *
+ * The kernel above keeps as many weight bytes in flight as its registers
+ * hold. Here one thread of each block hands whole weight rows (4 rows, one
+ * per warp, both matrices of a SwiGLU pair) to the copy engine in groups of
+ * 2048 weights, each group completing on its own shared-memory barrier; a
+ * warp starts on group g as soon as it has landed, every lane on one item.
+ * With one stage every block takes one group of 4 rows and issues its
+ * copies before the dependency wait (the weights never depend on the
+ * previous kernel), so they overlap that kernel's tail and the activation
+ * staging. With two stages the grid is what fits on the GPU at once, each
+ * block strides over the row groups, staging the activation row once, and
+ * the copies of its next row group but one go out as soon as a stage is
+ * free, so its share of the weights streams without gaps. Rows must fit
+ * in the budget (MV_BULK_BYTES of weights per stage); larger rows take the
+ * register kernel. */
+#define MV_BULK_BYTES (64u << 10)
+#define MV_BULK_GROUPS 32
+
+/* Items read from a group of a regrouped row in shared memory (lane i). */
+template <int K> struct mv_sh_item;
+template <> struct mv_sh_item<MV_Q4_KG> : mv_item<MV_Q4_KG> {
+    __device__ __forceinline__ void load_sh(const uint8_t *g, int i)
+    {
+        hdr = *(const uint4 *)(g + Q4G_HDR + 16 * (i >> 2));
+        q0 = *(const uint4 *)(g + 16 * i);
+        q1 = *(const uint4 *)(g + 512 + 16 * i);
+    }
+    static constexpr int bytes = Q4G_BYTES;
+};
+template <> struct mv_sh_item<MV_Q6_KG> : mv_item<MV_Q6_KG> {
+    __device__ __forceinline__ void load_sh(const uint8_t *g, int i)
+    {
+        la = *(const uint4 *)(g + 16 * i);
+        lb = *(const uint4 *)(g + 512 + 16 * i);
+        hb = *(const uint4 *)(g + 1024 + 16 * i);
+        sc4 = *(const uint32_t *)(g + Q6G_SCALES + 4 * i);
+        d = __half2float(*(const __half *)(g + Q6G_D + 2 * (i >> 2)));
+    }
+    static constexpr int bytes = Q6G_BYTES;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* Thread 0: the copies of row group rg (rows 4rg.., matrices m) into stage
+ * st, group g completing on bar[g]. */
+template <int GB, int M>
+__device__ __forceinline__ void bulk_issue(const mv_args &a, int rg, uint8_t *st, uint64_t *bar, int n_grp)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const int row0 = rg * 4, rows = min(4, a.n_out - row0);
+    for (int g = 0; g < n_grp; g++) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&bar[g])),
+                     "r"(rows * M * GB)
+                     : "memory");
+        for (int r = 0; r < rows; r++) {
+            const mv_row t = row_task(a, row0 + r);
+            const size_t off = (size_t)t.lrow * a.row_stride + (size_t)g * GB;
+            uint8_t *dst = st + ((size_t)(g * 4 + r) * M) * GB;
+#pragma unroll
+            for (int m = 0; m < M; m++)
+                asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                             ::"r"(smem_addr(dst + m * GB)), "l"((m ? a.w2 : t.w) + off), "r"(GB),
+                             "r"(smem_addr(&bar[g]))
+                             : "memory");
+        }
+    }
+#endif
+}
+
+template <int K, bool PAIR>
+__global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, int n_stage)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int GB = mv_sh_item<K>::bytes, M = PAIR ? 2 : 1;
+    extern __shared__ __align__(128) uint8_t mv_sh[];
+    __shared__ __align__(8) uint64_t bar[2][MV_BULK_GROUPS];
+    const int n_grp = a.n_items >> 5, n_rg = (a.n_out + 3) >> 2, tid = threadIdx.y * 32 + threadIdx.x;
+    const size_t stage_bytes = (size_t)n_grp * 4 * M * GB;
+    uint8_t *wsh = mv_sh + ((a.stage ? a.act_stride : 0) + 127) / 128 * 128;
+    if (tid == 0) {
+        for (int s = 0; s < n_stage; s++)
+            for (int g = 0; g < n_grp; g++)
+                asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[s][g])));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    kc_pdl_trigger();
+    if (tid == 0)
+        for (int s = 0; s < n_stage && blockIdx.x + s * gridDim.x < n_rg; s++)
+            bulk_issue<GB, M>(a, blockIdx.x + s * gridDim.x, wsh + s * stage_bytes, bar[s], n_grp);
+    kc_pdl_wait();
+    const uint8_t *ar = a.act;
+    if (a.stage) { /* as k_matvec stages it */
+        const int n_chunks = (int)(a.act_stride >> 4), n_sw = a.n_in >> 4;
+        int4 *act_sh = (int4 *)mv_sh;
+        for (int c0 = tid; c0 < n_chunks; c0 += 8 * MV_THREADS) {
+            int4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (c0 + u * MV_THREADS < n_chunks) v[u] = *(const int4 *)(a.act + ((size_t)(c0 + u * MV_THREADS) << 4));
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int c = c0 + u * MV_THREADS;
+                if (c < n_chunks) act_sh[c < n_sw ? mv_swizzle(c) : c] = v[u];
+            }
+        }
+        __syncthreads();
+        ar = mv_sh;
+    }
+    const int r = threadIdx.y, lane = threadIdx.x;
+    int use = 0;
+    for (int rg = blockIdx.x; rg < n_rg; rg += gridDim.x, use++) {
+        const int s = n_stage > 1 ? use & 1 : 0;
+        const uint32_t parity = (uint32_t)(n_stage > 1 ? use >> 1 : use) & 1u;
+        const uint8_t *st = wsh + s * stage_bytes;
+        const int rows = min(4, a.n_out - rg * 4);
+        float acc = 0.0f, acc2 = 0.0f;
+        if (r < rows) {
+            for (int g = 0; g < n_grp; g++) {
+                const uint32_t b = smem_addr(&bar[s][g]);
+                uint32_t done = 0;
+                while (!done)
+                    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                                 : "=r"(done)
+                                 : "r"(b), "r"(parity)
+                                 : "memory");
+                const uint8_t *grp = st + ((size_t)(g * 4 + r) * M) * GB;
+                mv_sh_item<K> x;
+                x.load_sh(grp, lane);
+                acc += x.dot(ar, a.n_in, g * 32 + lane, a.stage);
+                if (PAIR) {
+                    mv_sh_item<K> y;
+                    y.load_sh(grp + GB, lane);
+                    acc2 += y.dot(ar, a.n_in, g * 32 + lane, a.stage);
+                }
+            }
+        }
+        acc = kc_warp_sum(acc);
+        if (PAIR) acc2 = kc_warp_sum(acc2);
+        if (lane == 0 && r < rows) mv_store<PAIR>(a, row_task(a, rg * 4 + r), 0, acc, acc2);
+        if (n_stage > 1 && rg + 2 * (int)gridDim.x < n_rg) { /* the stage is free: the row group after next */
+            __syncthreads();
+            if (tid == 0) {
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+                bulk_issue<GB, M>(a, rg + 2 * gridDim.x, wsh + s * stage_bytes, bar[s], n_grp);
+            }
+        }
+    }
+#endif
 }
 
 /* ---- dispatch ---- */
@@ -561,6 +720,52 @@ static const char *prof_name(int kind, bool pair, bool experts)
     return names[kind][(pair ? 1 : 0) + (experts ? 2 : 0)];
 }
 
+/* Whether a dense product can take k_matvec_bulk: a regrouped K-quant
+ * weight, every matrix 16-byte aligned, 4 rows' weights within the budget. */
+static bool bulk_fits(const struct kcuda *k, const mv_args *a, int kind, bool pair)
+{
+    if (!k->mv_bulk || (kind != MV_Q4_KG && kind != MV_Q6_KG) || a->n_items % 32 || a->row_stride % 16 ||
+        a->n_items / 32 > MV_BULK_GROUPS || (pair && (uintptr_t)a->w2 % 16))
+        return false;
+    for (int i = 0; i < a->n_tasks; i++)
+        if ((uintptr_t)a->task[i].w % 16) return false;
+    const size_t gb = kind == MV_Q4_KG ? Q4G_BYTES : Q6G_BYTES;
+    return (size_t)(a->n_items / 32) * 4 * (pair ? 2 : 1) * gb <= MV_BULK_BYTES;
+}
+
+/* k_matvec_bulk for a product that bulk_fits, if it takes it: by default
+ * (TT_GPU_MV_BULK=2) only products of at least MV_BULK_RING_MIN row groups
+ * per block of the grid that fits at once, in two stages (the output
+ * matrices: on the H200 the MoE shape's decode 955-979 -> 996-1032 tok/s
+ * with it, where the layers' products, 4-6 row groups per block, ran 3%
+ * slower in it and no faster with one stage per block than in k_matvec);
+ * TT_GPU_MV_BULK=1 takes every product that fits (one stage per block when
+ * the grid covers the row groups), 0 none. Returns 1 if launched. */
+#define MV_BULK_RING_MIN 8
+static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
+{
+    typedef void (*bulk_kernel)(const mv_args, int);
+    const bulk_kernel kern = kind == MV_Q4_KG ? (pair ? k_matvec_bulk<MV_Q4_KG, true> : k_matvec_bulk<MV_Q4_KG, false>)
+                                              : (pair ? k_matvec_bulk<MV_Q6_KG, true> : k_matvec_bulk<MV_Q6_KG, false>);
+    const int slot = (kind == MV_Q4_KG ? 0 : 2) + (pair ? 1 : 0), n_rg = (a->n_out + 3) / 4;
+    const size_t stage = (size_t)(a->n_items >> 5) * 4 * (pair ? 2 : 1) * (kind == MV_Q4_KG ? Q4G_BYTES : Q6G_BYTES);
+    const size_t act = a->stage ? (a->act_stride + 127) / 128 * 128 : 0;
+    size_t smem = act + 2 * stage;
+    if ((int)smem > k->bulk_smem[slot]) { /* once per kernel and size */
+        KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        k->bulk_smem[slot] = (int)smem;
+    }
+    int per_sm = 0, n_stage = 2;
+    KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, MV_THREADS, smem));
+    int grid = TT_MAX(per_sm, 1) * k->n_sm;
+    if (k->mv_bulk != 1 && n_rg < MV_BULK_RING_MIN * grid) return 0;
+    if (grid >= n_rg) n_stage = 1, grid = n_rg, smem = act + stage; /* every block one row group */
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH_SMEM(k, kern, dim3(grid), dim3(32, 4), smem, *a, n_stage);
+    KC_PROF_END(k, prof_name(kind, pair, false));
+    return 1;
+}
+
 static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
                   mv_args *a, int nt, unsigned n_grid_y)
 {
@@ -573,6 +778,14 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
         return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
                             w->type, (long long)w->n_in);
     a->n_items = (int)(w->n_in / item_elems(kind));
+    /* one token of a K-quant weight: the activation row in shared memory */
+    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q4_KG || kind == MV_Q6_K || kind == MV_Q6_KG) &&
+               a->act_stride <= MV_STAGE_MAX &&
+               a->act_stride % 16 == 0;
+    if (nt == 1 && !a->tiles && bulk_fits(k, a, kind, pair)) {
+        const int taken = launch_bulk(k, a, kind, pair);
+        if (taken) return taken < 0 ? taken : 0;
+    }
     /* warps per row: one for a token's dense products (4 rows share a
      * block's staged activation row: 8B FFN down 1.5 us per layer faster
      * than 2 warps per row), else enough that each thread has about one
@@ -587,10 +800,6 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
      * over the rows measured the same or slower: 8B shape 234 vs 241 tok/s) */
     const dim3 grid(kc_blocks(a->n_out, RB), n_grid_y);
     KC_PROF_BEGIN(k);
-    /* one token of a K-quant weight: the activation row in shared memory */
-    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q4_KG || kind == MV_Q6_K || kind == MV_Q6_KG) &&
-               a->act_stride <= MV_STAGE_MAX &&
-               a->act_stride % 16 == 0;
     KC_LAUNCH_SMEM(k, kern, grid, block, a->stage ? a->act_stride : 0, *a);
     KC_PROF_END(k, prof_name(kind, pair, a->tiles != NULL));
     return 0;

@@ -131,8 +131,10 @@ void cli_json_str(FILE *fp, const char *s, size_t len);
  * JSON text (malloc'd), the others NULL. */
 char *cli_topo_json(int threads);
 
-/* Measured memory read bandwidth in GB/s using n_threads (bench.c). */
-double cli_measure_read_bw(int n_threads);
+/* Measured memory read bandwidth in GB/s using n_threads (bench.c). With
+ * `together` (collective over it), every rank starts timing at once, after
+ * a barrier: each measures its share of what the host gives them all. */
+double cli_measure_read_bw(int n_threads, struct comm *together);
 
 /* A product of rows x n weights of `type` against n_tok activation rows,
  * in the layout the engine gives such weights on this CPU (cli_measure.c),
@@ -155,8 +157,9 @@ bool cli_product_init(struct cli_product *p, enum tt_type type, int64_t n, int64
 double cli_product_time(struct cli_product *p, struct tt_pool *pool);
 void cli_product_free(struct cli_product *p);
 /* GB/s of weights a one-token Q4_K product over 512 MiB (past any cache)
- * reads: what decode reaches; best of 4 (0 when out of memory). */
-double cli_measure_matvec_gbs(struct tt_pool *pool);
+ * reads: what decode reaches; best of 4 (0 when out of memory). `together`
+ * as cli_measure_read_bw's. */
+double cli_measure_matvec_gbs(struct tt_pool *pool, struct comm *together);
 /* This machine's total and available memory in GiB, from /proc/meminfo
  * (cli_measure.c); 0 where it cannot be read. */
 void cli_meminfo(double *total_gib, double *avail_gib);

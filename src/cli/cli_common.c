@@ -391,7 +391,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     int err = plan_parse_split(o->split ? o->split : "even", n, w, &is_auto);
     if (err) cli_die(err, "--split");
     if (is_auto) { /* each rank's capacity = its measured read bandwidth */
-        double mine = cli_measure_read_bw(o->engine.n_threads > 0 ? o->engine.n_threads : tt_cpu_count());
+        double mine = cli_measure_read_bw(o->engine.n_threads > 0 ? o->engine.n_threads : tt_cpu_count(), the_comm);
         if ((err = comm_allgather(the_comm, &mine, sizeof(mine), w))) cli_die(err, "exchanging capacities");
         for (int r = 0; r < n; r++) w[r] = w[r] > 0 ? w[r] : 1.0;
     }

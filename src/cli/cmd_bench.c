@@ -50,7 +50,7 @@ static void bw_run(void *p, int ith, int nth)
     j->sums[ith] = e > b ? j->ops->dot_f32(e - b, j->buf + b, j->buf + b) : 0.0f;
 }
 
-double cli_measure_read_bw(int n_threads)
+double cli_measure_read_bw(int n_threads, struct comm *together)
 {
     struct tt_pool *pool = tt_pool_create(n_threads);
     float *buf = tt_alloc(BW_BUFFER_BYTES);
@@ -61,6 +61,7 @@ double cli_measure_read_bw(int n_threads)
     }
     struct bw_job j = { kcpu_get(), buf, BW_BUFFER_BYTES / sizeof(float), { 0 } };
     for (int64_t i = 0; i < j.n; i += 1024) buf[i] = 1.0f; /* fault the pages in */
+    if (together && comm_barrier(together)) tt_warn("ranks not measured at once: %s", tt_error_detail());
     double best = 0.0;
     for (int r = 0; r < BW_REPEATS; r++) {
         double t0 = tt_now_s();
@@ -359,7 +360,7 @@ int cmd_bench(int argc, char **argv)
     const bool all_gpu = engine_n_gpu_layers(e) == m.hp.n_layer;
     double bw = all_gpu ? engine_gpu_bandwidth_gbs(e) : 0.0;
     const bool gpu_bw = bw > 0;
-    if (!gpu_bw) bw = cli_measure_read_bw(nt);
+    if (!gpu_bw) bw = cli_measure_read_bw(nt, NULL);
     struct bench_result best = { .n_prompt = n_prompt, .n_gen = n_gen }, r;
     bench_step_init(&step, &m);
     for (int i = 0; i < repeat; i++) {

@@ -418,12 +418,12 @@ static void this_machine(const struct plan_opts *o, const struct plan_model *pm,
                  r->host, r->device);
         return;
     }
-    r->read_gbs = cli_measure_read_bw(n_threads);
+    r->read_gbs = cli_measure_read_bw(n_threads, NULL);
     struct tt_pool *pool = tt_pool_create(n_threads);
     if (!pool) cli_die(TT_ENOMEM, "measuring this machine");
     r->gflops = model_gflops(pool, pm);
     const double job_s = measure_job(pool);
-    const double matvec = cli_measure_matvec_gbs(pool);
+    const double matvec = cli_measure_matvec_gbs(pool, NULL);
     r->jitter = measure_jitter(pool);
     r->attn_gflops = measure_attention(pool, n_threads);
     tt_pool_destroy(pool);

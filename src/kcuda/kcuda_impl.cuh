@@ -42,6 +42,7 @@ struct kcuda {
     int mv_bulk;               /* one token's regrouped K-quant products through the bulk-copy engine (sm_90,
                                   TT_GPU_MV_BULK: 0 none, 1 all that fit, 2 the large ones: kcuda_matvec.cu) */
     int bulk_smem[4];          /* dynamic shared memory allowed so far, per k_matvec_bulk instance */
+    int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
     int n_sm;                  /* multiprocessors */
 };

@@ -8,7 +8,9 @@
  * keeps a few items' loads in flight (MV_UNROLL: few enough registers for 8
  * blocks per multiprocessor with one token), one block per group of rows so
  * that blocks finishing their reductions overlap with blocks still loading,
- * and up to 8 tokens share each load (NT). Integer dot products use
+ * and up to 8 tokens share each load (NT); a token's products of large
+ * regrouped K-quant matrices instead stream whole row groups into shared
+ * memory through the bulk-copy engine (k_matvec_bulk, sm_90). Integer dot products use
  * dp4a on the GGML blocks as stored, against activations already converted
  * by kcuda_quant.cu: the integer sums are exact, so results differ from the
  * CPU's scalar reference only in float summation order.
@@ -755,9 +757,11 @@ static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
         KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         k->bulk_smem[slot] = (int)smem;
     }
-    int per_sm = 0, n_stage = 2;
-    KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, MV_THREADS, smem));
-    int grid = TT_MAX(per_sm, 1) * k->n_sm;
+    if ((int)smem != k->bulk_occ_smem[slot]) { /* blocks per multiprocessor, once per kernel and size */
+        KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k->bulk_per_sm[slot], kern, MV_THREADS, smem));
+        k->bulk_occ_smem[slot] = (int)smem;
+    }
+    int n_stage = 2, grid = TT_MAX(k->bulk_per_sm[slot], 1) * k->n_sm;
     if (k->mv_bulk != 1 && n_rg < MV_BULK_RING_MIN * grid) return 0;
     if (grid >= n_rg) n_stage = 1, grid = n_rg, smem = act + stage; /* every block one row group */
     KC_PROF_BEGIN(k);

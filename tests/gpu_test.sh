@@ -14,7 +14,8 @@
 #     activations to Q8 turns last-bit differences into quantization steps,
 #     so near-ties a little above 0.05 can flip);
 #   - --gpu-layers splits (2 of 5 layers, 1 of 4) give the all-GPU tokens;
-#   - compute-sanitizer memcheck on short runs, where it is installed.
+#   - compute-sanitizer memcheck on short runs, where it is installed, and
+#     on test_kcuda's regrouped products with the bulk-copy kernel forced.
 T=${TUTTI:-build/tutti}
 S=${TT_SHARED:-../shared}
 tmp=$(mktemp -d)
@@ -24,7 +25,7 @@ pass() { echo "PASS $P/$1"; }
 fail() { echo "FAIL $P/$1: $2"; }
 skip() { echo "SKIP $P/$1: $2"; }
 skip_all() {
-    for c in probe logits logits_kvf32 greedy_stories greedy_synthetic gpu_layers_split memcheck; do skip "$c" "$1"; done
+    for c in probe logits logits_kvf32 greedy_stories greedy_synthetic gpu_layers_split memcheck memcheck_bulk; do skip "$c" "$1"; done
     exit 0
 }
 
@@ -147,6 +148,7 @@ split_case "$stories" 4
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 if [ -z "$cs" ]; then
     skip memcheck "compute-sanitizer not installed"
+    skip memcheck_bulk "compute-sanitizer not installed"
 else
     bad=""
     for m in "$stories" "$S/models/synth-qwen3moe.q4_k_m.gguf" "$S/models/synth-qwen2.q8_0.gguf"; do
@@ -158,6 +160,20 @@ else
             bad="$bad $(basename "$m") (exit $rc): $(grep -m3 -e "Invalid" -e "ERROR" -e "error" "$tmp/out" | tr '\n' ' ' | head -c 300)"
     done
     [ -z "$bad" ] && pass memcheck || fail memcheck "$bad"
+    # the bulk-copy products (sm_90) on every regrouped product that fits:
+    # the test models' rows are too short to be regrouped
+    kt=$(dirname "$T")/tests/test_kcuda
+    if [ ! -x "$kt" ]; then
+        skip memcheck_bulk "no test_kcuda beside $T"
+    else
+        TT_GPU_MV_BULK=1 timeout 600 "$cs" --tool memcheck --error-exitcode 9 "$kt" q6_q4_groups >"$tmp/out" 2>&1
+        rc=$?
+        if grep -q "ERROR SUMMARY: 0 errors" "$tmp/out" && [ $rc -eq 0 ] && grep -q "^PASS" "$tmp/out"; then
+            pass memcheck_bulk
+        else
+            fail memcheck_bulk "exit $rc: $(grep -m3 -e "Invalid" -e "ERROR" -e "FAIL" "$tmp/out" | tr '\n' ' ' | head -c 300)"
+        fi
+    fi
 fi
 
 # ==== GPU ranks under mpirun (tensor parallel, --tp-join sum) ====

@@ -833,12 +833,30 @@ static void check_attention(int hd, bool f16, int n_split, int H, int KV)
     int32_t *dpos = dev_from(pos, sizeof(pos)), *dseq = dev_from(seq, sizeof(seq));
     for (int rep = 0; rep < 2; rep++) { /* twice: the join's counters must be left at zero */
         TT_ASSERT(kcuda_memset(K, dout, 0xff, 4 * qn) == 0);
-        CHECK_EQ_INT(kcuda_attention(K, &sh, T, n_split, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout), 0);
+        CHECK_EQ_INT(kcuda_attention(K, &sh, T, n_split, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout, NULL), 0);
     }
     to_host(got, dout, 4 * qn);
     char what[64];
     snprintf(what, sizeof(what), "attention hd %d %s, %d/%d heads, %d parts", hd, f16 ? "f16" : "f32", H, KV, n_split);
     CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-10);
+    if (kcuda_attention_q8k(&sh, T)) { /* the joins' Q8_K rows: a conversion of the float rows, bit for bit */
+        const int64_t n = (int64_t)H * hd;
+        const size_t st = kcuda_act_row_bytes(KCUDA_Q8_K, n), used = (size_t)n + 4 * (size_t)(n / 256);
+        uint8_t *dq8 = dev(st * T), *dcv = dev(st * T), *a = malloc(st * T), *b = malloc(st * T);
+        float *got2 = malloc(4 * qn);
+        TT_ASSERT(kcuda_memset(K, dq8, 0x5a, st * T) == 0);
+        CHECK_EQ_INT(kcuda_attention(K, &sh, T, n_split, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout, dq8), 0);
+        CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dout, n, T, n, dcv, st), 0);
+        to_host(a, dq8, st * T);
+        to_host(b, dcv, st * T);
+        to_host(got2, dout, 4 * qn);
+        int rows_equal = 0;
+        for (int t = 0; t < T; t++) rows_equal += !memcmp(a + (size_t)t * st, b + (size_t)t * st, used);
+        CHECK_EQ_INT(rows_equal, T);
+        CHECK(!memcmp(got, got2, 4 * qn));
+        kcuda_free(dq8), kcuda_free(dcv);
+        free(a), free(b), free(got2);
+    }
     kcuda_free(dkc), kcuda_free(dvc), kcuda_free(dq), kcuda_free(dout), kcuda_free(dpart), kcuda_free(dpos), kcuda_free(dseq);
     kcuda_free(dcount);
     free(kc), free(vc), free(tmp), free(q), free(ref), free(got);
@@ -896,7 +914,7 @@ static void check_attention_batch(int hd, bool f16, int H, int KV, int n, int of
     TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)n * KV) == 0);
     TT_ASSERT(kcuda_memset(K, dout, 0xff, 4 * qn) == 0);
     int32_t *dpos = dev_from(pos, sizeof(int32_t) * (size_t)n), *dseq = dev_from(seq, sizeof(int32_t) * (size_t)n);
-    CHECK_EQ_INT(kcuda_attention(K, &sh, n, SPLIT, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout), 0);
+    CHECK_EQ_INT(kcuda_attention(K, &sh, n, SPLIT, dq, dkc, dvc, dpos, dseq, dpart, dcount, dout, NULL), 0);
     to_host(got, dout, 4 * qn);
     char what[96];
     snprintf(what, sizeof(what), "attention batch hd %d %s, %d/%d heads, %d tokens from %d, mode %d", hd,

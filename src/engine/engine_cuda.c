@@ -85,6 +85,7 @@ struct cuda_accel {
     struct kcuda_attn_shape shape;
     int B, n_slots_max, max_tiles, max_groups;
     bool moe_fused;          /* TT_GPU_MOE_FUSED (default 1): fused router, grouped batch products */
+    bool attn_q8k;           /* TT_GPU_ATTN_Q8K (default 1): decode attention writes wo's Q8_K row */
     uint8_t *arena;          /* weights */
     uint64_t arena_bytes, arena_used;
     uint8_t *kv;             /* caches of all device layers */
@@ -445,12 +446,13 @@ static int project_add(struct cuda_accel *c, struct engine *e, const struct act_
     return err;
 }
 
-/* Attention of the batch's tokens t0 .. t0 + n - 1. */
-static int attend(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, int t0, int n)
+/* Attention of the batch's tokens t0 .. t0 + n - 1; q8k: the output rows
+ * also in Q8_K there (kcuda_attention_q8k), or NULL. */
+static int attend(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, int t0, int n, void *q8k)
 {
     const int64_t qd = (int64_t)e->n_head_local * e->m->hp.head_dim;
     return kcuda_attention(c->k, &c->shape, n, attn_splits(e, n), c->q + t0 * qd, g->k_cache, g->v_cache,
-                           c->pos + t0, c->seq + t0, c->part, c->att_count, c->attn + t0 * qd);
+                           c->pos + t0, c->seq + t0, c->part, c->att_count, c->attn + t0 * qd, q8k);
 }
 
 static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n_tok)
@@ -483,9 +485,18 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
      * a prompt's run: they get a launch of their own (the split kernels),
      * because the prompt kernel (kcuda_flash.cu) walks the sequences of a
      * tile of tokens one after another, slow for many long sequences */
-    if (!err && c->lead_decode) err = attend(c, e, g, 0, c->lead_decode);
-    if (!err) err = attend(c, e, g, c->lead_decode, n_tok - c->lead_decode);
-    if (!err) err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
+    /* a decode token's attention join writes wo's Q8_K row itself (one
+     * conversion launch less per layer) */
+    const bool q8k = c->attn_q8k && n_tok == 1 && g->wo.data && vec_type(g->wo.type) == KCUDA_Q8_K &&
+                     kcuda_attention_q8k(&c->shape, n_tok);
+    if (!err && c->lead_decode) err = attend(c, e, g, 0, c->lead_decode, NULL);
+    if (!err) err = attend(c, e, g, c->lead_decode, n_tok - c->lead_decode, q8k ? c->act[0] : NULL);
+    if (!err && q8k) {
+        s = (struct act_set){ .n = 1, .type = { KCUDA_Q8_K }, .stride = { kcuda_act_row_bytes(KCUDA_Q8_K, qd) },
+                              .ptr = { c->act[0] } };
+    } else if (!err) {
+        err = acts_prepare(c, &s, c->attn, qd, n_tok, qd, NULL, 0.0f, NULL, wo, 1);
+    }
     if (!err) err = project_add(c, e, &s, &g->wo, n_tok);
     return err;
 }
@@ -1088,6 +1099,7 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
     c->max_groups = hp->n_expert ? kcuda_moe_max_groups(c->n_slots_max, hp->n_expert) : 1;
     c->moe_fused = !getenv("TT_GPU_MOE_FUSED") || atoi(getenv("TT_GPU_MOE_FUSED"));
+    c->attn_q8k = !getenv("TT_GPU_ATTN_Q8K") || atoi(getenv("TT_GPU_ATTN_Q8K"));
     c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
     if (getenv("TT_GPU_PROFILE") && atoi(getenv("TT_GPU_PROFILE")))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);

@@ -307,12 +307,17 @@ int kcuda_rope_store(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t 
  * kcuda_attn_part_floats(...) floats; d_count: n_tok * n_head_kv ints,
  * zeroed once before the first call (the kernel leaves them at zero).
  * out [n_tok][n_head*hd]. Up to 8 query heads per KV head; head_dim a
- * multiple of 8 (F16 cache) or 4 (F32). */
+ * multiple of 8 (F16 cache) or 4 (F32). d_q8k, where kcuda_attention_q8k
+ * allows it (else NULL): the output rows also as Q8_K activation rows
+ * (kcuda_act_row_bytes(KCUDA_Q8_K, n_head*hd) bytes apart), bit for bit
+ * kcuda_convert's, written by the split kernels' joins (the tensor-core
+ * path is then not taken). */
 size_t kcuda_attn_part_floats(const struct kcuda_attn_shape *s, int64_t n_tok, int n_split);
+bool kcuda_attention_q8k(const struct kcuda_attn_shape *s, int64_t n_tok);
 int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
                     const float *d_q, const void *d_k_cache, const void *d_v_cache,
                     const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
-                    float *d_out);
+                    float *d_out, void *d_q8k);
 
 /* ---- the rest (kcuda_misc.cu) ---- */
 

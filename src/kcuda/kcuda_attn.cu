@@ -119,6 +119,8 @@ struct attn_args {
     const int32_t *pos, *seq;
     float *part, *out;
     int *count; /* [n_tok][KV] parts finished; the last one joins and resets it */
+    uint8_t *q8k; /* or NULL: the output rows also in Q8_K, q8k_stride bytes apart (k_attn_vec) */
+    size_t q8k_stride;
 };
 
 size_t kcuda_attn_part_floats(const struct kcuda_attn_shape *s, int64_t n_tok, int n_split)
@@ -404,13 +406,17 @@ __device__ __forceinline__ void av_widen(uint4 raw, float f[8])
 /* The join for k_attn_vec: warp r % 4 weighs head r's parts (one lane per
  * part: maximum, factors, sum), then each thread sums output elements
  * (head, dimension) over the parts with AV_JOIN_BATCH parts' loads in
- * flight, so the join costs a few L2 round trips, not one per part. */
+ * flight, so the join costs a few L2 round trips, not one per part. With
+ * a.q8k the block also writes its G heads' outputs as Q8_K (G * HD is a
+ * multiple of 256, kcuda_attention checks): whole blocks of the row, so the
+ * output projection needs no conversion launch. */
 #define AV_JOIN_BATCH 8
 template <int HD, int G>
 __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n_parts)
 {
     __shared__ float fac[G][KCUDA_ATTN_SPLIT_MAX];
     __shared__ float l_sum[G];
+    __shared__ __align__(16) float ob[(G * HD) % 256 == 0 ? G * HD : 1];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, S = a.n_split, P = n_parts;
     const size_t ps = (size_t)HD + 2;
     const float *pb = a.part + ((size_t)t * a.H + h0) * S * ps; /* head r, part p at pb + (r*S + p)*ps */
@@ -436,7 +442,18 @@ __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n
             for (int u = 0; u < AV_JOIN_BATCH; u++)
                 if (p0 + u < P) o += fac[r][p0 + u] * v[u];
         }
-        a.out[((size_t)t * a.H + h0 + r) * HD + d] = o / l_sum[r];
+        o /= l_sum[r];
+        a.out[((size_t)t * a.H + h0 + r) * HD + d] = o;
+        if ((G * HD) % 256 == 0) ob[i] = o;
+    }
+    if ((G * HD) % 256 == 0 && a.q8k) {
+        __syncthreads();
+        for (int b = warp; b < G * HD / 256; b += ATT_THREADS / 32) {
+            float v[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) v[e] = ob[256 * b + 8 * lane + e];
+            kc_q8k_warp(v, true, h0 * HD + 256 * b + 8 * lane, a.q8k + (size_t)t * a.q8k_stride, a.H * HD);
+        }
     }
 }
 
@@ -588,10 +605,17 @@ static attn_kernel pick_vec(int hd, int G, int kv_type)
     }
 }
 
+bool kcuda_attention_q8k(const struct kcuda_attn_shape *s, int64_t n_tok)
+{
+    const int G = s->n_head / (s->n_head_kv ? s->n_head_kv : 1);
+    return n_tok >= 1 && s->n_head_kv > 0 && G * s->n_head_kv == s->n_head &&
+           (G * s->head_dim) % 256 == 0 && pick_vec(s->head_dim, G, s->kv_type) != NULL;
+}
+
 int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n_tok, int n_split,
                     const float *d_q, const void *d_k_cache, const void *d_v_cache,
                     const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
-                    float *d_out)
+                    float *d_out, void *d_q8k)
 {
     if (n_tok <= 0 || s->n_head == 0) return 0;
     const int G = s->n_head / (s->n_head_kv ? s->n_head_kv : 1);
@@ -600,13 +624,16 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
         n_tok > 65535 || G > ATT_GROUP_MAX || G * s->n_head_kv != s->n_head || G != s->group)
         return tt_error_set(TT_EUNSUPPORTED, "attention of head size %d, %d query heads per KV head, %d parts, "
                             "%lld tokens", s->head_dim, G, n_split, (long long)n_tok);
-    if (kc_flash_takes(s, n_tok, d_q, d_k_cache, d_v_cache, d_out)) /* prompt batches: tensor cores */
+    if (d_q8k && !kcuda_attention_q8k(s, n_tok))
+        return tt_error_set(TT_EUNSUPPORTED, "attention output in Q8_K for %lld tokens, head size %d, %d heads per KV head",
+                            (long long)n_tok, s->head_dim, G);
+    if (!d_q8k && kc_flash_takes(s, n_tok, d_q, d_k_cache, d_v_cache, d_out)) /* prompt batches: tensor cores */
         return kc_flash_attention(k, s, n_tok, d_q, d_k_cache, d_v_cache, d_pos, d_seq, d_out);
     float *part = d_part;
     int *count = d_count;
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
-                    part, d_out, count };
+                    part, d_out, count, (uint8_t *)d_q8k, kcuda_act_row_bytes(KCUDA_Q8_K, (int64_t)s->n_head * s->head_dim) };
     const dim3 grid((unsigned)n_split, (unsigned)s->n_head_kv, (unsigned)n_tok);
     attn_kernel kern = pick_vec(s->head_dim, G, s->kv_type);
     if (!kern) kern = s->kv_type == KCUDA_F16 ? k_attn<__half, true> : k_attn<float, false>;

@@ -253,6 +253,55 @@ __device__ __forceinline__ float kc_warp_max(float v)
     return v;
 }
 
+/* Q8_K of one 256-element block held by a warp, 8 consecutive elements v
+ * per lane (lane_on: the lane's 8 exist) from element j0 on, as quant.c's
+ * quantizer: the first element of largest magnitude is max, q =
+ * rint(-127 / max * x), d = 1 / (-127 / max). Writes the lane's 8 levels
+ * at dr + j0 and (lane 0) the block's d at ((float *)(dr + n))[j0 / 256],
+ * n the row's length. */
+__device__ __forceinline__ void kc_q8k_warp(const float v[8], bool lane_on, int j0, uint8_t *dr, int n)
+{
+    const int lane = threadIdx.x & 31;
+    float amax = 0.0f, mx = 0.0f;
+    int at = 1 << 30;
+    if (lane_on) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            if (fabsf(v[i]) > amax) {
+                amax = fabsf(v[i]);
+                mx = v[i];
+                at = j0 + i;
+            }
+        }
+    }
+    /* the first element of largest magnitude, over the warp */
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
+        const float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
+        const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
+        if (a2 > amax || (a2 == amax && at2 < at)) {
+            amax = a2;
+            mx = m2;
+            at = at2;
+        }
+    }
+    if (!lane_on) return;
+    union { int8_t q[8]; uint2 u; } pk;
+    if (amax == 0.0f) {
+        pk.u = make_uint2(0, 0);
+    } else {
+        const float iscale = -127.0f / mx;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int r = __float2int_rn(iscale * v[i]);
+            pk.q[i] = (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
+        }
+    }
+    *(uint2 *)(dr + j0) = pk.u;
+    if (lane == 0) ((float *)(dr + n))[j0 / 256] = amax == 0.0f ? 0.0f : 1.0f / (-127.0f / mx);
+}
+
 /* Eight bytes at a 2-byte aligned address as two words, from three aligned
  * 32-bit loads (the last may read up to 2 bytes past the 8: device weight
  * buffers are padded by KCUDA_WEIGHT_PAD). */

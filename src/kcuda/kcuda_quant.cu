@@ -167,42 +167,7 @@ __global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__rest
             if ((lane & 3) == 0) ((float *)(dr + n))[j0 / 32] = __half2float(__float2half_rn(amax / 127.0f));
         }
     } else { /* Q8_K: the warp's 256 elements are one block (n % 256 == 0) */
-        float amax = 0.0f, mx = 0.0f;
-        int at = 1 << 30;
-        if (lane_on) {
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                if (fabsf(v[i]) > amax) {
-                    amax = fabsf(v[i]);
-                    mx = v[i];
-                    at = j0 + i;
-                }
-            }
-        }
-        /* The first element of largest magnitude, over the warp. */
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float a2 = __shfl_xor_sync(0xffffffffu, amax, o);
-            const float m2 = __shfl_xor_sync(0xffffffffu, mx, o);
-            const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
-            if (a2 > amax || (a2 == amax && at2 < at)) {
-                amax = a2;
-                mx = m2;
-                at = at2;
-            }
-        }
-        if (lane_on) {
-            union { int8_t q[8]; uint2 u; } pk;
-            if (amax == 0.0f) {
-                pk.u = make_uint2(0, 0);
-            } else {
-                const float iscale = -127.0f / mx;
-#pragma unroll
-                for (int i = 0; i < 8; i++) pk.q[i] = clamp_i8(__float2int_rn(iscale * v[i]));
-            }
-            *(uint2 *)(dr + j0) = pk.u;
-            if (lane == 0) ((float *)(dr + n))[j0 / 256] = amax == 0.0f ? 0.0f : 1.0f / (-127.0f / mx);
-        }
+        kc_q8k_warp(v, lane_on, j0, dr, n);
     }
 }
 

@@ -738,9 +738,10 @@ static bool bulk_fits(const struct kcuda *k, const mv_args *a, int kind, bool pa
 /* k_matvec_bulk for a product that bulk_fits, if it takes it: by default
  * (TT_GPU_MV_BULK=2) only products of at least MV_BULK_RING_MIN row groups
  * per block of the grid that fits at once, in two stages (the output
- * matrices: on the H200 the MoE shape's decode 955-979 -> 996-1032 tok/s
- * with it, where the layers' products, 4-6 row groups per block, ran 3%
- * slower in it and no faster with one stage per block than in k_matvec);
+ * matrices: on the H200 the MoE shape's decode graph 0.944 -> 0.912 ms and
+ * the 8B's 2.621 -> 2.606 ms with it, where the layers' products, 4-6 row
+ * groups per block, ran 3% slower in two stages and, in two of three
+ * calls, no faster with one stage per block than in k_matvec);
  * TT_GPU_MV_BULK=1 takes every product that fits (one stage per block when
  * the grid covers the row groups), 0 none. Returns 1 if launched. */
 #define MV_BULK_RING_MIN 8

@@ -203,6 +203,12 @@ double tt_now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int tt_env_int(const char *name, int dflt)
+{
+    const char *s = getenv(name);
+    return s ? atoi(s) : dflt;
+}
+
 int tt_cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -105,6 +105,10 @@ uint64_t tt_peak_rss_bytes(void);
 /* Number of online CPUs (cores, not counting SMT siblings where detectable). */
 int tt_cpu_count(void);
 
+/* An integer switch from the environment: atoi of variable `name`, or dflt
+ * where it is not set (the TT_GPU_* tuning switches). */
+int tt_env_int(const char *name, int dflt);
+
 #define TT_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define TT_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define TT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

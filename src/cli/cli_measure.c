@@ -120,6 +120,10 @@ double cli_measure_matvec_gbs(struct tt_pool *pool, struct comm *together)
     const bool made = cli_product_init(&p, TT_TYPE_Q4_K, n, bytes / (int64_t)tt_row_size(TT_TYPE_Q4_K, n), 1, true);
     if (together && comm_barrier(together)) tt_warn("ranks not measured at once: %s", tt_error_detail());
     if (!made) return 0.0;
+    if (!pool) { /* the barrier above even so: topo's ranks take it together */
+        cli_product_free(&p);
+        return 0.0;
+    }
     for (int k = 0; k < 4; k++)
         best = fmax(best, (double)(p.w_row * (size_t)p.rows) / cli_product_time(&p, pool) / 1e9);
     cli_product_free(&p);

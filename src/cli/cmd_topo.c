@@ -113,7 +113,7 @@ static bool describe_gpu(struct topo_rank *mine, int local_rank)
 static double measure_matvec(int n_threads, struct comm *together)
 {
     struct tt_pool *pool = tt_pool_create(n_threads);
-    const double gbs = cli_measure_matvec_gbs(pool, together); /* the barrier even without a pool */
+    const double gbs = cli_measure_matvec_gbs(pool, together); /* 0 without a pool, after the barrier */
     tt_pool_destroy(pool);
     return gbs;
 }

@@ -1098,10 +1098,10 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->n_slots_max = c->B * TT_MAX(hp->n_expert_used, 1);
     c->max_tiles = hp->n_expert ? kcuda_moe_max_tiles(c->n_slots_max, hp->n_expert) : 1;
     c->max_groups = hp->n_expert ? kcuda_moe_max_groups(c->n_slots_max, hp->n_expert) : 1;
-    c->moe_fused = !getenv("TT_GPU_MOE_FUSED") || atoi(getenv("TT_GPU_MOE_FUSED"));
-    c->attn_q8k = !getenv("TT_GPU_ATTN_Q8K") || atoi(getenv("TT_GPU_ATTN_Q8K"));
-    c->graph_off = getenv("TT_GPU_GRAPH") && !atoi(getenv("TT_GPU_GRAPH"));
-    if (getenv("TT_GPU_PROFILE") && atoi(getenv("TT_GPU_PROFILE")))
+    c->moe_fused = tt_env_int("TT_GPU_MOE_FUSED", 1);
+    c->attn_q8k = tt_env_int("TT_GPU_ATTN_Q8K", 1);
+    c->graph_off = !tt_env_int("TT_GPU_GRAPH", 1);
+    if (tt_env_int("TT_GPU_PROFILE", 0))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);
     fill_shape(c, e);
     uint64_t w_bytes = 0, out_bytes = 0;

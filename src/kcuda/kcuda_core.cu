@@ -83,10 +83,10 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
         goto fail;
     }
     k->n_sm = prop.multiProcessorCount;
-    k->pdl = prop.major >= 9 && !(getenv("TT_GPU_PDL") && !atoi(getenv("TT_GPU_PDL")));
-    k->mv_stage = !(getenv("TT_GPU_MV_STAGE") && !atoi(getenv("TT_GPU_MV_STAGE")));
-    k->mv_bulk = prop.major < 9 ? 0 : getenv("TT_GPU_MV_BULK") ? atoi(getenv("TT_GPU_MV_BULK")) : 2;
-    k->moe_prefetch = !(getenv("TT_GPU_MOE_PREFETCH") && !atoi(getenv("TT_GPU_MOE_PREFETCH")));
+    k->pdl = prop.major >= 9 && tt_env_int("TT_GPU_PDL", 1);
+    k->mv_stage = tt_env_int("TT_GPU_MV_STAGE", 1);
+    k->mv_bulk = prop.major < 9 ? 0 : tt_env_int("TT_GPU_MV_BULK", 2);
+    k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);

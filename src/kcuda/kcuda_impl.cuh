@@ -253,6 +253,8 @@ __device__ __forceinline__ float kc_warp_max(float v)
     return v;
 }
 
+__device__ __forceinline__ int8_t kc_clamp_i8(int v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
+
 /* Q8_K of one 256-element block held by a warp, 8 consecutive elements v
  * per lane (lane_on: the lane's 8 exist) from element j0 on, as quant.c's
  * quantizer: the first element of largest magnitude is max, q =
@@ -293,10 +295,7 @@ __device__ __forceinline__ void kc_q8k_warp(const float v[8], bool lane_on, int 
     } else {
         const float iscale = -127.0f / mx;
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int r = __float2int_rn(iscale * v[i]);
-            pk.q[i] = (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
-        }
+        for (int i = 0; i < 8; i++) pk.q[i] = kc_clamp_i8(__float2int_rn(iscale * v[i]));
     }
     *(uint2 *)(dr + j0) = pk.u;
     if (lane == 0) ((float *)(dr + n))[j0 / 256] = amax == 0.0f ? 0.0f : 1.0f / (-127.0f / mx);

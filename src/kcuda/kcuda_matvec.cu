@@ -167,6 +167,7 @@ template <> struct mv_item<MV_Q4_K> : kq4k_item {};
  * it/32; the lanes of a warp read consecutive 16-byte chunks of each plane
  * and four lanes share a block's header. The dot is the stored layout's. */
 template <> struct mv_item<MV_Q4_KG> : kq4k_item {
+    static constexpr int group_bytes = Q4G_BYTES;
     __device__ __forceinline__ void load(const uint8_t *wr, int it)
     {
         const uint8_t *g = wr + (size_t)(it >> 5) * Q4G_BYTES;
@@ -174,6 +175,14 @@ template <> struct mv_item<MV_Q4_KG> : kq4k_item {
         hdr = __ldg((const uint4 *)(g + Q4G_HDR + 16 * (i >> 2)));
         q0 = __ldg((const uint4 *)(g + 16 * i));
         q1 = __ldg((const uint4 *)(g + 512 + 16 * i));
+    }
+    /* item i of group g in shared memory (k_matvec_bulk; the same offsets;
+     * one loader for both changed the multi-token kernels' registers) */
+    __device__ __forceinline__ void load_shared(const uint8_t *g, int i)
+    {
+        hdr = *(const uint4 *)(g + Q4G_HDR + 16 * (i >> 2));
+        q0 = *(const uint4 *)(g + 16 * i);
+        q1 = *(const uint4 *)(g + 512 + 16 * i);
     }
 };
 
@@ -209,6 +218,7 @@ template <> struct mv_item<MV_Q6_KG> {
     uint4 la, lb, hb;
     uint32_t sc4;
     float d;
+    static constexpr int group_bytes = Q6G_BYTES;
     __device__ __forceinline__ void load(const uint8_t *wr, int it)
     {
         const uint8_t *g = wr + (size_t)(it >> 5) * Q6G_BYTES;
@@ -217,6 +227,15 @@ template <> struct mv_item<MV_Q6_KG> {
         lb = __ldg((const uint4 *)(g + 512 + 16 * i));
         hb = __ldg((const uint4 *)(g + 1024 + 16 * i));
         sc4 = __ldg((const uint32_t *)(g + Q6G_SCALES + 4 * i));
+        d = __half2float(*(const __half *)(g + Q6G_D + 2 * (i >> 2)));
+    }
+    /* item i of group g in shared memory (as mv_item<MV_Q4_KG>'s) */
+    __device__ __forceinline__ void load_shared(const uint8_t *g, int i)
+    {
+        la = *(const uint4 *)(g + 16 * i);
+        lb = *(const uint4 *)(g + 512 + 16 * i);
+        hb = *(const uint4 *)(g + 1024 + 16 * i);
+        sc4 = *(const uint32_t *)(g + Q6G_SCALES + 4 * i);
         d = __half2float(*(const __half *)(g + Q6G_D + 2 * (i >> 2)));
     }
     __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it, bool sw) const
@@ -333,6 +352,28 @@ __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
     return r;
 }
 
+/* A token's activation row (a.act_stride bytes at act) into shared memory,
+ * the quants swizzled (mv_swizzle), the scales in place; all nthr threads
+ * of the block (this one is tid) take part, eight loads in flight before
+ * their stores, so the row costs one memory latency, not one per 16 bytes
+ * x threads. */
+__device__ __forceinline__ void mv_stage_act(const mv_args &a, const uint8_t *act, int4 *act_sh, int nthr, int tid)
+{
+    const int n_chunks = (int)(a.act_stride >> 4), n_sw = a.n_in >> 4;
+    for (int c0 = tid; c0 < n_chunks; c0 += 8 * nthr) {
+        int4 v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (c0 + u * nthr < n_chunks) v[u] = *(const int4 *)(act + ((size_t)(c0 + u * nthr) << 4));
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int c = c0 + u * nthr;
+            if (c < n_chunks) act_sh[c < n_sw ? mv_swizzle(c) : c] = v[u];
+        }
+    }
+    __syncthreads();
+}
+
 /* Output row orow of a product: v (plus bias) stored, added, or the SwiGLU
  * of v and v2. */
 template <bool PAIR>
@@ -388,22 +429,7 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const 
     const bool staged = NT == 1 && a.stage;
     if (NT == 1 && a.stage) { /* every row of the block reads the same activations */
         extern __shared__ int4 act_sh[];
-        const int n_chunks = (int)(a.act_stride >> 4), n_sw = a.n_in >> 4; /* scales stay in place */
-        const int nthr = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
-        /* eight loads of each thread in flight before the stores: the row
-         * costs one memory latency, not one per 16 bytes x threads */
-        for (int c0 = tid; c0 < n_chunks; c0 += 8 * nthr) {
-            int4 v[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++)
-                if (c0 + u * nthr < n_chunks) v[u] = *(const int4 *)(ar[0] + ((size_t)(c0 + u * nthr) << 4));
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const int c = c0 + u * nthr;
-                if (c < n_chunks) act_sh[c < n_sw ? mv_swizzle(c) : c] = v[u];
-            }
-        }
-        __syncthreads();
+        mv_stage_act(a, ar[0], act_sh, blockDim.x * blockDim.y, threadIdx.y * blockDim.x + threadIdx.x);
         ar[0] = (const uint8_t *)act_sh;
     }
     __shared__ float red[MV_THREADS / 32][2 * NT];
@@ -500,29 +526,6 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const 
 #define MV_BULK_BYTES (64u << 10)
 #define MV_BULK_GROUPS 32
 
-/* Items read from a group of a regrouped row in shared memory (lane i). */
-template <int K> struct mv_sh_item;
-template <> struct mv_sh_item<MV_Q4_KG> : mv_item<MV_Q4_KG> {
-    __device__ __forceinline__ void load_sh(const uint8_t *g, int i)
-    {
-        hdr = *(const uint4 *)(g + Q4G_HDR + 16 * (i >> 2));
-        q0 = *(const uint4 *)(g + 16 * i);
-        q1 = *(const uint4 *)(g + 512 + 16 * i);
-    }
-    static constexpr int bytes = Q4G_BYTES;
-};
-template <> struct mv_sh_item<MV_Q6_KG> : mv_item<MV_Q6_KG> {
-    __device__ __forceinline__ void load_sh(const uint8_t *g, int i)
-    {
-        la = *(const uint4 *)(g + 16 * i);
-        lb = *(const uint4 *)(g + 512 + 16 * i);
-        hb = *(const uint4 *)(g + 1024 + 16 * i);
-        sc4 = *(const uint32_t *)(g + Q6G_SCALES + 4 * i);
-        d = __half2float(*(const __half *)(g + Q6G_D + 2 * (i >> 2)));
-    }
-    static constexpr int bytes = Q6G_BYTES;
-};
-
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* Thread 0: the copies of row group rg (rows 4rg.., matrices m) into stage
@@ -555,7 +558,7 @@ template <int K, bool PAIR>
 __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, int n_stage)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr int GB = mv_sh_item<K>::bytes, M = PAIR ? 2 : 1;
+    constexpr int GB = mv_item<K>::group_bytes, M = PAIR ? 2 : 1;
     extern __shared__ __align__(128) uint8_t mv_sh[];
     __shared__ __align__(8) uint64_t bar[2][MV_BULK_GROUPS];
     const int n_grp = a.n_items >> 5, n_rg = (a.n_out + 3) >> 2, tid = threadIdx.y * 32 + threadIdx.x;
@@ -574,21 +577,8 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
             bulk_issue<GB, M>(a, blockIdx.x + s * gridDim.x, wsh + s * stage_bytes, bar[s], n_grp);
     kc_pdl_wait();
     const uint8_t *ar = a.act;
-    if (a.stage) { /* as k_matvec stages it */
-        const int n_chunks = (int)(a.act_stride >> 4), n_sw = a.n_in >> 4;
-        int4 *act_sh = (int4 *)mv_sh;
-        for (int c0 = tid; c0 < n_chunks; c0 += 8 * MV_THREADS) {
-            int4 v[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++)
-                if (c0 + u * MV_THREADS < n_chunks) v[u] = *(const int4 *)(a.act + ((size_t)(c0 + u * MV_THREADS) << 4));
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const int c = c0 + u * MV_THREADS;
-                if (c < n_chunks) act_sh[c < n_sw ? mv_swizzle(c) : c] = v[u];
-            }
-        }
-        __syncthreads();
+    if (a.stage) {
+        mv_stage_act(a, a.act, (int4 *)mv_sh, MV_THREADS, tid);
         ar = mv_sh;
     }
     const int r = threadIdx.y, lane = threadIdx.x;
@@ -609,12 +599,12 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
                                  : "r"(b), "r"(parity)
                                  : "memory");
                 const uint8_t *grp = st + ((size_t)(g * 4 + r) * M) * GB;
-                mv_sh_item<K> x;
-                x.load_sh(grp, lane);
+                mv_item<K> x;
+                x.load_shared(grp, lane);
                 acc += x.dot(ar, a.n_in, g * 32 + lane, a.stage);
                 if (PAIR) {
-                    mv_sh_item<K> y;
-                    y.load_sh(grp + GB, lane);
+                    mv_item<K> y;
+                    y.load_shared(grp + GB, lane);
                     acc2 += y.dot(ar, a.n_in, g * 32 + lane, a.stage);
                 }
             }
@@ -722,6 +712,13 @@ static const char *prof_name(int kind, bool pair, bool experts)
     return names[kind][(pair ? 1 : 0) + (experts ? 2 : 0)];
 }
 
+/* Bytes of one k_matvec_bulk stage: 4 rows of every matrix. */
+static size_t bulk_stage_bytes(const mv_args *a, int kind, bool pair)
+{
+    const size_t group = kind == MV_Q4_KG ? mv_item<MV_Q4_KG>::group_bytes : mv_item<MV_Q6_KG>::group_bytes;
+    return (size_t)(a->n_items / 32) * 4 * (pair ? 2 : 1) * group;
+}
+
 /* Whether a dense product can take k_matvec_bulk: a regrouped K-quant
  * weight, every matrix 16-byte aligned, 4 rows' weights within the budget. */
 static bool bulk_fits(const struct kcuda *k, const mv_args *a, int kind, bool pair)
@@ -731,8 +728,7 @@ static bool bulk_fits(const struct kcuda *k, const mv_args *a, int kind, bool pa
         return false;
     for (int i = 0; i < a->n_tasks; i++)
         if ((uintptr_t)a->task[i].w % 16) return false;
-    const size_t gb = kind == MV_Q4_KG ? Q4G_BYTES : Q6G_BYTES;
-    return (size_t)(a->n_items / 32) * 4 * (pair ? 2 : 1) * gb <= MV_BULK_BYTES;
+    return bulk_stage_bytes(a, kind, pair) <= MV_BULK_BYTES;
 }
 
 /* k_matvec_bulk for a product that bulk_fits, if it takes it: by default
@@ -751,7 +747,7 @@ static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
     const bulk_kernel kern = kind == MV_Q4_KG ? (pair ? k_matvec_bulk<MV_Q4_KG, true> : k_matvec_bulk<MV_Q4_KG, false>)
                                               : (pair ? k_matvec_bulk<MV_Q6_KG, true> : k_matvec_bulk<MV_Q6_KG, false>);
     const int slot = (kind == MV_Q4_KG ? 0 : 2) + (pair ? 1 : 0), n_rg = (a->n_out + 3) / 4;
-    const size_t stage = (size_t)(a->n_items >> 5) * 4 * (pair ? 2 : 1) * (kind == MV_Q4_KG ? Q4G_BYTES : Q6G_BYTES);
+    const size_t stage = bulk_stage_bytes(a, kind, pair);
     const size_t act = a->stage ? (a->act_stride + 127) / 128 * 128 : 0;
     size_t smem = act + 2 * stage;
     if ((int)smem > k->bulk_smem[slot]) { /* once per kernel and size */

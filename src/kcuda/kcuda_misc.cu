@@ -122,9 +122,7 @@ __global__ void k_block_max64(const float *__restrict__ x, int n, float *__restr
     const int w = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (w * 64 >= n) return;
     const int i = 64 * w + lane;
-    float m = fmaxf(i < n ? x[i] : -INFINITY, i + 32 < n ? x[i + 32] : -INFINITY);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const float m = kc_warp_max(fmaxf(i < n ? x[i] : -INFINITY, i + 32 < n ? x[i + 32] : -INFINITY));
     if (lane == 0) out[w] = m;
 }
 

@@ -31,8 +31,6 @@ size_t kcuda_act_row_bytes(int type, int64_t n)
 #define NC_THREADS 128
 #define NC_CHUNK 1024 /* elements one block converts: each warp 256 (8 per lane) */
 
-__device__ __forceinline__ int8_t clamp_i8(int v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
-
 /* Sum of the squares of row xr (n floats), in double as ops_rmsnorm, over
  * the block: eight loads of each thread in flight (16-byte ones when the
  * row is aligned), so the row costs about one memory latency. */
@@ -162,7 +160,7 @@ __global__ void __launch_bounds__(NC_THREADS) k_norm_convert(const float *__rest
             const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
             union { int8_t q[8]; uint2 u; } pk;
 #pragma unroll
-            for (int i = 0; i < 8; i++) pk.q[i] = clamp_i8(__float2int_rn(v[i] * id));
+            for (int i = 0; i < 8; i++) pk.q[i] = kc_clamp_i8(__float2int_rn(v[i] * id));
             *(uint2 *)(dr + j0) = pk.u;
             if ((lane & 3) == 0) ((float *)(dr + n))[j0 / 32] = __half2float(__float2half_rn(amax / 127.0f));
         }
@@ -493,9 +491,8 @@ __global__ void k_regroup(const uint8_t *__restrict__ src, uint8_t *__restrict__
 /* The layout kcuda_upload_weight gives w. */
 static int upload_layout(const struct kcuda *k, const struct kcuda_weight *w)
 {
-    const char *env = getenv("TT_GPU_REPACK");
     const size_t block = w->type == KCUDA_Q6_K ? 210 : w->type == KCUDA_Q4_K ? 144 : 0;
-    const bool ok = block && (!env || atoi(env) != 0) && w->n_in > 0 && w->n_out > 0 && w->n_in % 2048 == 0 &&
+    const bool ok = block && tt_env_int("TT_GPU_REPACK", 1) && w->n_in > 0 && w->n_out > 0 && w->n_in % 2048 == 0 &&
                     w->row_stride == (size_t)(w->n_in / 256) * block && (uintptr_t)w->data % 16 == 0 &&
                     w->expert_stride % 16 == 0 && k->scratch && k->scratch_bytes >= w->row_stride;
     return !ok ? KCUDA_LAYOUT_GGML : w->type == KCUDA_Q6_K ? KCUDA_LAYOUT_Q6_K_GROUPS : KCUDA_LAYOUT_Q4_K_GROUPS;

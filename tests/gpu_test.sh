@@ -182,8 +182,9 @@ fi
 # GPU); with two or more, each rank takes its own GPU and joins with NCCL.
 #   - ranks_greedy_stories: stories260K's three greedy 100-token
 #     continuations on 2 GPU ranks equal the 1-rank GPU run, token for token;
-#   - ranks_greedy_synthetic: the dense synthetic models' 48-token greedy
-#     runs on 2 ranks equal the 1-rank GPU run up to the first step whose
+#   - ranks_greedy_synthetic: the synthetic models' 48-token greedy runs
+#     (dense, and MoE with each rank computing its own experts) on 2 ranks
+#     equal the 1-rank GPU run up to the first step whose
 #     golden top-1/top-2 margin is under 0.1 (the sum join adds partial sums
 #     in another order, as the GPU does: rounding-level differences);
 #   - ranks_logits: logits on 2 ranks against the goldens, the same bounds
@@ -241,7 +242,8 @@ if [ $ranks_ok = 1 ]; then
     if [ $n -eq 0 ]; then skip ranks_greedy_stories "goldens missing"; elif [ -z "$bad" ]; then pass ranks_greedy_stories; else fail ranks_greedy_stories "$bad"; fi
 
     bad=""; n=0
-    for m in "$S"/models/synth-llama.*.gguf "$S"/models/synth-qwen2.*.gguf "$S"/models/synth-qwen3.*.gguf; do
+    for m in "$S"/models/synth-llama.*.gguf "$S"/models/synth-qwen2.*.gguf "$S"/models/synth-qwen3.*.gguf \
+             "$S"/models/synth-mixtral.*.gguf "$S"/models/synth-qwen2moe.*.gguf "$S"/models/synth-qwen3moe.*.gguf; do
         [ -f "$m" ] || continue
         name=$(basename "$m" .gguf); g="$S/golden/$name.greedy"
         [ -f "$g.prompt.txt" ] || continue
@@ -256,7 +258,8 @@ if [ $ranks_ok = 1 ]; then
     if [ $n -eq 0 ]; then skip ranks_greedy_synthetic "goldens missing"; elif [ -z "$bad" ]; then pass ranks_greedy_synthetic; else fail ranks_greedy_synthetic "$bad"; fi
 
     bad=""; n=0
-    for m in "$stories" "$S"/models/synth-llama.*.gguf "$S"/models/synth-qwen2.*.gguf "$S"/models/synth-qwen3.*.gguf; do
+    for m in "$stories" "$S"/models/synth-llama.*.gguf "$S"/models/synth-qwen2.*.gguf "$S"/models/synth-qwen3.*.gguf \
+             "$S"/models/synth-mixtral.*.gguf "$S"/models/synth-qwen2moe.*.gguf "$S"/models/synth-qwen3moe.*.gguf; do
         [ -f "$m" ] || continue
         name=$(basename "$m" .gguf); g="$S/golden/$name"
         [ -f "$g.logits.tokens.txt" ] && [ -f "$g.logits.f32" ] || continue

@@ -416,7 +416,7 @@ static void test_moe(void)
     float *dlog = dev_from(logits, sizeof(logits)), *dw = dev(sizeof(w_got));
     int32_t *dsel = dev(sizeof(sel_got));
     /* routing: the two halves of the tokens with and without renormalization */
-    CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, true, dsel, dw, NULL), 0);
+    CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, true, dsel, dw, NULL, NULL), 0);
     to_host(sel_got, dsel, sizeof(sel_got));
     to_host(w_got, dw, sizeof(w_got));
     for (int t = 0; t < T; t += 2)
@@ -425,7 +425,7 @@ static void test_moe(void)
             CHECK_NEAR(w_got[t * KX + k], w_ref[t * KX + k], 1e-6);
         }
     int32_t rt[S * KCUDA_MOE_TILE_INTS], *drt = dev(sizeof(rt));
-    CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, false, dsel, dw, drt), 0);
+    CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, false, dsel, dw, drt, NULL), 0);
     to_host(sel_got, dsel, sizeof(sel_got));
     to_host(w_got, dw, sizeof(w_got));
     to_host(rt, drt, sizeof(rt));
@@ -527,7 +527,7 @@ static void check_router(int X, int n_in, int T, int KX, bool norm)
     int *dcount = dev(sizeof(int) * (size_t)T);
     TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)T) == 0);
     for (int rep = 0; rep < 2; rep++) {
-        int err = kcuda_moe_router(K, &dw, dx, T, KX, norm, dlog, dcount, dsel, dwt, dtiles);
+        int err = kcuda_moe_router(K, &dw, dx, T, KX, norm, dlog, dcount, dsel, dwt, dtiles, NULL);
         if (err) fprintf(stderr, "  %s\n", tt_error_detail());
         CHECK_EQ_INT(err, 0);
         to_host(got, dlog, sizeof(float) * (size_t)T * X);
@@ -678,6 +678,98 @@ static void check_down_join(enum tt_type td, int X, int KX, int T, int E, int FF
     kcuda_free((void *)dd.data), kcuda_free(dsel), kcuda_free(dtiles), kcuda_free(dh), kcuda_free(dwt);
     kcuda_free(dx), kcuda_free(dy), kcuda_free(dysh), kcuda_free(dgsh), kcuda_free(dxn), kcuda_free(da);
     free(down), free(sel), free(h), free(wt), free(x0), free(ysh), free(gsh), free(xn), free(want), free(got);
+}
+
+/* Expert parallelism over GPU ranks (engine_cuda.c): R = 2 "ranks" on one
+ * GPU, each holding every other expert (a local map with -1 for the other
+ * rank's), route, compute and join only their own choices into a zeroed
+ * partial; the partials summed equal the one-rank join. Decode (router
+ * tiles, fused down+join) and a 5-token batch (plan tiles, products, the
+ * separate join); the counting sort of prompt batches leaves -1 slots out. */
+static void test_moe_split(void)
+{
+    if (!gpu()) return;
+    enum { X = 8, KX = 3, TB = 5, S = TB * KX, E = 256, FF = 256, R = 2 };
+    uint8_t *gate = make_weight(TT_TYPE_Q4_K, E, X * FF, 1.0f), *up = make_weight(TT_TYPE_Q4_K, E, X * FF, 1.0f);
+    uint8_t *down = make_weight(TT_TYPE_Q4_K, FF, X * E, 1.0f);
+    const size_t rg = tt_row_size(TT_TYPE_Q4_K, E), rd = tt_row_size(TT_TYPE_Q4_K, FF);
+    const size_t sa = kcuda_act_row_bytes(KCUDA_Q8_K, E), sh = kcuda_act_row_bytes(KCUDA_Q8_K, FF);
+    float logits[TB * X], x[TB * E], x0[TB * E], want[TB * E], got[TB * E], part[TB * E];
+    fill(logits, TB * X, 2.0f), fill(x, TB * E, 1.0f), fill(x0, TB * E, 1.0f);
+    float *dlog = dev_from(logits, sizeof(logits)), *dwt = dev(sizeof(float) * S);
+    float *dx = dev_from(x, sizeof(x)), *dj = dev(sizeof(x)), *dh = dev(sizeof(float) * S * FF);
+    float *dy = dev(sizeof(float) * S * E);
+    int32_t *dsel = dev(sizeof(int32_t) * S), *dtiles = dev(sizeof(int32_t) * KCUDA_MOE_TILE_INTS * (size_t)kcuda_moe_max_tiles(S, X));
+    uint8_t *da = dev(sa * TB), *dha = dev(sh * S);
+    CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dx, E, TB, E, da, sa), 0);
+    for (int T = 1; T <= TB; T += TB - 1) {
+        const int ns = T * KX, tt = T == 1 ? 1 : KCUDA_MOE_TILE;
+        for (int r = -1; r < R; r++) { /* r = -1: one rank with all experts */
+            int32_t local[X], pick[X];
+            int n = 0;
+            for (int e = 0; e < X; e++) {
+                local[e] = r < 0 || e % R == r ? n : -1;
+                if (local[e] >= 0) pick[n++] = e;
+            }
+            uint8_t *g = malloc(rg * FF * X), *u = malloc(rg * FF * X), *d = malloc(rd * E * X);
+            for (int j = 0; j < n; j++) {
+                memcpy(g + j * rg * FF, gate + pick[j] * rg * FF, rg * FF);
+                memcpy(u + j * rg * FF, up + pick[j] * rg * FF, rg * FF);
+                memcpy(d + j * rd * E, down + pick[j] * rd * E, rd * E);
+            }
+            struct kcuda_weight dg = { dev_from(g, rg * FF * n), TT_TYPE_Q4_K, E, FF, rg, rg * FF, 0 };
+            struct kcuda_weight du = dg, dd = { dev_from(d, rd * E * n), TT_TYPE_Q4_K, FF, E, rd, rd * E, 0 };
+            du.data = dev_from(u, rg * FF * n);
+            int32_t *dlocal = r < 0 ? NULL : dev_from(local, sizeof(local));
+            const int mt = tt == 1 ? ns : kcuda_moe_max_tiles(ns, n);
+            CHECK_EQ_INT(kcuda_moe_route(K, dlog, T, X, KX, true, dsel, dwt, tt == 1 ? dtiles : NULL, dlocal), 0);
+            if (tt != 1) CHECK_EQ_INT(kcuda_moe_plan(K, dsel, ns, n, tt, dtiles), 0);
+            CHECK_EQ_INT(kcuda_matvec_experts(K, &dg, &du, dtiles, mt, tt, da, sa, KX, dh, FF, KCUDA_OUT_SWIGLU), 0);
+            CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dh, FF, ns, FF, dha, sh), 0);
+            if (r >= 0) CHECK_EQ_INT(kcuda_memset(K, dj, 0, sizeof(float) * T * E), 0);
+            else TT_ASSERT(kcuda_upload(K, dj, x0, sizeof(float) * T * E) == 0);
+            if (T == 1) {
+                CHECK_EQ_INT(kcuda_moe_down_join(K, &dd, dha, sh, dj, dsel, dwt, T, KX, NULL, NULL, NULL), 0);
+            } else {
+                CHECK_EQ_INT(kcuda_matvec_experts(K, &dd, NULL, dtiles, mt, tt, dha, sh, 1, dy, E, KCUDA_OUT_STORE), 0);
+                CHECK_EQ_INT(kcuda_moe_join(K, dj, dy, dsel, dwt, T, KX, E, NULL, NULL, NULL), 0);
+            }
+            to_host(part, dj, sizeof(float) * T * E);
+            if (r < 0) memcpy(want, part, sizeof(float) * T * E), memcpy(got, x0, sizeof(float) * T * E);
+            else for (int i = 0; i < T * E; i++) got[i] += part[i];
+            if (r == 0) { /* the choices: each expert's local index, or -1 */
+                int32_t sel[S];
+                to_host(sel, dsel, sizeof(int32_t) * ns);
+                int mine = 0;
+                for (int i = 0; i < ns; i++) {
+                    CHECK(sel[i] >= -1 && sel[i] < n);
+                    mine += sel[i] >= 0;
+                }
+                int32_t order[S], groups[KCUDA_MOE_GROUP_INTS * 16];
+                int32_t *dorder = dev(sizeof(order)), *dgroups = dev(sizeof(int32_t) * KCUDA_MOE_GROUP_INTS * (size_t)kcuda_moe_max_groups(ns, n));
+                CHECK_EQ_INT(kcuda_moe_group(K, dsel, ns, n, dorder, dgroups), 0);
+                to_host(groups, dgroups, sizeof(int32_t) * KCUDA_MOE_GROUP_INTS * (size_t)kcuda_moe_max_groups(ns, n));
+                to_host(order, dorder, sizeof(int32_t) * ns);
+                int grouped = 0;
+                for (int q = 0; q < kcuda_moe_max_groups(ns, n); q++) {
+                    const int32_t *gr = groups + q * KCUDA_MOE_GROUP_INTS;
+                    if (gr[0] < 0) continue;
+                    for (int i = 0; i < gr[2]; i++) CHECK_EQ_INT(sel[order[gr[1] + i]], gr[0]);
+                    grouped += gr[2];
+                }
+                CHECK_EQ_INT(grouped, mine);
+                kcuda_free(dorder), kcuda_free(dgroups);
+            }
+            kcuda_free((void *)dg.data), kcuda_free((void *)du.data), kcuda_free((void *)dd.data), kcuda_free(dlocal);
+            free(g), free(u), free(d);
+        }
+        char what[64];
+        snprintf(what, sizeof(what), "experts split over %d ranks, %d token(s)", R, T);
+        CHECK_NMSE(what, got, want, T * E, 1e-12);
+    }
+    kcuda_free(dlog), kcuda_free(dwt), kcuda_free(dx), kcuda_free(dj), kcuda_free(dh), kcuda_free(dy);
+    kcuda_free(dsel), kcuda_free(dtiles), kcuda_free(da), kcuda_free(dha);
+    free(gate), free(up), free(down);
 }
 
 static void test_moe_fused(void)
@@ -1181,6 +1273,7 @@ static const struct test_case cases[] = {
     { "dequant", test_dequant },       { "products", test_products },
     { "q6_q4_groups", test_groups },
     { "moe", test_moe },               { "moe_fused", test_moe_fused },
+    { "moe_split", test_moe_split },
     { "rope", test_rope },
     { "attention", test_attention },   { "misc", test_misc },
     { "errors", test_errors },         { "engine_models", test_engine_models },

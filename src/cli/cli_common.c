@@ -112,8 +112,7 @@ const char cli_model_opts_help[] =
     "                       `tutti topo --json` prints) instead of measuring the cluster\n"
     "      --tp-join J      gather (default: bit-identical to one rank, 4 all-gathers per layer)\n"
     "                       or sum (2 all-reduces per layer, rounding-level differences; the\n"
-    "                       default for dense models when every rank has a GPU, since GPU\n"
-    "                       ranks join by sum)\n"
+    "                       default when every rank has a GPU, since GPU ranks join by sum)\n"
     "      --gpu-layers N   layers on the GPU (CUDA builds): -1 = as many as fit (default), 0 = none\n"
     "      --weights-from 0 ranks without the model file receive their slices from rank 0\n"
     "                       (checksummed), so only rank 0 needs the file\n"
@@ -357,12 +356,12 @@ static struct plan *plan_hybrid(const struct cli_model_opts *o, const struct mod
 }
 
 /* GPU ranks join by sum (engine_cuda.c): when every rank has a GPU, the GPUs
- * are not disabled and --tp-join was not given, a dense model gets that join
+ * are not disabled and --tp-join was not given, the model gets that join
  * instead of the CPU's exact gather. Collective. */
-static void join_for_gpus(struct cli_model_opts *o, const struct model *m)
+static void join_for_gpus(struct cli_model_opts *o)
 {
     const int n = comm_size(the_comm);
-    if (o->tp_join_set || o->engine.n_gpu_layers == 0 || m->hp.n_expert > 0) return;
+    if (o->tp_join_set || o->engine.n_gpu_layers == 0) return;
     int32_t mine = engine_gpu_count(), *all = malloc(sizeof(int32_t) * (size_t)n);
     if (!all) cli_die(TT_ENOMEM, "planning");
     int err = comm_allgather(the_comm, &mine, sizeof(mine), all);
@@ -384,7 +383,7 @@ void cli_load_model_opts(struct cli_model_opts *o, struct model *m)
     if (!o->gpu_layers_set) o->engine.n_gpu_layers = -1;
     const int n = comm_size(the_comm);
     if (n == 1) return;
-    join_for_gpus(o, m);
+    join_for_gpus(o);
     double *w = malloc(sizeof(double) * (size_t)n);
     bool is_auto = false;
     if (!w) cli_die(TT_ENOMEM, "planning");

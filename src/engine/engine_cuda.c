@@ -31,8 +31,15 @@
  * to x: with NCCL in the stream when every rank has a GPU of its own (rank
  * -> device local_rank % device_count; the decode graph captures the
  * all-reduce), else through pinned host memory and the engine's comm (ranks
- * sharing a GPU, or TT_NCCL=0; no decode graph then). MoE models, and
- * layouts with pipeline stages or idle ranks, keep several ranks on the CPU.
+ * sharing a GPU, or TT_NCCL=0; no decode graph then). MoE layers are
+ * expert parallel: each expert is computed on the rank holding its first
+ * copy in the engine's placement (engine_moe.c), which uploads only those
+ * experts; the router runs on every rank and maps its choices to local
+ * expert indices (-1 for another rank's), the kernels leave the other
+ * ranks' choices out, and each rank's join (with its slice of a shared
+ * expert) is summed over the ranks like a dense down projection. The
+ * placement then stays fixed (no live rebalancing of GPU-held experts).
+ * Layouts with pipeline stages or idle ranks keep several ranks on the CPU.
  */
 #include "engine_internal.h"
 #include "../kcuda/kcuda.h"
@@ -64,6 +71,9 @@ struct gpu_layer {
     const float *bq, *bk, *bv;           /* or NULL */
     const float *q_norm, *k_norm;        /* [head_dim] or NULL */
     const float *gate_inp_shexp;         /* [n_embd] or NULL */
+    const int32_t *local;                /* several ranks, MoE: [n_expert] index among this rank's
+                                            experts or -1 (kcuda_moe_route), else NULL */
+    int n_local;                         /* experts held here (all of them on one rank) */
     void *k_cache, *v_cache;             /* [n_seq][n_ctx][n_kv_local*head_dim] */
 };
 
@@ -98,6 +108,7 @@ struct cuda_accel {
     float *ffn_a, *ffn_b;    /* [max(B*ff, S*ff_exp)] */
     float *ffn_out;          /* [max(B, S)][E] expert outputs */
     float *ysh;              /* [B][max(E, n_ff_shexp)] shared expert output (or scratch) */
+    float *moe_part;         /* [B][E] several ranks: this rank's share of the expert join */
     float *router, *sel_w;   /* [B][n_expert], [S] */
     int32_t *sel, *tiles;    /* [S], [max_tiles][KCUDA_MOE_TILE_INTS] */
     int *route_count;        /* [B] fused router tickets (zero between launches) */
@@ -187,29 +198,36 @@ static int place_bytes(struct placer *p, const void *src, size_t bytes, void **d
     return 0;
 }
 
+/* src's matrix (n_exp 0), or n_exp experts of its stack: pick[j] is the
+ * stack's index of the j-th (the first n_exp when pick is NULL). */
 static int place_weight(struct placer *p, struct kcuda_weight *dst, const struct engine_weight *src,
-                        int64_t n_exp)
+                        int64_t n_exp, const int32_t *pick)
 {
     memset(dst, 0, sizeof(*dst));
     if (!src->data || src->n_out == 0) return 0;
+    const bool stack = n_exp > 0;
     const size_t row = tt_row_size((enum tt_type)src->type, src->n_in);
-    const size_t bytes = row * (size_t)src->n_out * (size_t)n_exp;
+    const size_t bytes = row * (size_t)src->n_out * (size_t)(stack ? n_exp : 1);
     *dst = (struct kcuda_weight){ NULL, (int)src->type, src->n_in, src->n_out, row, row * (size_t)src->n_out,
                                   KCUDA_LAYOUT_GGML };
-    const bool packed = src->row_stride == row && (n_exp == 1 || src->expert_stride == dst->expert_stride);
+    const bool packed = src->row_stride == row && src->expert_stride == dst->expert_stride;
     /* one matrix goes through kcuda_upload_weight, which may regroup it for
      * the decode products (dst->layout); an empty one (a rank without
-     * columns) stays absent: data NULL */
-    if (!bytes || (packed && n_exp > 1)) return place_bytes(p, src->data, bytes, (void **)&dst->data);
+     * columns or experts) stays absent: data NULL */
+    if (!bytes || (stack && packed && !pick)) return place_bytes(p, src->data, bytes, (void **)&dst->data);
     const uint64_t off = p->used;
     p->used += align256(bytes + KCUDA_WEIGHT_PAD);
     if (p->count) return 0;
     dst->data = p->c->arena + off;
+    if (!stack) {
+        int err = kcuda_upload_weight(p->c->k, dst, 0, src->data, src->row_stride);
+        if (!err) progress_update(&p->prog, bytes);
+        return err;
+    }
     for (int64_t x = 0; x < n_exp; x++) {
         uint8_t *to = (uint8_t *)dst->data + (size_t)x * dst->expert_stride;
-        const void *from = src->data + (size_t)x * src->expert_stride;
-        int err = n_exp == 1 ? kcuda_upload_weight(p->c->k, dst, 0, from, src->row_stride)
-                             : kcuda_upload_2d(p->c->k, to, row, from, src->row_stride, row, (size_t)src->n_out);
+        const void *from = src->data + (size_t)(pick ? pick[x] : x) * src->expert_stride;
+        int err = kcuda_upload_2d(p->c->k, to, row, from, src->row_stride, row, (size_t)src->n_out);
         if (err) return err;
         progress_update(&p->prog, row * (size_t)src->n_out);
     }
@@ -221,23 +239,51 @@ static int place_vec(struct placer *p, const float **dst, const float *src, int6
     return place_bytes(p, src, src ? (size_t)n * 4 : 0, (void **)dst);
 }
 
+/* Several ranks, MoE layer il: the experts this rank computes (those whose
+ * first copy in the placement is here), in expert order: their slots into
+ * pick, each expert's index among them (or -1) into local. Returns how many. */
+static int local_experts(const struct engine *e, int il, int32_t *pick, int32_t *local)
+{
+    const int X = e->m->hp.n_expert;
+    int n = 0;
+    for (int x = 0; x < X; x++) {
+        const bool mine = moe_copy_index(&e->moe_place[il], x, e->tp_rank) == 0;
+        local[x] = mine ? n : -1;
+        if (mine) pick[n++] = e->moe_slot_of[(size_t)il * X + x];
+    }
+    return n;
+}
+
 static int place_layer(struct placer *p, struct engine *e, int il)
 {
     const struct model_hparams *hp = &e->m->hp;
     const struct engine_layer *l = &e->layers[il];
     struct gpu_layer *g = &p->c->layers[il];
-    const int64_t E = hp->n_embd, hd = hp->head_dim, X = TT_MAX(hp->n_expert, 1);
-    const struct { struct kcuda_weight *d; const struct engine_weight *s; int64_t n_exp; } ws[] = {
-        { &g->wq, &l->wq, 1 },           { &g->wk, &l->wk, 1 },
-        { &g->wv, &l->wv, 1 },           { &g->wo, &l->wo, 1 },
-        { &g->w_gate, &l->w_gate, 1 },   { &g->w_up, &l->w_up, 1 },
-        { &g->w_down, &l->w_down, 1 },   { &g->gate_inp, &l->gate_inp, 1 },
-        { &g->gate_exps, &l->gate_exps, X }, { &g->up_exps, &l->up_exps, X },
-        { &g->down_exps, &l->down_exps, X }, { &g->gate_shexp, &l->gate_shexp, 1 },
-        { &g->up_shexp, &l->up_shexp, 1 },   { &g->down_shexp, &l->down_shexp, 1 },
+    const int64_t E = hp->n_embd, hd = hp->head_dim;
+    int32_t *pick = NULL, *local = NULL;
+    g->n_local = hp->n_expert;
+    if (hp->n_expert && e->tp_size > 1) {
+        pick = malloc(sizeof(int32_t) * 2 * (size_t)hp->n_expert);
+        if (!pick) return tt_error_set(TT_ENOMEM, "expert tables");
+        local = pick + hp->n_expert;
+        g->n_local = local_experts(e, il, pick, local);
+    }
+    const struct { struct kcuda_weight *d; const struct engine_weight *s; bool stack; } ws[] = {
+        { &g->wq, &l->wq, false },           { &g->wk, &l->wk, false },
+        { &g->wv, &l->wv, false },           { &g->wo, &l->wo, false },
+        { &g->w_gate, &l->w_gate, false },   { &g->w_up, &l->w_up, false },
+        { &g->w_down, &l->w_down, false },   { &g->gate_inp, &l->gate_inp, false },
+        { &g->gate_exps, &l->gate_exps, true }, { &g->up_exps, &l->up_exps, true },
+        { &g->down_exps, &l->down_exps, true }, { &g->gate_shexp, &l->gate_shexp, false },
+        { &g->up_shexp, &l->up_shexp, false },   { &g->down_shexp, &l->down_shexp, false },
     };
     int err = 0;
-    for (size_t i = 0; i < TT_ARRAY_LEN(ws) && !err; i++) err = place_weight(p, ws[i].d, ws[i].s, ws[i].n_exp);
+    for (size_t i = 0; i < TT_ARRAY_LEN(ws) && !err; i++) {
+        if (ws[i].stack && g->n_local == 0) memset(ws[i].d, 0, sizeof(*ws[i].d)); /* no experts here */
+        else err = place_weight(p, ws[i].d, ws[i].s, ws[i].stack ? g->n_local : 0, ws[i].stack ? pick : NULL);
+    }
+    if (!err && local) err = place_bytes(p, local, sizeof(int32_t) * (size_t)hp->n_expert, (void **)&g->local);
+    free(pick);
     const int64_t qd = (int64_t)e->n_head_local * hd, kvd = (int64_t)e->n_kv_local * hd;
     if (!err) err = place_vec(p, &g->attn_norm, l->attn_norm, E);
     if (!err) err = place_vec(p, &g->ffn_norm, l->ffn_norm, E);
@@ -252,7 +298,7 @@ static int place_layer(struct placer *p, struct engine *e, int il)
 
 static int place_output(struct placer *p, struct engine *e)
 {
-    int err = place_weight(p, &p->c->output, &e->output, 1);
+    int err = place_weight(p, &p->c->output, &e->output, 0, NULL);
     if (!err) err = place_vec(p, &p->c->output_norm, e->output_norm, e->m->hp.n_embd);
     return err;
 }
@@ -302,6 +348,7 @@ static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t 
     BUF(c->ffn_b, ffb * 4);
     BUF(c->ffn_out, TT_MAX(B, hp->n_expert ? S : 0) * E * 4);
     BUF(c->ysh, B * TT_MAX(E, (size_t)hp->n_ff_shexp) * 4);
+    BUF(c->moe_part, e->tp_size > 1 && hp->n_expert ? B * E * 4 : 0);
     BUF(c->router, B * X * 4);
     BUF(c->sel_w, S * 4);
     BUF(c->sel, S * 4);
@@ -530,7 +577,8 @@ static int dense_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 
 /* The router's logits, the top-k choices and their weights, and (decode)
  * the one-slot tile records: one fused launch for F32 router rows and
- * matrix-vector batches, else the product then kcuda_moe_route. */
+ * matrix-vector batches, else the product then kcuda_moe_route. On several
+ * ranks the choices are indices among this rank's experts (g->local). */
 static int moe_route_step(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g,
                           const struct act_set *s, int n_tok, int tile_tok)
 {
@@ -538,11 +586,11 @@ static int moe_route_step(struct cuda_accel *c, struct engine *e, const struct g
     int32_t *tiles = tile_tok == 1 ? c->tiles : NULL;
     if (c->moe_fused && g->gate_inp.type == KCUDA_F32 && n_tok <= KCUDA_MATVEC_TOK_MAX && hp->n_embd % 4 == 0)
         return kcuda_moe_router(c->k, &g->gate_inp, c->xn, n_tok, hp->n_expert_used, hp->expert_norm, c->router,
-                                c->route_count, c->sel, c->sel_w, tiles);
+                                c->route_count, c->sel, c->sel_w, tiles, g->local);
     int err = lin(c, s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
     if (!err)
         err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel,
-                              c->sel_w, tiles);
+                              c->sel_w, tiles, g->local);
     return err;
 }
 
@@ -567,7 +615,7 @@ static int moe_experts_grouped(struct cuda_accel *c, struct engine *e, const str
 {
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
-    const int X = hp->n_expert, mg = kcuda_moe_max_groups(S, X);
+    const int X = g->n_local, mg = kcuda_moe_max_groups(S, X);
     void *f16 = c->act[GPU_ACT_SLOTS - 1];
     const struct kcuda_weight *wd[] = { &g->down_exps };
     size_t st = 0;
@@ -594,8 +642,8 @@ static int moe_gate_up_tiled(struct cuda_accel *c, struct engine *e, const struc
 {
     const struct model_hparams *hp = &e->m->hp;
     const int64_t fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
-    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, hp->n_expert);
-    int err = tile_tok != 1 ? kcuda_moe_plan(c->k, c->sel, S, hp->n_expert, tile_tok, c->tiles) : 0;
+    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, g->n_local);
+    int err = tile_tok != 1 ? kcuda_moe_plan(c->k, c->sel, S, g->n_local, tile_tok, c->tiles) : 0;
     size_t st = 0;
     const void *a = err ? NULL : act_of(c, s, &g->gate_exps, &st);
     if (!err && pairable(&g->gate_exps, &g->up_exps))
@@ -623,33 +671,37 @@ static bool moe_down_join_ok(const struct cuda_accel *c, const struct gpu_layer 
 }
 
 /* The experts' down products of the ffn_a rows, then the ordered join (and
- * the shared expert's term, ysh) into x. */
+ * the shared expert's term, ysh) added into jx. */
 static int moe_down_tiled(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g, struct act_set *s,
-                          int n_tok, int tile_tok)
+                          int n_tok, int tile_tok, float *jx)
 {
     const struct model_hparams *hp = &e->m->hp;
     const int64_t E = hp->n_embd, fe = g->gate_exps.n_out, S = (int64_t)n_tok * hp->n_expert_used;
-    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, hp->n_expert);
+    const int max_tiles = tile_tok == 1 ? (int)S : kcuda_moe_max_tiles(S, g->n_local);
     const bool shared = g->gate_shexp.data != NULL;
     const struct kcuda_weight *wd[] = { &g->down_exps };
     int err = acts_prepare(c, s, c->ffn_a, fe, S, fe, NULL, 0.0f, NULL, wd, 1);
     size_t st = 0;
     const void *a = err ? NULL : act_of(c, s, &g->down_exps, &st);
     if (!err && moe_down_join_ok(c, g, n_tok))
-        return kcuda_moe_down_join(c->k, &g->down_exps, a, st, c->x, c->sel, c->sel_w, n_tok, hp->n_expert_used,
+        return kcuda_moe_down_join(c->k, &g->down_exps, a, st, jx, c->sel, c->sel_w, n_tok, hp->n_expert_used,
                                    shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
     if (!err)
         err = kcuda_matvec_experts(c->k, &g->down_exps, NULL, c->tiles, max_tiles, tile_tok, a, st, 1, c->ffn_out,
                                    E, KCUDA_OUT_STORE);
     if (!err)
-        err = kcuda_moe_join(c->k, c->x, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
+        err = kcuda_moe_join(c->k, jx, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
                              shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
     return err;
 }
 
 /* Experts chosen on the device: router and top-k, the experts' products
  * (grouped on the tensor cores for prompt batches, else tiled matrix-vector
- * products), the shared expert, then the ordered join into x. */
+ * products), the shared expert, then the ordered join into x. On several
+ * ranks the join of this rank's experts (and shared-expert slice) goes to
+ * moe_part, which is summed over the ranks and then added to x; a rank
+ * holding none of the layer's experts still routes (its choices are all
+ * -1) and joins only its shared-expert slice. */
 static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
@@ -660,20 +712,26 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     struct act_set s;
     const struct kcuda_weight *ws[] = { &g->gate_inp, &g->gate_exps, &g->up_exps, &g->gate_shexp, &g->up_shexp };
     const struct kcuda_weight *wsd[] = { &g->down_shexp };
+    float *jx = e->tp_size > 1 ? c->moe_part : c->x;
+    const bool experts = g->n_local > 0;
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
+    if (!err && jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
     if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok);
     /* the shared expert's gate/up first: it reads this conversion, which the
      * down products' replaces */
     if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh);
-    const bool grouped = !err && moe_grouped(c, g, &s, n_tok);
-    if (!err) err = grouped ? moe_experts_grouped(c, e, g, &s, n_tok) : moe_gate_up_tiled(c, e, g, &s, n_tok, tile_tok);
+    const bool grouped = !err && experts && moe_grouped(c, g, &s, n_tok);
+    if (!err && experts)
+        err = grouped ? moe_experts_grouped(c, e, g, &s, n_tok) : moe_gate_up_tiled(c, e, g, &s, n_tok, tile_tok);
     const int64_t fs = g->gate_shexp.n_out;
     if (!err && shared) err = acts_prepare(c, &s, c->ffn_b, fs, n_tok, fs, NULL, 0.0f, NULL, wsd, 1);
     if (!err && shared) err = lin(c, &s, &g->down_shexp, NULL, n_tok, c->ysh, E, NULL, KCUDA_OUT_STORE);
-    if (!err && !grouped) return moe_down_tiled(c, e, g, &s, n_tok, tile_tok);
-    if (!err)
-        err = kcuda_moe_join(c->k, c->x, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
+    if (!err && experts && !grouped) err = moe_down_tiled(c, e, g, &s, n_tok, tile_tok, jx);
+    else if (!err)
+        err = kcuda_moe_join(c->k, jx, c->ffn_out, c->sel, c->sel_w, n_tok, hp->n_expert_used, E,
                              shared ? c->ysh : NULL, g->gate_inp_shexp, c->xn);
+    if (!err && jx != c->x) err = join_sum(c, e, jx, n_tok * E);
+    if (!err && jx != c->x) err = kcuda_add(c->k, c->x, jx, n_tok * E);
     return err;
 }
 
@@ -862,7 +920,6 @@ static const char *unsupported(const struct engine *e)
     const struct model_hparams *hp = &e->m->hp;
     if (e->n_ranks > 1 && e->join != PLAN_JOIN_SUM)
         return "GPU ranks join partial sums: run with --tp-join sum (the gathering join stays on the CPU)";
-    if (e->n_ranks > 1 && hp->n_expert) return "MoE models on several GPU ranks are not supported yet";
     if (e->tp_size != e->n_ranks) return "GPU layers in layouts with stages or idle ranks are not supported yet";
     if (hp->head_dim > KCUDA_HEAD_DIM_MAX) return "heads longer than 256";
     if (hp->n_expert > 1024 || hp->n_expert_used > 32) return "more than 1024 experts or 32 per token";
@@ -1116,6 +1173,10 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     if (err) {
         cuda_destroy(c);
         return err;
+    }
+    if (hp->n_expert && e->tp_size > 1 && e->moe_every) { /* the GPUs hold a fixed set of experts */
+        e->moe_every = 0;
+        tt_info("GPU ranks: experts stay where the static placement puts them (no live balancing)");
     }
     tt_info("GPU %s: %d of %d layers%s, %.2f GiB of weights, KV cache %.1f MiB", kcuda_device_name(c->k),
             c->n_layers, hp->n_layer, c->has_output ? " and the output" : "",

@@ -343,6 +343,8 @@ void engine_truncate(struct engine *e, int n_past) { engine_seq_truncate(e, 0, n
 int engine_moe_rebalance(struct engine *e)
 {
     if (e->m->hp.n_expert == 0 || e->tp_size == 1) return 0;
+    if (engine_n_gpu_layers(e) > 0) /* engine_cuda.c uploads each rank's experts once */
+        return tt_error_set(TT_EUNSUPPORTED, "experts on GPU ranks stay where they are: no rebalancing");
     struct step st = { .op = STEP_REBALANCE, .n = 0 };
     int err = send_control(e, &st);
     return err ? err : moe_rebalance(e, false);

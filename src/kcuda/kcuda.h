@@ -345,9 +345,13 @@ int kcuda_sum_f32(struct kcuda *k, const float *d_x, int64_t n, float *d_out);
  * probabilities into w (renormalized to sum 1 when `norm`, the sum clamped
  * as llama.cpp does), exactly as the CPU engine's route(). With d_tiles,
  * also the one-slot-per-tile records kcuda_moe_plan(tile_tok = 1) would
- * write (saves a launch per layer in decode). */
+ * write (saves a launch per layer in decode). With d_local (n_expert ints:
+ * each expert's index among the experts this rank computes, -1 for another
+ * rank's), sel and the tiles hold those indices, and the plans, products
+ * and joins below leave the -1 slots out: expert parallelism over GPU ranks,
+ * whose partial joins are then summed over the ranks. */
 int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n_expert,
-                    int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles);
+                    int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles, const int32_t *d_local);
 /* The router's product and kcuda_moe_route in one launch: logits[t] =
  * W . x[t] (W: n_expert F32 rows of n_in, n_in a multiple of 4; x rows n_in
  * floats apart) into d_logits [n_tok][n_expert], then the routing as above.
@@ -355,7 +359,7 @@ int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n
  * them at zero). TT_EUNSUPPORTED for other weight types. */
 int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float *d_x, int64_t n_tok,
                      int n_used, bool norm, float *d_logits, int *d_count, int32_t *d_sel, float *d_w,
-                     int32_t *d_tiles);
+                     int32_t *d_tiles, const int32_t *d_local);
 /* Group n_slots slots (token t's k-th choice is slot t*n_used + k) by
  * expert into the tile records kcuda_matvec_experts reads: with tile_tok = 1
  * one tile per slot, in slot order (n_slots records); otherwise up to

@@ -61,7 +61,7 @@ static bool rows_aligned16(const struct kcuda_weight *w)
  * tile record of each choice (kcuda_moe_plan with tile_tok 1). The logits
  * are read through L2 (another block may have written them). */
 __device__ void moe_route_warp(const float *row, int X, int K, int norm, float *p, int32_t *s,
-                               float *w, int32_t *tiles, int slot0)
+                               float *w, int32_t *tiles, int slot0, const int32_t *local)
 {
     const int lane = threadIdx.x & 31;
     float mx = -INFINITY;
@@ -101,6 +101,8 @@ __device__ void moe_route_warp(const float *row, int X, int K, int norm, float *
         for (int k = 0; k < K; k++) w[k] /= wsum;
     }
     __syncwarp();
+    if (local && lane < K) s[lane] = local[s[lane]]; /* another rank's expert: -1 */
+    __syncwarp();
     if (tiles && lane < K) {
         int32_t *r = tiles + (size_t)(slot0 + lane) * KCUDA_MOE_TILE_INTS;
         r[0] = s[lane];
@@ -111,14 +113,14 @@ __device__ void moe_route_warp(const float *row, int X, int K, int norm, float *
 
 /* One warp per token. */
 __global__ void k_moe_route(const float *logits, int X, int K, int norm, int32_t *sel, float *wout,
-                            int32_t *tiles)
+                            int32_t *tiles, const int32_t *local)
 {
     kc_pdl_trigger();
     kc_pdl_wait();
     __shared__ float p[MOE_EXPERTS_MAX];
     const int t = blockIdx.x;
     moe_route_warp(logits + (size_t)t * X, X, K, norm, p, sel + (size_t)t * K, wout + (size_t)t * K, tiles,
-                   t * K);
+                   t * K, local);
 }
 
 static int route_check(int n_expert, int n_used)
@@ -130,14 +132,14 @@ static int route_check(int n_expert, int n_used)
 }
 
 int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n_expert,
-                    int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles)
+                    int n_used, bool norm, int32_t *d_sel, float *d_w, int32_t *d_tiles, const int32_t *d_local)
 {
     if (n_tok <= 0) return 0;
     int err = route_check(n_expert, n_used);
     if (err) return err;
     KC_PROF_BEGIN(k);
     KC_LAUNCH(k, k_moe_route, dim3((unsigned)n_tok), dim3(32), d_logits, n_expert, n_used, (int)norm, d_sel, d_w,
-              d_tiles);
+              d_tiles, d_local);
     KC_PROF_END(k, "moe_route");
     return 0;
 }
@@ -152,7 +154,8 @@ int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n
 #define RT_LANES (32 * RT_WARPS / RT_ROWS) /* threads per row */
 __global__ void __launch_bounds__(RT_WARPS * 32)
     k_moe_router(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
-                 int norm, float *logits, int *count, int32_t *sel, float *wout, int32_t *tiles)
+                 int norm, float *logits, int *count, int32_t *sel, float *wout, int32_t *tiles,
+                 const int32_t *local)
 {
     kc_pdl_trigger();
     __shared__ float p[MOE_EXPERTS_MAX];
@@ -199,12 +202,12 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
     __threadfence();
     if (warp == 0)
         moe_route_warp(logits + (size_t)t * X, X, K, norm, p, sel + (size_t)t * K, wout + (size_t)t * K, tiles,
-                       t * K);
+                       t * K, local);
 }
 
 int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float *d_x, int64_t n_tok,
                      int n_used, bool norm, float *d_logits, int *d_count, int32_t *d_sel, float *d_w,
-                     int32_t *d_tiles)
+                     int32_t *d_tiles, const int32_t *d_local)
 {
     if (n_tok <= 0) return 0;
     const int X = (int)w->n_out;
@@ -215,7 +218,7 @@ int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float 
     KC_PROF_BEGIN(k);
     KC_LAUNCH(k, k_moe_router, dim3(kc_blocks(X, RT_ROWS), (unsigned)n_tok), dim3(RT_WARPS * 32),
               (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm,
-              d_logits, d_count, d_sel, d_w, d_tiles);
+              d_logits, d_count, d_sel, d_w, d_tiles, d_local);
     KC_PROF_END(k, "moe_router");
     return 0;
 }
@@ -305,7 +308,8 @@ __global__ void k_moe_group(const int32_t *sel, int n_slots, int X, int max_grou
     __shared__ int cnt[MOE_EXPERTS_MAX], off[MOE_EXPERTS_MAX + 1], gfirst[MOE_EXPERTS_MAX + 1];
     for (int e = threadIdx.x; e < X; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
-    for (int s = threadIdx.x; s < n_slots; s += blockDim.x) atomicAdd(&cnt[sel[s]], 1);
+    for (int s = threadIdx.x; s < n_slots; s += blockDim.x)
+        if (sel[s] >= 0) atomicAdd(&cnt[sel[s]], 1); /* -1: another rank's expert */
     __syncthreads();
     if (threadIdx.x == 0) {
         off[0] = gfirst[0] = 0;
@@ -319,7 +323,7 @@ __global__ void k_moe_group(const int32_t *sel, int n_slots, int X, int max_grou
     __syncthreads();
     for (int s = threadIdx.x; s < n_slots; s += blockDim.x) {
         const int e = sel[s];
-        order[off[e] + atomicAdd(&cnt[e], 1)] = s;
+        if (e >= 0) order[off[e] + atomicAdd(&cnt[e], 1)] = s;
     }
     for (int e = threadIdx.x; e < X; e += blockDim.x) {
         const int n = off[e + 1] - off[e];
@@ -387,7 +391,7 @@ __global__ void k_moe_join(float *x, const float *y, const int32_t *sel, const f
     float acc = 0.0f;
     for (int a = 0; a < K; a++) {
         const int64_t slot = t * K + order[a];
-        acc = __fadd_rn(acc, __fmul_rn(w[slot], y[slot * n + i]));
+        if (sel[slot] >= 0) acc = __fadd_rn(acc, __fmul_rn(w[slot], y[slot * n + i]));
     }
     if (ysh) acc = __fadd_rn(acc, __fmul_rn(gs, ysh[t * n + i]));
     x[t * n + i] = __fadd_rn(x[t * n + i], acc);
@@ -454,7 +458,7 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
 #pragma unroll
         for (int i = 0; i < DJ_UNROLL; i++) {
             const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
-            if (u < units && row0 + r < a.n_out)
+            if (u < units && row0 + r < a.n_out && sel[k] >= 0)
                 it[i].load(a.w + (size_t)sel[k] * a.expert_stride + (size_t)(row0 + r) * a.row_stride,
                            u % a.n_items);
         }
@@ -462,7 +466,7 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
         for (int i = 0; i < DJ_UNROLL; i++) {
             const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
             if (u >= units) break;
-            dj_part[u] = row0 + r < a.n_out
+            dj_part[u] = row0 + r < a.n_out && sel[k] >= 0
                              ? it[i].dot(a.act + (size_t)(t * a.K + k) * a.act_stride, a.n_in, u % a.n_items, false)
                              : 0.0f;
         }
@@ -487,7 +491,7 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
     float acc = 0.0f;
     for (int i = 0; i < a.K; i++) {
         const int k = order[i];
-        acc = __fadd_rn(acc, __fmul_rn(a.wt[(size_t)t * a.K + k], ys[k * a.rows + r]));
+        if (sel[k] >= 0) acc = __fadd_rn(acc, __fmul_rn(a.wt[(size_t)t * a.K + k], ys[k * a.rows + r]));
     }
     const size_t xi = (size_t)t * a.n_out + row0 + r;
     if (a.ysh) {

@@ -101,3 +101,12 @@ grep -q '"decode_tok_s":' "$tmp/out" && grep -q 'engine timed now' "$tmp/out" &&
     [ -z "$(find "$tmp" -name 'tutti-plan-*')" ] && pass plan_time_engine_fitted ||
     fail plan_time_engine_fitted "$(head -c 300 "$tmp/out") $(head -c 300 "$tmp/err")"
 refuse plan_time_engine_cluster "$T" plan --shape llama-3.1-8b --cluster "$tmp/c.json" --time-engine
+# tutti topo (one rank, its CPU): the decode kernel's speed per weight type, which
+# plan --cluster reads back and mixes by the model's bytes (plan_cluster_for_model)
+check topo_cpu_json "$T" topo -t 1 --cpu --json
+cp "$tmp/out" "$tmp/topo.json"
+grep -q '"matvec_type_gbs":{"q4_K":[0-9.]*,"q5_K":[0-9.]*,"q6_K":[0-9.]*,"q8_0":[0-9.]*}' "$tmp/topo.json" &&
+    pass topo_matvec_types || fail topo_matvec_types "$(head -c 400 "$tmp/topo.json")"
+check plan_topo_cluster "$T" plan --shape llama-3.1-8b --cluster "$tmp/topo.json" --json
+grep -q '"bw_efficiency":' "$tmp/out" && pass plan_topo_cluster_mixed ||
+    fail plan_topo_cluster_mixed "$(head -c 300 "$tmp/out")"

@@ -175,6 +175,16 @@ static int find_layout(const struct plan_result *res, enum plan_layout l, enum p
 
 /* ---- the model ---- */
 
+/* The bytes a decode step reads by type are all it reads but the embedding
+ * row and the output norm (which no product streams). */
+static void check_decode_types(const struct plan_model *pm)
+{
+    uint64_t sum = pm->embd_row_bytes + pm->output_norm_bytes;
+    for (int t = 0; t < TT_TYPE_COUNT; t++)
+        sum += pm->decode_bytes_by_type[t];
+    CHECK_EQ_INT(sum, plan_model_bytes_per_token(pm));
+}
+
 static void test_model_shape_sizes(void)
 {
     /* Llama 3.3 70B Q4_K_M: the published file is 42.52 GB (tensors and a few MB of tokenizer) */
@@ -191,6 +201,13 @@ static void test_model_shape_sizes(void)
                  28672LL / 256 * 210 * 8192); /* Q6_K in layer 0 */
     CHECK_EQ_INT(pm.layers[10].bytes[PLAN_PART_DOWN], 28672LL / 256 * 144 * 8192); /* Q4_K */
     CHECK_EQ_INT(pm.align.head_unit, 2); /* 256-column K-quant blocks over 128-wide heads */
+    check_decode_types(&pm);
+    CHECK_EQ_INT(pm.output_type, TT_TYPE_Q6_K);
+    /* the bytes a decode streams through each kernel: mostly Q4_K, Q6_K's
+     * output matrix and attn_v/ffn_down of some layers */
+    CHECK(pm.decode_bytes_by_type[TT_TYPE_Q6_K] > pm.output_bytes);
+    CHECK(pm.decode_bytes_by_type[TT_TYPE_Q4_K] > 2 * pm.decode_bytes_by_type[TT_TYPE_Q6_K]);
+    CHECK(pm.decode_bytes_by_type[TT_TYPE_F32] < pm.decode_bytes_by_type[TT_TYPE_Q6_K] / 1000);
     plan_model_free(&pm);
     /* MoE: experts stored per expert, used ones read per token */
     if (!shape_model(&pm, mk_hp(MODEL_ARCH_QWEN3MOE, 2048, 4, 32, 4, 768, 151936, 128, 8, 768, 0),
@@ -203,6 +220,7 @@ static void test_model_shape_sizes(void)
         8 * (pm.layers[0].bytes[PLAN_PART_EXP_UP] + pm.layers[0].bytes[PLAN_PART_EXP_DOWN]);
     CHECK(plan_model_bytes_per_token(&pm) > 4 * per_layer_used);
     CHECK(pm.file_bytes > plan_model_bytes_per_token(&pm) + 4 * 100 * per_layer_used / 8);
+    check_decode_types(&pm); /* the used experts' share only */
     plan_model_free(&pm);
     /* shapes a model cannot have */
     struct model_hparams bad = mk_hp(MODEL_ARCH_LLAMA, 4096, 32, 32, 6, 14336, 1000, 0, 0, 0, 0);
@@ -244,6 +262,11 @@ static void compare_with_file(struct model_hparams hp, enum tt_type t, bool mix,
     CHECK_EQ_INT(a.output_bytes, b.output_bytes);
     CHECK_EQ_INT(plan_model_bytes_per_token(&a), model_bytes_per_token(&m));
     CHECK_EQ_INT(plan_model_bytes_per_token(&b), model_bytes_per_token(&m));
+    CHECK_EQ_INT(a.output_type, b.output_type);
+    for (int t = 0; t < TT_TYPE_COUNT; t++) {
+        CHECK_EQ_INT(a.decode_bytes_by_type[t], b.decode_bytes_by_type[t]);
+        CHECK_EQ_INT(a.elems_by_type[t], b.elems_by_type[t]);
+    }
     CHECK(b.file_bytes <= a.file_bytes &&
           a.file_bytes - b.file_bytes < (4u << 20)); /* metadata, padding */
     plan_model_free(&a);
@@ -951,6 +974,55 @@ static void test_parse_topo_output(void)
     free(c);
 }
 
+/* `tutti topo`'s per-type product speeds become each model's bw_efficiency:
+ * its decode bytes over the sum of bytes_t / gbs_t. */
+static void test_matvec_types(void)
+{
+    static const char topo[] =
+        "{\"ranks\":[{\"rank\":0,\"host\":\"a\",\"cores\":8,\"isa\":\"avx512\",\"mem_total_gib\":"
+        "31.2,\"mem_avail_gib\":29.0,\"read_gbs\":50,\"matvec_gbs\":40,"
+        "\"matvec_type_gbs\":{\"q4_K\":40,\"q5_K\":38,\"q6_K\":30,\"q8_0\":45}},"
+        "{\"rank\":1,\"host\":\"b\",\"cores\":8,\"isa\":\"avx512\",\"mem_avail_gib\":29.0,"
+        "\"read_gbs\":50,\"matvec_gbs\":40},"
+        "{\"rank\":2,\"host\":\"c\",\"cores\":8,\"mem_avail_gib\":29.0,\"read_gbs\":50,"
+        "\"bw_efficiency\":0.5,\"matvec_type_gbs\":{\"q6_K\":30}},"
+        "{\"rank\":3,\"host\":\"d\",\"cores\":8,\"mem_avail_gib\":29.0,\"read_gbs\":20,"
+        "\"matvec_type_gbs\":{\"Q6_K\":30}}],"
+        "\"link\":{\"latency_us\":10,\"bandwidth_gbs\":1}}";
+    struct plan_cluster *c = malloc(sizeof(*c));
+    struct plan_model pm;
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q4_K, true)) {
+        free(c);
+        return;
+    }
+    CHECK_EQ_INT(parse(c, topo), 0);
+    CHECK_NEAR(c->ranks[0].bw_efficiency, 0.8, 1e-12); /* matvec_gbs, as before: no model yet */
+    CHECK_NEAR(c->ranks[0].matvec_type_gbs[TT_TYPE_Q6_K], 30, 0);
+    CHECK_NEAR(c->ranks[2].matvec_type_gbs[TT_TYPE_Q6_K], 0, 0); /* bw_efficiency given: dropped */
+    plan_cluster_for_model(c, &pm);
+    const double b4 = (double)pm.decode_bytes_by_type[TT_TYPE_Q4_K];
+    const double b6 = (double)pm.decode_bytes_by_type[TT_TYPE_Q6_K];
+    const double bf = (double)pm.decode_bytes_by_type[TT_TYPE_F32]; /* norms: at matvec_gbs */
+    const double mixed = (b4 + b6 + bf) / (b4 / 40 + b6 / 30 + bf / 40);
+    CHECK_NEAR(c->ranks[0].bw_efficiency, mixed / 50, 1e-12);
+    CHECK(c->ranks[0].bw_efficiency < 0.8 && c->ranks[0].bw_efficiency > 0.6);
+    CHECK_NEAR(c->ranks[1].bw_efficiency, 0.8, 0); /* no per-type figures: as it was */
+    CHECK_NEAR(c->ranks[2].bw_efficiency, 0.5, 0); /* given */
+    CHECK_NEAR(c->ranks[3].bw_efficiency, 1.0, 0); /* above read_gbs: clamped */
+    CHECK_EQ_INT(plan_cluster_check(c), 0);
+    /* the same description for a Q8_0 model: its one type */
+    plan_model_free(&pm);
+    if (!shape_model(&pm, llama_70b(), TT_TYPE_Q8_0, false)) {
+        free(c);
+        return;
+    }
+    CHECK_EQ_INT(parse(c, topo), 0);
+    plan_cluster_for_model(c, &pm);
+    CHECK_NEAR(c->ranks[0].bw_efficiency, 0.9, 1e-3); /* 45 of 50, the F32 norms at 40 */
+    plan_model_free(&pm);
+    free(c);
+}
+
 struct bad_case {
     const char *text;
     int err;
@@ -1045,6 +1117,18 @@ static const struct bad_case bad_cases[] = {
     {"{\"ranks\":[" RANK "],\"sources\":[1]}", TT_EFORMAT, "\"sources\"[0] must be a string"},
     {"{\"ranks\":[" RANK "],\"name\":7}", TT_EFORMAT, "\"name\" must be a string"},
     {"{\"ranks\":[\"a\"]}", TT_EFORMAT, "ranks[0]: must be an object"},
+    {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":8,"
+     "\"matvec_type_gbs\":[1]}]}",
+     TT_EFORMAT, "ranks[0]: \"matvec_type_gbs\" must be an object"},
+    {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":8,"
+     "\"matvec_type_gbs\":{\"q3_K\":5}}]}",
+     TT_EFORMAT, "unknown weight type \"q3_K\""},
+    {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":8,"
+     "\"matvec_type_gbs\":{\"q4_K\":0}}]}",
+     TT_EFORMAT, "\"matvec_type_gbs\".\"q4_K\" must be a number > 0"},
+    {"{\"ranks\":[{\"host\":\"a\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":8,"
+     "\"matvec_type_gbs\":{\"q6_K\":\"fast\"}}]}",
+     TT_EFORMAT, "\"matvec_type_gbs\".\"q6_K\" must be a number"},
     {"{\"ranks\":[{\"host\":\"a\\u0000b\",\"read_gbs\":1,\"gflops\":1,\"mem_avail_gib\":8}]}",
      TT_EFORMAT, "line 1"},
 };
@@ -1119,6 +1203,7 @@ static void test_parse_fuzz(void)
 
 static const struct test_case cases[] = {
     {"model_shape_sizes", test_model_shape_sizes},
+    {"matvec_types", test_matvec_types},
     {"shape_matches_file", test_shape_matches_file},
     {"many_shapes", test_many_shapes},
     {"deterministic", test_deterministic},

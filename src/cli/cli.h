@@ -131,9 +131,10 @@ void cli_json_str(FILE *fp, const char *s, size_t len);
  * JSON text (malloc'd), the others NULL. */
 char *cli_topo_json(int threads);
 
-/* Measured memory read bandwidth in GB/s using n_threads (bench.c). With
- * `together` (collective over it), every rank starts timing at once, after
- * a barrier: each measures its share of what the host gives them all. */
+/* Measured memory read bandwidth in GB/s using n_threads (cmd_bench.c):
+ * passes over 1 GiB, the best over CLI_PROBE_WINDOW_S. With `together`
+ * (collective over it), every rank starts timing at once, after a barrier:
+ * each measures its share of what the host gives them all. */
 double cli_measure_read_bw(int n_threads, struct comm *together);
 
 /* A product of rows x n weights of `type` against n_tok activation rows,
@@ -156,10 +157,30 @@ bool cli_product_init(struct cli_product *p, enum tt_type type, int64_t n, int64
 /* Seconds p->reps runs of the product take on the pool's threads. */
 double cli_product_time(struct cli_product *p, struct tt_pool *pool);
 void cli_product_free(struct cli_product *p);
-/* GB/s of weights a one-token Q4_K product over 512 MiB (past any cache)
- * reads: what decode reaches; best of 4 (0 when out of memory). `together`
- * as cli_measure_read_bw's. */
-double cli_measure_matvec_gbs(struct tt_pool *pool, struct comm *together);
+/* The window every CPU probe (read bandwidth, products, attention) repeats
+ * its sample over, keeping the best (cli_measure.c says why). 0.4 s holds
+ * 12-60 samples of the read and matrix-vector probes (1 GiB and 512 MiB at
+ * 30-80 GB/s) and 20 of the 20 ms prompt samples: many more than the
+ * noisy slices of a shared host (scheduler quanta of 3-24 ms, a
+ * neighbour's bursts) spoil, while `tutti plan`'s five to seven probes
+ * still take a few seconds. */
+#define CLI_PROBE_WINDOW_S 0.4
+/* Run sample(ctx) (a rate: higher is better) until window_s seconds have
+ * passed; the best of the samples that ended inside the window (the first
+ * one even if it did not). */
+double cli_probe_best(double (*sample)(void *ctx), void *ctx, double window_s);
+/* Whether a product of weights of `type` can be timed on this CPU (a
+ * stored type with a kernel and an activation quantizer). */
+bool cli_type_probed(enum tt_type type);
+/* GB/s of weights a one-token product over 512 MiB (past any cache) of
+ * `type` reads: what decode reaches on such weights; the best over
+ * CLI_PROBE_WINDOW_S (0 when out of memory or not cli_type_probed).
+ * `together` as cli_measure_read_bw's (taken even when 0 is returned). */
+double cli_measure_matvec_gbs(struct tt_pool *pool, enum tt_type type, struct comm *together);
+/* Ask for huge pages under [p, p + bytes) (whole pages inside it), before
+ * its first touch: the engine's packed weights have them (engine_shard.c),
+ * so the probes that stream memory take them too. Only advice. */
+void cli_advise_huge_pages(void *p, size_t bytes);
 /* This machine's total and available memory in GiB, from /proc/meminfo
  * (cli_measure.c); 0 where it cannot be read. */
 void cli_meminfo(double *total_gib, double *avail_gib);

@@ -312,6 +312,7 @@ static struct plan *plan_auto(struct cli_model_opts *o, const struct model *m)
         if (!err && cl->n_ranks != n)
             cli_die(0, "--plan auto: the cluster description has %d ranks, this job %d", cl->n_ranks, n);
         if (!err) err = plan_model_from_model(&pm, m);
+        if (!err) plan_cluster_for_model(cl, &pm);
         if (!err && (err = plan_search(&res, &pm, cl, &w))) plan_model_free(&pm);
         if (err) cli_die(err, "--plan auto");
         if (res.chosen < 0) cli_die(0, "--plan auto: no layout fits this cluster's memory");

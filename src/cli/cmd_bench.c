@@ -32,7 +32,6 @@
 #include <string.h>
 
 #define BW_BUFFER_BYTES (1ull << 30)
-#define BW_REPEATS 3
 #define ENERGY_MIN_S 1.0 /* metering window of each phase */
 
 struct bw_job {
@@ -50,6 +49,20 @@ static void bw_run(void *p, int ith, int nth)
     j->sums[ith] = e > b ? j->ops->dot_f32(e - b, j->buf + b, j->buf + b) : 0.0f;
 }
 
+struct bw_probe {
+    struct tt_pool *pool;
+    struct bw_job *job;
+};
+
+/* GB/s of one pass over the buffer. */
+static double bw_sample(void *ctx)
+{
+    struct bw_probe *pr = ctx;
+    const double t0 = tt_now_s();
+    tt_pool_run(pr->pool, bw_run, pr->job);
+    return (double)BW_BUFFER_BYTES / (tt_now_s() - t0) / 1e9;
+}
+
 double cli_measure_read_bw(int n_threads, struct comm *together)
 {
     struct tt_pool *pool = tt_pool_create(n_threads);
@@ -60,15 +73,11 @@ double cli_measure_read_bw(int n_threads, struct comm *together)
         return 0.0;
     }
     struct bw_job j = { kcpu_get(), buf, BW_BUFFER_BYTES / sizeof(float), { 0 } };
+    cli_advise_huge_pages(buf, BW_BUFFER_BYTES); /* as the engine's packed weights */
     for (int64_t i = 0; i < j.n; i += 1024) buf[i] = 1.0f; /* fault the pages in */
     if (together && comm_barrier(together)) tt_warn("ranks not measured at once: %s", tt_error_detail());
-    double best = 0.0;
-    for (int r = 0; r < BW_REPEATS; r++) {
-        double t0 = tt_now_s();
-        tt_pool_run(pool, bw_run, &j);
-        double gbs = (double)BW_BUFFER_BYTES / (tt_now_s() - t0) / 1e9;
-        best = gbs > best ? gbs : best;
-    }
+    struct bw_probe pr = { pool, &j };
+    const double best = cli_probe_best(bw_sample, &pr, CLI_PROBE_WINDOW_S);
     tt_free(buf);
     tt_pool_destroy(pool);
     return best;

@@ -254,18 +254,71 @@ static void load_model(const struct plan_opts *o, struct plan_model *pm, char *d
 
 /* Matrix-product speed (GFLOP/s) on weights of `type` in prompt-sized
  * batches: the engine's batch of 256 tokens against 2048 rows of 4096
- * columns (several MiB: past the private caches, as a layer's matrices). */
+ * columns (several MiB: past the private caches, as a layer's matrices).
+ * A sample is as many products as take PLAN_GEMM_SAMPLE_S (a layer's
+ * products in a prompt chunk take milliseconds to tens of them: a sample
+ * that short would also catch clock boosts a long prompt does not keep);
+ * the best sample over CLI_PROBE_WINDOW_S. */
+#define PLAN_GEMM_SAMPLE_S 0.02
+
+struct gemm_probe {
+    struct cli_product p;
+    struct tt_pool *pool;
+};
+
+static double gemm_sample(void *ctx)
+{
+    struct gemm_probe *g = ctx;
+    const struct cli_product *p = &g->p;
+    const double flops = 2.0 * (double)(p->rows * p->n * p->n_tok) * p->reps;
+    return flops / cli_product_time(&g->p, g->pool) / 1e9;
+}
+
 static double measure_gemm(struct tt_pool *pool, enum tt_type type)
 {
     const int64_t n = 4096, rows = 2048, n_tok = 256;
-    struct cli_product p;
-    if (!cli_product_init(&p, type, n, rows, n_tok, false)) return 0.0;
-    double t = 0.0;
-    for (p.reps = 1;; p.reps *= 2)
-        if ((t = cli_product_time(&p, pool)) >= 0.15) break;
-    const double gflops = 2.0 * (double)(rows * n * n_tok) * p.reps / t / 1e9;
-    cli_product_free(&p);
+    struct gemm_probe g = {.pool = pool};
+    if (!cli_type_probed(type) || !cli_product_init(&g.p, type, n, rows, n_tok, false)) return 0.0;
+    while (cli_product_time(&g.p, pool) < PLAN_GEMM_SAMPLE_S && g.p.reps < (1 << 20))
+        g.p.reps *= 2;
+    const double gflops = cli_probe_best(gemm_sample, &g, CLI_PROBE_WINDOW_S);
+    cli_product_free(&g.p);
     return gflops;
+}
+
+/* Types holding less than this share of what a probe mixes (the norms'
+ * F32, a stray tensor) are not timed: they count at the mixed rate. */
+#define PLAN_TYPE_SHARE_MIN 0.02
+
+/* The rate of a mix of weight types: amount[t] of the model's work is on
+ * weights of type t (bytes a decode step reads, or multiply-adds of a
+ * prompt); each type holding at least PLAN_TYPE_SHARE_MIN of it is timed
+ * by probe (a rate), and since the times add, the mix runs at
+ * sum(amount) / sum(amount_t / rate_t) over the timed types. 0 when a
+ * probe fails or no type can be timed. */
+static double type_mix(struct tt_pool *pool, const uint64_t amount[TT_TYPE_COUNT],
+                       double (*probe)(struct tt_pool *, enum tt_type), const char *what)
+{
+    double all = 0.0, timed = 0.0, time = 0.0;
+    for (int t = 0; t < TT_TYPE_COUNT; t++)
+        all += (double)amount[t];
+    for (int t = 0; t < TT_TYPE_COUNT; t++) {
+        if (!amount[t] || (double)amount[t] < PLAN_TYPE_SHARE_MIN * all ||
+            !cli_type_probed((enum tt_type)t))
+            continue;
+        const double rate = probe(pool, (enum tt_type)t);
+        if (!(rate > 0)) return 0.0;
+        tt_info("%s: %s %.1f (%.0f%% of the model's)", what, tt_type_name((uint32_t)t), rate,
+                100.0 * (double)amount[t] / all);
+        timed += (double)amount[t];
+        time += (double)amount[t] / rate;
+    }
+    return time > 0 ? timed / time : 0.0;
+}
+
+static double matvec_probe(struct tt_pool *pool, enum tt_type type)
+{
+    return cli_measure_matvec_gbs(pool, type, NULL);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -298,29 +351,44 @@ static double measure_job(struct tt_pool *pool)
  * in the session before. A property of the engine, not of the machine. */
 #define PLAN_GEMM_IN_ENGINE 0.70
 
-/* Prompt matrix-product speed for this model's weights: the K-quant kernels
- * measured, mixed by the model's multiply-adds in Q6_K (output matrix, some
- * attn_v/ffn_down in *_M mixes) and in Q4_K (everything else taken as
- * Q4_K): the harmonic mean, as the time adds; times PLAN_GEMM_IN_ENGINE. */
+/* Prompt matrix-product speed for this model's weights: each type's kernel
+ * timed and mixed by the model's multiply-adds in it (type_mix), the
+ * output matrix left out (a prompt computes the last token's logits only:
+ * a one-token product, not a batch's); times PLAN_GEMM_IN_ENGINE. */
 static double model_gflops(struct tt_pool *pool, const struct plan_model *pm)
 {
-    const double g4 = measure_gemm(pool, TT_TYPE_Q4_K);
-    const double f6 = plan_model_type_share(pm, TT_TYPE_Q6_K);
-    if (!(f6 > 0)) return g4 * PLAN_GEMM_IN_ENGINE;
-    const double g6 = measure_gemm(pool, TT_TYPE_Q6_K);
-    return g4 > 0 && g6 > 0 ? PLAN_GEMM_IN_ENGINE / ((1.0 - f6) / g4 + f6 / g6) : 0.0;
+    uint64_t elems[TT_TYPE_COUNT];
+    memcpy(elems, pm->elems_by_type, sizeof(elems));
+    if (pm->output_type < TT_TYPE_COUNT && elems[pm->output_type] >= pm->output_elems)
+        elems[pm->output_type] -= pm->output_elems;
+    return PLAN_GEMM_IN_ENGINE * type_mix(pool, elems, measure_gemm, "prompt GFLOP/s");
 }
 
-/* Attention as the engine runs it on an F16 cache (engine_ops.c): per head,
- * query-key dots over strided cache rows, exponentials, value sums. Each
- * thread works one head column of a 1024-position, 8-KV-head cache. */
+/* The one-token products' speed for this model's weights (what its decode
+ * streams them at): each type's over 512 MiB, mixed by the bytes a decode
+ * step reads in it (type_mix). A Q4_K_M model is mostly Q4_K and Q6_K;
+ * on the 2-core machine the Q6_K kernel read 0.85-1.15 as fast as Q4_K's
+ * (slower where memory limits both, faster where its cores do: fewer
+ * weights to decode per byte). */
+static double model_matvec_gbs(struct tt_pool *pool, const struct plan_model *pm)
+{
+    return type_mix(pool, pm->decode_bytes_by_type, matvec_probe, "decode GB/s");
+}
+
+/* Attention as the engine runs it on an F16 cache (engine_ops.c,
+ * attend_one): per query head, the key scores over strided cache rows
+ * (kcpu_scores_f16: the registers-kept op where the kernel table has one,
+ * as the engine calls it; the loops over dot_f16_f32 that an earlier probe
+ * timed are slower), exponentials and their sum, the value mix
+ * (kcpu_mix_f16). The model's head size and KV heads (the cache's row
+ * stride); each thread works one KV head of an n_pos-position cache. */
 struct attn_bench {
     const struct kcpu_ops *ops;
-    const tt_f16 *kv; /* [n_pos][8][hd] */
+    const tt_f16 *kv; /* [n_pos][n_kv][hd] */
     const float *q;   /* [hd] */
     float *scores;    /* [threads][n_pos] */
     float *out;       /* [threads][hd] */
-    int64_t n_pos, hd;
+    int64_t n_pos, hd, n_kv;
     int reps;
 };
 
@@ -328,46 +396,69 @@ static void attn_bench_run(void *p, int ith, int nth)
 {
     const struct attn_bench *j = p;
     float *sc = j->scores + (size_t)ith * j->n_pos, *out = j->out + (size_t)ith * j->hd;
-    const tt_f16 *kv = j->kv + (size_t)(ith % 8) * j->hd;
+    const tt_f16 *kv = j->kv + (size_t)(ith % j->n_kv) * j->hd;
+    const size_t stride = (size_t)(j->n_kv * j->hd);
+    const float scale = 1.0f / sqrtf((float)j->hd);
     for (int r = 0; r < j->reps; r++) {
-        for (int64_t t = 0; t < j->n_pos; t++)
-            sc[t] = j->ops->dot_f16_f32(j->hd, kv + t * 8 * j->hd, j->q);
-        for (int64_t t = 0; t < j->n_pos; t++)
-            sc[t] = expf(sc[t] * 1e-3f - 1.0f);
-        for (int64_t t = 0; t < j->n_pos; t++)
-            j->ops->axpy_f16(j->hd, sc[t], kv + t * 8 * j->hd, out);
+        const float maxs = kcpu_scores_f16(j->ops, j->hd, j->n_pos, kv, stride, j->q, scale, sc);
+        double sum = 0.0;
+        for (int64_t t = 0; t < j->n_pos; t++) {
+            sc[t] = expf(sc[t] - maxs);
+            sum += sc[t];
+        }
+        kcpu_mix_f16(j->ops, j->hd, j->n_pos, kv, stride, sc, (float)(1.0 / sum), out);
     }
 }
 
-/* GFLOP/s of attention (4 per position and head dimension). */
-static double measure_attention(struct tt_pool *pool, int n_threads)
+struct attn_probe {
+    struct attn_bench j;
+    struct tt_pool *pool;
+    int n_threads;
+};
+
+/* GFLOP/s of one run (4 per position and head dimension, per thread). */
+static double attn_sample(void *ctx)
 {
-    const int64_t n_pos = 1024, hd = 128;
-    struct attn_bench j = {kcpu_get(),
-                           tt_alloc(sizeof(tt_f16) * (size_t)(n_pos * 8 * hd)),
-                           tt_alloc(sizeof(float) * hd),
-                           tt_alloc(sizeof(float) * (size_t)(n_threads * n_pos)),
-                           tt_alloc(sizeof(float) * (size_t)(n_threads * hd)),
-                           n_pos,
-                           hd,
-                           1};
-    double gflops = 0.0, t = 0.0;
-    if (j.kv && j.q && j.scores && j.out) {
-        for (int64_t i = 0; i < n_pos * 8 * hd; i++)
-            ((tt_f16 *)j.kv)[i] = tt_f32_to_f16((float)(i % 7) * 0.01f);
+    struct attn_probe *a = ctx;
+    const double t0 = tt_now_s();
+    tt_pool_run(a->pool, attn_bench_run, &a->j);
+    const double t = tt_now_s() - t0;
+    return 4.0 * (double)(a->j.hd * a->j.n_pos) * a->j.reps * a->n_threads / t / 1e9;
+}
+
+/* GFLOP/s of attention over the positions a prompt of `prompt` tokens
+ * attends on average (half of it, 128-2048), the best over
+ * CLI_PROBE_WINDOW_S of samples of PLAN_GEMM_SAMPLE_S. */
+static double measure_attention(struct tt_pool *pool, int n_threads, const struct model_hparams *hp,
+                                int32_t prompt)
+{
+    const int64_t n_pos = TT_MAX(128, TT_MIN(2048, prompt / 2));
+    const int64_t hd = hp->head_dim >= 16 && hp->head_dim <= 512 ? hp->head_dim : 128;
+    const int64_t n_kv = TT_MAX(1, TT_MIN(16, hp->n_head_kv));
+    struct attn_probe a = {{kcpu_get(), tt_alloc(sizeof(tt_f16) * (size_t)(n_pos * n_kv * hd)),
+                            tt_alloc(sizeof(float) * (size_t)hd),
+                            tt_alloc(sizeof(float) * (size_t)(n_threads * n_pos)),
+                            tt_alloc(sizeof(float) * (size_t)(n_threads * hd)), n_pos, hd, n_kv, 1},
+                           pool,
+                           n_threads};
+    struct attn_bench *j = &a.j;
+    double gflops = 0.0;
+    if (j->kv && j->q && j->scores && j->out) {
+        for (int64_t i = 0; i < n_pos * n_kv * hd; i++)
+            ((tt_f16 *)j->kv)[i] = tt_f32_to_f16((float)(i % 7) * 0.01f);
         for (int64_t i = 0; i < hd; i++)
-            ((float *)j.q)[i] = 0.5f;
-        for (j.reps = 1;; j.reps *= 2) {
+            ((float *)j->q)[i] = 0.5f;
+        for (;; j->reps *= 2) {
             const double t0 = tt_now_s();
-            tt_pool_run(pool, attn_bench_run, &j);
-            if ((t = tt_now_s() - t0) >= 0.1) break;
+            tt_pool_run(pool, attn_bench_run, j);
+            if (tt_now_s() - t0 >= PLAN_GEMM_SAMPLE_S || j->reps >= (1 << 20)) break;
         }
-        gflops = 4.0 * (double)(hd * n_pos) * j.reps * n_threads / t / 1e9;
+        gflops = cli_probe_best(attn_sample, &a, CLI_PROBE_WINDOW_S);
     }
-    tt_free(j.out);
-    tt_free(j.scores);
-    tt_free((void *)j.q);
-    tt_free((void *)j.kv);
+    tt_free(j->out);
+    tt_free(j->scores);
+    tt_free((void *)j->q);
+    tt_free((void *)j->kv);
     return gflops;
 }
 
@@ -392,11 +483,11 @@ static double measure_jitter(struct tt_pool *pool)
 }
 
 /* This machine as a one-rank cluster: measured read bandwidth and, as a
- * fraction of it, the bandwidth of a matrix-vector product; matrix-product
- * and attention speed; free memory from /proc/meminfo; a per-layer
- * overhead: the cost of one
- * parallel job times the jobs a decode step runs per layer (engine_ops.c:
- * q/k/v, attention, output, gate/up, down; MoE: router and two per expert). */
+ * fraction of it, the bandwidth of the model's matrix-vector products (its
+ * weight types mixed); matrix-product and attention speed; free memory
+ * from /proc/meminfo; a per-layer overhead: the cost of one parallel job
+ * times the jobs a decode step runs per layer (engine_ops.c: q/k/v,
+ * attention, output, gate/up, down; MoE: router and two per expert). */
 static void this_machine(const struct plan_opts *o, const struct plan_model *pm,
                          struct plan_cluster *c)
 {
@@ -423,9 +514,9 @@ static void this_machine(const struct plan_opts *o, const struct plan_model *pm,
     if (!pool) cli_die(TT_ENOMEM, "measuring this machine");
     r->gflops = model_gflops(pool, pm);
     const double job_s = measure_job(pool);
-    const double matvec = cli_measure_matvec_gbs(pool, NULL);
+    const double matvec = model_matvec_gbs(pool, pm);
     r->jitter = measure_jitter(pool);
-    r->attn_gflops = measure_attention(pool, n_threads);
+    r->attn_gflops = measure_attention(pool, n_threads, hp, o->w.prompt_tokens);
     tt_pool_destroy(pool);
     if (!(r->read_gbs > 0) || !(r->gflops > 0) || !(matvec > 0) || !(r->attn_gflops > 0))
         cli_die(TT_ENOMEM, "measuring this machine");
@@ -811,9 +902,10 @@ int cmd_plan(int argc, char **argv)
     load_model(&o, &pm, desc, sizeof(desc));
     struct plan_cluster *c = calloc(1, sizeof(*c));
     if (!c) cli_die(TT_ENOMEM, "planning");
-    if (o.cluster_path)
+    if (o.cluster_path) {
         cli_load_cluster(o.cluster_path, c);
-    else
+        plan_cluster_for_model(c, &pm); /* per-type product speeds, where `tutti topo` gave them */
+    } else
         this_machine(&o, &pm, c);
     struct plan_result res;
     int err = plan_search(&res, &pm, c, &o.w);

@@ -1,8 +1,10 @@
 /*
  * cmd_topo.c: `tutti topo`, what the cluster is, measured. Under mpirun every
  * rank reports its host, cores, instruction set, memory, memory read
- * bandwidth and Q4_K matrix-vector speed (the decode kernel, on a matrix
- * larger than the caches); then every pair of ranks measures its latency
+ * bandwidth and matrix-vector speed (the decode kernel, on a matrix larger
+ * than the caches: Q4_K as matvec_gbs, and per weight type of
+ * topo_matvec_types as matvec_type_gbs, which `tutti plan --cluster` mixes
+ * by a model's bytes); then every pair of ranks measures its latency
  * (as a decode's joins see it, below) and bandwidth (4 MiB messages), one pair at a time
  * so pairs do not compete: one way (what a pipeline's sends see), then both
  * ways at once (what collectives see: every rank sends and receives at the
@@ -76,6 +78,15 @@
 #define TOPO_BURST_REPS 3
 #define TOPO_BURST_MAX_BYTES (32u << 10) /* below Open MPI's TCP eager limit */
 #define TOPO_TAG 7801
+/* The weight types whose one-token products a CPU rank times (matvec_type_gbs):
+ * those of the files users bring (Q4_K_M and Q5_K_M: Q4_K or Q5_K with
+ * Q6_K; Q6_K; Q8_0); `tutti plan --cluster` mixes them by each model's
+ * bytes (plan_cluster_for_model). On the 2-core machine Q6_K read 0.85-1.15
+ * as fast as Q4_K and Q8_0 0.9-1.2, as memory or the cores limited them.
+ * Q4_K comes first: it is also matvec_gbs. */
+#define TOPO_MATVEC_TYPES 4
+static const enum tt_type topo_matvec_types[TOPO_MATVEC_TYPES] = { TT_TYPE_Q4_K, TT_TYPE_Q5_K, TT_TYPE_Q6_K,
+                                                                   TT_TYPE_Q8_0 };
 
 struct topo_rank {
     char host[COMM_HOST_MAX];
@@ -84,6 +95,7 @@ struct topo_rank {
     double mem_total_gib, mem_avail_gib;
     double read_gbs;
     double matvec_gbs;   /* Q4_K weights streamed per second by the decode kernel */
+    double matvec_type_gbs[TOPO_MATVEC_TYPES]; /* the same per type of topo_matvec_types (CPU) */
     double gflops;       /* a GPU rank's prompt products (0: a CPU rank) */
     double overhead_us;  /* a GPU rank's small kernels per layer */
     char device[PLAN_NAME_MAX];
@@ -108,14 +120,15 @@ static bool describe_gpu(struct topo_rank *mine, int local_rank)
     return true;
 }
 
-/* GB/s of Q4_K weights through the decode kernel with n_threads threads
- * (cli_measure.c: the engine's layout on this CPU). */
-static double measure_matvec(int n_threads, struct comm *together)
+/* GB/s of each of topo_matvec_types' weights through the decode kernel with
+ * n_threads threads (cli_measure.c: the engine's layout on this CPU), the
+ * ranks together: one barrier per type. */
+static void measure_matvec(int n_threads, struct comm *together, double gbs[TOPO_MATVEC_TYPES])
 {
     struct tt_pool *pool = tt_pool_create(n_threads);
-    const double gbs = cli_measure_matvec_gbs(pool, together); /* 0 without a pool, after the barrier */
+    for (int k = 0; k < TOPO_MATVEC_TYPES; k++) /* 0 without a pool, after the barrier */
+        gbs[k] = cli_measure_matvec_gbs(pool, topo_matvec_types[k], together);
     tt_pool_destroy(pool);
-    return gbs;
 }
 
 /* Busy for us microseconds, as a rank computing between two joins. */
@@ -304,9 +317,11 @@ static void topo_measure(struct topo *t, int threads, bool gpu)
     if (!gpu || !describe_gpu(&mine, local_rank)) {
         cli_meminfo(&mine.mem_total_gib, &mine.mem_avail_gib);
         mine.read_gbs = cli_measure_read_bw(threads ? threads : mine.cores, c);
-        mine.matvec_gbs = measure_matvec(threads ? threads : mine.cores, c);
-    } else if (comm_barrier(c) || comm_barrier(c)) { /* the CPU ranks' two */
-        cli_die(TT_ECOMM, "measuring the ranks at once");
+        measure_matvec(threads ? threads : mine.cores, c, mine.matvec_type_gbs);
+        mine.matvec_gbs = mine.matvec_type_gbs[0];
+    } else { /* the CPU ranks' barriers: one for the read, one per product type */
+        for (int k = 0; k <= TOPO_MATVEC_TYPES; k++)
+            if (comm_barrier(c)) cli_die(TT_ECOMM, "measuring the ranks at once");
     }
     t->n = n;
     t->all = calloc((size_t)n, sizeof(*t->all));
@@ -356,6 +371,12 @@ static void topo_json(FILE *fp, const struct topo *t)
                 "\"read_gbs\":%.2f,\"matvec_gbs\":%.2f", all[r].cores,
                 kcpu_isa_name((enum kcpu_isa)all[r].isa), all[r].mem_total_gib, all[r].mem_avail_gib,
                 all[r].read_gbs, all[r].matvec_gbs);
+        int n_types = 0;
+        for (int k = 0; k < TOPO_MATVEC_TYPES; k++)
+            if (all[r].matvec_type_gbs[k] > 0)
+                fprintf(fp, "%s\"%s\":%.2f", n_types++ ? "," : ",\"matvec_type_gbs\":{",
+                        tt_type_name(topo_matvec_types[k]), all[r].matvec_type_gbs[k]);
+        if (n_types) fprintf(fp, "}");
         if (all[r].gflops > 0) {
             fprintf(fp, ",\"gflops\":%.1f,\"attn_gflops\":%.1f,\"overhead_us\":%.2f,\"device\":",
                     all[r].gflops, all[r].gflops, all[r].overhead_us);

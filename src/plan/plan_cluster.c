@@ -137,6 +137,35 @@ static int gflops_estimate(json_t *obj, const char *where, double *gflops)
     return 0;
 }
 
+static bool in_range(double x, double lo, bool lo_open, double hi);
+
+/* "matvec_type_gbs": {"q4_K": 40.1, "q6_K": 35.2, ...}, `tutti topo`'s
+ * one-token product speed per weight type. An explicit bw_efficiency wins:
+ * the figures are checked, then dropped. */
+static int parse_type_rates(json_t *o, const char *where, struct plan_hw_rank *r)
+{
+    json_t *v = json_object_get(o, "matvec_type_gbs"), *x;
+    const char *key;
+    if (!v) return 0;
+    if (!json_is_object(v))
+        return jfail(where, "\"matvec_type_gbs\" must be an object of GB/s by weight type "
+                            "(\"q4_K\": 40)");
+    json_object_foreach(v, key, x)
+    {
+        const int t = tt_type_from_name(key);
+        if (t < 0 || !tt_type_is_stored((uint32_t)t))
+            return jfail(where, "\"matvec_type_gbs\": unknown weight type \"%.32s\" (known: %s)",
+                         key, tt_type_supported_list());
+        if (!json_is_number(x) || !in_range(json_number_value(x), 0, true, 1e6))
+            return jfail(where, "\"matvec_type_gbs\".\"%s\" must be a number > 0 and <= 1e+06",
+                         key);
+        r->matvec_type_gbs[t] = json_number_value(x);
+    }
+    if (json_object_get(o, "bw_efficiency"))
+        memset(r->matvec_type_gbs, 0, sizeof(r->matvec_type_gbs));
+    return 0;
+}
+
 static int parse_rank_figures(json_t *o, const char *where, struct plan_hw_rank *r)
 {
     int err = num_field(o, "read_gbs", where, 0, true, 1e6, true, 0, &r->read_gbs);
@@ -147,6 +176,7 @@ static int parse_rank_figures(json_t *o, const char *where, struct plan_hw_rank 
     if (!err) err = num_field(o, "matvec_gbs", where, 0, false, 1e6, false, 0, &matvec);
     if (!err && matvec > 0 && !json_object_get(o, "bw_efficiency") && r->read_gbs > 0)
         r->bw_efficiency = matvec / r->read_gbs > 1.0 ? 1.0 : matvec / r->read_gbs < 0.05 ? 0.05 : matvec / r->read_gbs;
+    if (!err) err = parse_type_rates(o, where, r);
     if (!err) err = num_field(o, "mem_avail_gib", where, 0, true, 1e6, true, 0, &r->mem_avail_gib);
     if (!err)
         err = num_field(o, "mem_total_gib", where, 0, true, 1e6, false, r->mem_avail_gib,
@@ -182,7 +212,7 @@ static int parse_rank_entry(struct plan_cluster *c, json_t *o, size_t i)
         "bw_efficiency", "gflops",        "attn_gflops", "host_read_gbs", "host_gflops",
         "mem_avail_gib", "mem_total_gib", "overhead_us", "rank",          "cores",
         "isa",           "comment",       "matvec_gbs",  "jitter",        "step_overhead_us",
-        "token_overhead_us", NULL};
+        "token_overhead_us", "matvec_type_gbs", NULL};
     char where[48];
     snprintf(where, sizeof(where), "ranks[%zu]", i);
     if (!json_is_object(o)) return jfail(where, "must be an object");
@@ -359,6 +389,32 @@ static bool in_range(double x, double lo, bool lo_open, double hi)
     return isfinite(x) && x >= lo && !(lo_open && x <= lo) && x <= hi;
 }
 
+static bool type_rates_in_range(const struct plan_hw_rank *h)
+{
+    for (int t = 0; t < TT_TYPE_COUNT; t++)
+        if (!in_range(h->matvec_type_gbs[t], 0, false, 1e6)) return false;
+    return true;
+}
+
+void plan_cluster_for_model(struct plan_cluster *c, const struct plan_model *pm)
+{
+    for (int r = 0; r < c->n_ranks; r++) {
+        struct plan_hw_rank *h = &c->ranks[r];
+        const double other = h->read_gbs * h->bw_efficiency; /* a type not measured */
+        double bytes = 0.0, time = 0.0;
+        bool measured = false;
+        for (int t = 0; t < TT_TYPE_COUNT; t++) {
+            const double b = (double)pm->decode_bytes_by_type[t];
+            measured |= h->matvec_type_gbs[t] > 0;
+            if (!(b > 0)) continue;
+            bytes += b;
+            time += b / (h->matvec_type_gbs[t] > 0 ? h->matvec_type_gbs[t] : other);
+        }
+        if (!measured || !(time > 0) || !(h->read_gbs > 0)) continue;
+        h->bw_efficiency = fmin(1.0, fmax(0.05, bytes / time / h->read_gbs));
+    }
+}
+
 int plan_cluster_check(const struct plan_cluster *c)
 {
     if (c->n_ranks < 1 || c->n_ranks > PLAN_CLUSTER_RANKS_MAX)
@@ -374,7 +430,8 @@ int plan_cluster_check(const struct plan_cluster *c)
             !in_range(h->host_gflops, 0, false, 1e9) || !in_range(h->mem_avail_gib, 0, true, 1e6) ||
             !in_range(h->overhead_us, 0, false, 1e6) ||
             !in_range(h->step_overhead_us, 0, false, 1e6) ||
-            !in_range(h->token_overhead_us, 0, false, 1e6) || !in_range(h->jitter, 0, false, 10))
+            !in_range(h->token_overhead_us, 0, false, 1e6) || !in_range(h->jitter, 0, false, 10) ||
+            !type_rates_in_range(h))
             return tt_error_set(TT_EINVAL,
                                 "cluster: rank %d has a figure out of range (read_gbs %g, "
                                 "bw_efficiency %g, gflops %g, mem_avail_gib %g, overhead_us %g, "

@@ -126,7 +126,11 @@ static void visit_weight(void *ctx, struct model_weight *w, const char *name, bo
     const bool expert = p == PLAN_PART_EXP_UP || p == PLAN_PART_EXP_DOWN;
     lc->bytes[p] += expert ? bytes / (uint64_t)ne2 : bytes;
     lc->elems[p] += expert ? elems / (uint64_t)ne2 : elems;
-    if (type < TT_TYPE_COUNT) v->pm->elems_by_type[type] += elems;
+    if (type < TT_TYPE_COUNT) {
+        v->pm->elems_by_type[type] += elems;
+        v->pm->decode_bytes_by_type[type] +=
+            expert ? bytes / (uint64_t)ne2 * (uint64_t)v->pm->hp.n_expert_used : bytes;
+    }
     if (w == &v->l->wo) v->wo_block = TT_MAX(v->wo_block, plan_act_block(type));
     if (w == &v->l->w_down) v->down_block = TT_MAX(v->down_block, plan_act_block(type));
     if (w == &v->l->down_exps) v->dexp_block = TT_MAX(v->dexp_block, plan_act_block(type));
@@ -170,7 +174,11 @@ int plan_model_from_model(struct plan_model *pm, const struct model *m)
     pm->output_bytes = o->row_bytes * (uint64_t)o->ne[1];
     pm->output_elems = (uint64_t)o->ne[0] * (uint64_t)o->ne[1];
     pm->output_norm_bytes = m->output_norm.row_bytes;
-    if (o->type < TT_TYPE_COUNT) pm->elems_by_type[o->type] += pm->output_elems;
+    pm->output_type = o->type < TT_TYPE_COUNT ? o->type : TT_TYPE_COUNT;
+    if (o->type < TT_TYPE_COUNT) {
+        pm->elems_by_type[o->type] += pm->output_elems;
+        pm->decode_bytes_by_type[o->type] += pm->output_bytes;
+    }
     pm->file_bytes = m->file.size_bytes ? m->file.size_bytes : m->weight_bytes;
     return 0;
 }
@@ -229,7 +237,11 @@ int plan_model_from_shape(struct plan_model *pm, const struct model_hparams *hp,
     pm->output_bytes = tt_row_size((enum tt_type)to, hp->n_embd) * (uint64_t)hp->n_vocab;
     pm->output_elems = (uint64_t)hp->n_embd * (uint64_t)hp->n_vocab;
     pm->output_norm_bytes = 4 * (uint64_t)hp->n_embd;
-    if (to < TT_TYPE_COUNT) pm->elems_by_type[to] += pm->output_elems;
+    pm->output_type = to < TT_TYPE_COUNT ? to : TT_TYPE_COUNT;
+    if (to < TT_TYPE_COUNT) {
+        pm->elems_by_type[to] += pm->output_elems;
+        pm->decode_bytes_by_type[to] += pm->output_bytes;
+    }
     pm->file_bytes = pm->embd_bytes + (tied_output ? 0 : pm->output_bytes) + pm->output_norm_bytes;
     for (int il = 0; il < hp->n_layer; il++)
         for (int p = 0; p < PLAN_PART_COUNT; p++) {

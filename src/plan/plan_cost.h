@@ -70,11 +70,17 @@ struct plan_model {
     uint64_t output_bytes;          /* output matrix (= token_embd when tied) */
     uint64_t output_elems;
     uint64_t output_norm_bytes;
+    uint32_t output_type;   /* the output matrix's type (TT_TYPE_COUNT: none) */
     uint64_t file_bytes;    /* what one rank maps: the whole file (or all tensors) */
     uint32_t kv_elem_bytes; /* bytes of one KV cache element (2: F16, the default) */
     /* Weights (multiply-adds per token) stored in each type, over the layers
      * (all experts) and the output matrix: which kernels a prompt runs. */
     uint64_t elems_by_type[TT_TYPE_COUNT];
+    /* Bytes of the weights one decode token reads (the used experts' share of
+     * the experts) in each type, over the layers and the output matrix; with
+     * the embedding row and the output norm they add up to
+     * plan_model_bytes_per_token: which kernels a decode step streams. */
+    uint64_t decode_bytes_by_type[TT_TYPE_COUNT];
 };
 
 /* From a loaded model: its tensors' real types and sizes. Errors: TT_ENOMEM. */
@@ -119,6 +125,10 @@ struct plan_hw_rank {
                                  * embedding rows, RoPE tables, copies of the residual rows to
                                  * and from a device; >= 0 */
     double jitter;              /* relative spread (std. dev.) of its time between two joins, >= 0 */
+    /* GB/s of one-token products on weights of each type, as `tutti topo`
+     * measures them (matvec_type_gbs); 0: not measured. plan_cluster_for_model
+     * turns them into bw_efficiency for a model's mix of types. */
+    double matvec_type_gbs[TT_TYPE_COUNT];
 };
 
 struct plan_link {
@@ -149,6 +159,12 @@ int plan_cluster_parse(struct plan_cluster *c, const char *text, size_t len);
 int plan_cluster_check(const struct plan_cluster *c);
 /* Whether two ranks share a host. */
 bool plan_cluster_same_host(const struct plan_cluster *c, int a, int b);
+/* Fit the ranks that have per-type product speeds (matvec_type_gbs) to
+ * this model: bw_efficiency becomes the rate its decode bytes stream at,
+ * sum(bytes) / sum(bytes_t / gbs_t), over read_gbs (clamped to [0.05, 1]
+ * as matvec_gbs is), a type not measured counting at the rank's previous
+ * read_gbs * bw_efficiency. Ranks without such figures are unchanged. */
+void plan_cluster_for_model(struct plan_cluster *c, const struct plan_model *pm);
 /* A link's GB/s each way while both ways carry data (bandwidth_both_gbs,
  * or bandwidth_gbs where that is 0). */
 double plan_link_both_gbs(const struct plan_link *l);

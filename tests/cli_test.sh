@@ -110,3 +110,7 @@ grep -q '"matvec_type_gbs":{"q4_K":[0-9.]*,"q5_K":[0-9.]*,"q6_K":[0-9.]*,"q8_0":
 check plan_topo_cluster "$T" plan --shape llama-3.1-8b --cluster "$tmp/topo.json" --json
 grep -q '"bw_efficiency":' "$tmp/out" && pass plan_topo_cluster_mixed ||
     fail plan_topo_cluster_mixed "$(head -c 300 "$tmp/out")"
+# --split even: equal shares of the 4 PCs' layers, whatever their figures
+check plan_split_even "$T" plan --shape llama-3.1-8b --cluster docs/clusters/pc-4x-10gbe.json --plan pp --split even
+grep -q "8+8+8+8" "$tmp/out" && pass plan_split_even_stages || fail plan_split_even_stages "$(head -c 600 "$tmp/out")"
+refuse plan_split_bad "$T" plan --shape llama-3.1-8b --split fastest

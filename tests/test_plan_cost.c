@@ -450,6 +450,49 @@ static void test_uneven_stages(void)
     plan_model_free(&pm);
 }
 
+/* --split even (the engine's default split): a fast and a slow rank get
+ * equal heads and equal pipeline stages, and the slow rank then bounds the
+ * step, so no candidate is predicted faster than with shares by speed. */
+static void test_even_split(void)
+{
+    struct plan_model pm;
+    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 40, 32, 8, 14336, 32000, 0, 0, 0, 0),
+                     TT_TYPE_Q4_K, true))
+        return;
+    const double model_gib = (double)pm.file_bytes / GIB;
+    struct plan_cluster *c = calloc(1, sizeof(*c));
+    c->n_ranks = 2;
+    c->ranks[0] = hw("fast", 300, 3000, 4 * model_gib);
+    c->ranks[1] = hw("slow", 100, 1000, 4 * model_gib);
+    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0, 0};
+    struct plan_workload w = workload(256, 1);
+    struct plan_result by_speed, even;
+    CHECK_EQ_INT(plan_search(&by_speed, &pm, c, &w), 0);
+    w.even_split = true;
+    CHECK_EQ_INT(plan_search(&even, &pm, c, &w), 0);
+    check_result(&even, &pm, c, &w);
+    const int tp = find_layout(&even, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 2);
+    const int pp = find_layout(&even, PLAN_LAYOUT_PP, PLAN_JOIN_GATHER, 2);
+    CHECK(tp >= 0 && pp >= 0);
+    if (tp >= 0) {
+        for (int i = 0; i < 2; i++) {
+            const struct plan_rank *r = &even.cands[tp].ranks[i].slice;
+            CHECK_EQ_INT(r->head.end - r->head.begin, 16);
+            CHECK_EQ_INT(r->ff.end - r->ff.begin, 14336 / 2);
+        }
+        const int tps = find_layout(&by_speed, PLAN_LAYOUT_TP, PLAN_JOIN_GATHER, 2);
+        CHECK(tps >= 0 && even.cands[tp].decode_tok_s <= by_speed.cands[tps].decode_tok_s * (1 + 1e-9));
+        CHECK(tps >= 0 && even.cands[tp].ttft_s >= by_speed.cands[tps].ttft_s * (1 - 1e-9));
+    }
+    if (pp >= 0)
+        for (int st = 0; st < 2; st++)
+            CHECK_EQ_INT(even.cands[pp].stages[st].layer_end - even.cands[pp].stages[st].layer_begin, 20);
+    plan_result_free(&by_speed);
+    plan_result_free(&even);
+    free(c);
+    plan_model_free(&pm);
+}
+
 /* Faster links (lower latency, more bandwidth) never predict slower: for
  * every candidate, and for the choice. */
 static void test_monotone_links(void)
@@ -1208,6 +1251,7 @@ static const struct test_case cases[] = {
     {"many_shapes", test_many_shapes},
     {"deterministic", test_deterministic},
     {"uneven_stages", test_uneven_stages},
+    {"even_split", test_even_split},
     {"jitter", test_jitter},
     {"step_overhead", test_step_overhead},
     {"token_overhead", test_token_overhead},

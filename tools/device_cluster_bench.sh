@@ -10,11 +10,13 @@
 #   - one rank: `tutti plan -m M -t T --json` on the same cores (it measures
 #     the machine: read bandwidth, matrix-vector efficiency, compute,
 #     attention, per-layer overhead) just before the benchmark;
-#   - N ranks: a cluster description built from the 4-thread rank's measured
-#     figures, the 16-thread figures as the host's shared bandwidth and
-#     compute (host_read_gbs, host_gflops), and the links that `tutti topo
-#     --json` measures under the same mpirun; predicted: tensor parallelism
-#     over all ranks with the gathering join (what `bench` runs).
+#   - N ranks: a cluster description built from the 4-thread rank's compute
+#     figures, each rank's memory figures as `tutti topo --json` measures
+#     them under the same mpirun (the ranks reading at once), one process's
+#     compute on all 4N cores as the compute the ranks share (host_gflops),
+#     and the links topo measures; predicted: tensor parallelism over all
+#     ranks with the gathering join and the even split (`plan --split
+#     even`), what `bench` runs.
 # Every measurement and description is kept ($OUT/results.tsv), so the
 # predictions can be recomputed offline with `tutti plan --cluster` when the
 # cost model changes: split the file into NAME.json files in a folder and run
@@ -129,26 +131,35 @@ def predict_multi(n, net, layout="tp"):
     """TP gather over n ranks of 4 threads: each rank's memory figures as topo
     measured them under the same mpirun (every rank reading at once: its
     share of the host's memory bandwidth, as the layout runs), the 4-thread
-    rank's compute figures with the 16-thread compute as the host's shared
-    budget, and the links topo measured. (A 16-thread process is no measure
-    of the memory bandwidth ranks share: on one device machine it read 58.8
-    GB/s where 4 ranks of 4 threads read 105 at once.)"""
-    p4, p16, topo = load("plan_r1t4.json"), load("plan_r1t16.json"), load(f"topo_r{n}_{net}.json")
-    if not (p4 and p16 and topo): return None
-    r4, r16 = rank_fig(p4), rank_fig(p16)
+    rank's compute figures with the compute of one process on all the cores
+    the ranks use (4n threads) as the budget they share, and the links topo
+    measured. (A 16-thread process is no measure of the memory bandwidth
+    ranks share: on one device machine it read 58.8 GB/s where 4 ranks of 4
+    threads read 105 at once. Its compute is: the prompt products do not
+    scale with threads, 4 threads 754 GFLOP/s, 8 threads 1036, 16 threads
+    1812 on one machine, and 2 ranks of 4 threads ran their prompt as fast
+    as one process of 8.)"""
+    p4, pall, topo = load("plan_r1t4.json"), load(f"plan_r1t{4 * n}.json"), load(f"topo_r{n}_{net}.json")
+    if not (p4 and pall and topo): return None
+    r4, rall = rank_fig(p4), rank_fig(pall)
     ranks = []
     for r in range(n):
         d = {k: r4[k] for k in ("gflops", "attn_gflops", "mem_avail_gib", "overhead_us", "jitter") if k in r4}
         t = topo["ranks"][r]
-        d.update(host="dev", read_gbs=t["read_gbs"], bw_efficiency=min(1.0, t["matvec_gbs"] / t["read_gbs"]),
-                 host_gflops=r16["gflops"])
+        # the products' speed as topo measured it, per weight type when it
+        # says (plan --cluster mixes those by the model's bytes)
+        d.update(host="dev", read_gbs=t["read_gbs"], matvec_gbs=t["matvec_gbs"], host_gflops=rall["gflops"])
+        if "matvec_type_gbs" in t: d["matvec_type_gbs"] = t["matvec_type_gbs"]
         ranks.append(d)
     links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01),
               "bandwidth_gbs": l["bandwidth_gbs"]} for l in topo["links"]]
     desc = {"name": f"{n} ranks x 4 threads, {net}", "ranks": ranks, "links": links}
     path = os.path.join(out, f"cluster_r{n}_{net}.json")
     json.dump(desc, open(path, "w"), indent=1)
-    res = subprocess.run([tutti, "plan"] + model_args + ["--cluster", path, "--prompt", prompt, "--json"],
+    # the split bench runs (--split even); sized by each rank's figures the
+    # planner gave one rank of 4 a third of the columns
+    res = subprocess.run([tutti, "plan"] + model_args + ["--cluster", path, "--prompt", prompt,
+                          "--split", "even", "--json"],
                          capture_output=True, text=True)
     try: cands = json.loads(res.stdout)["candidates"]
     except Exception: return None

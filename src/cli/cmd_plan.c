@@ -28,7 +28,7 @@
 static const char plan_help[] =
     "usage: tutti plan (-m MODEL | --shape NAME | --arch A --n-embd N ...) [--cluster FILE.json]\n"
     "                  [--prompt N] [--ctx N] [--streams N] [--plan MODE] [--optimize WHAT] "
-    "[--json]\n"
+    "[--split S] [--json]\n"
     "Predict decode tok/s and time to first token for every way of splitting the\n"
     "model over the cluster (one rank, tensor parallel, pipeline, hybrid), and\n"
     "show the layout chosen: which rank holds which layers, heads, FFN columns,\n"
@@ -56,6 +56,9 @@ static const char plan_help[] =
     "  --plan MODE        auto (default), or a comma list of single, tp, pp, hybrid to\n"
     "                     choose among (the others are still shown)\n"
     "  --optimize WHAT    decode (default: highest tok/s) or ttft (lowest time to first token)\n"
+    "  --split S          speed (default: each rank's share of heads, columns and layers by\n"
+    "                     its measured speed, as --split auto runs) or even (equal shares,\n"
+    "                     as the engine's default --split even runs)\n"
     "  --logits           every step returns full logits to rank 0, as `tutti bench` and\n"
     "                     `tutti logits` do (default: sampled tokens, as run and serve)\n"
     "  --json             print one JSON object instead of tables\n";
@@ -136,6 +139,11 @@ static void parse_args(int argc, char **argv, struct plan_opts *o)
         else if (!strcmp(a, "--plan")) {
             int err = plan_parse_layouts(v, &o->w.layouts);
             if (err) cli_die(err, "--plan");
+        } else if (!strcmp(a, "--split")) {
+            if (!strcmp(v, "even") || !strcmp(v, "speed"))
+                o->w.even_split = !strcmp(v, "even");
+            else
+                cli_die(0, "--split '%s': expected speed or even", v);
         } else if (!strcmp(a, "--optimize")) {
             if (!strcmp(v, "decode"))
                 o->w.objective = PLAN_OBJECTIVE_DECODE;

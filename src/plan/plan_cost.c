@@ -622,7 +622,7 @@ static int make_slices(struct search *s, struct plan_candidate *cd)
         const int k = g->rank_end - g->rank_begin;
         double wts[PLAN_CLUSTER_RANKS_MAX];
         for (int i = 0; i < k; i++)
-            wts[i] = eff_bw(&s->c->ranks[s->ids[g->rank_begin + i]]);
+            wts[i] = s->w->even_split ? 1.0 : eff_bw(&s->c->ranks[s->ids[g->rank_begin + i]]);
         struct plan *p = plan_tensor_parallel(&s->pm->hp, &s->pm->align, k, wts, cd->join);
         if (!p) return TT_ENOMEM;
         for (int i = 0; i < k; i++) {
@@ -1013,6 +1013,14 @@ static void split_layers(struct search *s, struct plan_candidate *cd, double m, 
     const int S = cd->n_stages;
     if (S == 1) {
         ends[0] = s->pm->hp.n_layer;
+        return;
+    }
+    if (s->w->even_split) { /* as plan_staged sizes the engine's stages */
+        double w[PLAN_CLUSTER_RANKS_MAX];
+        int64_t starts[PLAN_CLUSTER_RANKS_MAX + 1];
+        for (int st = 0; st < S; st++) w[st] = cd->stages[st].rank_end - cd->stages[st].rank_begin;
+        plan_split_units(s->pm->hp.n_layer, 1, S, w, starts);
+        for (int st = 0; st < S; st++) ends[st] = (int32_t)starts[st + 1];
         return;
     }
     bool limit = split_min_sum(s, S, true, ends);

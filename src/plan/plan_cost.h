@@ -194,6 +194,9 @@ struct plan_workload {
     uint32_t layouts; /* mask of 1u << enum plan_layout to consider; 0 = all (auto) */
     bool full_logits; /* each step returns the last token's full logits to rank 0 (`tutti
                        * bench`, `tutti logits`) instead of sampling (run, serve) */
+    bool even_split;  /* the engine's --split even: equal shares of a tensor-parallel
+                       * group's heads and columns, and layers per stage in proportion
+                       * to its ranks, instead of shares sized by each rank's speed */
 };
 
 /* ---- candidates and the choice ---- */

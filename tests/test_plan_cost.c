@@ -405,18 +405,28 @@ static void test_deterministic(void)
 /* Two ranks, neither holding the model: a pipeline; the faster rank gets
  * more layers (one stream: all its memory allows; several: about its share
  * of the speed). Tensor parallelism splits heads by speed too. */
+/* A 40-layer 8B-like model and two ranks, one 3x as fast as the other,
+ * each with `mem` times the model's bytes free (calloc'd cluster). */
+static struct plan_cluster *fast_slow(struct plan_model *pm, double mem)
+{
+    if (!shape_model(pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 40, 32, 8, 14336, 32000, 0, 0, 0, 0), TT_TYPE_Q4_K,
+                     true))
+        return NULL;
+    const double model_gib = (double)pm->file_bytes / GIB;
+    struct plan_cluster *c = calloc(1, sizeof(*c));
+    TT_ASSERT(c);
+    c->n_ranks = 2;
+    c->ranks[0] = hw("fast", 300, 3000, mem * model_gib);
+    c->ranks[1] = hw("slow", 100, 1000, mem * model_gib);
+    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0, 0};
+    return c;
+}
+
 static void test_uneven_stages(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 40, 32, 8, 14336, 32000, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
-        return;
-    const double model_gib = (double)pm.file_bytes / GIB;
-    struct plan_cluster *c = calloc(1, sizeof(*c));
-    c->n_ranks = 2;
-    c->ranks[0] = hw("fast", 300, 3000, 0.9 * model_gib);
-    c->ranks[1] = hw("slow", 100, 1000, 0.9 * model_gib);
-    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0, 0};
+    struct plan_cluster *c = fast_slow(&pm, 0.9);
+    if (!c) return;
     for (int streams = 1; streams <= 4; streams += 3) {
         struct plan_workload w = workload(256, streams);
         w.n_ctx = 512; /* a small KV cache: weights set the memory */
@@ -456,15 +466,8 @@ static void test_uneven_stages(void)
 static void test_even_split(void)
 {
     struct plan_model pm;
-    if (!shape_model(&pm, mk_hp(MODEL_ARCH_LLAMA, 4096, 40, 32, 8, 14336, 32000, 0, 0, 0, 0),
-                     TT_TYPE_Q4_K, true))
-        return;
-    const double model_gib = (double)pm.file_bytes / GIB;
-    struct plan_cluster *c = calloc(1, sizeof(*c));
-    c->n_ranks = 2;
-    c->ranks[0] = hw("fast", 300, 3000, 4 * model_gib);
-    c->ranks[1] = hw("slow", 100, 1000, 4 * model_gib);
-    c->links[0][1] = c->links[1][0] = (struct plan_link){20, 1, 0, 0};
+    struct plan_cluster *c = fast_slow(&pm, 4.0);
+    if (!c) return;
     struct plan_workload w = workload(256, 1);
     struct plan_result by_speed, even;
     CHECK_EQ_INT(plan_search(&by_speed, &pm, c, &w), 0);

@@ -21,7 +21,7 @@
  * the prompt products and a small kernel, the device's free memory and
  * name; the GPU is the one the engine would use (local rank % devices).
  * `--cpu` describes the CPUs instead. `--plan auto` (cli_topo_json) still
- * describes CPUs: MoE models and pipeline layouts keep ranks on the CPU.
+ * describes CPUs: pipeline layouts and idle ranks keep ranks on the CPU.
  *
  * The latency is what a join costs a tensor-parallel decode: a chain of
  * TOPO_LAT_JOINS all-gathers of 8 bytes, each after TOPO_LAT_WORK_US of

@@ -35,6 +35,10 @@
  *      never changes results.
  *   3. The fused router's per-token counters are zero between launches: the
  *      last block of a token resets its counter.
+ *   4. Expert parallelism over GPU ranks: with a local map the routers write
+ *      each choice as its index among this rank's experts, or -1 for
+ *      another rank's; every kernel after them (plans, groups, products,
+ *      joins) leaves -1 slots out, so a rank's join holds its experts only.
  */
 #include "kcuda_kdot.cuh"
 

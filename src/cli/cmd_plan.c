@@ -301,27 +301,24 @@ static double measure_gemm(struct tt_pool *pool, enum tt_type type)
 /* The rate of a mix of weight types: amount[t] of the model's work is on
  * weights of type t (bytes a decode step reads, or multiply-adds of a
  * prompt); each type holding at least PLAN_TYPE_SHARE_MIN of it is timed
- * by probe (a rate), and since the times add, the mix runs at
- * sum(amount) / sum(amount_t / rate_t) over the timed types. 0 when a
- * probe fails or no type can be timed. */
+ * by probe, and the mix runs at plan_mix_rate over the timed types. 0 when
+ * a probe fails or no type can be timed. */
 static double type_mix(struct tt_pool *pool, const uint64_t amount[TT_TYPE_COUNT],
                        double (*probe)(struct tt_pool *, enum tt_type), const char *what)
 {
-    double all = 0.0, timed = 0.0, time = 0.0;
+    double all = 0.0, rate[TT_TYPE_COUNT] = { 0 };
     for (int t = 0; t < TT_TYPE_COUNT; t++)
         all += (double)amount[t];
     for (int t = 0; t < TT_TYPE_COUNT; t++) {
         if (!amount[t] || (double)amount[t] < PLAN_TYPE_SHARE_MIN * all ||
             !cli_type_probed((enum tt_type)t))
             continue;
-        const double rate = probe(pool, (enum tt_type)t);
-        if (!(rate > 0)) return 0.0;
-        tt_info("%s: %s %.1f (%.0f%% of the model's)", what, tt_type_name((uint32_t)t), rate,
+        rate[t] = probe(pool, (enum tt_type)t);
+        if (!(rate[t] > 0)) return 0.0;
+        tt_info("%s: %s %.1f (%.0f%% of the model's)", what, tt_type_name((uint32_t)t), rate[t],
                 100.0 * (double)amount[t] / all);
-        timed += (double)amount[t];
-        time += (double)amount[t] / rate;
     }
-    return time > 0 ? timed / time : 0.0;
+    return plan_mix_rate(amount, rate, 0.0);
 }
 
 static double matvec_probe(struct tt_pool *pool, enum tt_type type)

@@ -400,18 +400,12 @@ void plan_cluster_for_model(struct plan_cluster *c, const struct plan_model *pm)
 {
     for (int r = 0; r < c->n_ranks; r++) {
         struct plan_hw_rank *h = &c->ranks[r];
-        const double other = h->read_gbs * h->bw_efficiency; /* a type not measured */
-        double bytes = 0.0, time = 0.0;
         bool measured = false;
-        for (int t = 0; t < TT_TYPE_COUNT; t++) {
-            const double b = (double)pm->decode_bytes_by_type[t];
-            measured |= h->matvec_type_gbs[t] > 0;
-            if (!(b > 0)) continue;
-            bytes += b;
-            time += b / (h->matvec_type_gbs[t] > 0 ? h->matvec_type_gbs[t] : other);
-        }
-        if (!measured || !(time > 0) || !(h->read_gbs > 0)) continue;
-        h->bw_efficiency = fmin(1.0, fmax(0.05, bytes / time / h->read_gbs));
+        for (int t = 0; t < TT_TYPE_COUNT; t++) measured |= h->matvec_type_gbs[t] > 0;
+        /* a type not measured goes at the rank's previous figure */
+        const double gbs = plan_mix_rate(pm->decode_bytes_by_type, h->matvec_type_gbs, h->read_gbs * h->bw_efficiency);
+        if (!measured || !(gbs > 0) || !(h->read_gbs > 0)) continue;
+        h->bw_efficiency = fmin(1.0, fmax(0.05, gbs / h->read_gbs));
     }
 }
 

@@ -99,6 +99,12 @@ uint64_t plan_model_bytes_per_token(const struct plan_model *pm);
 /* The share (0 to 1) of the model's multiply-adds per token on weights of
  * `type` (elems_by_type); 0 for a model without weights. */
 double plan_model_type_share(const struct plan_model *pm, enum tt_type type);
+/* The rate of a mix of weight types: amount[t] of the work is on weights of
+ * type t, which go at rate[t] (GB/s, GFLOP/s); since the times add, the mix
+ * goes at sum(amount) / sum(amount_t / rate_t). A type without a rate
+ * (<= 0) goes at `other`, or with other <= 0 is left out. 0 when nothing
+ * is left. */
+double plan_mix_rate(const uint64_t amount[TT_TYPE_COUNT], const double rate[TT_TYPE_COUNT], double other);
 
 /* ---- the cluster ---- */
 

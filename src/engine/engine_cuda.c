@@ -180,14 +180,20 @@ struct placer {
     struct progress prog;
 };
 
+/* Room for `bytes` in the arena (and the products' read-ahead pad): its
+ * address, or NULL while the placer only counts. */
+static uint8_t *place_room(struct placer *p, size_t bytes)
+{
+    const uint64_t off = p->used;
+    p->used += align256(bytes + KCUDA_WEIGHT_PAD);
+    return p->count ? NULL : p->c->arena + off;
+}
+
 static int place_bytes(struct placer *p, const void *src, size_t bytes, void **dst)
 {
     *dst = NULL;
     if (!src || !bytes) return 0;
-    const uint64_t off = p->used;
-    p->used += align256(bytes + KCUDA_WEIGHT_PAD);
-    if (p->count) return 0;
-    *dst = p->c->arena + off;
+    if (!(*dst = place_room(p, bytes))) return 0;
     const size_t chunk = 64u << 20;
     for (size_t o = 0; o < bytes; o += chunk) {
         const size_t n = bytes - o < chunk ? bytes - o : chunk;
@@ -198,38 +204,46 @@ static int place_bytes(struct placer *p, const void *src, size_t bytes, void **d
     return 0;
 }
 
-/* src's matrix (n_exp 0), or n_exp experts of its stack: pick[j] is the
- * stack's index of the j-th (the first n_exp when pick is NULL). */
-static int place_weight(struct placer *p, struct kcuda_weight *dst, const struct engine_weight *src,
-                        int64_t n_exp, const int32_t *pick)
+/* dst describes n of src's matrices stacked (GGML layout, rows packed);
+ * returns their bytes, 0 for none (a rank without columns or experts:
+ * data stays NULL). */
+static size_t weight_desc(struct kcuda_weight *dst, const struct engine_weight *src, int64_t n)
 {
     memset(dst, 0, sizeof(*dst));
-    if (!src->data || src->n_out == 0) return 0;
-    const bool stack = n_exp > 0;
+    if (!src->data || src->n_out == 0 || n <= 0) return 0;
     const size_t row = tt_row_size((enum tt_type)src->type, src->n_in);
-    const size_t bytes = row * (size_t)src->n_out * (size_t)(stack ? n_exp : 1);
     *dst = (struct kcuda_weight){ NULL, (int)src->type, src->n_in, src->n_out, row, row * (size_t)src->n_out,
                                   KCUDA_LAYOUT_GGML };
-    const bool packed = src->row_stride == row && src->expert_stride == dst->expert_stride;
-    /* one matrix goes through kcuda_upload_weight, which may regroup it for
-     * the decode products (dst->layout); an empty one (a rank without
-     * columns or experts) stays absent: data NULL */
-    if (!bytes || (stack && packed && !pick)) return place_bytes(p, src->data, bytes, (void **)&dst->data);
-    const uint64_t off = p->used;
-    p->used += align256(bytes + KCUDA_WEIGHT_PAD);
-    if (p->count) return 0;
-    dst->data = p->c->arena + off;
-    if (!stack) {
-        int err = kcuda_upload_weight(p->c->k, dst, 0, src->data, src->row_stride);
-        if (!err) progress_update(&p->prog, bytes);
-        return err;
-    }
-    for (int64_t x = 0; x < n_exp; x++) {
-        uint8_t *to = (uint8_t *)dst->data + (size_t)x * dst->expert_stride;
+    return dst->expert_stride * (size_t)n;
+}
+
+/* One matrix, through kcuda_upload_weight, which may regroup it for the
+ * decode products (dst->layout). */
+static int place_weight(struct placer *p, struct kcuda_weight *dst, const struct engine_weight *src)
+{
+    const size_t bytes = weight_desc(dst, src, 1);
+    if (!bytes || !(dst->data = place_room(p, bytes))) return 0;
+    int err = kcuda_upload_weight(p->c->k, dst, 0, src->data, src->row_stride);
+    if (!err) progress_update(&p->prog, bytes);
+    return err;
+}
+
+/* n experts of src's stack: pick[j] is the stack's index of the j-th (the
+ * first n when pick is NULL; a packed stack then goes in one copy). */
+static int place_experts(struct placer *p, struct kcuda_weight *dst, const struct engine_weight *src, int64_t n,
+                         const int32_t *pick)
+{
+    const size_t bytes = weight_desc(dst, src, n), mat = dst->expert_stride;
+    if (!bytes) return 0;
+    if (!pick && src->row_stride == dst->row_stride && src->expert_stride == mat)
+        return place_bytes(p, src->data, bytes, (void **)&dst->data);
+    if (!(dst->data = place_room(p, bytes))) return 0;
+    for (int64_t x = 0; x < n; x++) {
         const void *from = src->data + (size_t)(pick ? pick[x] : x) * src->expert_stride;
-        int err = kcuda_upload_2d(p->c->k, to, row, from, src->row_stride, row, (size_t)src->n_out);
+        int err = kcuda_upload_2d(p->c->k, (uint8_t *)dst->data + (size_t)x * mat, dst->row_stride, from,
+                                  src->row_stride, dst->row_stride, (size_t)src->n_out);
         if (err) return err;
-        progress_update(&p->prog, row * (size_t)src->n_out);
+        progress_update(&p->prog, mat);
     }
     return 0;
 }
@@ -268,20 +282,17 @@ static int place_layer(struct placer *p, struct engine *e, int il)
         local = pick + hp->n_expert;
         g->n_local = local_experts(e, il, pick, local);
     }
-    const struct { struct kcuda_weight *d; const struct engine_weight *s; bool stack; } ws[] = {
-        { &g->wq, &l->wq, false },           { &g->wk, &l->wk, false },
-        { &g->wv, &l->wv, false },           { &g->wo, &l->wo, false },
-        { &g->w_gate, &l->w_gate, false },   { &g->w_up, &l->w_up, false },
-        { &g->w_down, &l->w_down, false },   { &g->gate_inp, &l->gate_inp, false },
-        { &g->gate_exps, &l->gate_exps, true }, { &g->up_exps, &l->up_exps, true },
-        { &g->down_exps, &l->down_exps, true }, { &g->gate_shexp, &l->gate_shexp, false },
-        { &g->up_shexp, &l->up_shexp, false },   { &g->down_shexp, &l->down_shexp, false },
+    const struct { struct kcuda_weight *d; const struct engine_weight *s; } ws[] = {
+        { &g->wq, &l->wq },         { &g->wk, &l->wk },           { &g->wv, &l->wv },
+        { &g->wo, &l->wo },         { &g->w_gate, &l->w_gate },   { &g->w_up, &l->w_up },
+        { &g->w_down, &l->w_down }, { &g->gate_inp, &l->gate_inp }, { &g->gate_shexp, &l->gate_shexp },
+        { &g->up_shexp, &l->up_shexp }, { &g->down_shexp, &l->down_shexp },
     };
     int err = 0;
-    for (size_t i = 0; i < TT_ARRAY_LEN(ws) && !err; i++) {
-        if (ws[i].stack && g->n_local == 0) memset(ws[i].d, 0, sizeof(*ws[i].d)); /* no experts here */
-        else err = place_weight(p, ws[i].d, ws[i].s, ws[i].stack ? g->n_local : 0, ws[i].stack ? pick : NULL);
-    }
+    for (size_t i = 0; i < TT_ARRAY_LEN(ws) && !err; i++) err = place_weight(p, ws[i].d, ws[i].s);
+    if (!err) err = place_experts(p, &g->gate_exps, &l->gate_exps, g->n_local, pick);
+    if (!err) err = place_experts(p, &g->up_exps, &l->up_exps, g->n_local, pick);
+    if (!err) err = place_experts(p, &g->down_exps, &l->down_exps, g->n_local, pick);
     if (!err && local) err = place_bytes(p, local, sizeof(int32_t) * (size_t)hp->n_expert, (void **)&g->local);
     free(pick);
     const int64_t qd = (int64_t)e->n_head_local * hd, kvd = (int64_t)e->n_kv_local * hd;
@@ -298,7 +309,7 @@ static int place_layer(struct placer *p, struct engine *e, int il)
 
 static int place_output(struct placer *p, struct engine *e)
 {
-    int err = place_weight(p, &p->c->output, &e->output, 0, NULL);
+    int err = place_weight(p, &p->c->output, &e->output);
     if (!err) err = place_vec(p, &p->c->output_norm, e->output_norm, e->m->hp.n_embd);
     return err;
 }

@@ -12,8 +12,9 @@
 #     --cluster --split even` (tensor parallel over all ranks with the sum
 #     join, which GPU ranks use), against `mpirun -np NG tutti bench` (one
 #     rank per GPU, NCCL in the decode graph).
-# topo's links are the MPI links between the ranks' processes, not NCCL's
-# path between the GPUs: the table shows how far that carries.
+# topo's links between GPU ranks are NCCL's all-reduces between the GPUs
+# (what the engine's joins use), not MPI's messages between the processes.
+# plan is told bench's prompt batch (512 tokens for 512-token prompts).
 #
 # Every measurement is kept, one line "name<TAB>json" each, in
 # $OUT/results.tsv; TABLE_ONLY=FILE recomputes the table from such a file
@@ -27,6 +28,7 @@ W=${WORK:-/tmp/gpu_plan_bench}
 T=${TUTTI:-build/tutti}
 P=${PROMPT:-512}
 N=${GEN:-128}
+NB=$((P < 512 ? P : 512)) # tutti bench's prompt batch (its default), which plan is told
 # name|tutti gen shape options; separated by ';'
 SHAPES=${SHAPES:-"l8|--arch llama --n-embd 4096 --n-layer 32 --n-head 32 --n-head-kv 8 --n-ff 14336 --vocab 128256 --type q4_k_m;q3moe12|--arch qwen3moe --n-embd 2048 --n-layer 12 --n-head 32 --n-head-kv 4 --head-dim 128 --n-ff 6144 --n-expert 128 --n-expert-used 8 --n-ff-exp 768 --vocab 151936 --type q4_k_m"}
 mkdir -p "$W"
@@ -45,7 +47,7 @@ else
         # shellcheck disable=SC2086 # the shape options are words
         [ -f "$M" ] || "$T" gen $args -t "$(nproc)" -o "$M" > /dev/null 2>"$W/err_gen_$name.txt" || { echo "gen $name failed"; continue; }
         sync
-        CUDA_VISIBLE_DEVICES=0 "$T" plan -m "$M" --prompt "$P" --json > "$W/plan1_$name.json" 2>"$W/err_plan1_$name.txt"
+        CUDA_VISIBLE_DEVICES=0 "$T" plan -m "$M" --prompt "$P" --batch "$NB" --json > "$W/plan1_$name.json" 2>"$W/err_plan1_$name.txt"
         keep "plan1_$name"
         CUDA_VISIBLE_DEVICES=0 "$T" bench -m "$M" -p "$P" -n "$N" -r 2 --json 2>"$W/err_b1_$name.txt" | tail -1 > "$W/bench1_$name.json"
         keep "bench1_$name"
@@ -55,9 +57,9 @@ else
         echo "$name done at $SECONDS s"
     done
 fi
-python3 - "$W" "$T" "$P" "$SHAPES" <<'PY' | tee -a "$OUT/summary.txt"
+python3 - "$W" "$T" "$P" "$SHAPES" "$NB" <<'PY' | tee -a "$OUT/summary.txt"
 import json, os, subprocess, sys
-w, tutti, prompt, shapes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+w, tutti, prompt, shapes, batch = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 def load(n):
     try: return json.load(open(os.path.join(w, n + ".json")))
     except Exception: return None
@@ -82,11 +84,12 @@ for s in shapes.split(";"):
         d["host"] = "gpus"
         if r.get("mem_avail_gib"): d["mem_avail_gib"] = r["mem_avail_gib"]
         ranks.append(d)
-    links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01), "bandwidth_gbs": l["bandwidth_gbs"]}
+    links = [{"a": l["a"], "b": l["b"], "latency_us": max(l["latency_us"], 0.01), "bandwidth_gbs": l["bandwidth_gbs"],
+              "bandwidth_both_gbs": l.get("bandwidth_both_gbs", 0.0)}
              for l in topo["links"] if l["a"] < ng and l["b"] < ng]
     path = os.path.join(w, f"cluster_{name}.json")
     json.dump({"name": f"{ng} GPUs of one host", "ranks": ranks, "links": links}, open(path, "w"), indent=1)
-    res = subprocess.run([tutti, "plan"] + args.split() + ["--cluster", path, "--prompt", prompt, "--split", "even",
+    res = subprocess.run([tutti, "plan"] + args.split() + ["--cluster", path, "--prompt", prompt, "--batch", batch, "--split", "even",
                           "--json"], capture_output=True, text=True)
     try: cands = json.loads(res.stdout)["candidates"]
     except Exception: print(f"| {name} | {ng} | (plan failed: {res.stderr.strip()[:120]}) | | | | | |"); continue

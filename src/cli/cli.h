@@ -87,6 +87,15 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
  * this local rank uses (local_rank % devices, as the engine picks it).
  * False, *r untouched, as cli_gpu_describe. */
 bool cli_gpu_describe_kernels(const struct plan_model *pm, int local_rank, struct plan_hw_rank *r);
+/* Collective over c: when every rank has a CUDA GPU and NCCL, time NCCL
+ * all-reduces (each with the add that follows it in the engine) of a decode
+ * row and of a prompt batch inside graphs on the GPUs the engine would use,
+ * and turn them into the per-link figures from which `tutti plan`'s
+ * all-reduce of comm_size(c) ranks gives those times. False (on every
+ * rank) without CUDA, a GPU or NCCL on some rank, or on an error. */
+struct comm;
+struct plan_link;
+bool cli_gpu_join_link(struct comm *c, int local_rank, struct plan_link *out);
 /* The model of a `tutti plan --shape` name (Q4_K_M) into *pm; dies on an
  * unknown name. */
 int cli_plan_shape_model(const char *shape, struct plan_model *pm);

@@ -310,6 +310,7 @@ bool cli_engine_fit(const struct plan_model *target, const struct plan_workload 
 
 #ifdef TT_HAVE_CUDA
 
+#include "comm/comm_nccl.h"
 #include "kcuda/kcuda.h"
 
 #define GPU_GEMM_TOKENS 256 /* the engine's prompt batch (ENGINE_BATCH_DEFAULT) */
@@ -491,6 +492,87 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
     return true;
 }
 
+/* ---- the GPUs' link: NCCL all-reduces, as the engine's joins run them ---- */
+
+#define LINK_SMALL_FLOATS 4096       /* a decode join: one n_embd row (Llama 3 8B) */
+#define LINK_BIG_FLOATS (512 * 4096) /* a prompt batch's join: 512 tokens of 4096 */
+#define LINK_JOINS 32                /* small joins per graph */
+
+/* Device ms of `joins` all-reduces of n floats, each followed by the add
+ * of the summed row into another (project_add in engine_cuda.c), captured
+ * in one graph; 0 on error. Collective over the communicator. */
+static double join_ms(struct kcuda *k, struct comm_nccl *nc, float *buf, int64_t n, int joins)
+{
+    struct kcuda_graph *g = NULL;
+    int err = kcuda_graph_begin(k);
+    for (int i = 0; i < joins && !err; i++) {
+        err = comm_nccl_allreduce_sum(nc, buf, n, kcuda_stream(k));
+        if (!err) err = kcuda_add(k, buf + n, buf, n);
+    }
+    const int end = kcuda_graph_end(k, &g);
+    const double ms = !err && !end && g ? kcuda_graph_time_ms(k, g, 8) / joins : 0.0;
+    kcuda_graph_destroy(g);
+    return ms;
+}
+
+/* Whether every rank of c set up what the measurement needs (collective). */
+static bool all_ranks(struct comm *c, bool mine)
+{
+    const int n = comm_size(c);
+    int32_t ok = mine, *all = calloc((size_t)n, sizeof(int32_t));
+    bool every = all && comm_allgather(c, &ok, sizeof(ok), all) == 0;
+    for (int r = 0; r < n && every; r++) every = all[r] != 0;
+    free(all);
+    return every;
+}
+
+bool cli_gpu_join_link(struct comm *c, int local_rank, struct plan_link *out)
+{
+    const int n = comm_size(c), n_dev = kcuda_device_count();
+    if (n < 2 || !all_ranks(c, n_dev > 0 && comm_nccl_load() == 0)) return false;
+    struct kcuda *k = NULL;
+    struct comm_nccl *nc = NULL;
+    float *buf = NULL;
+    const size_t bytes = sizeof(float) * 2 * (size_t)LINK_BIG_FLOATS;
+    int err = kcuda_create(&k, local_rank % n_dev, 0);
+    if (!err) err = kcuda_malloc(k, (void **)&buf, bytes, "topo: join buffers");
+    if (!err) err = kcuda_memset(k, buf, 0, bytes);
+    if (!err) err = kcuda_sync(k);
+    bool ok = all_ranks(c, !err);
+    if (ok) {
+        err = comm_nccl_init(&nc, c);
+        if (!err) err = comm_nccl_allreduce_sum(nc, buf, LINK_SMALL_FLOATS, kcuda_stream(k)); /* connects */
+        if (!err) err = kcuda_sync(k);
+        ok = all_ranks(c, !err);
+    }
+    double small_ms = 0.0, big_ms = 0.0;
+    if (ok) {
+        small_ms = join_ms(k, nc, buf, LINK_SMALL_FLOATS, LINK_JOINS);
+        big_ms = join_ms(k, nc, buf, LINK_BIG_FLOATS, 1);
+        ok = all_ranks(c, small_ms > 0 && big_ms > small_ms);
+    }
+    if (err) tt_warn("measuring the GPUs' NCCL link failed (%s); measuring the MPI link instead", tt_strerror(err));
+    comm_nccl_free(nc);
+    kcuda_free(buf);
+    kcuda_destroy(k);
+    if (!ok) return false;
+    /* the per-link figures from which plan_cost.c's all-reduce of k ranks
+     * (allreduce_s) gives the two times measured: a small block takes
+     * ceil(log2 k) latencies, a large one 2 (k - 1) / k of its bytes at the
+     * both-ways rate after its steps' latencies (k = 2: the bytes once,
+     * one latency) */
+    const double kk = n, steps = ceil(log2(kk)), big_bytes = sizeof(float) * (double)LINK_BIG_FLOATS;
+    const double lat_s = small_ms * 1e-3 / steps;
+    const double big_steps = n > 2 ? 2.0 * (kk - 1.0) * lat_s : lat_s;
+    const double moved = n > 2 ? 2.0 * (kk - 1.0) / kk * big_bytes : big_bytes;
+    const double gbs = moved / fmax(big_ms * 1e-3 - big_steps, 1e-7) / 1e9;
+    *out = (struct plan_link){ .latency_us = lat_s * 1e6, .bandwidth_gbs = gbs, .bandwidth_both_gbs = gbs };
+    tt_info("GPUs' NCCL link: all-reduce + add of %d floats %.2f us, of %d floats %.1f us (%d ranks): "
+            "latency %.2f us, %.1f GB/s", LINK_SMALL_FLOATS, small_ms * 1e3, LINK_BIG_FLOATS, big_ms * 1e3, n,
+            lat_s * 1e6, gbs);
+    return true;
+}
+
 #else
 
 bool cli_gpu_describe_kernels(const struct plan_model *pm, int local_rank, struct plan_hw_rank *r)
@@ -508,6 +590,14 @@ bool cli_gpu_describe(const struct plan_model *pm, const struct plan_workload *w
     (void)w;
     (void)threads;
     (void)r;
+    return false;
+}
+
+bool cli_gpu_join_link(struct comm *c, int local_rank, struct plan_link *out)
+{
+    (void)c;
+    (void)local_rank;
+    (void)out;
     return false;
 }
 

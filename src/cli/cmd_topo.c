@@ -22,6 +22,11 @@
  * name; the GPU is the one the engine would use (local rank % devices).
  * `--cpu` describes the CPUs instead. `--plan auto` (cli_topo_json) still
  * describes CPUs: pipeline layouts and idle ranks keep ranks on the CPU.
+ * When every rank is a GPU and NCCL loads everywhere, the links are the
+ * GPUs' (cli_gpu_join_link: NCCL all-reduces and their adds in a graph, as
+ * the engine's joins run) instead of MPI's between the processes: on two
+ * H200s MPI's shared memory read 5.4 GB/s, and plan then predicted a
+ * 512-token prompt 4.5x slower than NCCL ran it.
  *
  * The latency is what a join costs a tensor-parallel decode: a chain of
  * TOPO_LAT_JOINS all-gathers of 8 bytes, each after TOPO_LAT_WORK_US of
@@ -291,13 +296,15 @@ static const char topo_help[] =
     "Describe the cluster as measured: per rank its host, cores, instruction set,\n"
     "memory and read bandwidth (a rank with a CUDA GPU: the GPU's, with its\n"
     "product speed; --cpu: the CPU's); per pair of ranks the latency, bandwidth\n"
-    "and burst of their link, and whether they share a host. Works on one rank too.\n";
+    "and burst of their link, and whether they share a host (GPU ranks with NCCL:\n"
+    "its all-reduces between the GPUs). Works on one rank too.\n";
 
 struct topo {
     int n;
     struct topo_rank *all; /* [n] */
     double *lat, *bw, *bw2, *burst; /* [n][n], rank 0: latency, one-way and both-ways bandwidth,
                                      * burst KiB */
+    bool nccl;                      /* the links are the GPUs' NCCL all-reduces (cli_gpu_join_link) */
 };
 
 /* Collective: every rank describes itself (its GPU if `gpu` and it has
@@ -333,7 +340,20 @@ static void topo_measure(struct topo *t, int threads, bool gpu)
     if (!t->all || !t->lat || !t->bw || !t->bw2 || !t->burst || !buf) cli_die(TT_ENOMEM, "topo");
     int err = comm_allgather(c, &mine, sizeof(mine), t->all);
     if (err) cli_die(err, "exchanging rank descriptions");
-    for (int a = 0; a < n; a++)
+    /* GPU ranks join with NCCL (engine_cuda.c): their links are what its
+     * all-reduces take, not what MPI's messages between the processes take */
+    bool every_gpu = gpu;
+    for (int r = 0; r < n; r++) every_gpu &= t->all[r].gflops > 0;
+    struct plan_link nccl;
+    t->nccl = every_gpu && cli_gpu_join_link(c, local_rank, &nccl);
+    for (int a = 0; a < n && t->nccl; a++)
+        for (int b = 0; b < n; b++) {
+            if (a == b) continue;
+            t->lat[a * n + b] = nccl.latency_us;
+            t->bw[a * n + b] = nccl.bandwidth_gbs;
+            t->bw2[a * n + b] = nccl.bandwidth_both_gbs;
+        }
+    for (int a = 0; a < n && !t->nccl; a++)
         for (int b = a + 1; b < n; b++) {
             double l = 0, g = 0, g2 = 0, kib = 0;
             measure_pair(c, a, b, buf, &l, &g, &g2, &kib);
@@ -388,9 +408,10 @@ static void topo_json(FILE *fp, const struct topo *t)
     for (int a = 0, k = 0; a < n; a++)
         for (int b = a + 1; b < n; b++, k++)
             fprintf(fp, "%s{\"a\":%d,\"b\":%d,\"same_host\":%s,\"latency_us\":%.2f,\"bandwidth_gbs\":%.6f,"
-                    "\"bandwidth_both_gbs\":%.6f,\"burst_kib\":%.2f}",
+                    "\"bandwidth_both_gbs\":%.6f,\"burst_kib\":%.2f%s}",
                     k ? "," : "", a, b, strcmp(all[a].host, all[b].host) ? "false" : "true",
-                    t->lat[a * n + b], t->bw[a * n + b], t->bw2[a * n + b], t->burst[a * n + b]);
+                    t->lat[a * n + b], t->bw[a * n + b], t->bw2[a * n + b], t->burst[a * n + b],
+                    t->nccl ? ",\"comment\":\"NCCL all-reduces between the GPUs, each with its add, in a CUDA graph\"" : "");
     fprintf(fp, "]}\n");
 }
 

@@ -523,19 +523,24 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
     if (e->n_head_local == 0) return project_add(c, e, NULL, &g->wo, n_tok); /* GPU ranks: no heads here */
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
-    int fused = 0; /* q, k (and v) in one launch when they share a type */
-    if (!err && n_tok <= 8 && g->wq.data && pairable_rows(&g->wq, &g->wk)) {
-        fused = pairable_rows(&g->wq, &g->wv) ? 3 : 2;
-        float *outs[] = { c->q, c->kx, c->vx };
-        const int64_t ldos[] = { qd, kvd, kvd };
-        const float *biases[] = { g->bq, g->bk, g->bv };
-        size_t st;
-        const void *a = act_of(c, &s, &g->wq, &st);
-        err = kcuda_matvec_multi(c->k, ws, fused, a, st, n_tok, outs, ldos, biases);
+    /* q, k and v: one launch for each run of neighbours that share a type
+     * and row length (q+k+v, q+k then v, or q then k+v: Q8_0 k and v
+     * beside a Q4_K q in MoE models) */
+    float *outs[] = { c->q, c->kx, c->vx };
+    const int64_t ldos[] = { qd, kvd, kvd };
+    const float *biases[] = { g->bq, g->bk, g->bv };
+    for (int i = 0; i < 3 && !err;) {
+        int n = 1;
+        while (n_tok <= 8 && i + n < 3 && pairable_rows(ws[i], ws[i + n])) n++;
+        if (n > 1) {
+            size_t st;
+            const void *a = act_of(c, &s, ws[i], &st);
+            err = kcuda_matvec_multi(c->k, ws + i, n, a, st, n_tok, outs + i, ldos + i, biases + i);
+        } else {
+            err = lin(c, &s, ws[i], NULL, n_tok, outs[i], ldos[i], biases[i], KCUDA_OUT_STORE);
+        }
+        i += n;
     }
-    if (!err && fused < 1) err = lin(c, &s, &g->wq, NULL, n_tok, c->q, qd, g->bq, KCUDA_OUT_STORE);
-    if (!err && fused < 2) err = lin(c, &s, &g->wk, NULL, n_tok, c->kx, kvd, g->bk, KCUDA_OUT_STORE);
-    if (!err && fused < 3) err = lin(c, &s, &g->wv, NULL, n_tok, c->vx, kvd, g->bv, KCUDA_OUT_STORE);
     if (!err)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
                                c->cs, c->pos, c->seq, g->k_cache, g->v_cache);

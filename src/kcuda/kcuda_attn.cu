@@ -404,19 +404,23 @@ __device__ __forceinline__ void av_widen(uint4 raw, float f[8])
 }
 
 /* The join for k_attn_vec: warp r % 4 weighs head r's parts (one lane per
- * part: maximum, factors, sum), then each thread sums output elements
- * (head, dimension) over the parts with AV_JOIN_BATCH parts' loads in
- * flight, so the join costs a few L2 round trips, not one per part. With
- * a.q8k the block also writes its G heads' outputs as Q8_K (G * HD is a
- * multiple of 256, kcuda_attention checks): whole blocks of the row, so the
- * output projection needs no conversion launch. */
-#define AV_JOIN_BATCH 8
+ * part: maximum, factors, sum), then each thread sums its AV_JOIN_PER
+ * output elements (head, dimension) over the parts, AV_JOIN_BATCH parts at
+ * a time with every element's loads of those parts in flight together: the
+ * join is a few L2 round trips (parts / AV_JOIN_BATCH), where walking the
+ * elements one after another took one round trip per element and batch
+ * (24 for 8 heads of 128 over 19 parts: most of a decode attention's time
+ * at 600 positions). With a.q8k the block also writes its G heads' outputs
+ * as Q8_K (G * HD is a multiple of 256, kcuda_attention checks): whole
+ * blocks of the row, so the output projection needs no conversion launch. */
+#define AV_JOIN_BATCH 4
 template <int HD, int G>
 __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n_parts)
 {
+    constexpr int N = G * HD, PER = (N + ATT_THREADS - 1) / ATT_THREADS;
     __shared__ float fac[G][KCUDA_ATTN_SPLIT_MAX];
     __shared__ float l_sum[G];
-    __shared__ __align__(16) float ob[(G * HD) % 256 == 0 ? G * HD : 1];
+    __shared__ __align__(16) float ob[N % 256 == 0 ? N : 1];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, S = a.n_split, P = n_parts;
     const size_t ps = (size_t)HD + 2;
     const float *pb = a.part + ((size_t)t * a.H + h0) * S * ps; /* head r, part p at pb + (r*S + p)*ps */
@@ -430,25 +434,37 @@ __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n
         if (lane == 0) l_sum[r] = sum;
     }
     __syncthreads();
-    for (int i = tid; i < G * HD; i += ATT_THREADS) {
-        const int r = i / HD, d = i % HD;
-        const float *pr = pb + (size_t)r * S * ps + d;
-        float o = 0.0f;
-        for (int p0 = 0; p0 < P; p0 += AV_JOIN_BATCH) {
-            float v[AV_JOIN_BATCH];
+    float o[PER];
 #pragma unroll
-            for (int u = 0; u < AV_JOIN_BATCH; u++) v[u] = p0 + u < P ? __ldcg(pr + (size_t)(p0 + u) * ps) : 0.0f;
+    for (int k = 0; k < PER; k++) o[k] = 0.0f;
+    for (int p0 = 0; p0 < P; p0 += AV_JOIN_BATCH) {
+        float v[AV_JOIN_BATCH][PER];
 #pragma unroll
-            for (int u = 0; u < AV_JOIN_BATCH; u++)
-                if (p0 + u < P) o += fac[r][p0 + u] * v[u];
-        }
-        o /= l_sum[r];
-        a.out[((size_t)t * a.H + h0 + r) * HD + d] = o;
-        if ((G * HD) % 256 == 0) ob[i] = o;
+        for (int u = 0; u < AV_JOIN_BATCH; u++)
+#pragma unroll
+            for (int k = 0; k < PER; k++) {
+                const int i = tid + k * ATT_THREADS, r = i / HD, d = i % HD;
+                v[u][k] = p0 + u < P && i < N ? __ldcg(pb + ((size_t)r * S + p0 + u) * ps + d) : 0.0f;
+            }
+#pragma unroll
+        for (int u = 0; u < AV_JOIN_BATCH; u++)
+#pragma unroll
+            for (int k = 0; k < PER; k++) {
+                const int i = tid + k * ATT_THREADS;
+                if (p0 + u < P && i < N) o[k] += fac[i / HD][p0 + u] * v[u][k];
+            }
     }
-    if ((G * HD) % 256 == 0 && a.q8k) {
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+        const int i = tid + k * ATT_THREADS, r = i / HD, d = i % HD;
+        if (i >= N) continue;
+        const float y = o[k] / l_sum[r];
+        a.out[((size_t)t * a.H + h0 + r) * HD + d] = y;
+        if (N % 256 == 0) ob[i] = y;
+    }
+    if (N % 256 == 0 && a.q8k) {
         __syncthreads();
-        for (int b = warp; b < G * HD / 256; b += ATT_THREADS / 32) {
+        for (int b = warp; b < N / 256; b += ATT_THREADS / 32) {
             float v[8];
 #pragma unroll
             for (int e = 0; e < 8; e++) v[e] = ob[256 * b + 8 * lane + e];

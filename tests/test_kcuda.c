@@ -365,6 +365,79 @@ static void check_groups(enum tt_type t, int format)
     for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], true);
 }
 
+/* kcuda_matvec_multi against one kcuda_matvec per weight, bit for bit:
+ * q, k, v of one type (1 and 3 tokens), of two K-quant types (one token;
+ * weights regrouped at upload or as stored), with biases on k; and what
+ * kcuda_matvec_multi_ok refuses (three kinds, two kinds for 2 tokens). */
+static void check_multi(enum tt_type tq, enum tt_type tv, bool regroup, int n_tok)
+{
+    enum { N = 2048, Q = 72, KV = 20 };
+    const enum tt_type types[3] = { tq, tq, tv };
+    const int64_t rows[3] = { Q, KV, KV };
+    const enum tt_type vt = tt_type_get(tq)->vec_dot_type;
+    const size_t st = kcuda_act_row_bytes((int)vt, N);
+    struct kcuda_weight dw[3];
+    const struct kcuda_weight *ws[3];
+    float *outs[2][3];
+    int64_t ldos[3];
+    for (int i = 0; i < 3; i++) {
+        const size_t rb = tt_row_size(types[i], N);
+        uint8_t *w = make_weight(types[i], N, rows[i], 1.0f);
+        dw[i] = (struct kcuda_weight){ dev(rb * (size_t)rows[i]), (int)types[i], N, rows[i], rb, rb * (size_t)rows[i], 0 };
+        upload_weight(&dw[i], w, regroup);
+        free(w);
+        ws[i] = &dw[i];
+        ldos[i] = rows[i] + 3;
+        for (int way = 0; way < 2; way++) outs[way][i] = dev(sizeof(float) * (size_t)(n_tok * ldos[i]));
+    }
+    float *x = malloc(sizeof(float) * (size_t)(n_tok * N)), bias[KV];
+    fill(x, (int64_t)n_tok * N, 1.0f);
+    fill(bias, KV, 1.0f);
+    float *dx = dev_from(x, sizeof(float) * (size_t)(n_tok * N)), *dbias = dev_from(bias, sizeof(bias));
+    const float *biases[3] = { NULL, dbias, NULL };
+    uint8_t *da = dev(st * (size_t)n_tok);
+    CHECK_EQ_INT(kcuda_convert(K, (int)vt, dx, N, n_tok, N, da, st), 0);
+    CHECK(kcuda_matvec_multi_ok(ws, 3, st, n_tok));
+    CHECK_EQ_INT(kcuda_matvec_multi(K, ws, 3, da, st, n_tok, outs[1], ldos, biases), 0);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(kcuda_matvec(K, ws[i], NULL, da, st, n_tok, outs[0][i], ldos[i], biases[i], KCUDA_OUT_STORE), 0);
+    int same = 0;
+    for (int i = 0; i < 3; i++) {
+        const size_t bytes = sizeof(float) * (size_t)(n_tok * ldos[i]);
+        float *a = malloc(bytes), *b = malloc(bytes);
+        to_host(a, outs[0][i], bytes), to_host(b, outs[1][i], bytes);
+        bool eq = true;
+        for (int t = 0; t < n_tok; t++) eq &= !memcmp(a + t * ldos[i], b + t * ldos[i], sizeof(float) * (size_t)rows[i]);
+        same += eq;
+        free(a), free(b);
+    }
+    if (same != 3)
+        fprintf(stderr, "  multi %s+%s%s, %d tokens: %d of 3 outputs as single products\n", tt_type_name(tq),
+                tt_type_name(tv), regroup ? " regrouped" : "", n_tok, same);
+    CHECK_EQ_INT(same, 3);
+    if (tq != tv) { /* two kinds take one token only; a third kind never */
+        CHECK(!kcuda_matvec_multi_ok(ws, 3, st, 2));
+        const struct kcuda_weight *mixed[3] = { ws[2], ws[0], ws[2] };
+        CHECK(!kcuda_matvec_multi_ok(mixed, 3, st, 1));
+        CHECK(kcuda_matvec_multi(K, mixed, 3, da, st, 1, outs[1], ldos, biases) == TT_EINVAL);
+        tt_error_clear();
+    }
+    for (int i = 0; i < 3; i++) kcuda_free((void *)dw[i].data), kcuda_free(outs[0][i]), kcuda_free(outs[1][i]);
+    kcuda_free(dx), kcuda_free(dbias), kcuda_free(da);
+    free(x);
+}
+
+static void test_multi(void)
+{
+    if (!gpu()) return;
+    check_multi(TT_TYPE_Q4_K, TT_TYPE_Q4_K, true, 1);
+    check_multi(TT_TYPE_Q4_K, TT_TYPE_Q4_K, false, 3);
+    check_multi(TT_TYPE_Q8_0, TT_TYPE_Q8_0, false, 2);
+    check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 1);  /* Q4_K_M's q, k and v, regrouped */
+    check_multi(TT_TYPE_Q6_K, TT_TYPE_Q4_K, true, 1);
+    check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, false, 1); /* as stored (TT_GPU_REPACK=0) */
+}
+
 static void test_groups(void)
 {
     if (!gpu()) return;
@@ -1271,7 +1344,7 @@ static void test_engine_mixed(void)
 static const struct test_case cases[] = {
     { "convert", test_convert },       { "norm_convert", test_norm_convert },
     { "dequant", test_dequant },       { "products", test_products },
-    { "q6_q4_groups", test_groups },
+    { "q6_q4_groups", test_groups },  { "multi", test_multi },
     { "moe", test_moe },               { "moe_fused", test_moe_fused },
     { "moe_split", test_moe_split },
     { "rope", test_rope },

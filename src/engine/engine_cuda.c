@@ -96,6 +96,7 @@ struct cuda_accel {
     int B, n_slots_max, max_tiles, max_groups;
     bool moe_fused;          /* TT_GPU_MOE_FUSED (default 1): fused router, grouped batch products */
     bool attn_q8k;           /* TT_GPU_ATTN_Q8K (default 1): decode attention writes wo's Q8_K row */
+    bool qkv_one;            /* TT_GPU_QKV_ONE (default 1): q, k, v of two K-quant types in one launch */
     uint8_t *arena;          /* weights */
     uint64_t arena_bytes, arena_used;
     uint8_t *kv;             /* caches of all device layers */
@@ -523,13 +524,25 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
     if (e->n_head_local == 0) return project_add(c, e, NULL, &g->wo, n_tok); /* GPU ranks: no heads here */
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
-    /* q, k and v: one launch for each run of neighbours that share a type
-     * and row length (q+k+v, q+k then v, or q then k+v: Q8_0 k and v
-     * beside a Q4_K q in MoE models) */
+    /* q, k and v in one launch where kcuda_matvec_multi takes them (one
+     * type, or a decode token's two K-quant types: Q6_K v beside Q4_K q and
+     * k in Q4_K_M files), else one launch for each run of neighbours that
+     * share a type and row length (q then k+v: Q8_0 k and v beside a Q4_K q
+     * in MoE models) */
     float *outs[] = { c->q, c->kx, c->vx };
     const int64_t ldos[] = { qd, kvd, kvd };
     const float *biases[] = { g->bq, g->bk, g->bv };
-    for (int i = 0; i < 3 && !err;) {
+    int i = 0;
+    if (!err && c->qkv_one && g->wq.data && g->wk.data && g->wv.data && vec_type(g->wq.type) == vec_type(g->wk.type) &&
+        vec_type(g->wq.type) == vec_type(g->wv.type)) {
+        size_t st;
+        const void *a = act_of(c, &s, ws[0], &st);
+        if (kcuda_matvec_multi_ok(ws, 3, st, n_tok)) {
+            err = kcuda_matvec_multi(c->k, ws, 3, a, st, n_tok, outs, ldos, biases);
+            i = 3;
+        }
+    }
+    while (i < 3 && !err) {
         int n = 1;
         while (n_tok <= 8 && i + n < 3 && pairable_rows(ws[i], ws[i + n])) n++;
         if (n > 1) {
@@ -1173,6 +1186,7 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->max_groups = hp->n_expert ? kcuda_moe_max_groups(c->n_slots_max, hp->n_expert) : 1;
     c->moe_fused = tt_env_int("TT_GPU_MOE_FUSED", 1);
     c->attn_q8k = tt_env_int("TT_GPU_ATTN_Q8K", 1);
+    c->qkv_one = tt_env_int("TT_GPU_QKV_ONE", 1);
     c->graph_off = !tt_env_int("TT_GPU_GRAPH", 1);
     if (tt_env_int("TT_GPU_PROFILE", 0))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);

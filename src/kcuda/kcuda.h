@@ -260,9 +260,13 @@ int kcuda_matvec(struct kcuda *k, const struct kcuda_weight *w, const struct kcu
                  const void *d_act, size_t act_stride, int64_t n_tok, float *d_out, int64_t ldo,
                  const float *d_bias, enum kcuda_out_mode mode);
 /* Up to KCUDA_MULTI_MAX products of the same activations in one launch
- * (q, k and v): weights of one type and row length; outs[i] rows ldos[i]
- * apart, biases[i] or NULL; n_tok <= 8. TT_EINVAL if the weights differ. */
+ * (q, k and v): weights of one row length and of one type (n_tok <= 8),
+ * or one token's products of two K-quant types, each type's weights
+ * together (q and k in Q4_K, then v in Q6_K); outs[i] rows ldos[i] apart,
+ * biases[i] or NULL. kcuda_matvec_multi_ok says whether the weights, in
+ * that order, can take it; TT_EINVAL if not. */
 #define KCUDA_MULTI_MAX 3
+bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok);
 int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
                        const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
                        const int64_t *ldos, const float *const *biases);

@@ -324,6 +324,14 @@ template <> struct mv_item<MV_F32_1> {
 #define MV_MIN_BLOCKS(nt) ((nt) == 1 ? 8 : 1) /* blocks per multiprocessor the registers allow */
 #define MV_STAGE_MAX (48u << 10) /* staged activation rows: within the default shared memory */
 
+/* Items in flight per thread (of each matrix): one token (decode) 2, or 1
+ * per matrix of the SwiGLU pair, so that with at most 64 registers 8
+ * blocks share a multiprocessor (H200, one binary: 8B decode 355 -> 371
+ * tok/s against 4 and 2 at 96-125 registers: more warps, not more loads
+ * per thread, hide the latency); two tokens of one matrix 4, else 2. */
+#define MV_UNROLL(nt, pair) ((nt) == 1 ? ((pair) ? 1 : 2) : (nt) <= 2 && !(pair) ? 4 : 2)
+#define MV_UNROLL_1 MV_UNROLL(1, false)
+
 /* Prefetch this thread's share of a weight row into L2 while the previous
  * kernel finishes (PDL): the weights never depend on it. */
 __device__ __forceinline__ void prefetch_row(const uint8_t *wr, size_t bytes, int tid, int step)
@@ -386,17 +394,17 @@ __device__ __forceinline__ void mv_store(const mv_args &a, const mv_row &r, int 
     else *o = v;
 }
 
-/* Block: blockDim.y rows at a time, each row on blockDim.x / 32 warps; the
- * launch gives every row group its own block (the loop over groups also
- * serves smaller grids). */
+/* Block bx of nb: blockDim.y rows at a time, each row on blockDim.x / 32
+ * warps; the launch gives every row group its own block (the loop over
+ * groups also serves smaller grids). */
 template <int K, int NT, bool PAIR, int U>
-__global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const mv_args a)
+__device__ __forceinline__ void mv_block(const mv_args &a, int bx, int nb)
 {
     kc_pdl_trigger();
     const int W = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n_groups = (a.n_out + blockDim.y - 1) / blockDim.y;
-    if (!a.tiles && blockIdx.x < n_groups) { /* weights never depend on the previous kernel */
-        const int row = blockIdx.x * blockDim.y + threadIdx.y;
+    if (!a.tiles && bx < n_groups) { /* weights never depend on the previous kernel */
+        const int row = bx * blockDim.y + threadIdx.y;
         if (row < a.n_out) {
             const mv_row r = row_task(a, row);
             prefetch_row(r.w + (size_t)r.lrow * a.row_stride, a.row_stride, threadIdx.x, 32 * W);
@@ -433,7 +441,7 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const 
         ar[0] = (const uint8_t *)act_sh;
     }
     __shared__ float red[MV_THREADS / 32][2 * NT];
-    for (int grp = blockIdx.x; grp < n_groups; grp += gridDim.x) {
+    for (int grp = bx; grp < n_groups; grp += nb) {
         const int row = grp * blockDim.y + threadIdx.y;
         const bool active = row < a.n_out;
         const mv_row r = row_task(a, active ? row : 0);
@@ -505,6 +513,23 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const 
             mv_store<PAIR>(a, r, orow[u], acc[u], acc2[u]);
         }
     }
+}
+
+template <int K, int NT, bool PAIR, int U>
+__global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(NT)) k_matvec(const mv_args a)
+{
+    mv_block<K, NT, PAIR, U>(a, blockIdx.x, gridDim.x);
+}
+
+/* One token's products of two weight kinds with the same activation row
+ * in one launch (q and k in Q4_K beside v in Q6_K): the first blocks_a
+ * blocks run a's rows, the rest b's. */
+template <int KA, int KB>
+__global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(1)) k_matvec_two(const mv_args a, const mv_args b,
+                                                                             int blocks_a)
+{
+    if ((int)blockIdx.x < blocks_a) mv_block<KA, 1, false, MV_UNROLL_1>(a, blockIdx.x, blocks_a);
+    else mv_block<KB, 1, false, MV_UNROLL_1>(b, blockIdx.x - blocks_a, gridDim.x - blocks_a);
 }
 
 /* ---- one token's K-quant products through the bulk-copy engine (sm_90) ----
@@ -626,13 +651,8 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
 /* ---- dispatch ---- */
 
 typedef void (*mv_kernel)(const mv_args);
+typedef void (*mv_kernel_two)(const mv_args, const mv_args, int);
 
-/* Items in flight per thread (of each matrix): one token (decode) 2, or 1
- * per matrix of the SwiGLU pair, so that with at most 64 registers 8
- * blocks share a multiprocessor (H200, one binary: 8B decode 355 -> 371
- * tok/s against 4 and 2 at 96-125 registers: more warps, not more loads
- * per thread, hide the latency); two tokens of one matrix 4, else 2. */
-#define MV_UNROLL(nt, pair) ((nt) == 1 ? ((pair) ? 1 : 2) : (nt) <= 2 && !(pair) ? 4 : 2)
 
 template <int K, int NT>
 static mv_kernel pick_pair(bool pair)
@@ -767,6 +787,15 @@ static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
     return 1;
 }
 
+/* a's items per row, and whether one token's activation row is staged in
+ * shared memory (K-quant weights). */
+static void shape_items(const struct kcuda *k, mv_args *a, const struct kcuda_weight *w, int kind, int nt)
+{
+    a->n_items = (int)(w->n_in / item_elems(kind));
+    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q4_KG || kind == MV_Q6_K || kind == MV_Q6_KG) &&
+               a->act_stride <= MV_STAGE_MAX && a->act_stride % 16 == 0;
+}
+
 static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kcuda_weight *w2,
                   mv_args *a, int nt, unsigned n_grid_y)
 {
@@ -778,11 +807,7 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
     if (kind < 0 || (pair && kind_of(w2, a->act_stride) != kind))
         return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
                             w->type, (long long)w->n_in);
-    a->n_items = (int)(w->n_in / item_elems(kind));
-    /* one token of a K-quant weight: the activation row in shared memory */
-    a->stage = nt == 1 && k->mv_stage && (kind == MV_Q4_K || kind == MV_Q4_KG || kind == MV_Q6_K || kind == MV_Q6_KG) &&
-               a->act_stride <= MV_STAGE_MAX &&
-               a->act_stride % 16 == 0;
+    shape_items(k, a, w, kind, nt);
     if (nt == 1 && !a->tiles && bulk_fits(k, a, kind, pair)) {
         const int taken = launch_bulk(k, a, kind, pair);
         if (taken) return taken < 0 ? taken : 0;
@@ -839,27 +864,83 @@ int kcuda_matvec(struct kcuda *k, const struct kcuda_weight *w, const struct kcu
     return launch(k, w, w2, &a, (int)n_tok, 1);
 }
 
+/* The two-kind kernel for weights of kinds ka then kb, or NULL. */
+static mv_kernel_two pick_two(int ka, int kb)
+{
+    if (ka == MV_Q4_KG && kb == MV_Q6_KG) return k_matvec_two<MV_Q4_KG, MV_Q6_KG>;
+    if (ka == MV_Q6_KG && kb == MV_Q4_KG) return k_matvec_two<MV_Q6_KG, MV_Q4_KG>;
+    if (ka == MV_Q4_K && kb == MV_Q6_K) return k_matvec_two<MV_Q4_K, MV_Q6_K>;
+    if (ka == MV_Q6_K && kb == MV_Q4_K) return k_matvec_two<MV_Q6_K, MV_Q4_K>;
+    return NULL;
+}
+
+/* Where ws[0..n_w) change kind: n_w when they are one kind (same type, row
+ * length and kernel), -1 when they change twice or differ in row length. */
+static int kind_split(const struct kcuda_weight *const *ws, int n_w, size_t act_stride)
+{
+    int split = n_w;
+    for (int i = 1; i < n_w; i++) {
+        const struct kcuda_weight *w = ws[i], *p = ws[i - 1];
+        if (w->n_in != ws[0]->n_in) return -1;
+        const bool same = w->type == p->type && w->row_stride == p->row_stride &&
+                          kind_of(w, act_stride) == kind_of(p, act_stride);
+        if (same) continue;
+        if (split < n_w) return -1;
+        split = i;
+    }
+    return split;
+}
+
+/* The tasks ws[i0..i1) into a (rows counted from the first). */
+static void multi_tasks(mv_args *a, const struct kcuda_weight *const *ws, int i0, int i1, float *const *outs,
+                        const int64_t *ldos, const float *const *biases)
+{
+    int rows = 0;
+    for (int i = i0; i < i1; i++) {
+        rows += (int)ws[i]->n_out;
+        a->task[i - i0] = mv_task{ (const uint8_t *)ws[i]->data, outs[i], biases ? biases[i] : NULL, ldos[i], rows };
+    }
+    a->n_tasks = i1 - i0;
+    a->n_out = rows;
+}
+
+bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok)
+{
+    if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8) return false;
+    const int split = kind_split(ws, n_w, act_stride);
+    if (split < 0) return false;
+    return split == n_w || (n_tok == 1 && pick_two(kind_of(ws[0], act_stride), kind_of(ws[split], act_stride)));
+}
+
 int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
                        const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
                        const int64_t *ldos, const float *const *biases)
 {
-    if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8)
-        return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights, %lld tokens", n_w, (long long)n_tok);
+    if (!kcuda_matvec_multi_ok(ws, n_w, act_stride, n_tok))
+        return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights of these types and shapes, %lld tokens", n_w,
+                            (long long)n_tok);
+    const int split = kind_split(ws, n_w, act_stride);
     mv_args a;
     args_common(&a, ws[0], NULL, d_act, act_stride, KCUDA_OUT_STORE);
-    int rows = 0;
-    for (int i = 0; i < n_w; i++) {
-        const struct kcuda_weight *w = ws[i];
-        if (w->type != ws[0]->type || w->n_in != ws[0]->n_in || w->row_stride != ws[0]->row_stride ||
-            kind_of(w, act_stride) != kind_of(ws[0], act_stride))
-            return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: weights of different types or shapes");
-        rows += (int)w->n_out;
-        a.task[i] = mv_task{ (const uint8_t *)w->data, outs[i], biases ? biases[i] : NULL, ldos[i], rows };
-    }
-    a.n_tasks = n_w;
-    a.n_out = rows;
+    multi_tasks(&a, ws, 0, split, outs, ldos, biases);
     a.n_tok = (int)n_tok;
-    return launch(k, ws[0], NULL, &a, (int)n_tok, 1);
+    if (split == n_w) return launch(k, ws[0], NULL, &a, (int)n_tok, 1);
+    /* two kinds, one token: 4 rows per block (one warp each), as launch */
+    mv_args b;
+    args_common(&b, ws[split], NULL, d_act, act_stride, KCUDA_OUT_STORE);
+    multi_tasks(&b, ws, split, n_w, outs, ldos, biases);
+    b.n_tok = 1;
+    const int ka = kind_of(ws[0], act_stride), kb = kind_of(ws[split], act_stride);
+    shape_items(k, &a, ws[0], ka, 1);
+    shape_items(k, &b, ws[split], kb, 1);
+    const int blocks_a = kc_blocks(a.n_out, 4), blocks_b = kc_blocks(b.n_out, 4);
+    if (a.stage != b.stage || a.n_items != b.n_items)
+        return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: the two kinds stage their activations differently");
+    const mv_kernel_two kern = pick_two(ka, kb);
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH_SMEM(k, kern, dim3(blocks_a + blocks_b), dim3(32, 4), a.stage ? act_stride : 0, a, b, blocks_a);
+    KC_PROF_END(k, "matvec two kinds");
+    return 0;
 }
 
 int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,

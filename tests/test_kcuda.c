@@ -427,6 +427,77 @@ static void check_multi(enum tt_type tq, enum tt_type tv, bool regroup, int n_to
     free(x);
 }
 
+static void ref_rope_table(int pos, int n_rot, float base, float *cs);
+
+/* kcuda_matvec_qkv_rope against kcuda_matvec_multi then kcuda_rope_store,
+ * bit for bit: the q, k and v rows and both caches, one token at position
+ * pos of sequence 1 (llama's adjacent pairs; bias on k when `bias`). */
+static void check_qkv_rope(enum tt_type tq, enum tt_type tv, bool regroup, int H, int KV, int hd, int n_rot,
+                           bool bias, int pos)
+{
+    enum { N = 2048, NS = 2, CTX = 40 };
+    const int32_t seq = 1;
+    const enum tt_type types[3] = { tq, tq, tv };
+    const int64_t rows[3] = { (int64_t)H * hd, (int64_t)KV * hd, (int64_t)KV * hd };
+    const size_t st = kcuda_act_row_bytes(KCUDA_Q8_K, N), cn = (size_t)NS * CTX * KV * hd;
+    struct kcuda_weight dw[3];
+    const struct kcuda_weight *ws[3];
+    float *outs[2][3];
+    for (int i = 0; i < 3; i++) {
+        const size_t rb = tt_row_size(types[i], N);
+        uint8_t *w = make_weight(types[i], N, rows[i], 1.0f);
+        dw[i] = (struct kcuda_weight){ dev(rb * (size_t)rows[i] + KCUDA_WEIGHT_PAD), (int)types[i], N, rows[i], rb,
+                                       rb * (size_t)rows[i], 0 };
+        upload_weight(&dw[i], w, regroup);
+        free(w);
+        ws[i] = &dw[i];
+        for (int way = 0; way < 2; way++) outs[way][i] = dev(sizeof(float) * (size_t)rows[i]);
+    }
+    float *x = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * (size_t)rows[1]), *cs = malloc(sizeof(float) * 256);
+    fill(x, N, 1.0f);
+    fill(b, rows[1], 1.0f);
+    ref_rope_table(pos, n_rot, 10000.0f, cs);
+    float *dx = dev_from(x, sizeof(float) * N), *db = dev_from(b, sizeof(float) * (size_t)rows[1]);
+    float *dcs = dev_from(cs, sizeof(float) * 256);
+    const float *biases[3] = { NULL, bias ? db : NULL, NULL };
+    int32_t *dpos = dev_from(&pos, 4), *dseq = dev_from(&seq, 4);
+    uint8_t *da = dev(st), *kc = malloc(cn * 2);
+    CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dx, N, 1, N, da, st), 0);
+    float *tmp = malloc(sizeof(float) * cn);
+    fill(tmp, (int64_t)cn, 1.0f);
+    tt_type_get(TT_TYPE_F16)->from_float(tmp, kc, (int64_t)cn);
+    void *kcs[2] = { dev_from(kc, cn * 2), dev_from(kc, cn * 2) }, *vcs[2] = { dev_from(kc, cn * 2), dev_from(kc, cn * 2) };
+    const struct kcuda_attn_shape sh = { .n_head = H, .n_head_kv = KV, .head_dim = hd, .n_rot = n_rot, .group = H / KV,
+                                         .kv_type = KCUDA_F16, .n_ctx = CTX, .eps = 1e-6f };
+    CHECK(kcuda_matvec_qkv_rope_ok(ws, st, &sh, false));
+    CHECK(!kcuda_matvec_qkv_rope_ok(ws, st, &sh, true));
+    const int64_t ldos[3] = { rows[0], rows[1], rows[2] };
+    CHECK_EQ_INT(kcuda_matvec_multi(K, ws, 3, da, st, 1, outs[0], ldos, biases), 0);
+    CHECK_EQ_INT(kcuda_rope_store(K, &sh, 1, outs[0][0], outs[0][1], outs[0][2], NULL, NULL, dcs, dpos, dseq, kcs[0],
+                                  vcs[0]), 0);
+    CHECK_EQ_INT(kcuda_matvec_qkv_rope(K, ws, da, st, outs[1], biases, &sh, dcs, dpos, dseq, kcs[1], vcs[1]), 0);
+    int same = 0;
+    for (int i = 0; i < 3; i++) {
+        float *p = malloc(sizeof(float) * (size_t)rows[i]), *q = malloc(sizeof(float) * (size_t)rows[i]);
+        to_host(p, outs[0][i], sizeof(float) * (size_t)rows[i]), to_host(q, outs[1][i], sizeof(float) * (size_t)rows[i]);
+        same += !memcmp(p, q, sizeof(float) * (size_t)rows[i]);
+        free(p), free(q);
+    }
+    uint8_t *c0 = malloc(cn * 2), *c1 = malloc(cn * 2);
+    for (int c = 0; c < 2; c++) {
+        to_host(c0, c ? vcs[0] : kcs[0], cn * 2), to_host(c1, c ? vcs[1] : kcs[1], cn * 2);
+        same += !memcmp(c0, c1, cn * 2);
+    }
+    if (same != 5)
+        fprintf(stderr, "  qkv+rope %s+%s%s, %d/%d heads of %d, rope %d, position %d: %d of 5 buffers as the two steps\n",
+                tt_type_name(tq), tt_type_name(tv), regroup ? " regrouped" : "", H, KV, hd, n_rot, pos, same);
+    CHECK_EQ_INT(same, 5);
+    for (int i = 0; i < 3; i++) kcuda_free((void *)dw[i].data), kcuda_free(outs[0][i]), kcuda_free(outs[1][i]);
+    for (int w = 0; w < 2; w++) kcuda_free(kcs[w]), kcuda_free(vcs[w]);
+    kcuda_free(dx), kcuda_free(db), kcuda_free(dcs), kcuda_free(dpos), kcuda_free(dseq), kcuda_free(da);
+    free(x), free(b), free(cs), free(kc), free(tmp), free(c0), free(c1);
+}
+
 static void test_multi(void)
 {
     if (!gpu()) return;
@@ -436,6 +507,9 @@ static void test_multi(void)
     check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 1);  /* Q4_K_M's q, k and v, regrouped */
     check_multi(TT_TYPE_Q6_K, TT_TYPE_Q4_K, true, 1);
     check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, false, 1); /* as stored (TT_GPU_REPACK=0) */
+    check_qkv_rope(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 8, 2, 128, 128, false, 17); /* Llama-3's q, k, v kinds */
+    check_qkv_rope(TT_TYPE_Q4_K, TT_TYPE_Q4_K, true, 4, 4, 64, 32, true, 0);    /* one kind, partial rotation, bias */
+    check_qkv_rope(TT_TYPE_Q8_0, TT_TYPE_Q8_0, false, 6, 2, 32, 32, false, 39);
 }
 
 static void test_groups(void)

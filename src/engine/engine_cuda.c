@@ -97,6 +97,7 @@ struct cuda_accel {
     bool moe_fused;          /* TT_GPU_MOE_FUSED (default 1): fused router, grouped batch products */
     bool attn_q8k;           /* TT_GPU_ATTN_Q8K (default 1): decode attention writes wo's Q8_K row */
     bool qkv_one;            /* TT_GPU_QKV_ONE (default 1): q, k, v of two K-quant types in one launch */
+    bool qkv_rope;           /* TT_GPU_QKV_ROPE (default 1): that launch also does RoPE and the cache store */
     uint8_t *arena;          /* weights */
     uint64_t arena_bytes, arena_used;
     uint8_t *kv;             /* caches of all device layers */
@@ -533,11 +534,17 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const int64_t ldos[] = { qd, kvd, kvd };
     const float *biases[] = { g->bq, g->bk, g->bv };
     int i = 0;
+    bool roped = false; /* a decode token's RoPE and cache store done by that launch (llama's pairs) */
     if (!err && c->qkv_one && g->wq.data && g->wk.data && g->wv.data && vec_type(g->wq.type) == vec_type(g->wk.type) &&
         vec_type(g->wq.type) == vec_type(g->wv.type)) {
         size_t st;
         const void *a = act_of(c, &s, ws[0], &st);
-        if (kcuda_matvec_multi_ok(ws, 3, st, n_tok)) {
+        if (n_tok == 1 && c->qkv_rope && kcuda_matvec_qkv_rope_ok(ws, st, &c->shape, g->q_norm || g->k_norm)) {
+            err = kcuda_matvec_qkv_rope(c->k, ws, a, st, outs, biases, &c->shape, c->cs, c->pos, c->seq, g->k_cache,
+                                        g->v_cache);
+            i = 3;
+            roped = true;
+        } else if (kcuda_matvec_multi_ok(ws, 3, st, n_tok)) {
             err = kcuda_matvec_multi(c->k, ws, 3, a, st, n_tok, outs, ldos, biases);
             i = 3;
         }
@@ -554,7 +561,7 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
         }
         i += n;
     }
-    if (!err)
+    if (!err && !roped)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,
                                c->cs, c->pos, c->seq, g->k_cache, g->v_cache);
     /* a server's batch can open with decode tokens, one per sequence, before
@@ -1187,6 +1194,7 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->moe_fused = tt_env_int("TT_GPU_MOE_FUSED", 1);
     c->attn_q8k = tt_env_int("TT_GPU_ATTN_Q8K", 1);
     c->qkv_one = tt_env_int("TT_GPU_QKV_ONE", 1);
+    c->qkv_rope = tt_env_int("TT_GPU_QKV_ROPE", 1);
     c->graph_off = !tt_env_int("TT_GPU_GRAPH", 1);
     if (tt_env_int("TT_GPU_PROFILE", 0))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);

@@ -270,6 +270,21 @@ bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t
 int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
                        const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
                        const int64_t *ldos, const float *const *biases);
+/* One decode token's q, k and v (ws[0..3), one launch as kcuda_matvec_multi
+ * takes them) with kcuda_rope_store's work done as their rows are stored:
+ * q and k rotated (adjacent pairs: llama's RoPE, no per-head norms), k and
+ * v also stored in the F16 caches at position pos[0] of sequence seq[0].
+ * outs[0..3): q, k, v rows (q rotated, k rotated, v as computed), the same
+ * bits as the products then kcuda_rope_store. For what
+ * kcuda_matvec_qkv_rope_ok takes (norms: the model has q/k norms); else
+ * TT_EINVAL. */
+struct kcuda_attn_shape;
+bool kcuda_matvec_qkv_rope_ok(const struct kcuda_weight *const *ws, size_t act_stride,
+                              const struct kcuda_attn_shape *s, bool norms);
+int kcuda_matvec_qkv_rope(struct kcuda *k, const struct kcuda_weight *const *ws, const void *d_act,
+                          size_t act_stride, float *const *outs, const float *const *biases,
+                          const struct kcuda_attn_shape *s, const float *d_cs, const int32_t *d_pos,
+                          const int32_t *d_seq, void *d_k_cache, void *d_v_cache);
 /* Stacked experts chosen on the device. d_tiles holds up to max_tiles
  * records of KCUDA_MOE_TILE_INTS ints (kcuda_moe_plan): expert id, count
  * n <= KCUDA_MOE_TILE, then n slot ids; a record with expert < 0 ends the

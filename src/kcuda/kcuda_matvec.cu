@@ -58,6 +58,17 @@ struct mv_task {
     const float *bias;
     int64_t ldo;
     int row_end;
+    int role; /* with mv_args.qkv: MV_ROLE_* */
+};
+
+/* A decode token's q, k and v products finishing kcuda_rope_store's work
+ * (kcuda_matvec_qkv_rope): q rotated, k rotated and stored, v stored. */
+enum { MV_ROLE_PLAIN, MV_ROLE_Q, MV_ROLE_K, MV_ROLE_V };
+struct mv_qkv {
+    const float *cs;             /* the token's cos/sin pairs */
+    const int32_t *pos, *seq;
+    __half *kc, *vc;             /* NULL: no q/k/v epilogue */
+    int hd, n_rot, n_ctx, n_kv;
 };
 
 struct mv_args {
@@ -73,6 +84,7 @@ struct mv_args {
     const int32_t *tiles;  /* experts: tile records, or NULL */
     int act_div;
     int stage;             /* one token's activation row goes to shared memory (dynamic, act_stride bytes) */
+    mv_qkv qkv;
 };
 
 /* ---- per-kind weight loads and dots (Q4_K and Q6_K: kcuda_kdot.cuh) ---- */
@@ -347,6 +359,7 @@ struct mv_row {
     const float *bias;
     int64_t ldo;
     int lrow;
+    int role;
 };
 __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
 {
@@ -356,6 +369,7 @@ __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
     r.out = t == 0 ? a.task[0].out : t == 1 ? a.task[1].out : a.task[2].out;
     r.bias = t == 0 ? a.task[0].bias : t == 1 ? a.task[1].bias : a.task[2].bias;
     r.ldo = t == 0 ? a.task[0].ldo : t == 1 ? a.task[1].ldo : a.task[2].ldo;
+    r.role = t == 0 ? a.task[0].role : t == 1 ? a.task[1].role : a.task[2].role;
     r.lrow = t == 0 ? row : row - (t == 1 ? a.task[0].row_end : a.task[1].row_end);
     return r;
 }
@@ -392,6 +406,37 @@ __device__ __forceinline__ void mv_store(const mv_args &a, const mv_row &r, int 
     if (PAIR) *o = v / (1.0f + expf(-v)) * v2;
     else if (a.mode == KCUDA_OUT_ADD) *o += v;
     else *o = v;
+}
+
+/* One decode token's row of q, k or v (one warp per row, 4 rows per block,
+ * lane 0 holding v), as kcuda_rope_store leaves it: the bias added, then q
+ * and k rows rotated with their pair's row (llama's adjacent pairs: rows
+ * 2p and 2p+1 of a head are warps y and y^1 of this block) and stored, k
+ * and v rows also stored in the F16 cache at the token's position. */
+__device__ __forceinline__ void mv_qkv_store(const mv_args &a, const mv_row &r, bool active, float v)
+{
+    __shared__ float pv[4];
+    const int y = threadIdx.y;
+    if (active && r.bias) v += r.bias[r.lrow];
+    if (threadIdx.x == 0) pv[y & 3] = v;
+    __syncthreads();
+    if (threadIdx.x == 0 && active) {
+        const mv_qkv &q = a.qkv;
+        const int i = r.lrow % q.hd, head = r.lrow / q.hd;
+        float out = v;
+        if (r.role != MV_ROLE_V && r.role != MV_ROLE_PLAIN && i < q.n_rot) {
+            const int p = i / 2;
+            const float x0 = pv[y & 2], x1 = pv[(y & 2) + 1], cc = q.cs[2 * p], ss = q.cs[2 * p + 1];
+            out = (i & 1) ? __fadd_rn(__fmul_rn(x0, ss), __fmul_rn(x1, cc))
+                          : __fsub_rn(__fmul_rn(x0, cc), __fmul_rn(x1, ss));
+        }
+        r.out[r.lrow] = out;
+        if (r.role == MV_ROLE_K || r.role == MV_ROLE_V) {
+            const size_t off = (((size_t)q.seq[0] * q.n_ctx + q.pos[0]) * q.n_kv + head) * q.hd + i;
+            (r.role == MV_ROLE_K ? q.kc : q.vc)[off] = __float2half_rn(out);
+        }
+    }
+    __syncthreads(); /* pv is rewritten by the next row group */
 }
 
 /* Block bx of nb: blockDim.y rows at a time, each row on blockDim.x / 32
@@ -505,6 +550,10 @@ __device__ __forceinline__ void mv_block(const mv_args &a, int bx, int nb)
                 }
             }
             __syncthreads(); /* red is rewritten by the next row group */
+        }
+        if (!PAIR && NT == 1 && a.qkv.kc) { /* block-uniform: every warp reaches its barriers */
+            mv_qkv_store(a, r, active, acc[0]);
+            continue;
         }
         if (threadIdx.x != 0 || !active) continue;
 #pragma unroll
@@ -808,7 +857,7 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
         return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
                             w->type, (long long)w->n_in);
     shape_items(k, a, w, kind, nt);
-    if (nt == 1 && !a->tiles && bulk_fits(k, a, kind, pair)) {
+    if (nt == 1 && !a->tiles && !a->qkv.kc && bulk_fits(k, a, kind, pair)) {
         const int taken = launch_bulk(k, a, kind, pair);
         if (taken) return taken < 0 ? taken : 0;
     }
@@ -898,7 +947,8 @@ static void multi_tasks(mv_args *a, const struct kcuda_weight *const *ws, int i0
     int rows = 0;
     for (int i = i0; i < i1; i++) {
         rows += (int)ws[i]->n_out;
-        a->task[i - i0] = mv_task{ (const uint8_t *)ws[i]->data, outs[i], biases ? biases[i] : NULL, ldos[i], rows };
+        a->task[i - i0] = mv_task{ (const uint8_t *)ws[i]->data, outs[i], biases ? biases[i] : NULL, ldos[i], rows,
+                                   MV_ROLE_PLAIN };
     }
     a->n_tasks = i1 - i0;
     a->n_out = rows;
@@ -912,24 +962,35 @@ bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t
     return split == n_w || (n_tok == 1 && pick_two(kind_of(ws[0], act_stride), kind_of(ws[split], act_stride)));
 }
 
-int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
-                       const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
-                       const int64_t *ldos, const float *const *biases)
+/* kcuda_matvec_multi, with the q/k/v epilogue when qkv (roles: the task
+ * order q, k, v). */
+static int multi_launch(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w, const void *d_act,
+                        size_t act_stride, int64_t n_tok, float *const *outs, const int64_t *ldos,
+                        const float *const *biases, const mv_qkv *qkv)
 {
     if (!kcuda_matvec_multi_ok(ws, n_w, act_stride, n_tok))
         return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights of these types and shapes, %lld tokens", n_w,
                             (long long)n_tok);
+    static const int roles[3] = { MV_ROLE_Q, MV_ROLE_K, MV_ROLE_V };
     const int split = kind_split(ws, n_w, act_stride);
     mv_args a;
     args_common(&a, ws[0], NULL, d_act, act_stride, KCUDA_OUT_STORE);
     multi_tasks(&a, ws, 0, split, outs, ldos, biases);
     a.n_tok = (int)n_tok;
+    if (qkv) {
+        a.qkv = *qkv;
+        for (int i = 0; i < split; i++) a.task[i].role = roles[i];
+    }
     if (split == n_w) return launch(k, ws[0], NULL, &a, (int)n_tok, 1);
     /* two kinds, one token: 4 rows per block (one warp each), as launch */
     mv_args b;
     args_common(&b, ws[split], NULL, d_act, act_stride, KCUDA_OUT_STORE);
     multi_tasks(&b, ws, split, n_w, outs, ldos, biases);
     b.n_tok = 1;
+    if (qkv) {
+        b.qkv = *qkv;
+        for (int i = split; i < n_w; i++) b.task[i - split].role = roles[i];
+    }
     const int ka = kind_of(ws[0], act_stride), kb = kind_of(ws[split], act_stride);
     shape_items(k, &a, ws[0], ka, 1);
     shape_items(k, &b, ws[split], kb, 1);
@@ -941,6 +1002,36 @@ int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, in
     KC_LAUNCH_SMEM(k, kern, dim3(blocks_a + blocks_b), dim3(32, 4), a.stage ? act_stride : 0, a, b, blocks_a);
     KC_PROF_END(k, "matvec two kinds");
     return 0;
+}
+
+int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
+                       const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
+                       const int64_t *ldos, const float *const *biases)
+{
+    return multi_launch(k, ws, n_w, d_act, act_stride, n_tok, outs, ldos, biases, NULL);
+}
+
+bool kcuda_matvec_qkv_rope_ok(const struct kcuda_weight *const *ws, size_t act_stride,
+                              const struct kcuda_attn_shape *s, bool norms)
+{
+    return kcuda_matvec_multi_ok(ws, 3, act_stride, 1) && !norms && !s->neox && s->kv_type == KCUDA_F16 &&
+           s->head_dim % 4 == 0 && s->n_rot <= s->head_dim && s->n_rot % 2 == 0 &&
+           ws[0]->n_out == (int64_t)s->n_head * s->head_dim && ws[1]->n_out == (int64_t)s->n_head_kv * s->head_dim &&
+           ws[2]->n_out == ws[1]->n_out;
+}
+
+int kcuda_matvec_qkv_rope(struct kcuda *k, const struct kcuda_weight *const *ws, const void *d_act,
+                          size_t act_stride, float *const *outs, const float *const *biases,
+                          const struct kcuda_attn_shape *s, const float *d_cs, const int32_t *d_pos,
+                          const int32_t *d_seq, void *d_k_cache, void *d_v_cache)
+{
+    if (!kcuda_matvec_qkv_rope_ok(ws, act_stride, s, false) || !d_k_cache || !d_v_cache)
+        return tt_error_set(TT_EINVAL, "kcuda_matvec_qkv_rope: head size %d (rope %d%s) with these weights",
+                            s->head_dim, s->n_rot, s->neox ? ", neox" : "");
+    const int64_t ldos[3] = { ws[0]->n_out, ws[1]->n_out, ws[2]->n_out };
+    const mv_qkv q = { d_cs, d_pos, d_seq, (__half *)d_k_cache, (__half *)d_v_cache, s->head_dim, s->n_rot,
+                       s->n_ctx, s->n_head_kv };
+    return multi_launch(k, ws, 3, d_act, act_stride, 1, outs, ldos, biases, &q);
 }
 
 int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,

@@ -176,6 +176,7 @@ struct sampler {
     int n_vocab;
     struct sampler_cand { int32_t id; float logit; } *cand; /* n_vocab scratch */
     float *probs;        /* n_vocab scratch */
+    int32_t *blocks;     /* n_vocab / SAMPLER_BLOCK + 1 scratch: blocks a top-k scan reads */
     int32_t *history;    /* last repeat_last_n tokens, ring */
     int n_history;
     int history_pos;

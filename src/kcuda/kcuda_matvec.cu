@@ -29,8 +29,14 @@
  *               reads item l of a group with 16-byte loads of three planes
  *   F16, BF16   8 values (2 when rows are not 16-byte aligned); F32: 4 (or 1)
  * One launch handles one matrix, or in KCUDA_OUT_SWIGLU mode the gate and up
- * matrices together; stacked experts take their expert and token rows from
- * tile records built on the device (kcuda_moe_plan).
+ * matrices together, or up to three matrices of the same activations as
+ * consecutive row ranges (q, k, v: kcuda_matvec_multi; one token's two
+ * K-quant kinds run as the two halves of one grid, k_matvec_two over the
+ * shared block body mv_block); stacked experts take their expert and token
+ * rows from tile records built on the device (kcuda_moe_plan). A decode
+ * token's q, k and v launch can also finish kcuda_rope_store's work in its
+ * store epilogue (mv_qkv_store: llama's RoPE pairs are neighbouring rows,
+ * so a block holds both rows of each pair).
  */
 #include "kcuda_kdot.cuh"
 

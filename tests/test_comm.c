@@ -514,6 +514,20 @@ static void spmd_split(struct comm *c)
     comm_free(s);
 }
 
+/* comm_all_true: true only when every rank says so, the same answer on
+ * every rank. */
+static void spmd_all_true(struct comm *c)
+{
+    const int me = comm_rank(c), p = comm_size(c);
+    bool all = false;
+    RCHECK_RC(comm_all_true(c, true, &all), TT_OK);
+    RCHECK(all);
+    RCHECK_RC(comm_all_true(c, me != p - 1, &all), TT_OK);
+    RCHECK(!all);
+    RCHECK_RC(comm_all_true(c, false, &all), TT_OK);
+    RCHECK(!all);
+}
+
 struct spmd_case {
     const char *name;
     void (*fn)(struct comm *c);
@@ -535,6 +549,7 @@ static const struct spmd_case spmd_cases[] = {
     { "invalid", spmd_invalid },
     { "stats", spmd_stats },
     { "split", spmd_split },
+    { "all_true", spmd_all_true },
 };
 
 /* Run one check on this rank; its number of failures. */
@@ -618,6 +633,7 @@ GROUP_CASE(recv_mismatch)
 GROUP_CASE(invalid)
 GROUP_CASE(stats)
 GROUP_CASE(split)
+GROUP_CASE(all_true)
 
 static void test_init(void)
 {
@@ -808,6 +824,7 @@ static const struct test_case cases[] = {
     { "invalid", test_invalid },
     { "stats", test_stats },
     { "split", test_split },
+    { "all_true", test_all_true },
     { "local_disagree", test_local_disagree },
     { "local_rank_leaves", test_local_rank_leaves },
     { "local_timeout", test_local_timeout },

@@ -515,15 +515,12 @@ static double join_ms(struct kcuda *k, struct comm_nccl *nc, float *buf, int64_t
     return ms;
 }
 
-/* Whether every rank of c set up what the measurement needs (collective). */
+/* Whether every rank of c set up what the measurement needs (collective;
+ * false on a failed exchange). */
 static bool all_ranks(struct comm *c, bool mine)
 {
-    const int n = comm_size(c);
-    int32_t ok = mine, *all = calloc((size_t)n, sizeof(int32_t));
-    bool every = all && comm_allgather(c, &ok, sizeof(ok), all) == 0;
-    for (int r = 0; r < n && every; r++) every = all[r] != 0;
-    free(all);
-    return every;
+    bool all = false;
+    return comm_all_true(c, mine, &all) == 0 && all;
 }
 
 bool cli_gpu_join_link(struct comm *c, int local_rank, struct plan_link *out)

@@ -493,6 +493,19 @@ int comm_barrier(struct comm *c)
     return rc;
 }
 
+int comm_all_true(struct comm *c, bool mine, bool *all)
+{
+    const int n = comm_size(c);
+    uint8_t *each = malloc((size_t)n), b = mine;
+    *all = false;
+    if (!each) return tt_error_set(TT_ENOMEM, "out of memory for %d ranks' answers", n);
+    int err = comm_allgather(c, &b, 1, each);
+    *all = !err;
+    for (int r = 0; r < n && *all; r++) *all = each[r] != 0;
+    free(each);
+    return err;
+}
+
 /* ---- point to point ---- */
 
 static int check_p2p(const struct comm *c, const void *buf, size_t bytes, int peer, int tag,

@@ -193,6 +193,9 @@ int comm_bcast(struct comm *c, void *buf, size_t bytes, int root);
  * other ranks. */
 int comm_gather(struct comm *c, const void *send, size_t bytes, void *recv, int root);
 int comm_barrier(struct comm *c);
+/* *all = whether `mine` holds on every rank (an all-gather of one byte
+ * each: every rank learns the same answer). */
+int comm_all_true(struct comm *c, bool mine, bool *all);
 
 /* ---- point to point ---- */
 

@@ -1113,16 +1113,11 @@ static int ranks_join_setup(struct cuda_accel *c, struct engine *e)
     int err = 0;
     if (c->use_nccl) {
         err = comm_nccl_init(&c->nccl, e->comm);
-        int32_t ok = err == 0, all_ok = 0;
+        const bool ok = err == 0;
+        bool all_ok = false;
         if (err) tt_warn("GPU rank %d: %s", e->rank, tt_error_detail());
         tt_error_clear();
-        int32_t *all = calloc((size_t)e->n_ranks, sizeof(int32_t));
-        if (!all) return tt_error_set(TT_ENOMEM, "out of host memory");
-        err = comm_allgather(e->comm, &ok, sizeof(ok), all);
-        all_ok = !err;
-        for (int r = 0; r < e->n_ranks && all_ok; r++) all_ok = all[r];
-        free(all);
-        if (err) return err;
+        if ((err = comm_all_true(e->comm, ok, &all_ok))) return err;
         /* one all-reduce now, outside any graph capture: NCCL connects its
          * peers on first use, which a capture cannot contain */
         if (all_ok) {

@@ -165,45 +165,28 @@ static int scan_top(const float *logits, int V, int32_t id0, const float *block_
     return n;
 }
 
-/* The m-th largest of x[0..n) (1 <= m <= n), kept in top[0..m) as the
- * scan goes: a value enters only when it beats the m-th so far, so the
- * branches mostly predict (a quickselect over 2,004 block maxima took
- * twice as long). NaN never enters once m values are in. */
-static float nth_largest(const float *x, int n, int m, float *top)
-{
-    int cnt = 0;
-    for (int i = 0; i < n; i++) {
-        const float v = x[i];
-        if (cnt == m && !(v > top[m - 1])) continue;
-        int j = cnt < m ? cnt++ : m - 1;
-        while (j > 0 && top[j - 1] < v) {
-            top[j] = top[j - 1];
-            j--;
-        }
-        top[j] = v;
-    }
-    return top[m - 1];
-}
-
 int sampler_top_k(const float *logits, int n, int32_t id0, int k, struct sampler_cand *c)
 {
     return k > 0 ? scan_top(logits, n, id0, NULL, NULL, 0, -INFINITY, k, NULL, 0, c, 0) : 0;
 }
 
-/* A floor for the m-th largest of the n block maxima x, with scratch for
- * n / FLOOR_GROUP + m + 1 floats: the m-th largest maximum of groups of
- * FLOOR_GROUP blocks, at most it (those m groups hold m blocks at least
- * that large); -INFINITY when there are not m groups. On random logits
- * (128k vocabulary, m 40) 47 blocks reach it, where 40 reach the exact
- * value, which took 7.0 us to find against this bound's 4.1 (2-core
- * machine, block maxima not cached). */
+/* A floor for the m-th largest of the n block maxima x: the m-th largest
+ * maximum of groups of FLOOR_GROUP blocks, at most it (those m groups hold
+ * m blocks at least that large), kept in top[0..m) by insert_top;
+ * -INFINITY when there are not m groups. On random logits (128k
+ * vocabulary, m 40) 47 blocks reach it, where 40 reach the exact value,
+ * which took 7.0 us to find against this bound's 4.1 (2-core machine,
+ * block maxima not cached). */
 #define FLOOR_GROUP 16
-static float floor_of_maxima(const float *x, int n, int m, float *scratch)
+static float floor_of_maxima(const float *x, int n, int m, struct sampler_cand *top)
 {
     const int ng = (n + FLOOR_GROUP - 1) / FLOOR_GROUP;
     if (m > ng) return -INFINITY;
-    for (int g = 0; g < ng; g++) scratch[g] = max_of(x + g * FLOOR_GROUP, TT_MIN(FLOOR_GROUP, n - g * FLOOR_GROUP));
-    return nth_largest(scratch, ng, m, scratch + ng);
+    int cnt = 0;
+    for (int g = 0; g < ng; g++)
+        insert_top(top, &cnt, m,
+                   (struct sampler_cand){ g, max_of(x + g * FLOOR_GROUP, TT_MIN(FLOOR_GROUP, n - g * FLOOR_GROUP)) });
+    return top[m - 1].logit;
 }
 
 /* The k best tokens of a full vocabulary of logits, penalized, into c[0..k)
@@ -229,8 +212,7 @@ static int top_of_logits(struct sampler *s, const float *logits, const float *bl
     float floor = -INFINITY;
     const bool listed = block_max && k > 1 && k + n_hist < n_blocks;
     if (listed) {
-        floor = floor_of_maxima(block_max, n_blocks, k + n_hist, s->probs);
-        if (isnan(floor)) floor = -INFINITY;
+        floor = floor_of_maxima(block_max, n_blocks, k + n_hist, c); /* c is filled below */
         for (int b = 0; b < n_blocks; b++) {
             if (!(block_max[b] >= floor) && !isnan(block_max[b])) continue;
             s->blocks[n_list++] = b;

@@ -74,9 +74,7 @@ __global__ void k_rope_store(const rope_args a)
         if (a.neox) p = i < half ? i : i - half, i0 = p, second = i >= half;
         else p = i / 2, i0 = 2 * p, second = i & 1;
         const int i1 = a.neox ? p + half : i0 + 1;
-        const float x0 = buf[i0], x1 = buf[i1], cc = c[2 * p], ss = c[2 * p + 1];
-        out = second ? __fadd_rn(__fmul_rn(x0, ss), __fmul_rn(x1, cc))
-                     : __fsub_rn(__fmul_rn(x0, cc), __fmul_rn(x1, ss));
+        out = kc_rope_elem(buf[i0], buf[i1], c[2 * p], c[2 * p + 1], second);
     }
     if (i >= hd) return;
     vec[i] = out;

@@ -255,6 +255,15 @@ __device__ __forceinline__ float kc_warp_max(float v)
 
 __device__ __forceinline__ int8_t kc_clamp_i8(int v) { return (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v); }
 
+/* Element `second` (0: first, 1: second) of the pair (x0, x1) rotated by
+ * the angle whose cosine and sine are cc and ss, rounded as the CPU
+ * engine's RoPE: the one formula of k_rope_store and of the q/k/v
+ * products' epilogue (kcuda_matvec.cu), which must agree bit for bit. */
+__device__ __forceinline__ float kc_rope_elem(float x0, float x1, float cc, float ss, bool second)
+{
+    return second ? __fadd_rn(__fmul_rn(x0, ss), __fmul_rn(x1, cc)) : __fsub_rn(__fmul_rn(x0, cc), __fmul_rn(x1, ss));
+}
+
 /* Q8_K of one 256-element block held by a warp, 8 consecutive elements v
  * per lane (lane_on: the lane's 8 exist) from element j0 on, as quant.c's
  * quantizer: the first element of largest magnitude is max, q =

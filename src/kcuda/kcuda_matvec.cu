@@ -430,11 +430,9 @@ __device__ __forceinline__ void mv_qkv_store(const mv_args &a, const mv_row &r, 
         const mv_qkv &q = a.qkv;
         const int i = r.lrow % q.hd, head = r.lrow / q.hd;
         float out = v;
-        if (r.role != MV_ROLE_V && r.role != MV_ROLE_PLAIN && i < q.n_rot) {
+        if (r.role != MV_ROLE_V && r.role != MV_ROLE_PLAIN && i < q.n_rot) { /* q or k */
             const int p = i / 2;
-            const float x0 = pv[y & 2], x1 = pv[(y & 2) + 1], cc = q.cs[2 * p], ss = q.cs[2 * p + 1];
-            out = (i & 1) ? __fadd_rn(__fmul_rn(x0, ss), __fmul_rn(x1, cc))
-                          : __fsub_rn(__fmul_rn(x0, cc), __fmul_rn(x1, ss));
+            out = kc_rope_elem(pv[y & 2], pv[(y & 2) + 1], q.cs[2 * p], q.cs[2 * p + 1], i & 1);
         }
         r.out[r.lrow] = out;
         if (r.role == MV_ROLE_K || r.role == MV_ROLE_V) {
@@ -960,12 +958,19 @@ static void multi_tasks(mv_args *a, const struct kcuda_weight *const *ws, int i0
     a->n_out = rows;
 }
 
+/* Where one launch of ws[0..n_w) changes kind (n_w: one kind), or -1 if
+ * one launch cannot take them. */
+static int multi_split(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok)
+{
+    if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8) return -1;
+    const int split = kind_split(ws, n_w, act_stride);
+    if (split < 0 || split == n_w) return split;
+    return n_tok == 1 && pick_two(kind_of(ws[0], act_stride), kind_of(ws[split], act_stride)) ? split : -1;
+}
+
 bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok)
 {
-    if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8) return false;
-    const int split = kind_split(ws, n_w, act_stride);
-    if (split < 0) return false;
-    return split == n_w || (n_tok == 1 && pick_two(kind_of(ws[0], act_stride), kind_of(ws[split], act_stride)));
+    return multi_split(ws, n_w, act_stride, n_tok) >= 0;
 }
 
 /* kcuda_matvec_multi, with the q/k/v epilogue when qkv (roles: the task
@@ -974,11 +979,11 @@ static int multi_launch(struct kcuda *k, const struct kcuda_weight *const *ws, i
                         size_t act_stride, int64_t n_tok, float *const *outs, const int64_t *ldos,
                         const float *const *biases, const mv_qkv *qkv)
 {
-    if (!kcuda_matvec_multi_ok(ws, n_w, act_stride, n_tok))
+    const int split = multi_split(ws, n_w, act_stride, n_tok);
+    if (split < 0)
         return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights of these types and shapes, %lld tokens", n_w,
                             (long long)n_tok);
     static const int roles[3] = { MV_ROLE_Q, MV_ROLE_K, MV_ROLE_V };
-    const int split = kind_split(ws, n_w, act_stride);
     mv_args a;
     args_common(&a, ws[0], NULL, d_act, act_stride, KCUDA_OUT_STORE);
     multi_tasks(&a, ws, 0, split, outs, ldos, biases);

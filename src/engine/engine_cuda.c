@@ -472,6 +472,19 @@ static bool pairable_rows(const struct kcuda_weight *a, const struct kcuda_weigh
     return a->data && b->data && a->type == b->type && a->n_in == b->n_in && a->row_stride == b->row_stride;
 }
 
+/* How many of ws[i..3) (q, k, v), from ws[i] on, one kcuda_matvec_multi
+ * launch takes: neighbours with weights that read ws[i]'s activation rows
+ * (st bytes apart), of its type, or with qkv_one of the other K-quant type
+ * one token's launch takes. */
+static int qkv_run(const struct cuda_accel *c, const struct kcuda_weight *const *ws, int i, size_t st, int n_tok)
+{
+    int n = 1;
+    while (i + n < 3 && ws[i + n]->data && vec_type(ws[i + n]->type) == vec_type(ws[i]->type) &&
+           (c->qkv_one || pairable_rows(ws[i], ws[i + n])) && kcuda_matvec_multi_ok(ws + i, n + 1, st, n_tok))
+        n++;
+    return n;
+}
+
 /* ---- GPU ranks: joining partial products ---- */
 
 /* Sum d_buf[0..n) over the ranks in place: NCCL on the stream, or through
@@ -525,41 +538,32 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const struct kcuda_weight *ws[] = { &g->wq, &g->wk, &g->wv }, *wo[] = { &g->wo };
     if (e->n_head_local == 0) return project_add(c, e, NULL, &g->wo, n_tok); /* GPU ranks: no heads here */
     int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->attn_norm, hp->rms_eps, NULL, ws, 3);
-    /* q, k and v in one launch where kcuda_matvec_multi takes them (one
-     * type, or a decode token's two K-quant types: Q6_K v beside Q4_K q and
-     * k in Q4_K_M files), else one launch for each run of neighbours that
-     * share a type and row length (q then k+v: Q8_0 k and v beside a Q4_K q
-     * in MoE models) */
+    /* q, k and v: one launch for each run of neighbours kcuda_matvec_multi
+     * takes together (qkv_run): all three when they share a type, or for a
+     * decode token two K-quant types (Q6_K v beside Q4_K q and k in Q4_K_M
+     * files), else q then k+v (Q8_0 k and v beside a Q4_K q in MoE files);
+     * for llama's RoPE the one launch of all three also rotates q and k and
+     * stores k and v in the cache */
     float *outs[] = { c->q, c->kx, c->vx };
     const int64_t ldos[] = { qd, kvd, kvd };
     const float *biases[] = { g->bq, g->bk, g->bv };
-    int i = 0;
-    bool roped = false; /* a decode token's RoPE and cache store done by that launch (llama's pairs) */
-    if (!err && c->qkv_one && g->wq.data && g->wk.data && g->wv.data && vec_type(g->wq.type) == vec_type(g->wk.type) &&
-        vec_type(g->wq.type) == vec_type(g->wv.type)) {
+    bool roped = false;
+    for (int i = 0, n = 1; i < 3 && !err; i += n) {
+        n = 1;
+        if (!ws[i]->data) continue;
         size_t st;
-        const void *a = act_of(c, &s, ws[0], &st);
-        if (n_tok == 1 && c->qkv_rope && kcuda_matvec_qkv_rope_ok(ws, st, &c->shape, g->q_norm || g->k_norm)) {
+        const void *a = act_of(c, &s, ws[i], &st);
+        n = qkv_run(c, ws, i, st, n_tok);
+        if (n == 3 && n_tok == 1 && c->qkv_one && c->qkv_rope &&
+            kcuda_matvec_qkv_rope_ok(ws, st, &c->shape, g->q_norm || g->k_norm)) {
             err = kcuda_matvec_qkv_rope(c->k, ws, a, st, outs, biases, &c->shape, c->cs, c->pos, c->seq, g->k_cache,
                                         g->v_cache);
-            i = 3;
             roped = true;
-        } else if (kcuda_matvec_multi_ok(ws, 3, st, n_tok)) {
-            err = kcuda_matvec_multi(c->k, ws, 3, a, st, n_tok, outs, ldos, biases);
-            i = 3;
-        }
-    }
-    while (i < 3 && !err) {
-        int n = 1;
-        while (n_tok <= 8 && i + n < 3 && pairable_rows(ws[i], ws[i + n])) n++;
-        if (n > 1) {
-            size_t st;
-            const void *a = act_of(c, &s, ws[i], &st);
+        } else if (n > 1) {
             err = kcuda_matvec_multi(c->k, ws + i, n, a, st, n_tok, outs + i, ldos + i, biases + i);
         } else {
-            err = lin(c, &s, ws[i], NULL, n_tok, outs[i], ldos[i], biases[i], KCUDA_OUT_STORE);
+            err = kcuda_linear(c->k, ws[i], NULL, a, st, n_tok, outs[i], ldos[i], biases[i], KCUDA_OUT_STORE);
         }
-        i += n;
     }
     if (!err && !roped)
         err = kcuda_rope_store(c->k, &c->shape, n_tok, c->q, c->kx, c->vx, g->q_norm, g->k_norm,

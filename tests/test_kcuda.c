@@ -498,6 +498,60 @@ static void check_qkv_rope(enum tt_type tq, enum tt_type tv, bool regroup, int H
     free(x), free(b), free(cs), free(kc), free(tmp), free(c0), free(c1);
 }
 
+/* kcuda_matvec_multi_acts: Q4_K q against Q8_K rows beside Q8_0 k and v
+ * against Q8_0 rows in one launch, bit for bit as single products. */
+static void check_multi_acts(bool regroup)
+{
+    enum { N = 2048, Q = 72, KV = 20 };
+    const enum tt_type types[3] = { TT_TYPE_Q4_K, TT_TYPE_Q8_0, TT_TYPE_Q8_0 };
+    const int64_t rows[3] = { Q, KV, KV };
+    struct kcuda_weight dw[3];
+    const struct kcuda_weight *ws[3];
+    const void *acts[3];
+    size_t sts[3];
+    int64_t ldos[3];
+    float *outs[2][3];
+    float *x = malloc(sizeof(float) * N);
+    fill(x, N, 1.0f);
+    float *dx = dev_from(x, sizeof(float) * N);
+    uint8_t *da[3];
+    for (int i = 0; i < 3; i++) {
+        const size_t rb = tt_row_size(types[i], N);
+        uint8_t *w = make_weight(types[i], N, rows[i], 1.0f);
+        dw[i] = (struct kcuda_weight){ dev(rb * (size_t)rows[i] + KCUDA_WEIGHT_PAD), (int)types[i], N, rows[i], rb,
+                                       rb * (size_t)rows[i], 0 };
+        if (i == 0) upload_weight(&dw[i], w, regroup);
+        else TT_ASSERT(kcuda_upload(K, (void *)dw[i].data, w, rb * (size_t)rows[i]) == 0);
+        free(w);
+        ws[i] = &dw[i];
+        const int vt = (int)tt_type_get(types[i])->vec_dot_type;
+        sts[i] = kcuda_act_row_bytes(vt, N);
+        da[i] = dev(sts[i]);
+        CHECK_EQ_INT(kcuda_convert(K, vt, dx, N, 1, N, da[i], sts[i]), 0);
+        acts[i] = da[i];
+        ldos[i] = rows[i];
+        for (int way = 0; way < 2; way++) outs[way][i] = dev(sizeof(float) * (size_t)rows[i]);
+    }
+    CHECK(kcuda_matvec_multi_acts_ok(ws, 3, sts, 1));
+    CHECK(!kcuda_matvec_multi_acts_ok(ws, 3, sts, 2));
+    CHECK_EQ_INT(kcuda_matvec_multi_acts(K, ws, 3, acts, sts, 1, outs[1], ldos, NULL), 0);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(kcuda_matvec(K, ws[i], NULL, acts[i], sts[i], 1, outs[0][i], ldos[i], NULL, KCUDA_OUT_STORE), 0);
+    int same = 0;
+    for (int i = 0; i < 3; i++) {
+        float *p = malloc(sizeof(float) * (size_t)rows[i]), *q = malloc(sizeof(float) * (size_t)rows[i]);
+        to_host(p, outs[0][i], sizeof(float) * (size_t)rows[i]), to_host(q, outs[1][i], sizeof(float) * (size_t)rows[i]);
+        same += !memcmp(p, q, sizeof(float) * (size_t)rows[i]);
+        free(p), free(q);
+    }
+    if (same != 3) fprintf(stderr, "  multi_acts%s: %d of 3 outputs as single products\n", regroup ? " regrouped" : "", same);
+    CHECK_EQ_INT(same, 3);
+    for (int i = 0; i < 3; i++)
+        kcuda_free((void *)dw[i].data), kcuda_free(da[i]), kcuda_free(outs[0][i]), kcuda_free(outs[1][i]);
+    kcuda_free(dx);
+    free(x);
+}
+
 static void test_multi(void)
 {
     if (!gpu()) return;
@@ -507,6 +561,8 @@ static void test_multi(void)
     check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 1);  /* Q4_K_M's q, k and v, regrouped */
     check_multi(TT_TYPE_Q6_K, TT_TYPE_Q4_K, true, 1);
     check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, false, 1); /* as stored (TT_GPU_REPACK=0) */
+    check_multi_acts(true);  /* MoE files' q (Q4_K) beside k and v (Q8_0), two activation types */
+    check_multi_acts(false);
     check_qkv_rope(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 8, 2, 128, 128, false, 17); /* Llama-3's q, k, v kinds */
     check_qkv_rope(TT_TYPE_Q4_K, TT_TYPE_Q4_K, true, 4, 4, 64, 32, true, 0);    /* one kind, partial rotation, bias */
     check_qkv_rope(TT_TYPE_Q8_0, TT_TYPE_Q8_0, false, 6, 2, 32, 32, false, 39);

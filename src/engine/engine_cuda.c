@@ -472,15 +472,18 @@ static bool pairable_rows(const struct kcuda_weight *a, const struct kcuda_weigh
     return a->data && b->data && a->type == b->type && a->n_in == b->n_in && a->row_stride == b->row_stride;
 }
 
-/* How many of ws[i..3) (q, k, v), from ws[i] on, one kcuda_matvec_multi
- * launch takes: neighbours with weights that read ws[i]'s activation rows
- * (st bytes apart), of its type, or with qkv_one of the other K-quant type
- * one token's launch takes. */
-static int qkv_run(const struct cuda_accel *c, const struct kcuda_weight *const *ws, int i, size_t st, int n_tok)
+/* How many of ws[i..3) (q, k, v), from ws[i] on, one kcuda_matvec_multi_acts
+ * launch takes (activation rows st[j] bytes apart): neighbours with
+ * weights of ws[i]'s type, or with qkv_one another K-quant type or, for
+ * one token, another activation type (MoE files: Q4_K q, Q8_0 k and v). */
+static int qkv_run(const struct cuda_accel *c, const struct kcuda_weight *const *ws, int i, const size_t *st,
+                   int n_tok)
 {
     int n = 1;
-    while (i + n < 3 && ws[i + n]->data && vec_type(ws[i + n]->type) == vec_type(ws[i]->type) &&
-           (c->qkv_one || pairable_rows(ws[i], ws[i + n])) && kcuda_matvec_multi_ok(ws + i, n + 1, st, n_tok))
+    while (i + n < 3 && ws[i + n]->data &&
+           (vec_type(ws[i + n]->type) == vec_type(ws[i]->type) ? c->qkv_one || pairable_rows(ws[i], ws[i + n])
+                                                                : c->qkv_one && n_tok == 1) &&
+           kcuda_matvec_multi_acts_ok(ws + i, n + 1, st + i, n_tok))
         n++;
     return n;
 }
@@ -548,21 +551,23 @@ static int attention_block(struct cuda_accel *c, struct engine *e, int il, int n
     const int64_t ldos[] = { qd, kvd, kvd };
     const float *biases[] = { g->bq, g->bk, g->bv };
     bool roped = false;
+    const void *acts[3] = { NULL, NULL, NULL };
+    size_t sts[3] = { 0, 0, 0 };
+    for (int j = 0; j < 3 && !err; j++)
+        if (ws[j]->data) acts[j] = act_of(c, &s, ws[j], &sts[j]);
     for (int i = 0, n = 1; i < 3 && !err; i += n) {
         n = 1;
         if (!ws[i]->data) continue;
-        size_t st;
-        const void *a = act_of(c, &s, ws[i], &st);
-        n = qkv_run(c, ws, i, st, n_tok);
-        if (n == 3 && n_tok == 1 && c->qkv_one && c->qkv_rope &&
-            kcuda_matvec_qkv_rope_ok(ws, st, &c->shape, g->q_norm || g->k_norm)) {
-            err = kcuda_matvec_qkv_rope(c->k, ws, a, st, outs, biases, &c->shape, c->cs, c->pos, c->seq, g->k_cache,
-                                        g->v_cache);
+        n = qkv_run(c, ws, i, sts, n_tok);
+        if (n == 3 && acts[1] == acts[0] && acts[2] == acts[0] && n_tok == 1 && c->qkv_one && c->qkv_rope &&
+            kcuda_matvec_qkv_rope_ok(ws, sts[0], &c->shape, g->q_norm || g->k_norm)) {
+            err = kcuda_matvec_qkv_rope(c->k, ws, acts[0], sts[0], outs, biases, &c->shape, c->cs, c->pos, c->seq,
+                                        g->k_cache, g->v_cache);
             roped = true;
         } else if (n > 1) {
-            err = kcuda_matvec_multi(c->k, ws + i, n, a, st, n_tok, outs + i, ldos + i, biases + i);
+            err = kcuda_matvec_multi_acts(c->k, ws + i, n, acts + i, sts + i, n_tok, outs + i, ldos + i, biases + i);
         } else {
-            err = kcuda_linear(c->k, ws[i], NULL, a, st, n_tok, outs[i], ldos[i], biases[i], KCUDA_OUT_STORE);
+            err = kcuda_linear(c->k, ws[i], NULL, acts[i], sts[i], n_tok, outs[i], ldos[i], biases[i], KCUDA_OUT_STORE);
         }
     }
     if (!err && !roped)

@@ -270,6 +270,14 @@ bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t
 int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
                        const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
                        const int64_t *ldos, const float *const *biases);
+/* The same with each weight's own activation rows (d_acts[i], act_strides[i]
+ * bytes apart): one token's two kinds may then read two activation types
+ * (Q4_K q against Q8_K rows beside Q8_0 k and v against Q8_0 rows). */
+bool kcuda_matvec_multi_acts_ok(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides,
+                                int64_t n_tok);
+int kcuda_matvec_multi_acts(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
+                            const void *const *d_acts, const size_t *act_strides, int64_t n_tok, float *const *outs,
+                            const int64_t *ldos, const float *const *biases);
 /* One decode token's q, k and v (ws[0..3), one launch as kcuda_matvec_multi
  * takes them) with kcuda_rope_store's work done as their rows are stored:
  * q and k rotated (adjacent pairs: llama's RoPE, no per-head norms), k and

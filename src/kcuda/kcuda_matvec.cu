@@ -924,19 +924,21 @@ static mv_kernel_two pick_two(int ka, int kb)
     if (ka == MV_Q6_KG && kb == MV_Q4_KG) return k_matvec_two<MV_Q6_KG, MV_Q4_KG>;
     if (ka == MV_Q4_K && kb == MV_Q6_K) return k_matvec_two<MV_Q4_K, MV_Q6_K>;
     if (ka == MV_Q6_K && kb == MV_Q4_K) return k_matvec_two<MV_Q6_K, MV_Q4_K>;
+    if (ka == MV_Q4_KG && kb == MV_Q8_0) return k_matvec_two<MV_Q4_KG, MV_Q8_0>; /* MoE files' q beside k, v */
+    if (ka == MV_Q4_K && kb == MV_Q8_0) return k_matvec_two<MV_Q4_K, MV_Q8_0>;
     return NULL;
 }
 
 /* Where ws[0..n_w) change kind: n_w when they are one kind (same type, row
  * length and kernel), -1 when they change twice or differ in row length. */
-static int kind_split(const struct kcuda_weight *const *ws, int n_w, size_t act_stride)
+static int kind_split(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides)
 {
     int split = n_w;
     for (int i = 1; i < n_w; i++) {
         const struct kcuda_weight *w = ws[i], *p = ws[i - 1];
         if (w->n_in != ws[0]->n_in) return -1;
-        const bool same = w->type == p->type && w->row_stride == p->row_stride &&
-                          kind_of(w, act_stride) == kind_of(p, act_stride);
+        const bool same = w->type == p->type && w->row_stride == p->row_stride && act_strides[i] == act_strides[i - 1] &&
+                          kind_of(w, act_strides[i]) == kind_of(p, act_strides[i - 1]);
         if (same) continue;
         if (split < n_w) return -1;
         split = i;
@@ -958,34 +960,44 @@ static void multi_tasks(mv_args *a, const struct kcuda_weight *const *ws, int i0
     a->n_out = rows;
 }
 
-/* Where one launch of ws[0..n_w) changes kind (n_w: one kind), or -1 if
- * one launch cannot take them. */
-static int multi_split(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok)
+/* Where one launch of ws[0..n_w), each against its activation rows
+ * (act_strides[i] bytes), changes kind (n_w: one kind), or -1 if one launch
+ * cannot take them. */
+static int multi_split(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides, int64_t n_tok)
 {
     if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8) return -1;
-    const int split = kind_split(ws, n_w, act_stride);
+    const int split = kind_split(ws, n_w, act_strides);
     if (split < 0 || split == n_w) return split;
-    return n_tok == 1 && pick_two(kind_of(ws[0], act_stride), kind_of(ws[split], act_stride)) ? split : -1;
+    return n_tok == 1 && pick_two(kind_of(ws[0], act_strides[0]), kind_of(ws[split], act_strides[split])) ? split
+                                                                                                          : -1;
 }
 
 bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok)
 {
-    return multi_split(ws, n_w, act_stride, n_tok) >= 0;
+    const size_t st[KCUDA_MULTI_MAX] = { act_stride, act_stride, act_stride };
+    return multi_split(ws, n_w, st, n_tok) >= 0;
 }
 
-/* kcuda_matvec_multi, with the q/k/v epilogue when qkv (roles: the task
- * order q, k, v). */
-static int multi_launch(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w, const void *d_act,
-                        size_t act_stride, int64_t n_tok, float *const *outs, const int64_t *ldos,
+bool kcuda_matvec_multi_acts_ok(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides,
+                                int64_t n_tok)
+{
+    return multi_split(ws, n_w, act_strides, n_tok) >= 0;
+}
+
+/* kcuda_matvec_multi with each weight's activation rows (d_acts[i],
+ * act_strides[i]), and the q/k/v epilogue when qkv (roles: the task order
+ * q, k, v). */
+static int multi_launch(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w, const void *const *d_acts,
+                        const size_t *act_strides, int64_t n_tok, float *const *outs, const int64_t *ldos,
                         const float *const *biases, const mv_qkv *qkv)
 {
-    const int split = multi_split(ws, n_w, act_stride, n_tok);
+    const int split = multi_split(ws, n_w, act_strides, n_tok);
     if (split < 0)
         return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights of these types and shapes, %lld tokens", n_w,
                             (long long)n_tok);
     static const int roles[3] = { MV_ROLE_Q, MV_ROLE_K, MV_ROLE_V };
     mv_args a;
-    args_common(&a, ws[0], NULL, d_act, act_stride, KCUDA_OUT_STORE);
+    args_common(&a, ws[0], NULL, d_acts[0], act_strides[0], KCUDA_OUT_STORE);
     multi_tasks(&a, ws, 0, split, outs, ldos, biases);
     a.n_tok = (int)n_tok;
     if (qkv) {
@@ -993,24 +1005,25 @@ static int multi_launch(struct kcuda *k, const struct kcuda_weight *const *ws, i
         for (int i = 0; i < split; i++) a.task[i].role = roles[i];
     }
     if (split == n_w) return launch(k, ws[0], NULL, &a, (int)n_tok, 1);
-    /* two kinds, one token: 4 rows per block (one warp each), as launch */
+    /* two kinds, one token: 4 rows per block (one warp each), as launch;
+     * each half reads its own activation rows, the staged ones from the
+     * dynamic shared memory sized for the larger */
     mv_args b;
-    args_common(&b, ws[split], NULL, d_act, act_stride, KCUDA_OUT_STORE);
+    args_common(&b, ws[split], NULL, d_acts[split], act_strides[split], KCUDA_OUT_STORE);
     multi_tasks(&b, ws, split, n_w, outs, ldos, biases);
     b.n_tok = 1;
     if (qkv) {
         b.qkv = *qkv;
         for (int i = split; i < n_w; i++) b.task[i - split].role = roles[i];
     }
-    const int ka = kind_of(ws[0], act_stride), kb = kind_of(ws[split], act_stride);
+    const int ka = kind_of(ws[0], act_strides[0]), kb = kind_of(ws[split], act_strides[split]);
     shape_items(k, &a, ws[0], ka, 1);
     shape_items(k, &b, ws[split], kb, 1);
     const int blocks_a = kc_blocks(a.n_out, 4), blocks_b = kc_blocks(b.n_out, 4);
-    if (a.stage != b.stage || a.n_items != b.n_items)
-        return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: the two kinds stage their activations differently");
+    const size_t smem = TT_MAX(a.stage ? a.act_stride : 0, b.stage ? b.act_stride : 0);
     const mv_kernel_two kern = pick_two(ka, kb);
     KC_PROF_BEGIN(k);
-    KC_LAUNCH_SMEM(k, kern, dim3(blocks_a + blocks_b), dim3(32, 4), a.stage ? act_stride : 0, a, b, blocks_a);
+    KC_LAUNCH_SMEM(k, kern, dim3(blocks_a + blocks_b), dim3(32, 4), smem, a, b, blocks_a);
     KC_PROF_END(k, "matvec two kinds");
     return 0;
 }
@@ -1019,7 +1032,16 @@ int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, in
                        const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
                        const int64_t *ldos, const float *const *biases)
 {
-    return multi_launch(k, ws, n_w, d_act, act_stride, n_tok, outs, ldos, biases, NULL);
+    const void *acts[KCUDA_MULTI_MAX] = { d_act, d_act, d_act };
+    const size_t st[KCUDA_MULTI_MAX] = { act_stride, act_stride, act_stride };
+    return multi_launch(k, ws, n_w, acts, st, n_tok, outs, ldos, biases, NULL);
+}
+
+int kcuda_matvec_multi_acts(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,
+                            const void *const *d_acts, const size_t *act_strides, int64_t n_tok, float *const *outs,
+                            const int64_t *ldos, const float *const *biases)
+{
+    return multi_launch(k, ws, n_w, d_acts, act_strides, n_tok, outs, ldos, biases, NULL);
 }
 
 bool kcuda_matvec_qkv_rope_ok(const struct kcuda_weight *const *ws, size_t act_stride,
@@ -1042,7 +1064,9 @@ int kcuda_matvec_qkv_rope(struct kcuda *k, const struct kcuda_weight *const *ws,
     const int64_t ldos[3] = { ws[0]->n_out, ws[1]->n_out, ws[2]->n_out };
     const mv_qkv q = { d_cs, d_pos, d_seq, (__half *)d_k_cache, (__half *)d_v_cache, s->head_dim, s->n_rot,
                        s->n_ctx, s->n_head_kv };
-    return multi_launch(k, ws, 3, d_act, act_stride, 1, outs, ldos, biases, &q);
+    const void *acts[3] = { d_act, d_act, d_act };
+    const size_t st[3] = { act_stride, act_stride, act_stride };
+    return multi_launch(k, ws, 3, acts, st, 1, outs, ldos, biases, &q);
 }
 
 int kcuda_matvec_experts(struct kcuda *k, const struct kcuda_weight *w,

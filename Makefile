@@ -115,8 +115,8 @@ $(BUILD)/src/kcuda/%.o: src/kcuda/%.cu $(wildcard src/kcuda/*.h src/kcuda/*.cuh)
 # On a machine with an NVIDIA GPU: the kernels against the CPU reference, and
 # every model against its goldens through the CLI on the GPU; GPU ranks under
 # mpirun and the NCCL backend (tests/gpu_test.sh runs test_comm_nccl).
-test-gpu: all $(BUILD)/tests/test_kcuda $(BUILD)/tests/test_comm_nccl
-	@$(BUILD)/tests/test_kcuda; TT_GPU_MV_BULK=1 $(BUILD)/tests/test_kcuda q6_q4_groups; TUTTI=$(BUILD)/tutti sh tests/gpu_test.sh
+test-gpu: all $(BUILD)/tests/test_kcuda $(BUILD)/tests/test_kcuda_top $(BUILD)/tests/test_comm_nccl
+	@$(BUILD)/tests/test_kcuda; $(BUILD)/tests/test_kcuda_top; TT_GPU_MV_BULK=1 $(BUILD)/tests/test_kcuda q6_q4_groups; TUTTI=$(BUILD)/tutti sh tests/gpu_test.sh
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -506,9 +506,13 @@ static void test_moe_rebalance(void)
  * given the blocks' maxima, pick what sampling the whole vocabulary as
  * candidates does (sampler_sample_cands), for greedy, top-k, repetition
  * penalties above and below 1, ties and small vocabularies. */
+/* The sampler's three ways to a token agree on random logits (ties
+ * included): all logits, gathered candidates, block maxima; and, where it
+ * applies, the best 64 tokens alone (what a GPU's decode step copies out). */
 static void test_sampler_fast_path(void)
 {
-    int differ = 0, total = 0;
+    int differ = 0, total = 0, from_top = 0;
+    struct sampler_cand top[64];
     uint32_t rng = 12345;
     for (int V = 1; V <= 40000; V = V < 64 ? V + 9 : V * 5) {
         float *l = malloc(sizeof(float) * (size_t)V), *bmax = malloc(sizeof(float) * (size_t)(V / SAMPLER_BLOCK + 1));
@@ -521,10 +525,11 @@ static void test_sampler_fast_path(void)
             if (cfg & 2) o.repeat_penalty = cfg & 8 ? 0.7f : 1.3f;
             if (cfg & 4) o.top_k = cfg & 8 ? 1 : 3;
             if (cfg & 16) o.top_k = 0;
-            struct sampler a, b, m;
+            struct sampler a, b, m, t;
             sampler_init(&a, &o, V);
             sampler_init(&b, &o, V);
             sampler_init(&m, &o, V);
+            sampler_init(&t, &o, V);
             for (int step = 0; step < 30; step++) {
                 for (int i = 0; i < V; i++) {
                     rng = rng * 1664525u + 1013904223u;
@@ -535,15 +540,20 @@ static void test_sampler_fast_path(void)
                     bmax[i / SAMPLER_BLOCK] = i % SAMPLER_BLOCK == 0 || l[i] > bmax[i / SAMPLER_BLOCK] ? l[i] : bmax[i / SAMPLER_BLOCK];
                 const int32_t x = sampler_sample(&a, l), y = sampler_sample_cands(&b, c, V);
                 const int32_t z = sampler_sample_maxima(&m, l, bmax);
-                differ += (x != y) + (z != y);
+                int32_t w = sampler_sample_top(&t, top, sampler_top_k(l, V, 0, TT_MIN(64, V), top));
+                from_top += w >= 0;
+                if (w < 0) w = sampler_sample_maxima(&t, l, bmax);
+                differ += (x != y) + (z != y) + (w != y);
                 total++;
                 sampler_accept(&a, x);
                 sampler_accept(&b, y);
                 sampler_accept(&m, z);
+                sampler_accept(&t, w);
             }
             sampler_free(&a);
             sampler_free(&b);
             sampler_free(&m);
+            sampler_free(&t);
         }
         free(l);
         free(bmax);
@@ -552,6 +562,7 @@ static void test_sampler_fast_path(void)
     if (differ) fprintf(stderr, "  %d of %d tokens differ\n", differ, total);
     CHECK_EQ_INT(differ, 0);
     CHECK(total > 1000);
+    CHECK(from_top > total / 4);
 }
 
 static const struct test_case tests[] = {

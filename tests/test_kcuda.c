@@ -730,7 +730,7 @@ static void check_router(int X, int n_in, int T, int KX, bool norm)
     int *dcount = dev(sizeof(int) * (size_t)T);
     TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)T) == 0);
     for (int rep = 0; rep < 2; rep++) {
-        int err = kcuda_moe_router(K, &dw, dx, T, KX, norm, dlog, dcount, dsel, dwt, dtiles, NULL);
+        int err = kcuda_moe_router(K, &dw, dx, T, KX, norm, dlog, dcount, dsel, dwt, dtiles, NULL, NULL);
         if (err) fprintf(stderr, "  %s\n", tt_error_detail());
         CHECK_EQ_INT(err, 0);
         to_host(got, dlog, sizeof(float) * (size_t)T * X);
@@ -752,6 +752,59 @@ static void check_router(int X, int n_in, int T, int KX, bool norm)
     kcuda_free((void *)dw.data), kcuda_free(dx), kcuda_free(dlog), kcuda_free(dwt), kcuda_free(dsel);
     kcuda_free(dtiles), kcuda_free(dcount);
     free(w), free(x), free(ref), free(got);
+}
+
+/* The router doing the ffn norm (decode) against kcuda_norm_convert then
+ * the router: the same normed floats and Q8_K rows bit for bit, the same
+ * choices. */
+static void check_router_norm(int X, int n_in, int T, int KX)
+{
+    const size_t xs = (size_t)T * n_in, qs = kcuda_act_row_bytes(KCUDA_Q8_K, n_in);
+    float *w = malloc(sizeof(float) * (size_t)X * n_in), *x = malloc(sizeof(float) * xs);
+    float *nw = malloc(sizeof(float) * (size_t)n_in), *yf[2], *lg[2];
+    uint8_t *q[2];
+    int32_t *sel[2];
+    fill(w, (int64_t)X * n_in, 0.1f);
+    fill(x, (int64_t)xs, 3.0f);
+    fill(nw, n_in, 1.0f);
+    const struct kcuda_weight dw = { .data = dev_from(w, sizeof(float) * (size_t)X * n_in), .type = KCUDA_F32,
+                                     .n_in = n_in, .n_out = X, .row_stride = sizeof(float) * (size_t)n_in };
+    CHECK(kcuda_moe_router_norm_ok(&dw));
+    float *dx = dev_from(x, sizeof(float) * xs), *dnw = dev_from(nw, sizeof(float) * (size_t)n_in);
+    float *dyf = dev(sizeof(float) * xs), *dlog = dev(sizeof(float) * (size_t)T * X), *dwt = dev(sizeof(float) * 256);
+    uint8_t *dq = dev(qs * (size_t)T);
+    int32_t *dsel = dev(sizeof(int32_t) * 256), *dtiles = dev(sizeof(int32_t) * 256 * KCUDA_MOE_TILE_INTS);
+    int *dcount = dev(sizeof(int) * (size_t)T);
+    TT_ASSERT(kcuda_memset(K, dcount, 0, sizeof(int) * (size_t)T) == 0);
+    for (int f = 0; f < 2; f++) {
+        int err = 0;
+        if (f == 0) {
+            const int type = KCUDA_Q8_K;
+            void *dst = dq;
+            err = kcuda_norm_convert_multi(K, 1, &type, &dst, &qs, dx, n_in, T, n_in, dnw, 1e-5f, dyf);
+            if (!err) err = kcuda_moe_router(K, &dw, dyf, T, KX, true, dlog, dcount, dsel, dwt, dtiles, NULL, NULL);
+        } else {
+            const struct kcuda_router_norm rn = { dnw, 1e-5f, dyf, dq, qs };
+            err = kcuda_moe_router(K, &dw, dx, T, KX, true, dlog, dcount, dsel, dwt, dtiles, NULL, &rn);
+        }
+        if (err) fprintf(stderr, "  %s\n", tt_error_detail());
+        CHECK_EQ_INT(err, 0);
+        yf[f] = malloc(sizeof(float) * xs), lg[f] = malloc(sizeof(float) * (size_t)T * X);
+        q[f] = malloc(qs * (size_t)T), sel[f] = malloc(sizeof(int32_t) * (size_t)T * KX);
+        to_host(yf[f], dyf, sizeof(float) * xs);
+        to_host(lg[f], dlog, sizeof(float) * (size_t)T * X);
+        to_host(q[f], dq, qs * (size_t)T);
+        to_host(sel[f], dsel, sizeof(int32_t) * (size_t)T * KX);
+        TT_ASSERT(kcuda_memset(K, dyf, 0, sizeof(float) * xs) == 0 && kcuda_memset(K, dq, 0, qs * (size_t)T) == 0);
+    }
+    CHECK(memcmp(yf[0], yf[1], sizeof(float) * xs) == 0);
+    CHECK(memcmp(q[0], q[1], qs * (size_t)T) == 0);
+    CHECK(memcmp(lg[0], lg[1], sizeof(float) * (size_t)T * X) == 0);
+    CHECK(memcmp(sel[0], sel[1], sizeof(int32_t) * (size_t)T * KX) == 0);
+    for (int f = 0; f < 2; f++) free(yf[f]), free(lg[f]), free(q[f]), free(sel[f]);
+    kcuda_free((void *)dw.data), kcuda_free(dx), kcuda_free(dnw), kcuda_free(dyf), kcuda_free(dlog);
+    kcuda_free(dwt), kcuda_free(dq), kcuda_free(dsel), kcuda_free(dtiles), kcuda_free(dcount);
+    free(w), free(x), free(nw);
 }
 
 /* Slots grouped by expert, then the grouped tensor-core products (gate/up
@@ -981,6 +1034,8 @@ static void test_moe_fused(void)
     check_router(60, 2048, 1, 8, true);
     check_router(60, 2048, 5, 4, false);
     check_router(17, 100, 3, 2, true);
+    check_router_norm(128, 2048, 1, 8);
+    check_router_norm(60, 4096, 3, 4);
     check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 10, 3, 50, 512, 256, false); /* read as stored */
     check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96, false);   /* F16 scratch, ragged tiles */
     check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256, false);
@@ -1252,6 +1307,39 @@ static void test_attention(void)
 
 /* ---- the small kernels ---- */
 
+/* kcuda_upload_gather: pieces of odd sizes and alignments land whole, and a
+ * captured graph copies what the host buffers hold at each launch. */
+static void check_upload_gather(void)
+{
+    enum { N = 3 };
+    const size_t bytes[N] = { 16388, 7, 4 }, off[N] = { 0, 3, 0 };
+    uint8_t *h = NULL, *d[N], *got = malloc(bytes[0]);
+    TT_ASSERT(kcuda_host_alloc((void **)&h, 3 * 16400) == 0 && got);
+    void *dst[N];
+    const void *src[N];
+    for (int i = 0; i < N; i++) {
+        d[i] = dev(bytes[i] + off[i]);
+        dst[i] = d[i] + off[i], src[i] = h + 16400 * i + off[i];
+    }
+    struct kcuda_graph *g = NULL;
+    CHECK_EQ_INT(kcuda_graph_begin(K), 0);
+    CHECK_EQ_INT(kcuda_upload_gather(K, N, dst, src, bytes), 0);
+    CHECK_EQ_INT(kcuda_graph_end(K, &g), 0);
+    for (int round = 0; round < 2 && g; round++) {
+        for (size_t i = 0; i < 3 * 16400; i++) h[i] = (uint8_t)(i * 7 + 13 * round);
+        CHECK_EQ_INT(kcuda_graph_launch(K, g), 0);
+        for (int i = 0; i < N; i++) {
+            to_host(got, dst[i], bytes[i]);
+            CHECK(memcmp(got, src[i], bytes[i]) == 0);
+        }
+    }
+    kcuda_graph_destroy(g);
+    CHECK(kcuda_upload_gather(K, KCUDA_GATHER_MAX + 1, dst, src, bytes) != 0);
+    for (int i = 0; i < N; i++) kcuda_free(d[i]);
+    kcuda_host_free(h);
+    free(got);
+}
+
 static void test_misc(void)
 {
     if (!gpu()) return;
@@ -1279,6 +1367,7 @@ static void test_misc(void)
     to_host(got, da, sizeof(float));
     CHECK_NEAR(got[0], s, 1e-5 * fabs(s) + 1e-6);
     kcuda_free(da), kcuda_free(db), kcuda_free(dbias), kcuda_free(drows);
+    check_upload_gather();
 }
 
 /* Errors are reported, not crashed on: a bad type and an impossible allocation. */

@@ -191,6 +191,11 @@ int32_t sampler_sample(struct sampler *s, const float *logits);
  * top-k then read only the blocks that can hold a candidate. */
 #define SAMPLER_BLOCK 64
 int32_t sampler_sample_maxima(struct sampler *s, const float *logits, const float *block_max);
+/* The same pick from c[0..n), the n best tokens of the vocabulary in
+ * sampler_cand_cmp order, when they are all it needs (no repetition
+ * penalty, a top-k cut of at most n below the vocabulary, or greedy);
+ * else -1, and nothing is drawn. */
+int32_t sampler_sample_top(struct sampler *s, const struct sampler_cand *c, int n);
 /* The k best of n logits as candidates (ids id0 + i) into c[0..k), in
  * qsort order; returns min(k, n). */
 int sampler_top_k(const float *logits, int n, int32_t id0, int k, struct sampler_cand *c);

@@ -98,6 +98,9 @@ struct cuda_accel {
     bool attn_q8k;           /* TT_GPU_ATTN_Q8K (default 1): decode attention writes wo's Q8_K row */
     bool qkv_one;            /* TT_GPU_QKV_ONE (default 1): q, k, v of two K-quant types in one launch */
     bool qkv_rope;           /* TT_GPU_QKV_ROPE (default 1): that launch also does RoPE and the cache store */
+    bool router_norm;        /* TT_GPU_ROUTER_NORM (default 1): a decode token's MoE router does the ffn norm */
+    bool top_cands;          /* TT_GPU_TOP_CANDS (default 1): a decode step copies out its sampling
+                                candidates, not its logits (they follow when asked for) */
     uint8_t *arena;          /* weights */
     uint64_t arena_bytes, arena_used;
     uint8_t *kv;             /* caches of all device layers */
@@ -121,18 +124,22 @@ struct cuda_accel {
     int *att_count;          /* [B][n_kv_local] attention join tickets (zero between launches) */
     float *logits;           /* [GPU_LOGIT_ROWS][n_vocab_local] */
     float *block_max;        /* [n_vocab_local / SAMPLER_BLOCK + 1] of a decode token's logits */
+    struct kcuda_cand *cands; /* [KCUDA_TOP_CANDS + 1] a decode token's best tokens, then their count */
     uint8_t *act[GPU_ACT_SLOTS];
     size_t act_bytes;
     /* pinned host staging */
     float *h_x, *h_cs, *h_logits; /* h_logits: then the block maxima (h_block_max) */
+    float *h_xin;            /* [E] a decode token's input row, read by the step's first kernel */
     float *h_block_max;
+    struct kcuda_cand *h_cands; /* as cands */
     int32_t *h_pos, *h_seq;
     /* decode */
     struct kcuda_graph *graph;
     bool graph_off;
     int lead_decode;         /* the batch's leading tokens each alone in its sequence's run, when a
                                 prompt run follows (else 0): attention_block gives them their own launch */
-    bool logits_ready;       /* h_logits (and h_block_max) hold the last single-token batch's logits */
+    bool logits_ready;       /* the last batch was one token, whose logits are in `logits` */
+    bool logits_copied;      /* ... and in h_logits (and h_block_max) */
     /* TT_GPU_PROFILE=1: per-kernel times of one decode step and one batch */
     float *prof_x;           /* [B][E] the batch's input rows, or NULL */
     int prof_decode_steps;
@@ -377,6 +384,7 @@ static size_t layout_bufs(struct cuda_accel *c, const struct engine *e, uint8_t 
     BUF(c->att_count, B * (size_t)TT_MAX(e->n_kv_local, 1) * 4);
     BUF(c->logits, (size_t)GPU_LOGIT_ROWS * (size_t)TT_MAX(e->n_vocab_local, 1) * 4);
     BUF(c->block_max, (size_t)(e->n_vocab_local / SAMPLER_BLOCK + 1) * 4);
+    BUF(c->cands, (KCUDA_TOP_CANDS + 1) * sizeof(struct kcuda_cand));
     for (int i = 0; i < GPU_ACT_SLOTS; i++) BUF(c->act[i], c->act_bytes);
 #undef BUF
     return off;
@@ -620,6 +628,22 @@ static int dense_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     return err;
 }
 
+static bool router_fused(const struct cuda_accel *c, const struct engine *e, const struct gpu_layer *g, int n_tok)
+{
+    return c->moe_fused && g->gate_inp.type == KCUDA_F32 && n_tok <= KCUDA_MATVEC_TOK_MAX &&
+           e->m->hp.n_embd % 4 == 0;
+}
+
+/* A decode token's ffn norm done by the fused router, which also writes the
+ * experts' Q8_K row: when the experts take Q8_K rows and there is no shared
+ * expert (whose activations could be of another type). */
+static bool router_norms(const struct cuda_accel *c, const struct engine *e, const struct gpu_layer *g, int n_tok)
+{
+    return c->router_norm && n_tok == 1 && router_fused(c, e, g, n_tok) && !g->gate_shexp.data && g->n_local > 0 &&
+           vec_type(g->gate_exps.type) == KCUDA_Q8_K && vec_type(g->up_exps.type) == KCUDA_Q8_K &&
+           kcuda_moe_router_norm_ok(&g->gate_inp);
+}
+
 /* The router's logits, the top-k choices and their weights, and (decode)
  * the one-slot tile records: one fused launch for F32 router rows and
  * matrix-vector batches, else the product then kcuda_moe_route. On several
@@ -629,9 +653,9 @@ static int moe_route_step(struct cuda_accel *c, struct engine *e, const struct g
 {
     const struct model_hparams *hp = &e->m->hp;
     int32_t *tiles = tile_tok == 1 ? c->tiles : NULL;
-    if (c->moe_fused && g->gate_inp.type == KCUDA_F32 && n_tok <= KCUDA_MATVEC_TOK_MAX && hp->n_embd % 4 == 0)
+    if (router_fused(c, e, g, n_tok))
         return kcuda_moe_router(c->k, &g->gate_inp, c->xn, n_tok, hp->n_expert_used, hp->expert_norm, c->router,
-                                c->route_count, c->sel, c->sel_w, tiles, g->local);
+                                c->route_count, c->sel, c->sel_w, tiles, g->local, NULL);
     int err = lin(c, s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
     if (!err)
         err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel,
@@ -759,9 +783,20 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     const struct kcuda_weight *wsd[] = { &g->down_shexp };
     float *jx = e->tp_size > 1 ? c->moe_part : c->x;
     const bool experts = g->n_local > 0;
-    int err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
-    if (!err && jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
-    if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok);
+    int err = 0;
+    if (router_norms(c, e, g, n_tok)) {
+        s = (struct act_set){ .n = 1, .type = { KCUDA_Q8_K }, .stride = { kcuda_act_row_bytes(KCUDA_Q8_K, E) },
+                              .ptr = { c->act[0] } };
+        const struct kcuda_router_norm rn = { g->ffn_norm, hp->rms_eps, c->xn, c->act[0], s.stride[0] };
+        if (jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
+        if (!err)
+            err = kcuda_moe_router(c->k, &g->gate_inp, c->x, n_tok, hp->n_expert_used, hp->expert_norm, c->router,
+                                   c->route_count, c->sel, c->sel_w, c->tiles, g->local, &rn);
+    } else {
+        err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
+        if (!err && jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
+        if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok);
+    }
     /* the shared expert's gate/up first: it reads this conversion, which the
      * down products' replaces */
     if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh);
@@ -782,31 +817,58 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
 
 _Static_assert(SAMPLER_BLOCK == 64, "kcuda_block_max64 takes the sampler's blocks");
 
-/* Logits of the single token of a decode batch into h_logits, their block
- * maxima into h_block_max (queued): a sampler then reads few of them. */
-static int decode_logits(struct cuda_accel *c, struct engine *e)
+/* Copy a decode token's logits to h_logits and their block maxima to
+ * h_block_max (queued). */
+static int copy_logits(struct cuda_accel *c)
 {
-    const int64_t E = e->m->hp.n_embd;
-    struct act_set s;
-    const struct kcuda_weight *wo[] = { &c->output };
-    int err = acts_prepare(c, &s, c->x, E, 1, E, c->output_norm, e->m->hp.rms_eps, NULL, wo, 1);
-    if (!err) err = lin(c, &s, &c->output, NULL, 1, c->logits, c->output.n_out, NULL, KCUDA_OUT_STORE);
-    if (!err) err = kcuda_block_max64(c->k, c->logits, c->output.n_out, c->block_max);
-    if (!err) err = kcuda_download(c->k, c->h_logits, c->logits, (size_t)c->output.n_out * 4);
+    int err = kcuda_download(c->k, c->h_logits, c->logits, (size_t)c->output.n_out * 4);
     if (!err)
         err = kcuda_download(c->k, c->h_block_max, c->block_max,
                              (size_t)(c->output.n_out + SAMPLER_BLOCK - 1) / SAMPLER_BLOCK * 4);
     return err;
 }
 
+/* Logits of the single token of a decode batch and their block maxima,
+ * then (queued) either the KCUDA_TOP_CANDS best tokens and their count
+ * into h_cands, which most samplers need alone (half a kilobyte against
+ * the vocabulary's logits), or the logits themselves (copy_logits). */
+static int decode_logits(struct cuda_accel *c, struct engine *e)
+{
+    const int64_t E = e->m->hp.n_embd, V = c->output.n_out;
+    struct act_set s;
+    const struct kcuda_weight *wo[] = { &c->output };
+    int err = acts_prepare(c, &s, c->x, E, 1, E, c->output_norm, e->m->hp.rms_eps, NULL, wo, 1);
+    if (!err) err = lin(c, &s, &c->output, NULL, 1, c->logits, V, NULL, KCUDA_OUT_STORE);
+    if (!err) err = kcuda_block_max64(c->k, c->logits, V, c->block_max);
+    if (err || !c->top_cands) return err ? err : copy_logits(c);
+    int32_t *count = &c->cands[KCUDA_TOP_CANDS].id;
+    err = kcuda_top_cands(c->k, c->logits, V, c->block_max, KCUDA_TOP_CANDS, c->cands, count);
+    if (!err) err = kcuda_download(c->k, c->h_cands, c->cands, (KCUDA_TOP_CANDS + 1) * sizeof(*c->cands));
+    return err;
+}
+
+/* A decode token's inputs, which stage_in left in pinned memory, copied by
+ * one kernel (the graph's first), so replaying the graph needs no copy call. */
+static int decode_inputs(struct cuda_accel *c, const struct engine *e)
+{
+    const struct model_hparams *hp = &e->m->hp;
+    void *const dst[] = { c->x, c->cs, c->pos, c->seq };
+    const void *const src[] = { c->h_xin, c->h_cs, c->h_pos, c->h_seq };
+    const size_t bytes[] = { (size_t)hp->n_embd * 4, (size_t)hp->n_rot * 4, 4, 4 };
+    return kcuda_upload_gather(c->k, 4, dst, src, bytes);
+}
+
+/* The layers of a batch staged by stage_in, then x copied back to h_x
+ * (and a decode token's logits or candidates, decode_logits). */
 static int run_range(struct cuda_accel *c, struct engine *e, int n_tok, bool with_logits)
 {
-    int err = 0;
+    int err = n_tok == 1 ? decode_inputs(c, e) : 0;
     for (int il = 0; il < c->n_layers && !err; il++) {
         err = attention_block(c, e, il, n_tok);
         if (!err) err = e->m->hp.n_expert ? moe_ffn(c, e, il, n_tok) : dense_ffn(c, e, il, n_tok);
     }
     if (!err && with_logits && c->has_output) err = decode_logits(c, e);
+    if (!err) err = kcuda_download(c->k, c->h_x, c->x, (size_t)n_tok * (size_t)e->m->hp.n_embd * 4);
     return err;
 }
 
@@ -832,18 +894,22 @@ static int decode_step(struct cuda_accel *c, struct engine *e)
     return run_range(c, e, 1, true);
 }
 
+/* A batch's rows of x, RoPE table, positions and sequences into pinned
+ * memory, then uploaded; a decode token's are read there by the step's
+ * first kernel (decode_inputs). */
 static int stage_in(struct cuda_accel *c, struct engine *e, int n_tok)
 {
     const struct model_hparams *hp = &e->m->hp;
     const size_t xb = (size_t)n_tok * (size_t)hp->n_embd * 4, cb = (size_t)n_tok * (size_t)hp->n_rot * 4;
     if (hp->n_rot > 0) ops_rope_table(e, n_tok, e->rope_cs);
-    memcpy(c->h_x, e->x, xb);
+    memcpy(n_tok == 1 ? c->h_xin : c->h_x, e->x, xb);
     memcpy(c->h_cs, e->rope_cs, cb);
     memcpy(c->h_pos, e->tok_pos, (size_t)n_tok * 4);
     memcpy(c->h_seq, e->tok_seq, (size_t)n_tok * 4);
     int lead = 0;
     while (lead < n_tok && (lead + 1 == n_tok || e->tok_seq[lead + 1] != e->tok_seq[lead])) lead++;
     c->lead_decode = lead < n_tok ? lead : 0;
+    if (n_tok == 1) return 0;
     int err = kcuda_upload(c->k, c->x, c->h_x, xb);
     if (!err) err = kcuda_upload(c->k, c->cs, c->h_cs, cb);
     if (!err) err = kcuda_upload(c->k, c->pos, c->h_pos, (size_t)n_tok * 4);
@@ -891,13 +957,24 @@ static int cuda_run_layers(void *ctx, struct engine *e, int il0, int il1, int n_
     if (c->prof_x) memcpy(c->prof_x, e->x, xb);
     int err = stage_in(c, e, n_tok);
     if (!err) err = n_tok == 1 ? decode_step(c, e) : run_range(c, e, n_tok, false);
-    if (!err) err = kcuda_download(c->k, c->h_x, c->x, xb);
     if (!err) err = kcuda_sync(c->k);
     if (err) return fail(err);
     memcpy(e->x, c->h_x, xb);
     if (c->prof_x) profile_step(c, e, n_tok, (tt_now_s() - t0) * 1e3);
     c->logits_ready = n_tok == 1 && c->has_output;
+    c->logits_copied = c->logits_ready && !c->top_cands;
     return 0;
+}
+
+/* The last decode token's logits in h_logits (and h_block_max): copied now
+ * when its step copied only the candidates. */
+static int logits_to_host(struct cuda_accel *c)
+{
+    if (c->logits_copied) return 0;
+    int err = copy_logits(c);
+    if (!err) err = kcuda_sync(c->k);
+    c->logits_copied = !err;
+    return err;
 }
 
 static int cuda_logits(void *ctx, struct engine *e, const int32_t *rows, int n, float *out)
@@ -905,8 +982,9 @@ static int cuda_logits(void *ctx, struct engine *e, const int32_t *rows, int n, 
     struct cuda_accel *c = ctx;
     const int64_t E = e->m->hp.n_embd, V = c->output.n_out;
     if (c->logits_ready && n == 1 && rows[0] == 0) {
-        memcpy(out, c->h_logits, (size_t)V * 4);
-        return 0;
+        const int err = logits_to_host(c);
+        if (!err) memcpy(out, c->h_logits, (size_t)V * 4);
+        return err ? fail(err) : 0;
     }
     const struct kcuda_weight *wo[] = { &c->output };
     int err = 0;
@@ -928,9 +1006,28 @@ static int cuda_logits(void *ctx, struct engine *e, const int32_t *rows, int n, 
 
 static const float *cuda_logits_host(void *ctx, const float **block_max)
 {
-    const struct cuda_accel *c = ctx;
+    struct cuda_accel *c = ctx;
     *block_max = c->h_block_max;
-    return c->logits_ready ? c->h_logits : NULL;
+    if (!c->logits_ready) return NULL;
+    if (logits_to_host(c)) {
+        fail(TT_EIO);
+        return NULL;
+    }
+    return c->h_logits;
+}
+
+_Static_assert(sizeof(struct kcuda_cand) == sizeof(struct sampler_cand) &&
+                   offsetof(struct kcuda_cand, id) == offsetof(struct sampler_cand, id) &&
+                   offsetof(struct kcuda_cand, logit) == offsetof(struct sampler_cand, logit),
+               "the device's candidates are read as the sampler's");
+
+static const struct sampler_cand *cuda_cands_host(void *ctx, int *n)
+{
+    const struct cuda_accel *c = ctx;
+    const int32_t count = c->h_cands[KCUDA_TOP_CANDS].id;
+    if (!c->logits_ready || !c->top_cands || count <= 0) return NULL;
+    *n = count;
+    return (const struct sampler_cand *)c->h_cands;
 }
 
 static double cuda_copy_bandwidth_gbs(void *ctx)
@@ -951,6 +1048,7 @@ static void cuda_destroy(void *ctx)
     kcuda_host_free(c->h_pos);
     kcuda_host_free(c->h_seq);
     kcuda_host_free(c->h_logits);
+    kcuda_host_free(c->h_cands);
     kcuda_host_free(c->h_join);
     comm_nccl_free(c->nccl);
     kcuda_destroy(c->k);
@@ -1016,7 +1114,9 @@ static int alloc_all(struct cuda_accel *c, struct engine *e, uint64_t w_bytes, s
     int err = kcuda_malloc(c->k, (void **)&c->arena, w_bytes, "the weights");
     if (!err) err = kcuda_malloc(c->k, (void **)&c->kv, 2 * kv_layer_bytes(e) * (size_t)c->n_layers, "the KV cache");
     if (!err) err = kcuda_malloc(c->k, (void **)&c->bufs, buf_bytes, "activations");
-    if (!err) err = kcuda_host_alloc((void **)&c->h_x, B * (size_t)hp->n_embd * 4);
+    if (!err) err = kcuda_host_alloc((void **)&c->h_x, (B + 1) * (size_t)hp->n_embd * 4);
+    if (!err) c->h_xin = c->h_x + B * (size_t)hp->n_embd;
+    if (!err) err = kcuda_host_alloc((void **)&c->h_cands, (KCUDA_TOP_CANDS + 1) * sizeof(*c->h_cands));
     if (!err) err = kcuda_host_alloc((void **)&c->h_cs, B * (size_t)TT_MAX(hp->n_rot, 2) * 4);
     if (!err) err = kcuda_host_alloc((void **)&c->h_pos, B * 4);
     if (!err) err = kcuda_host_alloc((void **)&c->h_seq, B * 4);
@@ -1199,6 +1299,8 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->attn_q8k = tt_env_int("TT_GPU_ATTN_Q8K", 1);
     c->qkv_one = tt_env_int("TT_GPU_QKV_ONE", 1);
     c->qkv_rope = tt_env_int("TT_GPU_QKV_ROPE", 1);
+    c->router_norm = tt_env_int("TT_GPU_ROUTER_NORM", 1);
+    c->top_cands = tt_env_int("TT_GPU_TOP_CANDS", 1) && kcuda_top_cands_ok(e->n_vocab_local);
     c->graph_off = !tt_env_int("TT_GPU_GRAPH", 1);
     if (tt_env_int("TT_GPU_PROFILE", 0))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);
@@ -1229,6 +1331,7 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     out->run_layers = cuda_run_layers;
     out->logits = c->has_output ? cuda_logits : NULL;
     out->logits_host = c->has_output ? cuda_logits_host : NULL;
+    out->cands_host = c->has_output ? cuda_cands_host : NULL;
     out->destroy = cuda_destroy;
     out->copy_bandwidth_gbs = cuda_copy_bandwidth_gbs;
     return 0;

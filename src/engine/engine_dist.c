@@ -161,12 +161,19 @@ static int sample_rows(struct engine *e, const struct step *st, const struct eng
                        int nr, int slots, const int32_t **hist, const struct step_io *io, int *n_next)
 {
     const int nvl = e->n_vocab_local, R = e->step_size;
-    const float *bmax = NULL; /* one decode token: the accelerator's host logits, read in place */
-    const float *lg = R == 1 && nr == 1 && e->rows[0] == 0 ? forward_logits_host(e, &bmax) : NULL;
-    if (lg) {
-        *hist += 1 + **hist;
-        io->next[(*n_next)++] = sampler_sample_maxima(io->samplers[toks[0].seq], lg, bmax);
-        return 0;
+    if (R == 1 && nr == 1 && e->rows[0] == 0) {
+        /* one decode token: the accelerator's candidates, else its host logits read in place */
+        struct sampler *s = io->samplers[toks[0].seq];
+        int n_cand = 0;
+        const struct sampler_cand *cand = forward_cands_host(e, &n_cand);
+        int32_t id = cand ? sampler_sample_top(s, cand, n_cand) : -1;
+        const float *bmax = NULL, *lg = id < 0 ? forward_logits_host(e, &bmax) : NULL;
+        if (lg) id = sampler_sample_maxima(s, lg, bmax);
+        if (id >= 0) {
+            *hist += 1 + **hist;
+            io->next[(*n_next)++] = id;
+            return 0;
+        }
     }
     forward_logits(e, e->rows, nr, e->logits_local);
     if (R == 1) {

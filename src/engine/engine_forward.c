@@ -370,6 +370,12 @@ const float *forward_logits_host(struct engine *e, const float **block_max)
     return e->accel.logits_host(e->accel.ctx, block_max);
 }
 
+const struct sampler_cand *forward_cands_host(struct engine *e, int *n)
+{
+    if (!e->accel.ctx || !e->accel.cands_host || e->accel.n_layers_accel != e->m->hp.n_layer) return NULL;
+    return e->accel.cands_host(e->accel.ctx, n);
+}
+
 void forward_logits(struct engine *e, const int32_t *rows, int n, float *out)
 {
     if (e->accel.ctx && e->accel.logits && e->accel.n_layers_accel == e->m->hp.n_layer) {

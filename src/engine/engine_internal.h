@@ -62,6 +62,8 @@ struct engine_accel {
     int (*run_layers)(void *ctx, struct engine *e, int il0, int il1, int n_tok);
     int (*logits)(void *ctx, struct engine *e, const int32_t *rows, int n, float *out);
     const float *(*logits_host)(void *ctx, const float **block_max);
+    /* the last decode token's best tokens in the sampler's order, or NULL */
+    const struct sampler_cand *(*cands_host)(void *ctx, int *n);
     void (*destroy)(void *ctx);
     double (*copy_bandwidth_gbs)(void *ctx); /* the device's measured copy bandwidth (0: unknown) */
 };
@@ -265,6 +267,9 @@ void forward_logits(struct engine *e, const int32_t *rows, int n, float *out);
 /* The accelerator's host copy of the last one-token batch's logits and its
  * SAMPLER_BLOCK maxima (engine_accel.logits_host), or NULL. */
 const float *forward_logits_host(struct engine *e, const float **block_max);
+/* The accelerator's candidates for the last decode token (the best tokens of
+ * the whole vocabulary in sampler_cand_cmp order, *n of them), or NULL. */
+const struct sampler_cand *forward_cands_host(struct engine *e, int *n);
 /* Sum partial results of all ranks (no-op on one rank). */
 void forward_allreduce(struct engine *e, float *x, int64_t n);
 

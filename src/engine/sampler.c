@@ -245,6 +245,13 @@ int32_t sampler_sample_maxima(struct sampler *s, const float *logits, const floa
     return sampler_sample_cands(s, s->cand, s->n_vocab);
 }
 
+int32_t sampler_sample_top(struct sampler *s, const struct sampler_cand *c, int n)
+{
+    const int k = s->opts.temperature <= 0.0f ? 1 : s->opts.top_k;
+    if (k <= 0 || k > n || k >= s->n_vocab || (s->opts.repeat_penalty != 1.0f && s->n_history > 0)) return -1;
+    return k == 1 ? c[0].id : sample_sorted(s, c, k);
+}
+
 int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n)
 {
     apply_penalty(s, c, n);

@@ -111,6 +111,13 @@ void kcuda_host_free(void *ptr);
  * then the call returns when the source may be reused). */
 int kcuda_upload(struct kcuda *k, void *d_dst, const void *src, size_t bytes);
 int kcuda_download(struct kcuda *k, void *dst, const void *d_src, size_t bytes);
+/* Copy up to KCUDA_GATHER_MAX pieces from page-locked host memory
+ * (kcuda_host_alloc) to the device in one kernel that reads the host memory
+ * directly: captured in a graph, it copies what the host buffers hold at
+ * each launch, so a decode step's inputs need no copy calls of their own. */
+#define KCUDA_GATHER_MAX 4
+int kcuda_upload_gather(struct kcuda *k, int n, void *const *d_dst, const void *const *h_src,
+                        const size_t *bytes);
 /* Copy `rows` rows of `width` bytes with the given pitches (weight slices). */
 int kcuda_upload_2d(struct kcuda *k, void *d_dst, size_t dpitch, const void *src, size_t spitch,
                     size_t width, size_t rows);
@@ -359,6 +366,23 @@ int kcuda_add(struct kcuda *k, float *d_y, const float *d_x, int64_t n);
 /* out[b] = the largest of x[64b .. 64b + 64) for b < ceil(n / 64) (NaN
  * ignored): what a sampler needs to skip most of a vocabulary's logits. */
 int kcuda_block_max64(struct kcuda *k, const float *d_x, int64_t n, float *d_out);
+/* A sampler's candidates on the device: the n_cand (<= KCUDA_TOP_CANDS) best
+ * of n logits in the sampler's order (larger logit first, equal logits by
+ * lower id), from the logits and their block maxima (kcuda_block_max64),
+ * into d_out[0..n_cand) (same layout as the sampler's candidates); *d_count
+ * = the number written (n_cand, or n when smaller), or -1 when the set
+ * could not be found here (a NaN among the logits read, or so many equal
+ * logits that they overflow the block's scratch): the caller then reads the
+ * full logits. One block; no host sync, so it can be captured in a graph.
+ * kcuda_top_cands_ok: whether n logits fit. */
+#define KCUDA_TOP_CANDS 64
+struct kcuda_cand {
+    int32_t id;
+    float logit;
+};
+bool kcuda_top_cands_ok(int64_t n);
+int kcuda_top_cands(struct kcuda *k, const float *d_logits, int64_t n, const float *d_block_max, int n_cand,
+                    struct kcuda_cand *d_out, int32_t *d_count);
 /* Gather rows: out[i] = x[rows[i]] (n floats each). */
 int kcuda_gather_rows(struct kcuda *k, const float *d_x, const int32_t *d_rows, int64_t n_rows,
                       int64_t n, float *d_out);
@@ -384,9 +408,22 @@ int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n
  * floats apart) into d_logits [n_tok][n_expert], then the routing as above.
  * d_count: n_tok ints, zeroed once before the first call (the kernel leaves
  * them at zero). TT_EUNSUPPORTED for other weight types. */
+/* With rn, x holds the residual rows: the router RMS-norms them itself
+ * (weights rn->w, rn->eps, as kcuda_norm_convert) and also writes the normed
+ * rows to rn->yf (or not, NULL) and as Q8_K rows to rn->q8k, rn->q8k_stride
+ * apart: the experts' activations without a launch of their own
+ * (kcuda_moe_router_norm_ok: n_in a multiple of 256 the blocks cover). */
+struct kcuda_router_norm {
+    const float *w;
+    float eps;
+    float *yf;
+    void *q8k;
+    size_t q8k_stride;
+};
+bool kcuda_moe_router_norm_ok(const struct kcuda_weight *w);
 int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float *d_x, int64_t n_tok,
                      int n_used, bool norm, float *d_logits, int *d_count, int32_t *d_sel, float *d_w,
-                     int32_t *d_tiles, const int32_t *d_local);
+                     int32_t *d_tiles, const int32_t *d_local, const struct kcuda_router_norm *rn);
 /* Group n_slots slots (token t's k-th choice is slot t*n_used + k) by
  * expert into the tile records kcuda_matvec_experts reads: with tile_tok = 1
  * one tile per slot, in slot order (n_slots records); otherwise up to

@@ -185,6 +185,52 @@ int kcuda_download(struct kcuda *k, void *dst, const void *d_src, size_t bytes)
     return 0;
 }
 
+struct ug_args {
+    const uint8_t *src[KCUDA_GATHER_MAX];
+    uint8_t *dst[KCUDA_GATHER_MAX];
+    unsigned bytes[KCUDA_GATHER_MAX];
+};
+#define UG_THREADS 128
+#define UG_CHUNK (UG_THREADS * 16) /* bytes a block copies */
+
+/* Block (chunk x, piece y): 16-byte words when both ends allow it, else
+ * bytes. The host memory is read over the bus, one load per thread. */
+__global__ void __launch_bounds__(UG_THREADS) k_upload_gather(const ug_args a)
+{
+    kc_pdl_trigger();
+    const int p = blockIdx.y;
+    const size_t o = (size_t)blockIdx.x * UG_CHUNK + 16 * (size_t)threadIdx.x, n = a.bytes[p];
+    if (o >= n) return;
+    const uint8_t *src = a.src[p] + o;
+    uint8_t *dst = a.dst[p] + o;
+    const bool by16 = o + 16 <= n && ((uintptr_t)src | (uintptr_t)dst) % 16 == 0;
+    const uint4 v = by16 ? *(const uint4 *)src : make_uint4(0, 0, 0, 0);
+    kc_pdl_wait();
+    if (by16) {
+        *(uint4 *)dst = v;
+    } else {
+        for (size_t i = 0; i < 16 && o + i < n; i++) dst[i] = src[i];
+    }
+}
+
+int kcuda_upload_gather(struct kcuda *k, int n, void *const *d_dst, const void *const *h_src, const size_t *bytes)
+{
+    if (n < 0 || n > KCUDA_GATHER_MAX) return tt_error_set(TT_EINVAL, "%d pieces in one gathered upload", n);
+    ug_args a = {};
+    size_t most = 0;
+    for (int i = 0; i < n; i++) {
+        if (bytes[i] > (size_t)UINT32_MAX / 2)
+            return tt_error_set(TT_EINVAL, "gathered upload of %zu bytes", bytes[i]);
+        a.src[i] = (const uint8_t *)h_src[i], a.dst[i] = (uint8_t *)d_dst[i], a.bytes[i] = (unsigned)bytes[i];
+        most = bytes[i] > most ? bytes[i] : most;
+    }
+    if (!most) return 0;
+    KC_PROF_BEGIN(k);
+    KC_LAUNCH(k, k_upload_gather, dim3((unsigned)((most + UG_CHUNK - 1) / UG_CHUNK), (unsigned)n), dim3(UG_THREADS), a);
+    KC_PROF_END(k, "upload_gather");
+    return 0;
+}
+
 int kcuda_upload_2d(struct kcuda *k, void *d_dst, size_t dpitch, const void *src, size_t spitch,
                     size_t width, size_t rows)
 {

@@ -152,42 +152,92 @@ int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n
  * RT_ROWS rows, each on RT_WARPS / RT_ROWS warps (F32 weights, float4
  * loads, the first ones issued before the previous kernel ends), their
  * partial sums added in a fixed order; the last block of a token to finish
- * (a ticket in count[t]) routes it. */
+ * (a ticket in count[t]) routes it.
+ * NORM: x is the residual row, RMS-normed here as kcuda_norm_convert does
+ * (each block sums the squares itself; the row is small and cached); block b
+ * < n_in / 256 also writes the normed floats b*256.. to rn.yf and their Q8_K
+ * block to rn.q8k, the experts' activations (one launch less per layer). */
 #define RT_WARPS 8
 #define RT_ROWS 2
 #define RT_LANES (32 * RT_WARPS / RT_ROWS) /* threads per row */
+struct rt_norm {
+    const float *w;
+    float eps;
+    float *yf;
+    uint8_t *q8k;
+    size_t q8k_stride;
+};
+
+__device__ __forceinline__ float4 rt_normed(float4 a, float scale, float4 nw)
+{
+    return make_float4(__fmul_rn(__fmul_rn(a.x, scale), nw.x), __fmul_rn(__fmul_rn(a.y, scale), nw.y),
+                       __fmul_rn(__fmul_rn(a.z, scale), nw.z), __fmul_rn(__fmul_rn(a.w, scale), nw.w));
+}
+
+template <bool NORM>
 __global__ void __launch_bounds__(RT_WARPS * 32)
     k_moe_router(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
                  int norm, float *logits, int *count, int32_t *sel, float *wout, int32_t *tiles,
-                 const int32_t *local)
+                 const int32_t *local, const rt_norm rn)
 {
     kc_pdl_trigger();
     __shared__ float p[MOE_EXPERTS_MAX];
     __shared__ float part[RT_WARPS];
+    __shared__ double sq[RT_WARPS];
     __shared__ int last;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = blockIdx.y;
     const int rr = threadIdx.x / RT_LANES, l = threadIdx.x % RT_LANES, r = blockIdx.x * RT_ROWS + rr;
     const float *wr = w + (size_t)(r < X ? r : 0) * ldw;
-    float4 wv[4]; /* the first weights in flight before the previous kernel ends */
+    float4 wv[4], nv[4]; /* the first weights in flight before the previous kernel ends */
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         const int i = 4 * (l + RT_LANES * u);
         wv[u] = i < n_in ? __ldg((const float4 *)(wr + i)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        nv[u] = NORM && i < n_in ? __ldg((const float4 *)(rn.w + i)) : make_float4(1.f, 1.f, 1.f, 1.f);
     }
     kc_pdl_wait();
     const float *xr = x + (size_t)t * n_in;
+    float scale = 1.0f;
+    if (NORM) { /* each row's threads sum the squares of the whole row, in double as ops_rmsnorm */
+        double ss = 0.0;
+        for (int i = 4 * l; i < n_in; i += 4 * RT_LANES) {
+            const float4 a = *(const float4 *)(xr + i);
+            ss += ((double)__fmul_rn(a.x, a.x) + (double)__fmul_rn(a.y, a.y)) +
+                  ((double)__fmul_rn(a.z, a.z) + (double)__fmul_rn(a.w, a.w));
+        }
+        ss = kc_warp_sum_d(ss);
+        if (lane == 0) sq[warp] = ss;
+        __syncthreads();
+        ss = 0.0;
+        for (int i = 0; i < RT_WARPS / RT_ROWS; i++) ss += sq[rr * (RT_WARPS / RT_ROWS) + i];
+        scale = 1.0f / sqrtf((float)(ss / (double)n_in) + rn.eps);
+    }
     float s = 0.0f;
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         const int i = 4 * (l + RT_LANES * u);
         if (i < n_in) {
-            const float4 a = *(const float4 *)(xr + i);
+            float4 a = *(const float4 *)(xr + i);
+            if (NORM) a = rt_normed(a, scale, nv[u]);
             s += wv[u].x * a.x + wv[u].y * a.y + wv[u].z * a.z + wv[u].w * a.w;
         }
     }
     for (int i = 4 * (l + 4 * RT_LANES); i < n_in; i += 4 * RT_LANES) {
-        const float4 b = __ldg((const float4 *)(wr + i)), a = *(const float4 *)(xr + i);
+        const float4 b = __ldg((const float4 *)(wr + i));
+        float4 a = *(const float4 *)(xr + i);
+        if (NORM) a = rt_normed(a, scale, __ldg((const float4 *)(rn.w + i)));
         s += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
+    }
+    if (NORM && warp == 0 && 256 * (int)blockIdx.x < n_in) { /* this block's Q8_K block of the row */
+        const int j0 = 256 * blockIdx.x + 8 * lane;
+        const float4 a0 = rt_normed(*(const float4 *)(xr + j0), scale, __ldg((const float4 *)(rn.w + j0)));
+        const float4 a1 = rt_normed(*(const float4 *)(xr + j0 + 4), scale, __ldg((const float4 *)(rn.w + j0 + 4)));
+        const float v[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
+        if (rn.yf) {
+            *(float4 *)(rn.yf + (size_t)t * n_in + j0) = a0;
+            *(float4 *)(rn.yf + (size_t)t * n_in + j0 + 4) = a1;
+        }
+        kc_q8k_warp(v, true, j0, rn.q8k + (size_t)t * rn.q8k_stride, n_in);
     }
     s = kc_warp_sum(s);
     if (lane == 0) part[warp] = s;
@@ -209,9 +259,14 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
                        t * K, local);
 }
 
+bool kcuda_moe_router_norm_ok(const struct kcuda_weight *w)
+{
+    return w->n_in % 256 == 0 && (int64_t)kc_blocks(w->n_out, RT_ROWS) * 256 >= w->n_in;
+}
+
 int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float *d_x, int64_t n_tok,
                      int n_used, bool norm, float *d_logits, int *d_count, int32_t *d_sel, float *d_w,
-                     int32_t *d_tiles, const int32_t *d_local)
+                     int32_t *d_tiles, const int32_t *d_local, const struct kcuda_router_norm *rn)
 {
     if (n_tok <= 0) return 0;
     const int X = (int)w->n_out;
@@ -219,10 +274,24 @@ int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float 
     if (err) return err;
     if (w->type != KCUDA_F32 || w->n_in % 4 || w->row_stride % 16 || (uintptr_t)w->data % 16 || n_tok > 65535)
         return tt_error_set(TT_EUNSUPPORTED, "fused router: needs F32 rows of a multiple of 4 inputs");
+    rt_norm r = {};
+    if (rn) {
+        if (!kcuda_moe_router_norm_ok(w) || (uintptr_t)rn->w % 16 || (uintptr_t)rn->yf % 16 ||
+            (uintptr_t)rn->q8k % 16 || rn->q8k_stride % 16)
+            return tt_error_set(TT_EUNSUPPORTED, "router with the norm: %lld inputs, %lld experts",
+                                (long long)w->n_in, (long long)w->n_out);
+        r = { rn->w, rn->eps, rn->yf, (uint8_t *)rn->q8k, rn->q8k_stride };
+    }
+    const dim3 grid(kc_blocks(X, RT_ROWS), (unsigned)n_tok);
     KC_PROF_BEGIN(k);
-    KC_LAUNCH(k, k_moe_router, dim3(kc_blocks(X, RT_ROWS), (unsigned)n_tok), dim3(RT_WARPS * 32),
-              (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm,
-              d_logits, d_count, d_sel, d_w, d_tiles, d_local);
+    if (rn)
+        KC_LAUNCH(k, k_moe_router<true>, grid, dim3(RT_WARPS * 32), (const float *)w->data,
+                  (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm, d_logits, d_count, d_sel,
+                  d_w, d_tiles, d_local, r);
+    else
+        KC_LAUNCH(k, k_moe_router<false>, grid, dim3(RT_WARPS * 32), (const float *)w->data,
+                  (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm, d_logits, d_count, d_sel,
+                  d_w, d_tiles, d_local, r);
     KC_PROF_END(k, "moe_router");
     return 0;
 }

@@ -115,14 +115,14 @@ $(BUILD)/src/kcuda/%.o: src/kcuda/%.cu $(wildcard src/kcuda/*.h src/kcuda/*.cuh)
 # On a machine with an NVIDIA GPU: the kernels against the CPU reference, and
 # every model against its goldens through the CLI on the GPU; GPU ranks under
 # mpirun and the NCCL backend (tests/gpu_test.sh runs test_comm_nccl).
-test-gpu: all $(BUILD)/tests/test_kcuda $(BUILD)/tests/test_kcuda_top $(BUILD)/tests/test_comm_nccl
-	@$(BUILD)/tests/test_kcuda; $(BUILD)/tests/test_kcuda_top; TT_GPU_MV_BULK=1 $(BUILD)/tests/test_kcuda q6_q4_groups; TUTTI=$(BUILD)/tutti sh tests/gpu_test.sh
+test-gpu: all $(BUILD)/tests/test_kcuda $(BUILD)/tests/test_kcuda_moe $(BUILD)/tests/test_kcuda_top $(BUILD)/tests/test_comm_nccl
+	@$(BUILD)/tests/test_kcuda; $(BUILD)/tests/test_kcuda_moe; $(BUILD)/tests/test_kcuda_top; TT_GPU_MV_BULK=1 $(BUILD)/tests/test_kcuda q6_q4_groups; TUTTI=$(BUILD)/tutti sh tests/gpu_test.sh
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libtutti.a tests/test.h
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libtutti.a tests/test.h tests/kcuda_test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDOPT) $(LDFLAGS) -MMD -MP -o $@ $< $(BUILD)/libtutti.a $(LDLIBS)
 

@@ -17,27 +17,10 @@
 #include "test.h"
 
 #ifdef TT_HAVE_CUDA
-#include "kcuda/kcuda.h"
+#include "kcuda_test.h"
 
-static struct kcuda *K;
-static bool k_tried;
-
-/* The shared context, or NULL (and the case skipped) without a GPU. */
-static struct kcuda *gpu(void)
-{
-    if (!k_tried) {
-        k_tried = true;
-        tt_base_init();
-        if (kcuda_device_count() > 0 && kcuda_create(&K, 0, 1u << 20) != 0) {
-            fprintf(stderr, "  kcuda_create: %s\n", tt_error_detail());
-            K = NULL;
-        }
-    }
-    if (!K) TEST_SKIP("no CUDA GPU (cudaGetDeviceCount found none)");
-    return K;
-}
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+/* Normally distributed logits: urand and nrand draw on kcuda_test.h's
+ * generator state (this file does not use its uniform frand). */
 static double urand(void) /* uniform in (0, 1) */
 {
     rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;

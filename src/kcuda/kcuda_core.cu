@@ -193,8 +193,10 @@ struct ug_args {
 #define UG_THREADS 128
 #define UG_CHUNK (UG_THREADS * 16) /* bytes a block copies */
 
-/* Block (chunk x, piece y): 16-byte words when both ends allow it, else
- * bytes. The host memory is read over the bus, one load per thread. */
+/* Block (chunk x, piece y): each thread 16 bytes, as one 16-byte word when
+ * both ends allow it, else four 4-byte or sixteen single bytes, all loaded
+ * before any is stored (each load crosses the bus: in flight together,
+ * they cost one round trip). */
 __global__ void __launch_bounds__(UG_THREADS) k_upload_gather(const ug_args a)
 {
     kc_pdl_trigger();
@@ -203,13 +205,28 @@ __global__ void __launch_bounds__(UG_THREADS) k_upload_gather(const ug_args a)
     if (o >= n) return;
     const uint8_t *src = a.src[p] + o;
     uint8_t *dst = a.dst[p] + o;
-    const bool by16 = o + 16 <= n && ((uintptr_t)src | (uintptr_t)dst) % 16 == 0;
-    const uint4 v = by16 ? *(const uint4 *)src : make_uint4(0, 0, 0, 0);
-    kc_pdl_wait();
-    if (by16) {
+    const int len = n - o < 16 ? (int)(n - o) : 16;
+    const uintptr_t al = (uintptr_t)src | (uintptr_t)dst;
+    if (len == 16 && al % 16 == 0) {
+        const uint4 v = *(const uint4 *)src;
+        kc_pdl_wait();
         *(uint4 *)dst = v;
+    } else if (len % 4 == 0 && al % 4 == 0) {
+        uint32_t v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = 4 * i < len ? ((const uint32_t *)src)[i] : 0u;
+        kc_pdl_wait();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (4 * i < len) ((uint32_t *)dst)[i] = v[i];
     } else {
-        for (size_t i = 0; i < 16 && o + i < n; i++) dst[i] = src[i];
+        uint8_t v[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) v[i] = i < len ? src[i] : 0;
+        kc_pdl_wait();
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            if (i < len) dst[i] = v[i];
     }
 }
 

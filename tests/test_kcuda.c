@@ -259,6 +259,24 @@ static void check_groups(enum tt_type t, int format)
     for (size_t i = 0; i < TT_ARRAY_LEN(cases); i++) check_products(&cases[i], true);
 }
 
+/* How many of three products' outputs, n_tok rows of rows[i] floats
+ * ldos[i] apart, came out the same both ways (outs[0] and outs[1]), bit
+ * for bit. */
+static int same_products(float *const outs[2][3], const int64_t rows[3], const int64_t ldos[3], int n_tok)
+{
+    int same = 0;
+    for (int i = 0; i < 3; i++) {
+        const size_t bytes = sizeof(float) * (size_t)(n_tok * ldos[i]);
+        float *a = malloc(bytes), *b = malloc(bytes);
+        to_host(a, outs[0][i], bytes), to_host(b, outs[1][i], bytes);
+        bool eq = true;
+        for (int t = 0; t < n_tok; t++) eq &= !memcmp(a + t * ldos[i], b + t * ldos[i], sizeof(float) * (size_t)rows[i]);
+        same += eq;
+        free(a), free(b);
+    }
+    return same;
+}
+
 /* kcuda_matvec_multi against one kcuda_matvec per weight, bit for bit:
  * q, k, v of one type (1 and 3 tokens), of two K-quant types (one token;
  * weights regrouped at upload or as stored), with biases on k; and what
@@ -295,16 +313,7 @@ static void check_multi(enum tt_type tq, enum tt_type tv, bool regroup, int n_to
     CHECK_EQ_INT(kcuda_matvec_multi(K, ws, 3, da, st, n_tok, outs[1], ldos, biases), 0);
     for (int i = 0; i < 3; i++)
         CHECK_EQ_INT(kcuda_matvec(K, ws[i], NULL, da, st, n_tok, outs[0][i], ldos[i], biases[i], KCUDA_OUT_STORE), 0);
-    int same = 0;
-    for (int i = 0; i < 3; i++) {
-        const size_t bytes = sizeof(float) * (size_t)(n_tok * ldos[i]);
-        float *a = malloc(bytes), *b = malloc(bytes);
-        to_host(a, outs[0][i], bytes), to_host(b, outs[1][i], bytes);
-        bool eq = true;
-        for (int t = 0; t < n_tok; t++) eq &= !memcmp(a + t * ldos[i], b + t * ldos[i], sizeof(float) * (size_t)rows[i]);
-        same += eq;
-        free(a), free(b);
-    }
+    const int same = same_products(outs, rows, ldos, n_tok);
     if (same != 3)
         fprintf(stderr, "  multi %s+%s%s, %d tokens: %d of 3 outputs as single products\n", tt_type_name(tq),
                 tt_type_name(tv), regroup ? " regrouped" : "", n_tok, same);
@@ -370,13 +379,7 @@ static void check_qkv_rope(enum tt_type tq, enum tt_type tv, bool regroup, int H
     CHECK_EQ_INT(kcuda_rope_store(K, &sh, 1, outs[0][0], outs[0][1], outs[0][2], NULL, NULL, dcs, dpos, dseq, kcs[0],
                                   vcs[0]), 0);
     CHECK_EQ_INT(kcuda_matvec_qkv_rope(K, ws, da, st, outs[1], biases, &sh, dcs, dpos, dseq, kcs[1], vcs[1]), 0);
-    int same = 0;
-    for (int i = 0; i < 3; i++) {
-        float *p = malloc(sizeof(float) * (size_t)rows[i]), *q = malloc(sizeof(float) * (size_t)rows[i]);
-        to_host(p, outs[0][i], sizeof(float) * (size_t)rows[i]), to_host(q, outs[1][i], sizeof(float) * (size_t)rows[i]);
-        same += !memcmp(p, q, sizeof(float) * (size_t)rows[i]);
-        free(p), free(q);
-    }
+    int same = same_products(outs, rows, rows, 1);
     uint8_t *c0 = malloc(cn * 2), *c1 = malloc(cn * 2);
     for (int c = 0; c < 2; c++) {
         to_host(c0, c ? vcs[0] : kcs[0], cn * 2), to_host(c1, c ? vcs[1] : kcs[1], cn * 2);
@@ -431,13 +434,7 @@ static void check_multi_acts(bool regroup)
     CHECK_EQ_INT(kcuda_matvec_multi_acts(K, ws, 3, acts, sts, 1, outs[1], ldos, NULL), 0);
     for (int i = 0; i < 3; i++)
         CHECK_EQ_INT(kcuda_matvec(K, ws[i], NULL, acts[i], sts[i], 1, outs[0][i], ldos[i], NULL, KCUDA_OUT_STORE), 0);
-    int same = 0;
-    for (int i = 0; i < 3; i++) {
-        float *p = malloc(sizeof(float) * (size_t)rows[i]), *q = malloc(sizeof(float) * (size_t)rows[i]);
-        to_host(p, outs[0][i], sizeof(float) * (size_t)rows[i]), to_host(q, outs[1][i], sizeof(float) * (size_t)rows[i]);
-        same += !memcmp(p, q, sizeof(float) * (size_t)rows[i]);
-        free(p), free(q);
-    }
+    const int same = same_products(outs, rows, ldos, 1);
     if (same != 3) fprintf(stderr, "  multi_acts%s: %d of 3 outputs as single products\n", regroup ? " regrouped" : "", same);
     CHECK_EQ_INT(same, 3);
     for (int i = 0; i < 3; i++)

@@ -141,17 +141,23 @@ int kcuda_block_max64(struct kcuda *k, const float *d_x, int64_t n, float *d_out
  * Top candidates (kcuda_top_cands), in one block of TOPC_THREADS threads:
  *  1. each thread loads up to TOPC_KEYS block maxima into registers, as
  *     order-preserving keys (topc_key); a NaN maximum gives up at once;
- *  2. T = the n_cand-th largest maximum, counting repeats (radix select),
- *     or the smallest key when there are no more blocks than n_cand;
+ *  2. T = a floor for the n_cand-th largest maximum, counting repeats: the
+ *     smallest key sharing its top TOPC_SELECT_BITS bits (radix select of
+ *     those bits: half the passes of an exact select, for a few blocks
+ *     more to read), or the smallest key when there are no more blocks
+ *     than n_cand;
  *  3. the blocks whose maximum reaches T are listed, and every logit >= T
  *     in them goes into the candidate scratch as a 64-bit key;
  *  4. a bitonic sort of the scratch, largest first; the first m are written.
  * Exact: the n_cand blocks of largest maxima each hold a logit >= T (or a
  * NaN, which is seen: they are read), so the n_cand best logits are >= T,
- * and a logit >= T lies in a block whose maximum is >= T. Without ties in
- * the maxima at most n_cand blocks are read, so at most 64 * 64 logits
- * reach the scratch: TOPC_CAP overflows only on ties.
+ * and a logit >= T lies in a block whose maximum is >= T. The blocks read
+ * are the n_cand largest and those whose maximum shares the n_cand-th's
+ * top 16 bits (a range of 1/128 of its size): a few on real logits, so
+ * TOPC_CAP overflows only on ties or logits crowded into such a range
+ * (then the answer is -1, never a wrong one).
  */
+#define TOPC_SELECT_BITS 16
 #define TOPC_THREADS 1024
 #define TOPC_KEYS 8 /* block maxima per thread */
 #define TOPC_BLOCKS_MAX (TOPC_THREADS * TOPC_KEYS)
@@ -201,8 +207,9 @@ __device__ __forceinline__ int topc_append(int *n, bool take)
     return base + __popc(m & ((1u << lane) - 1u));
 }
 
-/* The rank-th largest (1 <= rank <= nb) of nb keys, key j of thread t
- * being number t + j * TOPC_THREADS, by radix select 8 bits at a time: a
+/* The top TOPC_SELECT_BITS bits of the rank-th largest (1 <= rank <= nb)
+ * of nb keys, the rest zero, key j of thread t being number t + j *
+ * TOPC_THREADS, by radix select 8 bits at a time: a
  * pass counts the keys that agree with the digits chosen so far by their
  * next digit (lanes of a warp with the same digit add once), then warp 0
  * finds the digit whose bin holds the rank-th. The histograms alternate so
@@ -213,7 +220,7 @@ __device__ uint32_t topc_select(const uint32_t key[TOPC_KEYS], int nb, int rank,
 {
     const int t = threadIdx.x, lane = t & 31;
     uint32_t prefix = 0, mask = 0;
-    for (int p = 0; p < 4; p++) {
+    for (int p = 0; p < TOPC_SELECT_BITS / 8; p++) {
         const int shift = 24 - 8 * p;
         int *h = hist[p & 1];
 #pragma unroll

@@ -69,11 +69,15 @@ __device__ void moe_route_warp(const float *row, int X, int K, int norm, float *
 {
     const int lane = threadIdx.x & 31;
     float mx = -INFINITY;
-    for (int i = lane; i < X; i += 32) mx = fmaxf(mx, __ldcg(row + i));
+    for (int i = lane; i < X; i += 32) { /* the row read once: each lane rereads its own p[i] */
+        const float v = __ldcg(row + i);
+        p[i] = v;
+        mx = fmaxf(mx, v);
+    }
     mx = kc_warp_max(mx);
     double sum = 0.0;
     for (int i = lane; i < X; i += 32) {
-        const float e = expf(__ldcg(row + i) - mx);
+        const float e = expf(p[i] - mx);
         p[i] = e;
         sum += (double)e;
     }

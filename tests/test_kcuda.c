@@ -397,10 +397,10 @@ static void check_qkv_rope(enum tt_type tq, enum tt_type tv, bool regroup, int H
 
 /* kcuda_matvec_multi_acts: Q4_K q against Q8_K rows beside Q8_0 k and v
  * against Q8_0 rows in one launch, bit for bit as single products. */
-static void check_multi_acts(bool regroup)
+static void check_multi_acts(bool regroup, enum tt_type tv)
 {
     enum { N = 2048, Q = 72, KV = 20 };
-    const enum tt_type types[3] = { TT_TYPE_Q4_K, TT_TYPE_Q8_0, TT_TYPE_Q8_0 };
+    const enum tt_type types[3] = { TT_TYPE_Q4_K, TT_TYPE_Q8_0, tv };
     const int64_t rows[3] = { Q, KV, KV };
     struct kcuda_weight dw[3];
     const struct kcuda_weight *ws[3];
@@ -417,7 +417,7 @@ static void check_multi_acts(bool regroup)
         uint8_t *w = make_weight(types[i], N, rows[i], 1.0f);
         dw[i] = (struct kcuda_weight){ dev(rb * (size_t)rows[i] + KCUDA_WEIGHT_PAD), (int)types[i], N, rows[i], rb,
                                        rb * (size_t)rows[i], 0 };
-        if (i == 0) upload_weight(&dw[i], w, regroup);
+        if (types[i] != TT_TYPE_Q8_0) upload_weight(&dw[i], w, regroup);
         else TT_ASSERT(kcuda_upload(K, (void *)dw[i].data, w, rb * (size_t)rows[i]) == 0);
         free(w);
         ws[i] = &dw[i];
@@ -435,7 +435,9 @@ static void check_multi_acts(bool regroup)
     for (int i = 0; i < 3; i++)
         CHECK_EQ_INT(kcuda_matvec(K, ws[i], NULL, acts[i], sts[i], 1, outs[0][i], ldos[i], NULL, KCUDA_OUT_STORE), 0);
     const int same = same_products(outs, rows, ldos, 1);
-    if (same != 3) fprintf(stderr, "  multi_acts%s: %d of 3 outputs as single products\n", regroup ? " regrouped" : "", same);
+    if (same != 3)
+        fprintf(stderr, "  multi_acts %s v%s: %d of 3 outputs as single products\n", tt_type_name(tv),
+                regroup ? " regrouped" : "", same);
     CHECK_EQ_INT(same, 3);
     for (int i = 0; i < 3; i++)
         kcuda_free((void *)dw[i].data), kcuda_free(da[i]), kcuda_free(outs[0][i]), kcuda_free(outs[1][i]);
@@ -452,8 +454,10 @@ static void test_multi(void)
     check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 1);  /* Q4_K_M's q, k and v, regrouped */
     check_multi(TT_TYPE_Q6_K, TT_TYPE_Q4_K, true, 1);
     check_multi(TT_TYPE_Q4_K, TT_TYPE_Q6_K, false, 1); /* as stored (TT_GPU_REPACK=0) */
-    check_multi_acts(true);  /* MoE files' q (Q4_K) beside k and v (Q8_0), two activation types */
-    check_multi_acts(false);
+    check_multi_acts(true, TT_TYPE_Q8_0);  /* MoE files' q (Q4_K) beside k and v (Q8_0), two activation types */
+    check_multi_acts(false, TT_TYPE_Q8_0);
+    check_multi_acts(true, TT_TYPE_Q6_K);  /* ... and their layers with v in Q6_K: three kinds */
+    check_multi_acts(false, TT_TYPE_Q6_K);
     check_qkv_rope(TT_TYPE_Q4_K, TT_TYPE_Q6_K, true, 8, 2, 128, 128, false, 17); /* Llama-3's q, k, v kinds */
     check_qkv_rope(TT_TYPE_Q4_K, TT_TYPE_Q4_K, true, 4, 4, 64, 32, true, 0);    /* one kind, partial rotation, bias */
     check_qkv_rope(TT_TYPE_Q8_0, TT_TYPE_Q8_0, false, 6, 2, 32, 32, false, 39);

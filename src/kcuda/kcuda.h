@@ -278,8 +278,9 @@ int kcuda_matvec_multi(struct kcuda *k, const struct kcuda_weight *const *ws, in
                        const void *d_act, size_t act_stride, int64_t n_tok, float *const *outs,
                        const int64_t *ldos, const float *const *biases);
 /* The same with each weight's own activation rows (d_acts[i], act_strides[i]
- * bytes apart): one token's two kinds may then read two activation types
- * (Q4_K q against Q8_K rows beside Q8_0 k and v against Q8_0 rows). */
+ * bytes apart): one token's kinds may then read two activation types
+ * (Q4_K q against Q8_K rows beside Q8_0 k and v against Q8_0 rows), and
+ * three kinds take one launch too (Q4_K q, Q8_0 k, Q6_K v). */
 bool kcuda_matvec_multi_acts_ok(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides,
                                 int64_t n_tok);
 int kcuda_matvec_multi_acts(struct kcuda *k, const struct kcuda_weight *const *ws, int n_w,

@@ -32,7 +32,7 @@
  * matrices together, or up to three matrices of the same activations as
  * consecutive row ranges (q, k, v: kcuda_matvec_multi; one token's two
  * K-quant kinds run as the two halves of one grid, k_matvec_two over the
- * shared block body mv_block); stacked experts take their expert and token
+ * shared block body mv_block, three kinds as its thirds, k_matvec_three); stacked experts take their expert and token
  * rows from tile records built on the device (kcuda_moe_plan). A decode
  * token's q, k and v launch can also finish kcuda_rope_store's work in its
  * store epilogue (mv_qkv_store: llama's RoPE pairs are neighbouring rows,
@@ -585,6 +585,18 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(1)) k_matvec_two(con
     else mv_block<KB, 1, false, MV_UNROLL_1>(b, blockIdx.x - blocks_a, gridDim.x - blocks_a);
 }
 
+/* Three kinds, each against its own activation row (MoE files' q in Q4_K
+ * and v in Q6_K on Q8_K rows, k in Q8_0 on Q8_0 rows): blocks [0, ba) run
+ * a's rows, [ba, bab) b's, the rest c's. */
+template <int KA, int KB, int KC>
+__global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(1))
+    k_matvec_three(const mv_args a, const mv_args b, const mv_args c, int ba, int bab)
+{
+    if ((int)blockIdx.x < ba) mv_block<KA, 1, false, MV_UNROLL_1>(a, blockIdx.x, ba);
+    else if ((int)blockIdx.x < bab) mv_block<KB, 1, false, MV_UNROLL_1>(b, blockIdx.x - ba, bab - ba);
+    else mv_block<KC, 1, false, MV_UNROLL_1>(c, blockIdx.x - bab, gridDim.x - bab);
+}
+
 /* ---- one token's K-quant products through the bulk-copy engine (sm_90) ----
  *
  * The kernel above keeps as many weight bytes in flight as its registers
@@ -705,6 +717,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
 
 typedef void (*mv_kernel)(const mv_args);
 typedef void (*mv_kernel_two)(const mv_args, const mv_args, int);
+typedef void (*mv_kernel_three)(const mv_args, const mv_args, const mv_args, int, int);
 
 
 template <int K, int NT>
@@ -929,21 +942,29 @@ static mv_kernel_two pick_two(int ka, int kb)
     return NULL;
 }
 
-/* Where ws[0..n_w) change kind: n_w when they are one kind (same type, row
- * length and kernel), -1 when they change twice or differ in row length. */
-static int kind_split(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides)
+/* The three-kind kernel for weights of kinds ka, kb, kc in that order, or NULL. */
+static mv_kernel_three pick_three(int ka, int kb, int kc)
 {
-    int split = n_w;
+    if (ka == MV_Q4_KG && kb == MV_Q8_0 && kc == MV_Q6_KG) return k_matvec_three<MV_Q4_KG, MV_Q8_0, MV_Q6_KG>;
+    if (ka == MV_Q4_K && kb == MV_Q8_0 && kc == MV_Q6_K) return k_matvec_three<MV_Q4_K, MV_Q8_0, MV_Q6_K>;
+    return NULL;
+}
+
+/* The runs of one kind (same type, row length, activation rows and kernel)
+ * in ws[0..n_w): their count, run j starting at starts[j]; -1 when the row
+ * lengths differ. */
+static int kind_runs(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides, int *starts)
+{
+    int r = 1;
+    starts[0] = 0;
     for (int i = 1; i < n_w; i++) {
         const struct kcuda_weight *w = ws[i], *p = ws[i - 1];
         if (w->n_in != ws[0]->n_in) return -1;
         const bool same = w->type == p->type && w->row_stride == p->row_stride && act_strides[i] == act_strides[i - 1] &&
                           kind_of(w, act_strides[i]) == kind_of(p, act_strides[i - 1]);
-        if (same) continue;
-        if (split < n_w) return -1;
-        split = i;
+        if (!same) starts[r++] = i;
     }
-    return split;
+    return r;
 }
 
 /* The tasks ws[i0..i1) into a (rows counted from the first). */
@@ -960,28 +981,34 @@ static void multi_tasks(mv_args *a, const struct kcuda_weight *const *ws, int i0
     a->n_out = rows;
 }
 
-/* Where one launch of ws[0..n_w), each against its activation rows
- * (act_strides[i] bytes), changes kind (n_w: one kind), or -1 if one launch
- * cannot take them. */
-static int multi_split(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides, int64_t n_tok)
+/* The runs of one kind that one launch of ws[0..n_w), each against its
+ * activation rows (act_strides[i] bytes), takes (kind_runs; several only for
+ * one token and a kernel of those kinds), or -1 if one launch cannot. */
+static int multi_runs(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides, int64_t n_tok,
+                      int *starts)
 {
     if (n_w < 1 || n_w > KCUDA_MULTI_MAX || n_tok <= 0 || n_tok > 8) return -1;
-    const int split = kind_split(ws, n_w, act_strides);
-    if (split < 0 || split == n_w) return split;
-    return n_tok == 1 && pick_two(kind_of(ws[0], act_strides[0]), kind_of(ws[split], act_strides[split])) ? split
-                                                                                                          : -1;
+    const int r = kind_runs(ws, n_w, act_strides, starts);
+    if (r <= 1) return r;
+    if (n_tok != 1) return -1;
+    int kinds[KCUDA_MULTI_MAX];
+    for (int j = 0; j < r; j++) kinds[j] = kind_of(ws[starts[j]], act_strides[starts[j]]);
+    if (r == 2) return pick_two(kinds[0], kinds[1]) ? 2 : -1;
+    return pick_three(kinds[0], kinds[1], kinds[2]) ? 3 : -1;
 }
 
 bool kcuda_matvec_multi_ok(const struct kcuda_weight *const *ws, int n_w, size_t act_stride, int64_t n_tok)
 {
     const size_t st[KCUDA_MULTI_MAX] = { act_stride, act_stride, act_stride };
-    return multi_split(ws, n_w, st, n_tok) >= 0;
+    int starts[KCUDA_MULTI_MAX];
+    return multi_runs(ws, n_w, st, n_tok, starts) >= 1;
 }
 
 bool kcuda_matvec_multi_acts_ok(const struct kcuda_weight *const *ws, int n_w, const size_t *act_strides,
                                 int64_t n_tok)
 {
-    return multi_split(ws, n_w, act_strides, n_tok) >= 0;
+    int starts[KCUDA_MULTI_MAX];
+    return multi_runs(ws, n_w, act_strides, n_tok, starts) >= 1;
 }
 
 /* kcuda_matvec_multi with each weight's activation rows (d_acts[i],
@@ -991,40 +1018,47 @@ static int multi_launch(struct kcuda *k, const struct kcuda_weight *const *ws, i
                         const size_t *act_strides, int64_t n_tok, float *const *outs, const int64_t *ldos,
                         const float *const *biases, const mv_qkv *qkv)
 {
-    const int split = multi_split(ws, n_w, act_strides, n_tok);
-    if (split < 0)
+    int starts[KCUDA_MULTI_MAX + 1];
+    const int r = multi_runs(ws, n_w, act_strides, n_tok, starts);
+    if (r < 1)
         return tt_error_set(TT_EINVAL, "kcuda_matvec_multi: %d weights of these types and shapes, %lld tokens", n_w,
                             (long long)n_tok);
+    starts[r] = n_w;
     static const int roles[3] = { MV_ROLE_Q, MV_ROLE_K, MV_ROLE_V };
-    mv_args a;
-    args_common(&a, ws[0], NULL, d_acts[0], act_strides[0], KCUDA_OUT_STORE);
-    multi_tasks(&a, ws, 0, split, outs, ldos, biases);
-    a.n_tok = (int)n_tok;
-    if (qkv) {
-        a.qkv = *qkv;
-        for (int i = 0; i < split; i++) a.task[i].role = roles[i];
+    mv_args m[KCUDA_MULTI_MAX];
+    for (int j = 0; j < r; j++) {
+        const int i0 = starts[j], i1 = starts[j + 1];
+        args_common(&m[j], ws[i0], NULL, d_acts[i0], act_strides[i0], KCUDA_OUT_STORE);
+        multi_tasks(&m[j], ws, i0, i1, outs, ldos, biases);
+        m[j].n_tok = (int)n_tok;
+        if (qkv) {
+            m[j].qkv = *qkv;
+            for (int i = i0; i < i1; i++) m[j].task[i - i0].role = roles[i];
+        }
     }
-    if (split == n_w) return launch(k, ws[0], NULL, &a, (int)n_tok, 1);
-    /* two kinds, one token: 4 rows per block (one warp each), as launch;
-     * each half reads its own activation rows, the staged ones from the
-     * dynamic shared memory sized for the larger */
-    mv_args b;
-    args_common(&b, ws[split], NULL, d_acts[split], act_strides[split], KCUDA_OUT_STORE);
-    multi_tasks(&b, ws, split, n_w, outs, ldos, biases);
-    b.n_tok = 1;
-    if (qkv) {
-        b.qkv = *qkv;
-        for (int i = split; i < n_w; i++) b.task[i - split].role = roles[i];
+    if (r == 1) return launch(k, ws[0], NULL, &m[0], (int)n_tok, 1);
+    /* two or three kinds, one token: 4 rows per block (one warp each), as
+     * launch; each part reads its own activation rows, the staged ones from
+     * the dynamic shared memory sized for the largest */
+    int kinds[KCUDA_MULTI_MAX], blocks[KCUDA_MULTI_MAX];
+    size_t smem = 0;
+    for (int j = 0; j < r; j++) {
+        kinds[j] = kind_of(ws[starts[j]], act_strides[starts[j]]);
+        shape_items(k, &m[j], ws[starts[j]], kinds[j], 1);
+        blocks[j] = kc_blocks(m[j].n_out, 4);
+        smem = TT_MAX(smem, m[j].stage ? m[j].act_stride : 0);
     }
-    const int ka = kind_of(ws[0], act_strides[0]), kb = kind_of(ws[split], act_strides[split]);
-    shape_items(k, &a, ws[0], ka, 1);
-    shape_items(k, &b, ws[split], kb, 1);
-    const int blocks_a = kc_blocks(a.n_out, 4), blocks_b = kc_blocks(b.n_out, 4);
-    const size_t smem = TT_MAX(a.stage ? a.act_stride : 0, b.stage ? b.act_stride : 0);
-    const mv_kernel_two kern = pick_two(ka, kb);
     KC_PROF_BEGIN(k);
-    KC_LAUNCH_SMEM(k, kern, dim3(blocks_a + blocks_b), dim3(32, 4), smem, a, b, blocks_a);
-    KC_PROF_END(k, "matvec two kinds");
+    if (r == 2) {
+        const mv_kernel_two kern = pick_two(kinds[0], kinds[1]);
+        KC_LAUNCH_SMEM(k, kern, dim3(blocks[0] + blocks[1]), dim3(32, 4), smem, m[0], m[1], blocks[0]);
+        KC_PROF_END(k, "matvec two kinds");
+    } else {
+        const mv_kernel_three kern = pick_three(kinds[0], kinds[1], kinds[2]);
+        KC_LAUNCH_SMEM(k, kern, dim3(blocks[0] + blocks[1] + blocks[2]), dim3(32, 4), smem, m[0], m[1], m[2],
+                       blocks[0], blocks[0] + blocks[1]);
+        KC_PROF_END(k, "matvec three kinds");
+    }
     return 0;
 }
 

@@ -63,6 +63,7 @@ struct bufs {
     float *logits, *block_max;
     struct kcuda_cand *out;
     int32_t *count;
+    float *x; /* host scratch of N_MAX logits */
 };
 
 static void bufs_init(struct bufs *b)
@@ -72,11 +73,20 @@ static void bufs_init(struct bufs *b)
                              KCUDA_TOP_CANDS * sizeof(struct kcuda_cand), 4};
     for (int i = 0; i < 4; i++)
         TT_ASSERT(kcuda_malloc(K, &p[i], bytes[i], "test buffer") == 0);
-    *b = (struct bufs){p[0], p[1], p[2], p[3]};
+    *b = (struct bufs){p[0], p[1], p[2], p[3], malloc(N_MAX * 4)};
+    TT_ASSERT(b->x);
+}
+/* The buffers of a case, or false (the case skipped) without a GPU. */
+static bool bufs_open(struct bufs *b)
+{
+    if (!gpu()) return false;
+    bufs_init(b);
+    return true;
 }
 static void bufs_free(struct bufs *b)
 {
     kcuda_free(b->logits), kcuda_free(b->block_max), kcuda_free(b->out), kcuda_free(b->count);
+    free(b->x);
 }
 
 /* Run the device on logits[0..n) and compare. allow_fail: -1 is also fine
@@ -119,11 +129,10 @@ static const int n_cands[] = {64, 40, 1};
 
 static void test_random(void)
 {
-    if (!gpu()) return;
     static const int sizes[] = {128256, 151936, 32000};
     struct bufs b;
-    bufs_init(&b);
-    float *x = malloc(N_MAX * 4);
+    if (!bufs_open(&b)) return;
+    float *x = b.x;
     for (int s = 0; s < 3; s++) {
         for (int c = 0; c < 3; c++) {
             fill_normal(x, sizes[s], 3.0f);
@@ -139,16 +148,14 @@ static void test_random(void)
     for (int i = 0; i < 128256; i++)
         x[i] = i >= 70016 && i < 70016 + 64 * 64 ? 10.0f + nrand() : nrand();
     check_top(&b, x, 128256, 64, false, false);
-    free(x);
     bufs_free(&b);
 }
 
 static void test_sizes(void)
 {
-    if (!gpu()) return;
     static const int sizes[] = {1000, 65, 64, 63, 10, 1, 4097};
     struct bufs b;
-    bufs_init(&b);
+    if (!bufs_open(&b)) return;
     float x[4097];
     for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
         for (int c = 0; c < 3; c++) {
@@ -163,11 +170,10 @@ static void test_sizes(void)
  * infinities, and -0 beside +0 (equal for the sampler). */
 static void test_ties(void)
 {
-    if (!gpu()) return;
     struct bufs b;
-    bufs_init(&b);
+    if (!bufs_open(&b)) return;
     const int n = 128256;
-    float *x = malloc((size_t)n * 4);
+    float *x = b.x;
     for (int c = 0; c < 3; c++) {
         for (int i = 0; i < n; i++)
             x[i] = roundf(nrand() * 4.0f) * 0.5f; /* dozens a level at the cut */
@@ -200,7 +206,6 @@ static void test_ties(void)
     for (int i = 0; i < 100; i++)
         x[i] = -INFINITY;
     check_top(&b, x, 100, 64, false, false);
-    free(x);
     bufs_free(&b);
 }
 
@@ -218,11 +223,10 @@ static int argmax(const float *x, int n)
  * gives -1 at once). */
 static void test_nan(void)
 {
-    if (!gpu()) return;
     struct bufs b;
-    bufs_init(&b);
+    if (!bufs_open(&b)) return;
     const int n = 128256;
-    float *x = malloc((size_t)n * 4);
+    float *x = b.x;
     for (int c = 0; c < 3; c++) {
         fill_normal(x, n, 3.0f);
         const int at = argmax(x, n);
@@ -236,7 +240,6 @@ static void test_nan(void)
     fill_normal(x, 65, 1.0f);
     x[64] = NAN;
     check_top(&b, x, 65, 64, false, true);
-    free(x);
     bufs_free(&b);
 }
 
@@ -245,16 +248,14 @@ static void test_nan(void)
  * logits), though a correct answer would also be right. */
 static void test_all_equal(void)
 {
-    if (!gpu()) return;
     struct bufs b;
-    bufs_init(&b);
+    if (!bufs_open(&b)) return;
     const int n = 128256;
-    float *x = malloc((size_t)n * 4);
+    float *x = b.x;
     for (int i = 0; i < n; i++)
         x[i] = 0.25f;
     check_top(&b, x, n, 64, true, false);
     check_top(&b, x, n, 1, true, false);
-    free(x);
     bufs_free(&b);
 }
 
@@ -266,9 +267,8 @@ static void test_limits(void)
     CHECK(kcuda_top_cands_ok(151936));
     CHECK(kcuda_top_cands_ok(262144));
     CHECK(!kcuda_top_cands_ok(INT64_C(1) << 40));
-    if (!gpu()) return;
     struct bufs b;
-    bufs_init(&b);
+    if (!bufs_open(&b)) return;
     CHECK_EQ_INT(kcuda_top_cands(K, b.logits, 1000, b.block_max, 0, b.out, b.count), TT_EINVAL);
     CHECK_EQ_INT(
         kcuda_top_cands(K, b.logits, 1000, b.block_max, KCUDA_TOP_CANDS + 1, b.out, b.count),
@@ -286,11 +286,10 @@ static void test_limits(void)
  * logits of its time. Prints the pair's device time. */
 static void test_graph(void)
 {
-    if (!gpu()) return;
     struct bufs b;
-    bufs_init(&b);
+    if (!bufs_open(&b)) return;
     const int n = 151936;
-    float *x = malloc((size_t)n * 4);
+    float *x = b.x;
     struct kcuda_graph *g = NULL;
     fill_normal(x, n, 3.0f);
     CHECK_EQ_INT(kcuda_upload(K, b.logits, x, (size_t)n * 4), 0);
@@ -319,7 +318,6 @@ static void test_graph(void)
                 kcuda_graph_time_ms(K, g, 200) * 1000.0);
     }
     kcuda_graph_destroy(g);
-    free(x);
     bufs_free(&b);
 }
 

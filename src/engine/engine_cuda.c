@@ -1300,7 +1300,9 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     c->qkv_one = tt_env_int("TT_GPU_QKV_ONE", 1);
     c->qkv_rope = tt_env_int("TT_GPU_QKV_ROPE", 1);
     c->router_norm = tt_env_int("TT_GPU_ROUTER_NORM", 1);
-    c->top_cands = tt_env_int("TT_GPU_TOP_CANDS", 1) && kcuda_top_cands_ok(e->n_vocab_local);
+    /* one rank samples from the candidates; several gather their logits'
+     * candidates on the host (engine_dist.c), so the graph copies the logits */
+    c->top_cands = tt_env_int("TT_GPU_TOP_CANDS", 1) && e->n_ranks == 1 && kcuda_top_cands_ok(e->n_vocab_local);
     c->graph_off = !tt_env_int("TT_GPU_GRAPH", 1);
     if (tt_env_int("TT_GPU_PROFILE", 0))
         c->prof_x = malloc(sizeof(float) * (size_t)c->B * (size_t)hp->n_embd);

@@ -647,15 +647,16 @@ static bool router_norms(const struct cuda_accel *c, const struct engine *e, con
 /* The router's logits, the top-k choices and their weights, and (decode)
  * the one-slot tile records: one fused launch for F32 router rows and
  * matrix-vector batches, else the product then kcuda_moe_route. On several
- * ranks the choices are indices among this rank's experts (g->local). */
+ * ranks the choices are indices among this rank's experts (g->local). With
+ * rn (router_norms) the fused router norms x itself. */
 static int moe_route_step(struct cuda_accel *c, struct engine *e, const struct gpu_layer *g,
-                          const struct act_set *s, int n_tok, int tile_tok)
+                          const struct act_set *s, int n_tok, int tile_tok, const struct kcuda_router_norm *rn)
 {
     const struct model_hparams *hp = &e->m->hp;
     int32_t *tiles = tile_tok == 1 ? c->tiles : NULL;
     if (router_fused(c, e, g, n_tok))
-        return kcuda_moe_router(c->k, &g->gate_inp, c->xn, n_tok, hp->n_expert_used, hp->expert_norm, c->router,
-                                c->route_count, c->sel, c->sel_w, tiles, g->local, NULL);
+        return kcuda_moe_router(c->k, &g->gate_inp, rn ? c->x : c->xn, n_tok, hp->n_expert_used, hp->expert_norm,
+                                c->router, c->route_count, c->sel, c->sel_w, tiles, g->local, rn);
     int err = lin(c, s, &g->gate_inp, NULL, n_tok, c->router, hp->n_expert, NULL, KCUDA_OUT_STORE);
     if (!err)
         err = kcuda_moe_route(c->k, c->router, n_tok, hp->n_expert, hp->n_expert_used, hp->expert_norm, c->sel,
@@ -783,20 +784,19 @@ static int moe_ffn(struct cuda_accel *c, struct engine *e, int il, int n_tok)
     const struct kcuda_weight *wsd[] = { &g->down_shexp };
     float *jx = e->tp_size > 1 ? c->moe_part : c->x;
     const bool experts = g->n_local > 0;
+    /* the ffn norm: a launch of its own, or (decode) done by the router */
+    const bool normed = router_norms(c, e, g, n_tok);
+    struct kcuda_router_norm rn;
     int err = 0;
-    if (router_norms(c, e, g, n_tok)) {
+    if (normed) {
         s = (struct act_set){ .n = 1, .type = { KCUDA_Q8_K }, .stride = { kcuda_act_row_bytes(KCUDA_Q8_K, E) },
                               .ptr = { c->act[0] } };
-        const struct kcuda_router_norm rn = { g->ffn_norm, hp->rms_eps, c->xn, c->act[0], s.stride[0] };
-        if (jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
-        if (!err)
-            err = kcuda_moe_router(c->k, &g->gate_inp, c->x, n_tok, hp->n_expert_used, hp->expert_norm, c->router,
-                                   c->route_count, c->sel, c->sel_w, c->tiles, g->local, &rn);
+        rn = (struct kcuda_router_norm){ g->ffn_norm, hp->rms_eps, c->xn, c->act[0], s.stride[0] };
     } else {
         err = acts_prepare(c, &s, c->x, E, n_tok, E, g->ffn_norm, hp->rms_eps, c->xn, ws, 5);
-        if (!err && jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
-        if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok);
     }
+    if (!err && jx != c->x) err = kcuda_memset(c->k, jx, 0, sizeof(float) * (size_t)(n_tok * E));
+    if (!err) err = moe_route_step(c, e, g, &s, n_tok, tile_tok, normed ? &rn : NULL);
     /* the shared expert's gate/up first: it reads this conversion, which the
      * down products' replaces */
     if (!err && shared) err = swiglu_pair(c, &s, &g->gate_shexp, &g->up_shexp, n_tok, c->ffn_b, c->ysh);
@@ -1009,11 +1009,9 @@ static const float *cuda_logits_host(void *ctx, const float **block_max)
     struct cuda_accel *c = ctx;
     *block_max = c->h_block_max;
     if (!c->logits_ready) return NULL;
-    if (logits_to_host(c)) {
-        fail(TT_EIO);
-        return NULL;
-    }
-    return c->h_logits;
+    const int err = logits_to_host(c);
+    if (err) fail(err);
+    return err ? NULL : c->h_logits;
 }
 
 _Static_assert(sizeof(struct kcuda_cand) == sizeof(struct sampler_cand) &&

@@ -231,25 +231,36 @@ static int top_of_logits(struct sampler *s, const float *logits, const float *bl
 
 static int32_t sample_sorted(struct sampler *s, const struct sampler_cand *c, int keep);
 
+/* The k of a draw from the k best tokens: 1 for greedy, else the top-k cut;
+ * 0 when every token takes part (no cut, or none below the vocabulary). */
+static int cut_of(const struct sampler *s)
+{
+    const int k = s->opts.temperature <= 0.0f ? 1 : s->opts.top_k;
+    return k > 0 && k < s->n_vocab ? k : 0;
+}
+
+/* The draw from the k best tokens c[0..k), in qsort order. */
+static int32_t draw_top(struct sampler *s, const struct sampler_cand *c, int k)
+{
+    return k == 1 ? c[0].id : sample_sorted(s, c, k);
+}
+
 int32_t sampler_sample(struct sampler *s, const float *logits) { return sampler_sample_maxima(s, logits, NULL); }
 
 int32_t sampler_sample_maxima(struct sampler *s, const float *logits, const float *block_max)
 {
     /* greedy or a top-k cut: the k best straight from the floats */
-    const int k = s->opts.temperature <= 0.0f ? 1 : s->opts.top_k;
-    if (k > 0 && k < s->n_vocab) {
-        const int n = top_of_logits(s, logits, block_max, k, s->cand);
-        return k == 1 ? s->cand[0].id : sample_sorted(s, s->cand, n);
-    }
+    const int k = cut_of(s);
+    if (k) return draw_top(s, s->cand, top_of_logits(s, logits, block_max, k, s->cand));
     for (int i = 0; i < s->n_vocab; i++) s->cand[i] = (struct sampler_cand){ i, logits[i] };
     return sampler_sample_cands(s, s->cand, s->n_vocab);
 }
 
 int32_t sampler_sample_top(struct sampler *s, const struct sampler_cand *c, int n)
 {
-    const int k = s->opts.temperature <= 0.0f ? 1 : s->opts.top_k;
-    if (k <= 0 || k > n || k >= s->n_vocab || (s->opts.repeat_penalty != 1.0f && s->n_history > 0)) return -1;
-    return k == 1 ? c[0].id : sample_sorted(s, c, k);
+    const int k = cut_of(s);
+    if (!k || k > n || (s->opts.repeat_penalty != 1.0f && s->n_history > 0)) return -1;
+    return draw_top(s, c, k);
 }
 
 int32_t sampler_sample_cands(struct sampler *s, struct sampler_cand *c, int n)

@@ -159,19 +159,12 @@ int kcuda_moe_route(struct kcuda *k, const float *d_logits, int64_t n_tok, int n
  * (a ticket in count[t]) routes it.
  * NORM: x is the residual row, RMS-normed here as kcuda_norm_convert does
  * (each block sums the squares itself; the row is small and cached); block b
- * < n_in / 256 also writes the normed floats b*256.. to rn.yf and their Q8_K
- * block to rn.q8k, the experts' activations (one launch less per layer). */
+ * < n_in / 256 also writes the normed floats b*256.. to rn.yf (when set) and
+ * their Q8_K block to rn.q8k, the experts' activations (one launch less per
+ * layer). rn is unused without NORM. */
 #define RT_WARPS 8
 #define RT_ROWS 2
 #define RT_LANES (32 * RT_WARPS / RT_ROWS) /* threads per row */
-struct rt_norm {
-    const float *w;
-    float eps;
-    float *yf;
-    uint8_t *q8k;
-    size_t q8k_stride;
-};
-
 __device__ __forceinline__ float4 rt_normed(float4 a, float scale, float4 nw)
 {
     return make_float4(__fmul_rn(__fmul_rn(a.x, scale), nw.x), __fmul_rn(__fmul_rn(a.y, scale), nw.y),
@@ -182,7 +175,7 @@ template <bool NORM>
 __global__ void __launch_bounds__(RT_WARPS * 32)
     k_moe_router(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
                  int norm, float *logits, int *count, int32_t *sel, float *wout, int32_t *tiles,
-                 const int32_t *local, const rt_norm rn)
+                 const int32_t *local, const kcuda_router_norm rn)
 {
     kc_pdl_trigger();
     __shared__ float p[MOE_EXPERTS_MAX];
@@ -241,7 +234,7 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
             *(float4 *)(rn.yf + (size_t)t * n_in + j0) = a0;
             *(float4 *)(rn.yf + (size_t)t * n_in + j0 + 4) = a1;
         }
-        kc_q8k_warp(v, true, j0, rn.q8k + (size_t)t * rn.q8k_stride, n_in);
+        kc_q8k_warp(v, true, j0, (uint8_t *)rn.q8k + (size_t)t * rn.q8k_stride, n_in);
     }
     s = kc_warp_sum(s);
     if (lane == 0) part[warp] = s;
@@ -278,24 +271,15 @@ int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float 
     if (err) return err;
     if (w->type != KCUDA_F32 || w->n_in % 4 || w->row_stride % 16 || (uintptr_t)w->data % 16 || n_tok > 65535)
         return tt_error_set(TT_EUNSUPPORTED, "fused router: needs F32 rows of a multiple of 4 inputs");
-    rt_norm r = {};
-    if (rn) {
-        if (!kcuda_moe_router_norm_ok(w) || (uintptr_t)rn->w % 16 || (uintptr_t)rn->yf % 16 ||
-            (uintptr_t)rn->q8k % 16 || rn->q8k_stride % 16)
-            return tt_error_set(TT_EUNSUPPORTED, "router with the norm: %lld inputs, %lld experts",
-                                (long long)w->n_in, (long long)w->n_out);
-        r = { rn->w, rn->eps, rn->yf, (uint8_t *)rn->q8k, rn->q8k_stride };
-    }
-    const dim3 grid(kc_blocks(X, RT_ROWS), (unsigned)n_tok);
+    if (rn && (!kcuda_moe_router_norm_ok(w) || (uintptr_t)rn->w % 16 || (uintptr_t)rn->yf % 16 ||
+               (uintptr_t)rn->q8k % 16 || rn->q8k_stride % 16))
+        return tt_error_set(TT_EUNSUPPORTED, "router with the norm: %lld inputs, %lld experts", (long long)w->n_in,
+                            (long long)w->n_out);
+    const kcuda_router_norm r = rn ? *rn : kcuda_router_norm{};
     KC_PROF_BEGIN(k);
-    if (rn)
-        KC_LAUNCH(k, k_moe_router<true>, grid, dim3(RT_WARPS * 32), (const float *)w->data,
-                  (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm, d_logits, d_count, d_sel,
-                  d_w, d_tiles, d_local, r);
-    else
-        KC_LAUNCH(k, k_moe_router<false>, grid, dim3(RT_WARPS * 32), (const float *)w->data,
-                  (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used, (int)norm, d_logits, d_count, d_sel,
-                  d_w, d_tiles, d_local, r);
+    KC_LAUNCH(k, rn ? k_moe_router<true> : k_moe_router<false>, dim3(kc_blocks(X, RT_ROWS), (unsigned)n_tok),
+              dim3(RT_WARPS * 32), (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X,
+              n_used, (int)norm, d_logits, d_count, d_sel, d_w, d_tiles, d_local, r);
     KC_PROF_END(k, "moe_router");
     return 0;
 }

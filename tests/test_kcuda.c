@@ -730,18 +730,28 @@ static void check_attention_batch(int hd, bool f16, int H, int KV, int n, int of
 static void test_attention(void)
 {
     if (!gpu()) return;
-    check_attention(8, true, 1, 4, 2);
-    check_attention(32, true, 5, 4, 2);
-    check_attention(64, false, 3, 4, 2);
-    check_attention(64, true, 3, 2, 2);
-    check_attention(128, true, 16, 4, 2);
-    check_attention(128, false, 16, 4, 2);
-    check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 8, 2);  /* Llama-3 grouping, decode splits */
-    check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 16, 2); /* Qwen3-MoE grouping */
-    check_attention(128, true, 3, 6, 2);                     /* a group the coalesced kernel does not take */
-    check_attention(256, true, 2, 4, 2);
-    check_attention_batch(64, true, 2, 2, 1, 0, 0);      /* one token: split kernels */
-    check_attention_batch(64, true, 2, 2, 37, 0, 0);     /* a short prompt: split kernels */
+    const int cs_default = kcuda_set_attn_cluster(K, 0);
+    static const int clusters[] = { 0, 8, 16 }; /* parts joined in global memory, then in clusters */
+    for (int c = 0; c < 3; c++) {
+        if (kcuda_set_attn_cluster(K, clusters[c]) != clusters[c]) {
+            fprintf(stderr, "  no thread block clusters on this GPU: attention in clusters of %d not run\n", clusters[c]);
+            continue;
+        }
+        check_attention(8, true, 1, 4, 2);
+        check_attention(32, true, 5, 4, 2);
+        check_attention(64, false, 3, 4, 2);
+        check_attention(64, true, 3, 2, 2);
+        check_attention(128, true, 16, 4, 2);
+        check_attention(128, false, 16, 4, 2);
+        check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 8, 2);  /* Llama-3 grouping, decode splits */
+        check_attention(128, true, KCUDA_ATTN_SPLIT_MAX, 16, 2); /* Qwen3-MoE grouping */
+        check_attention(128, true, 3, 6, 2);                     /* a group the coalesced kernel does not take */
+        check_attention(256, true, 2, 4, 2);
+        check_attention(64, true, 4, 16, 2);                     /* 8 heads per KV head of 64: units of 4 heads */
+        check_attention_batch(64, true, 2, 2, 1, 0, 0);          /* one token: split kernels */
+        check_attention_batch(64, true, 2, 2, 37, 0, 0);         /* a short prompt: split kernels */
+    }
+    kcuda_set_attn_cluster(K, cs_default);
     check_attention_batch(64, true, 2, 2, 77, 0, 0);     /* group 1 */
     check_attention_batch(128, true, 4, 2, 65, 0, 0);    /* group 2: two row tiles and one token more */
     check_attention_batch(128, true, 8, 2, 600, 0, 0);   /* Llama-3 grouping, a long prompt */

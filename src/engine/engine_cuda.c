@@ -134,7 +134,10 @@ struct cuda_accel {
     struct kcuda_cand *h_cands; /* as cands */
     int32_t *h_pos, *h_seq;
     /* decode */
-    struct kcuda_graph *graph;
+    struct kcuda_graph *graph[2]; /* decode: [0] attention in clusters, [1] in parts (from cluster_pos on) */
+    int graph_cur;           /* the one this step replays */
+    int attn_cluster;        /* TT_GPU_ATTN_CLUSTER (default 16): kcuda_set_attn_cluster below cluster_pos */
+    int cluster_pos;         /* TT_GPU_ATTN_CLUSTER_POS (default 1024; H200: 16 clusters lose from ~1.5k on) */
     bool graph_off;
     int lead_decode;         /* the batch's leading tokens each alone in its sequence's run, when a
                                 prompt run follows (else 0): attention_block gives them their own launch */
@@ -872,26 +875,41 @@ static int run_range(struct cuda_accel *c, struct engine *e, int n_tok, bool wit
     return err;
 }
 
-/* One token: replay the captured graph (captured on first use). */
+/* One token: replay the captured graph (captured on first use) of the
+ * step's attention form (attention_form). */
 static int decode_step(struct cuda_accel *c, struct engine *e)
 {
-    if (!c->graph && !c->graph_off) {
+    struct kcuda_graph **g = &c->graph[c->graph_cur];
+    if (!*g && !c->graph_off) {
         int err = kcuda_graph_begin(c->k);
         if (!err) {
             int run = run_range(c, e, 1, true);
-            err = kcuda_graph_end(c->k, &c->graph);
+            err = kcuda_graph_end(c->k, g);
             err = run ? run : err;
         }
         if (err) {
             tt_warn("GPU: decode runs without a CUDA graph (%s)", tt_error_detail());
             tt_error_clear();
-            kcuda_graph_destroy(c->graph);
-            c->graph = NULL;
+            kcuda_graph_destroy(*g);
+            *g = NULL;
             c->graph_off = true;
         }
     }
-    if (c->graph) return kcuda_graph_launch(c->k, c->graph);
+    if (*g) return kcuda_graph_launch(c->k, *g);
     return run_range(c, e, 1, true);
+}
+
+/* The attention form of a step's split kernels (decode tokens): clusters of
+ * c->attn_cluster blocks per KV head joined in shared memory while every
+ * position is below cluster_pos, else parts joined through global memory,
+ * which spread a long context over more blocks (a cluster's blocks walk its
+ * keys in turn). */
+static void attention_form(struct cuda_accel *c, const struct engine *e, int n_tok)
+{
+    int32_t top = 0;
+    for (int t = 0; t < n_tok; t++) top = TT_MAX(top, e->tok_pos[t]);
+    c->graph_cur = c->attn_cluster && top < c->cluster_pos ? 0 : 1;
+    kcuda_set_attn_cluster(c->k, c->graph_cur ? 0 : c->attn_cluster);
 }
 
 /* A batch's rows of x, RoPE table, positions and sequences into pinned
@@ -932,10 +950,10 @@ static void profile_step(struct cuda_accel *c, struct engine *e, int n_tok, doub
     c->prof_batch_done |= !decode;
     const size_t xb = (size_t)n_tok * (size_t)e->m->hp.n_embd * 4;
     fprintf(stderr, "GPU profile: %d-token step took %.3f ms on the host clock\n", n_tok, wall_ms);
-    if (decode && c->graph) {
+    if (decode && c->graph[c->graph_cur]) {
         kcuda_upload(c->k, c->x, c->prof_x, xb);
         fprintf(stderr, "GPU profile: decode graph %.4f ms per token (device time of 20 replays)\n",
-                kcuda_graph_time_ms(c->k, c->graph, 20));
+                kcuda_graph_time_ms(c->k, c->graph[c->graph_cur], 20));
     }
     kcuda_upload(c->k, c->x, c->prof_x, xb);
     kcuda_sync(c->k);
@@ -956,6 +974,7 @@ static int cuda_run_layers(void *ctx, struct engine *e, int il0, int il1, int n_
     const double t0 = tt_now_s();
     if (c->prof_x) memcpy(c->prof_x, e->x, xb);
     int err = stage_in(c, e, n_tok);
+    attention_form(c, e, n_tok);
     if (!err) err = n_tok == 1 ? decode_step(c, e) : run_range(c, e, n_tok, false);
     if (!err) err = kcuda_sync(c->k);
     if (err) return fail(err);
@@ -1037,7 +1056,8 @@ static void cuda_destroy(void *ctx)
 {
     struct cuda_accel *c = ctx;
     if (!c) return;
-    kcuda_graph_destroy(c->graph);
+    kcuda_graph_destroy(c->graph[0]);
+    kcuda_graph_destroy(c->graph[1]);
     kcuda_free(c->arena);
     kcuda_free(c->kv);
     kcuda_free(c->bufs);
@@ -1308,6 +1328,10 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     uint64_t w_bytes = 0, out_bytes = 0;
     const size_t buf_bytes = layout_bufs(c, e, NULL), scratch = scratch_bytes(e, c->B);
     int err = kcuda_create(&c->k, c->device, scratch);
+    if (!err) {
+        c->attn_cluster = kcuda_set_attn_cluster(c->k, tt_env_int("TT_GPU_ATTN_CLUSTER", 16));
+        c->cluster_pos = tt_env_int("TT_GPU_ATTN_CLUSTER_POS", 1024);
+    }
     if (!err) err = choose_layers(c, e, n_gpu_layers, buf_bytes + 2 * (uint64_t)hp->n_embd * 4, &w_bytes, &out_bytes);
     if (!err && c->n_layers == 0)
         err = tt_error_set(TT_EUNSUPPORTED, "not even one layer fits in the GPU's free memory");

@@ -15,7 +15,11 @@
  * weighs the parts together, so attention is one launch. Splitting is
  * decided from the positions on the device, so one launch shape serves every
  * decode step (a graph replays it). Queries are rounded to F16 first with an
- * F16 cache, as the CPU and llama.cpp's flash attention do.
+ * F16 cache, as the CPU and llama.cpp's flash attention do. On sm_90 the
+ * decode tokens' attention can instead take one cluster of 8 or 16 blocks
+ * per KV head (k_attn_cl), whose blocks join in distributed shared memory:
+ * no ticket and no global round trip, faster at short contexts; the engine
+ * picks the form by position (kcuda_set_attn_cluster).
  */
 #include "kcuda_impl.cuh"
 
@@ -471,25 +475,24 @@ __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n
     }
 }
 
+/* The shared memory of a k_attn_vec or k_attn_cl block. */
+template <int HD, int G, int TILE>
+struct av_shared {
+    float sc[G][TILE];
+    float m[G], l[G], c[G];
+    float red[ATT_THREADS / 32][G][HD];
+};
+
+/* A block's keys of KV head g of token t: the tiles starting at first,
+ * first + stride, ... below end (keys past end masked). Leaves the G heads'
+ * running maxima and sums in sh.m, sh.l and each warp's unnormalized
+ * outputs in sh.red[warp] (the block's are their sum over the warps). */
 template <int LPR, int G>
-__global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
+__device__ __forceinline__ void av_keys(const attn_args &a, int t, int g, int h0, int first, int stride, int end,
+                                        av_shared<8 * LPR, G, 32 / LPR * (ATT_THREADS / 32) * AV_ROUNDS> &sh)
 {
     constexpr int HD = 8 * LPR, KPW = 32 / LPR, KPR = KPW * (ATT_THREADS / 32), TILE = KPR * AV_ROUNDS;
-    __shared__ float sc[G][TILE];
-    __shared__ float m_sh[G], l_sh[G], c_sh[G];
-    __shared__ float red[ATT_THREADS / 32][G][HD];
-    __shared__ int last;
-    kc_pdl_trigger();
-    kc_pdl_wait();
-    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
-    const int lane = tid & 31, warp = tid >> 5, c = lane % LPR, slot = warp * KPW + lane / LPR;
-    const int len = a.pos[t] + 1;
-    int chunk = (len + a.n_split - 1) / a.n_split;
-    chunk = chunk < TILE ? TILE : (chunk + TILE - 1) / TILE * TILE;
-    const int n_parts = (len + chunk - 1) / chunk;
-    if (s >= n_parts) return; /* holds no keys: neither writes a part nor takes a ticket */
-    const int j0 = s * chunk, j1 = min(len, j0 + chunk);
-    const int h0 = (a.kv_begin + g) * a.group - a.head_begin;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, c = lane % LPR, slot = warp * KPW + lane / LPR;
     float qf[G][8];
 #pragma unroll
     for (int r = 0; r < G; r++) {
@@ -499,7 +502,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
 #pragma unroll
         for (int e = 0; e < 8; e++) qf[r][e] = __half2float(__float2half_rn(v[e])) * a.scale;
     }
-    if (tid < G) m_sh[tid] = -INFINITY, l_sh[tid] = 0.0f;
+    if (tid < G) sh.m[tid] = -INFINITY, sh.l[tid] = 0.0f;
     const size_t kvd = (size_t)a.KV * HD;
     const __half *kb = (const __half *)a.kc + (size_t)a.seq[t] * a.n_ctx * kvd + (size_t)g * HD + 8 * c;
     const __half *vb = (const __half *)a.vc + (size_t)a.seq[t] * a.n_ctx * kvd + (size_t)g * HD + 8 * c;
@@ -509,13 +512,13 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[r][e] = 0.0f;
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    for (int tile = j0; tile < j1; tile += TILE) {
+    for (int tile = first; tile < end; tile += stride) {
         uint4 kr[AV_ROUNDS], vr[AV_ROUNDS];
 #pragma unroll
         for (int u = 0; u < AV_ROUNDS; u++) {
             const int j = tile + u * KPR + slot;
-            kr[u] = j < j1 ? *(const uint4 *)(kb + (size_t)j * kvd) : zero;
-            vr[u] = j < j1 ? *(const uint4 *)(vb + (size_t)j * kvd) : zero;
+            kr[u] = j < end ? *(const uint4 *)(kb + (size_t)j * kvd) : zero;
+            vr[u] = j < end ? *(const uint4 *)(vb + (size_t)j * kvd) : zero;
         }
 #pragma unroll
         for (int u = 0; u < AV_ROUNDS; u++) {
@@ -529,23 +532,23 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
                 for (int e = 0; e < 8; e++) d += kf[e] * qf[r][e];
 #pragma unroll
                 for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                if (c == 0) sc[r][u * KPR + slot] = j < j1 ? d : -INFINITY;
+                if (c == 0) sh.sc[r][u * KPR + slot] = j < end ? d : -INFINITY;
             }
         }
         __syncthreads();
-        att_online_softmax<TILE>(sc, G, TILE, warp, lane, m_sh, l_sh, c_sh);
+        att_online_softmax<TILE>(sh.sc, G, TILE, warp, lane, sh.m, sh.l, sh.c);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < G; r++)
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[r][e] *= c_sh[r];
+            for (int e = 0; e < 8; e++) acc[r][e] *= sh.c[r];
 #pragma unroll
         for (int u = 0; u < AV_ROUNDS; u++) {
             float vf[8];
             av_widen(vr[u], vf);
 #pragma unroll
             for (int r = 0; r < G; r++) {
-                const float p = sc[r][u * KPR + slot];
+                const float p = sh.sc[r][u * KPR + slot];
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[r][e] += p * vf[e];
             }
@@ -563,20 +566,39 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
 #pragma unroll
         for (int r = 0; r < G; r++)
 #pragma unroll
-            for (int e = 0; e < 8; e++) red[warp][r][8 * c + e] = acc[r][e];
+            for (int e = 0; e < 8; e++) sh.red[warp][r][8 * c + e] = acc[r][e];
     }
     __syncthreads();
+}
+
+template <int LPR, int G>
+__global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
+{
+    constexpr int HD = 8 * LPR, TILE = 32 / LPR * (ATT_THREADS / 32) * AV_ROUNDS;
+    __shared__ av_shared<HD, G, TILE> sh;
+    __shared__ int last;
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+    const int len = a.pos[t] + 1;
+    int chunk = (len + a.n_split - 1) / a.n_split;
+    chunk = chunk < TILE ? TILE : (chunk + TILE - 1) / TILE * TILE;
+    const int n_parts = (len + chunk - 1) / chunk;
+    if (s >= n_parts) return; /* holds no keys: neither writes a part nor takes a ticket */
+    const int j0 = s * chunk, j1 = min(len, j0 + chunk);
+    const int h0 = (a.kv_begin + g) * a.group - a.head_begin;
+    av_keys<LPR, G>(a, t, g, h0, j0, TILE, j1, sh);
     const size_t ps = (size_t)HD + 2;
     for (int i = tid; i < G * HD; i += ATT_THREADS) {
         const int r = i / HD, d = i % HD;
         float v = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATT_THREADS / 32; w++) v += red[w][r][d];
+        for (int w = 0; w < ATT_THREADS / 32; w++) v += sh.red[w][r][d];
         a.part[(((size_t)t * a.H + h0 + r) * a.n_split + s) * ps + d] = v;
     }
     if (tid < G) {
         float *part = a.part + (((size_t)t * a.H + h0 + tid) * a.n_split + s) * ps;
-        part[HD] = m_sh[tid], part[HD + 1] = l_sh[tid];
+        part[HD] = sh.m[tid], part[HD + 1] = sh.l[tid];
     }
     /* the last part of (t, g) to finish joins all parts */
     __threadfence();
@@ -592,29 +614,176 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
     av_join<HD, G>(a, t, h0, n_parts);
 }
 
+/* ---- decode attention in one cluster per KV head (sm_90) ----
+ *
+ * k_attn_vec's blocks join through global memory: each writes its part,
+ * takes a ticket, and the last one reads every part back, several L2 round
+ * trips in series after the keys (most of a MoE decode token's attention at
+ * 500+ positions). Here the CS blocks of a cluster (one per KV head and
+ * token) take the key tiles in turn (block s: tiles s, s + CS, ...), keep
+ * their partial outputs, maxima and sums in shared memory, and after one
+ * cluster barrier read each other's through distributed shared memory:
+ * block s weighs the heads' partials of the 256-element units s, s + CS,
+ * ... of the G heads' output (whole Q8_K blocks for wo when a.q8k) and
+ * writes them. No ticket, no part scratch, no global round trip. */
+__device__ __forceinline__ uint32_t att_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+/* *p in block `rank` of this cluster (p in this block's shared memory). */
+__device__ __forceinline__ float att_peer(const float *p, int rank)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(att_smem_addr(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+#else
+    return *p;
+#endif
+}
+__device__ __forceinline__ void att_cluster_arrive()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void att_cluster_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+#define ATT_CLUSTER_MAX 16
+template <int LPR, int G>
+__global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
+{
+    constexpr int HD = 8 * LPR, TILE = 32 / LPR * (ATT_THREADS / 32) * AV_ROUNDS, N = G * HD, U = 2 * ATT_THREADS;
+    __shared__ av_shared<HD, G, TILE> sh;
+    __shared__ float fac[G][ATT_CLUSTER_MAX], lsum[G];
+    __shared__ __align__(16) float ob[U];
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int s = blockIdx.x, CS = gridDim.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int h0 = (a.kv_begin + g) * a.group - a.head_begin;
+    av_keys<LPR, G>(a, t, g, h0, s * TILE, CS * TILE, a.pos[t] + 1, sh);
+    for (int i = tid; i < N; i += ATT_THREADS) { /* the block's partial into red[0] */
+        const int r = i / HD, d = i % HD;
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_THREADS / 32; w++) v += sh.red[w][r][d];
+        sh.red[0][r][d] = v;
+    }
+    att_cluster_arrive();
+    att_cluster_wait();
+    if (tid < G * CS) { /* thread (r, b): block b's maximum and sum of head r */
+        const int r = tid / CS, b = tid % CS;
+        fac[r][b] = att_peer(&sh.m[r], b);
+        ob[tid] = att_peer(&sh.l[r], b);
+    }
+    __syncthreads();
+    if (tid < G) {
+        float mx = -INFINITY, l = 0.0f;
+        for (int b = 0; b < CS; b++) mx = fmaxf(mx, fac[tid][b]);
+        for (int b = 0; b < CS; b++) {
+            const float f = fac[tid][b] == -INFINITY ? 0.0f : expf(fac[tid][b] - mx);
+            fac[tid][b] = f;
+            l += f * ob[tid * CS + b];
+        }
+        lsum[tid] = l;
+    }
+    __syncthreads();
+    for (int u0 = s * U; u0 < N; u0 += CS * U) { /* this block's units of the output */
+        float o[2] = { 0.0f, 0.0f };
+        for (int b0 = 0; b0 < CS; b0 += 8) { /* 16 loads in flight */
+            float v[8][2];
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int i = u0 + e * ATT_THREADS + tid;
+                    v[k][e] = b0 + k < CS && i < N ? att_peer(&sh.red[0][i / HD][i % HD], b0 + k) : 0.0f;
+                }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int i = u0 + e * ATT_THREADS + tid;
+                    if (b0 + k < CS && i < N) o[e] += fac[i / HD][b0 + k] * v[k][e];
+                }
+        }
+        __syncthreads(); /* ob held the sums above / the previous unit */
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int i = u0 + e * ATT_THREADS + tid, r = i / HD, d = i % HD;
+            if (i >= N) continue;
+            const float y = o[e] / lsum[r];
+            a.out[((size_t)t * a.H + h0 + r) * HD + d] = y;
+            ob[e * ATT_THREADS + tid] = y;
+        }
+        if (N % 256 == 0 && a.q8k) {
+            __syncthreads();
+            if (warp == 0) {
+                float v[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) v[e] = ob[8 * lane + e];
+                kc_q8k_warp(v, true, h0 * HD + u0 + 8 * lane, a.q8k + (size_t)t * a.q8k_stride, a.H * HD);
+            }
+        }
+    }
+    att_cluster_arrive(); /* done with the other blocks' shared memory */
+    att_cluster_wait();   /* ... and they with this one's */
+}
+
 typedef void (*attn_kernel)(const attn_args);
 
+/* Whether the GPU can hold a cluster of CS blocks of kern (16 is beyond
+ * the portable size and needs the kernel's permission). */
+static bool att_cluster_fits(attn_kernel kern, int CS)
+{
+    if (CS > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)CS);
+    cfg.blockDim = dim3(ATT_THREADS);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)CS;
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kern, &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return n >= 1;
+}
+
 template <int LPR>
-static attn_kernel pick_vec_g(int G)
+static attn_kernel pick_vec_g(int G, bool cl)
 {
     switch (G) {
-    case 1: return k_attn_vec<LPR, 1>;
-    case 2: return k_attn_vec<LPR, 2>;
-    case 4: return k_attn_vec<LPR, 4>;
-    case 8: return k_attn_vec<LPR, 8>;
+    case 1: return cl ? k_attn_cl<LPR, 1> : k_attn_vec<LPR, 1>;
+    case 2: return cl ? k_attn_cl<LPR, 2> : k_attn_vec<LPR, 2>;
+    case 4: return cl ? k_attn_cl<LPR, 4> : k_attn_vec<LPR, 4>;
+    case 8: return cl ? k_attn_cl<LPR, 8> : k_attn_vec<LPR, 8>;
     default: return NULL;
     }
 }
 
-/* The coalesced kernel for this shape, or NULL (then k_attn). */
-static attn_kernel pick_vec(int hd, int G, int kv_type)
+/* The coalesced kernel for this shape (cl: its cluster form), or NULL
+ * (then k_attn). */
+static attn_kernel pick_vec(int hd, int G, int kv_type, bool cl = false)
 {
     if (kv_type != KCUDA_F16) return NULL;
     switch (hd) {
-    case 32: return pick_vec_g<4>(G);
-    case 64: return pick_vec_g<8>(G);
-    case 128: return pick_vec_g<16>(G);
-    case 256: return pick_vec_g<32>(G);
+    case 32: return pick_vec_g<4>(G, cl);
+    case 64: return pick_vec_g<8>(G, cl);
+    case 128: return pick_vec_g<16>(G, cl);
+    case 256: return pick_vec_g<32>(G, cl);
     default: return NULL;
     }
 }
@@ -648,6 +817,23 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
                     part, d_out, count, (uint8_t *)d_q8k, kcuda_act_row_bytes(KCUDA_Q8_K, (int64_t)s->n_head * s->head_dim) };
+    while (k->attn_cluster > 1 && G * k->attn_cluster <= ATT_THREADS && pick_vec(s->head_dim, G, s->kv_type)) {
+        const int CS = k->attn_cluster; /* one cluster per KV head */
+        const attn_kernel kern = pick_vec(s->head_dim, G, s->kv_type, true);
+        if (k->attn_cluster_ok != (const void *)kern) {
+            if (!att_cluster_fits(kern, CS)) {
+                kcuda_set_attn_cluster(k, CS > 8 ? 8 : 0); /* this GPU holds no such cluster: smaller, then parts */
+                continue;
+            }
+            k->attn_cluster_ok = (const void *)kern;
+        }
+        if (CS > 8) KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        KC_PROF_BEGIN(k);
+        KC_CHECK(kc_launch_cluster(k, kern, dim3((unsigned)CS, (unsigned)s->n_head_kv, (unsigned)n_tok),
+                                   dim3(ATT_THREADS), 0, (unsigned)CS, a));
+        KC_PROF_END(k, "attention");
+        return 0;
+    }
     const dim3 grid((unsigned)n_split, (unsigned)s->n_head_kv, (unsigned)n_tok);
     attn_kernel kern = pick_vec(s->head_dim, G, s->kv_type);
     if (!kern) kern = s->kv_type == KCUDA_F16 ? k_attn<__half, true> : k_attn<float, false>;

@@ -61,6 +61,14 @@ int kcuda_device_count(void)
     return n;
 }
 
+int kcuda_set_attn_cluster(struct kcuda *k, int cs)
+{
+    const int v = !k->clusters ? 0 : cs >= 16 ? 16 : cs >= 8 ? 8 : 0;
+    if (v != k->attn_cluster) k->attn_cluster_ok = NULL;
+    k->attn_cluster = v;
+    return v;
+}
+
 int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
 {
     *out = NULL;
@@ -87,6 +95,8 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->mv_stage = tt_env_int("TT_GPU_MV_STAGE", 1);
     k->mv_bulk = prop.major < 9 ? 0 : tt_env_int("TT_GPU_MV_BULK", 2);
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
+    k->clusters = prop.major >= 9;
+    kcuda_set_attn_cluster(k, 16);
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);

@@ -44,6 +44,10 @@ struct kcuda {
     int bulk_smem[4];          /* dynamic shared memory allowed so far, per k_matvec_bulk instance */
     int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
+    bool clusters;             /* thread block clusters (sm_90) */
+    int attn_cluster;          /* blocks per KV head of the decode attention's clusters (sm_90: 8 or 16; 0: the
+                                  split kernels joined through global memory): kcuda_set_attn_cluster */
+    const void *attn_cluster_ok; /* the attention kernel last found to fit such clusters on this GPU */
     int n_sm;                  /* multiprocessors */
 };
 
@@ -104,27 +108,37 @@ __device__ __forceinline__ void kc_pdl_trigger()
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-/* Launch on the context's stream, with PDL when the context allows it and
- * `smem` bytes of dynamic shared memory. */
+/* Launch on the context's stream, with PDL when the context allows it,
+ * `smem` bytes of dynamic shared memory and clusters of `cluster` blocks
+ * along x (1: none). */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t kc_launch_smem(struct kcuda *k, void (*kern)(KArgs...), dim3 grid, dim3 block,
-                                         size_t smem, Args... args)
+static inline cudaError_t kc_launch_cluster(struct kcuda *k, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                                            size_t smem, unsigned cluster, Args... args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = k->stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (k->pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster;
+        attr[n].val.clusterDim.y = 1;
+        attr[n++].val.clusterDim.z = 1;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = k->pdl ? 1 : 0;
+    cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kern, ((KArgs)args)...);
 }
-#define KC_LAUNCH(k, kern, grid, block, ...) KC_CHECK(kc_launch_smem((k), kern, (grid), (block), 0, __VA_ARGS__))
+#define KC_LAUNCH(k, kern, grid, block, ...) KC_CHECK(kc_launch_cluster((k), kern, (grid), (block), 0, 1, __VA_ARGS__))
 #define KC_LAUNCH_SMEM(k, kern, grid, block, smem, ...) \
-    KC_CHECK(kc_launch_smem((k), kern, (grid), (block), (smem), __VA_ARGS__))
+    KC_CHECK(kc_launch_cluster((k), kern, (grid), (block), (smem), 1, __VA_ARGS__))
 
 /* Profiling brackets around a kernel launch (kcuda_profile). */
 void kc_prof_end(struct kcuda *k, const char *name);

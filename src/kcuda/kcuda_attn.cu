@@ -626,14 +626,13 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
  * block s weighs the heads' partials of the 256-element units s, s + CS,
  * ... of the G heads' output (whole Q8_K blocks for wo when a.q8k) and
  * writes them. No ticket, no part scratch, no global round trip. */
-__device__ __forceinline__ uint32_t att_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 /* *p in block `rank` of this cluster (p in this block's shared memory). */
 __device__ __forceinline__ float att_peer(const float *p, int rank)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     uint32_t remote;
     float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(att_smem_addr(p)), "r"(rank));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(kc_smem_addr(p)), "r"(rank));
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
     return v;
 #else

@@ -40,7 +40,8 @@ struct kcuda {
     bool pdl;                  /* programmatic dependent launch (sm_90) */
     bool mv_stage;             /* decode K-quant products stage activations in shared memory (TT_GPU_MV_STAGE) */
     int mv_bulk;               /* one token's regrouped K-quant products through the bulk-copy engine (sm_90,
-                                  TT_GPU_MV_BULK: 0 none, 1 all that fit, 2 the large ones: kcuda_matvec.cu) */
+                                  TT_GPU_MV_BULK: 0 none, 1 all that fit, 2 the large ones, 3 those and
+                                  the ones of one wave: kcuda_matvec.cu) */
     int bulk_smem[4];          /* dynamic shared memory allowed so far, per k_matvec_bulk instance */
     int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
@@ -108,6 +109,9 @@ __device__ __forceinline__ void kc_pdl_trigger()
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+/* The shared-memory address of p (a pointer into this block's shared memory). */
+__device__ __forceinline__ uint32_t kc_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
 /* Launch on the context's stream, with PDL when the context allows it,
  * `smem` bytes of dynamic shared memory and clusters of `cluster` blocks
  * along x (1: none). */

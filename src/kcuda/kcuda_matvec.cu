@@ -616,7 +616,6 @@ __global__ void __launch_bounds__(MV_THREADS, MV_MIN_BLOCKS(1))
 #define MV_BULK_BYTES (64u << 10)
 #define MV_BULK_GROUPS 32
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* Thread 0: the copies of row group rg (rows 4rg.., matrices m) into stage
  * st, group g completing on bar[g]. */
@@ -626,7 +625,7 @@ __device__ __forceinline__ void bulk_issue(const mv_args &a, int rg, uint8_t *st
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const int row0 = rg * 4, rows = min(4, a.n_out - row0);
     for (int g = 0; g < n_grp; g++) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&bar[g])),
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(kc_smem_addr(&bar[g])),
                      "r"(rows * M * GB)
                      : "memory");
         for (int r = 0; r < rows; r++) {
@@ -636,8 +635,8 @@ __device__ __forceinline__ void bulk_issue(const mv_args &a, int rg, uint8_t *st
 #pragma unroll
             for (int m = 0; m < M; m++)
                 asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                             ::"r"(smem_addr(dst + m * GB)), "l"((m ? a.w2 : t.w) + off), "r"(GB),
-                             "r"(smem_addr(&bar[g]))
+                             ::"r"(kc_smem_addr(dst + m * GB)), "l"((m ? a.w2 : t.w) + off), "r"(GB),
+                             "r"(kc_smem_addr(&bar[g]))
                              : "memory");
         }
     }
@@ -657,7 +656,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
     if (tid == 0) {
         for (int s = 0; s < n_stage; s++)
             for (int g = 0; g < n_grp; g++)
-                asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[s][g])));
+                asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(kc_smem_addr(&bar[s][g])));
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -681,7 +680,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
         float acc = 0.0f, acc2 = 0.0f;
         if (r < rows) {
             for (int g = 0; g < n_grp; g++) {
-                const uint32_t b = smem_addr(&bar[s][g]);
+                const uint32_t b = kc_smem_addr(&bar[s][g]);
                 uint32_t done = 0;
                 while (!done)
                     asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
@@ -825,7 +824,11 @@ static bool bulk_fits(const struct kcuda *k, const mv_args *a, int kind, bool pa
  * groups per block, ran 3% slower in two stages and, in two of three
  * calls, no faster with one stage per block than in k_matvec);
  * TT_GPU_MV_BULK=1 takes every product that fits (one stage per block when
- * the grid covers the row groups), 0 none. Returns 1 if launched. */
+ * the grid covers the row groups), 0 none; 3 (a candidate default, not yet
+ * measured against 2: TT_GPU_MV_BULK=1 ran the MoE shape 1,245 -> 1,272
+ * tok/s in one H200 run, where it changes only wo) takes the ring products
+ * and those whose row groups the grid covers, so that all of their copies
+ * go out before the dependency wait. Returns 1 if launched. */
 #define MV_BULK_RING_MIN 8
 static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
 {
@@ -845,7 +848,7 @@ static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
         k->bulk_occ_smem[slot] = (int)smem;
     }
     int n_stage = 2, grid = TT_MAX(k->bulk_per_sm[slot], 1) * k->n_sm;
-    if (k->mv_bulk != 1 && n_rg < MV_BULK_RING_MIN * grid) return 0;
+    if (k->mv_bulk != 1 && n_rg < MV_BULK_RING_MIN * grid && (k->mv_bulk != 3 || grid < n_rg)) return 0;
     if (grid >= n_rg) n_stage = 1, grid = n_rg, smem = act + stage; /* every block one row group */
     KC_PROF_BEGIN(k);
     KC_LAUNCH_SMEM(k, kern, dim3(grid), dim3(32, 4), smem, *a, n_stage);

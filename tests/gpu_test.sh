@@ -12,7 +12,8 @@
 #     golden top-1/top-2 margin is under GPU_MARGIN = 0.1 (the CPU test uses
 #     0.05: the GPU sums floats in another order by design, and re-quantizing
 #     activations to Q8 turns last-bit differences into quantization steps,
-#     so near-ties a little above 0.05 can flip);
+#     so near-ties a little above 0.05 can flip); again with the decode
+#     attention switching from its cluster form to parts at position 24;
 #   - --gpu-layers splits (2 of 5 layers, 1 of 4) give the all-GPU tokens;
 #   - compute-sanitizer memcheck on short runs, where it is installed, and
 #     on test_kcuda's regrouped products with the bulk-copy kernel forced.
@@ -25,7 +26,8 @@ pass() { echo "PASS $P/$1"; }
 fail() { echo "FAIL $P/$1: $2"; }
 skip() { echo "SKIP $P/$1: $2"; }
 skip_all() {
-    for c in probe logits logits_kvf32 greedy_stories greedy_synthetic gpu_layers_split memcheck memcheck_bulk; do skip "$c" "$1"; done
+    for c in probe logits logits_kvf32 greedy_stories greedy_synthetic greedy_attention_switch gpu_layers_split memcheck \
+        memcheck_bulk; do skip "$c" "$1"; done
     exit 0
 }
 
@@ -39,7 +41,8 @@ if ! "$T" logits -m "$stories" --tokens 1,403 --out "$tmp/probe" --gpu-layers 99
     exit 0
 fi
 pass probe
-command -v python3 >/dev/null || { for c in logits logits_kvf32 greedy_synthetic; do skip "$c" "python3 missing"; done; }
+command -v python3 >/dev/null ||
+    { for c in logits logits_kvf32 greedy_synthetic greedy_attention_switch; do skip "$c" "python3 missing"; done; }
 
 # ids FILE: the golden's ids (one per line) as a comma list
 ids() { tr '\n' ',' < "$1" | sed 's/,*$//'; }
@@ -130,6 +133,22 @@ for m in "$S"/models/synth-*.gguf; do
     n=$((n + 1))
 done
 if [ $n -eq 0 ]; then skip greedy_synthetic "goldens missing"; elif [ -z "$bad" ]; then pass greedy_synthetic; else fail greedy_synthetic "$bad"; fi
+
+# the same with the decode attention switching form mid-run: the engine replays
+# its cluster graph below TT_GPU_ATTN_CLUSTER_POS and the parts graph from there
+bad=""; n=0
+for m in "$S"/models/synth-*.gguf; do
+    name=$(basename "$m" .gguf)
+    g="$S/golden/$name.greedy"
+    [ -f "$g.gen_tokens.txt" ] && [ -f "$g.gen_logits.f32" ] || continue
+    TT_GPU_ATTN_CLUSTER_POS=24 "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json \
+        --gpu-layers 999 >"$tmp/out" 2>"$tmp/err" || { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
+    tokens "$tmp/out" > "$tmp/got"
+    st=$(greedy_check "$tmp/got" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
+    [ -n "$VERBOSE" ] && echo "    $name, attention forms switched at 24: $st"
+    n=$((n + 1))
+done
+if [ $n -eq 0 ]; then skip greedy_attention_switch "goldens missing"; elif [ -z "$bad" ]; then pass greedy_attention_switch; else fail greedy_attention_switch "$bad"; fi
 
 # ---- layer splits give the all-GPU tokens ----
 bad=""

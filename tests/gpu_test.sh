@@ -120,35 +120,26 @@ for i in 1 2 3; do
 done
 if [ $n -eq 0 ]; then skip greedy_stories "goldens missing"; elif [ -z "$bad" ]; then pass greedy_stories; else fail greedy_stories "$bad"; fi
 
-bad=""; n=0
-for m in "$S"/models/synth-*.gguf; do
-    name=$(basename "$m" .gguf)
-    g="$S/golden/$name.greedy"
-    [ -f "$g.gen_tokens.txt" ] && [ -f "$g.gen_logits.f32" ] || continue
-    "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json --gpu-layers 999 \
-        >"$tmp/out" 2>"$tmp/err" || { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
-    tokens "$tmp/out" > "$tmp/got"
-    st=$(greedy_check "$tmp/got" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
-    [ -n "$VERBOSE" ] && echo "    $name: $st"
-    n=$((n + 1))
-done
-if [ $n -eq 0 ]; then skip greedy_synthetic "goldens missing"; elif [ -z "$bad" ]; then pass greedy_synthetic; else fail greedy_synthetic "$bad"; fi
-
-# the same with the decode attention switching form mid-run: the engine replays
-# its cluster graph below TT_GPU_ATTN_CLUSTER_POS and the parts graph from there
-bad=""; n=0
-for m in "$S"/models/synth-*.gguf; do
-    name=$(basename "$m" .gguf)
-    g="$S/golden/$name.greedy"
-    [ -f "$g.gen_tokens.txt" ] && [ -f "$g.gen_logits.f32" ] || continue
-    TT_GPU_ATTN_CLUSTER_POS=24 "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json \
-        --gpu-layers 999 >"$tmp/out" 2>"$tmp/err" || { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
-    tokens "$tmp/out" > "$tmp/got"
-    st=$(greedy_check "$tmp/got" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
-    [ -n "$VERBOSE" ] && echo "    $name, attention forms switched at 24: $st"
-    n=$((n + 1))
-done
-if [ $n -eq 0 ]; then skip greedy_attention_switch "goldens missing"; elif [ -z "$bad" ]; then pass greedy_attention_switch; else fail greedy_attention_switch "$bad"; fi
+# synth_greedy CASE CLUSTER_POS: the synthetic models' greedy goldens, the
+# decode attention switching from its cluster graph to the parts graph at
+# position CLUSTER_POS (TT_GPU_ATTN_CLUSTER_POS)
+synth_greedy() {
+    bad=""; n=0
+    for m in "$S"/models/synth-*.gguf; do
+        name=$(basename "$m" .gguf)
+        g="$S/golden/$name.greedy"
+        [ -f "$g.gen_tokens.txt" ] && [ -f "$g.gen_logits.f32" ] || continue
+        TT_GPU_ATTN_CLUSTER_POS=$2 "$T" run -m "$m" -f "$g.prompt.txt" -n 48 --temp 0 --ignore-eos --json \
+            --gpu-layers 999 >"$tmp/out" 2>"$tmp/err" || { bad="$bad $name: $(head -c 200 "$tmp/err")"; continue; }
+        tokens "$tmp/out" > "$tmp/got"
+        st=$(greedy_check "$tmp/got" "$g.gen_tokens.txt" "$g.gen_logits.f32") || bad="$bad $name ($st)"
+        [ -n "$VERBOSE" ] && echo "    $name (attention forms switch at $2): $st"
+        n=$((n + 1))
+    done
+    if [ $n -eq 0 ]; then skip "$1" "goldens missing"; elif [ -z "$bad" ]; then pass "$1"; else fail "$1" "$bad"; fi
+}
+synth_greedy greedy_synthetic 1024
+synth_greedy greedy_attention_switch 24
 
 # ---- layer splits give the all-GPU tokens ----
 bad=""

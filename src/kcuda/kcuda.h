@@ -325,15 +325,6 @@ struct kcuda_attn_shape {
     float eps;               /* of the per-head norms */
 };
 
-/* Decode attention (the split kernels' tokens) in clusters of cs blocks per
- * KV head that join in distributed shared memory: 8 or 16 (sm_90), or 0 for
- * parts joined through global memory. Returns what was set (0 where the GPU
- * has no clusters); the default is 16, and a launch falls back to smaller
- * clusters, then parts, where the GPU cannot hold them. At long contexts
- * parts spread the keys over more blocks (the engine switches, TT_GPU_ATTN_CLUSTER
- * and TT_GPU_ATTN_CLUSTER_POS). */
-int kcuda_set_attn_cluster(struct kcuda *k, int cs);
-
 /* For every token t: optional per-head RMSNorm of q and k (q_norm, k_norm
  * [head_dim] or NULL), RoPE with the angle table cs[t][n_rot] (cos, sin
  * pairs as ops_rope_table builds them), then k and v stored at position
@@ -362,6 +353,15 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
                     const float *d_q, const void *d_k_cache, const void *d_v_cache,
                     const int32_t *d_pos, const int32_t *d_seq, float *d_part, int *d_count,
                     float *d_out, void *d_q8k);
+
+/* Decode attention (the split kernels' tokens) in clusters of cs blocks per
+ * KV head that join in distributed shared memory: 8 or 16 (sm_90), or 0 for
+ * parts joined through global memory. Returns what was set (0 where the GPU
+ * has no clusters); the default is 16, and a launch falls back to smaller
+ * clusters, then parts, where the GPU cannot hold them. At long contexts
+ * parts spread the keys over more blocks (the engine switches, TT_GPU_ATTN_CLUSTER
+ * and TT_GPU_ATTN_CLUSTER_POS). */
+int kcuda_set_attn_cluster(struct kcuda *k, int cs);
 
 /* ---- the rest (kcuda_misc.cu) ---- */
 

@@ -816,19 +816,19 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
                     part, d_out, count, (uint8_t *)d_q8k, kcuda_act_row_bytes(KCUDA_Q8_K, (int64_t)s->n_head * s->head_dim) };
-    while (k->attn_cluster > 1 && G * k->attn_cluster <= ATT_THREADS && pick_vec(s->head_dim, G, s->kv_type)) {
+    const attn_kernel cl = pick_vec(s->head_dim, G, s->kv_type, true);
+    while (cl && k->attn_cluster > 1 && G * k->attn_cluster <= ATT_THREADS) {
         const int CS = k->attn_cluster; /* one cluster per KV head */
-        const attn_kernel kern = pick_vec(s->head_dim, G, s->kv_type, true);
-        if (k->attn_cluster_ok != (const void *)kern) {
-            if (!att_cluster_fits(kern, CS)) {
+        if (k->attn_cluster_ok != (const void *)cl) {
+            if (!att_cluster_fits(cl, CS)) {
                 kcuda_set_attn_cluster(k, CS > 8 ? 8 : 0); /* this GPU holds no such cluster: smaller, then parts */
                 continue;
             }
-            k->attn_cluster_ok = (const void *)kern;
+            k->attn_cluster_ok = (const void *)cl;
         }
-        if (CS > 8) KC_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        if (CS > 8) KC_CHECK(cudaFuncSetAttribute(cl, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
         KC_PROF_BEGIN(k);
-        KC_CHECK(kc_launch_cluster(k, kern, dim3((unsigned)CS, (unsigned)s->n_head_kv, (unsigned)n_tok),
+        KC_CHECK(kc_launch_cluster(k, cl, dim3((unsigned)CS, (unsigned)s->n_head_kv, (unsigned)n_tok),
                                    dim3(ATT_THREADS), 0, (unsigned)CS, a));
         KC_PROF_END(k, "attention");
         return 0;

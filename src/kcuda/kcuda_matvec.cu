@@ -848,8 +848,9 @@ static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
         k->bulk_occ_smem[slot] = (int)smem;
     }
     int n_stage = 2, grid = TT_MAX(k->bulk_per_sm[slot], 1) * k->n_sm;
-    if (k->mv_bulk != 1 && n_rg < MV_BULK_RING_MIN * grid && (k->mv_bulk != 3 || grid < n_rg)) return 0;
-    if (grid >= n_rg) n_stage = 1, grid = n_rg, smem = act + stage; /* every block one row group */
+    const bool ring = n_rg >= MV_BULK_RING_MIN * grid, one_wave = grid >= n_rg;
+    if (!(k->mv_bulk == 1 || ring || (k->mv_bulk == 3 && one_wave))) return 0;
+    if (one_wave) n_stage = 1, grid = n_rg, smem = act + stage; /* every block one row group */
     KC_PROF_BEGIN(k);
     KC_LAUNCH_SMEM(k, kern, dim3(grid), dim3(32, 4), smem, *a, n_stage);
     KC_PROF_END(k, prof_name(kind, pair, false));

@@ -93,7 +93,7 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->n_sm = prop.multiProcessorCount;
     k->pdl = prop.major >= 9 && tt_env_int("TT_GPU_PDL", 1);
     k->mv_stage = tt_env_int("TT_GPU_MV_STAGE", 1);
-    k->mv_bulk = prop.major < 9 ? 0 : tt_env_int("TT_GPU_MV_BULK", 2);
+    k->mv_bulk = prop.major < 9 ? 0 : tt_env_int("TT_GPU_MV_BULK", 3);
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
     k->clusters = prop.major >= 9;
     kcuda_set_attn_cluster(k, 16);

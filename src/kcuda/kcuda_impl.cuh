@@ -41,7 +41,7 @@ struct kcuda {
     bool mv_stage;             /* decode K-quant products stage activations in shared memory (TT_GPU_MV_STAGE) */
     int mv_bulk;               /* one token's regrouped K-quant products through the bulk-copy engine (sm_90,
                                   TT_GPU_MV_BULK: 0 none, 1 all that fit, 2 the large ones, 3 those and
-                                  the ones of one wave: kcuda_matvec.cu) */
+                                  the ones of one wave, the default: kcuda_matvec.cu) */
     int bulk_smem[4];          /* dynamic shared memory allowed so far, per k_matvec_bulk instance */
     int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */

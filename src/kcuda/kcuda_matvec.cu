@@ -816,19 +816,18 @@ static bool bulk_fits(const struct kcuda *k, const mv_args *a, int kind, bool pa
     return bulk_stage_bytes(a, kind, pair) <= MV_BULK_BYTES;
 }
 
-/* k_matvec_bulk for a product that bulk_fits, if it takes it: by default
- * (TT_GPU_MV_BULK=2) only products of at least MV_BULK_RING_MIN row groups
- * per block of the grid that fits at once, in two stages (the output
- * matrices: on the H200 the MoE shape's decode graph 0.944 -> 0.912 ms and
- * the 8B's 2.621 -> 2.606 ms with it, where the layers' products, 4-6 row
- * groups per block, ran 3% slower in two stages and, in two of three
- * calls, no faster with one stage per block than in k_matvec);
- * TT_GPU_MV_BULK=1 takes every product that fits (one stage per block when
- * the grid covers the row groups), 0 none; 3 (a candidate default, not yet
- * measured against 2: TT_GPU_MV_BULK=1 ran the MoE shape 1,245 -> 1,272
- * tok/s in one H200 run, where it changes only wo) takes the ring products
- * and those whose row groups the grid covers, so that all of their copies
- * go out before the dependency wait. Returns 1 if launched. */
+/* k_matvec_bulk for a product that bulk_fits, if it takes it. By default
+ * (TT_GPU_MV_BULK=3): products of at least MV_BULK_RING_MIN row groups per
+ * block of the grid that fits at once, in two stages (the output matrices:
+ * on the H200 the MoE shape's decode graph 0.944 -> 0.912 ms and the 8B's
+ * 2.621 -> 2.606 ms with it), and products whose row groups that grid
+ * covers, one stage per block, so that all of their copies go out before
+ * the dependency wait (in the MoE shape only wo: 1,248 and 1,254 -> 1,268
+ * and 1,282 tok/s, 8B 404.6 -> 406.3, one H200 call). The layers' products
+ * in between, 4-6 row groups per block, ran 3% slower in two stages and, in
+ * two of three calls, no faster with one stage per block than in k_matvec.
+ * TT_GPU_MV_BULK=1 takes every product that fits, 2 only the ring ones, 0
+ * none. Returns 1 if launched. */
 #define MV_BULK_RING_MIN 8
 static int launch_bulk(struct kcuda *k, mv_args *a, int kind, bool pair)
 {

@@ -7,8 +7,9 @@
  *
  * Bounds (normalized MSE, sum (gpu - ref)^2 / sum ref^2):
  *   routing: identical choices, weights within 1e-6
- *   fused router: logits 1e-10; with the ffn norm, the normed rows, Q8_K
- *   rows, logits and choices bit-identical to norm then router
+ *   fused router (blocks joined by a ticket, and in clusters of 8 and 16):
+ *   logits 1e-10; with the ffn norm, the normed rows, Q8_K rows, logits and
+ *   choices bit-identical to norm then router
  *   expert products (tiles) 1e-10; grouped tensor-core products 1e-5
  *   (F16 operands, as the batch products); join 1e-12
  *   fused down+join vs products then join 1e-12
@@ -455,11 +456,21 @@ static void test_moe_split(void)
 static void test_moe_fused(void)
 {
     if (!gpu()) return;
-    check_router(60, 2048, 1, 8, true);
-    check_router(60, 2048, 5, 4, false);
-    check_router(17, 100, 3, 2, true);
-    check_router_norm(128, 2048, 1, 8);
-    check_router_norm(60, 4096, 3, 4);
+    static const int clusters[] = { 0, 8, 16 }; /* blocks joined by a ticket, then in clusters */
+    for (int c = 0; c < 3; c++) {
+        if (kcuda_set_router_cluster(K, clusters[c]) != clusters[c]) {
+            fprintf(stderr, "  no thread block clusters on this GPU: router in clusters of %d not run\n", clusters[c]);
+            continue;
+        }
+        check_router(60, 2048, 1, 8, true);
+        check_router(60, 2048, 5, 4, false);
+        check_router(17, 100, 3, 2, true);
+        check_router(64, 4096, 2, 8, true); /* rows of 16 KiB: 64 KiB a block in clusters of 16, 128 in 8 */
+        check_router_norm(128, 2048, 1, 8);
+        check_router_norm(60, 4096, 3, 4);
+        check_router_norm(128, 2560, 1, 8); /* 10 Q8_K blocks: more than a cluster of 8 has blocks */
+    }
+    kcuda_set_router_cluster(K, 16); /* as kcuda_create left it */
     check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 10, 3, 50, 512, 256, false); /* read as stored */
     check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96, false);   /* F16 scratch, ragged tiles */
     check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256, false);

@@ -626,32 +626,6 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
  * block s weighs the heads' partials of the 256-element units s, s + CS,
  * ... of the G heads' output (whole Q8_K blocks for wo when a.q8k) and
  * writes them. No ticket, no part scratch, no global round trip. */
-/* *p in block `rank` of this cluster (p in this block's shared memory). */
-__device__ __forceinline__ float att_peer(const float *p, int rank)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    uint32_t remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(kc_smem_addr(p)), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-#else
-    return *p;
-#endif
-}
-__device__ __forceinline__ void att_cluster_arrive()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void att_cluster_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-
 #define ATT_CLUSTER_MAX 16
 template <int LPR, int G>
 __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
@@ -673,12 +647,12 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
         for (int w = 0; w < ATT_THREADS / 32; w++) v += sh.red[w][r][d];
         sh.red[0][r][d] = v;
     }
-    att_cluster_arrive();
-    att_cluster_wait();
+    kc_cluster_arrive();
+    kc_cluster_wait();
     if (tid < G * CS) { /* thread (r, b): block b's maximum and sum of head r */
         const int r = tid / CS, b = tid % CS;
-        fac[r][b] = att_peer(&sh.m[r], b);
-        ob[tid] = att_peer(&sh.l[r], b);
+        fac[r][b] = kc_cluster_load(&sh.m[r], b);
+        ob[tid] = kc_cluster_load(&sh.l[r], b);
     }
     __syncthreads();
     if (tid < G) {
@@ -701,7 +675,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int i = u0 + e * ATT_THREADS + tid;
-                    v[k][e] = b0 + k < CS && i < N ? att_peer(&sh.red[0][i / HD][i % HD], b0 + k) : 0.0f;
+                    v[k][e] = b0 + k < CS && i < N ? kc_cluster_load(&sh.red[0][i / HD][i % HD], b0 + k) : 0.0f;
                 }
 #pragma unroll
             for (int k = 0; k < 8; k++)
@@ -730,36 +704,11 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
             }
         }
     }
-    att_cluster_arrive(); /* done with the other blocks' shared memory */
-    att_cluster_wait();   /* ... and they with this one's */
+    kc_cluster_arrive(); /* done with the other blocks' shared memory */
+    kc_cluster_wait();   /* ... and they with this one's */
 }
 
 typedef void (*attn_kernel)(const attn_args);
-
-/* Whether the GPU can hold a cluster of CS blocks of kern (16 is beyond
- * the portable size and needs the kernel's permission). */
-static bool att_cluster_fits(attn_kernel kern, int CS)
-{
-    if (CS > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)CS);
-    cfg.blockDim = dim3(ATT_THREADS);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = (unsigned)CS;
-    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kern, &cfg) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-    }
-    return n >= 1;
-}
 
 template <int LPR>
 static attn_kernel pick_vec_g(int G, bool cl)
@@ -820,7 +769,7 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
     while (cl && k->attn_cluster > 1 && G * k->attn_cluster <= ATT_THREADS) {
         const int CS = k->attn_cluster; /* one cluster per KV head */
         if (k->attn_cluster_ok != (const void *)cl) {
-            if (!att_cluster_fits(cl, CS)) {
+            if (!kc_cluster_fits(cl, CS, ATT_THREADS, 0)) {
                 kcuda_set_attn_cluster(k, CS > 8 ? 8 : 0); /* this GPU holds no such cluster: smaller, then parts */
                 continue;
             }

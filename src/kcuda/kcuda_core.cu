@@ -61,11 +61,22 @@ int kcuda_device_count(void)
     return n;
 }
 
+/* A cluster size the context takes: 16, 8 or 0 (none, or no clusters). */
+static int cluster_size(const struct kcuda *k, int cs) { return !k->clusters ? 0 : cs >= 16 ? 16 : cs >= 8 ? 8 : 0; }
+
 int kcuda_set_attn_cluster(struct kcuda *k, int cs)
 {
-    const int v = !k->clusters ? 0 : cs >= 16 ? 16 : cs >= 8 ? 8 : 0;
+    const int v = cluster_size(k, cs);
     if (v != k->attn_cluster) k->attn_cluster_ok = NULL;
     k->attn_cluster = v;
+    return v;
+}
+
+int kcuda_set_router_cluster(struct kcuda *k, int cs)
+{
+    const int v = cluster_size(k, cs);
+    if (v != k->router_cluster) k->router_cluster_ok = NULL;
+    k->router_cluster = v;
     return v;
 }
 
@@ -97,6 +108,7 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
     k->clusters = prop.major >= 9;
     kcuda_set_attn_cluster(k, 16);
+    kcuda_set_router_cluster(k, 16);
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);

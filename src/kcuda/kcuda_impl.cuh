@@ -49,6 +49,10 @@ struct kcuda {
     int attn_cluster;          /* blocks per KV head of the decode attention's clusters (sm_90: 8 or 16; 0: the
                                   split kernels joined through global memory): kcuda_set_attn_cluster */
     const void *attn_cluster_ok; /* the attention kernel last found to fit such clusters on this GPU */
+    int router_cluster;        /* blocks per token of the fused MoE router's clusters (sm_90: 8 or 16; 0: the
+                                  blocks joined through global memory): kcuda_set_router_cluster */
+    const void *router_cluster_ok; /* the router kernel last found to fit them */
+    int router_cluster_smem;   /* ... with this much dynamic shared memory */
     int n_sm;                  /* multiprocessors */
 };
 
@@ -111,6 +115,81 @@ __device__ __forceinline__ void kc_pdl_trigger()
 }
 /* The shared-memory address of p (a pointer into this block's shared memory). */
 __device__ __forceinline__ uint32_t kc_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* Thread block clusters (sm_90): *p in block `rank` of this cluster (p in
+ * this block's shared memory), read or written through distributed shared
+ * memory, and the cluster barrier's two halves (every thread of every block
+ * of the cluster takes part; arrive releases this thread's writes, wait
+ * acquires the others'). */
+__device__ __forceinline__ uint32_t kc_cluster_addr(const void *p, int rank)
+{
+    uint32_t remote = kc_smem_addr(p);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(kc_smem_addr(p)), "r"(rank));
+#endif
+    return remote;
+}
+__device__ __forceinline__ float kc_cluster_load(const float *p, int rank)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(kc_cluster_addr(p, rank)) : "memory");
+    return v;
+#else
+    return *p;
+#endif
+}
+__device__ __forceinline__ void kc_cluster_store(float *p, int rank, float v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(kc_cluster_addr(p, rank)), "f"(v) : "memory");
+#else
+    *p = v;
+#endif
+}
+__device__ __forceinline__ void kc_cluster_arrive()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kc_cluster_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+/* Whether the GPU can hold a cluster of cs blocks of kern, `threads` each
+ * with `smem` bytes of dynamic shared memory; allows the sizes that need
+ * the kernel's permission (clusters above 8 blocks, shared memory above
+ * 48 KiB) on the way. */
+template <typename... KArgs>
+static bool kc_cluster_fits(void (*kern)(KArgs...), int cs, int threads, size_t smem)
+{
+    if ((cs > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) ||
+        (smem > (48u << 10) &&
+         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)) {
+        cudaGetLastError();
+        return false;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)cs);
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)cs;
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kern, &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return n >= 1;
+}
 
 /* Launch on the context's stream, with PDL when the context allows it,
  * `smem` bytes of dynamic shared memory and clusters of `cluster` blocks

@@ -63,14 +63,15 @@ static bool rows_aligned16(const struct kcuda_weight *w)
  * as moe_route_token (moe module); the probabilities renormalized when
  * `norm`, the sum clamped as llama.cpp does. With `tiles`, the one-slot
  * tile record of each choice (kcuda_moe_plan with tile_tok 1). The logits
- * are read through L2 (another block may have written them). */
+ * are read through L2 (another block may have written them), or are in p
+ * already when row is p. */
 __device__ void moe_route_warp(const float *row, int X, int K, int norm, float *p, int32_t *s,
                                float *w, int32_t *tiles, int slot0, const int32_t *local)
 {
     const int lane = threadIdx.x & 31;
     float mx = -INFINITY;
     for (int i = lane; i < X; i += 32) { /* the row read once: each lane rereads its own p[i] */
-        const float v = __ldcg(row + i);
+        const float v = row == p ? p[i] : __ldcg(row + i);
         p[i] = v;
         mx = fmaxf(mx, v);
     }
@@ -171,6 +172,22 @@ __device__ __forceinline__ float4 rt_normed(float4 a, float scale, float4 nw)
                        __fmul_rn(__fmul_rn(a.z, scale), nw.z), __fmul_rn(__fmul_rn(a.w, scale), nw.w));
 }
 
+/* One warp: block b (256 floats) of token t's normed row (residual xr,
+ * scale) into rn.yf (when set) and as its Q8_K block into rn.q8k. */
+__device__ __forceinline__ void rt_q8k_block(const kcuda_router_norm &rn, const float *xr, float scale, int t,
+                                             int n_in, int b)
+{
+    const int j0 = 256 * b + 8 * (threadIdx.x & 31);
+    const float4 a0 = rt_normed(*(const float4 *)(xr + j0), scale, __ldg((const float4 *)(rn.w + j0)));
+    const float4 a1 = rt_normed(*(const float4 *)(xr + j0 + 4), scale, __ldg((const float4 *)(rn.w + j0 + 4)));
+    const float v[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
+    if (rn.yf) {
+        *(float4 *)(rn.yf + (size_t)t * n_in + j0) = a0;
+        *(float4 *)(rn.yf + (size_t)t * n_in + j0 + 4) = a1;
+    }
+    kc_q8k_warp(v, true, j0, (uint8_t *)rn.q8k + (size_t)t * rn.q8k_stride, n_in);
+}
+
 template <bool NORM>
 __global__ void __launch_bounds__(RT_WARPS * 32)
     k_moe_router(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
@@ -225,17 +242,7 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
         if (NORM) a = rt_normed(a, scale, __ldg((const float4 *)(rn.w + i)));
         s += b.x * a.x + b.y * a.y + b.z * a.z + b.w * a.w;
     }
-    if (NORM && warp == 0 && 256 * (int)blockIdx.x < n_in) { /* this block's Q8_K block of the row */
-        const int j0 = 256 * blockIdx.x + 8 * lane;
-        const float4 a0 = rt_normed(*(const float4 *)(xr + j0), scale, __ldg((const float4 *)(rn.w + j0)));
-        const float4 a1 = rt_normed(*(const float4 *)(xr + j0 + 4), scale, __ldg((const float4 *)(rn.w + j0 + 4)));
-        const float v[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w };
-        if (rn.yf) {
-            *(float4 *)(rn.yf + (size_t)t * n_in + j0) = a0;
-            *(float4 *)(rn.yf + (size_t)t * n_in + j0 + 4) = a1;
-        }
-        kc_q8k_warp(v, true, j0, (uint8_t *)rn.q8k + (size_t)t * rn.q8k_stride, n_in);
-    }
+    if (NORM && warp == 0 && 256 * (int)blockIdx.x < n_in) rt_q8k_block(rn, xr, scale, t, n_in, blockIdx.x);
     s = kc_warp_sum(s);
     if (lane == 0) part[warp] = s;
     __syncthreads();
@@ -254,6 +261,111 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
     if (warp == 0)
         moe_route_warp(logits + (size_t)t * X, X, K, norm, p, sel + (size_t)t * K, wout + (size_t)t * K, tiles,
                        t * K, local);
+}
+
+/* ---- the fused router in one cluster per token (sm_90) ----
+ * k_moe_router's blocks meet through global memory: each writes its logits,
+ * fences, takes a ticket, and the last one reads them all back before it
+ * routes: several L2 round trips in series on every MoE layer's critical
+ * path. Here the RC blocks of a cluster share a token. Block b takes rows
+ * b*R.. (R = X / RC rounded up), whose weights its thread 0 hands to the
+ * copy engine before the dependency wait (they never depend on the
+ * previous kernel); after the wait the block norms the token's row into
+ * shared memory (and writes its Q8_K blocks b, b + RC, ...), each warp takes
+ * a row at a time, and each logit goes to global memory and straight into
+ * block 0's shared memory; after one cluster barrier block 0's first warp
+ * routes them. */
+#define RC_THREADS 256
+#define RC_SMEM_MAX (200u << 10) /* a block's rows and normed row (the H200 allows 227 KiB) */
+template <bool NORM>
+__global__ void __launch_bounds__(RC_THREADS)
+    k_moe_router_cl(const float *__restrict__ w, int64_t ldw, int n_in, const float *__restrict__ x, int X, int K,
+                    int norm, float *logits, int32_t *sel, float *wout, int32_t *tiles, const int32_t *local,
+                    const kcuda_router_norm rn)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) float rc_sh[]; /* [R][n_in] weights, then the token's [n_in] normed row */
+    __shared__ float p[MOE_EXPERTS_MAX];
+    __shared__ double sq[RC_THREADS / 32];
+    __shared__ __align__(8) uint64_t bar;
+    const int RC = gridDim.x, b = blockIdx.x, t = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int R = (X + RC - 1) / RC, r0 = b * R, rows = max(0, min(R, X - r0));
+    float *ws = rc_sh, *xs = rc_sh + (size_t)R * n_in;
+    const uint32_t row_bytes = (uint32_t)n_in * 4u, b_bar = kc_smem_addr(&bar);
+    if (tid == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b_bar));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    kc_cluster_arrive(); /* this block has started: its shared memory can take the others' stores */
+    kc_pdl_trigger();
+    if (tid == 0 && rows > 0) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b_bar), "r"(rows * row_bytes)
+                     : "memory");
+        for (int r = 0; r < rows; r++)
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                         ::"r"(kc_smem_addr(ws + (size_t)r * n_in)), "l"(w + (size_t)(r0 + r) * ldw), "r"(row_bytes),
+                         "r"(b_bar)
+                         : "memory");
+    }
+    kc_pdl_wait();
+    const float *xr = x + (size_t)t * n_in;
+    float scale = 1.0f;
+    if (NORM) { /* the row's squares summed in double, as ops_rmsnorm */
+        double ss = 0.0;
+        for (int i = 4 * tid; i < n_in; i += 4 * RC_THREADS) {
+            const float4 a = *(const float4 *)(xr + i);
+            ss += ((double)__fmul_rn(a.x, a.x) + (double)__fmul_rn(a.y, a.y)) +
+                  ((double)__fmul_rn(a.z, a.z) + (double)__fmul_rn(a.w, a.w));
+        }
+        ss = kc_warp_sum_d(ss);
+        if (lane == 0) sq[warp] = ss;
+        __syncthreads();
+        ss = 0.0;
+        for (int i = 0; i < RC_THREADS / 32; i++) ss += sq[i];
+        scale = 1.0f / sqrtf((float)(ss / (double)n_in) + rn.eps);
+    }
+    for (int i = 4 * tid; i < n_in; i += 4 * RC_THREADS) {
+        float4 a = *(const float4 *)(xr + i);
+        if (NORM) a = rt_normed(a, scale, __ldg((const float4 *)(rn.w + i)));
+        *(float4 *)(xs + i) = a;
+    }
+    if (NORM && warp == 0)
+        for (int q = b; 256 * q < n_in; q += RC) rt_q8k_block(rn, xr, scale, t, n_in, q);
+    __syncthreads();
+    if (rows > 0) { /* this block's weights have landed */
+        uint32_t done = 0;
+        while (!done)
+            asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+                         : "=r"(done)
+                         : "r"(b_bar)
+                         : "memory");
+    }
+    kc_cluster_wait(); /* every block has started */
+    for (int r = warp; r < rows; r += RC_THREADS / 32) {
+        const float4 *wr = (const float4 *)(ws + (size_t)r * n_in), *xv = (const float4 *)xs;
+        float s = 0.0f;
+        for (int i = lane; i < n_in / 4; i += 32) {
+            const float4 a = xv[i], c = wr[i];
+            s += c.x * a.x + c.y * a.y + c.z * a.z + c.w * a.w;
+        }
+        s = kc_warp_sum(s);
+        if (lane == 0) {
+            logits[(size_t)t * X + r0 + r] = s;
+            kc_cluster_store(&p[r0 + r], 0, s);
+        }
+    }
+    kc_cluster_arrive(); /* the logits are in block 0 */
+    kc_cluster_wait();
+    if (b == 0 && warp == 0)
+        moe_route_warp(p, X, K, norm, p, sel + (size_t)t * K, wout + (size_t)t * K, tiles, t * K, local);
+#endif
+}
+
+/* Dynamic shared memory of k_moe_router_cl with clusters of rc blocks. */
+static size_t router_cl_smem(const struct kcuda_weight *w, int rc)
+{
+    return sizeof(float) * (size_t)w->n_in * (size_t)(kc_blocks(w->n_out, rc) + 1);
 }
 
 bool kcuda_moe_router_norm_ok(const struct kcuda_weight *w)
@@ -276,6 +388,30 @@ int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float 
         return tt_error_set(TT_EUNSUPPORTED, "router with the norm: %lld inputs, %lld experts", (long long)w->n_in,
                             (long long)w->n_out);
     const kcuda_router_norm r = rn ? *rn : kcuda_router_norm{};
+    typedef void (*router_kernel)(const float *, int64_t, int, const float *, int, int, int, float *, int32_t *,
+                                  float *, int32_t *, const int32_t *, const kcuda_router_norm);
+    const router_kernel cl = rn ? k_moe_router_cl<true> : k_moe_router_cl<false>;
+    while (k->router_cluster > 1) {
+        const int RC = k->router_cluster;
+        const size_t smem = router_cl_smem(w, RC);
+        if (k->router_cluster_ok != (const void *)cl || k->router_cluster_smem != (int)smem) {
+            const bool room = smem <= RC_SMEM_MAX;
+            if (!room || !kc_cluster_fits(cl, RC, RC_THREADS, smem)) {
+                /* smaller clusters (more rows a block), then the ticket */
+                kcuda_set_router_cluster(k, room && RC > 8 ? 8 : 0);
+                continue;
+            }
+            k->router_cluster_ok = (const void *)cl;
+            k->router_cluster_smem = (int)smem;
+        }
+        if (RC > 8) KC_CHECK(cudaFuncSetAttribute(cl, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        KC_PROF_BEGIN(k);
+        KC_CHECK(kc_launch_cluster(k, cl, dim3((unsigned)RC, (unsigned)n_tok), dim3(RC_THREADS), smem, (unsigned)RC,
+                                   (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X, n_used,
+                                   (int)norm, d_logits, d_sel, d_w, d_tiles, d_local, r));
+        KC_PROF_END(k, "moe_router");
+        return 0;
+    }
     KC_PROF_BEGIN(k);
     KC_LAUNCH(k, rn ? k_moe_router<true> : k_moe_router<false>, dim3(kc_blocks(X, RT_ROWS), (unsigned)n_tok),
               dim3(RT_WARPS * 32), (const float *)w->data, (int64_t)(w->row_stride / 4), (int)w->n_in, d_x, X,

@@ -654,6 +654,17 @@ static void check_attention(int hd, bool f16, int n_split, int H, int KV)
         kcuda_free(dq8), kcuda_free(dcv);
         free(a), free(b), free(got2);
     }
+    /* each token alone, as decode runs it: the same outputs */
+    TT_ASSERT(kcuda_memset(K, dout, 0xff, 4 * qn) == 0);
+    for (int t = 0; t < T; t++) {
+        const size_t o = (size_t)t * H * hd;
+        CHECK_EQ_INT(kcuda_attention(K, &sh, 1, n_split, dq + o, dkc, dvc, dpos + t, dseq + t, dpart, dcount, dout + o,
+                                     NULL), 0);
+    }
+    to_host(got, dout, 4 * qn);
+    snprintf(what, sizeof(what), "decode attention hd %d %s, %d/%d heads, %d parts", hd, f16 ? "f16" : "f32", H, KV,
+             n_split);
+    CHECK_NMSE(what, got, ref, (int64_t)qn, 1e-10);
     kcuda_free(dkc), kcuda_free(dvc), kcuda_free(dq), kcuda_free(dout), kcuda_free(dpart), kcuda_free(dpos), kcuda_free(dseq);
     kcuda_free(dcount);
     free(kc), free(vc), free(tmp), free(q), free(ref), free(got);

@@ -741,12 +741,14 @@ static void check_attention_batch(int hd, bool f16, int H, int KV, int n, int of
 static void test_attention(void)
 {
     if (!gpu()) return;
-    static const int clusters[] = { 0, 8, 16 }; /* parts joined in global memory, then in clusters */
-    for (int c = 0; c < 3; c++) {
+    /* parts joined in global memory, then clusters of 8 and 16 blocks of 128 and 256 threads */
+    static const int clusters[] = { 0, 8, 8, 16, 16 }, threads[] = { 128, 128, 256, 128, 256 };
+    for (int c = 0; c < 5; c++) {
         if (kcuda_set_attn_cluster(K, clusters[c]) != clusters[c]) {
             fprintf(stderr, "  no thread block clusters on this GPU: attention in clusters of %d not run\n", clusters[c]);
             continue;
         }
+        kcuda_set_attn_cluster_threads(K, threads[c]);
         check_attention(8, true, 1, 4, 2);
         check_attention(32, true, 5, 4, 2);
         check_attention(64, false, 3, 4, 2);
@@ -762,6 +764,7 @@ static void test_attention(void)
         check_attention_batch(64, true, 2, 2, 37, 0, 0);         /* a short prompt: split kernels */
     }
     kcuda_set_attn_cluster(K, 16); /* as kcuda_create left it */
+    kcuda_set_attn_cluster_threads(K, 256);
     check_attention_batch(64, true, 2, 2, 77, 0, 0);     /* group 1 */
     check_attention_batch(128, true, 4, 2, 65, 0, 0);    /* group 2: two row tiles and one token more */
     check_attention_batch(128, true, 8, 2, 600, 0, 0);   /* Llama-3 grouping, a long prompt */

@@ -362,6 +362,13 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
  * parts spread the keys over more blocks (the engine switches, TT_GPU_ATTN_CLUSTER
  * and TT_GPU_ATTN_CLUSTER_POS). */
 int kcuda_set_attn_cluster(struct kcuda *k, int cs);
+/* Threads of each block of those clusters: 256 (the default; TT_GPU_ATTN_CL_THREADS)
+ * or 128. Wider blocks walk twice the keys per tile, so a block takes half
+ * as many tiles one after another (H200, MoE-12L at 512-640 positions:
+ * 1,306 and 1,281 -> 1,349 and 1,346 tok/s; 8B 402.2 -> 409.0). Shapes
+ * whose wider block's partials would not fit its static shared memory keep
+ * 128. Returns what was set. */
+int kcuda_set_attn_cluster_threads(struct kcuda *k, int nth);
 
 /* ---- the rest (kcuda_misc.cu) ---- */
 

@@ -17,9 +17,10 @@
  * decode step (a graph replays it). Queries are rounded to F16 first with an
  * F16 cache, as the CPU and llama.cpp's flash attention do. On sm_90 the
  * decode tokens' attention can instead take one cluster of 8 or 16 blocks
- * per KV head (k_attn_cl), whose blocks join in distributed shared memory:
- * no ticket and no global round trip, faster at short contexts; the engine
- * picks the form by position (kcuda_set_attn_cluster).
+ * (of 256 threads, or 128) per KV head (k_attn_cl), whose blocks join in
+ * distributed shared memory: no ticket and no global round trip, faster at
+ * short contexts; the engine picks the form by position
+ * (kcuda_set_attn_cluster, kcuda_set_attn_cluster_threads).
  */
 #include "kcuda_impl.cuh"
 
@@ -244,9 +245,9 @@ __device__ __forceinline__ void att_join(const attn_args &a, int t, int h0, int 
  * before this tile are updated. */
 template <int W>
 __device__ __forceinline__ void att_online_softmax(float (*sc)[W], int G, int n, int warp, int lane,
-                                                   float *m_sh, float *l_sh, float *c_sh)
+                                                   float *m_sh, float *l_sh, float *c_sh, int n_warps = ATT_THREADS / 32)
 {
-    for (int r = warp; r < G; r += ATT_THREADS / 32) {
+    for (int r = warp; r < G; r += n_warps) {
         float mx = -INFINITY;
         for (int j = lane; j < n; j += 32) mx = fmaxf(mx, sc[r][j]);
         mx = kc_warp_max(mx);
@@ -475,23 +476,25 @@ __device__ __forceinline__ void av_join(const attn_args &a, int t, int h0, int n
     }
 }
 
-/* The shared memory of a k_attn_vec or k_attn_cl block. */
-template <int HD, int G, int TILE>
+/* The shared memory of a k_attn_vec or k_attn_cl block of NTH threads. */
+template <int HD, int G, int TILE, int NTH = ATT_THREADS>
 struct av_shared {
     float sc[G][TILE];
     float m[G], l[G], c[G];
-    float red[ATT_THREADS / 32][G][HD];
+    float red[NTH / 32][G][HD];
 };
+/* Keys a tile of av_keys holds: AV_ROUNDS per key slot of the block. */
+#define AV_TILE(LPR, NTH) (32 / (LPR) * ((NTH) / 32) * AV_ROUNDS)
 
 /* A block's keys of KV head g of token t: the tiles starting at first,
  * first + stride, ... below end (keys past end masked). Leaves the G heads'
  * running maxima and sums in sh.m, sh.l and each warp's unnormalized
  * outputs in sh.red[warp] (the block's are their sum over the warps). */
-template <int LPR, int G>
+template <int LPR, int G, int NTH = ATT_THREADS>
 __device__ __forceinline__ void av_keys(const attn_args &a, int t, int g, int h0, int first, int stride, int end,
-                                        av_shared<8 * LPR, G, 32 / LPR * (ATT_THREADS / 32) * AV_ROUNDS> &sh)
+                                        av_shared<8 * LPR, G, AV_TILE(LPR, NTH), NTH> &sh)
 {
-    constexpr int HD = 8 * LPR, KPW = 32 / LPR, KPR = KPW * (ATT_THREADS / 32), TILE = KPR * AV_ROUNDS;
+    constexpr int HD = 8 * LPR, KPW = 32 / LPR, KPR = KPW * (NTH / 32), TILE = KPR * AV_ROUNDS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, c = lane % LPR, slot = warp * KPW + lane / LPR;
     float qf[G][8];
 #pragma unroll
@@ -536,7 +539,7 @@ __device__ __forceinline__ void av_keys(const attn_args &a, int t, int g, int h0
             }
         }
         __syncthreads();
-        att_online_softmax<TILE>(sh.sc, G, TILE, warp, lane, sh.m, sh.l, sh.c);
+        att_online_softmax<TILE>(sh.sc, G, TILE, warp, lane, sh.m, sh.l, sh.c, NTH / 32);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < G; r++)
@@ -574,7 +577,7 @@ __device__ __forceinline__ void av_keys(const attn_args &a, int t, int g, int h0
 template <int LPR, int G>
 __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
 {
-    constexpr int HD = 8 * LPR, TILE = 32 / LPR * (ATT_THREADS / 32) * AV_ROUNDS;
+    constexpr int HD = 8 * LPR, TILE = AV_TILE(LPR, ATT_THREADS);
     __shared__ av_shared<HD, G, TILE> sh;
     __shared__ int last;
     kc_pdl_trigger();
@@ -623,15 +626,17 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
  * token) take the key tiles in turn (block s: tiles s, s + CS, ...), keep
  * their partial outputs, maxima and sums in shared memory, and after one
  * cluster barrier read each other's through distributed shared memory:
- * block s weighs the heads' partials of the 256-element units s, s + CS,
+ * block s weighs the heads' partials of the 2*NTH-element units s, s + CS,
  * ... of the G heads' output (whole Q8_K blocks for wo when a.q8k) and
- * writes them. No ticket, no part scratch, no global round trip. */
+ * writes them. No ticket, no part scratch, no global round trip. Blocks of
+ * NTH = 256 threads take tiles of twice the keys of 128-thread ones, so at
+ * 500-600 positions each block walks one tile instead of two in series. */
 #define ATT_CLUSTER_MAX 16
-template <int LPR, int G>
-__global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
+template <int LPR, int G, int NTH>
+__global__ void __launch_bounds__(NTH) k_attn_cl(const attn_args a)
 {
-    constexpr int HD = 8 * LPR, TILE = 32 / LPR * (ATT_THREADS / 32) * AV_ROUNDS, N = G * HD, U = 2 * ATT_THREADS;
-    __shared__ av_shared<HD, G, TILE> sh;
+    constexpr int HD = 8 * LPR, TILE = AV_TILE(LPR, NTH), N = G * HD, U = 2 * NTH;
+    __shared__ av_shared<HD, G, TILE, NTH> sh;
     __shared__ float fac[G][ATT_CLUSTER_MAX], lsum[G];
     __shared__ __align__(16) float ob[U];
     kc_pdl_trigger();
@@ -639,12 +644,12 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
     const int s = blockIdx.x, CS = gridDim.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5;
     const int h0 = (a.kv_begin + g) * a.group - a.head_begin;
-    av_keys<LPR, G>(a, t, g, h0, s * TILE, CS * TILE, a.pos[t] + 1, sh);
-    for (int i = tid; i < N; i += ATT_THREADS) { /* the block's partial into red[0] */
+    av_keys<LPR, G, NTH>(a, t, g, h0, s * TILE, CS * TILE, a.pos[t] + 1, sh);
+    for (int i = tid; i < N; i += NTH) { /* the block's partial into red[0] */
         const int r = i / HD, d = i % HD;
         float v = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATT_THREADS / 32; w++) v += sh.red[w][r][d];
+        for (int w = 0; w < NTH / 32; w++) v += sh.red[w][r][d];
         sh.red[0][r][d] = v;
     }
     kc_cluster_arrive();
@@ -674,33 +679,34 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
             for (int k = 0; k < 8; k++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    const int i = u0 + e * ATT_THREADS + tid;
+                    const int i = u0 + e * NTH + tid;
                     v[k][e] = b0 + k < CS && i < N ? kc_cluster_load(&sh.red[0][i / HD][i % HD], b0 + k) : 0.0f;
                 }
 #pragma unroll
             for (int k = 0; k < 8; k++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    const int i = u0 + e * ATT_THREADS + tid;
+                    const int i = u0 + e * NTH + tid;
                     if (b0 + k < CS && i < N) o[e] += fac[i / HD][b0 + k] * v[k][e];
                 }
         }
         __syncthreads(); /* ob held the sums above / the previous unit */
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            const int i = u0 + e * ATT_THREADS + tid, r = i / HD, d = i % HD;
+            const int i = u0 + e * NTH + tid, r = i / HD, d = i % HD;
             if (i >= N) continue;
             const float y = o[e] / lsum[r];
             a.out[((size_t)t * a.H + h0 + r) * HD + d] = y;
-            ob[e * ATT_THREADS + tid] = y;
+            ob[e * NTH + tid] = y;
         }
         if (N % 256 == 0 && a.q8k) {
             __syncthreads();
-            if (warp == 0) {
+            if (warp < U / 256 && u0 + 256 * warp < N) { /* a Q8_K block of the unit a warp */
                 float v[8];
 #pragma unroll
-                for (int e = 0; e < 8; e++) v[e] = ob[8 * lane + e];
-                kc_q8k_warp(v, true, h0 * HD + u0 + 8 * lane, a.q8k + (size_t)t * a.q8k_stride, a.H * HD);
+                for (int e = 0; e < 8; e++) v[e] = ob[256 * warp + 8 * lane + e];
+                kc_q8k_warp(v, true, h0 * HD + u0 + 256 * warp + 8 * lane, a.q8k + (size_t)t * a.q8k_stride,
+                            a.H * HD);
             }
         }
     }
@@ -710,28 +716,39 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_cl(const attn_args a)
 
 typedef void (*attn_kernel)(const attn_args);
 
+/* The coalesced kernel for G heads per KV head, its cluster form of nth
+ * threads when cl (of ATT_THREADS where the wider block's partial outputs
+ * would not fit the static shared memory). */
+template <int LPR, int G>
+static attn_kernel pick_vec_form(bool cl, int nth)
+{
+    constexpr bool wide_fits = sizeof(av_shared<8 * LPR, G, AV_TILE(LPR, 2 * ATT_THREADS), 2 * ATT_THREADS>) <= (40u << 10);
+    if (!cl) return k_attn_vec<LPR, G>;
+    if (wide_fits && nth > ATT_THREADS) return k_attn_cl<LPR, G, wide_fits ? 2 * ATT_THREADS : ATT_THREADS>;
+    return k_attn_cl<LPR, G, ATT_THREADS>;
+}
 template <int LPR>
-static attn_kernel pick_vec_g(int G, bool cl)
+static attn_kernel pick_vec_g(int G, bool cl, int nth)
 {
     switch (G) {
-    case 1: return cl ? k_attn_cl<LPR, 1> : k_attn_vec<LPR, 1>;
-    case 2: return cl ? k_attn_cl<LPR, 2> : k_attn_vec<LPR, 2>;
-    case 4: return cl ? k_attn_cl<LPR, 4> : k_attn_vec<LPR, 4>;
-    case 8: return cl ? k_attn_cl<LPR, 8> : k_attn_vec<LPR, 8>;
+    case 1: return pick_vec_form<LPR, 1>(cl, nth);
+    case 2: return pick_vec_form<LPR, 2>(cl, nth);
+    case 4: return pick_vec_form<LPR, 4>(cl, nth);
+    case 8: return pick_vec_form<LPR, 8>(cl, nth);
     default: return NULL;
     }
 }
 
 /* The coalesced kernel for this shape (cl: its cluster form), or NULL
  * (then k_attn). */
-static attn_kernel pick_vec(int hd, int G, int kv_type, bool cl = false)
+static attn_kernel pick_vec(int hd, int G, int kv_type, bool cl = false, int nth = ATT_THREADS)
 {
     if (kv_type != KCUDA_F16) return NULL;
     switch (hd) {
-    case 32: return pick_vec_g<4>(G, cl);
-    case 64: return pick_vec_g<8>(G, cl);
-    case 128: return pick_vec_g<16>(G, cl);
-    case 256: return pick_vec_g<32>(G, cl);
+    case 32: return pick_vec_g<4>(G, cl, nth);
+    case 64: return pick_vec_g<8>(G, cl, nth);
+    case 128: return pick_vec_g<16>(G, cl, nth);
+    case 256: return pick_vec_g<32>(G, cl, nth);
     default: return NULL;
     }
 }
@@ -765,11 +782,13 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
                     part, d_out, count, (uint8_t *)d_q8k, kcuda_act_row_bytes(KCUDA_Q8_K, (int64_t)s->n_head * s->head_dim) };
-    const attn_kernel cl = pick_vec(s->head_dim, G, s->kv_type, true);
-    while (cl && k->attn_cluster > 1 && G * k->attn_cluster <= ATT_THREADS) {
+    const attn_kernel cl = pick_vec(s->head_dim, G, s->kv_type, true, k->attn_cl_threads);
+    /* the wide form's threads, where pick_vec took it */
+    const int nth = cl && cl != pick_vec(s->head_dim, G, s->kv_type, true) ? 2 * ATT_THREADS : ATT_THREADS;
+    while (cl && k->attn_cluster > 1 && G * k->attn_cluster <= nth) {
         const int CS = k->attn_cluster; /* one cluster per KV head */
         if (k->attn_cluster_ok != (const void *)cl) {
-            if (!kc_cluster_fits(cl, CS, ATT_THREADS, 0)) {
+            if (!kc_cluster_fits(cl, CS, nth, 0)) {
                 kcuda_set_attn_cluster(k, CS > 8 ? 8 : 0); /* this GPU holds no such cluster: smaller, then parts */
                 continue;
             }
@@ -778,7 +797,7 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
         if (CS > 8) KC_CHECK(cudaFuncSetAttribute(cl, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
         KC_PROF_BEGIN(k);
         KC_CHECK(kc_launch_cluster(k, cl, dim3((unsigned)CS, (unsigned)s->n_head_kv, (unsigned)n_tok),
-                                   dim3(ATT_THREADS), 0, (unsigned)CS, a));
+                                   dim3((unsigned)nth), 0, (unsigned)CS, a));
         KC_PROF_END(k, "attention");
         return 0;
     }

@@ -72,6 +72,14 @@ int kcuda_set_attn_cluster(struct kcuda *k, int cs)
     return v;
 }
 
+int kcuda_set_attn_cluster_threads(struct kcuda *k, int nth)
+{
+    const int v = nth > 128 ? 256 : 128;
+    if (v != k->attn_cl_threads) k->attn_cluster_ok = NULL;
+    k->attn_cl_threads = v;
+    return v;
+}
+
 int kcuda_set_router_cluster(struct kcuda *k, int cs)
 {
     const int v = cluster_size(k, cs);
@@ -108,6 +116,7 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
     k->clusters = prop.major >= 9;
     kcuda_set_attn_cluster(k, 16);
+    kcuda_set_attn_cluster_threads(k, tt_env_int("TT_GPU_ATTN_CL_THREADS", 256));
     kcuda_set_router_cluster(k, 16);
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {

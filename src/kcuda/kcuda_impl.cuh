@@ -49,6 +49,7 @@ struct kcuda {
     int attn_cluster;          /* blocks per KV head of the decode attention's clusters (sm_90: 8 or 16; 0: the
                                   split kernels joined through global memory): kcuda_set_attn_cluster */
     const void *attn_cluster_ok; /* the attention kernel last found to fit such clusters on this GPU */
+    int attn_cl_threads;       /* threads of such a cluster block: kcuda_set_attn_cluster_threads */
     int router_cluster;        /* blocks per token of the fused MoE router's clusters (sm_90: 8 or 16; 0: the
                                   blocks joined through global memory): kcuda_set_router_cluster */
     const void *router_cluster_ok; /* the router kernel last found to fit them */

@@ -137,7 +137,9 @@ struct cuda_accel {
     struct kcuda_graph *graph[2]; /* decode: [0] attention in clusters, [1] in parts (from cluster_pos on) */
     int graph_cur;           /* the one this step replays */
     int attn_cluster;        /* TT_GPU_ATTN_CLUSTER (default 16): kcuda_set_attn_cluster below cluster_pos */
-    int cluster_pos;         /* TT_GPU_ATTN_CLUSTER_POS (default 1024; H200: 16 clusters lose from ~1.5k on) */
+    int cluster_pos;         /* TT_GPU_ATTN_CLUSTER_POS (default 4096; H200, clusters of 256-thread blocks
+                                against parts at 1,536 and 3,584 positions: MoE-12L 1,248 / 1,175 and
+                                1,162 / 1,085 tok/s, 8B 363.0 / 364.1 at 3,584; not measured beyond) */
     bool graph_off;
     int lead_decode;         /* the batch's leading tokens each alone in its sequence's run, when a
                                 prompt run follows (else 0): attention_block gives them their own launch */
@@ -1330,7 +1332,7 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     int err = kcuda_create(&c->k, c->device, scratch);
     if (!err) {
         c->attn_cluster = kcuda_set_attn_cluster(c->k, tt_env_int("TT_GPU_ATTN_CLUSTER", 16));
-        c->cluster_pos = tt_env_int("TT_GPU_ATTN_CLUSTER_POS", 1024);
+        c->cluster_pos = tt_env_int("TT_GPU_ATTN_CLUSTER_POS", 4096);
         kcuda_set_router_cluster(c->k, tt_env_int("TT_GPU_ROUTER_CLUSTER", 16));
     }
     if (!err) err = choose_layers(c, e, n_gpu_layers, buf_bytes + 2 * (uint64_t)hp->n_embd * 4, &w_bytes, &out_bytes);

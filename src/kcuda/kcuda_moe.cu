@@ -172,6 +172,19 @@ __device__ __forceinline__ float4 rt_normed(float4 a, float scale, float4 nw)
                        __fmul_rn(__fmul_rn(a.z, scale), nw.z), __fmul_rn(__fmul_rn(a.w, scale), nw.w));
 }
 
+/* The squares of row xr's floats first, first + step, ... (4 at a time)
+ * summed in double, as ops_rmsnorm, then over the warp. */
+__device__ __forceinline__ double rt_sumsq_warp(const float *xr, int n_in, int first, int step)
+{
+    double ss = 0.0;
+    for (int i = first; i < n_in; i += step) {
+        const float4 a = *(const float4 *)(xr + i);
+        ss += ((double)__fmul_rn(a.x, a.x) + (double)__fmul_rn(a.y, a.y)) +
+              ((double)__fmul_rn(a.z, a.z) + (double)__fmul_rn(a.w, a.w));
+    }
+    return kc_warp_sum_d(ss);
+}
+
 /* One warp: block b (256 floats) of token t's normed row (residual xr,
  * scale) into rn.yf (when set) and as its Q8_K block into rn.q8k. */
 __device__ __forceinline__ void rt_q8k_block(const kcuda_router_norm &rn, const float *xr, float scale, int t,
@@ -212,14 +225,8 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
     kc_pdl_wait();
     const float *xr = x + (size_t)t * n_in;
     float scale = 1.0f;
-    if (NORM) { /* each row's threads sum the squares of the whole row, in double as ops_rmsnorm */
-        double ss = 0.0;
-        for (int i = 4 * l; i < n_in; i += 4 * RT_LANES) {
-            const float4 a = *(const float4 *)(xr + i);
-            ss += ((double)__fmul_rn(a.x, a.x) + (double)__fmul_rn(a.y, a.y)) +
-                  ((double)__fmul_rn(a.z, a.z) + (double)__fmul_rn(a.w, a.w));
-        }
-        ss = kc_warp_sum_d(ss);
+    if (NORM) { /* each row's threads sum the squares of the whole row */
+        double ss = rt_sumsq_warp(xr, n_in, 4 * l, 4 * RT_LANES);
         if (lane == 0) sq[warp] = ss;
         __syncthreads();
         ss = 0.0;
@@ -311,14 +318,8 @@ __global__ void __launch_bounds__(RC_THREADS)
     kc_pdl_wait();
     const float *xr = x + (size_t)t * n_in;
     float scale = 1.0f;
-    if (NORM) { /* the row's squares summed in double, as ops_rmsnorm */
-        double ss = 0.0;
-        for (int i = 4 * tid; i < n_in; i += 4 * RC_THREADS) {
-            const float4 a = *(const float4 *)(xr + i);
-            ss += ((double)__fmul_rn(a.x, a.x) + (double)__fmul_rn(a.y, a.y)) +
-                  ((double)__fmul_rn(a.z, a.z) + (double)__fmul_rn(a.w, a.w));
-        }
-        ss = kc_warp_sum_d(ss);
+    if (NORM) {
+        double ss = rt_sumsq_warp(xr, n_in, 4 * tid, 4 * RC_THREADS);
         if (lane == 0) sq[warp] = ss;
         __syncthreads();
         ss = 0.0;

@@ -116,6 +116,7 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
     k->clusters = prop.major >= 9;
     kcuda_set_attn_cluster(k, 16);
+    k->dj_rows = tt_env_int("TT_GPU_DJ_ROWS", 0);
     kcuda_set_attn_cluster_threads(k, tt_env_int("TT_GPU_ATTN_CL_THREADS", 256));
     kcuda_set_router_cluster(k, 16);
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);

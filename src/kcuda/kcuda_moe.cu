@@ -720,6 +720,7 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     a.n_items = a.n_in / 64;
     const int per_row = n_used * a.n_items;
     a.rows = per_row > DJ_UNITS ? 1 : TT_MIN(DJ_UNITS / per_row, DJ_THREADS);
+    if (k->dj_rows > 0) a.rows = TT_MIN(a.rows, k->dj_rows); /* more, smaller blocks: not yet measured */
     a.act = (const uint8_t *)d_act;
     a.act_stride = act_stride;
     a.x = d_x;

@@ -1333,7 +1333,6 @@ int engine_accel_cuda_create(struct engine *e, int n_gpu_layers, struct engine_a
     if (!err) {
         c->attn_cluster = kcuda_set_attn_cluster(c->k, tt_env_int("TT_GPU_ATTN_CLUSTER", 16));
         c->cluster_pos = tt_env_int("TT_GPU_ATTN_CLUSTER_POS", 4096);
-        kcuda_set_router_cluster(c->k, tt_env_int("TT_GPU_ROUTER_CLUSTER", 16));
     }
     if (!err) err = choose_layers(c, e, n_gpu_layers, buf_bytes + 2 * (uint64_t)hp->n_embd * 4, &w_bytes, &out_bytes);
     if (!err && c->n_layers == 0)

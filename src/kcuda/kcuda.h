@@ -444,9 +444,9 @@ int kcuda_moe_router(struct kcuda *k, const struct kcuda_weight *w, const float 
 /* The fused router's blocks in clusters of cs per token that join in
  * distributed shared memory: 8 or 16 (sm_90), or 0 for blocks joined
  * through global memory (a ticket). Returns what was set (0 where the GPU
- * has no clusters); the default is 16, and a launch falls back to smaller
- * clusters, then the ticket, where the GPU cannot hold them or a block's
- * rows do not fit its shared memory. */
+ * has no clusters); the default is 16 (TT_GPU_ROUTER_CLUSTER), and a
+ * launch falls back to smaller clusters, then the ticket, where the GPU
+ * cannot hold them or a block's rows do not fit its shared memory. */
 int kcuda_set_router_cluster(struct kcuda *k, int cs);
 /* Group n_slots slots (token t's k-th choice is slot t*n_used + k) by
  * expert into the tile records kcuda_matvec_experts reads: with tile_tok = 1

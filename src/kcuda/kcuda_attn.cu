@@ -716,39 +716,41 @@ __global__ void __launch_bounds__(NTH) k_attn_cl(const attn_args a)
 
 typedef void (*attn_kernel)(const attn_args);
 
-/* The coalesced kernel for G heads per KV head, its cluster form of nth
- * threads when cl (of ATT_THREADS where the wider block's partial outputs
- * would not fit the static shared memory). */
+/* The coalesced kernel for G heads per KV head, or with nth its cluster
+ * form: of *nth threads (256 or 128) as asked, or of ATT_THREADS where the
+ * wider block's partial outputs would not fit the static shared memory;
+ * *nth says which. */
 template <int LPR, int G>
-static attn_kernel pick_vec_form(bool cl, int nth)
+static attn_kernel pick_vec_form(int *nth)
 {
-    constexpr bool wide_fits = sizeof(av_shared<8 * LPR, G, AV_TILE(LPR, 2 * ATT_THREADS), 2 * ATT_THREADS>) <= (40u << 10);
-    if (!cl) return k_attn_vec<LPR, G>;
-    if (wide_fits && nth > ATT_THREADS) return k_attn_cl<LPR, G, wide_fits ? 2 * ATT_THREADS : ATT_THREADS>;
+    if (!nth) return k_attn_vec<LPR, G>;
+    if constexpr (sizeof(av_shared<8 * LPR, G, AV_TILE(LPR, 2 * ATT_THREADS), 2 * ATT_THREADS>) <= (40u << 10))
+        if (*nth > ATT_THREADS) return k_attn_cl<LPR, G, 2 * ATT_THREADS>;
+    *nth = ATT_THREADS;
     return k_attn_cl<LPR, G, ATT_THREADS>;
 }
 template <int LPR>
-static attn_kernel pick_vec_g(int G, bool cl, int nth)
+static attn_kernel pick_vec_g(int G, int *nth)
 {
     switch (G) {
-    case 1: return pick_vec_form<LPR, 1>(cl, nth);
-    case 2: return pick_vec_form<LPR, 2>(cl, nth);
-    case 4: return pick_vec_form<LPR, 4>(cl, nth);
-    case 8: return pick_vec_form<LPR, 8>(cl, nth);
+    case 1: return pick_vec_form<LPR, 1>(nth);
+    case 2: return pick_vec_form<LPR, 2>(nth);
+    case 4: return pick_vec_form<LPR, 4>(nth);
+    case 8: return pick_vec_form<LPR, 8>(nth);
     default: return NULL;
     }
 }
 
-/* The coalesced kernel for this shape (cl: its cluster form), or NULL
- * (then k_attn). */
-static attn_kernel pick_vec(int hd, int G, int kv_type, bool cl = false, int nth = ATT_THREADS)
+/* The coalesced kernel for this shape (with nth: its cluster form, as
+ * pick_vec_form), or NULL (then k_attn). */
+static attn_kernel pick_vec(int hd, int G, int kv_type, int *nth = NULL)
 {
     if (kv_type != KCUDA_F16) return NULL;
     switch (hd) {
-    case 32: return pick_vec_g<4>(G, cl, nth);
-    case 64: return pick_vec_g<8>(G, cl, nth);
-    case 128: return pick_vec_g<16>(G, cl, nth);
-    case 256: return pick_vec_g<32>(G, cl, nth);
+    case 32: return pick_vec_g<4>(G, nth);
+    case 64: return pick_vec_g<8>(G, nth);
+    case 128: return pick_vec_g<16>(G, nth);
+    case 256: return pick_vec_g<32>(G, nth);
     default: return NULL;
     }
 }
@@ -782,9 +784,8 @@ int kcuda_attention(struct kcuda *k, const struct kcuda_attn_shape *s, int64_t n
     attn_args a = { s->n_head, s->n_head_kv, s->head_dim, s->group, s->head_begin, s->kv_begin, s->n_ctx,
                     n_split, G, 1.0f / sqrtf((float)s->head_dim), d_q, d_k_cache, d_v_cache, d_pos, d_seq,
                     part, d_out, count, (uint8_t *)d_q8k, kcuda_act_row_bytes(KCUDA_Q8_K, (int64_t)s->n_head * s->head_dim) };
-    const attn_kernel cl = pick_vec(s->head_dim, G, s->kv_type, true, k->attn_cl_threads);
-    /* the wide form's threads, where pick_vec took it */
-    const int nth = cl && cl != pick_vec(s->head_dim, G, s->kv_type, true) ? 2 * ATT_THREADS : ATT_THREADS;
+    int nth = k->attn_cl_threads;
+    const attn_kernel cl = pick_vec(s->head_dim, G, s->kv_type, &nth);
     while (cl && k->attn_cluster > 1 && G * k->attn_cluster <= nth) {
         const int CS = k->attn_cluster; /* one cluster per KV head */
         if (k->attn_cluster_ok != (const void *)cl) {

@@ -114,11 +114,11 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->mv_stage = tt_env_int("TT_GPU_MV_STAGE", 1);
     k->mv_bulk = prop.major < 9 ? 0 : tt_env_int("TT_GPU_MV_BULK", 3);
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
+    k->dj_rows = tt_env_int("TT_GPU_DJ_ROWS", 0);
     k->clusters = prop.major >= 9;
     kcuda_set_attn_cluster(k, 16);
-    k->dj_rows = tt_env_int("TT_GPU_DJ_ROWS", 0);
     kcuda_set_attn_cluster_threads(k, tt_env_int("TT_GPU_ATTN_CL_THREADS", 256));
-    kcuda_set_router_cluster(k, 16);
+    kcuda_set_router_cluster(k, tt_env_int("TT_GPU_ROUTER_CLUSTER", 16));
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);

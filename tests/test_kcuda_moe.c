@@ -475,9 +475,14 @@ static void test_moe_fused(void)
     check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96, false);   /* F16 scratch, ragged tiles */
     check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256, false);
     check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 4, 2, 40, 256, 2048, true); /* regrouped Q6_K down */
-    check_down_join(TT_TYPE_Q6_K, 16, 8, 1, 2048, 768);
-    check_down_join(TT_TYPE_Q4_K, 9, 4, 3, 300, 512);
-    check_down_join(TT_TYPE_Q6_K, 40, 2, 5, 64, 2560); /* more items per row than a block's units */
+    static const int rows[] = { 0, 1, 3, 7 }; /* 0: the one-wave default */
+    for (int r = 0; r < (int)(sizeof(rows) / sizeof(rows[0])); r++) {
+        kcuda_set_down_join_rows(K, rows[r]);
+        check_down_join(TT_TYPE_Q6_K, 16, 8, 1, 2048, 768);
+        check_down_join(TT_TYPE_Q4_K, 9, 4, 3, 300, 512);
+        check_down_join(TT_TYPE_Q6_K, 40, 2, 5, 64, 2560); /* more items per row than a block's units */
+    }
+    kcuda_set_down_join_rows(K, 0); /* as kcuda_create left it (without TT_GPU_DJ_ROWS) */
 }
 
 static const struct test_case cases[] = {

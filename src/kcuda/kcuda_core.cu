@@ -88,6 +88,12 @@ int kcuda_set_router_cluster(struct kcuda *k, int cs)
     return v;
 }
 
+int kcuda_set_down_join_rows(struct kcuda *k, int rows)
+{
+    k->dj_rows = TT_MAX(rows, 0);
+    return k->dj_rows;
+}
+
 int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
 {
     *out = NULL;
@@ -114,7 +120,7 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     k->mv_stage = tt_env_int("TT_GPU_MV_STAGE", 1);
     k->mv_bulk = prop.major < 9 ? 0 : tt_env_int("TT_GPU_MV_BULK", 3);
     k->moe_prefetch = tt_env_int("TT_GPU_MOE_PREFETCH", 1);
-    k->dj_rows = tt_env_int("TT_GPU_DJ_ROWS", 0);
+    kcuda_set_down_join_rows(k, tt_env_int("TT_GPU_DJ_ROWS", 0));
     k->clusters = prop.major >= 9;
     kcuda_set_attn_cluster(k, 16);
     kcuda_set_attn_cluster_threads(k, tt_env_int("TT_GPU_ATTN_CL_THREADS", 256));

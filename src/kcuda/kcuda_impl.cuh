@@ -44,8 +44,9 @@ struct kcuda {
                                   the ones of one wave, the default: kcuda_matvec.cu) */
     int bulk_smem[4];          /* dynamic shared memory allowed so far, per k_matvec_bulk instance */
     int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
-    int dj_rows;               /* at most this many rows a decode down+join block (TT_GPU_DJ_ROWS; 0: as
-                                  many as its units allow, 10 in the Qwen3-MoE shape) */
+    int dj_rows;               /* rows a decode down+join block (TT_GPU_DJ_ROWS, at most what its units
+                                  allow; 0: the fewest that fit the grid in one wave, kcuda_moe.cu) */
+    int dj_per_sm[2];          /* its Q4_K and Q6_K kernels' blocks per multiprocessor (0: not yet asked) */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
     bool clusters;             /* thread block clusters (sm_90) */
     int attn_cluster;          /* blocks per KV head of the decode attention's clusters (sm_90: 8 or 16; 0: the

@@ -546,21 +546,23 @@ int kcuda_moe_group(struct kcuda *k, const int32_t *d_sel, int64_t n_slots, int 
 
 /* ---- the join ---- */
 
-/* order[0..K) = a token's choices 0..K-1 in ascending expert id sel[k]
- * (insertion sort: K is small); one thread. */
-__device__ __forceinline__ void moe_sort_slots(const int32_t *sel, int K, int *order)
+/* order[0..K) = a token's choices 0..K-1 in ascending expert id sel[k],
+ * ties in slot order: thread k < K writes slot k at its rank (K loads in
+ * parallel, where one thread's insertion sort was a serial chain of loads
+ * on the join's critical path). The caller syncs before reading order. */
+__device__ __forceinline__ void moe_rank_slot(const int32_t *sel, int K, int k, int *order)
 {
-    for (int a = 0; a < K; a++) order[a] = a;
-    for (int a = 1; a < K; a++)
-        for (int b = a; b > 0 && sel[order[b - 1]] > sel[order[b]]; b--) {
-            const int tmp = order[b];
-            order[b] = order[b - 1];
-            order[b - 1] = tmp;
-        }
+    const int s = sel[k];
+    int r = 0;
+    for (int j = 0; j < K; j++) {
+        const int o = sel[j];
+        r += o < s || (o == s && j < k);
+    }
+    order[r] = k;
 }
 
-/* Block (token, 256 dimensions): thread 0 sorts the token's slots by
- * expert id into shared memory (n_used is small); the shared expert's gate
+/* Block (token, 256 dimensions): the first n_used threads order the
+ * token's slots by expert id in shared memory; the shared expert's gate
  * is a dot product each block computes for itself. */
 __global__ void k_moe_join(float *x, const float *y, const int32_t *sel, const float *w, int K,
                            int n, const float *ysh, const float *gate_sh, const float *xn)
@@ -570,7 +572,7 @@ __global__ void k_moe_join(float *x, const float *y, const int32_t *sel, const f
     __shared__ int order[MOE_USED_MAX];
     __shared__ float part[8];
     const int64_t t = blockIdx.x;
-    if (threadIdx.x == 0) moe_sort_slots(sel + t * K, K, order);
+    if ((int)threadIdx.x < K) moe_rank_slot(sel + t * K, K, threadIdx.x, order);
     float gs = 0.0f;
     if (ysh) {
         float s = 0.0f;
@@ -614,12 +616,19 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
  * unit's float to shared memory, then each (slot, row) adds its items in
  * order and each row joins its slots in ascending expert order, as
  * kcuda_moe_join, into x. The dots are the matrix-vector kernels' (dp4a on
- * the GGML blocks against Q8_K rows, per-lane float scaling). (A gate/up
- * kernel of the same shape measured slower than kcuda_matvec_experts: 26
- * vs 15 us per layer on the Qwen3-MoE shape, H200, profile mode.) */
+ * the GGML blocks against Q8_K rows, per-lane float scaling). The kernel is
+ * latency-bound: once the loads land, each warp's dots are a serial chain,
+ * so the launch takes the fewest rows a block that still fit the grid in
+ * one wave of DJ_MIN_BLOCKS blocks a multiprocessor (registers capped to
+ * allow it): the most warps to hide each other's latency. A unit's (slot,
+ * row, item) comes from multiply-high divisions, not the ~20 instructions of
+ * a runtime integer division. (A gate/up kernel of the same shape measured
+ * slower than kcuda_matvec_experts: 26 vs 15 us per layer on the Qwen3-MoE
+ * shape, H200, profile mode.) */
 
 #define DJ_THREADS 256
-#define DJ_UNROLL 4
+#define DJ_UNROLL 2
+#define DJ_MIN_BLOCKS 4 /* 64 registers a thread */
 #define DJ_UNITS (DJ_THREADS * DJ_UNROLL) /* units per block, at most */
 
 /* The items and dots of kcuda_kdot.cuh, the activations read in place. */
@@ -627,10 +636,15 @@ template <int SRC> struct dj_item;
 template <> struct dj_item<MG_Q4_K> : kq4k_item {};
 template <> struct dj_item<MG_Q6_K> : kq6k_item {};
 
+/* u / d for u, d < 2^16 as __umulhi(u, m) with m = ceil(2^32 / d) (d >= 2):
+ * exact because u * (m * d - 2^32) < u * d < 2^32. */
+static uint32_t dj_magic(uint32_t d) { return (uint32_t)((((uint64_t)1 << 32) + d - 1) / d); }
+
 struct dj_args {
     const uint8_t *w;
     size_t row_stride, expert_stride;
     int n_in, n_out, n_items, rows; /* rows per block */
+    uint32_t ri_magic, items_magic; /* dj_magic(rows * n_items), dj_magic(n_items) */
     const uint8_t *act;            /* Q8_K rows of the slots */
     size_t act_stride;
     float *x;
@@ -641,7 +655,7 @@ struct dj_args {
 };
 
 template <int SRC>
-__global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
+__global__ void __launch_bounds__(DJ_THREADS, DJ_MIN_BLOCKS) k_moe_down_join(const dj_args a)
 {
     kc_pdl_trigger();
     extern __shared__ float dj_part[]; /* [K][rows][n_items], then ys [K][rows] */
@@ -652,24 +666,34 @@ __global__ void __launch_bounds__(DJ_THREADS) k_moe_down_join(const dj_args a)
     kc_pdl_wait();
     const int32_t *sel = a.sel + (size_t)t * a.K;
     for (int u0 = threadIdx.x; u0 < units; u0 += DJ_UNITS) {
+        /* every expert id first, then every unit's loads (from a valid
+         * row where the unit does not count), so no branch on a loaded id
+         * holds the next unit's loads back */
+        int e[DJ_UNROLL], r[DJ_UNROLL], ui[DJ_UNROLL], uk[DJ_UNROLL];
+#pragma unroll
+        for (int i = 0; i < DJ_UNROLL; i++) {
+            const int u = u0 + i * DJ_THREADS, k = (int)__umulhi((uint32_t)u, a.ri_magic), rem = u - k * ri;
+            r[i] = (int)__umulhi((uint32_t)rem, a.items_magic);
+            ui[i] = rem - r[i] * a.n_items;
+            uk[i] = u < units ? k : 0;
+            e[i] = sel[uk[i]];
+        }
         dj_item<SRC> it[DJ_UNROLL];
 #pragma unroll
-        for (int i = 0; i < DJ_UNROLL; i++) {
-            const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
-            if (u < units && row0 + r < a.n_out && sel[k] >= 0)
-                it[i].load(a.w + (size_t)sel[k] * a.expert_stride + (size_t)(row0 + r) * a.row_stride,
-                           u % a.n_items);
-        }
+        for (int i = 0; i < DJ_UNROLL; i++)
+            if (u0 + i * DJ_THREADS < units)
+                it[i].load(a.w + (size_t)max(e[i], 0) * a.expert_stride +
+                               (size_t)min(row0 + r[i], a.n_out - 1) * a.row_stride,
+                           ui[i]);
 #pragma unroll
         for (int i = 0; i < DJ_UNROLL; i++) {
-            const int u = u0 + i * DJ_THREADS, k = u / ri, r = (u % ri) / a.n_items;
+            const int u = u0 + i * DJ_THREADS;
             if (u >= units) break;
-            dj_part[u] = row0 + r < a.n_out && sel[k] >= 0
-                             ? it[i].dot(a.act + (size_t)(t * a.K + k) * a.act_stride, a.n_in, u % a.n_items, false)
-                             : 0.0f;
+            const float v = it[i].dot(a.act + (size_t)(t * a.K + uk[i]) * a.act_stride, a.n_in, ui[i], false);
+            dj_part[u] = row0 + r[i] < a.n_out && e[i] >= 0 ? v : 0.0f;
         }
     }
-    if (threadIdx.x == 0) moe_sort_slots(sel, a.K, order);
+    if ((int)threadIdx.x < a.K) moe_rank_slot(sel, a.K, threadIdx.x, order);
     if (a.ysh) { /* the shared expert's gate, as kcuda_moe_join */
         float s = 0.0f;
         for (int i = threadIdx.x; i < a.n_out; i += DJ_THREADS) s += a.gate_sh[i] * a.xn[(size_t)t * a.n_out + i];
@@ -711,6 +735,13 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     if (src < 0 || w->n_in % 256 || act_stride % 16 || n_used < 1 || n_used > MOE_USED_MAX || n_tok > 65535)
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: type %d, %lld inputs, %d experts",
                             w->type, (long long)w->n_in, n_used);
+    const auto kern = src == MG_Q4_K ? k_moe_down_join<MG_Q4_K> : k_moe_down_join<MG_Q6_K>;
+    int *per_sm = &k->dj_per_sm[src == MG_Q4_K ? 0 : 1];
+    if (!*per_sm) { /* blocks a multiprocessor holds (registers decide it: the shared memory is small) */
+        KC_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kern, DJ_THREADS,
+                                                               sizeof(float) * (DJ_UNITS + DJ_THREADS)));
+        *per_sm = TT_MAX(*per_sm, 1);
+    }
     dj_args a = {};
     a.w = (const uint8_t *)w->data;
     a.row_stride = w->row_stride;
@@ -719,8 +750,14 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     a.n_out = (int)w->n_out;
     a.n_items = a.n_in / 64;
     const int per_row = n_used * a.n_items;
-    a.rows = per_row > DJ_UNITS ? 1 : TT_MIN(DJ_UNITS / per_row, DJ_THREADS);
-    if (k->dj_rows > 0) a.rows = TT_MIN(a.rows, k->dj_rows); /* more, smaller blocks: not yet measured */
+    const int rows_max = per_row > DJ_UNITS ? 1 : TT_MIN(DJ_UNITS / per_row, DJ_THREADS);
+    const int64_t wave = (int64_t)*per_sm * k->n_sm / n_tok; /* blocks per token in one wave */
+    a.rows = wave > 0 ? (int)TT_MIN((int64_t)rows_max, (a.n_out + wave - 1) / wave) : rows_max;
+    if (k->dj_rows > 0) a.rows = TT_MIN(rows_max, k->dj_rows);
+    if (n_used * a.rows * a.n_items >= (1 << 16))
+        return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
+    a.ri_magic = dj_magic((uint32_t)(a.rows * a.n_items));
+    a.items_magic = dj_magic((uint32_t)a.n_items);
     a.act = (const uint8_t *)d_act;
     a.act_stride = act_stride;
     a.x = d_x;
@@ -735,8 +772,7 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
     const dim3 grid(kc_blocks(a.n_out, a.rows), (unsigned)n_tok);
     KC_PROF_BEGIN(k);
-    if (src == MG_Q4_K) KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q4_K>, grid, dim3(DJ_THREADS), smem, a);
-    else KC_LAUNCH_SMEM(k, k_moe_down_join<MG_Q6_K>, grid, dim3(DJ_THREADS), smem, a);
+    KC_LAUNCH_SMEM(k, kern, grid, dim3(DJ_THREADS), smem, a);
     KC_PROF_END(k, "moe_down_join");
     return 0;
 }

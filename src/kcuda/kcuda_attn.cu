@@ -626,19 +626,26 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attn_vec(const attn_args a)
  * token) take the key tiles in turn (block s: tiles s, s + CS, ...), keep
  * their partial outputs, maxima and sums in shared memory, and after one
  * cluster barrier read each other's through distributed shared memory:
- * block s weighs the heads' partials of the 2*NTH-element units s, s + CS,
- * ... of the G heads' output (whole Q8_K blocks for wo when a.q8k) and
- * writes them. No ticket, no part scratch, no global round trip. Blocks of
- * NTH = 256 threads take tiles of twice the keys of 128-thread ones, so at
- * 500-600 positions each block walks one tile instead of two in series. */
+ * every block joins the heads' maxima and sums by shuffles (one lane per
+ * head and block), then block s weighs the heads' partials of the
+ * 256-element units s, s + CS, ... of the G heads' output (whole Q8_K
+ * blocks for wo when a.q8k), every block's partial of an element loaded at
+ * once, and writes them. No ticket, no part scratch, no global round trip.
+ * (Units of 2*NTH elements, two rounds of 8 blocks' loads, and one thread
+ * per head joining the maxima in series kept most blocks waiting at the
+ * last barrier: ~40% of the kernel's stall samples, ncu on the H200.)
+ * Blocks of NTH = 256 threads take tiles of twice the keys of 128-thread
+ * ones, so at 500-600 positions each block walks one tile instead of two in
+ * series. */
 #define ATT_CLUSTER_MAX 16
 template <int LPR, int G, int NTH>
 __global__ void __launch_bounds__(NTH) k_attn_cl(const attn_args a)
 {
-    constexpr int HD = 8 * LPR, TILE = AV_TILE(LPR, NTH), N = G * HD, U = 2 * NTH;
+    constexpr int HD = 8 * LPR, TILE = AV_TILE(LPR, NTH), N = G * HD, UE = 256, EPT = UE / NTH;
+    static_assert(UE % NTH == 0, "a unit of the output is whole rounds of the block's threads");
     __shared__ av_shared<HD, G, TILE, NTH> sh;
     __shared__ float fac[G][ATT_CLUSTER_MAX], lsum[G];
-    __shared__ __align__(16) float ob[U];
+    __shared__ __align__(16) float ob[UE];
     kc_pdl_trigger();
     kc_pdl_wait();
     const int s = blockIdx.x, CS = gridDim.x, g = blockIdx.y, t = blockIdx.z, tid = threadIdx.x;
@@ -654,64 +661,54 @@ __global__ void __launch_bounds__(NTH) k_attn_cl(const attn_args a)
     }
     kc_cluster_arrive();
     kc_cluster_wait();
-    if (tid < G * CS) { /* thread (r, b): block b's maximum and sum of head r */
+    if (warp < (G * CS + 31) / 32) { /* lane (r, b): block b's maximum and sum of head r, joined over b by shuffles */
+        const bool on = tid < G * CS; /* CS is 8 or 16: head r's lanes are CS neighbours of one warp */
         const int r = tid / CS, b = tid % CS;
-        fac[r][b] = kc_cluster_load(&sh.m[r], b);
-        ob[tid] = kc_cluster_load(&sh.l[r], b);
+        const float m = on ? kc_cluster_load(&sh.m[r], b) : -INFINITY, l = on ? kc_cluster_load(&sh.l[r], b) : 0.0f;
+        float mx = m;
+        for (int o = CS / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        const float f = m == -INFINITY ? 0.0f : expf(m - mx);
+        float sum = f * l;
+        for (int o = CS / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (on) fac[r][b] = f;
+        if (on && b == 0) lsum[r] = sum;
     }
     __syncthreads();
-    if (tid < G) {
-        float mx = -INFINITY, l = 0.0f;
-        for (int b = 0; b < CS; b++) mx = fmaxf(mx, fac[tid][b]);
-        for (int b = 0; b < CS; b++) {
-            const float f = fac[tid][b] == -INFINITY ? 0.0f : expf(fac[tid][b] - mx);
-            fac[tid][b] = f;
-            l += f * ob[tid * CS + b];
+    for (int u0 = s * UE; u0 < N; u0 += CS * UE) { /* this block's units of the output */
+        float y[EPT];
+#pragma unroll
+        for (int e = 0; e < EPT; e++) { /* every block's partial in flight at once */
+            const int i = u0 + e * NTH + tid, r = min(i, N - 1) / HD, d = i % HD;
+            float v[ATT_CLUSTER_MAX];
+#pragma unroll
+            for (int b = 0; b < ATT_CLUSTER_MAX; b++)
+                v[b] = b < CS && i < N ? kc_cluster_load(&sh.red[0][r][d], b) : 0.0f;
+            float o = 0.0f;
+#pragma unroll
+            for (int b = 0; b < ATT_CLUSTER_MAX; b++)
+                if (b < CS) o += fac[r][b] * v[b];
+            y[e] = o / lsum[r];
         }
-        lsum[tid] = l;
-    }
-    __syncthreads();
-    for (int u0 = s * U; u0 < N; u0 += CS * U) { /* this block's units of the output */
-        float o[2] = { 0.0f, 0.0f };
-        for (int b0 = 0; b0 < CS; b0 += 8) { /* 16 loads in flight */
-            float v[8][2];
+        __syncthreads(); /* ob held the previous unit */
 #pragma unroll
-            for (int k = 0; k < 8; k++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int i = u0 + e * NTH + tid;
-                    v[k][e] = b0 + k < CS && i < N ? kc_cluster_load(&sh.red[0][i / HD][i % HD], b0 + k) : 0.0f;
-                }
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int i = u0 + e * NTH + tid;
-                    if (b0 + k < CS && i < N) o[e] += fac[i / HD][b0 + k] * v[k][e];
-                }
-        }
-        __syncthreads(); /* ob held the sums above / the previous unit */
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
+        for (int e = 0; e < EPT; e++) {
             const int i = u0 + e * NTH + tid, r = i / HD, d = i % HD;
             if (i >= N) continue;
-            const float y = o[e] / lsum[r];
-            a.out[((size_t)t * a.H + h0 + r) * HD + d] = y;
-            ob[e * NTH + tid] = y;
+            a.out[((size_t)t * a.H + h0 + r) * HD + d] = y[e];
+            ob[e * NTH + tid] = y[e];
         }
-        if (N % 256 == 0 && a.q8k) {
+        if (N % UE == 0 && a.q8k) { /* the unit is one Q8_K block for wo */
             __syncthreads();
-            if (warp < U / 256 && u0 + 256 * warp < N) { /* a Q8_K block of the unit a warp */
+            if (warp == 0) {
                 float v[8];
 #pragma unroll
-                for (int e = 0; e < 8; e++) v[e] = ob[256 * warp + 8 * lane + e];
-                kc_q8k_warp(v, true, h0 * HD + u0 + 256 * warp + 8 * lane, a.q8k + (size_t)t * a.q8k_stride,
-                            a.H * HD);
+                for (int e = 0; e < 8; e++) v[e] = ob[8 * lane + e];
+                kc_q8k_warp(v, true, h0 * HD + u0 + 8 * lane, a.q8k + (size_t)t * a.q8k_stride, a.H * HD);
             }
         }
     }
-    kc_cluster_arrive(); /* done with the other blocks' shared memory */
-    kc_cluster_wait();   /* ... and they with this one's */
+    kc_cluster_arrive_relaxed(); /* done with the other blocks' shared memory */
+    kc_cluster_wait();           /* ... and they with this one's */
 }
 
 typedef void (*attn_kernel)(const attn_args);

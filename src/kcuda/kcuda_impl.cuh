@@ -157,6 +157,16 @@ __device__ __forceinline__ void kc_cluster_arrive()
     asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 #endif
 }
+/* An arrive that orders nothing: for a barrier that only keeps every block's
+ * shared memory alive until the others are done reading it (their loads
+ * have completed: the values were used), so no fence waits on this block's
+ * global stores. */
+__device__ __forceinline__ void kc_cluster_arrive_relaxed()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void kc_cluster_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -315,6 +315,63 @@ static void check_grouped(enum tt_type tg, enum tt_type td, int X, int KX, int T
     free(y), free(yref);
 }
 
+/* A decode token's Q4_K expert tiles through the bulk-copy kernel against
+ * the register kernel, bit for bit (the same per-lane dots and warp sums):
+ * gate/up SwiGLU pairs and a plain product whose rows are not a multiple of
+ * the block's 4, an expert of -1 (another rank's) left alone. */
+static void check_experts_bulk(int X, int KX, int E, int FF)
+{
+    const int S = KX;
+    uint8_t *gate = make_weight(TT_TYPE_Q4_K, E, (int64_t)X * FF, 1.0f), *up = make_weight(TT_TYPE_Q4_K, E, (int64_t)X * FF, 1.0f);
+    const size_t rg = tt_row_size(TT_TYPE_Q4_K, E), sa = kcuda_act_row_bytes(KCUDA_Q8_K, E);
+    struct kcuda_weight dg = { dev_from(gate, rg * X * FF), TT_TYPE_Q4_K, E, FF, rg, rg * FF, 0 };
+    struct kcuda_weight du = dg;
+    du.data = dev_from(up, rg * X * FF);
+    int32_t tiles[16 * KCUDA_MOE_TILE_INTS];
+    TT_ASSERT(S <= 16 && S >= 2);
+    for (int k = 0; k < S; k++) { /* one slot a tile, as the decode router writes them; slot 1 elsewhere */
+        int32_t *t = tiles + k * KCUDA_MOE_TILE_INTS;
+        memset(t, 0, sizeof(int32_t) * KCUDA_MOE_TILE_INTS);
+        t[0] = k == 1 ? -1 : (k * 7 + 3) % X, t[1] = 1, t[2] = k;
+    }
+    float *x = malloc(sizeof(float) * E), *got = malloc(sizeof(float) * S * FF), *want = malloc(sizeof(float) * S * FF);
+    fill(x, E, 1.0f);
+    float *dx = dev_from(x, sizeof(float) * E), *dh = dev(sizeof(float) * S * FF);
+    uint8_t *da = dev(sa);
+    int32_t *dt = dev_from(tiles, sizeof(int32_t) * KCUDA_MOE_TILE_INTS * S);
+    CHECK_EQ_INT(kcuda_convert(K, KCUDA_Q8_K, dx, E, 1, E, da, sa), 0);
+    if (!kcuda_set_experts_bulk(K, true)) fprintf(stderr, "  (no bulk copies on this GPU: both runs take the register kernel)\n");
+    for (int pair = 1; pair >= 0; pair--) {
+        float *out[2] = { want, got };
+        for (int bulk = 0; bulk < 2; bulk++) {
+            kcuda_set_experts_bulk(K, bulk);
+            CHECK_EQ_INT(kcuda_memset(K, dh, 0, sizeof(float) * S * FF), 0);
+            CHECK_EQ_INT(kcuda_matvec_experts(K, &dg, pair ? &du : NULL, dt, S, 1, da, sa, KX, dh, FF,
+                                              pair ? KCUDA_OUT_SWIGLU : KCUDA_OUT_STORE), 0);
+            to_host(out[bulk], dh, sizeof(float) * S * FF);
+        }
+        char what[96];
+        snprintf(what, sizeof(what), "bulk experts %dx%d%s", FF, E, pair ? " swiglu" : "");
+        if (memcmp(got, want, sizeof(float) * S * FF)) {
+            fprintf(stderr, "  %s: not bit for bit the register kernel's\n", what);
+            test_failed_ = 1;
+        }
+        float sum = 0.0f, other = 0.0f;
+        for (int i = 0; i < S * FF; i++) {
+            if (i / FF == 1) other += fabsf(got[i]);
+            else sum += fabsf(got[i]);
+        }
+        if (other != 0.0f || sum == 0.0f) {
+            fprintf(stderr, "  %s: the other rank's slot written (%g) or nothing computed (%g)\n", what, other, sum);
+            test_failed_ = 1;
+        }
+    }
+    kcuda_set_experts_bulk(K, true); /* as kcuda_create left it (without TT_GPU_EXPERTS_BULK) */
+    kcuda_free((void *)dg.data), kcuda_free((void *)du.data), kcuda_free(dx), kcuda_free(dh), kcuda_free(da);
+    kcuda_free(dt);
+    free(gate), free(up), free(x), free(got), free(want);
+}
+
 /* Decode's fused down products and join against kcuda_matvec_experts (one
  * slot per tile) then kcuda_moe_join, with and without a shared expert. */
 static void check_down_join(enum tt_type td, int X, int KX, int T, int E, int FF)
@@ -475,6 +532,8 @@ static void test_moe_fused(void)
     check_grouped(TT_TYPE_Q8_0, TT_TYPE_Q8_0, 7, 2, 45, 160, 96, false);   /* F16 scratch, ragged tiles */
     check_grouped(TT_TYPE_Q5_K, TT_TYPE_Q4_K, 5, 2, 40, 256, 256, false);
     check_grouped(TT_TYPE_Q4_K, TT_TYPE_Q6_K, 4, 2, 40, 256, 2048, true); /* regrouped Q6_K down */
+    check_experts_bulk(128, 8, 2048, 768); /* the Qwen3-MoE shape */
+    check_experts_bulk(5, 3, 256, 70);     /* rows not a multiple of 4 */
     static const int rows[] = { 0, 1, 3, 7 }; /* 0: the one-wave default */
     for (int r = 0; r < (int)(sizeof(rows) / sizeof(rows[0])); r++) {
         kcuda_set_down_join_rows(K, rows[r]);

@@ -476,6 +476,13 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
  * takes the fewest that fit the grid in one wave; n > 0 at most n, within
  * what a block's units allow. Returns what was set. */
 int kcuda_set_down_join_rows(struct kcuda *k, int rows);
+/* Whether a decode token's expert tiles of Q4_K weights in GGML's layout
+ * (kcuda_matvec_experts with tile_tok 1) go through the bulk-copy engine:
+ * each block's rows copied whole into shared memory once its tile names
+ * the expert, few registers, one wave of blocks (sm_90; default on,
+ * TT_GPU_EXPERTS_BULK=0 off), or the register kernel. Returns what was set
+ * (false where the GPU has no bulk copies). */
+bool kcuda_set_experts_bulk(struct kcuda *k, bool on);
 /* Group n_slots slots by expert for kcuda_moe_gemm: d_order [n_slots]
  * receives the slot ids sorted by expert (in no fixed order within an
  * expert), d_groups kcuda_moe_max_groups records of KCUDA_MOE_GROUP_INTS

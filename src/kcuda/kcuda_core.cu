@@ -94,6 +94,12 @@ int kcuda_set_down_join_rows(struct kcuda *k, int rows)
     return k->dj_rows;
 }
 
+bool kcuda_set_experts_bulk(struct kcuda *k, bool on)
+{
+    k->experts_bulk = on && k->clusters; /* the bulk-copy engine: sm_90, as clusters */
+    return k->experts_bulk;
+}
+
 int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
 {
     *out = NULL;
@@ -125,6 +131,7 @@ int kcuda_create(struct kcuda **out, int device, size_t scratch_bytes)
     kcuda_set_attn_cluster(k, 16);
     kcuda_set_attn_cluster_threads(k, tt_env_int("TT_GPU_ATTN_CL_THREADS", 256));
     kcuda_set_router_cluster(k, tt_env_int("TT_GPU_ROUTER_CLUSTER", 16));
+    kcuda_set_experts_bulk(k, tt_env_int("TT_GPU_EXPERTS_BULK", 1) != 0);
     ce = cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         err = kcuda_fail_cuda(ce, "cudaStreamCreateWithFlags", __FILE__, __LINE__);

@@ -46,7 +46,9 @@ struct kcuda {
     int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
     int dj_rows;               /* rows a decode down+join block (TT_GPU_DJ_ROWS, at most what its units
                                   allow; 0: the fewest that fit the grid in one wave, kcuda_moe.cu) */
-    int dj_per_sm[2];          /* its Q4_K and Q6_K kernels' blocks per multiprocessor (0: not yet asked) */
+    int dj_per_sm[2];
+    bool experts_bulk;         /* a decode token's Q4_K expert tiles through the bulk-copy engine:
+                                  kcuda_set_experts_bulk */          /* its Q4_K and Q6_K kernels' blocks per multiprocessor (0: not yet asked) */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
     bool clusters;             /* thread block clusters (sm_90) */
     int attn_cluster;          /* blocks per KV head of the decode attention's clusters (sm_90: 8 or 16; 0: the
@@ -119,6 +121,50 @@ __device__ __forceinline__ void kc_pdl_trigger()
 }
 /* The shared-memory address of p (a pointer into this block's shared memory). */
 __device__ __forceinline__ uint32_t kc_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* Bulk copies into shared memory (sm_90): a barrier at shared address bar
+ * (kc_smem_addr) initialised for one arrival, made visible to the copy
+ * engine; the bytes its next phase expects (the arrival); a copy of bytes
+ * (a multiple of 16, both ends 16-byte aligned) completing on it. */
+__device__ __forceinline__ void kc_mbar_init(uint32_t bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+#endif
+}
+__device__ __forceinline__ void kc_mbar_init_fence()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kc_mbar_expect(uint32_t bar, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void kc_bulk_copy(void *dst, const void *src, uint32_t bytes, uint32_t bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(kc_smem_addr(dst)), "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+#endif
+}
+/* Spin until the barrier has completed the phase of the given parity (its
+ * copies landed). */
+__device__ __forceinline__ void kc_mbar_wait(uint32_t bar, uint32_t parity)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+#endif
+}
 
 /* Thread block clusters (sm_90): *p in block `rank` of this cluster (p in
  * this block's shared memory), read or written through distributed shared

@@ -68,6 +68,15 @@ struct kq4k_item {
         q0 = __ldg((const uint4 *)(b + 16 + 32 * g));
         q1 = __ldg((const uint4 *)(b + 32 + 32 * g));
     }
+    /* the same item of a row copied whole into shared memory */
+    __device__ __forceinline__ void load_shared(const uint8_t *wr, int it)
+    {
+        const uint8_t *b = wr + (size_t)(it >> 2) * 144;
+        const int g = it & 3;
+        hdr = *(const uint4 *)b;
+        q0 = *(const uint4 *)(b + 16 + 32 * g);
+        q1 = *(const uint4 *)(b + 32 + 32 * g);
+    }
     __device__ __forceinline__ float dot(const uint8_t *ar, int n_in, int it, bool sw) const
     {
         const int ib = it >> 2, g = it & 3;

@@ -382,19 +382,20 @@ __device__ __forceinline__ mv_row row_task(const mv_args &a, int row)
 
 /* A token's activation row (a.act_stride bytes at act) into shared memory,
  * the quants swizzled (mv_swizzle), the scales in place; all nthr threads
- * of the block (this one is tid) take part, eight loads in flight before
+ * of the block (this one is tid) take part, F loads in flight before
  * their stores, so the row costs one memory latency, not one per 16 bytes
- * x threads. */
+ * x threads (F = 4 where registers are scarce). */
+template <int F = 8>
 __device__ __forceinline__ void mv_stage_act(const mv_args &a, const uint8_t *act, int4 *act_sh, int nthr, int tid)
 {
     const int n_chunks = (int)(a.act_stride >> 4), n_sw = a.n_in >> 4;
-    for (int c0 = tid; c0 < n_chunks; c0 += 8 * nthr) {
-        int4 v[8];
+    for (int c0 = tid; c0 < n_chunks; c0 += F * nthr) {
+        int4 v[F];
 #pragma unroll
-        for (int u = 0; u < 8; u++)
+        for (int u = 0; u < F; u++)
             if (c0 + u * nthr < n_chunks) v[u] = *(const int4 *)(act + ((size_t)(c0 + u * nthr) << 4));
 #pragma unroll
-        for (int u = 0; u < 8; u++) {
+        for (int u = 0; u < F; u++) {
             const int c = c0 + u * nthr;
             if (c < n_chunks) act_sh[c < n_sw ? mv_swizzle(c) : c] = v[u];
         }
@@ -625,19 +626,13 @@ __device__ __forceinline__ void bulk_issue(const mv_args &a, int rg, uint8_t *st
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const int row0 = rg * 4, rows = min(4, a.n_out - row0);
     for (int g = 0; g < n_grp; g++) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(kc_smem_addr(&bar[g])),
-                     "r"(rows * M * GB)
-                     : "memory");
+        kc_mbar_expect(kc_smem_addr(&bar[g]), rows * M * GB);
         for (int r = 0; r < rows; r++) {
             const mv_row t = row_task(a, row0 + r);
             const size_t off = (size_t)t.lrow * a.row_stride + (size_t)g * GB;
             uint8_t *dst = st + ((size_t)(g * 4 + r) * M) * GB;
 #pragma unroll
-            for (int m = 0; m < M; m++)
-                asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                             ::"r"(kc_smem_addr(dst + m * GB)), "l"((m ? a.w2 : t.w) + off), "r"(GB),
-                             "r"(kc_smem_addr(&bar[g]))
-                             : "memory");
+            for (int m = 0; m < M; m++) kc_bulk_copy(dst + m * GB, (m ? a.w2 : t.w) + off, GB, kc_smem_addr(&bar[g]));
         }
     }
 #endif
@@ -656,8 +651,8 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
     if (tid == 0) {
         for (int s = 0; s < n_stage; s++)
             for (int g = 0; g < n_grp; g++)
-                asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(kc_smem_addr(&bar[s][g])));
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+                kc_mbar_init(kc_smem_addr(&bar[s][g]));
+        kc_mbar_init_fence();
     }
     __syncthreads();
     kc_pdl_trigger();
@@ -680,13 +675,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
         float acc = 0.0f, acc2 = 0.0f;
         if (r < rows) {
             for (int g = 0; g < n_grp; g++) {
-                const uint32_t b = kc_smem_addr(&bar[s][g]);
-                uint32_t done = 0;
-                while (!done)
-                    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                                 : "=r"(done)
-                                 : "r"(b), "r"(parity)
-                                 : "memory");
+                kc_mbar_wait(kc_smem_addr(&bar[s][g]), parity);
                 const uint8_t *grp = st + ((size_t)(g * 4 + r) * M) * GB;
                 mv_item<K> x;
                 x.load_shared(grp, lane);
@@ -710,6 +699,82 @@ __global__ void __launch_bounds__(MV_THREADS, 2) k_matvec_bulk(const mv_args a, 
         }
     }
 #endif
+}
+
+/* ---- one token's expert products through the bulk-copy engine (sm_90) ----
+ *
+ * The register kernel's expert tiles (one warp a row, 4 rows of gate and up
+ * a block) hold their weights in registers: 64 a thread, so the 1,536
+ * blocks of the Qwen3-MoE shape's gate/up take 1.45 waves, the second
+ * paying the memory latency again. Here thread 0 of a block hands its rows
+ * (GGML Q4_K, whole rows of each matrix) to the copy engine as soon as the
+ * tile names the expert, the block stages the slot's activation row while
+ * they fly, and each warp dots its row out of shared memory: few registers,
+ * so the grid fits one wave. */
+#define MV_XB_MIN_BLOCKS 12 /* 40 registers: 1,584 blocks of 128 threads in one wave on 132 multiprocessors */
+template <bool PAIR>
+__global__ void __launch_bounds__(MV_THREADS, MV_XB_MIN_BLOCKS) k_experts_bulk(const mv_args a, uint32_t row_bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int M = PAIR ? 2 : 1;
+    extern __shared__ __align__(128) uint8_t mv_sh[]; /* the staged activation row, then [rows][M][row_bytes] */
+    __shared__ __align__(8) uint64_t bar;
+    const int tid = threadIdx.y * 32 + threadIdx.x, lane = threadIdx.x, r = threadIdx.y;
+    uint8_t *wsh = mv_sh + (a.act_stride + 127) / 128 * 128;
+    const uint32_t b_bar = kc_smem_addr(&bar);
+    if (tid == 0) {
+        kc_mbar_init(b_bar);
+        kc_mbar_init_fence();
+    }
+    __syncthreads();
+    kc_pdl_trigger();
+    kc_pdl_wait();
+    const int32_t *tile = a.tiles + (size_t)blockIdx.y * KCUDA_MOE_TILE_INTS;
+    const int ex = tile[0], slot = tile[2];
+    if (ex < 0) return; /* the whole block leaves: no barrier is skipped */
+    const int row0 = blockIdx.x * 4, rows = min(4, a.n_out - row0);
+    if (tid == 0) {
+        kc_mbar_expect(b_bar, (uint32_t)(rows * M) * row_bytes);
+        const size_t off = (size_t)ex * a.expert_stride + (size_t)row0 * a.row_stride;
+        for (int i = 0; i < rows * M; i++)
+            kc_bulk_copy(wsh + (size_t)i * row_bytes, (i % M ? a.w2 : a.task[0].w) + off + (size_t)(i / M) * a.row_stride,
+                         row_bytes, b_bar);
+    }
+    mv_stage_act<4>(a, a.act + (size_t)(slot / a.act_div) * a.act_stride, (int4 *)mv_sh, MV_THREADS, tid);
+    kc_mbar_wait(b_bar, 0);
+    float acc = 0.0f, acc2 = 0.0f;
+    if (r < rows) {
+        const uint8_t *wr = wsh + (size_t)(r * M) * row_bytes;
+        for (int it = lane; it < a.n_items; it += 32) {
+            kq4k_item x;
+            x.load_shared(wr, it);
+            acc += x.dot(mv_sh, a.n_in, it, true);
+            if (PAIR) {
+                kq4k_item y;
+                y.load_shared(wr + row_bytes, it);
+                acc2 += y.dot(mv_sh, a.n_in, it, true);
+            }
+        }
+    }
+    acc = kc_warp_sum(acc);
+    if (PAIR) acc2 = kc_warp_sum(acc2);
+    if (lane == 0 && r < rows) mv_store<PAIR>(a, row_task(a, row0 + r), slot, acc, acc2);
+#endif
+}
+
+/* k_experts_bulk for a decode token's Q4_K expert tiles, if it takes them
+ * (sm_90, kcuda_set_experts_bulk, the staged activation row and 4 rows of
+ * each matrix within the default 48 KiB of shared memory): 1 taken, 0 not. */
+static int launch_experts_bulk(struct kcuda *k, const mv_args *a, int kind, bool pair, unsigned n_tiles)
+{
+    const uint32_t row_bytes = (uint32_t)(a->n_items / 4) * 144u; /* whole Q4_K blocks */
+    const size_t smem = (a->act_stride + 127) / 128 * 128 + (size_t)4 * (pair ? 2 : 1) * row_bytes;
+    if (!k->experts_bulk || kind != MV_Q4_K || !a->stage || a->n_items % 4 || smem > (48u << 10)) return 0;
+    KC_PROF_BEGIN(k);
+    if (pair) KC_LAUNCH_SMEM(k, k_experts_bulk<true>, dim3(kc_blocks(a->n_out, 4), n_tiles), dim3(32, 4), smem, *a, row_bytes);
+    else KC_LAUNCH_SMEM(k, k_experts_bulk<false>, dim3(kc_blocks(a->n_out, 4), n_tiles), dim3(32, 4), smem, *a, row_bytes);
+    KC_PROF_END(k, pair ? "experts q4_K swiglu (bulk)" : "experts q4_K (bulk)");
+    return 1;
 }
 
 /* ---- dispatch ---- */
@@ -877,6 +942,10 @@ static int launch(struct kcuda *k, const struct kcuda_weight *w, const struct kc
         return tt_error_set(TT_EUNSUPPORTED, "no device product for type %d with %lld columns",
                             w->type, (long long)w->n_in);
     shape_items(k, a, w, kind, nt);
+    if (nt == 1 && a->tiles) {
+        const int taken = launch_experts_bulk(k, a, kind, pair, n_grid_y);
+        if (taken) return taken < 0 ? taken : 0;
+    }
     if (nt == 1 && !a->tiles && !a->qkv.kc && bulk_fits(k, a, kind, pair)) {
         const int taken = launch_bulk(k, a, kind, pair);
         if (taken) return taken < 0 ? taken : 0;

@@ -300,20 +300,15 @@ __global__ void __launch_bounds__(RC_THREADS)
     float *ws = rc_sh, *xs = rc_sh + (size_t)R * n_in;
     const uint32_t row_bytes = (uint32_t)n_in * 4u, b_bar = kc_smem_addr(&bar);
     if (tid == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b_bar));
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        kc_mbar_init(b_bar);
+        kc_mbar_init_fence();
     }
     __syncthreads();
     kc_cluster_arrive(); /* this block has started: its shared memory can take the others' stores */
     kc_pdl_trigger();
     if (tid == 0 && rows > 0) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b_bar), "r"(rows * row_bytes)
-                     : "memory");
-        for (int r = 0; r < rows; r++)
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                         ::"r"(kc_smem_addr(ws + (size_t)r * n_in)), "l"(w + (size_t)(r0 + r) * ldw), "r"(row_bytes),
-                         "r"(b_bar)
-                         : "memory");
+        kc_mbar_expect(b_bar, rows * row_bytes);
+        for (int r = 0; r < rows; r++) kc_bulk_copy(ws + (size_t)r * n_in, w + (size_t)(r0 + r) * ldw, row_bytes, b_bar);
     }
     kc_pdl_wait();
     const float *xr = x + (size_t)t * n_in;
@@ -334,14 +329,7 @@ __global__ void __launch_bounds__(RC_THREADS)
     if (NORM && warp == 0)
         for (int q = b; 256 * q < n_in; q += RC) rt_q8k_block(rn, xr, scale, t, n_in, q);
     __syncthreads();
-    if (rows > 0) { /* this block's weights have landed */
-        uint32_t done = 0;
-        while (!done)
-            asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
-                         : "=r"(done)
-                         : "r"(b_bar)
-                         : "memory");
-    }
+    if (rows > 0) kc_mbar_wait(b_bar, 0); /* this block's weights have landed */
     kc_cluster_wait(); /* every block has started */
     for (int r = warp; r < rows; r += RC_THREADS / 32) {
         const float4 *wr = (const float4 *)(ws + (size_t)r * n_in), *xv = (const float4 *)xs;

@@ -91,7 +91,7 @@ done
 # the bandwidth the fraction is taken against: the GPU's copy bandwidth when every layer
 # ran there (a GPU machine's default), the CPU's read bandwidth with --gpu-layers 0
 grep -q '"bw_source":"\(gpu_copy\|cpu_read\)"' "$tmp/out" || fail bench_json_bw_source "$(head -c 300 "$tmp/out")"
-check bench_cpu_bw "$T" bench -m "$m" -p 8 -n 2 -t 2 --gpu-layers 0 --json
+check bench_cpu_bw "$T" bench -m "$m" -p 8 -n 2 -t 2 --gpu-layers 0 --no-warmup --json
 grep -q '"bw_source":"cpu_read"' "$tmp/out" || fail bench_cpu_bw_source "$(grep -o '"bw_source":"[a-z_]*"' "$tmp/out")"
 # tutti plan --time-engine: this machine's description fitted to the engine's own times on
 # models of the shape, written to a temporary directory and removed after

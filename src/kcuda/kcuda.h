@@ -472,9 +472,10 @@ int kcuda_moe_join(struct kcuda *k, float *d_x, const float *d_y, const int32_t 
 int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const void *d_act, size_t act_stride,
                         float *d_x, const int32_t *d_sel, const float *d_w, int64_t n_tok, int n_used,
                         const float *d_ysh, const float *d_gate_sh, const float *d_xn);
-/* Rows of one kcuda_moe_down_join block: 0 (the default, TT_GPU_DJ_ROWS)
- * takes the fewest that fit the grid in one wave; n > 0 at most n, within
- * what a block's units allow. Returns what was set. */
+/* Rows of one kcuda_moe_down_join block: 0 (the default; TT_GPU_DJ_ROWS
+ * sets another) takes the fewest that fit the grid in one wave, rows > 0
+ * at most that many, within what a block's units allow. Returns what was
+ * set. */
 int kcuda_set_down_join_rows(struct kcuda *k, int rows);
 /* Whether a decode token's expert tiles of Q4_K weights in GGML's layout
  * (kcuda_matvec_experts with tile_tok 1) go through the bulk-copy engine:

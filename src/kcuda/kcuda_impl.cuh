@@ -46,9 +46,9 @@ struct kcuda {
     int bulk_per_sm[4], bulk_occ_smem[4]; /* its blocks per multiprocessor with bulk_occ_smem bytes */
     int dj_rows;               /* rows a decode down+join block (TT_GPU_DJ_ROWS, at most what its units
                                   allow; 0: the fewest that fit the grid in one wave, kcuda_moe.cu) */
-    int dj_per_sm[2];
+    int dj_per_sm[2];          /* its Q4_K and Q6_K kernels' blocks per multiprocessor (0: not yet asked) */
     bool experts_bulk;         /* a decode token's Q4_K expert tiles through the bulk-copy engine:
-                                  kcuda_set_experts_bulk */          /* its Q4_K and Q6_K kernels' blocks per multiprocessor (0: not yet asked) */
+                                  kcuda_set_experts_bulk */
     bool moe_prefetch;         /* grouped expert products prefetch their next tiles (TT_GPU_MOE_PREFETCH) */
     bool clusters;             /* thread block clusters (sm_90) */
     int attn_cluster;          /* blocks per KV head of the decode attention's clusters (sm_90: 8 or 16; 0: the

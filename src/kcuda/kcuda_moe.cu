@@ -742,8 +742,6 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     const int64_t wave = (int64_t)*per_sm * k->n_sm / n_tok; /* blocks per token in one wave */
     a.rows = wave > 0 ? (int)TT_MIN((int64_t)rows_max, (a.n_out + wave - 1) / wave) : rows_max;
     if (k->dj_rows > 0) a.rows = TT_MIN(rows_max, k->dj_rows);
-    if (n_used * a.rows * a.n_items >= (1 << 16))
-        return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
     a.ri_magic = dj_magic((uint32_t)(a.rows * a.n_items));
     a.items_magic = dj_magic((uint32_t)a.n_items);
     a.act = (const uint8_t *)d_act;
@@ -756,7 +754,7 @@ int kcuda_moe_down_join(struct kcuda *k, const struct kcuda_weight *w, const voi
     a.gate_sh = d_gate_sh;
     a.xn = d_xn;
     const size_t smem = sizeof(float) * ((size_t)per_row * a.rows + (size_t)n_used * a.rows);
-    if (smem > (48u << 10))
+    if (smem > (48u << 10)) /* also keeps a block's units, and so dj_magic's divisors, below 2^16 */
         return tt_error_set(TT_EUNSUPPORTED, "fused expert down and join: rows of %lld inputs", (long long)w->n_in);
     const dim3 grid(kc_blocks(a.n_out, a.rows), (unsigned)n_tok);
     KC_PROF_BEGIN(k);
